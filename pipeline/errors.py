@@ -1,0 +1,83 @@
+"""One exception root; only the CLI turns these into output and exit codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ImagebatchError(Exception):
+    """Root of every error the program reports to a user; `exit_code` is what the CLI returns."""
+
+    exit_code: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One validation problem at a place in a manifest file."""
+
+    file: str
+    line: int  # 1-based
+    column: int  # 1-based
+    path: str  # field path such as jobs[1].matrix.aspect_ratio[1]
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ManifestError(ImagebatchError):
+    """A manifest that cannot be used; carries every problem found in the file."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class UsageError(ImagebatchError):
+    """A bad option or argument on the command line."""
+
+
+class ConfigError(ImagebatchError):
+    """Missing or wrong configuration (environment variables, URLs); nothing was sent."""
+
+
+class StoreError(ImagebatchError):
+    """The output folder cannot be written (read-only, full, ...)."""
+
+
+class ApiError(ImagebatchError):
+    """A request that did not produce an image; subclasses say whether to retry."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, status: int | None = None, kind: str = "") -> None:
+        self.status = status
+        self.kind = kind
+        self.message = message
+        super().__init__(message)
+
+
+class RetryableApiError(ApiError):
+    """Worth another try: 429, 5xx, dropped connections, timeouts, bodies that lie."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        kind: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, kind=kind)
+        self.retry_after = retry_after  # seconds the server asked us to wait, if it said
+
+
+class PermanentApiError(ApiError):
+    """Never retried: 400, 403, 404, 413, 422 and the like; the job fails at once."""
+
+
+class AuthError(PermanentApiError):
+    """401: the key is missing or wrong; the run stops starting requests."""
+
+    exit_code = 2
