@@ -8,7 +8,7 @@ OUT ?= outputs
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench lint clean browser-deps bench-deps
+.PHONY: help install run test bench lint clean test-deps bench-deps
 
 help: ## list the targets
 	@grep -E '^[a-z%/.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -25,13 +25,19 @@ install: $(STAMP) ## create .venv and install imagebatch (leaves .venv/bin/image
 run: $(STAMP) ## run MANIFEST (default manifests/example.yaml); offline unless DIFFUSION_URL is set
 	$(BIN)/imagebatch run $(MANIFEST) --out $(OUT)
 
-# Headless chromium for the index.html browser test; best effort (needs root and apt).
-browser-deps:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
-	  echo "note: chromium not installed; the browser test will be skipped"
+# Tools some tests drive as a user would: headless chromium (index.html), curl and jq
+# (the provider's curl example). Best effort: needs root and apt; missing tools skip those tests.
+TEST_TOOLS := chromium jq curl
+test-deps:
+	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing$$missing for the tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) || \
+	      echo "note: could not install$$missing; tests that need them will be skipped"; \
+	  else echo "note:$$missing not installed; tests that need them will be skipped"; fi; fi
 
-test: $(STAMP) browser-deps ## install everything the tests need, then run them all
+test: $(STAMP) test-deps ## install everything the tests need, then run them all
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # vipsthumbnail and ImageMagick are what the benchmarks compare against.
