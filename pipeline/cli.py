@@ -73,7 +73,69 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the manifest's JSON Schema")
 
+    _add_run_parsers(sub)
+
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' must be more than 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be 0 or more")
+    return value
+
+
+def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """run, status, show."""
+    p = sub.add_parser("run", help="generate what is not done yet, post-process, summarise")
+    p.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    p.add_argument("--out", default="outputs", metavar="DIR", help="output root (default outputs)")
+    p.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
+                   help="requests in flight at most (default 4)")
+    p.add_argument("--rpm", type=_positive_float, default=None, metavar="N",
+                   help="start at most N requests a minute, evenly spaced (default: none for "
+                        "the local server; 20, or the service's advertised limit, for a URL)")
+    p.add_argument("--retries", type=_count, default=5, metavar="N",
+                   help="retries per job after the first attempt (default 5)")
+    p.add_argument("--timeout", type=_positive_float, default=120.0, metavar="S",
+                   help="seconds per request, whole response included (default 120)")
+    p.add_argument("--force", action="store_true", help="regenerate even what is done")
+    p.add_argument("--shard", type=_shard, metavar="K/N", help="run only shard K of N")
+    _add_max_jobs(p)
+    p.add_argument("--local", action="store_true",
+                   help="use the embedded local server even when a URL is set")
+    p.add_argument("--no-post", action="store_true",
+                   help="skip thumbnails, contact sheets and index.html")
+    p.add_argument("--json", action="store_true",
+                   help="the summary as JSON on stdout; everything else on stderr")
+    _add_env_prefix(p)
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+    p = sub.add_parser("status", help="count done, failed and pending jobs; send nothing")
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("--out", default="outputs", metavar="DIR", help="output root (default outputs)")
+    p.add_argument("--local", action="store_true", help="judge against the embedded server")
+    p.add_argument("--shard", type=_shard, metavar="K/N")
+    p.add_argument("--json", action="store_true", help="counts as JSON (jobs too with -v)")
+    _add_max_jobs(p)
+    _add_env_prefix(p)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="one line per job")
+
+    p = sub.add_parser("show", help="print the request embedded in an image")
+    p.add_argument("image", metavar="IMAGE")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -88,10 +150,43 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     raise UsageError("schema is not built yet")
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.app import RunOptions, run_command
+
+    return run_command(RunOptions(
+        manifests=tuple(args.manifests), out=Path(args.out), concurrency=args.concurrency,
+        rpm=args.rpm, retries=args.retries, timeout=args.timeout, force=args.force,
+        shard=args.shard, max_jobs=args.max_jobs, local=args.local, post=not args.no_post,
+        json=args.json, env_prefix=args.env_prefix, verbose=args.verbose,
+    ))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.app import status_command
+
+    return status_command(
+        args.manifest, out_dir=Path(args.out), local=args.local, env_prefix=args.env_prefix,
+        verbose=args.verbose, as_json=args.json, shard=args.shard, max_jobs=args.max_jobs,
+    )
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from pipeline.app import show_command
+
+    return show_command(args.image)
+
+
 COMMANDS = {
     "validate": _cmd_validate,
     "plan": _cmd_plan,
     "schema": _cmd_schema,
+    "run": _cmd_run,
+    "status": _cmd_status,
+    "show": _cmd_show,
 }
 
 

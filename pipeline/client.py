@@ -1,0 +1,271 @@
+"""One request -> checked image bytes or a typed error. The only HTTP code.
+
+Every response is checked before it is kept: JSON parsed, base64 decoded strictly (or the
+URL downloaded), the bytes opened with Pillow under a pixel limit, integrity checked, and
+format and size compared with the request. Anything that lies is a RetryableApiError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import json
+import struct
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import aiohttp
+from PIL import Image
+
+from pipeline import apispec
+from pipeline.errors import AuthError, PermanentApiError, RetryableApiError
+from pipeline.plan import Job
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # largest response body read (JSON or downloaded image)
+#: Twice the largest API size: anything declaring more is refused before decoding.
+MAX_PIXELS = 2 * max(w * h for w, h in (map(int, s.split("x")) for s in apispec.SIZES))
+PERMANENT_STATUSES = frozenset({400, 403, 404, 405, 410, 413, 414, 415, 422})
+RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+
+_PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg"}
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedImage:
+    """One checked image as served: the encoded bytes, its format and size, `created`."""
+
+    data: bytes
+    format: str  # png | jpeg
+    width: int
+    height: int
+    created: int | None = None
+
+
+def backend_name(url: str) -> str:
+    """The base URL without credentials, query or fragment (what results.jsonl records)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme.lower(), netloc.lower(), parts.path.rstrip("/"), "", ""))
+
+
+def check_image(data: bytes, request: Mapping[str, Any]) -> GeneratedImage:
+    """Open `data` under a pixel limit, check integrity, format and size against `request`."""
+    want_fmt = apispec.image_format(dict(request))
+    want_size = apispec.pixel_size(dict(request))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
+        with img:
+            fmt = _PIL_FORMATS.get(img.format or "", "")
+            w, h = img.size
+            # Declared size first: a bomb is refused before a single pixel is decoded.
+            if w * h > MAX_PIXELS:
+                raise RetryableApiError(f"image declares {w}x{h} pixels: refused", kind="bad_image")
+            if fmt != want_fmt:
+                raise RetryableApiError(
+                    f"image is {img.format}, asked for {want_fmt}", kind="wrong_format"
+                )
+            if (w, h) != want_size:
+                raise RetryableApiError(
+                    f"image is {w}x{h}, asked for {want_size[0]}x{want_size[1]}", kind="wrong_size"
+                )
+            if fmt == "png":
+                img.verify()  # walks every chunk to IEND checking CRCs; no pixel decoding
+            else:
+                if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+                    raise RetryableApiError("JPEG is truncated (no end marker)", kind="truncated")
+                # Decode at 1/8 scale: every entropy-coded byte is read, little IDCT work.
+                img.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                img.load()
+    except RetryableApiError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise RetryableApiError(f"image refused: {exc}", kind="bad_image") from None
+    except Image.UnidentifiedImageError:
+        raise RetryableApiError("response bytes are not a PNG or JPEG image", kind="not_image") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise RetryableApiError(f"image is corrupt or truncated ({exc})", kind="truncated") from None
+    return GeneratedImage(data=data, format=fmt, width=w, height=h)
+
+
+def _error_message(raw: bytes) -> str | None:
+    """The server's `error.message` (or `message` / `detail`) from an error body, if any."""
+    try:
+        doc = json.loads(raw[:65536])
+    except ValueError:
+        return None
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"][:500]
+        if isinstance(err, str):
+            return err[:500]
+        for name in ("message", "detail"):
+            if isinstance(doc.get(name), str):
+                return doc[name][:500]
+    return None
+
+
+def parse_body(raw: bytes, content_type: str) -> tuple[str | None, str | None, int | None]:
+    """(b64_json, url, created) from a 200 body; raises RetryableApiError for bodies that lie."""
+    head = raw[:64].lstrip().lower()
+    if "html" in content_type or head.startswith((b"<!doctype", b"<html", b"<")):
+        raise RetryableApiError("an HTML page came back instead of JSON", status=200, kind="html")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise RetryableApiError("response is not valid JSON", status=200, kind="bad_json") from None
+    item = None
+    if isinstance(doc, dict) and isinstance(doc.get("data"), list) and doc["data"]:
+        item = doc["data"][0]
+    created = doc.get("created") if isinstance(doc, dict) else None
+    created = created if isinstance(created, int) and not isinstance(created, bool) else None
+    if isinstance(item, dict):
+        b64 = item.get("b64_json")
+        if isinstance(b64, str) and b64:
+            return b64, None, created
+        url = item.get("url")
+        if isinstance(url, str) and url:
+            return None, url, created
+    raise RetryableApiError("unexpected response format", status=200, kind="format")
+
+
+def decode_b64(text: str) -> bytes:
+    """Strict base64 (RFC 4648, no stray characters); RetryableApiError when it does not decode."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RetryableApiError("base64 image data does not decode", kind="bad_base64") from None
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret and len(secret) >= 4 else text
+
+
+class ApiClient:
+    """Sends one generation request per call over a shared session; raises typed ApiErrors."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        key: str,
+        *,
+        timeout: float = 120.0,
+        key_variable: str = "DIFFUSION_KEY",
+        observe: Callable[[Mapping[str, str], int], None] | None = None,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
+        self._session = session
+        self._endpoint = base_url.rstrip("/") + apispec.ENDPOINT
+        self._key = key
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._key_variable = key_variable
+        self._observe = observe
+        self._max_body = max_body
+        self.requests = 0  # HTTP requests sent, retries and URL downloads included
+
+    def __repr__(self) -> str:
+        return f"ApiClient({self._endpoint!r})"
+
+    async def generate(self, job: Job) -> GeneratedImage:
+        """Send `job.body` as is; return the checked image or raise an ApiError subclass."""
+        try:
+            return await self._generate(job)
+        except (AuthError, PermanentApiError, RetryableApiError) as exc:
+            exc.message = _scrub(exc.message, self._key)
+            exc.args = (exc.message,)
+            raise
+        except asyncio.TimeoutError:
+            raise RetryableApiError(
+                f"no complete response within {self._timeout.total:g} s", kind="timeout"
+            ) from None
+        except aiohttp.ClientError as exc:
+            text = _scrub(f"{type(exc).__name__}: {exc}", self._key)
+            raise RetryableApiError(f"connection failed ({text})", kind="connection") from None
+
+    async def _generate(self, job: Job) -> GeneratedImage:
+        headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"}
+        self.requests += 1
+        async with self._session.post(
+            self._endpoint, data=job.body.encode("utf-8"), headers=headers, timeout=self._timeout
+        ) as resp:
+            if self._observe is not None:
+                self._observe(resp.headers, resp.status)
+            raw = await self._read(resp)
+            status, ctype, resp_headers = resp.status, resp.content_type or "", resp.headers
+        if status != 200:
+            raise self._status_error(status, raw, resp_headers)
+        b64, url, created = await asyncio.to_thread(parse_body, raw, ctype)
+        del raw  # the JSON text can be several MB; do not keep it past decoding
+        if b64 is not None:
+            image = await asyncio.to_thread(_decode_and_check, b64, job.request)
+        else:
+            assert url is not None
+            image = await self._download(urljoin(self._endpoint, url), job.request)
+        return GeneratedImage(image.data, image.format, image.width, image.height, created)
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        length = resp.content_length
+        if length is not None and length > self._max_body:
+            raise RetryableApiError(
+                f"response body of {length} bytes is over the {self._max_body} byte cap",
+                status=resp.status, kind="too_large",
+            )
+        chunks, size = [], 0
+        async for chunk in resp.content.iter_chunked(256 * 1024):
+            size += len(chunk)
+            if size > self._max_body:
+                raise RetryableApiError(
+                    f"response body is over the {self._max_body} byte cap",
+                    status=resp.status, kind="too_large",
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _download(self, url: str, request: dict[str, Any]) -> GeneratedImage:
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise RetryableApiError("unexpected response format (image url is not http)", kind="format")
+        self.requests += 1
+        # Send the key only to the service's own host, never to a third-party image host.
+        same_host = urlsplit(url).netloc == urlsplit(self._endpoint).netloc
+        headers = {"Authorization": f"Bearer {self._key}"} if same_host else {}
+        async with self._session.get(url, headers=headers, timeout=self._timeout) as resp:
+            raw = await self._read(resp)
+            if resp.status != 200:
+                raise RetryableApiError(
+                    f"image download answered {resp.status}", status=resp.status, kind="download"
+                )
+        return await asyncio.to_thread(check_image, raw, request)
+
+    def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> Exception:
+        from pipeline.retry import parse_duration, parse_retry_after
+
+        message = _error_message(raw)
+        said = f": {message}" if message else ""
+        if status == 401:
+            return AuthError(
+                f"the service rejected the key (401{said}): check {self._key_variable}",
+                status=status, kind="auth",
+            )
+        if status in PERMANENT_STATUSES or (400 <= status < 500 and status not in RETRYABLE_4XX):
+            return PermanentApiError(message or f"HTTP {status}", status=status, kind="permanent")
+        retry_after = parse_retry_after(headers.get("Retry-After"))
+        if retry_after is None and status == 429:
+            retry_after = parse_duration(headers.get("x-ratelimit-reset-requests"))
+        return RetryableApiError(
+            f"HTTP {status}{said}", status=status, kind="http", retry_after=retry_after
+        )
+
+
+def _decode_and_check(b64: str, request: dict[str, Any]) -> GeneratedImage:
+    return check_image(decode_b64(b64), request)

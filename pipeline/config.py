@@ -1,0 +1,72 @@
+"""Settings from the environment: `{PREFIX}_URL`, `{PREFIX}_KEY`, `{PREFIX}_MODEL_ID`.
+
+The prefix is the alias chosen when the model was attached (`--as DIFFUSION`), changeable
+with `--env-prefix`. The key is kept out of every repr and message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from pipeline.apispec import DEFAULT_MODEL
+from pipeline.errors import ConfigError
+
+DEFAULT_PREFIX = "DIFFUSION"
+_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def check_prefix(prefix: str) -> str:
+    """The prefix itself when it can name environment variables; else ConfigError."""
+    if not _PREFIX.match(prefix or ""):
+        raise ConfigError(f"--env-prefix {prefix!r}: use letters, digits and _ (e.g. DIFFUSION)")
+    return prefix
+
+
+def default_model(env: Mapping[str, str], prefix: str = DEFAULT_PREFIX) -> str:
+    """`{PREFIX}_MODEL_ID` when set and not blank, else stable-image-ultra."""
+    return (env.get(f"{prefix}_MODEL_ID") or "").strip() or DEFAULT_MODEL
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """Where requests go: a remote URL and key, or the embedded local server (`url` None)."""
+
+    prefix: str
+    url: str | None
+    key: str | None = field(default=None, repr=False)  # never printed, never stored
+
+    @property
+    def local(self) -> bool:
+        """True when the embedded server is to be used."""
+        return self.url is None
+
+    @property
+    def key_variable(self) -> str:
+        """The variable a user fixes when the key is refused."""
+        return f"{self.prefix}_KEY"
+
+
+def connection(
+    env: Mapping[str, str], prefix: str = DEFAULT_PREFIX, *, local: bool = False
+) -> Connection:
+    """The connection the environment asks for; ConfigError when a URL comes without a key."""
+    check_prefix(prefix)
+    url = (env.get(f"{prefix}_URL") or "").strip()
+    if local or not url:
+        return Connection(prefix=prefix, url=None)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{prefix}_URL is not an http(s) URL; set it with: "
+            f"export {prefix}_URL=$(heroku config:get -a APP {prefix}_URL)"
+        )
+    key = (env.get(f"{prefix}_KEY") or "").strip()
+    if not key:
+        raise ConfigError(
+            f"{prefix}_URL is set but {prefix}_KEY is not; set it with: "
+            f"export {prefix}_KEY=$(heroku config:get -a APP {prefix}_KEY)"
+        )
+    return Connection(prefix=prefix, url=url, key=key)

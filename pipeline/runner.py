@@ -1,0 +1,245 @@
+"""Plan + client + store -> results: concurrency, pacing, retries, stopping.
+
+The runner talks to three small interfaces so tests can fake each: a client
+(`async generate(job) -> GeneratedImage`, `requests`), a store (`save`, `fail`), and a
+`sleep`. A fixed pool of `concurrency` workers pulls jobs in plan order, so memory does
+not grow with the plan and nothing holds an image after it is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pipeline.client import GeneratedImage
+from pipeline.errors import ApiError, AuthError, PermanentApiError, RetryableApiError, StoreError
+from pipeline.plan import Job
+from pipeline.retry import Pacer, RetrySettings, Sleep, build_retrying
+from pipeline.store import Record
+
+
+class ImageClient(Protocol):
+    """What the runner needs from a client."""
+
+    requests: int
+
+    async def generate(self, job: Job) -> GeneratedImage:
+        """One checked image for `job`, or an ApiError."""
+        ...
+
+
+class JobStore(Protocol):
+    """What the runner needs from a store."""
+
+    def save(
+        self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None
+    ) -> Record:
+        """Write the image and record it ok."""
+        ...
+
+    def fail(self, job: Job, error: str, *, attempts: int, seconds: float) -> Record:
+        """Record a failure."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """How hard to push: concurrency, pacing, retries, timeouts."""
+
+    concurrency: int = 4
+    rpm: float | None = None  # None: no pacing of our own
+    auto_rpm: bool = False  # adopt the service's advertised per-minute limit
+    retries: int = 5
+    timeout: float = 120.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 30.0
+    retry_after_cap: float = 120.0
+
+    @property
+    def retry(self) -> RetrySettings:
+        """The retry part of the settings."""
+        return RetrySettings(self.retries, self.backoff_base, self.backoff_cap, self.retry_after_cap)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one job ended in this run."""
+
+    job: Job
+    store: JobStore
+    status: str  # ok | failed
+    attempts: int
+    error: str | None = None
+
+
+class Stopped(Exception):
+    """Raised inside a worker when the run is stopping: the job stays pending."""
+
+
+@dataclass
+class RunState:
+    """Mutable counters of one run (read by progress display and the summary)."""
+
+    ok: int = 0
+    failed: int = 0
+    outcomes: list[Outcome] = field(default_factory=list)  # failures only (successes: counted)
+    ok_by_store: dict[int, int] = field(default_factory=dict)  # id(store) -> images made
+    requests_by_store: dict[int, int] = field(default_factory=dict)  # id(store) -> attempts
+    auth_error: AuthError | None = None
+    store_error: StoreError | None = None
+    interrupted: bool = False
+
+
+class Runner:
+    """Runs (store, job) pairs with a bounded worker pool; `stop()` settles, `abort()` cancels."""
+
+    def __init__(
+        self,
+        client: ImageClient,
+        settings: RunSettings,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        pacer: Pacer | None = None,
+        on_change: Callable[[RunState], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.state = RunState()
+        self._base_sleep = sleep
+        self._pacer = pacer
+        self._on_change = on_change
+        self._clock = clock
+        self._rng = rng
+        self._stop: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- stopping ----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Start no more requests; requests in flight finish and are recorded."""
+        self.state.interrupted = True
+        if self._stop is not None:
+            self._stop.set()
+
+    def abort(self) -> None:
+        """Cancel requests in flight too (a second Ctrl-C)."""
+        self.stop()
+        for task in self._tasks:
+            task.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        """True once the run stops starting requests."""
+        return self._stop is not None and self._stop.is_set()
+
+    async def sleep(self, seconds: float) -> None:
+        """The injected sleep, cut short (raising Stopped) when the run stops."""
+        assert self._stop is not None
+        if self._stop.is_set():
+            raise Stopped
+        if seconds <= 0:
+            await self._base_sleep(0)
+        else:
+            nap = asyncio.ensure_future(self._base_sleep(seconds))
+            halt = asyncio.ensure_future(self._stop.wait())
+            try:
+                await asyncio.wait({nap, halt}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                nap.cancel()
+                halt.cancel()
+        if self._stop.is_set():
+            raise Stopped
+
+    # -- running -----------------------------------------------------------------------
+    async def run(self, work: Iterable[tuple[JobStore, Job]]) -> RunState:
+        """Run every (store, job) pair until done, stopped, or a 401 / store error."""
+        self._stop = asyncio.Event()
+        items = iter(work)
+        workers = max(1, self.settings.concurrency)
+        self._tasks = [asyncio.ensure_future(self._worker(items)) for _ in range(workers)]
+        try:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+        return self.state
+
+    async def _worker(self, items: Iterable[tuple[JobStore, Job]]) -> None:
+        for store, job in items:
+            if self.stopping:
+                return
+            try:
+                await self._one(store, job)
+            except Stopped:
+                return
+            except StoreError as exc:
+                self.state.store_error = exc
+                self.stop()
+                return
+
+    async def _attempt(self, store: JobStore, job: Job, counter: list[int]) -> GeneratedImage:
+        if self._pacer is not None:
+            await self._pacer.acquire()
+        if self.stopping:
+            raise Stopped
+        counter[0] += 1
+        by_store = self.state.requests_by_store
+        by_store[id(store)] = by_store.get(id(store), 0) + 1
+        return await self.client.generate(job)
+
+    async def _one(self, store: JobStore, job: Job) -> None:
+        started = self._clock()
+        counter = [0]
+        kwargs = {} if self._rng is None else {"rng": self._rng}
+        retrying = build_retrying(self.settings.retry, sleep=self.sleep, **kwargs)
+        try:
+            image = await retrying(self._attempt, store, job, counter)
+        except Stopped:
+            raise
+        except AuthError as exc:
+            # A config problem, not the job's: leave it pending, stop starting requests.
+            if self.state.auth_error is None:
+                self.state.auth_error = exc
+            self.stop()
+            raise Stopped from None
+        except (PermanentApiError, RetryableApiError) as exc:
+            reason = exc.message
+            if isinstance(exc, RetryableApiError) and counter[0] > 1:
+                reason = f"{reason} (gave up after {counter[0]} attempts)"
+            await asyncio.to_thread(
+                store.fail, job, reason, attempts=counter[0], seconds=self._clock() - started
+            )
+            self._finish(Outcome(job, store, "failed", counter[0], reason))
+            return
+        except ApiError as exc:  # an ApiError of no known kind: fail the job, keep going
+            await asyncio.to_thread(
+                store.fail, job, exc.message, attempts=counter[0], seconds=self._clock() - started
+            )
+            self._finish(Outcome(job, store, "failed", counter[0], exc.message))
+            return
+        data, created = image.data, image.created
+        del image  # hand the bytes to the store and keep nothing after
+        # Shielded: once an image is in hand, a second Ctrl-C must not lose it half-recorded.
+        await asyncio.shield(asyncio.to_thread(
+            store.save, job, data, attempts=counter[0], seconds=self._clock() - started,
+            created=created,
+        ))
+        del data
+        self._finish(Outcome(job, store, "ok", counter[0]))
+
+    def _finish(self, outcome: Outcome) -> None:
+        if outcome.status == "ok":
+            self.state.ok += 1
+            by_store = self.state.ok_by_store
+            by_store[id(outcome.store)] = by_store.get(id(outcome.store), 0) + 1
+            # Successes are counted, not kept: memory stays flat however many jobs.
+        else:
+            self.state.failed += 1
+            self.state.outcomes.append(outcome)
+        if self._on_change is not None:
+            self._on_change(self.state)
+

@@ -1,0 +1,248 @@
+"""The only writer: atomic image files, results.jsonl, summary.json, and what is done.
+
+Layout under `<out>/<plan name>/`: `images/<job.path>`, `results.jsonl` (one line per
+finished job, appended and fsynced as each finishes), `summary.json` (the last run).
+A job is done when its image is on disk and the latest `ok` record of its key names the
+same backend and path (and the file still has the recorded size).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline import metadata
+from pipeline.errors import StoreError
+from pipeline.plan import Job
+
+RESULTS = "results.jsonl"
+SUMMARY = "summary.json"
+IMAGES = "images"
+TMP_PREFIX = ".tmp-"  # leftovers of a killed run carry this prefix and are removed on the next
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One line of results.jsonl: how one job finished."""
+
+    key: str
+    path: str
+    status: str  # ok | failed
+    backend: str
+    attempts: int
+    error: str | None
+    sha256: str | None
+    bytes: int | None
+    seconds: float
+    created: int | None
+
+    def to_line(self) -> bytes:
+        """The JSON line, newline included."""
+        return (json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Record | None:
+        """A record from a parsed line, or None when the line is not one of ours."""
+        try:
+            return cls(
+                key=str(doc["key"]), path=str(doc["path"]), status=str(doc["status"]),
+                backend=str(doc["backend"]), attempts=int(doc.get("attempts") or 0),
+                error=doc.get("error"), sha256=doc.get("sha256"), bytes=doc.get("bytes"),
+                seconds=float(doc.get("seconds") or 0.0), created=doc.get("created"),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # not supported here (some filesystems); the file itself is already synced
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that `path` is either absent, the old file, or complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{threading.get_ident()}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def read_records(path: Path) -> Iterator[Record]:
+    """Every well-formed record of a results.jsonl; a torn or foreign line is skipped."""
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with fh:
+        for line in fh:
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue  # e.g. the last line of a run killed mid-write
+            if isinstance(doc, dict) and (rec := Record.from_dict(doc)) is not None:
+                yield rec
+
+
+class Store:
+    """Everything one plan writes, under `<out>/<name>/`, for one backend."""
+
+    def __init__(self, out: Path, name: str, backend: str) -> None:
+        self.root = Path(out) / name
+        self.images = self.root / IMAGES
+        self.backend = backend
+        self._lock = threading.Lock()
+        self._results: Any = None  # binary append handle, opened by prepare()
+        self._latest_ok: dict[str, Record] = {}
+        self._latest_fail: dict[str, Record] = {}  # per key, this backend, after its last ok
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r}, backend={self.backend!r})"
+
+    # -- reading -----------------------------------------------------------------------
+    def load(self) -> None:
+        """Index results.jsonl: the latest ok record per key, and later failures."""
+        self._latest_ok.clear()
+        self._latest_fail.clear()
+        for rec in read_records(self.root / RESULTS):
+            if rec.status == "ok":
+                self._latest_ok[rec.key] = rec
+                self._latest_fail.pop(rec.key, None)
+            elif rec.backend == self.backend:
+                self._latest_fail[rec.key] = rec
+
+    def image_path(self, job: Job) -> Path:
+        """Where the image of `job` lives."""
+        path = (self.images / job.path).resolve()
+        if not path.is_relative_to(self.images.resolve()):
+            raise StoreError(f"image path {job.path!r} leaves {self.images}")
+        return path
+
+    def is_done(self, job: Job) -> bool:
+        """Image on disk and the latest ok record of the key has this backend and path."""
+        rec = self._latest_ok.get(job.key)
+        if rec is None or rec.backend != self.backend or rec.path != job.path:
+            return False
+        try:
+            size = os.stat(self.images / job.path).st_size
+        except OSError:
+            return False
+        return rec.bytes is None or size == rec.bytes
+
+    def state(self, job: Job) -> tuple[str, Record | None]:
+        """('done' | 'failed' | 'pending', the record that says so)."""
+        if self.is_done(job):
+            return "done", self._latest_ok[job.key]
+        fail = self._latest_fail.get(job.key)
+        if fail is not None:
+            return "failed", fail
+        return "pending", None
+
+    # -- writing -----------------------------------------------------------------------
+    def prepare(self) -> int:
+        """Create the folders, remove temp files a killed run left; return how many were removed."""
+        removed = 0
+        try:
+            self.images.mkdir(parents=True, exist_ok=True)
+            for dirpath, _dirs, files in os.walk(self.root):
+                for name in files:
+                    if name.startswith(TMP_PREFIX):
+                        os.unlink(os.path.join(dirpath, name))
+                        removed += 1
+            results = self.root / RESULTS
+            with open(results, "ab") as fh:
+                # A kill mid-line leaves a torn last line: end it so the next record stands alone.
+                if fh.tell() > 0:
+                    with open(results, "rb") as rd:
+                        rd.seek(-1, os.SEEK_END)
+                        if rd.read(1) != b"\n":
+                            fh.write(b"\n")
+            self._results = open(results, "ab")
+        except OSError as exc:
+            raise StoreError(f"cannot write to {self.root}: {exc.strerror or exc}") from None
+        return removed
+
+    def _append(self, rec: Record) -> None:
+        line = rec.to_line()
+        with self._lock:
+            if self._results is None:
+                raise StoreError("store used before prepare()")
+            self._results.write(line)
+            self._results.flush()
+            os.fsync(self._results.fileno())
+            if rec.status == "ok":
+                self._latest_ok[rec.key] = rec
+                self._latest_fail.pop(rec.key, None)
+            else:
+                self._latest_fail[rec.key] = rec
+
+    def save(
+        self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None
+    ) -> Record:
+        """Embed the request, write the image atomically, then record it ok (in that order)."""
+        try:
+            blob = metadata.embed(data, job.body)
+            path = self.image_path(job)
+            atomic_write(path, blob)
+            rec = Record(
+                key=job.key, path=job.path, status="ok", backend=self.backend, attempts=attempts,
+                error=None, sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob),
+                seconds=round(seconds, 3), created=created,
+            )
+            self._append(rec)
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.images / job.path}: {exc.strerror or exc}") from None
+        return rec
+
+    def fail(self, job: Job, error: str, *, attempts: int, seconds: float) -> Record:
+        """Record that `job` failed (its old image, if any, is left alone)."""
+        rec = Record(
+            key=job.key, path=job.path, status="failed", backend=self.backend, attempts=attempts,
+            error=error, sha256=None, bytes=None, seconds=round(seconds, 3), created=None,
+        )
+        try:
+            self._append(rec)
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.root / RESULTS}: {exc.strerror or exc}") from None
+        return rec
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        """Write summary.json atomically; return its path."""
+        path = self.root / SUMMARY
+        try:
+            atomic_write(path, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode())
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return path
+
+    def close(self) -> None:
+        """Close results.jsonl."""
+        with self._lock:
+            if self._results is not None:
+                self._results.close()
+                self._results = None
+
