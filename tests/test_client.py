@@ -1,0 +1,220 @@
+"""Each failure class of one request, at unit level with aioresponses."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import struct
+import zlib
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+from PIL import Image
+
+from pipeline.client import ApiClient, backend_name, check_image
+from pipeline.errors import AuthError, PermanentApiError, RetryableApiError
+from runner_helpers import KEY, image_bytes, make_job
+
+BASE = "https://inference.example.test"
+URL = BASE + "/v1/images/generations"
+
+
+def ok_body(data: bytes) -> dict:
+    return {"created": 1745612037, "data": [{"b64_json": base64.b64encode(data).decode(),
+                                              "revised_prompt": ""}]}
+
+
+async def call(mock_setup, job=None, **kw):
+    """Set up responses, make one generate() call, return (result or exception, client)."""
+    job = job or make_job()
+    seen = []
+    with aioresponses() as m:
+        mock_setup(m)
+        async with aiohttp.ClientSession() as session:
+            client = ApiClient(session, BASE, KEY, observe=lambda h, s: seen.append((s, dict(h))),
+                               **kw)
+            try:
+                result = await client.generate(job)
+            except Exception as exc:  # noqa: BLE001 - the test inspects it
+                result = exc
+            sent = [c for calls in m.requests.values() for c in calls]
+    return result, client, sent, seen
+
+
+async def test_ok_png_is_returned_checked_and_body_sent_as_is():
+    data = image_bytes("png")
+    job = make_job()
+    result, client, sent, _ = await call(lambda m: m.post(URL, payload=ok_body(data)), job)
+    assert result.data == data and result.format == "png"
+    assert (result.width, result.height) == (1024, 1024)
+    assert result.created == 1745612037
+    assert client.requests == 1
+    assert sent[0].kwargs["data"] == job.body.encode()
+    assert sent[0].kwargs["headers"]["Authorization"] == f"Bearer {KEY}"
+
+
+async def test_ok_jpeg_and_explicit_size():
+    job = make_job(fmt="jpeg", size="1344x768")
+    data = image_bytes("jpeg", (1344, 768))
+    result, *_ = await call(lambda m: m.post(URL, payload=ok_body(data)), job)
+    assert (result.format, result.width, result.height) == ("jpeg", 1344, 768)
+
+
+async def test_url_response_is_downloaded_and_checked():
+    data = image_bytes("png")
+
+    def setup(m):
+        m.post(URL, payload={"created": 1, "data": [{"url": "/files/x.png"}]})
+        m.get(BASE + "/files/x.png", body=data)
+
+    result, client, *_ = await call(setup)
+    assert result.data == data
+    assert client.requests == 2
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_5xx_is_retryable(status):
+    result, *_ = await call(lambda m: m.post(URL, status=status, body="<html>bad gateway</html>",
+                                             content_type="text/html"))
+    assert isinstance(result, RetryableApiError) and result.status == status
+    assert result.retry_after is None
+
+
+async def test_429_with_retry_after_and_server_message():
+    err = {"error": {"code": 429, "message": "Rate limit exceeded", "type": "rate_limit_error"}}
+    result, _, _, seen = await call(lambda m: m.post(
+        URL, status=429, payload=err,
+        headers={"Retry-After": "7", "x-ratelimit-remaining-requests": "0",
+                 "x-ratelimit-reset-requests": "51s"}))
+    assert isinstance(result, RetryableApiError)
+    assert result.retry_after == 7.0 and "Rate limit exceeded" in result.message
+    assert seen[0][0] == 429 and seen[0][1]["x-ratelimit-reset-requests"] == "51s"
+
+
+async def test_429_without_retry_after_uses_the_reset_header_else_nothing():
+    result, *_ = await call(lambda m: m.post(
+        URL, status=429, payload={}, headers={"x-ratelimit-reset-requests": "12s"}))
+    assert result.retry_after == 12.0
+    result, *_ = await call(lambda m: m.post(URL, status=429, payload={}))
+    assert isinstance(result, RetryableApiError) and result.retry_after is None
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 413, 422])
+async def test_permanent_statuses_carry_the_servers_message(status):
+    err = {"error": {"code": status, "message": f"nope {status}", "type": "invalid_request_error"}}
+    result, *_ = await call(lambda m: m.post(URL, status=status, payload=err))
+    assert type(result) is PermanentApiError
+    assert result.message == f"nope {status}" and result.status == status
+
+
+async def test_permanent_without_message_says_the_status():
+    result, *_ = await call(lambda m: m.post(URL, status=404, body="not here"))
+    assert type(result) is PermanentApiError and result.message == "HTTP 404"
+
+
+@pytest.mark.parametrize("prefix", ["DIFFUSION", "INFERENCE"])
+async def test_401_is_auth_error_naming_the_variable_not_the_key(prefix):
+    err = {"error": {"code": 401, "message": f"bad key {KEY}", "type": "authentication_error"}}
+    result, *_ = await call(lambda m: m.post(URL, status=401, payload=err),
+                            key_variable=f"{prefix}_KEY")
+    assert isinstance(result, AuthError)
+    assert f"check {prefix}_KEY" in result.message and "401" in result.message
+    assert KEY not in result.message and KEY not in str(result)
+
+
+async def test_connection_reset_is_retryable_and_scrubbed():
+    result, *_ = await call(lambda m: m.post(
+        URL, exception=aiohttp.ServerDisconnectedError(f"reset while sending {KEY}")))
+    assert isinstance(result, RetryableApiError) and result.kind == "connection"
+    assert KEY not in str(result)
+    result, *_ = await call(lambda m: m.post(URL, exception=aiohttp.ClientConnectionError("refused")))
+    assert isinstance(result, RetryableApiError)
+
+
+async def test_timeout_is_retryable():
+    result, *_ = await call(lambda m: m.post(URL, exception=asyncio.TimeoutError()), timeout=3)
+    assert isinstance(result, RetryableApiError) and result.kind == "timeout"
+    assert "3 s" in result.message
+
+
+@pytest.mark.parametrize("body,ctype,kind", [
+    ('{"created": 1, "data": [', "application/json", "bad_json"),
+    ("<!DOCTYPE html><html><body>Application error</body></html>", "text/html", "html"),
+    ("<html>oops</html>", "application/json", "html"),
+    ('{"created": 1, "data": []}', "application/json", "format"),
+    ('{"created": 1, "data": [{"revised_prompt": ""}]}', "application/json", "format"),
+    ('{"created": 1, "data": [{"b64_json": "iVBOR!!not base64$$"}]}', "application/json",
+     "bad_base64"),
+    ('{"created": 1, "data": [{"b64_json": "%s"}]}' % base64.b64encode(b"hello world").decode(),
+     "application/json", "not_image"),
+])
+async def test_bodies_that_lie_are_retryable(body, ctype, kind):
+    result, *_ = await call(lambda m: m.post(URL, status=200, body=body, content_type=ctype))
+    assert isinstance(result, RetryableApiError), result
+    assert result.kind == kind
+    if kind == "format":
+        assert "unexpected response format" in result.message
+
+
+async def test_wrong_format_is_retryable():
+    result, *_ = await call(lambda m: m.post(URL, payload=ok_body(image_bytes("jpeg"))))
+    assert isinstance(result, RetryableApiError) and result.kind == "wrong_format"
+
+
+async def test_wrong_size_is_retryable():
+    result, *_ = await call(lambda m: m.post(URL, payload=ok_body(image_bytes("png", (512, 512)))))
+    assert isinstance(result, RetryableApiError) and result.kind == "wrong_size"
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+async def test_truncated_image_is_retryable(fmt):
+    data = image_bytes(fmt, color=(1, 2, 3))
+    result, *_ = await call(lambda m: m.post(URL, payload=ok_body(data[: len(data) * 2 // 3])),
+                            make_job(fmt=fmt))
+    assert isinstance(result, RetryableApiError) and result.kind == "truncated"
+
+
+def test_png_with_a_bad_crc_is_refused():
+    data = bytearray(image_bytes("png"))
+    idat = data.index(b"IDAT")
+    data[idat + 10] ^= 0xFF  # flip a byte inside the compressed data; its CRC no longer matches
+    with pytest.raises(RetryableApiError, match="corrupt|truncated"):
+        check_image(bytes(data), make_job().request)
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(
+            ">I", zlib.crc32(kind + payload))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) \
+        + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [5000, 100_000])
+def test_decompression_bomb_refused_before_decoding(side):
+    with pytest.raises(RetryableApiError, match="refused"):
+        check_image(_bomb_png(side, side), make_job().request)
+
+
+async def test_body_over_the_cap_is_refused():
+    big = json.dumps({"created": 1, "data": [{"b64_json": "A" * 200_000}]})
+    result, *_ = await call(lambda m: m.post(URL, body=big), max_body=100_000)
+    assert isinstance(result, RetryableApiError) and result.kind == "too_large"
+
+
+def test_backend_name_strips_credentials_query_and_case():
+    assert backend_name("https://user:pw@US.inference.heroku.com/?token=x#f") == \
+        "https://us.inference.heroku.com"
+    assert backend_name("http://127.0.0.1:8080/base/") == "http://127.0.0.1:8080/base"
+
+
+def test_check_image_returns_the_same_bytes():
+    data = image_bytes("png")
+    img = check_image(data, make_job().request)
+    assert img.data is data
+    with Image.open(io.BytesIO(img.data)) as decoded:
+        assert decoded.size == (1024, 1024)

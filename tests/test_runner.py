@@ -1,0 +1,194 @@
+"""The runner against fake clients and stores: concurrency, retries, failures, 401, stopping."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pipeline.client import GeneratedImage
+from pipeline.errors import AuthError, PermanentApiError, RetryableApiError, StoreError
+from pipeline.runner import Runner, RunSettings
+from runner_helpers import make_plan
+
+
+class FakeStore:
+    """Keeps records in memory."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, tuple[bytes, int]] = {}
+        self.failed: dict[str, str] = {}
+
+    def save(self, job, data, *, attempts, seconds, created):
+        self.saved[job.key] = (data, attempts)
+
+    def fail(self, job, error, *, attempts, seconds):
+        self.failed[job.key] = error
+
+
+class FakeClient:
+    """Answers from a script per job index: a list of exceptions to raise before succeeding."""
+
+    def __init__(self, script=None, *, gate: asyncio.Event | None = None) -> None:
+        self.script = {k: list(v) for k, v in (script or {}).items()}
+        self.requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.gate = gate
+        self.started: list[int] = []
+
+    async def generate(self, job):
+        self.requests += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.started.append(job.index)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            else:
+                await asyncio.sleep(0)
+            queue = self.script.get(job.index, [])
+            if queue:
+                raise queue.pop(0)
+            return GeneratedImage(data=b"img%d" % job.index, format="png", width=1, height=1)
+        finally:
+            self.in_flight -= 1
+
+
+class FakeSleep:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        await asyncio.sleep(0)
+
+
+def _work(store, n=10):
+    return [(store, j) for j in make_plan(n).jobs]
+
+
+async def test_all_jobs_run_with_bounded_concurrency():
+    store, client = FakeStore(), FakeClient()
+    runner = Runner(client, RunSettings(concurrency=3), sleep=FakeSleep())
+    state = await runner.run(_work(store, 20))
+    assert state.ok == 20 and state.failed == 0
+    assert len(store.saved) == 20 and client.requests == 20
+    assert 1 < client.max_in_flight <= 3
+
+
+async def test_retryable_errors_retry_with_injected_waits_then_succeed():
+    sleep = FakeSleep()
+    store = FakeStore()
+    client = FakeClient({0: [RetryableApiError("HTTP 503", status=503),
+                             RetryableApiError("429", status=429, retry_after=9.0)]})
+    runner = Runner(client, RunSettings(concurrency=1, retries=5, backoff_base=2.0), sleep=sleep,
+                    rng=lambda: 1.0)
+    state = await runner.run(_work(store, 1))
+    assert state.ok == 1
+    assert sleep.waits == [2.0, 9.0]
+    (data, attempts), = store.saved.values()
+    assert attempts == 3
+    assert state.requests_by_store[id(store)] == 3
+
+
+async def test_gives_up_after_retries_with_reason():
+    store = FakeStore()
+    client = FakeClient({1: [RetryableApiError("HTTP 500")] * 10})
+    runner = Runner(client, RunSettings(retries=2), sleep=FakeSleep(), rng=lambda: 0.0)
+    state = await runner.run(_work(store, 3))
+    assert (state.ok, state.failed) == (2, 1)
+    (reason,) = store.failed.values()
+    assert reason == "HTTP 500 (gave up after 3 attempts)"
+    assert [o.job.index for o in state.outcomes] == [1]
+
+
+async def test_permanent_error_fails_at_once():
+    store, sleep = FakeStore(), FakeSleep()
+    client = FakeClient({0: [PermanentApiError("prompt too long", status=400)]})
+    runner = Runner(client, RunSettings(), sleep=sleep)
+    state = await runner.run(_work(store, 2))
+    assert (state.ok, state.failed) == (1, 1)
+    assert list(store.failed.values()) == ["prompt too long"]
+    assert sleep.waits == [] and client.requests == 2
+
+
+async def test_401_stops_new_requests_and_records_no_failure():
+    store = FakeStore()
+    client = FakeClient({0: [AuthError("the service rejected the key (401): check X_KEY")]})
+    runner = Runner(client, RunSettings(concurrency=1), sleep=FakeSleep())
+    state = await runner.run(_work(store, 10))
+    assert state.auth_error is not None and "X_KEY" in state.auth_error.message
+    assert client.requests == 1 and store.failed == {} and state.interrupted
+
+
+async def test_stop_settles_in_flight_and_starts_nothing_new():
+    gate = asyncio.Event()
+    store = FakeStore()
+    client = FakeClient(gate=gate)
+    runner = Runner(client, RunSettings(concurrency=4), sleep=FakeSleep())
+    task = asyncio.ensure_future(runner.run(_work(store, 50)))
+    while client.in_flight < 4:
+        await asyncio.sleep(0)
+    runner.stop()
+    gate.set()
+    state = await task
+    assert state.ok == 4 and len(store.saved) == 4 and client.requests == 4
+
+
+async def test_stop_interrupts_a_retry_wait():
+    store = FakeStore()
+    client = FakeClient({0: [RetryableApiError("HTTP 503")] * 3})
+    never = asyncio.Event()
+
+    async def long_sleep(seconds):
+        await never.wait()
+
+    runner = Runner(client, RunSettings(concurrency=1), sleep=long_sleep)
+    task = asyncio.ensure_future(runner.run(_work(store, 3)))
+    while client.requests < 1:
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    runner.stop()
+    state = await asyncio.wait_for(task, 5)
+    assert state.ok == 0 and state.failed == 0 and store.failed == {}
+
+
+async def test_abort_cancels_in_flight_and_saves_nothing_half():
+    gate = asyncio.Event()
+    store = FakeStore()
+    client = FakeClient(gate=gate)
+    runner = Runner(client, RunSettings(concurrency=2), sleep=FakeSleep())
+    task = asyncio.ensure_future(runner.run(_work(store, 5)))
+    while client.in_flight < 2:
+        await asyncio.sleep(0)
+    runner.abort()
+    state = await asyncio.wait_for(task, 5)
+    assert state.ok == 0 and store.saved == {}
+
+
+async def test_store_error_stops_the_run():
+    class FullStore(FakeStore):
+        def save(self, job, data, **kw):
+            raise StoreError("cannot write: No space left on device")
+
+    client = FakeClient()
+    runner = Runner(client, RunSettings(concurrency=1), sleep=FakeSleep())
+    state = await runner.run(_work(FullStore(), 5))
+    assert isinstance(state.store_error, StoreError) and client.requests == 1
+
+
+async def test_jobs_start_in_plan_order():
+    client = FakeClient()
+    runner = Runner(client, RunSettings(concurrency=1), sleep=FakeSleep())
+    await runner.run(_work(FakeStore(), 6))
+    assert client.started == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("concurrency", [1, 8])
+async def test_progress_callback_sees_every_job(concurrency):
+    seen = []
+    runner = Runner(FakeClient({2: [PermanentApiError("x")]}), RunSettings(concurrency=concurrency),
+                    sleep=FakeSleep(), on_change=lambda st: seen.append((st.ok, st.failed)))
+    await runner.run(_work(FakeStore(), 5))
+    assert seen[-1] == (4, 1) and len(seen) == 5

@@ -1,0 +1,139 @@
+"""The only writer: atomic images, results.jsonl (torn lines tolerated), what counts as done."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from pipeline import metadata
+from pipeline.errors import StoreError
+from pipeline.store import RESULTS, Store, atomic_write, read_records
+from runner_helpers import image_bytes, make_job
+
+
+def _store(tmp_path, backend="local"):
+    s = Store(tmp_path / "out", "demo", backend)
+    s.prepare()
+    s.load()
+    return s
+
+
+def test_save_writes_image_with_request_and_a_record(tmp_path):
+    store = _store(tmp_path)
+    job = make_job()
+    rec = store.save(job, image_bytes(), attempts=2, seconds=1.23456, created=17)
+    path = tmp_path / "out/demo/images/fox/1.png"
+    blob = path.read_bytes()
+    assert metadata.extract(blob) == job.body
+    with Image.open(io.BytesIO(blob)) as img:
+        img.verify()
+    assert rec.bytes == len(blob) and rec.status == "ok" and rec.attempts == 2
+    line = json.loads((tmp_path / "out/demo" / RESULTS).read_text())
+    assert set(line) == {"key", "path", "status", "backend", "attempts", "error", "sha256",
+                         "bytes", "seconds", "created"}
+    assert line["key"] == job.key and line["path"] == "fox/1.png" and line["seconds"] == 1.235
+    assert store.is_done(job)
+    store.close()
+
+
+def test_done_needs_same_backend_path_and_file(tmp_path):
+    job = make_job()
+    s = _store(tmp_path, "local")
+    s.save(job, image_bytes(), attempts=1, seconds=0, created=None)
+    s.close()
+    remote = _store(tmp_path, "https://api.example.test")
+    assert not remote.is_done(job)  # local never stands in for remote
+    assert remote.state(job) == ("pending", None)
+    remote.save(job, image_bytes(color=(0, 0, 255)), attempts=1, seconds=0, created=None)
+    remote.close()
+    # Now the file on disk is the remote one: local must not count it as its own.
+    assert not _store(tmp_path, "local").is_done(job)
+    again = _store(tmp_path, "https://api.example.test")
+    assert again.is_done(job)
+    (tmp_path / "out/demo/images/fox/1.png").unlink()
+    assert not again.is_done(job)
+
+
+def test_truncated_file_or_changed_size_is_not_done(tmp_path):
+    job = make_job()
+    s = _store(tmp_path)
+    s.save(job, image_bytes(), attempts=1, seconds=0, created=None)
+    path = tmp_path / "out/demo/images/fox/1.png"
+    path.write_bytes(path.read_bytes()[:100])
+    s.load()
+    assert not s.is_done(job)
+
+
+def test_failed_after_ok_keeps_done_and_failure_shows_in_state(tmp_path):
+    a, b = make_job(0, seed=1), make_job(1, seed=2)
+    s = _store(tmp_path)
+    s.save(a, image_bytes(), attempts=1, seconds=0, created=None)
+    s.fail(a, "boom", attempts=6, seconds=1)  # a --force run that failed; the image is intact
+    s.fail(b, "HTTP 400: bad", attempts=1, seconds=0)
+    s.close()
+    s = _store(tmp_path)
+    assert s.is_done(a)
+    state, rec = s.state(b)
+    assert state == "failed" and rec.error == "HTTP 400: bad"
+
+
+def test_torn_last_line_is_tolerated_and_fixed_on_append(tmp_path):
+    job, other = make_job(0, seed=1), make_job(1, seed=2)
+    s = _store(tmp_path)
+    s.save(job, image_bytes(), attempts=1, seconds=0, created=None)
+    s.close()
+    results = tmp_path / "out/demo" / RESULTS
+    with open(results, "ab") as fh:
+        fh.write(b'{"key": "abc", "path": "x.png", "sta')  # killed mid-line
+    s = _store(tmp_path)
+    assert s.is_done(job)
+    s.save(other, image_bytes(), attempts=1, seconds=0, created=None)
+    s.close()
+    recs = list(read_records(results))
+    assert [r.key for r in recs] == [job.key, other.key]
+
+
+def test_prepare_removes_leftover_temp_files(tmp_path):
+    images = tmp_path / "out/demo/images/fox"
+    images.mkdir(parents=True)
+    (images / ".tmp-1.png.123.456").write_bytes(b"half")
+    (images / "keep.png").write_bytes(b"x")
+    s = Store(tmp_path / "out", "demo", "local")
+    assert s.prepare() == 1
+    assert sorted(p.name for p in images.iterdir()) == ["keep.png"]
+    s.close()
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "a.bin"
+    atomic_write(path, b"old")
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_read_only_output_is_a_store_error(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    with pytest.raises(StoreError, match="cannot write"):
+        Store(ro, "demo", "local").prepare()
+
+
+def test_summary_is_written_atomically(tmp_path):
+    s = _store(tmp_path)
+    path = s.write_summary({"planned": 1, "failures": []})
+    assert json.loads(path.read_text()) == {"planned": 1, "failures": []}
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
