@@ -51,6 +51,7 @@ class RunOptions:
     json: bool = False
     env_prefix: str = config.DEFAULT_PREFIX
     verbose: int = 0
+    backoff_base: float = 1.0  # seconds; first retry waits up to this (tests shrink it)
 
 
 class Interrupted(ImagebatchError):
@@ -150,9 +151,11 @@ def _post(plan: Plan, root: Path, err: TextIO) -> None:
     build_all(plan, root)
 
 
-async def _run_async(
-    plans: list[Plan], conn: config.Connection, opts: RunOptions, err: TextIO, reason: str
+async def run_plans_async(
+    plans: list[Plan], conn: config.Connection, opts: RunOptions, err: TextIO, reason: str = ""
 ) -> tuple[list[dict[str, Any]], RunState]:
+    """Run validated plans against `conn` (or the embedded server); (summaries, state)."""
+    reason = reason or ("--local given" if opts.local else f"no {opts.env_prefix}_URL set")
     started = time.monotonic()
     async with _backend(conn, err, reason) as (url, key, backend):
         stores = [Store(opts.out, plan.name, backend) for plan in plans]
@@ -185,7 +188,8 @@ async def _run_async(
             runner = Runner(
                 client,
                 RunSettings(concurrency=opts.concurrency, rpm=rpm, auto_rpm=auto,
-                            retries=opts.retries, timeout=opts.timeout),
+                            retries=opts.retries, timeout=opts.timeout,
+                            backoff_base=opts.backoff_base),
                 pacer=pacer,
                 on_change=lambda st: progress.update(st.ok, st.failed),
             )
@@ -243,8 +247,14 @@ def run_command(
     plans = load_plans(opts.manifests, env, opts.env_prefix, max_jobs=opts.max_jobs,
                        shard=opts.shard)
     conn = config.connection(env, opts.env_prefix, local=opts.local)
-    reason = "--local given" if opts.local else f"no {opts.env_prefix}_URL set"
-    summaries, state = asyncio.run(_run_async(plans, conn, opts, err, reason))
+    summaries, state = asyncio.run(run_plans_async(plans, conn, opts, err))
+    return report(summaries, state, opts, out, err)
+
+
+def report(
+    summaries: list[dict[str, Any]], state: RunState, opts: RunOptions, out: TextIO, err: TextIO
+) -> int:
+    """Print the summaries (JSON on stdout with --json) and return the exit code."""
     text = "\n".join(_human(s) for s in summaries)
     if opts.json:
         doc: Any = summaries[0] if len(summaries) == 1 else summaries

@@ -9,6 +9,7 @@ used at its full rate without being refused.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import random
 import re
@@ -114,6 +115,10 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
         return None
 
 
+#: The start number of the request the current task is making (set by Pacer.acquire).
+_TICKET: contextvars.ContextVar[int] = contextvars.ContextVar("pacer_ticket", default=0)
+
+
 class Pacer:
     """Decides when the next request may start; one per run, made inside the running loop.
 
@@ -143,9 +148,14 @@ class Pacer:
         self._budget: int | None = None  # starts left in the service's window, as last told
         self._free_at = 0.0  # clock time the window's oldest request leaves it, as last told
         self._news: asyncio.Event | None = None  # set by every observe()
+        self._started = 0  # requests started so far (each gets this number as its ticket)
 
     async def acquire(self) -> None:
         """Wait until one more request may start."""
+        # The even spacing first, the window's budget last: a start must not act on a
+        # budget checked before a wait in the bucket.
+        if self._limiter is not None:
+            await self._limiter.acquire()
         while True:
             now = self._clock()
             if self._resume_at > now:
@@ -168,10 +178,10 @@ class Pacer:
                         self._budget = None
                     continue
             break
-        if self._limiter is not None:
-            await self._limiter.acquire()
         if self._budget is not None:
             self._budget -= 1
+        self._started += 1
+        _TICKET.set(self._started)  # observe() runs in this same task and reads it back
 
     def observe(self, headers: Mapping[str, str], status: int) -> None:
         """Learn from one response's headers (any status)."""
@@ -182,7 +192,11 @@ class Pacer:
         remaining = _int_header(headers, "x-ratelimit-remaining-requests")
         reset = parse_duration(headers.get("x-ratelimit-reset-requests"))
         if remaining is not None:
-            self._budget = remaining
+            # Requests started after this one were (most likely) not yet counted by the
+            # service when it answered: take them off what it says is left.
+            ticket = _TICKET.get()
+            later = self._started - ticket if ticket else 0
+            self._budget = remaining - later
             if reset is not None:
                 self._free_at = self._clock() + min(reset, self._pause_cap)
         if self._news is not None:

@@ -1,0 +1,182 @@
+"""Whole runs over real HTTP on 127.0.0.1: faults, rate limit, resume, key hygiene, signals."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fake_api import FakeApi, start
+from pipeline import config
+from pipeline.app import RunOptions, report, run_plans_async, show_command
+from pipeline.errors import ConfigError
+from runner_helpers import KEY, make_plan
+
+
+async def _run(api: FakeApi, plans, tmp_path: Path, **kw):
+    runner, url = await start(api)
+    try:
+        conn = config.Connection(prefix="DIFFUSION", url=url, key=KEY)
+        kw.setdefault("backoff_base", 0.01)
+        opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, **kw)
+        err = io.StringIO()
+        summaries, state = await run_plans_async(plans, conn, opts, err)
+        out = io.StringIO()
+        code = report(summaries, state, opts, out, err)
+        return code, summaries, out.getvalue() + err.getvalue(), url
+    finally:
+        await runner.cleanup()
+
+
+def _images(tmp_path: Path, name: str = "demo") -> list[Path]:
+    return sorted(p for p in (tmp_path / "out" / name / "images").rglob("*") if p.is_file())
+
+
+def _decodes(path: Path) -> bool:
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+async def test_run_then_rerun_sends_nothing(tmp_path):
+    plan = make_plan(6)
+    api = FakeApi(key=KEY)
+    runner, url = await start(api)
+    try:
+        conn = config.Connection(prefix="DIFFUSION", url=url, key=KEY)
+        opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, concurrency=3, rpm=6000)
+        (summary,), state = await run_plans_async([plan], conn, opts, io.StringIO())
+        assert api.requests == 6 and state.ok == 6
+        assert summary["succeeded"] == 6 and summary["requests"] == 6 and summary["failures"] == []
+        assert summary["backend"] == url
+        images = _images(tmp_path)
+        assert len(images) == 6 and all(_decodes(p) for p in images)
+        # the bodies the server got are exactly the plan's
+        assert sorted(api.bodies) == sorted(j.body.encode() for j in plan.jobs)
+        (summary,), _ = await run_plans_async([plan], conn, opts, io.StringIO())
+        assert api.requests == 6
+        assert (summary["skipped"], summary["succeeded"], summary["requests"]) == (6, 0, 0)
+        on_disk = json.loads((tmp_path / "out/demo/summary.json").read_text())
+        assert on_disk["skipped"] == 6
+    finally:
+        await runner.cleanup()
+
+
+async def test_faults_are_retried_and_nothing_corrupt_is_kept(tmp_path):
+    plan = make_plan(8)
+    api = FakeApi(faults={1: "500", 2: "html", 3: "truncate", 4: "wrong-size", 5: "reset"})
+    code, (summary,), text, _ = await _run(api, [plan], tmp_path, concurrency=2, rpm=6000,
+                                           retries=3)
+    assert code == 0, text
+    assert summary["succeeded"] == 8 and summary["requests"] == 13
+    assert all(_decodes(p) for p in _images(tmp_path))
+    with Image.open(_images(tmp_path)[0]) as img:
+        assert img.size == (1024, 1024)
+
+
+async def test_permanent_400_fails_at_once_and_exit_1(tmp_path):
+    plan = make_plan(3, prompt="a fox [[fail:400]]")
+    api = FakeApi()
+    code, (summary,), text, _ = await _run(api, [plan], tmp_path, rpm=6000)
+    assert code == 1 and api.requests == 3
+    assert summary["failed"] == 3 and [f["reason"] for f in summary["failures"]] == \
+        ["prompt refused"] * 3
+    assert [f["path"] for f in summary["failures"]] == [j.path for j in plan.jobs]
+    assert "FAILED fox/1.png: prompt refused" in text
+    recs = [json.loads(x) for x in (tmp_path / "out/demo/results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in recs] == ["failed"] * 3
+
+
+async def test_401_stops_the_run_exit_2_names_variable_never_the_key(tmp_path):
+    plan = make_plan(10)
+    api = FakeApi(key="inf-the-right-one")
+    code, (summary,), text, _ = await _run(api, [plan], tmp_path, concurrency=2, rpm=6000)
+    assert code == 2
+    assert "check DIFFUSION_KEY" in text and KEY not in text
+    assert api.requests <= 2 and summary["succeeded"] == 0
+
+
+async def test_rate_limit_headers_avoid_429_in_steady_state(tmp_path):
+    plan = make_plan(12)
+    api = FakeApi(rpm=4, window=1.0)
+    # Ask for a rate above the limit: the headers must hold the client back.
+    code, (summary,), text, _ = await _run(api, [plan], tmp_path, concurrency=4, rpm=6000)
+    assert code == 0, text
+    assert summary["succeeded"] == 12
+    assert api.by_status[429] == 0, dict(api.by_status)
+
+
+async def test_changed_job_regenerates_alone_and_force_regenerates_all(tmp_path):
+    api = FakeApi()
+    runner, url = await start(api)
+    try:
+        conn = config.Connection(prefix="DIFFUSION", url=url, key=KEY)
+        opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, rpm=6000)
+        err = io.StringIO()
+        plan = make_plan(4)
+        await run_plans_async([plan], conn, opts, err)
+        assert api.requests == 4
+        from runner_helpers import make_job
+        from dataclasses import replace
+        changed = make_job(2, prompt="a red fox", seed=3)
+        plan2 = replace(plan, jobs=plan.jobs[:2] + (changed,) + plan.jobs[3:])
+        (s,), _ = await run_plans_async([plan2], conn, opts, err)
+        assert api.requests == 5 and s["succeeded"] == 1 and s["skipped"] == 3
+        (s,), _ = await run_plans_async([plan2], conn, opts, err)
+        assert api.requests == 5
+        (s,), _ = await run_plans_async([plan2], conn, replace(opts, force=True), err)
+        assert api.requests == 9 and s["succeeded"] == 4
+        # local results never stand in for this remote backend, nor the reverse
+        from pipeline.store import Store
+        st = Store(tmp_path / "out", "demo", "local")
+        st.load()
+        assert not any(st.is_done(j) for j in plan2.jobs)
+    finally:
+        await runner.cleanup()
+
+
+async def test_key_never_written_anywhere(tmp_path):
+    plan = make_plan(4)
+    api = FakeApi(key=KEY, faults={2: "500"})
+    code, _, text, _ = await _run(api, [plan], tmp_path, rpm=6000, verbose=2)
+    assert code == 0 and KEY not in text
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+async def test_show_prints_the_body_ready_to_replay(tmp_path, capsys):
+    plan = make_plan(1)
+    await _run(FakeApi(), [plan], tmp_path, rpm=6000)
+    (image,) = _images(tmp_path)
+    out = io.StringIO()
+    assert show_command(str(image), out=out) == 0
+    assert out.getvalue().strip() == plan.jobs[0].body
+
+
+def test_url_without_key_is_a_config_error_naming_the_fix():
+    with pytest.raises(ConfigError) as info:
+        config.connection({"INFERENCE_URL": "https://x.example"}, "INFERENCE")
+    msg = str(info.value)
+    assert "INFERENCE_KEY is not" in msg and "heroku config:get -a APP INFERENCE_KEY" in msg
+    assert info.value.exit_code == 2
+
+
+def test_connection_repr_hides_the_key():
+    conn = config.connection({"DIFFUSION_URL": "https://x.example", "DIFFUSION_KEY": KEY})
+    assert KEY not in repr(conn) and conn.key == KEY
+    assert config.connection({}).local
+    assert config.connection({"DIFFUSION_URL": "https://x.example"}, local=True).local
+
+
+def test_default_model_from_env():
+    assert config.default_model({}) == "stable-image-ultra"
+    assert config.default_model({"X_MODEL_ID": "m2"}, "X") == "m2"
+
