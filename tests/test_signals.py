@@ -1,0 +1,154 @@
+"""A run killed with SIGKILL is finished by a second run; SIGTERM exits 130; nothing half-written."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+KEY = "inf-SECRETSECRET123"
+N = 40
+
+SERVER = f"""
+import asyncio, sys
+sys.path.insert(0, {str(TESTS)!r})
+from fake_api import FakeApi, start
+async def main():
+    api = FakeApi(key={KEY!r}, latency=float(sys.argv[1]))
+    runner, url = await start(api)
+    print(url, flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+# Used until the manifest loader exists: the same run, with the plan built by hand.
+DRIVER = f"""
+import sys
+sys.path.insert(0, {str(TESTS)!r})
+from pathlib import Path
+import asyncio
+from pipeline import config
+from pipeline.app import RunOptions, report, run_plans_async
+from runner_helpers import make_plan
+import os
+conn = config.connection(os.environ, "DIFFUSION")
+opts = RunOptions((), out=Path(sys.argv[1]), post=False, concurrency=4, rpm=6000)
+summaries, state = asyncio.run(run_plans_async([make_plan({N})], conn, opts, sys.stderr))
+sys.exit(report(summaries, state, opts, sys.stdout, sys.stderr))
+"""
+
+MANIFEST = f"""version: 1
+name: demo
+jobs:
+  - id: fox
+    prompt: "a fox"
+    aspect_ratio: "1:1"
+    output_format: png
+    seeds: {{start: 1, count: {N}}}
+"""
+
+
+@pytest.fixture
+def server():
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, "0.3"], stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    url = proc.stdout.readline().strip()
+    yield url
+    proc.kill()
+    proc.wait()
+
+
+def _run_argv(tmp_path: Path) -> list[str]:
+    out = str(tmp_path / "out")
+    if importlib.util.find_spec("pipeline.manifest") is not None:
+        manifest = tmp_path / "demo.yaml"
+        manifest.write_text(MANIFEST)
+        return [sys.executable, "-m", "pipeline", "run", str(manifest), "--out", out,
+                "--concurrency", "4", "--rpm", "6000", "--no-post"]
+    return [sys.executable, "-c", DRIVER, out]
+
+
+def _env(url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFUSION_")}
+    env.update(DIFFUSION_URL=url, DIFFUSION_KEY=KEY, PYTHONPATH=str(ROOT))
+    return env
+
+
+def _final_files(tmp_path: Path) -> list[Path]:
+    images = tmp_path / "out/demo/images"
+    return [p for p in images.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")]
+
+
+def _all_decode(paths: list[Path]) -> None:
+    for p in paths:
+        with Image.open(p) as img:
+            img.load()
+            assert img.size == (1024, 1024)
+
+
+def _wait_for_results(tmp_path: Path, at_least: int, proc: subprocess.Popen) -> None:
+    results = tmp_path / "out/demo/results.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.exists() and results.read_text().count("\n") >= at_least:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the run never got going")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_second_run_finishes(tmp_path, server):
+    proc = subprocess.Popen(_run_argv(tmp_path), env=_env(server), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_results(tmp_path, 6, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = _final_files(tmp_path)
+    assert 0 < len(first) < N
+    _all_decode(first)  # nothing half-written under a final name
+    done_before = {json.loads(x)["key"] for x in
+                   (tmp_path / "out/demo/results.jsonl").read_text().splitlines() if x.strip()}
+    second = subprocess.run(_run_argv(tmp_path) + [], env=_env(server), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    summary = json.loads((tmp_path / "out/demo/summary.json").read_text())
+    assert summary["succeeded"] + summary["skipped"] == N and summary["failed"] == 0
+    assert summary["skipped"] >= len(done_before)  # finished work is not redone
+    assert summary["requests"] == summary["succeeded"]
+    files = _final_files(tmp_path)
+    assert len(files) == N
+    _all_decode(files)
+    assert not [p for p in (tmp_path / "out").rglob(".tmp-*")]
+    for blob in [second.stdout, second.stderr]:
+        assert KEY not in blob
+
+
+@pytest.mark.slow
+def test_sigterm_settles_in_flight_writes_summary_exits_130(tmp_path, server):
+    proc = subprocess.Popen(_run_argv(tmp_path), env=_env(server), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_results(tmp_path, 4, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and KEY not in out + err
+    summary = json.loads((tmp_path / "out/demo/summary.json").read_text())
+    assert summary["interrupted"] is True
+    assert 0 < summary["succeeded"] < N and summary["pending"] > 0
+    files = _final_files(tmp_path)
+    _all_decode(files)
+    assert len(files) == summary["succeeded"]  # in-flight ones were settled and recorded
+    assert not [p for p in (tmp_path / "out").rglob(".tmp-*")]
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes()
