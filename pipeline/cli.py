@@ -88,6 +88,10 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _rpm(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0.0") else _positive_float(text)
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -105,9 +109,10 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--out", default="outputs", metavar="DIR", help="output root (default outputs)")
     p.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
                    help="requests in flight at most (default 4)")
-    p.add_argument("--rpm", type=_positive_float, default=None, metavar="N",
-                   help="start at most N requests a minute, evenly spaced (default: none for "
-                        "the local server; 20, or the service's advertised limit, for a URL)")
+    p.add_argument("--rpm", type=_rpm, default=None, metavar="N",
+                   help="start at most N requests a minute, evenly spaced; 0 for no pacing of "
+                        "our own (default: none for the local server; 20, or the service's "
+                        "advertised per-minute limit, for a URL)")
     p.add_argument("--retries", type=_count, default=5, metavar="N",
                    help="retries per job after the first attempt (default 5)")
     p.add_argument("--timeout", type=_positive_float, default=120.0, metavar="S",
