@@ -21,7 +21,7 @@ import aiohttp
 
 from pipeline import config
 from pipeline.client import ApiClient, backend_name
-from pipeline.errors import ImagebatchError, ManifestError, StoreError, UsageError
+from pipeline.errors import ConfigError, ImagebatchError, ManifestError, StoreError, UsageError
 from pipeline.metadata import MetadataError, read_request
 from pipeline.plan import Plan, canonical_json
 from pipeline.progress import Progress
@@ -97,7 +97,13 @@ async def _backend(
         assert conn.url is not None and conn.key is not None
         yield conn.url, conn.key, backend_name(conn.url)
         return
-    from pipeline.server import ServerOptions, running_server
+    try:
+        from pipeline.server import ServerOptions, running_server
+    except ImportError:
+        raise ConfigError(
+            f"{reason}, and the embedded local server is not available in this build; "
+            f"set {conn.prefix}_URL and {conn.prefix}_KEY to use the hosted service"
+        ) from None
 
     async with running_server(ServerOptions(), host="127.0.0.1", port=0) as srv:
         print(f"{reason}: using the embedded local server at {srv.url}", file=err, flush=True)

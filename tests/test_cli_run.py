@@ -180,3 +180,19 @@ def test_default_model_from_env():
     assert config.default_model({}) == "stable-image-ultra"
     assert config.default_model({"X_MODEL_ID": "m2"}, "X") == "m2"
 
+
+
+def test_cli_show_and_bad_options(tmp_path, capsys):
+    from pipeline.cli import main
+    from pipeline.metadata import embed
+    from runner_helpers import image_bytes, make_job
+
+    job = make_job(fmt="jpeg")
+    img = tmp_path / "x.jpg"
+    img.write_bytes(embed(image_bytes("jpeg", (64, 64)), job.body))
+    assert main(["show", str(img)]) == 0
+    assert capsys.readouterr().out.strip() == job.body
+    assert main(["show", str(tmp_path / "missing.png")]) == 2
+    assert main(["run", "m.yaml", "--concurrency", "0"]) == 2
+    assert main(["run", "m.yaml", "--shard", "3/2"]) == 2
+    assert "must be at least 1" in capsys.readouterr().err

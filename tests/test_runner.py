@@ -192,3 +192,39 @@ async def test_progress_callback_sees_every_job(concurrency):
                     sleep=FakeSleep(), on_change=lambda st: seen.append((st.ok, st.failed)))
     await runner.run(_work(FakeStore(), 5))
     assert seen[-1] == (4, 1) and len(seen) == 5
+
+
+def test_progress_bar_on_a_tty_redraws_one_line():
+    import io
+
+    from pipeline.progress import Progress
+
+    now = [0.0]
+    buf = io.StringIO()
+    p = Progress(10, stream=buf, tty=True, clock=lambda: now[0])
+    now[0] = 30.0
+    p.update(3, 1)
+    now[0] = 30.05
+    p.update(4, 1)  # too soon: not drawn
+    p.close()
+    text = buf.getvalue()
+    assert text.count("\r") == 2 and text.endswith("\n")
+    first, last = text.split("\r")[1:]
+    assert "4/10 (40%) done 3 failed 1" in first and "ETA 0:45" in first
+    assert "5/10 (50%) done 4 failed 1" in last and "/min" in text and "ETA" in text
+
+
+def test_progress_off_a_tty_prints_plain_lines_every_few_seconds():
+    import io
+
+    from pipeline.progress import Progress
+
+    now = [0.0]
+    buf = io.StringIO()
+    p = Progress(100, stream=buf, tty=False, clock=lambda: now[0])
+    for i in range(1, 50):
+        now[0] = i * 0.5
+        p.update(i, 0)
+    lines = buf.getvalue().splitlines()
+    assert 4 <= len(lines) <= 5 and all(ln.startswith("progress: ") for ln in lines)
+    assert "\r" not in buf.getvalue()
