@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.errors import ImagebatchError, UsageError
+from pipeline.errors import ImagebatchError, ManifestError, UsageError
 
 DEFAULT_MAX_JOBS = 5000
 
@@ -144,15 +144,22 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    raise UsageError("validate is not built yet")
+    from pipeline.commands import validate_command
+
+    return validate_command(args.manifests, max_jobs=args.max_jobs, env_prefix=args.env_prefix)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    raise UsageError("plan is not built yet")
+    from pipeline.commands import plan_command
+
+    return plan_command(args.manifest, as_json=args.json, shard=args.shard,
+                        max_jobs=args.max_jobs, env_prefix=args.env_prefix)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    raise UsageError("schema is not built yet")
+    from pipeline.commands import schema_command
+
+    return schema_command()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -200,6 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
+    except ManifestError as exc:
+        from pipeline.commands import problem_report
+
+        print(problem_report(exc), file=sys.stderr)
+        return exc.exit_code
     except ImagebatchError as exc:
         print(f"imagebatch: {exc}" if not str(exc).startswith("imagebatch") else str(exc),
               file=sys.stderr)

@@ -6,9 +6,14 @@ Nothing here touches the disk, the network, the clock or the environment.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
+
+from pipeline.apispec import MAX_PROMPT_CHARS, MAX_SEED, SIZE_ASPECTS
+from pipeline.errors import ManifestError, Problem
 
 
 def canonical_json(body: dict[str, Any]) -> str:
@@ -71,3 +76,232 @@ class Plan:
     jobs: tuple[Job, ...]
     total: int  # jobs in the whole plan, before sharding
     shard: tuple[int, int] | None = None  # (K, N), 1-based K
+
+
+# --------------------------------------------------------------------------------------
+# The validated manifest, as pure values (pipeline.manifest builds these from YAML).
+
+Loc = tuple[int, int]  # (line, column), 1-based, of a value in the manifest file
+
+#: Placeholders every template knows; variables may not take these names.
+BUILTINS: tuple[str, ...] = ("id", "seed", "index", "ext", "key", "aspect", "vars")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True, slots=True)
+class Seeds:
+    """A job's seeds in one of the manifest's forms: explicit, start/count, or random."""
+
+    values: tuple[int, ...] = ()
+    start: int = 0
+    count: int = 0
+    random: int = 0
+
+    def __len__(self) -> int:
+        if self.random:
+            return self.random
+        return self.count if self.count else len(self.values)
+
+    def resolve(self, name: str, job_id: str) -> tuple[int, ...]:
+        """The seeds themselves; `{random: N}` derived from name, job id and index by SHA-256."""
+        if self.random:
+            return tuple(random_seed(name, job_id, i) for i in range(self.random))
+        if self.count:
+            return tuple(range(self.start, self.start + self.count))
+        return self.values
+
+
+def random_seed(name: str, job_id: str, index: int) -> int:
+    """The index-th `{random: N}` seed of a job: stable across processes, machines, Pythons."""
+    digest = hashlib.sha256(f"imagebatch-seed\0{name}\0{job_id}\0{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % MAX_SEED + 1  # 1..MAX_SEED, never 0
+
+
+@dataclass(frozen=True, slots=True)
+class Axis:
+    """One swept value list of `matrix:` or `zip:`; a request field or a variable."""
+
+    name: str
+    values: tuple[str, ...]
+    field: bool  # True: sets that request field; False: a {variable}
+    loc: Loc
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One entry of `jobs:`, validated; `groups` are crossed, each group zips its axes."""
+
+    id: str
+    where: str  # field path, e.g. jobs[2]
+    fields: tuple[tuple[str, Any], ...]  # request fields set by defaults and the job itself
+    groups: tuple[tuple[Axis, ...], ...]  # a matrix axis is a group of one; zip is one group
+    seeds: Seeds
+    loc: Loc  # of the job's id
+    prompt_loc: Loc
+
+    @property
+    def count(self) -> int:
+        """How many jobs this entry expands to, computed without expanding it."""
+        n = len(self.seeds)
+        for group in self.groups:
+            n *= len(group[0].values)
+        return n
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A validated manifest: everything expansion needs, nothing it must re-check."""
+
+    source: str
+    name: str
+    model: str
+    output: OutputSettings
+    jobs: tuple[JobSpec, ...]
+    path_loc: Loc = (1, 1)  # of output.path, for path errors
+
+
+def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
+    """Whether a job key falls in shard (K, N): N shards partition any plan by key."""
+    if shard is None:
+        return True
+    k, n = shard
+    return int(key[:16], 16) % n == k - 1
+
+
+def safe(value: str) -> str:
+    """A value made safe for a path segment: letters, digits, . _ - kept, others become -."""
+    return _UNSAFE.sub("-", value)
+
+
+def aspect_of(request: dict[str, Any]) -> str:
+    """The request's aspect ratio as the `{aspect}` placeholder writes it: 16x9."""
+    ratio = request.get("aspect_ratio") or SIZE_ASPECTS.get(request.get("size") or "", "1:1")
+    return str(ratio).replace(":", "x")
+
+
+def _problem(m: Manifest, loc: Loc, path: str, message: str) -> Problem:
+    return Problem(m.source, loc[0], loc[1], path, message)
+
+
+def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
+    """Manifest -> Plan: jobs in manifest order, canonical bodies, keys, safe unique paths.
+
+    Raises ManifestError for what only expansion can find: rendered prompts over the
+    limit, paths that climb out, two jobs with one path or one request.
+    """
+    m = manifest
+    out = m.output
+    problems: list[Problem] = []
+    jobs: list[Job] = []
+    paths: dict[str, int] = {}
+    folded: dict[str, int] = {}
+    keys: dict[str, int] = {}
+    dirs: set[str] = set()
+    index = 0
+    for spec in m.jobs:
+        seeds = spec.seeds.resolve(m.name, spec.id)
+        base = dict(spec.fields)
+        combos = itertools.product(*(_group_rows(g) for g in spec.groups))
+        for combo in combos:
+            request = dict(base)
+            variables: dict[str, str] = {}
+            names: list[tuple[str, str]] = []
+            for row in combo:
+                for axis, value in row:
+                    names.append((axis.name, value))
+                    if axis.field:
+                        if axis.name in ("size", "aspect_ratio"):
+                            # a swept size or ratio replaces the other one inherited from above
+                            other = "aspect_ratio" if axis.name == "size" else "size"
+                            if not any(a.name == other for r in combo for a, _ in r):
+                                request.pop(other, None)
+                        request[axis.name] = value
+                    else:
+                        variables[axis.name] = value
+            bad = _render_text_fields(request, variables)
+            if bad:
+                problems.append(_problem(m, spec.prompt_loc, f"{spec.where}.{bad[0]}", bad[1]))
+                index += len(seeds)
+                continue
+            request["model"] = m.model
+            vars_raw = "-".join(v for _, v in names)
+            values = {n: v for n, v in names}
+            safe_values = {n: safe(v) for n, v in names}
+            aspect = aspect_of(request)
+            ext = "jpg" if request.get("output_format") == "jpeg" else "png"
+            for seed in seeds:
+                request["seed"] = seed
+                body = canonical_json(request)
+                key = hashlib.sha256(body.encode()).hexdigest()
+                common = {"id": spec.id, "seed": str(seed), "index": str(index), "ext": ext,
+                          "key": key[:12], "aspect": aspect}
+                path = out.path.format_map({**safe_values, **common, "vars": safe(vars_raw)})
+                label = " ".join(out.label.format_map(
+                    {**values, **common, "vars": vars_raw}).split())
+                segments = [s for s in path.split("/") if s]
+                what = f"{spec.id} seed {seed}" + (f" ({vars_raw})" if vars_raw else "")
+                where = f"{spec.where}"
+                if not segments or any(s in (".", "..") for s in segments):
+                    problems.append(_problem(
+                        m, spec.loc, where,
+                        f"{what}: output path {path!r} is empty or climbs out with '..'"))
+                elif any(len(s.encode()) > 200 for s in segments) or len(path) > 1000:
+                    problems.append(_problem(
+                        m, spec.loc, where, f"{what}: output path is too long ({len(path)} chars)"))
+                else:
+                    path = "/".join(segments)
+                    clash = paths.get(path, folded.get(path.casefold()))
+                    if key in keys:
+                        problems.append(_problem(
+                            m, spec.loc, where,
+                            f"{what}: sends the same request as job #{keys[key]} "
+                            f"({jobs[keys[key]].path if keys[key] < len(jobs) else '?'}); "
+                            "a variable that appears in no prompt changes nothing"))
+                    elif clash is not None or path in dirs:
+                        other = jobs[clash].path if clash is not None and clash < len(jobs) else path
+                        problems.append(_problem(
+                            m, spec.loc, where,
+                            f"{what}: output path {path!r} collides with {other!r}; "
+                            "add {seed}, {vars} or {key} to output.path"))
+                    if len(problems) > 50:
+                        raise ManifestError(problems)
+                    paths[path] = index
+                    folded[path.casefold()] = index
+                    keys[key] = index
+                    for i in range(1, len(segments)):
+                        dirs.add("/".join(segments[:i]))
+                if problems:  # keep indexing; build nothing more once something is wrong
+                    index += 1
+                    continue
+                jobs.append(Job(index, spec.id, key, path, body, seed, tuple(names), label))
+                index += 1
+    if problems:
+        raise ManifestError(problems)
+    for path in paths:  # a file where another job needs a folder
+        if path in dirs:
+            raise ManifestError([_problem(
+                m, m.path_loc, "output.path",
+                f"{path!r} is both an image and a folder of other images")])
+    total = len(jobs)
+    chosen = tuple(j for j in jobs if in_shard(j.key, shard)) if shard else tuple(jobs)
+    return Plan(m.name, m.model, m.source, out, chosen, total, shard)
+
+
+def _group_rows(group: tuple[Axis, ...]) -> list[tuple[tuple[Axis, str], ...]]:
+    """The rows of one group: each axis alone, or zipped axes element by element."""
+    return [tuple((axis, axis.values[i]) for axis in group) for i in range(len(group[0].values))]
+
+
+def _render_text_fields(request: dict[str, Any], variables: dict[str, str]) -> tuple[str, str] | None:
+    """Fill {variables} in prompt and negative_prompt; (field, message) when one is too long."""
+    for name in ("prompt", "negative_prompt"):
+        text = request.get(name)
+        if text is None:
+            continue
+        if "{" in text or "}" in text:
+            text = text.format_map(variables)
+            request[name] = text
+        if len(text) > MAX_PROMPT_CHARS:
+            return name, (f"is {len(text):,} characters once variables are filled in; "
+                          f"the API allows at most {MAX_PROMPT_CHARS:,}")
+    return None

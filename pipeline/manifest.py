@@ -1,0 +1,711 @@
+"""YAML -> validated Manifest: the only YAML reader; every problem with file, line and column.
+
+The file is composed into PyYAML nodes (never constructed into Python objects), so every
+value keeps its source mark, duplicate keys can be seen, and scalars keep their source text:
+unquoted `16:9` (YAML 1.1 reads an integer, 969) or `yes` (a boolean) are taken as the
+text the user wrote wherever a string is expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import string
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from pipeline import apispec
+from pipeline.errors import ManifestError, Problem, UsageError
+from pipeline.plan import (
+    BUILTINS,
+    Axis,
+    JobSpec,
+    Loc,
+    Manifest,
+    OutputSettings,
+    Plan,
+    Seeds,
+    expand,
+)
+
+DEFAULT_MAX_JOBS = 5000
+MAX_FILE_BYTES = 8 * 1024 * 1024  # a manifest is text a person writes; refuse what is not
+MAX_NODES = 1_000_000  # node visits; stops alias bombs ("billion laughs") in milliseconds
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
+_ID = re.compile(r"[A-Za-z0-9._-]+\Z")
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_TEMPLATE_TEXT = re.compile(r"[A-Za-z0-9._/ -]*\Z")
+_INT_TAG = "tag:yaml.org,2002:int"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_NULL_TAG = "tag:yaml.org,2002:null"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+TOP_KEYS = ("version", "name", "model", "defaults", "seeds", "output", "jobs")
+OUTPUT_KEYS = ("path", "thumbnail", "sheet")
+SHEET_KEYS = ("label", "per_page")
+TEXT_FIELDS = ("prompt", "negative_prompt")
+ENUM_FIELDS: dict[str, tuple[str, ...]] = {
+    "aspect_ratio": apispec.ASPECT_RATIOS,
+    "size": apispec.SIZES,
+    "output_format": apispec.OUTPUT_FORMATS,
+}
+DEFAULT_FIELDS = ("prompt", "negative_prompt", "aspect_ratio", "size", "output_format", "seed")
+JOB_KEYS = ("id", *DEFAULT_FIELDS, "seeds", "matrix", "zip")
+AXIS_FIELDS = ("prompt", "negative_prompt", "aspect_ratio", "size", "output_format")
+
+
+class _Budget(Exception):
+    """The document expands to more nodes than a manifest can sensibly have."""
+
+
+def _loc(node: Node) -> Loc:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    return {
+        _INT_TAG: "an integer", _BOOL_TAG: "a boolean", _NULL_TAG: "empty (null)",
+        _FLOAT_TAG: "a number",
+    }.get(node.tag, "text")
+
+
+class _Checker:
+    """Walks the node tree once, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[Problem] = []
+        self.visits = 0
+
+    def add(self, node: Node | Loc, path: str, message: str) -> None:
+        line, col = node if isinstance(node, tuple) else _loc(node)
+        self.problems.append(Problem(self.source, line, col, path, message))
+
+    def tick(self) -> None:
+        self.visits += 1
+        if self.visits > MAX_NODES:
+            raise _Budget
+
+    # ---- containers -------------------------------------------------------------------
+
+    def mapping(
+        self, node: Node, path: str, allowed: tuple[str, ...] | None
+    ) -> dict[str, tuple[Node, Node]] | None:
+        """key -> (key node, value node); duplicate and unknown keys reported; merges applied."""
+        self.tick()
+        if not isinstance(node, MappingNode):
+            self.add(node, path, f"must be a mapping (key: value), got {_kind(node)}")
+            return None
+        out: dict[str, tuple[Node, Node]] = {}
+        merged: dict[str, tuple[Node, Node]] = {}
+        for knode, vnode in node.value:
+            self.tick()
+            if knode.tag == _MERGE_TAG:  # `<<: *base` fills keys not written here
+                for source in (vnode.value if isinstance(vnode, SequenceNode) else [vnode]):
+                    inner = self.mapping(source, path, allowed)
+                    for k, pair in (inner or {}).items():
+                        merged.setdefault(k, pair)
+                continue
+            if not isinstance(knode, ScalarNode):
+                self.add(knode, path, "keys must be plain names")
+                continue
+            key = knode.value
+            where = f"{path}.{key}" if path else key
+            if key in out:
+                first = out[key][0].start_mark.line + 1
+                self.add(knode, where, f"duplicate key {key!r} (first set on line {first}); "
+                                       "YAML would silently keep only the last one")
+                continue
+            if allowed is not None and key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else \
+                    f"; allowed: {', '.join(allowed)}"
+                self.add(knode, where, f"unknown key {key!r}{hint}")
+                continue
+            out[key] = (knode, vnode)
+        for k, pair in merged.items():
+            out.setdefault(k, pair)
+        return out
+
+    def sequence(self, node: Node, path: str) -> list[Node] | None:
+        """The items of a list, or None (reported) when it is not one."""
+        self.tick()
+        if not isinstance(node, SequenceNode):
+            self.add(node, path, f"must be a list, got {_kind(node)}")
+            return None
+        return list(node.value)
+
+    # ---- scalars ----------------------------------------------------------------------
+
+    def text(self, node: Node, path: str, *, empty_ok: bool = False) -> str | None:
+        """A string, taken as the source text the user wrote (so 16:9 and yes stay text)."""
+        self.tick()
+        if not isinstance(node, ScalarNode):
+            self.add(node, path, f"must be text, got {_kind(node)}")
+            return None
+        if node.tag == _NULL_TAG and node.style is None and node.value in ("", "~", "null",
+                                                                            "Null", "NULL"):
+            if empty_ok and node.value == "":
+                return ""
+            self.add(node, path, "is empty; write the text (quote it if it starts with "
+                                 "a special character)")
+            return None
+        value = node.value
+        if "\x00" in value:
+            self.add(node, path, "contains a NUL character")
+            return None
+        if not value and not empty_ok:
+            self.add(node, path, "is empty")
+            return None
+        return value
+
+    def integer(self, node: Node, path: str, lo: int, hi: int, what: str = "") -> int | None:
+        """An integer in [lo, hi]; booleans and numbers with a fraction are refused."""
+        self.tick()
+        if not isinstance(node, ScalarNode) or node.tag != _INT_TAG:
+            shown = f" {node.value!r}" if isinstance(node, ScalarNode) and node.value else ""
+            self.add(node, path, f"must be a whole number{what}, got {_kind(node)}{shown}")
+            return None
+        try:
+            value = int(yaml.SafeLoader.construct_yaml_int(_CONSTRUCTOR, node))
+        except (ValueError, yaml.YAMLError):
+            self.add(node, path, f"{node.value!r} is not a whole number")
+            return None
+        if not lo <= value <= hi:
+            self.add(node, path, f"{value} is out of range {lo}..{hi:,}")
+            return None
+        return value
+
+    def enum(self, node: Node, path: str, field: str) -> str | None:
+        """One of a request field's allowed values, with a hint for YAML's number traps."""
+        value = self.text(node, path)
+        if value is None:
+            return None
+        allowed = ENUM_FIELDS[field]
+        if value not in allowed:
+            close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.add(node, path, f"{value!r} is not one of {', '.join(allowed)}{hint}")
+            return None
+        return value
+
+
+_CONSTRUCTOR = yaml.SafeLoader("")  # only its int constructor is used, on already-parsed nodes
+
+
+def _compose(text: str, source: str) -> Node | None:
+    """Parse YAML into nodes; syntax errors become a Problem with the parser's mark."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = exc.problem or "not valid YAML"
+        context = f" ({exc.context})" if exc.context else ""
+        if "expected a single document" in str(exc) or "but found another document" in str(exc):
+            what = "only one YAML document per manifest (remove the second '---')"
+            context = ""
+        raise ManifestError([Problem(source, line, col, "", f"YAML syntax error: {what}{context}")])
+    except yaml.YAMLError as exc:
+        raise ManifestError([Problem(source, 1, 1, "", f"not valid YAML: {exc}")]) from None
+
+
+def _read(path: str) -> str:
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise UsageError(f"{path} is a folder, not a manifest file")
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ManifestError([Problem(path, 1, 1, "", f"is {size:,} bytes; a manifest may "
+                                                         f"be at most {MAX_FILE_BYTES:,}")])
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such manifest file") from None
+    except PermissionError:
+        raise UsageError(f"{path}: cannot read the file (permission denied)") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the file ({exc.strerror})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ManifestError([Problem(path, line, col, "", "is not UTF-8 text")]) from None
+
+
+def _template(c: _Checker, node: Node, path: str, known: set[str],
+              check_text: Callable[[str, bool], str | None] | None = None) -> str | None:
+    """A format template using only {name} placeholders from `known`; {{ }} are braces."""
+    text = c.text(node, path)
+    if text is None:
+        return None
+    try:
+        parts = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        c.add(node, path, f"{text!r}: {exc}; write {{{{ and }}}} for literal braces")
+        return None
+    for i, (literal, field, spec, conversion) in enumerate(parts):
+        if check_text is not None:
+            bad = check_text(literal, i == 0)
+            if bad:
+                c.add(node, path, f"{text!r}: {bad}")
+                return None
+        if field is None:
+            continue
+        if spec or conversion or not _VARIABLE.match(field):
+            c.add(node, path, f"{text!r}: '{{{field}}}' is not a placeholder; use {{name}} "
+                              "only (write {{ and }} for literal braces)")
+            return None
+        if field not in known:
+            close = difflib.get_close_matches(field, sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean {{{close[0]}}}?" if close else ""
+            c.add(node, path, f"{text!r}: unknown placeholder {{{field}}}{hint} "
+                              f"(known: {', '.join('{' + k + '}' for k in sorted(known))}; "
+                              "write {{ and }} for literal braces)")
+            return None
+    return text
+
+
+def _path_text(literal: str, first: bool) -> str | None:
+    if "\\" in literal:
+        return "use / to separate folders, not \\"
+    if first and (literal.startswith("/") or re.match(r"[A-Za-z]:", literal)):
+        return "must be relative to the images folder, not absolute"
+    if ".." in literal.split("/"):
+        return "must not climb out with '..'"
+    if not _TEMPLATE_TEXT.match(literal):
+        bad = sorted(set(re.sub(r"[A-Za-z0-9._/ -]", "", literal)))
+        return f"may only hold letters, digits, . _ - / and placeholders, not {''.join(bad)!r}"
+    return None
+
+
+class _Loader:
+    """Builds a Manifest from nodes, collecting all problems."""
+
+    def __init__(self, source: str, default_model: str, max_jobs: int) -> None:
+        self.c = _Checker(source)
+        self.source = source
+        self.default_model = default_model
+        self.max_jobs = max_jobs
+
+    def seeds(self, node: Node, path: str) -> Seeds | None:
+        c = self.c
+        hint = "seed 0 lets the server pick at random, which cannot be reproduced; " \
+               "use {random: N} for N reproducible random seeds"
+        if isinstance(node, ScalarNode) and node.tag == _INT_TAG:
+            value = c.integer(node, path, 0, apispec.MAX_SEED)
+            if value == 0:
+                c.add(node, path, hint)
+                return None
+            return None if value is None else Seeds(values=(value,))
+        if isinstance(node, SequenceNode):
+            items = node.value
+            if not items:
+                c.add(node, path, "is an empty list; give at least one seed")
+                return None
+            values: list[int] = []
+            seen: dict[int, int] = {}
+            for i, item in enumerate(items):
+                v = c.integer(item, f"{path}[{i}]", 0, apispec.MAX_SEED)
+                if v == 0:
+                    c.add(item, f"{path}[{i}]", hint)
+                elif v is not None:
+                    if v in seen:
+                        c.add(item, f"{path}[{i}]", f"seed {v} is already {path}[{seen[v]}]")
+                    seen[v] = i
+                    values.append(v)
+            return Seeds(values=tuple(values)) if len(values) == len(items) else None
+        if isinstance(node, MappingNode):
+            m = c.mapping(node, path, ("start", "count", "random"))
+            if m is None:
+                return None
+            if "random" in m:
+                if len(m) > 1:
+                    c.add(node, path, "{random: N} takes no other keys")
+                    return None
+                n = c.integer(m["random"][1], f"{path}.random", 1, 10_000_000)
+                return None if n is None else Seeds(random=n)
+            if "start" not in m or "count" not in m:
+                c.add(node, path, "a range of seeds needs both start and count, "
+                                  "e.g. {start: 100, count: 4}")
+                return None
+            start = c.integer(m["start"][1], f"{path}.start", 0, apispec.MAX_SEED)
+            count = c.integer(m["count"][1], f"{path}.count", 1, apispec.MAX_SEED)
+            if start == 0:
+                c.add(m["start"][1], f"{path}.start", hint)
+                return None
+            if start is None or count is None:
+                return None
+            if start + count - 1 > apispec.MAX_SEED:
+                c.add(node, path, f"the last seed, {start + count - 1:,}, is over the "
+                                  f"maximum {apispec.MAX_SEED:,}")
+                return None
+            return Seeds(start=start, count=count)
+        c.add(node, path, f"seeds must be a number, a list, {{start: S, count: N}} or "
+                          f"{{random: N}}, got {_kind(node)}")
+        return None
+
+    def field(self, name: str, node: Node, path: str) -> Any:
+        """One request field's value, validated like the API would."""
+        c = self.c
+        if name in ENUM_FIELDS:
+            return c.enum(node, path, name)
+        value = c.text(node, path, empty_ok=(name == "negative_prompt"))
+        if value is not None and len(value) > apispec.MAX_PROMPT_CHARS:
+            c.add(node, path, f"is {len(value):,} characters; the API allows at most "
+                              f"{apispec.MAX_PROMPT_CHARS:,}")
+            return None
+        return value
+
+    def fields(self, m: dict[str, tuple[Node, Node]], path: str,
+               seeds_node: Node | None) -> tuple[dict[str, Any], Seeds | None, Node | None]:
+        """Request fields of a defaults block or a job, and its seeds (`seed` or `seeds`)."""
+        out: dict[str, Any] = {}
+        for name in DEFAULT_FIELDS:
+            if name == "seed" or name not in m:
+                continue
+            value = self.field(name, m[name][1], f"{path}.{name}" if path else name)
+            if value is not None:
+                out[name] = value
+        if "size" in out and "aspect_ratio" in out and \
+                apispec.SIZE_ASPECTS[out["size"]] != out["aspect_ratio"]:
+            self.c.add(m["size"][1], f"{path}.size" if path else "size",
+                       f"size {out['size']} is {apispec.SIZE_ASPECTS[out['size']]}, but "
+                       f"aspect_ratio is {out['aspect_ratio']}; set one of them")
+        seeds = None
+        if "seed" in m and seeds_node is not None:
+            self.c.add(m["seed"][0], f"{path}.seed" if path else "seed",
+                       "set either seed or seeds, not both")
+        elif "seed" in m:
+            seeds_node = m["seed"][1]
+        if seeds_node is not None:
+            seeds = self.seeds(seeds_node, f"{path}.seeds" if path else "seeds")
+        return out, seeds, seeds_node
+
+    def axes(self, node: Node, path: str, *, zipped: bool) -> list[Axis] | None:
+        c = self.c
+        m = c.mapping(node, path, None)
+        if m is None:
+            return None
+        if not m:
+            c.add(node, path, "is empty; list at least one axis")
+            return None
+        axes: list[Axis] = []
+        ok = True
+        for name, (knode, vnode) in m.items():
+            where = f"{path}.{name}"
+            if name in ("seed", "seeds"):
+                c.add(knode, where, "sweep seeds with the job's seeds:, not a matrix axis")
+                ok = False
+                continue
+            if name == "model":
+                c.add(knode, where, "the model is set once, at the top of the manifest")
+                ok = False
+                continue
+            is_field = name in AXIS_FIELDS
+            if not is_field:
+                if not _VARIABLE.match(name):
+                    c.add(knode, where, f"{name!r} is not a valid variable name "
+                                        "(letters, digits and _, not starting with a digit)")
+                    ok = False
+                    continue
+                if name in BUILTINS:
+                    c.add(knode, where, f"{{{name}}} is a built-in placeholder; "
+                                        "give the variable another name")
+                    ok = False
+                    continue
+            items = c.sequence(vnode, where)
+            if items is None:
+                ok = False
+                continue
+            if not items:
+                c.add(vnode, where, "is an empty list; give at least one value")
+                ok = False
+                continue
+            values: list[str] = []
+            seen: dict[str, int] = {}
+            for i, item in enumerate(items):
+                ipath = f"{where}[{i}]"
+                if is_field:
+                    v = self.field(name, item, ipath)
+                else:
+                    v = c.text(item, ipath)
+                    if v is not None and len(v) > 1000:
+                        c.add(item, ipath, f"is {len(v):,} characters; a variable value may "
+                                           "be at most 1,000")
+                        v = None
+                if v is None:
+                    ok = False
+                    continue
+                if v in seen:
+                    c.add(item, ipath, f"{v!r} is already {where}[{seen[v]}]")
+                    ok = False
+                seen[v] = i
+                values.append(v)
+            if ok:
+                axes.append(Axis(name, tuple(values), is_field, _loc(vnode)))
+        if not ok:
+            return None
+        if zipped and len({len(a.values) for a in axes}) > 1:
+            lengths = ", ".join(f"{a.name} has {len(a.values)}" for a in axes)
+            c.add(node, path, f"zipped axes vary together and need equal lengths: {lengths}")
+            return None
+        return axes
+
+    def job(self, node: Node, path: str, defaults: dict[str, Any],
+            default_seeds: Seeds | None, ids: dict[str, int]) -> JobSpec | None:
+        c = self.c
+        m = c.mapping(node, path, JOB_KEYS)
+        if m is None:
+            return None
+        ok = len(c.problems)
+        job_id = None
+        if "id" not in m:
+            c.add(node, path, "needs an id (unique in the manifest; letters, digits, . _ -)")
+        else:
+            job_id = c.text(m["id"][1], f"{path}.id")
+            if job_id is not None:
+                if not _ID.match(job_id) or set(job_id) == {"."} or len(job_id) > 100:
+                    c.add(m["id"][1], f"{path}.id",
+                          f"{job_id[:120]!r} is not a valid id: use letters, digits, . _ - "
+                          "(at most 100, not only dots)")
+                elif job_id in ids:
+                    c.add(m["id"][1], f"{path}.id",
+                          f"{job_id!r} is already the id of jobs[{ids[job_id]}]")
+                else:
+                    ids[job_id] = int(path[5:-1])
+        own, seeds, _ = self.fields(m, path, m["seeds"][1] if "seeds" in m else None)
+        fields = dict(defaults)
+        if "size" in own or "aspect_ratio" in own:  # the job's own choice replaces both
+            fields.pop("size", None)
+            fields.pop("aspect_ratio", None)
+        fields.update(own)
+        groups: list[tuple[Axis, ...]] = []
+        names: dict[str, str] = {}
+        for key in m:  # manifest order: a zip written before matrix varies first
+            if key not in ("matrix", "zip"):
+                continue
+            axes = self.axes(m[key][1], f"{path}.{key}", zipped=(key == "zip"))
+            if axes is None:
+                continue
+            for axis in axes:
+                if axis.name in names:
+                    c.add(axis.loc, f"{path}.{key}.{axis.name}",
+                          f"{axis.name!r} is already an axis of {names[axis.name]}")
+                    continue
+                if axis.name in own:
+                    c.add(axis.loc, f"{path}.{key}.{axis.name}",
+                          f"{axis.name} is also set on the job itself; keep one")
+                names[axis.name] = key
+            if key == "zip":
+                groups.append(tuple(axes))
+            else:
+                groups.extend((a,) for a in axes)
+        if seeds is None and "seeds" not in m and "seed" not in m:
+            seeds = default_seeds or Seeds(random=1)
+        if "prompt" not in fields and not any(a.name == "prompt" for g in groups for a in g):
+            if "prompt" not in m:
+                c.add(node, path, "needs a prompt (here, in defaults, or as a matrix axis)")
+        variables = {a.name for g in groups for a in g if not a.field}
+        prompt_loc = _loc(m["prompt"][1]) if "prompt" in m else _loc(node)
+        for name in TEXT_FIELDS:
+            texts: list[tuple[str, Loc]] = []
+            if name in m and name in own:
+                texts.append((own[name], _loc(m[name][1])))
+            elif name in fields:
+                texts.append((fields[name], prompt_loc))
+            for g in groups:
+                for a in g:
+                    if a.name == name:
+                        texts.extend((v, a.loc) for v in a.values)
+            for text, loc in texts:
+                self._placeholders(text, loc, f"{path}.{name}", variables)
+        if len(c.problems) > ok or job_id is None or seeds is None:
+            return None
+        return JobSpec(job_id, path, tuple(sorted(fields.items())), tuple(groups), seeds,
+                       _loc(m["id"][1]), prompt_loc)
+
+    def _placeholders(self, text: str, loc: Loc, path: str, variables: set[str]) -> None:
+        if "{" not in text and "}" not in text:
+            return
+        try:
+            parts = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            self.c.add(loc, path, f"{exc}; write {{{{ and }}}} for literal braces")
+            return
+        for _, field, spec, conversion in parts:
+            if field is None:
+                continue
+            if field not in variables or spec or conversion:
+                known = ", ".join("{" + v + "}" for v in sorted(variables)) or "none"
+                self.c.add(loc, path, f"'{{{field}}}' is not a variable of this job "
+                                      f"(variables: {known}); write {{{{ and }}}} for "
+                                      "literal braces")
+                return
+
+    def load(self, root: Node | None) -> Manifest:
+        c = self.c
+        source = self.source
+        if root is None:
+            c.add((1, 1), "", "the file is empty; a manifest needs at least `version: 1` and "
+                              "`jobs:`")
+            raise ManifestError(c.problems)
+        top = c.mapping(root, "", TOP_KEYS)
+        if top is None:
+            raise ManifestError(c.problems)
+        if "version" not in top:
+            c.add(root, "version", "is required: add `version: 1` at the top")
+        else:
+            vnode = top["version"][1]
+            if not (isinstance(vnode, ScalarNode) and vnode.tag == _INT_TAG
+                    and vnode.value.strip() == "1"):
+                c.add(vnode, "version", f"{vnode.value if isinstance(vnode, ScalarNode) else '?'}"
+                                        " is not supported; this version of imagebatch reads "
+                                        "manifests of version 1")
+        stem = Path(source).stem
+        name = stem
+        if "name" in top:
+            name = c.text(top["name"][1], "name") or stem
+            if not _NAME.match(name) or len(name) > 100:
+                c.add(top["name"][1], "name", f"{name[:120]!r} is not a valid name: lowercase "
+                                              "letters, digits, . _ - (first a letter or "
+                                              "digit, at most 100)")
+        elif not _NAME.match(stem) or len(stem) > 100:
+            c.add(root, "name", f"the file name gives the name {stem!r}, which is not valid "
+                                "(lowercase letters, digits, . _ -); add a `name:`")
+        model = self.default_model
+        if "model" in top:
+            model = c.text(top["model"][1], "model") or model
+            if len(model) > 200:
+                c.add(top["model"][1], "model", "is too long to be a model id")
+        defaults: dict[str, Any] = {}
+        default_seeds = None
+        if "defaults" in top:
+            dm = c.mapping(top["defaults"][1], "defaults", DEFAULT_FIELDS)
+            if dm is not None:
+                defaults, default_seeds, _ = self.fields(dm, "defaults", None)
+        if "seeds" in top:
+            if default_seeds is not None:
+                c.add(top["seeds"][0], "seeds", "defaults.seed is set too; keep one of them")
+            default_seeds = self.seeds(top["seeds"][1], "seeds")
+        output, path_loc, known_vars = self.output(top)
+        jobs: list[JobSpec] = []
+        if "jobs" not in top:
+            c.add(root, "jobs", "is required: a list of jobs, each with an id and a prompt")
+        else:
+            items = c.sequence(top["jobs"][1], "jobs")
+            if items is not None and not items:
+                c.add(top["jobs"][1], "jobs", "is an empty list; add at least one job")
+            ids: dict[str, int] = {}
+            for i, item in enumerate(items or []):
+                spec = self.job(item, f"jobs[{i}]", defaults, default_seeds, ids)
+                if spec is not None:
+                    jobs.append(spec)
+        variables = {a.name for j in jobs for g in j.groups for a in g}
+        if output is not None:
+            for text, key in ((output.path, "output.path"), (output.label, "output.sheet.label")):
+                self._template_vars(text, key, known_vars[key], variables)
+        # the cap is judged from the axes' sizes, before anything is expanded in memory
+        total = sum(j.count for j in jobs)
+        if total > self.max_jobs:
+            biggest = max(jobs, key=lambda j: j.count)
+            c.add(top["jobs"][1], "jobs",
+                  f"the plan has {total:,} jobs, over the cap of {self.max_jobs:,} "
+                  f"({biggest.where} {biggest.id!r} alone makes {biggest.count:,}); "
+                  "shrink the sweep or raise --max-jobs")
+        if c.problems:
+            raise ManifestError(c.problems)
+        assert output is not None
+        return Manifest(source, name, model, output, tuple(jobs), path_loc)
+
+    def _template_vars(self, text: str, path: str, loc: Loc, variables: set[str]) -> None:
+        for _, field, _, _ in string.Formatter().parse(text):
+            if field is not None and field not in BUILTINS and field not in variables:
+                known = ", ".join("{" + k + "}" for k in (*BUILTINS, *sorted(variables)))
+                close = difflib.get_close_matches(field, [*BUILTINS, *variables], n=1)
+                hint = f"did you mean {{{close[0]}}}? " if close else ""
+                self.c.add(loc, path, f"{text!r}: unknown placeholder {{{field}}}; {hint}"
+                                      f"(known: {known}; write {{{{ and }}}} for literal braces)")
+                return
+
+    def output(self, top: dict[str, tuple[Node, Node]]
+               ) -> tuple[OutputSettings | None, Loc, dict[str, Loc]]:
+        c = self.c
+        d = OutputSettings()
+        locs = {"output.path": (1, 1), "output.sheet.label": (1, 1)}
+        if "output" not in top:
+            return d, (1, 1), locs
+        om = c.mapping(top["output"][1], "output", OUTPUT_KEYS)
+        if om is None:
+            return None, (1, 1), locs
+        path, thumb, label, per_page = d.path, d.thumbnail, d.label, d.per_page
+        path_loc = _loc(top["output"][1])
+        if "path" in om:
+            path_loc = _loc(om["path"][1])
+            locs["output.path"] = path_loc
+            path = _template(c, om["path"][1], "output.path", _Any(), _path_text) or path
+        if "thumbnail" in om:
+            v = c.integer(om["thumbnail"][1], "output.thumbnail", 0, 2048,
+                          " of pixels (0 turns thumbnails off)")
+            if v is not None and 0 < v < 32:
+                c.add(om["thumbnail"][1], "output.thumbnail", f"{v} px is too small to see; "
+                                                              "use 32..2048, or 0 for none")
+            thumb = v if v is not None else thumb
+        if "sheet" in om:
+            sm = c.mapping(om["sheet"][1], "output.sheet", SHEET_KEYS)
+            if sm is not None and "label" in sm:
+                locs["output.sheet.label"] = _loc(sm["label"][1])
+                label = _template(c, sm["label"][1], "output.sheet.label", _Any()) or label
+            if sm is not None and "per_page" in sm:
+                v = c.integer(sm["per_page"][1], "output.sheet.per_page", 1, 10_000)
+                per_page = v if v is not None else per_page
+        return OutputSettings(path, thumb, label, per_page), path_loc, locs
+
+
+class _Any(set):  # type: ignore[type-arg]
+    """A placeholder set that admits every name (real names are checked once jobs are read)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def iter_problems(paths: list[str], **kwargs: Any) -> Iterator[Problem]:
+    """Every problem of every manifest (for `validate`), without stopping at the first file."""
+    for path in paths:
+        try:
+            load_plan(path, **kwargs)
+        except ManifestError as exc:
+            yield from exc.problems
+
+
+def load_manifest(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
+                  default_model: str = apispec.DEFAULT_MODEL) -> Manifest:
+    """Read and validate a manifest file; ManifestError lists every problem in it."""
+    text = _read(path)
+    root = _compose(text, path)
+    loader = _Loader(path, default_model, max_jobs)
+    try:
+        return loader.load(root)
+    except _Budget:
+        raise ManifestError([Problem(
+            path, 1, 1, "", f"the document expands to more than {MAX_NODES:,} values "
+                            "(too many nested aliases); write it out plainly")]) from None
+
+
+def load_plan(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
+              default_model: str = apispec.DEFAULT_MODEL,
+              shard: tuple[int, int] | None = None) -> Plan:
+    """Load, validate and expand a manifest: the Plan `run` and `plan` share."""
+    return expand(load_manifest(path, max_jobs=max_jobs, default_model=default_model),
+                  shard=shard)

@@ -1,0 +1,94 @@
+"""The manifest's JSON Schema (draft 2020-12), for editors; the loader stays the authority."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline import apispec
+
+_TEXT = {"type": "string", "minLength": 1, "maxLength": apispec.MAX_PROMPT_CHARS}
+_SEED = {"type": "integer", "minimum": 1, "maximum": apispec.MAX_SEED,
+         "description": "1..4294967295; 0 (server-random) is refused: use {random: N}"}
+
+
+def _fields() -> dict[str, Any]:
+    return {
+        "prompt": {**_TEXT, "description": "what to draw; {variables} are filled in"},
+        "negative_prompt": {"type": "string", "maxLength": apispec.MAX_PROMPT_CHARS,
+                            "description": "what to keep out of the image"},
+        "aspect_ratio": {"enum": list(apispec.ASPECT_RATIOS),
+                         "description": "quote it: unquoted 16:9 is a number in YAML 1.1"},
+        "size": {"enum": list(apispec.SIZES)},
+        "output_format": {"enum": list(apispec.OUTPUT_FORMATS)},
+        "seed": _SEED,
+    }
+
+
+def manifest_schema() -> dict[str, Any]:
+    """A JSON Schema of manifest version 1, as `imagebatch schema` prints it."""
+    seeds = {
+        "description": "a seed, a list, {start, count} or {random: N}",
+        "oneOf": [
+            _SEED,
+            {"type": "array", "items": _SEED, "minItems": 1, "uniqueItems": True},
+            {"type": "object", "additionalProperties": False, "required": ["start", "count"],
+             "properties": {"start": _SEED, "count": {"type": "integer", "minimum": 1}}},
+            {"type": "object", "additionalProperties": False, "required": ["random"],
+             "properties": {"random": {"type": "integer", "minimum": 1}}},
+        ],
+    }
+    fields = _fields()
+    axis_values = {"type": "array", "minItems": 1, "uniqueItems": True,
+                   "items": {"type": ["string", "number", "boolean"]}}
+    axes = {
+        "type": "object", "minProperties": 1,
+        "description": "request fields or {variables}, each a list of values",
+        "properties": {k: {"type": "array", "minItems": 1, "items": v}
+                       for k, v in fields.items() if k != "seed"},
+        "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+                          "not": {"enum": ["seed", "seeds", "model", "id", "index", "ext",
+                                           "key", "aspect", "vars"]}},
+        "additionalProperties": axis_values,
+    }
+    job = {
+        "type": "object", "additionalProperties": False, "required": ["id"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[A-Za-z0-9._-]+$", "maxLength": 100},
+            **fields,
+            "seeds": seeds,
+            "matrix": {**axes, "description": "cartesian product of every axis"},
+            "zip": {**axes, "description": "axes that vary together, element by element"},
+        },
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://imagebatch.invalid/manifest-v1.schema.json",
+        "title": "imagebatch manifest (version 1)",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["version", "jobs"],
+        "properties": {
+            "version": {"const": 1},
+            "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]*$", "maxLength": 100},
+            "model": {"type": "string", "minLength": 1},
+            "defaults": {"type": "object", "additionalProperties": False, "properties": fields},
+            "seeds": seeds,
+            "output": {
+                "type": "object", "additionalProperties": False,
+                "properties": {
+                    "path": {"type": "string", "default": "{id}/{vars}/{seed}.{ext}"},
+                    "thumbnail": {"type": "integer", "minimum": 0, "maximum": 2048,
+                                  "default": 256},
+                    "sheet": {
+                        "type": "object", "additionalProperties": False,
+                        "properties": {
+                            "label": {"type": "string", "default": "{id} {vars} #{seed}"},
+                            "per_page": {"type": "integer", "minimum": 1, "maximum": 10000,
+                                         "default": 100},
+                        },
+                    },
+                },
+            },
+            "jobs": {"type": "array", "minItems": 1, "items": job},
+        },
+    }
