@@ -4,11 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MANIFEST ?= manifests/example.yaml
+MANIFEST_DIR ?= manifests
 OUT ?= outputs
 PYTEST_ARGS ?=
+RUN_ARGS ?=
+# every manifest in MANIFEST_DIR; `make assets` keeps each one's outputs up to date
+MANIFESTS ?= $(wildcard $(MANIFEST_DIR)/*.yaml)
+SUMMARIES := $(patsubst $(MANIFEST_DIR)/%.yaml,$(OUT)/%/summary.json,$(MANIFESTS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench lint clean test-deps bench-deps
+.PHONY: help install run test bench lint clean test-deps bench-deps assets plan sheet serve status
+# a run that fails (some jobs failed, or it was stopped) leaves no summary behind, so the
+# next `make assets` runs that manifest again; done jobs are skipped, failed ones retried
+.DELETE_ON_ERROR:
 
 help: ## list the targets
 	@grep -E '^[a-z%/.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -23,7 +31,28 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install imagebatch (leaves .venv/bin/imagebatch)
 
 run: $(STAMP) ## run MANIFEST (default manifests/example.yaml); offline unless DIFFUSION_URL is set
-	$(BIN)/imagebatch run $(MANIFEST) --out $(OUT)
+	$(BIN)/imagebatch run $(MANIFEST) --out $(OUT) $(RUN_ARGS)
+
+assets: $(SUMMARIES) ## run every manifest in MANIFEST_DIR whose outputs are out of date
+
+# make's own dependency tracking: a manifest newer than its summary is run again (the
+# manifest's `name:` must be its file stem, the default, for the rule to match)
+$(OUT)/%/summary.json: $(MANIFEST_DIR)/%.yaml | $(STAMP)
+	$(BIN)/imagebatch run $< --out $(OUT) $(RUN_ARGS)
+
+plan: $(STAMP) ## print MANIFEST's job list (sends nothing)
+	$(BIN)/imagebatch plan $(MANIFEST)
+
+sheet: $(STAMP) ## rebuild thumbnails, contact sheets and index.html of MANIFEST from disk
+	$(BIN)/imagebatch sheet $(MANIFEST) --out $(OUT)
+
+status: $(STAMP) ## count done, failed and pending jobs of MANIFEST (sends nothing)
+	$(BIN)/imagebatch status $(MANIFEST) --out $(OUT)
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+serve: $(STAMP) ## run the embedded API server on HOST:PORT (default 127.0.0.1:8000)
+	$(BIN)/imagebatch serve --host $(HOST) --port $(PORT)
 
 # Tools some tests drive as a user would: headless chromium (index.html), curl and jq
 # (the provider's curl example). Best effort: needs root and apt; missing tools skip those tests.

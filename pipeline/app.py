@@ -254,7 +254,32 @@ def run_command(
                        shard=opts.shard)
     conn = config.connection(env, opts.env_prefix, local=opts.local)
     summaries, state = asyncio.run(run_plans_async(plans, conn, opts, err))
+    from pipeline.ghsummary import write_step_summary
+
+    write_step_summary(summaries, env)
     return report(summaries, state, opts, out, err)
+
+
+def sheet_command(
+    manifest: str, *, out_dir: Path = Path("outputs"), env_prefix: str = config.DEFAULT_PREFIX,
+    max_jobs: int = 5000, env: Mapping[str, str] | None = None, out: TextIO | None = None,
+) -> int:
+    """`imagebatch sheet`: rebuild thumbnails, contact sheets and index.html from disk."""
+    from pipeline.post import build_all
+
+    env = os.environ if env is None else env
+    out = out or sys.stdout
+    config.check_prefix(env_prefix)
+    (plan,) = load_plans([manifest], env, env_prefix, max_jobs=max_jobs, shard=None)
+    root = Path(out_dir) / plan.name
+    if not root.is_dir():
+        raise UsageError(f"{root}: nothing to post-process yet; run `imagebatch run {manifest}`")
+    result = build_all(plan, root)
+    sheets = ", ".join(str(p) for p in result.sheets) or "none"
+    print(f"{plan.name}: {result.thumbs_made} thumbnails made, {result.thumbs_kept} kept, "
+          f"{result.missing} jobs without an image; sheets: {sheets}; index: {result.index}",
+          file=out)
+    return 0
 
 
 def report(
@@ -334,5 +359,6 @@ def show_command(image: str, out: TextIO | None = None) -> int:
     return 0
 
 
-__all__ = ["RunOptions", "run_command", "status_command", "show_command", "load_plans",
+__all__ = ["RunOptions", "run_command", "status_command", "show_command", "sheet_command",
+           "load_plans",
            "Interrupted", "StoreError"]

@@ -142,6 +142,107 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p = sub.add_parser("show", help="print the request embedded in an image")
     p.add_argument("image", metavar="IMAGE")
 
+    p = sub.add_parser("sheet", help="rebuild thumbnails, contact sheets and index.html")
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("--out", default="outputs", metavar="DIR", help="output root (default outputs)")
+    _add_max_jobs(p)
+    _add_env_prefix(p)
+
+    p = sub.add_parser("merge", help="combine the outputs of shard runs into one folder")
+    p.add_argument("sources", nargs="+", metavar="OUT", help="--out folders of the shard runs")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the merged outputs go")
+    p.add_argument("--manifest", action="append", default=[], metavar="MANIFEST",
+                   help="the manifest (default: the one named in the shards' summary.json)")
+    p.add_argument("--no-post", action="store_true", help="skip thumbnails, sheets and index")
+    _add_max_jobs(p)
+    _add_env_prefix(p)
+
+    p = sub.add_parser("serve", help="run the embedded API server in the foreground")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks one)")
+    p.add_argument("--key", default=None, help="require this bearer token (default: any)")
+    p.add_argument("--latency", type=_nonneg_float, default=0.0, metavar="MS",
+                   help="add MS milliseconds to every response")
+    p.add_argument("--rpm", type=_positive_int, default=None, metavar="N",
+                   help="allow N requests per window, answer 429 beyond (default: no limit)")
+    p.add_argument("--window", type=_positive_float, default=60.0, metavar="S",
+                   help="the rate limit's sliding window in seconds (default 60)")
+    p.add_argument("--no-retry-after", action="store_true", help="send 429s without Retry-After")
+    p.add_argument("--fail-rate", type=_fraction, default=0.0, metavar="F",
+                   help="answer this fraction of requests with an injected fault (0..1)")
+    p.add_argument("--faults", type=_faults, default=None, metavar="KINDS",
+                   help="comma-separated fault kinds to draw from (default: all)")
+    p.add_argument("--fault-seed", type=int, default=0, metavar="S",
+                   help="seed of the fault draw (same seed, same faults)")
+    p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help="render processes (default: one per core)")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not between 0 and 65535")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' must be 0 or more")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _nonneg_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be between 0 and 1")
+    return value
+
+
+def _faults(text: str) -> tuple[str, ...]:
+    from pipeline.server import FAULT_KINDS
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown fault kind(s) {', '.join(unknown) or '(none)'}; "
+            f"choose from {','.join(FAULT_KINDS)}")
+    return kinds
+
+
+def _cmd_sheet(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.app import sheet_command
+
+    return sheet_command(args.manifest, out_dir=Path(args.out), env_prefix=args.env_prefix,
+                         max_jobs=args.max_jobs)
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from pipeline.merge import merge_command
+
+    return merge_command(args.sources, args.out, manifests=args.manifest, max_jobs=args.max_jobs,
+                         env_prefix=args.env_prefix, post=not args.no_post)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.server import FAULT_KINDS, ServerOptions, serve
+
+    serve(ServerOptions(
+        key=args.key, latency_ms=args.latency, rpm=args.rpm, window=args.window,
+        retry_after=not args.no_retry_after, fail_rate=args.fail_rate,
+        faults=args.faults or FAULT_KINDS, fault_seed=args.fault_seed, workers=args.workers,
+    ), host=args.host, port=args.port)
+    return 0
+
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.commands import validate_command
@@ -199,6 +300,9 @@ COMMANDS = {
     "run": _cmd_run,
     "status": _cmd_status,
     "show": _cmd_show,
+    "sheet": _cmd_sheet,
+    "merge": _cmd_merge,
+    "serve": _cmd_serve,
 }
 
 
