@@ -1,0 +1,514 @@
+"""PURE Pillow: thumbnails, contact-sheet layout and rendering.
+
+Images in, images out; nothing here reads or writes files. Layout is computed from the
+plan alone (no pixels), so pages, cell boxes and headers can be tested without images,
+and rendering pastes one thumbnail at a time so memory stays bounded for large sheets.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline import apispec
+from pipeline.plan import Job
+
+JPEG_QUALITY = 85
+#: Cells of a sheet when thumbnails are off: images are scaled into this box on the fly.
+SHEET_BOX = 256
+#: Pixels per sheet page: 24 Mpx of RGB is 72 MB, far below Pillow's MAX_IMAGE_PIXELS
+#: (89 Mpx) and small enough to keep rendering of 1,000+ cells under ~150 MB.
+MAX_SHEET_PIXELS = 24_000_000
+#: Widest grid before a block's columns wrap into a second band (headers repeated).
+MAX_COLUMNS = 24
+
+MARGIN = 16
+GAP = 8
+TITLE_SIZE = 24
+HEADER_SIZE = 16
+CAPTION_SIZE = 14
+CAPTION_LINES = 2
+MIN_CELL_WIDTH = 112  # narrower cells cannot hold a legible caption
+
+BACKGROUND = (255, 255, 255)
+CELL_BACKGROUND = (240, 240, 240)
+TEXT = (20, 20, 20)
+MUTED = (90, 90, 90)
+HEADER_BACKGROUND = (228, 232, 240)
+FAILED_FILL = (252, 226, 226)
+FAILED_INK = (176, 32, 32)
+MISSING_FILL = (226, 226, 226)
+MISSING_INK = (110, 110, 110)
+
+OK = "ok"
+FAILED = "failed"
+MISSING = "missing"
+
+
+# ---------------------------------------------------------------------------------------
+# Thumbnails
+
+
+def flatten(img: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """An RGB copy of `img` with any transparency laid over `background` (white)."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        out = Image.new("RGB", img.size, background)
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def thumbnail(img: Image.Image, longest: int) -> Image.Image:
+    """An RGB thumbnail whose longest side is `longest` (never enlarged), alpha flattened.
+
+    Fast paths: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (`draft`), any image is first
+    shrunk by an integer factor (`reduce`, via `reducing_gap`) and only the last step
+    uses LANCZOS.
+    """
+    w, h = img.size
+    scale = min(1.0, longest / max(w, h))
+    target = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if img.format == "JPEG":
+        img.draft("RGB", target)
+    if img.mode in ("P", "PA"):
+        # Resizing a palette image would fall back to nearest neighbour.
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    elif img.mode not in ("RGB", "RGBA", "L", "LA"):
+        img = img.convert("RGBA" if "A" in img.mode else "RGB")
+    if img.size != target:
+        # resize premultiplies alpha itself, so flattening after it is exact and cheaper.
+        img = img.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    return flatten(img)
+
+
+def fit_size(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    """`size` scaled down (never up) to fit inside `box`, aspect ratio kept."""
+    w, h = size
+    scale = min(1.0, box[0] / w, box[1] / h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def thumb_size(job: Job, longest: int) -> tuple[int, int]:
+    """The thumbnail size a job's image will have, from its request alone."""
+    return fit_size(apispec.pixel_size(job.request), (longest, longest))
+
+
+# ---------------------------------------------------------------------------------------
+# Contact-sheet layout (pure geometry)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One job as post-processing sees it: its state and what to show for it."""
+
+    job: Job
+    state: str  # ok | failed | missing
+    reason: str | None = None  # why it failed
+    thumb: str | None = None  # POSIX path of the picture to show, relative to the output root
+    thumb_size: tuple[int, int] | None = None  # that picture's size in px (for index.html)
+
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom (right/bottom exclusive)
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """Where one entry goes on a page: the image box and the caption box under it."""
+
+    entry: Entry
+    box: Box
+    caption: Box
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A piece of text on a page: the title, a column header or a row header."""
+
+    kind: str  # title | column | row
+    text: str
+    box: Box
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One contact-sheet page: its size, cells and texts."""
+
+    number: int  # 1-based
+    pages: int
+    size: tuple[int, int]
+    cells: tuple[Cell, ...]
+    labels: tuple[Label, ...]
+
+    @property
+    def title(self) -> str:
+        """The page's title text."""
+        return next(lb.text for lb in self.labels if lb.kind == "title")
+
+
+@dataclass(slots=True)
+class Block:
+    """Rows that share column headers; `columns` empty for a plain (header-less) grid."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple[str, list[Entry | None]]]
+
+
+def grid_mode(entries: Sequence[Entry]) -> str:
+    """'seeds' (variants x seeds), 'matrix' (variables x last variable) or 'plain'."""
+    variants: dict[str, int] = {}
+    for e in entries:
+        variants[e.job.variant] = variants.get(e.job.variant, 0) + 1
+    if any(n > 1 for n in variants.values()):
+        return "seeds"
+    if any(e.job.vars for e in entries):
+        return "matrix"
+    return "plain"
+
+
+def _runs(entries: Sequence[Entry]) -> list[list[Entry]]:
+    """Consecutive entries of one job id."""
+    runs: list[list[Entry]] = []
+    for e in entries:
+        if runs and runs[-1][0].job.id == e.job.id:
+            runs[-1].append(e)
+        else:
+            runs.append([e])
+    return runs
+
+
+def _block(entries: list[Entry], row_of: Callable[[Job], str],
+           col_of: Callable[[Job], str]) -> Block:
+    rows: dict[str, dict[str, Entry]] = {}
+    cols: dict[str, None] = {}
+    for e in entries:
+        rows.setdefault(row_of(e.job), {})[col_of(e.job)] = e
+        cols[col_of(e.job)] = None
+    columns = tuple(cols)
+    return Block(columns, [(r, [cells.get(c) for c in columns]) for r, cells in rows.items()])
+
+
+def grid_blocks(entries: Sequence[Entry]) -> list[Block]:
+    """Group entries into header blocks: rows x columns, the plan's order kept."""
+    mode = grid_mode(entries)
+    blocks: list[Block] = []
+    loose: list[Entry] = []  # single images with nothing to line up against
+
+    def flush() -> None:
+        if loose:
+            blocks.append(Block((), [("", list(loose))]))
+            loose.clear()
+
+    if mode == "plain":
+        return [Block((), [("", list(entries))])] if entries else []
+    for run in _runs(entries):
+        if mode == "seeds":
+            block = _block(run, lambda j: j.variant, lambda j: f"#{j.seed}")
+        elif run[0].job.vars:
+            block = _block(
+                run,
+                lambda j: " ".join([j.id, *(v for _, v in j.vars[:-1])]),
+                lambda j: j.vars[-1][1],
+            )
+        else:
+            block = Block((), [])
+        if len(block.columns) <= 1 and len(block.rows) <= 1:
+            loose.extend(run)
+            continue
+        flush()
+        if blocks and blocks[-1].columns == block.columns:
+            blocks[-1].rows.extend(block.rows)  # same seeds or values: one header for both
+        else:
+            blocks.append(block)
+    flush()
+    return blocks
+
+
+@functools.lru_cache(maxsize=16)
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's bundled scalable font at `size` px."""
+    return ImageFont.load_default(size=size)
+
+
+_STAND_INS = {"—": "-", "–": "-", "×": "x", "“": '"', "”": '"', "‘": "'", "’": "'"}
+
+
+@functools.lru_cache(maxsize=4096)
+def _has_glyph(ch: str) -> bool:
+    probe = font(HEADER_SIZE)
+    # A character the font lacks draws the same box as a private-use code point.
+    return ch.isspace() or bytes(probe.getmask(ch)) != bytes(probe.getmask("\ue000"))
+
+
+def drawable(text: str) -> str:
+    """`text` with characters the bundled font lacks replaced by look-alikes it has."""
+    if text.isascii():
+        return text
+    return "".join(_STAND_INS.get(c, c) if not _has_glyph(c) else c for c in text)
+
+
+def _text_width(text: str, size: int) -> float:
+    return font(size).getlength(text)
+
+
+def ellipsize(text: str, width: int, size: int) -> str:
+    """`text` cut with an ellipsis so it fits in `width` px."""
+    if _text_width(text, size) <= width:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:  # longest prefix that fits with the ellipsis
+        mid = (lo + hi + 1) // 2
+        if _text_width(text[:mid].rstrip() + "…", size) <= width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo].rstrip() + "…"
+
+
+def wrap(text: str, width: int, size: int, lines: int) -> list[str]:
+    """`text` wrapped to at most `lines` lines of `width` px, the last ellipsized if cut."""
+    words = text.split()
+    out: list[str] = []
+    while words and len(out) < lines:
+        line = words.pop(0)
+        while words and _text_width(line + " " + words[0], size) <= width:
+            line += " " + words.pop(0)
+        out.append(line)
+    if words:
+        out[-1] = out[-1] + " " + " ".join(words)
+    return [ellipsize(line, width, size) for line in out]
+
+
+def _line_height(size: int) -> int:
+    ascent, descent = font(size).getmetrics()
+    return ascent + descent + 2
+
+
+def page_title(name: str, entries: Sequence[Entry], number: int, pages: int) -> str:
+    """'name — N images' (with failed/missing counts, and 'k/n' when paged)."""
+    n = len(entries)
+    failed = sum(e.state == FAILED for e in entries)
+    missing = sum(e.state == MISSING for e in entries)
+    text = f"{name} — {n} image{'s' if n != 1 else ''}"
+    extra = [f"{failed} failed"] * bool(failed) + [f"{missing} missing"] * bool(missing)
+    if extra:
+        text += f" ({', '.join(extra)})"
+    if pages > 1:
+        text += f" — page {number}/{pages}"
+    return text
+
+
+def layout(
+    name: str,
+    entries: Sequence[Entry],
+    *,
+    box: tuple[int, int],
+    per_page: int = 100,
+    max_pixels: int = MAX_SHEET_PIXELS,
+) -> list[Page]:
+    """Pages of cells, headers and titles for `entries`; every cell of a sheet is `box` sized.
+
+    Pages split at `per_page` cells and at `max_pixels`, always between rows, and a block
+    continued on a new page repeats its column headers. A failed or missing job keeps its cell.
+    """
+    if not entries:
+        return []
+    per_page = max(1, per_page)
+    cell_w = max(box[0], MIN_CELL_WIDTH)
+    cell_h = box[1]
+    caption_h = CAPTION_LINES * _line_height(CAPTION_SIZE) + 4
+    row_h = cell_h + caption_h + GAP
+    head_h = _line_height(HEADER_SIZE) + 10
+    title_h = _line_height(TITLE_SIZE) + 16
+
+    blocks = grid_blocks(entries)
+    headed = [b for b in blocks if b.columns]
+    plain_n = sum(len(cells) for b in blocks if not b.columns for _, cells in b.rows)
+    widest = max((len(b.columns) for b in headed), default=0)
+    # Columns a row may have: per_page cells at most, and a row must fit the pixel cap.
+    by_pixels = max(1, int(math.sqrt(max_pixels / 2) // (cell_w + GAP)))
+    cap = max(1, min(per_page, MAX_COLUMNS, by_pixels))
+    width_cols = min(cap, widest) if headed else 0
+    if plain_n:
+        plain_cols = min(cap, max(1, math.ceil(math.sqrt(plain_n * cell_h / max(cell_w, 1)))))
+        width_cols = max(width_cols, min(cap, max(plain_cols, widest)))
+    row_head_w = 0
+    if headed:
+        longest = max(_text_width(r, HEADER_SIZE) for b in headed for r, _ in b.rows)
+        row_head_w = int(min(max(longest + 16, 120), 280))
+
+    # Flatten blocks into bands: (column headers or (), row header, cells), cut to width.
+    bands: list[tuple[tuple[str, ...], str, list[Entry | None], int]] = []  # .., band id
+    band_id = 0
+    for b in blocks:
+        if b.columns:
+            for start in range(0, len(b.columns), width_cols):
+                cols = b.columns[start:start + width_cols]
+                for r, cells in b.rows:
+                    bands.append((cols, r, cells[start:start + width_cols], band_id))
+                band_id += 1
+        else:
+            flat = [e for _, cells in b.rows for e in cells]
+            for start in range(0, len(flat), width_cols):
+                bands.append(((), "", list(flat[start:start + width_cols]), band_id))
+            band_id += 1
+
+    width = MARGIN * 2 + row_head_w + width_cols * cell_w + (width_cols - 1) * GAP
+    max_h = max(max_pixels // width, title_h + head_h + row_h + MARGIN)
+
+    # Split rows into pages.
+    pages_rows: list[list[int]] = [[]]
+    used_cells = 0
+    used_h = title_h
+    last_band = -1
+    for i, (cols, _r, cells, bid) in enumerate(bands):
+        n = sum(c is not None for c in cells)
+        extra = (head_h if cols and bid != last_band else 0) + row_h
+        if pages_rows[-1] and (used_cells + n > per_page or used_h + extra + MARGIN > max_h):
+            pages_rows.append([])
+            used_cells, used_h, last_band = 0, title_h, -1
+            extra = (head_h if cols else 0) + row_h
+        pages_rows[-1].append(i)
+        used_cells += n
+        used_h += extra
+        last_band = bid
+
+    pages: list[Page] = []
+    total = len(pages_rows)
+    for number, idxs in enumerate(pages_rows, 1):
+        cells_out: list[Cell] = []
+        labels: list[Label] = []
+        y = title_h
+        last_band = -1
+        x0 = MARGIN + row_head_w
+        for i in idxs:
+            cols, rhead, cells, bid = bands[i]
+            if cols and bid != last_band:
+                for c, text in enumerate(cols):
+                    x = x0 + c * (cell_w + GAP)
+                    labels.append(Label("column", text, (x, y, x + cell_w, y + head_h - 4)))
+                y += head_h
+            last_band = bid
+            if rhead:
+                labels.append(Label("row", rhead, (MARGIN, y, MARGIN + row_head_w - 8, y + cell_h)))
+            for c, e in enumerate(cells):
+                if e is None:
+                    continue
+                x = x0 + c * (cell_w + GAP)
+                cells_out.append(Cell(e, (x, y, x + cell_w, y + cell_h),
+                                      (x, y + cell_h, x + cell_w, y + cell_h + caption_h)))
+            y += row_h
+        height = y - GAP + MARGIN
+        title = page_title(name, entries, number, total)
+        labels.insert(0, Label("title", title, (MARGIN, MARGIN // 2, width - MARGIN, title_h)))
+        pages.append(Page(number, total, (width, height), tuple(cells_out), tuple(labels)))
+    return pages
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering
+
+
+def _centred_text(draw: ImageDraw.ImageDraw, box: Box, lines: list[str], size: int,
+                  fill: tuple[int, int, int]) -> None:
+    lh = _line_height(size)
+    top = box[1] + max(0, (box[3] - box[1] - lh * len(lines)) // 2)
+    for k, line in enumerate(lines):
+        w = _text_width(line, size)
+        draw.text((box[0] + (box[2] - box[0] - w) / 2, top + k * lh), line, font=font(size),
+                  fill=fill)
+
+
+def _mark(draw: ImageDraw.ImageDraw, box: Box, state: str, reason: str | None) -> None:
+    """A hatched cell saying why there is no image."""
+    fill, ink = (FAILED_FILL, FAILED_INK) if state == FAILED else (MISSING_FILL, MISSING_INK)
+    left, top, right, bottom = box
+    draw.rectangle((left, top, right - 1, bottom - 1), fill=fill, outline=ink)
+    step = 14
+    for d in range(-(bottom - top), right - left, step):
+        # 45-degree hatching clipped to the box
+        x1, y1 = left + max(d, 0), top + max(-d, 0)
+        span = min(right - x1, bottom - y1)
+        if span > 0:
+            draw.line((x1, y1, x1 + span - 1, y1 + span - 1), fill=tuple(
+                (a + b) // 2 for a, b in zip(fill, ink)), width=1)
+    lines = [state]
+    if reason:
+        lines += wrap(drawable(reason), right - left - 16, CAPTION_SIZE, 3)
+    pad = 6
+    lh = _line_height(CAPTION_SIZE)
+    h = _line_height(HEADER_SIZE) + lh * (len(lines) - 1) + pad * 2
+    mid = (top + bottom) // 2
+    panel = (left + 6, mid - h // 2, right - 7, mid + h // 2)
+    draw.rectangle(panel, fill=fill)
+    _centred_text(draw, (panel[0], panel[1] + pad, panel[2], panel[1] + pad + _line_height(
+        HEADER_SIZE)), [state], HEADER_SIZE, ink)
+    if len(lines) > 1:
+        y = panel[1] + pad + _line_height(HEADER_SIZE)
+        _centred_text(draw, (panel[0], y, panel[2], y + lh * (len(lines) - 1)), lines[1:],
+                      CAPTION_SIZE, ink)
+
+
+def render(page: Page, load: Callable[[Entry], Image.Image | None]) -> Image.Image:
+    """Draw `page`; `load(entry)` gives a job's picture (closed after pasting) or None."""
+    sheet = Image.new("RGB", page.size, BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    for lb in page.labels:
+        left, top, right, bottom = lb.box
+        text = drawable(lb.text)
+        if lb.kind == "title":
+            draw.text((left, top + 4), ellipsize(text, right - left, TITLE_SIZE),
+                      font=font(TITLE_SIZE), fill=TEXT)
+        elif lb.kind == "column":
+            draw.rectangle((left, top, right - 1, bottom - 1), fill=HEADER_BACKGROUND)
+            _centred_text(draw, lb.box, [ellipsize(text, right - left - 8, HEADER_SIZE)],
+                          HEADER_SIZE, TEXT)
+        else:
+            lines = wrap(text, right - left - 8, HEADER_SIZE,
+                         max(1, (bottom - top) // _line_height(HEADER_SIZE)))
+            draw.rectangle((left, top, right - 1, bottom - 1), fill=HEADER_BACKGROUND)
+            _centred_text(draw, lb.box, lines, HEADER_SIZE, TEXT)
+    for cell in page.cells:
+        left, top, right, bottom = cell.box
+        e = cell.entry
+        picture = load(e) if e.state == OK else None
+        if picture is None:
+            state = e.state if e.state != OK else FAILED
+            reason = e.reason if e.state != OK else "image unreadable"
+            _mark(draw, cell.box, state, reason)
+        else:
+            with picture:
+                draw.rectangle((left, top, right - 1, bottom - 1), fill=CELL_BACKGROUND)
+                box = (right - left, bottom - top)
+                if picture.width > box[0] or picture.height > box[1]:
+                    fitted = thumbnail(picture, max(box))
+                    if fitted.width > box[0] or fitted.height > box[1]:
+                        fitted = fitted.resize(fit_size(fitted.size, box),
+                                               Image.Resampling.LANCZOS)
+                else:
+                    fitted = flatten(picture)
+                x = left + (box[0] - fitted.width) // 2
+                y = top + (box[1] - fitted.height) // 2
+                sheet.paste(fitted, (x, y))
+                del fitted
+        lines = wrap(drawable(e.job.label), cell.caption[2] - cell.caption[0] - 4, CAPTION_SIZE,
+                     CAPTION_LINES)
+        cy = cell.caption[1] + 2
+        for k, line in enumerate(lines):
+            w = _text_width(line, CAPTION_SIZE)
+            draw.text((left + (right - left - w) / 2, cy + k * _line_height(CAPTION_SIZE)),
+                      line, font=font(CAPTION_SIZE), fill=MUTED if e.state != OK else TEXT)
+    return sheet
+
+
+__all__ = [
+    "Cell", "Entry", "Label", "Page", "Block", "flatten", "thumbnail", "fit_size", "thumb_size",
+    "grid_mode", "grid_blocks", "layout", "render", "page_title", "wrap", "ellipsize", "font",
+    "JPEG_QUALITY", "SHEET_BOX", "MAX_SHEET_PIXELS", "OK", "FAILED", "MISSING",
+]
