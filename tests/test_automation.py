@@ -1,0 +1,211 @@
+"""Asset generation as a build: make targets, `run --json`, step summaries, shards + merge,
+and the nightly workflow file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageChops
+
+from pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW = ROOT / ".github" / "workflows" / "imagebatch.yml"
+BIN = Path(sys.executable).parent
+
+SMALL = """\
+version: 1
+seeds: [1, 2]
+jobs:
+  - id: {name}
+    prompt: "A small {name} test image, {{tone}}"
+    matrix:
+      tone: [warm, cool]
+"""
+
+SWEEP = """\
+version: 1
+name: sweep
+defaults:
+  output_format: jpeg
+jobs:
+  - id: fox
+    prompt: "A fox, {style}"
+    matrix:
+      style: [ink, clay]
+    seeds: {start: 10, count: 4}
+  - id: boat
+    prompt: "A paper boat"
+    aspect_ratio: "16:9"
+    seeds: [5, 6, 7]
+"""
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under root."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _make(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFFUSION_", "MAKE"))}
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), *args,
+         f"MANIFEST_DIR={tmp_path / 'manifests'}", f"OUT={tmp_path / 'out'}",
+         f"VENV={BIN.parent}"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_assets_runs_only_what_is_out_of_date(tmp_path):
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+    for name in ("alpha", "beta"):
+        (mdir / f"{name}.yaml").write_text(SMALL.format(name=name))
+    first = _make(tmp_path, "assets")
+    assert first.returncode == 0, first.stderr
+    out = tmp_path / "out"
+    summaries = {n: json.loads((out / n / "summary.json").read_text()) for n in ("alpha", "beta")}
+    assert all(s["succeeded"] == 4 and s["requests"] == 4 for s in summaries.values())
+    before = _tree(out)
+
+    second = _make(tmp_path, "assets")
+    assert second.returncode == 0, second.stderr
+    assert "imagebatch run" not in second.stdout  # make decided nothing is out of date
+    assert _tree(out) == before  # nothing rebuilt: same files, same bytes
+
+    later = time.time() + 5
+    os.utime(mdir / "beta.yaml", (later, later))  # touch one manifest
+    third = _make(tmp_path, "assets")
+    assert third.returncode == 0, third.stderr
+    assert third.stdout.count("imagebatch run") == 1 and "beta.yaml" in third.stdout
+    beta = json.loads((out / "beta" / "summary.json").read_text())
+    assert beta["requests"] == 0 and beta["skipped"] == 4  # re-run, but nothing re-paid
+    after = _tree(out)
+    assert {k: v for k, v in after.items() if k.startswith("alpha/")} == \
+        {k: v for k, v in before.items() if k.startswith("alpha/")}
+
+
+def test_run_json_matches_summary_and_writes_step_summary(tmp_path, capsys, monkeypatch):
+    manifest = tmp_path / "sweep.yaml"
+    manifest.write_text(SWEEP)
+    step = tmp_path / "step-summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    code = main(["run", str(manifest), "--out", str(tmp_path / "out"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    doc = json.loads(captured.out)  # stdout is only the JSON summary
+    on_disk = json.loads((tmp_path / "out" / "sweep" / "summary.json").read_text())
+    assert doc == on_disk
+    assert doc["planned"] == 11 and doc["succeeded"] == 11 and doc["failed"] == 0
+    assert "embedded local server" in captured.err  # messages stay on stderr
+    text = step.read_text()
+    assert "| `sweep` | 11 | 11 | 0 | 0 | 0 | 11 |" in text
+    assert "contact-sheet.png" in text
+
+
+def test_step_summary_lists_failures(tmp_path, capsys, monkeypatch):
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text("version: 1\njobs:\n  - id: ok\n    prompt: fine\n    seeds: 1\n"
+                        "  - id: refused\n    prompt: 'nope [[fail:400]]'\n    seeds: 1\n")
+    step = tmp_path / "step.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    code = main(["run", str(manifest), "--out", str(tmp_path / "out"), "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 1 and doc["failed"] == 1 and doc["succeeded"] == 1
+    text = step.read_text()
+    assert "1 failed job(s)" in text and "refused/1.png" in text
+
+
+def test_three_shards_merged_equal_an_unsharded_run(tmp_path, capsys):
+    manifest = tmp_path / "sweep.yaml"
+    manifest.write_text(SWEEP)
+    assert main(["run", str(manifest), "--out", str(tmp_path / "whole")]) == 0
+    sizes = []
+    for k in (1, 2, 3):
+        assert main(["run", str(manifest), "--out", str(tmp_path / f"shard{k}"),
+                     "--shard", f"{k}/3", "--no-post"]) == 0
+        sizes.append(json.loads((tmp_path / f"shard{k}" / "sweep" / "summary.json")
+                                .read_text())["planned"])
+    assert sum(sizes) == 11 and all(sizes)  # the shards partition the plan
+    code = main(["merge", *(str(tmp_path / f"shard{k}") for k in (1, 2, 3)),
+                 "--out", str(tmp_path / "merged")])
+    assert code == 0, capsys.readouterr().err
+    whole, merged = tmp_path / "whole" / "sweep", tmp_path / "merged" / "sweep"
+    assert _tree(whole / "images") == _tree(merged / "images")  # same images, same bytes
+
+    def keys(root: Path) -> set[tuple[str, str, str]]:
+        return {(r["key"], r["path"], r["status"]) for r in map(
+            json.loads, (root / "results.jsonl").read_text().splitlines())}
+
+    assert keys(whole) == keys(merged) and len(keys(merged)) == 11
+    sheets = sorted(p.name for p in whole.glob("contact-sheet*.png"))
+    assert sheets and sheets == sorted(p.name for p in merged.glob("contact-sheet*.png"))
+    for name in sheets:
+        with Image.open(whole / name) as a, Image.open(merged / name) as b:
+            assert a.size == b.size
+            assert ImageChops.difference(a.convert("RGB"), b.convert("RGB")).getbbox() is None
+    assert (merged / "index.html").is_file()
+    summary = json.loads((merged / "summary.json").read_text())
+    assert summary["succeeded"] == 11 and summary["pending"] == 0
+
+
+def test_merge_reports_a_missing_shard(tmp_path, capsys):
+    manifest = tmp_path / "sweep.yaml"
+    manifest.write_text(SWEEP)
+    assert main(["run", str(manifest), "--out", str(tmp_path / "s1"), "--shard", "1/3",
+                 "--no-post"]) == 0
+    code = main(["merge", str(tmp_path / "s1"), "--out", str(tmp_path / "m"), "--no-post"])
+    captured = capsys.readouterr()
+    assert code == 1 and "in no shard's outputs" in captured.err
+
+
+def test_merge_refuses_bad_input(tmp_path, capsys):
+    assert main(["merge", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["merge", str(tmp_path / "empty"), "--out", str(tmp_path / "empty")]) == 2
+
+
+def _tool(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        pytest.skip(f"{name} is not installed")
+    return str(path)
+
+
+def test_workflow_matches_the_github_schema():
+    proc = subprocess.run([_tool("check-jsonschema"), "--builtin-schema",
+                           "vendor.github-workflows", str(WORKFLOW)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_workflow_has_no_zizmor_findings_of_medium_or_higher():
+    proc = subprocess.run([_tool("zizmor"), "--offline", "--min-severity", "medium",
+                           "--format", "json", str(WORKFLOW)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout) == []
+
+
+def test_workflow_pins_actions_and_keeps_least_privilege():
+    text = WORKFLOW.read_text()
+    uses = [line.split("uses:")[1].split("#")[0].strip()
+            for line in text.splitlines() if "uses:" in line]
+    assert uses and all(len(u.split("@")[1]) == 40 for u in uses)  # pinned by commit
+    assert "permissions: {}" in text and "contents: write" not in text
+    assert "concurrency:" in text and "cancel-in-progress: false" in text
+    assert "--rpm" in text and "--shard" in text and "imagebatch merge" in text
+    for secret in ("DIFFUSION_URL", "DIFFUSION_KEY", "DIFFUSION_MODEL_ID"):
+        assert f"secrets.{secret}" in text
