@@ -197,6 +197,7 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
     folded: dict[str, int] = {}
     keys: dict[str, int] = {}
     dirs: set[str] = set()
+    index_paths: dict[int, str] = {}  # plan index -> path, for messages
     index = 0
     for spec in m.jobs:
         seeds = spec.seeds.resolve(m.name, spec.id)
@@ -225,55 +226,65 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
                 continue
             request["model"] = m.model
             vars_raw = "-".join(v for _, v in names)
-            values = {n: v for n, v in names}
-            safe_values = {n: safe(v) for n, v in names}
             aspect = aspect_of(request)
             ext = "jpg" if request.get("output_format") == "jpeg" else "png"
+            # only the seed differs between this combination's bodies: encode the rest once
+            # ("seed" is a key of ours, so '"seed":0' cannot occur inside an escaped string)
+            request["seed"] = 0
+            head, tail = canonical_json(request).split('"seed":0', 1)
+            head += '"seed":'
+            fixed = {"id": spec.id, "ext": ext, "aspect": aspect}
+            path_map = {n: safe(v) for n, v in names} | fixed | {"vars": safe(vars_raw)}
+            label_map = dict(names) | fixed | {"vars": vars_raw}
+            frozen_vars = tuple(names)
             for seed in seeds:
-                request["seed"] = seed
-                body = canonical_json(request)
+                body = f"{head}{seed}{tail}"
                 key = hashlib.sha256(body.encode()).hexdigest()
-                common = {"id": spec.id, "seed": str(seed), "index": str(index), "ext": ext,
-                          "key": key[:12], "aspect": aspect}
-                path = out.path.format_map({**safe_values, **common, "vars": safe(vars_raw)})
-                label = " ".join(out.label.format_map(
-                    {**values, **common, "vars": vars_raw}).split())
+                path_map["seed"] = label_map["seed"] = str(seed)
+                path_map["index"] = label_map["index"] = str(index)
+                path_map["key"] = label_map["key"] = key[:12]
+                path = out.path.format_map(path_map)
+                label = " ".join(out.label.format_map(label_map).split())
                 segments = [s for s in path.split("/") if s]
-                what = f"{spec.id} seed {seed}" + (f" ({vars_raw})" if vars_raw else "")
-                where = f"{spec.where}"
-                if not segments or any(s in (".", "..") for s in segments):
+                where = spec.where
+                if not segments or "." in segments or ".." in segments:
                     problems.append(_problem(
-                        m, spec.loc, where,
-                        f"{what}: output path {path!r} is empty or climbs out with '..'"))
-                elif any(len(s.encode()) > 200 for s in segments) or len(path) > 1000:
+                        m, spec.loc, where, f"{_what(spec.id, seed, vars_raw)}: output path "
+                                            f"{path!r} is empty or climbs out with '..'"))
+                elif len(path) > 1000 or (len(path.encode()) > 200  # cheap test first
+                                          and any(len(s.encode()) > 200 for s in segments)):
                     problems.append(_problem(
-                        m, spec.loc, where, f"{what}: output path is too long ({len(path)} chars)"))
+                        m, spec.loc, where, f"{_what(spec.id, seed, vars_raw)}: output path "
+                                            f"is too long ({len(path)} chars)"))
                 else:
                     path = "/".join(segments)
-                    clash = paths.get(path, folded.get(path.casefold()))
+                    folded_path = path.casefold()
+                    clash = paths.get(path, folded.get(folded_path))
                     if key in keys:
+                        first = keys[key]
                         problems.append(_problem(
                             m, spec.loc, where,
-                            f"{what}: sends the same request as job #{keys[key]} "
-                            f"({jobs[keys[key]].path if keys[key] < len(jobs) else '?'}); "
+                            f"{_what(spec.id, seed, vars_raw)}: sends the same request as "
+                            f"job #{first} ({index_paths[first]}); "
                             "a variable that appears in no prompt changes nothing"))
                     elif clash is not None or path in dirs:
-                        other = jobs[clash].path if clash is not None and clash < len(jobs) else path
+                        other = index_paths[clash] if clash is not None else path
                         problems.append(_problem(
                             m, spec.loc, where,
-                            f"{what}: output path {path!r} collides with {other!r}; "
-                            "add {seed}, {vars} or {key} to output.path"))
+                            f"{_what(spec.id, seed, vars_raw)}: output path {path!r} collides "
+                            f"with {other!r}; add {{seed}}, {{vars}} or {{key}} to output.path"))
                     if len(problems) > 50:
                         raise ManifestError(problems)
                     paths[path] = index
-                    folded[path.casefold()] = index
+                    folded[folded_path] = index
                     keys[key] = index
+                    index_paths[index] = path
                     for i in range(1, len(segments)):
                         dirs.add("/".join(segments[:i]))
                 if problems:  # keep indexing; build nothing more once something is wrong
                     index += 1
                     continue
-                jobs.append(Job(index, spec.id, key, path, body, seed, tuple(names), label))
+                jobs.append(Job(index, spec.id, key, path, body, seed, frozen_vars, label))
                 index += 1
     if problems:
         raise ManifestError(problems)
@@ -285,6 +296,11 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
     total = len(jobs)
     chosen = tuple(j for j in jobs if in_shard(j.key, shard)) if shard else tuple(jobs)
     return Plan(m.name, m.model, m.source, out, chosen, total, shard)
+
+
+def _what(job_id: str, seed: int, vars_raw: str) -> str:
+    """How an error names one job: id, seed and variable values."""
+    return f"{job_id} seed {seed}" + (f" ({vars_raw})" if vars_raw else "")
 
 
 def _group_rows(group: tuple[Axis, ...]) -> list[tuple[tuple[Axis, str], ...]]:
