@@ -82,10 +82,13 @@ def thumbnail(img: Image.Image, longest: int) -> Image.Image:
         img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
     elif img.mode not in ("RGB", "RGBA", "L", "LA"):
         img = img.convert("RGBA" if "A" in img.mode else "RGB")
+    source = img
     if img.size != target:
         # resize premultiplies alpha itself, so flattening after it is exact and cheaper.
         img = img.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
-    return flatten(img)
+    out = flatten(img)
+    # Never hand back the (lazily loaded) input itself: its file may be closed next.
+    return out.copy() if out is source else out
 
 
 def fit_size(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
@@ -332,7 +335,9 @@ def layout(
     plain_n = sum(len(cells) for b in blocks if not b.columns for _, cells in b.rows)
     widest = max((len(b.columns) for b in headed), default=0)
     # Columns a row may have: per_page cells at most, and a row must fit the pixel cap.
-    by_pixels = max(1, int(math.sqrt(max_pixels / 2) // (cell_w + GAP)))
+    # (two rows, with title and headers, must fit under the pixel cap)
+    by_pixels = max(1, (max_pixels // (title_h + head_h + 2 * row_h + MARGIN) - 2 * MARGIN
+                        - 300) // (cell_w + GAP))
     cap = max(1, min(per_page, MAX_COLUMNS, by_pixels))
     width_cols = min(cap, widest) if headed else 0
     if plain_n:

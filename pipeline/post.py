@@ -45,6 +45,7 @@ class PostResult:
     index: Path
     missing: int  # jobs with nothing to show: failed or not made yet
     seconds: float
+    pages: tuple[imaging.Page, ...] = ()  # the sheets' geometry: where each job's cell is
 
 
 def sheet_name(number: int) -> str:
@@ -210,7 +211,7 @@ def _loader(root: Path, box: int, scale: bool):
 def build_sheets(
     plan: Plan, entries: list[Entry], root: Path, *, box: tuple[int, int], scale: bool,
     max_pixels: int = imaging.MAX_SHEET_PIXELS,
-) -> tuple[Path, ...]:
+) -> tuple[tuple[Path, ...], tuple[imaging.Page, ...]]:
     """Write contact-sheet.png, -2.png, ...; remove pages left from a longer earlier sheet."""
     pages = imaging.layout(plan.name, entries, box=box, per_page=plan.output.per_page,
                            max_pixels=max_pixels)
@@ -225,7 +226,7 @@ def build_sheets(
         atomic_write(path, buf.getvalue())
         written.append(path)
     remove_stale_sheets(root, len(pages))
-    return tuple(written)
+    return tuple(written), tuple(pages)
 
 
 def remove_stale_sheets(root: Path, count: int) -> list[Path]:
@@ -265,7 +266,7 @@ def build_all(
         box_side = imaging.SHEET_BOX
         entries = full_images(entries, root, box_side)
     box = _cell_box(entries, box_side)
-    sheets = build_sheets(plan, entries, root, box=box, scale=longest <= 0,
+    sheets, pages = build_sheets(plan, entries, root, box=box, scale=longest <= 0,
                           max_pixels=max_sheet_pixels)
     index = root / INDEX
     names = [p.name for p in sheets]
@@ -273,7 +274,7 @@ def build_all(
     return PostResult(
         thumbs_made=made, thumbs_kept=kept, sheets=sheets, index=index,
         missing=sum(e.state != OK for e in entries),
-        seconds=round(time.perf_counter() - started, 3),
+        seconds=round(time.perf_counter() - started, 3), pages=pages,
     )
 
 
