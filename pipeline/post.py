@@ -79,10 +79,12 @@ def entries_for(plan: Plan, root: Path) -> list[Entry]:
     return out
 
 
-def _save_jpeg(img: Image.Image, dest: Path) -> None:
+def _save_jpeg(img: Image.Image, dest: Path, mtime_ns: int) -> None:
     """Encode, then temp file + os.replace: a thumbnail is never seen half written.
 
-    No fsync: thumbnails are derived data, remade whenever they look older than the image.
+    The thumbnail takes its image's mtime: any other mtime on either side (a newer image,
+    or one replaced by an older copy) means it is stale. No fsync: thumbnails are derived
+    data, remade whenever they do not match.
     """
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=imaging.JPEG_QUALITY, optimize=False)
@@ -90,6 +92,7 @@ def _save_jpeg(img: Image.Image, dest: Path) -> None:
     tmp = dest.parent / f"{TMP_PREFIX}{dest.name}.{os.getpid()}"
     try:
         tmp.write_bytes(buf.getvalue())
+        os.utime(tmp, ns=(mtime_ns, mtime_ns))
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -100,18 +103,19 @@ def make_thumb(task: tuple[str, str, int]) -> tuple[int, int] | str:
     """Worker: (image, thumb, longest) -> the thumbnail's size, or an error message."""
     src, dest, longest = task
     try:
+        mtime = os.stat(src).st_mtime_ns  # before reading: a change meanwhile shows next time
         with Image.open(src) as img:
             thumb = imaging.thumbnail(img, longest)
-        _save_jpeg(thumb, Path(dest))
+        _save_jpeg(thumb, Path(dest), mtime)
         return thumb.size
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         return f"image unreadable: {exc}"
 
 
 def _current_thumb(image: Path, thumb: Path, longest: int) -> tuple[int, int] | None:
-    """The size of `thumb` when it is newer than `image` and made at `longest`, else None."""
+    """The size of `thumb` when it was made from `image` as it is now, at `longest`; else None."""
     try:
-        if thumb.stat().st_mtime_ns < image.stat().st_mtime_ns:
+        if thumb.stat().st_mtime_ns != image.stat().st_mtime_ns:
             return None
         with Image.open(thumb) as t:
             size = t.size

@@ -93,8 +93,9 @@ def _figure(e: Entry) -> str:
         pic = f'<div class="none {state}"><span><b>{state}</b>{why}</span></div>'
     return (f'<figure id="{_e("job-" + job.key[:12])}">{pic}<figcaption>'
             f'<div>{_e(job.label)}</div><div class="meta">{_e(seed_line)}</div>'
-            f'<div class="meta"><a href="{href("images/" + job.path)}">{_e(job.path)}</a></div>'
-            "</figcaption></figure>")
+            + (f'<div class="meta"><a href="{href("images/" + job.path)}">{_e(job.path)}</a></div>'
+               if e.state == OK else f'<div class="meta">{_e(job.path)}</div>')
+            + "</figcaption></figure>")
 
 
 def index_html(plan: Plan, entries: Sequence[Entry], sheets: Sequence[str]) -> str:

@@ -1,0 +1,314 @@
+"""build_all over disk: thumbnails (only when needed), contact sheets, index.html."""
+
+from __future__ import annotations
+
+import html.parser
+import io
+import os
+from pathlib import Path
+from urllib.parse import unquote
+
+from PIL import Image
+
+from pipeline import imaging
+from pipeline.plan import Job, OutputSettings, Plan, canonical_json, job_key
+from pipeline.post import build_all
+from pipeline.store import Store
+
+
+def colour(i: int) -> tuple[int, int, int]:
+    return ((53 * i + 30) % 256, (97 * i + 80) % 256, (151 * i + 200) % 256)
+
+
+def make_plan(variants: int = 2, seeds: int = 3, *, fmt: str = "png", thumbnail: int = 64,
+              per_page: int = 100, name: str = "sweep", prompt: str = "a fox",
+              ratio: str = "1:1") -> Plan:
+    jobs = []
+    for v in range(variants):
+        for s in range(seeds):
+            style = f"style {v}"
+            body = {"model": "m", "prompt": f"{prompt} in {style}", "aspect_ratio": ratio,
+                    "output_format": fmt, "seed": 10 + s}
+            ext = "jpg" if fmt == "jpeg" else "png"
+            jobs.append(Job(len(jobs), "fox", job_key(body), f"fox/style-{v}/{10 + s}.{ext}",
+                            canonical_json(body), 10 + s, (("style", style),),
+                            f"fox {style} #{10 + s}"))
+    out = OutputSettings(thumbnail=thumbnail, per_page=per_page)
+    return Plan(name, "m", f"{name}.yaml", out, tuple(jobs), len(jobs))
+
+
+def encode(img: Image.Image, ext: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG" if ext == "jpg" else "PNG", quality=95)
+    return buf.getvalue()
+
+
+def run_jobs(tmp_path: Path, plan: Plan, *, fail: set[int] = frozenset(),
+             skip: set[int] = frozenset(), size: tuple[int, int] = (256, 256),
+             mode: str = "RGB") -> Path:
+    """Write each job's image (one colour per job) and its record, as a run would."""
+    store = Store(tmp_path / "out", plan.name, "local")
+    store.prepare()
+    store.load()
+    for job in plan.jobs:
+        if job.index in skip:
+            continue
+        if job.index in fail:
+            store.fail(job, f"HTTP 400: job {job.index} refused", attempts=1, seconds=0)
+            continue
+        img = Image.new(mode, size, colour(job.index) + ((255,) if mode == "RGBA" else ()))
+        store.save(job, encode(img, job.ext), attempts=1, seconds=0, created=0)
+    store.close()
+    return store.root
+
+
+def check_cells(result, root: Path, *, tol: int = 8) -> None:
+    """Every ok cell's centre shows its job's colour; others do not."""
+    assert result.pages
+    for page, path in zip(result.pages, result.sheets):
+        with Image.open(path) as sheet:
+            assert sheet.size == page.size and sheet.mode == "RGB"
+            for cell in page.cells:
+                c = ((cell.box[0] + cell.box[2]) // 2, (cell.box[1] + cell.box[3]) // 2)
+                px = sheet.getpixel(c)
+                want = colour(cell.entry.job.index)
+                near = all(abs(a - b) <= tol for a, b in zip(px, want))
+                assert near == (cell.entry.state == imaging.OK), (cell.entry, px, want)
+
+
+def test_builds_thumbs_sheet_and_index(tmp_path):
+    plan = make_plan(2, 3)
+    root = run_jobs(tmp_path, plan, size=(256, 128))
+    result = build_all(plan, root, workers=1)
+    assert result.thumbs_made == 6 and result.thumbs_kept == 0 and result.missing == 0
+    for job in plan.jobs:
+        with Image.open(root / "thumbs" / f"{job.path}.jpg") as t:
+            assert t.format == "JPEG" and t.mode == "RGB" and t.size == (64, 32)
+            px = t.getpixel((32, 16))
+            assert all(abs(a - b) <= 8 for a, b in zip(px, colour(job.index)))
+    assert result.sheets == (root / "contact-sheet.png",)
+    assert result.index == root / "index.html" and result.index.is_file()
+    check_cells(result, root)
+    (page,) = result.pages
+    assert [lb.text for lb in page.labels if lb.kind == "column"] == ["#10", "#11", "#12"]
+    assert page.title == "sweep — 6 images"
+    assert not list(root.rglob(".tmp-*"))
+
+
+def test_failed_and_missing_jobs_are_marked_and_the_grid_stays(tmp_path):
+    plan = make_plan(3, 3)
+    whole = build_all(plan, run_jobs(tmp_path / "a", plan), workers=1)
+    root = run_jobs(tmp_path / "b", plan, fail={4}, skip={6})
+    result = build_all(plan, root, workers=1)
+    assert result.missing == 2 and result.thumbs_made == 7
+    assert [c.box for c in result.pages[0].cells] == [c.box for c in whole.pages[0].cells]
+    states = {c.entry.job.index: c.entry.state for c in result.pages[0].cells}
+    assert states[4] == "failed" and states[6] == "missing"
+    check_cells(result, root)
+    with Image.open(result.sheets[0]) as sheet:
+        cell = next(c for c in result.pages[0].cells if c.entry.job.index == 4)
+        data = sheet.crop(cell.box).tobytes()
+        reds = sum(1 for i in range(0, len(data), 3) if data[i] > data[i + 1] + 20)
+        assert reds > len(data) // 6
+    assert "(1 failed, 1 missing)" in result.pages[0].title
+
+
+def test_last_record_per_key_wins(tmp_path):
+    plan = make_plan(1, 2)
+    root = run_jobs(tmp_path, plan)
+    store = Store(tmp_path / "out", plan.name, "local")
+    store.prepare()
+    store.fail(plan.jobs[0], "later failure", attempts=1, seconds=0)
+    store.close()
+    result = build_all(plan, root, workers=1)
+    states = {c.entry.job.index: (c.entry.state, c.entry.reason) for c in result.pages[0].cells}
+    assert states[0] == ("failed", "later failure") and states[1] == ("ok", None)
+
+
+def test_thumbs_rebuilt_only_for_changed_images(tmp_path):
+    plan = make_plan(2, 3)
+    root = run_jobs(tmp_path, plan)
+    assert build_all(plan, root, workers=1).thumbs_made == 6
+    thumbs = {j.index: root / "thumbs" / f"{j.path}.jpg" for j in plan.jobs}
+    before = {i: p.stat().st_mtime_ns for i, p in thumbs.items()}
+    changed = plan.jobs[2]
+    image = root / "images" / changed.path
+    image.write_bytes(encode(Image.new("RGB", (256, 256), (250, 250, 0)), "png"))
+    later = before[2] + 5_000_000_000
+    os.utime(image, ns=(later, later))
+    again = build_all(plan, root, workers=1)
+    assert (again.thumbs_made, again.thumbs_kept) == (1, 5)
+    after = {i: p.stat().st_mtime_ns for i, p in thumbs.items()}
+    assert [i for i in after if after[i] != before[i]] == [2]
+    with Image.open(thumbs[2]) as t:
+        assert all(abs(a - b) <= 8 for a, b in zip(t.getpixel((32, 32)), (250, 250, 0)))
+    # An image replaced by an older file (a restored copy) is seen too.
+    image = root / "images" / plan.jobs[3].path
+    image.write_bytes(encode(Image.new("RGB", (256, 256), (0, 250, 250)), "png"))
+    os.utime(image, ns=(before[3] - 10**9, before[3] - 10**9))
+    assert build_all(plan, root, workers=1).thumbs_made == 1
+    with Image.open(thumbs[3]) as t:
+        assert all(abs(a - b) <= 8 for a, b in zip(t.getpixel((32, 32)), (0, 250, 250)))
+    # A deleted thumbnail is made again; a new size remakes them all.
+    thumbs[0].unlink()
+    assert build_all(plan, root, workers=1).thumbs_made == 1
+    bigger = make_plan(2, 3, thumbnail=96)
+    res = build_all(bigger, root, workers=1)
+    assert res.thumbs_made == 6
+    with Image.open(thumbs[1]) as t:
+        assert t.size == (96, 96)
+
+
+def test_pages_by_per_page_and_stale_pages_removed(tmp_path):
+    plan = make_plan(4, 3, per_page=4)  # rows of 3: 1 row fits under 4 cells per page
+    root = run_jobs(tmp_path, plan)
+    result = build_all(plan, root, workers=1)
+    assert [p.name for p in result.sheets] == [
+        "contact-sheet.png", "contact-sheet-2.png", "contact-sheet-3.png", "contact-sheet-4.png"]
+    assert [len(p.cells) for p in result.pages] == [3, 3, 3, 3]
+    check_cells(result, root)
+    assert result.pages[3].title.endswith("page 4/4")
+    fewer = make_plan(4, 3, per_page=6)
+    again = build_all(fewer, root, workers=1)
+    assert [p.name for p in again.sheets] == ["contact-sheet.png", "contact-sheet-2.png"]
+    assert sorted(p.name for p in root.glob("contact-sheet*.png")) == [
+        "contact-sheet-2.png", "contact-sheet.png"]
+    with Image.open(again.sheets[1]) as s:
+        assert s.size == again.pages[1].size
+    assert 'href="contact-sheet-2.png"' in again.index.read_text()
+    assert "contact-sheet-3.png" not in again.index.read_text()
+
+
+def test_pages_by_pixel_cap(tmp_path):
+    plan = make_plan(6, 3)
+    root = run_jobs(tmp_path, plan)
+    result = build_all(plan, root, workers=1, max_sheet_pixels=200_000)
+    assert len(result.sheets) >= 3
+    for page, path in zip(result.pages, result.sheets):
+        with Image.open(path) as s:
+            assert s.width * s.height <= 200_000
+    check_cells(result, root)
+
+
+def test_alpha_is_flattened_onto_white(tmp_path):
+    plan = make_plan(1, 1)
+    store = Store(tmp_path / "out", plan.name, "local")
+    store.prepare()
+    img = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
+    img.paste((0, 0, 200, 255), (50, 50, 150, 150))
+    store.save(plan.jobs[0], encode(img, "png"), attempts=1, seconds=0, created=0)
+    store.close()
+    build_all(plan, store.root, workers=1)
+    with Image.open(store.root / "thumbs" / f"{plan.jobs[0].path}.jpg") as t:
+        assert t.mode == "RGB"
+        assert all(v >= 248 for v in t.getpixel((1, 1)))
+        r, g, b = t.getpixel((32, 32))
+        assert b > 180 and r < 30
+
+
+def test_jpeg_images_and_mixed_aspect(tmp_path):
+    plan = make_plan(2, 2, fmt="jpeg", ratio="16:9")
+    root = run_jobs(tmp_path, plan, size=(1344, 768))
+    result = build_all(plan, root, workers=1)
+    assert result.thumbs_made == 4
+    with Image.open(root / "thumbs" / f"{plan.jobs[0].path}.jpg") as t:
+        assert t.size == (64, 37)
+    check_cells(result, root)
+    box = result.pages[0].cells[0].box
+    assert box[3] - box[1] == 37  # all 16:9: cells are as tall as the thumbnails, no more
+
+
+def test_thumbnail_zero_uses_images_on_the_fly(tmp_path):
+    plan = make_plan(2, 2, thumbnail=0)
+    root = run_jobs(tmp_path, plan, size=(600, 300))
+    result = build_all(plan, root, workers=1)
+    assert result.thumbs_made == 0 and not (root / "thumbs").exists()
+    check_cells(result, root)
+    page = result.index.read_text()
+    assert 'src="images/fox/style-0/10.png"' in page and "thumbs/" not in page
+
+
+def test_parallel_thumbnails(tmp_path):
+    plan = make_plan(4, 4)
+    root = run_jobs(tmp_path, plan)
+    result = build_all(plan, root, workers=2)
+    assert result.thumbs_made == 16
+    check_cells(result, root)
+
+
+def test_unreadable_image_is_marked_not_fatal(tmp_path):
+    plan = make_plan(1, 2)
+    root = run_jobs(tmp_path, plan)
+    (root / "images" / plan.jobs[1].path).write_bytes(b"not an image at all")
+    result = build_all(plan, root, workers=1)
+    assert result.thumbs_made == 1 and result.missing == 1
+    cell = next(c for c in result.pages[0].cells if c.entry.job.index == 1)
+    assert cell.entry.state == "failed" and "unreadable" in (cell.entry.reason or "")
+
+
+class _Page(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.imgs: list[dict] = []
+        self.links: list[str] = []
+        self.scripts = 0
+        self.text: list[str] = []
+        self.viewport = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a)
+        elif tag == "a":
+            self.links.append(a["href"])
+        elif tag == "script":
+            self.scripts += 1
+        elif tag == "meta" and a.get("name") == "viewport":
+            self.viewport = True
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_index_lists_everything_escaped_with_relative_links(tmp_path):
+    evil = 'a "quoted" <script>alert(1)</script> & fox'
+    plan = make_plan(2, 2, prompt=evil)
+    root = run_jobs(tmp_path, plan, fail={1}, skip={3})
+    result = build_all(plan, root, workers=1)
+    doc = result.index.read_text(encoding="utf-8")
+    page = _Page()
+    page.feed(doc)
+    assert page.scripts == 0 and page.viewport
+    assert "<script>alert(1)" not in doc
+    text = "".join(page.text)
+    assert evil + " in style 0" in text  # shown as text, intact
+    assert "HTTP 400: job 1 refused" in text
+    assert "4 images: 2 done, 1 failed, 1 not made yet" in " ".join(text.split())
+    assert len(page.imgs) == 2
+    for img in page.imgs:
+        assert img["loading"] == "lazy"
+        src = root / unquote(img["src"])
+        assert img["src"].startswith("thumbs/") and src.is_file()
+        with Image.open(src) as t:
+            assert (int(img["width"]), int(img["height"])) == t.size
+        assert img["alt"].startswith(evil)
+    for href in page.links:
+        assert "://" not in href and not href.startswith("/")
+        if not href.startswith("#"):
+            assert (root / unquote(href)).exists() or href.startswith("images/fox/style-1/11")
+    assert "contact-sheet.png" in page.links
+
+
+def test_index_percent_encodes_paths(tmp_path):
+    body = {"model": "m", "prompt": "x", "seed": 1}
+    job = Job(0, "odd", job_key(body), "odd name/#1 ?&.png", canonical_json(body), 1, (),
+              "odd #1")
+    plan = Plan("odd", "m", "odd.yaml", OutputSettings(thumbnail=32), (job,), 1)
+    store = Store(tmp_path / "out", "odd", "local")
+    store.prepare()
+    store.save(job, encode(Image.new("RGB", (64, 64), (1, 2, 3)), "png"), attempts=1,
+               seconds=0, created=0)
+    store.close()
+    doc = build_all(plan, store.root, workers=1).index.read_text()
+    assert 'src="thumbs/odd%20name/%231%20%3F%26.png.jpg"' in doc
+    assert 'href="images/odd%20name/%231%20%3F%26.png"' in doc
