@@ -347,6 +347,16 @@ def layout(
     if headed:
         longest = max(_text_width(r, HEADER_SIZE) for b in headed for r, _ in b.rows)
         row_head_w = int(min(max(longest + 16, 120), 280))
+        # A few variants with many seeds make a strip far wider than tall: wrap the seeds
+        # into bands (headers repeated) of about equal width, for a roughly square sheet.
+        n_rows = sum(len(b.rows) for b in headed)
+        full_w = row_head_w + width_cols * (cell_w + GAP)
+        full_h = title_h + len(headed) * head_h + n_rows * row_h
+        if full_w > 3 * full_h:
+            n_cells = sum(len(b.rows) * len(b.columns) for b in headed)
+            target = max(2, math.ceil(math.sqrt(n_cells * row_h / (cell_w + GAP))))
+            if target < width_cols:
+                width_cols = math.ceil(widest / math.ceil(widest / target))
 
     # Flatten blocks into bands: (column headers or (), row header, cells), cut to width.
     bands: list[tuple[tuple[str, ...], str, list[Entry | None], int]] = []  # .., band id
