@@ -164,6 +164,16 @@ class _Checker:
         if "\x00" in value:
             self.add(node, path, "contains a NUL character")
             return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # YAML's "\ud83d\ude00" escapes give two lone surrogates: join pairs, refuse the rest
+            try:
+                value = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+            except UnicodeDecodeError:
+                self.add(node, path, "contains an unpaired surrogate escape (\\uD800..\\uDFFF); "
+                                     "write the character itself")
+                return None
         if not value and not empty_ok:
             self.add(node, path, "is empty")
             return None
@@ -493,11 +503,13 @@ class _Loader:
         fields.update(own)
         groups: list[tuple[Axis, ...]] = []
         names: dict[str, str] = {}
+        broken = False
         for key in m:  # manifest order: a zip written before matrix varies first
             if key not in ("matrix", "zip"):
                 continue
             axes = self.axes(m[key][1], f"{path}.{key}", zipped=(key == "zip"))
             if axes is None:
+                broken = True  # its variables are unknown: do not report their uses too
                 continue
             for axis in axes:
                 if axis.name in names:
@@ -529,7 +541,7 @@ class _Loader:
                 for a in g:
                     if a.name == name:
                         texts.extend((v, a.loc) for v in a.values)
-            for text, loc in texts:
+            for text, loc in texts if not broken else ():
                 self._placeholders(text, loc, f"{path}.{name}", variables)
         if len(c.problems) > ok or job_id is None or seeds is None:
             return None
@@ -625,7 +637,7 @@ class _Loader:
                   f"({biggest.where} {biggest.id!r} alone makes {biggest.count:,}); "
                   "shrink the sweep or raise --max-jobs")
         if c.problems:
-            raise ManifestError(c.problems)
+            raise ManifestError(sorted(c.problems, key=lambda p: (p.line, p.column)))
         assert output is not None
         return Manifest(source, name, model, output, tuple(jobs), path_loc)
 
