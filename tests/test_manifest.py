@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -630,3 +631,16 @@ def test_a_folder_and_a_missing_file_are_usage_errors(tmp_path: Path) -> None:
         load_plan(str(tmp_path))
     with pytest.raises(UsageError, match="no such manifest file"):
         load_plan(str(tmp_path / "nope.yaml"))
+
+
+def test_surrogate_pair_escapes_are_joined_and_lone_ones_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 'version: 1\njobs:\n  - {id: a, prompt: "smile \\ud83d\\ude00", '
+                           'seeds: 1}\n')
+    job = load_plan(path).jobs[0]
+    assert job.request["prompt"] == "smile \U0001F600"
+    assert job.key == hashlib.sha256(job.body.encode("utf-8")).hexdigest()
+    path = write(tmp_path, 'version: 1\njobs:\n  - id: a\n    prompt: "half \\ud83d"\n'
+                           '    matrix: {v: ["\\udc00"]}\n', name="lone.yaml")
+    problems = problems_of(path)
+    assert where(problems) == {(4, 13, "jobs[0].prompt"), (5, 18, "jobs[0].matrix.v[0]")}
+    assert all("unpaired surrogate" in p.message for p in problems)
