@@ -219,6 +219,10 @@ def _compose(text: str, source: str) -> Node | None:
         return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if exc.context_mark and any(e in (exc.problem or "") for e in ("end of stream",
+                                                                     "<stream end>")):
+            # an unclosed quote or bracket: where it was opened, not the end of the file
+            mark = exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         what = exc.problem or "not valid YAML"
         context = f" ({exc.context})" if exc.context else ""
