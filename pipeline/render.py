@@ -79,7 +79,8 @@ def _ridge(rng: random.Random, w: int, base: int, amp: float, step: int) -> list
 
 def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int, max_lines: int) -> list[str]:
     """Greedy word wrap to `width` pixels; the last line gets an ellipsis when text is left."""
-    words = text.split()
+    # Only the start can ever be shown; measuring 10,000 characters would cost seconds.
+    words = text[: max_lines * 200].split()
     lines: list[str] = []
     current = ""
     i = 0
@@ -90,13 +91,20 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int, max_lines
             current = trial
             i += 1
             continue
-        if not current:
-            # One word wider than the line: cut it where it stops fitting.
-            cut = len(word)
-            while cut > 1 and draw.textlength(word[:cut], font=font) > width:
-                cut -= 1
-            lines.append(word[:cut])
+        if not current or draw.textlength(word, font=font) > width:
+            # A word wider than a line: fill this line with as much of it as fits.
+            head = f"{current} " if current else ""
+            lo, hi = 0, len(word)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if draw.textlength(head + word[:mid], font=font) <= width:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            cut = lo if lo or current else 1  # always progress, even on a glyph wider than a line
+            lines.append((head + word[:cut]).rstrip())
             words[i] = word[cut:]
+            current = ""
         else:
             lines.append(current)
             current = ""
@@ -109,7 +117,7 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int, max_lines
     # Out of lines with words left: end the last line with an ellipsis that fits.
     last = lines[-1]
     while last and draw.textlength(last + " …", font=font) > width:
-        last = last[:-1]
+        last = last[: -max(1, len(last) // 20)] if len(last) > 40 else last[:-1]
     lines[-1] = last.rstrip() + " …"
     return lines
 
