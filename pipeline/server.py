@@ -359,11 +359,11 @@ class _Service:
         if not self._authorized(request):
             return error_response(401, "Invalid API key: send 'Authorization: Bearer <key>'")
         if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
-            return error_response(413, f"Request body is over {MAX_REQUEST_BYTES} bytes")
+            return error_response(413, f"Request body too large: over {MAX_REQUEST_BYTES} bytes")
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return error_response(413, f"Request body is over {MAX_REQUEST_BYTES} bytes")
+            return error_response(413, f"Request body too large: over {MAX_REQUEST_BYTES} bytes")
         window = self.window
         if window is not None and window.wait(loop.time()) > 0:
             return self._limited({})
