@@ -222,7 +222,7 @@ def run() -> list[dict]:
                        ("contact sheet", _sheet_rows)):
         try:
             rows += part()
-        except Exception as exc:  # one failing contender must not hide the other figures
+        except Exception as exc:  # noqa: BLE001 - one failing contender must not hide the other figures
             rows.append(_row(f"{name}: error", float("nan"), "", None, False,
                              f"{type(exc).__name__}: {str(exc)[:300]}"))
     return rows

@@ -290,6 +290,18 @@ def _cell_box(entries: list[Entry], side: int) -> tuple[int, int]:
     return max(w for w, _ in sizes), max(h for _, h in sizes)
 
 
-__all__ = ["PostResult", "build_all", "entries_for", "build_thumbs", "build_sheets",
-           "make_thumb", "make_thumbs", "remove_stale_sheets", "sheet_name", "thumb_rel",
-           "latest_records", "THUMBS", "INDEX"]
+__all__ = [
+    "INDEX",
+    "THUMBS",
+    "PostResult",
+    "build_all",
+    "build_sheets",
+    "build_thumbs",
+    "entries_for",
+    "latest_records",
+    "make_thumb",
+    "make_thumbs",
+    "remove_stale_sheets",
+    "sheet_name",
+    "thumb_rel",
+]

@@ -109,8 +109,8 @@ def index_html(plan: Plan, entries: Sequence[Entry], sheets: Sequence[str]) -> s
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         # No network, no scripts: the page must work as a file and can run nothing.
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
-        "img-src 'self' file: data:; style-src 'unsafe-inline'\">",
+        ("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+         "img-src 'self' file: data:; style-src 'unsafe-inline'\">"),
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
         f"<header><h1>{_e(plan.name)}</h1>",
         f'<p class="counts"><b>{len(entries)}</b> images: <b>{ok}</b> done, '
@@ -140,7 +140,7 @@ def index_html(plan: Plan, entries: Sequence[Entry], sheets: Sequence[str]) -> s
         variants: dict[str, list[Entry]] = {}
         for e in group:
             variants.setdefault(e.job.variant, []).append(e)
-        for variant, members in variants.items():
+        for members in variants.values():
             req = members[0].job.request
             head = ", ".join(f"{k}={v}" for k, v in members[0].job.vars)
             out.append('<div class="variant">')
@@ -158,4 +158,4 @@ def index_html(plan: Plan, entries: Sequence[Entry], sheets: Sequence[str]) -> s
     return "\n".join(out)
 
 
-__all__ = ["index_html", "href", "anchor", "CSS"]
+__all__ = ["CSS", "anchor", "href", "index_html"]

@@ -202,7 +202,7 @@ def test_alpha_is_flattened_onto_white(tmp_path):
     with Image.open(store.root / "thumbs" / f"{plan.jobs[0].path}.jpg") as t:
         assert t.mode == "RGB"
         assert all(v >= 248 for v in t.getpixel((1, 1)))
-        r, g, b = t.getpixel((32, 32))
+        r, _g, b = t.getpixel((32, 32))
         assert b > 180 and r < 30
 
 
