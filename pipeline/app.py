@@ -24,9 +24,11 @@ from pipeline.client import ApiClient, backend_name
 from pipeline.errors import ConfigError, ImagebatchError, ManifestError, StoreError, UsageError
 from pipeline.metadata import MetadataError, read_request
 from pipeline.plan import Plan, canonical_json
+from pipeline.post import build_all
 from pipeline.progress import Progress
 from pipeline.retry import Pacer
 from pipeline.runner import Runner, RunSettings, RunState
+from pipeline.server import ServerOptions, running_server
 from pipeline.store import Store
 
 LOCAL_BACKEND = "local"
@@ -97,14 +99,6 @@ async def _backend(
         assert conn.url is not None and conn.key is not None
         yield conn.url, conn.key, backend_name(conn.url)
         return
-    try:
-        from pipeline.server import ServerOptions, running_server
-    except ImportError:
-        raise ConfigError(
-            f"{reason}, and the embedded local server is not available in this build; "
-            f"set {conn.prefix}_URL and {conn.prefix}_KEY to use the hosted service"
-        ) from None
-
     async with running_server(ServerOptions(), host="127.0.0.1", port=0) as srv:
         print(f"{reason}: using the embedded local server at {srv.url}", file=err, flush=True)
         yield srv.url, "local", LOCAL_BACKEND
@@ -146,15 +140,6 @@ def _human(summary: dict[str, Any]) -> str:
         lines.append(f"  FAILED {f['path']}: {f['reason']}")
     lines.append(f"  outputs: {summary['out']}")
     return "\n".join(lines)
-
-
-def _post(plan: Plan, root: Path, err: TextIO) -> None:
-    try:
-        from pipeline.post import build_all
-    except ImportError:
-        print("note: post-processing is not available in this build; skipped", file=err)
-        return
-    build_all(plan, root)
 
 
 async def run_plans_async(
@@ -235,7 +220,7 @@ async def run_plans_async(
             summaries.append(summary)
     if opts.post and not state.interrupted and state.auth_error is None:
         for plan, store in zip(plans, stores):
-            await asyncio.to_thread(_post, plan, store.root, err)
+            await asyncio.to_thread(build_all, plan, store.root)
     return summaries, state
 
 
@@ -265,7 +250,6 @@ def sheet_command(
     max_jobs: int = 5000, env: Mapping[str, str] | None = None, out: TextIO | None = None,
 ) -> int:
     """`imagebatch sheet`: rebuild thumbnails, contact sheets and index.html from disk."""
-    from pipeline.post import build_all
 
     env = os.environ if env is None else env
     out = out or sys.stdout
