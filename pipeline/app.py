@@ -72,13 +72,18 @@ def load_plans(
     model = config.default_model(env, prefix)
     plans: list[Plan] = []
     problems = []
+    unreadable = []  # a missing file must not hide the problems of the others
     for path in manifests:
         try:
             plans.append(load_plan(path, max_jobs=max_jobs, default_model=model, shard=shard))
         except ManifestError as exc:
             problems.extend(exc.problems)
-    if problems:
-        raise ManifestError(problems)
+        except UsageError as exc:
+            unreadable.append(str(exc))
+    if len(manifests) == 1 and unreadable and not problems:
+        raise UsageError(unreadable[0])
+    if problems or unreadable:
+        raise ManifestError(problems, unreadable)
     names: dict[str, str] = {}
     for plan in plans:
         if plan.name in names:

@@ -97,8 +97,12 @@ def problem_report(exc: ManifestError) -> str:
     files: dict[str, int] = {}
     for p in exc.problems:
         files[p.file] = files.get(p.file, 0) + 1
-    tail = "; ".join(f"{n} problem{'s' if n > 1 else ''} in {f}" for f, n in files.items())
-    shown = [str(p) for p in exc.problems[:MAX_SHOWN]]
+    counts = [f"{n} problem{'s' if n > 1 else ''} in {f}" for f, n in files.items()]
+    if exc.unreadable:
+        counts.append(f"{len(exc.unreadable)} file{'s' if len(exc.unreadable) > 1 else ''} "
+                      "not read")
+    tail = "; ".join(counts)
+    shown = [*exc.unreadable, *(str(p) for p in exc.problems[:MAX_SHOWN])]
     if len(exc.problems) > MAX_SHOWN:
         shown.append(f"... and {len(exc.problems) - MAX_SHOWN} more")
     return "\n".join(shown) + f"\n{tail}; nothing was sent"

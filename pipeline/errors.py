@@ -29,9 +29,10 @@ class Problem:
 class ManifestError(ImagebatchError):
     """A manifest that cannot be used; carries every problem found in the file."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], unreadable: list[str] | None = None) -> None:
         self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
+        self.unreadable = list(unreadable or [])  # files that could not be read at all
+        super().__init__("\n".join([*self.unreadable, *(str(p) for p in self.problems)]))
 
 
 class UsageError(ImagebatchError):

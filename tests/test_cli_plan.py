@@ -123,6 +123,17 @@ def test_validate_reports_every_file_at_once(capsys: pytest.CaptureFixture[str])
     assert "1 problem in " in err and "2 problems in " in err
 
 
+def test_a_missing_file_does_not_hide_the_others_problems(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    bad = str(CORPUS / "unknown-key.yaml")
+    assert cli.main(["validate", "no-such.yaml", bad, str(EXAMPLES[0])]) == 2
+    err = capsys.readouterr().err
+    assert "no-such.yaml: no such manifest file" in err
+    assert f"{bad}:6:5: jobs[0].promt:" in err
+    assert err.rstrip().endswith(f"2 problems in {bad}; 1 file not read; nothing was sent")
+    assert "Traceback" not in err
+
+
 def test_cap_is_changed_with_max_jobs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "sweep.yaml"
     path.write_text("version: 1\njobs:\n  - {id: a, prompt: x, seeds: {start: 1, count: 20}}\n")
