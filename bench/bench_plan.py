@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import row
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORK = HERE / ".work" / "plan"
@@ -63,8 +65,7 @@ def cli_seconds(path: Path, max_jobs: int) -> tuple[float, int]:
 
 def _row(metric: str, value: float, unit: str, target: str | None, ok: bool | None,
          note: str) -> dict:
-    return {"bench": "plan", "area": "plan", "metric": metric, "value": value, "unit": unit,
-            "target": target or "", "ok": ok, "note": note}
+    return row("plan", metric, value, unit, target, ok, note)
 
 
 def run() -> list[dict]:

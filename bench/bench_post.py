@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import row
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORK = HERE / ".work" / "post"
@@ -59,8 +61,7 @@ print(len(res.sheets))
 
 def _row(metric: str, value: float, unit: str, target: str | None = None,
          ok: bool | None = None, note: str = "") -> dict:
-    return {"bench": "post", "area": "post", "metric": metric, "value": value, "unit": unit,
-            "target": target or "", "ok": ok, "note": note}
+    return row("post", metric, value, unit, target, ok, note)
 
 
 def _measure(cmd: list[str]) -> tuple[float, float]:

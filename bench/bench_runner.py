@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import row
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORK = HERE / ".work" / "runner"
@@ -136,7 +138,7 @@ def client(url: str, out: Path, n: int, concurrency: int, rpm: float) -> dict:
     started = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", CLIENT, str(ROOT), str(out), str(n),
                           str(concurrency), str(rpm)], env=env, capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, check=False)
     if res.returncode not in (0, 1):
         raise RuntimeError(res.stderr[-2000:])
     doc = json.loads(res.stdout.strip().splitlines()[-1])
@@ -152,8 +154,7 @@ def _fresh(name: str) -> Path:
 
 
 def _row(metric: str, value: float, unit: str, target: str, ok: bool | None, note: str) -> dict:
-    return {"bench": "runner", "metric": metric, "value": value, "unit": unit, "target": target,
-            "ok": ok, "note": note}
+    return row("runner", metric, value, unit, target, ok, note)
 
 
 def sequential_per_request(url: str, k: int = 20) -> float:
@@ -297,8 +298,8 @@ def run() -> list[dict]:
     for part in (bench_scheduling, bench_cpu, bench_rate_limit, bench_resume, bench_memory):
         try:
             part(rows)
-        except Exception as exc:  # one broken part must not hide the others
-            rows.append(_row(part.__name__, float("nan"), "", "", False,
+        except Exception as exc:  # noqa: BLE001 - one broken part must not hide the others
+            rows.append(_row(f"{part.__name__}: error", float("nan"), "", "", False,
                              f"{type(exc).__name__}: {exc}"[:300]))
     shutil.rmtree(WORK, ignore_errors=True)
     return rows
