@@ -21,9 +21,9 @@ import aiohttp
 
 from pipeline import config
 from pipeline.client import ApiClient, backend_name
-from pipeline.errors import ConfigError, ImagebatchError, ManifestError, StoreError, UsageError
+from pipeline.errors import ImagebatchError, ManifestError, StoreError, UsageError
 from pipeline.metadata import MetadataError, read_request
-from pipeline.plan import Plan, canonical_json
+from pipeline.plan import Job, Plan, canonical_json
 from pipeline.post import build_all
 from pipeline.progress import Progress
 from pipeline.retry import Pacer
@@ -155,7 +155,7 @@ async def run_plans_async(
     started = time.monotonic()
     async with _backend(conn, err, reason) as (url, key, backend):
         stores = [Store(opts.out, plan.name, backend) for plan in plans]
-        work = []
+        work: list[tuple[Store, Job]] = []
         skipped: dict[int, int] = {}
         for plan, store in zip(plans, stores):
             removed = await asyncio.to_thread(store.prepare)
@@ -313,7 +313,7 @@ def status_command(
     store = Store(out_dir, plan.name, backend)
     store.load()
     counts = {"done": 0, "failed": 0, "pending": 0}
-    rows = []
+    rows: list[dict[str, str | None]] = []
     for job in plan.jobs:
         state, rec = store.state(job)
         counts[state] += 1
@@ -331,7 +331,7 @@ def status_command(
     if verbose:
         for row in rows:
             reason = f"  {row['error']}" if row["error"] else ""
-            print(f"  {row['state']:<7} {row['key'][:12]}  {row['path']}{reason}", file=out)
+            print(f"  {row['state']:<7} {str(row['key'])[:12]}  {row['path']}{reason}", file=out)
     return 0
 
 
@@ -348,6 +348,13 @@ def show_command(image: str, out: TextIO | None = None) -> int:
     return 0
 
 
-__all__ = ["RunOptions", "run_command", "status_command", "show_command", "sheet_command",
-           "load_plans",
-           "Interrupted", "StoreError"]
+__all__ = [
+    "Interrupted",
+    "RunOptions",
+    "StoreError",
+    "load_plans",
+    "run_command",
+    "sheet_command",
+    "show_command",
+    "status_command",
+]

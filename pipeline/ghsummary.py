@@ -33,8 +33,8 @@ def markdown(summaries: Sequence[Mapping[str, Any]]) -> str:
         if extras:
             lines += ["", f"**{_cell(s['name'])}** ({_cell(s['backend'])}): " + "; ".join(extras)]
         if s["failures"]:
-            lines += ["", f"<details><summary>{len(s['failures'])} failed job(s) of "
-                          f"{_cell(s['name'])}</summary>", "",
+            lines += ["", (f"<details><summary>{len(s['failures'])} failed job(s) of "
+                           f"{_cell(s['name'])}</summary>"), "",
                       "| path | reason |", "| --- | --- |"]
             for f in s["failures"][:MAX_FAILURES]:
                 lines.append(f"| `{_cell(f['path'])}` | {_cell(f['reason'])} |")

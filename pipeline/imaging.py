@@ -289,7 +289,9 @@ def wrap(text: str, width: int, size: int, lines: int) -> list[str]:
 
 
 def _line_height(size: int) -> int:
-    ascent, descent = font(size).getmetrics()
+    face = font(size)
+    # load_default(size=...) gives a FreeTypeFont whenever Pillow has FreeType (>= 10.1)
+    ascent, descent = face.getmetrics() if isinstance(face, ImageFont.FreeTypeFont) else (size, 0)
     return ascent + descent + 2
 
 

@@ -530,9 +530,9 @@ class _Loader:
                 groups.extend((a,) for a in axes)
         if seeds is None and "seeds" not in m and "seed" not in m:
             seeds = default_seeds or Seeds(random=1)
-        if "prompt" not in fields and not any(a.name == "prompt" for g in groups for a in g):
-            if "prompt" not in m:
-                c.add(node, path, "needs a prompt (here, in defaults, or as a matrix axis)")
+        if ("prompt" not in fields and "prompt" not in m
+                and not any(a.name == "prompt" for g in groups for a in g)):
+            c.add(node, path, "needs a prompt (here, in defaults, or as a matrix axis)")
         variables = {a.name for g in groups for a in g if not a.field}
         prompt_loc = _loc(m["prompt"][1]) if "prompt" in m else _loc(node)
         for name in TEXT_FIELDS:

@@ -228,7 +228,7 @@ def render_image(request: dict[str, Any], seed: int) -> Image.Image:
     for text, anchor, x in ((f"seed {seed}", "la", margin), (f"{w}x{h}", "ra", w - margin)):
         bbox = draw.textbbox((x, margin), text, font=tag, anchor=anchor)
         pad = max(3, short // 160)
-        box = (bbox[0] - pad, bbox[1] - pad, bbox[2] + pad, bbox[3] + pad)
+        box = (int(bbox[0]) - pad, int(bbox[1]) - pad, int(bbox[2]) + pad, int(bbox[3]) + pad)
         _shade_box(img, box, (12, 12, 20), 0.55)
         draw.text((x, margin), text, font=tag, anchor=anchor, fill=(250, 250, 245))
     return img
