@@ -44,6 +44,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "wrong-format", "wrong-size", "html", "stall",
 )
 
+LISTEN_BACKLOG = 1024
 MAX_REQUEST_BYTES = 1024 * 1024  # far above any valid body (two 10,000-character prompts)
 RENDER_CACHE_BYTES = 96 * 1024 * 1024  # recent renders, so retries of a body are cheap
 RENDER_CACHE_ENTRIES = 256
@@ -547,7 +548,9 @@ async def running_server(
                            shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        # A burst of hundreds of new connections overflows the default backlog of 128 and
+        # the kernel drops the rest, which clients only retry after a second.
+        site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
         yield RunningServer(url=_url(host, bound), port=bound, stats=app[STATS_KEY], app=app)
