@@ -1,0 +1,165 @@
+"""Crashes: `python -m pipeline run` killed with SIGKILL at five seeded random moments, resumed
+each time, then finished; and stopped with SIGINT (once, and twice to abort).
+
+The server runs in the test process, so it counts what it answered per request body: a job
+recorded done before a kill must never be asked for again, and the whole ordeal may cost at
+most the requests that were in flight at each kill.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from stress_helpers import (
+    check_run,
+    cli_env,
+    decode,
+    embedded_server,
+    every_file_decodes,
+    load,
+    results,
+    run_argv,
+    run_cli,
+    temp_files,
+)
+
+from pipeline.server import ServerOptions
+
+pytestmark = pytest.mark.stress
+
+N = 300
+CONCURRENCY = 4
+KILLS = 5
+MANIFEST = f"""\
+version: 1
+name: crash
+jobs:
+  - id: tower
+    prompt: "a radio tower on a hill"
+    output_format: jpeg
+    aspect_ratio: "9:21"
+    seeds: {{start: 1, count: {N}}}
+"""
+
+
+def _ok_keys(root: Path) -> set[str]:
+    return {r["key"] for r in results(root) if r["status"] == "ok"}
+
+
+def _wait_for(root: Path, lines: int, proc: subprocess.Popen[Any], limit: float = 60) -> None:
+    """Until results.jsonl has at least `lines` lines; fails if the run ends first."""
+    path = root / "results.jsonl"
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= lines:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before line {lines}")
+        time.sleep(0.005)
+    raise AssertionError(f"the run did not reach line {lines} in {limit} s")
+
+
+def test_sigkill_at_five_random_moments_then_resume(tmp_path: Path) -> None:
+    manifest = tmp_path / "crash.yaml"
+    manifest.write_text(MANIFEST)
+    plan = load(manifest)
+    root = tmp_path / "out/crash"
+    argv = run_argv(manifest, tmp_path / "out", "--concurrency", str(CONCURRENCY), "--rpm", "0",
+                    "--no-post")
+    rng = random.Random(20240611)
+    # where to kill: after a random number of finished jobs, plus a random sliver of time so
+    # the kill lands anywhere in a job's life (in flight, mid-write, between write and record)
+    targets = sorted(rng.sample(range(15, N - 30), KILLS))
+    finished_before: list[tuple[set[str], dict[str, int]]] = []
+    orphans = leftovers = 0
+    with embedded_server(ServerOptions(latency_ms=40)) as srv:
+        env = cli_env(srv.url)
+        for target in targets:
+            proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            try:
+                _wait_for(root, target, proc)
+                time.sleep(rng.uniform(0, 0.06))
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+            # right after the kill: what was recorded done, and what the server had answered
+            done = _ok_keys(root)
+            finished_before.append((done, srv.served.snapshot()))
+            # no half file under a final name: everything but temp files decodes fully
+            every_file_decodes(root / "images")
+            leftovers += len(temp_files(root))
+            on_disk = {j.key for j in plan.jobs if (root / "images" / j.path).exists()}
+            orphans += len(on_disk - done)  # written but not yet recorded: made again, by spec
+        final = run_cli(argv, env, cwd=tmp_path, timeout=120)
+        served = srv.served.snapshot()
+        renders = srv.stats.renders
+    assert final.returncode == 0, final.stderr[-2000:]
+    summary = check_run(plan, root)
+    assert summary["succeeded"] + summary["skipped"] == N
+    assert summary["skipped"] >= len(finished_before[-1][0])
+    for done, at_kill in finished_before:
+        # a job recorded done before a kill was never asked for again
+        again = {k: (at_kill.get(k, 0), served.get(k, 0)) for k in done
+                 if served.get(k, 0) != at_kill.get(k, 0)}
+        assert not again, again
+    # the cost of five kills: at most the requests in flight at each one
+    assert sum(served.values()) <= N + KILLS * CONCURRENCY, sum(served.values())
+    assert all(served.get(j.key, 0) >= 1 for j in plan.jobs)
+    print(f"\ncrashes: {N} jobs, {KILLS} SIGKILLs after {targets} results, "
+          f"{sum(served.values())} images served ({sum(served.values()) - N} extra), "
+          f"{renders} renders, {orphans} written-but-unrecorded at a kill, "
+          f"{leftovers} temp files left by kills (all removed)")
+
+
+MANIFEST_SMALL = """\
+version: 1
+name: stop
+jobs:
+  - id: bell
+    prompt: "a bell tower at night"
+    output_format: jpeg
+    aspect_ratio: "21:9"
+    seeds: {start: 1, count: 60}
+"""
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["sigint", "sigint-twice"])
+def test_sigint_exits_130_with_a_summary_and_nothing_half_written(tmp_path: Path,
+                                                                   signals: int) -> None:
+    # test_signals.py covers SIGTERM; Ctrl-C is SIGINT, and a second one aborts in flight work
+    manifest = tmp_path / "stop.yaml"
+    manifest.write_text(MANIFEST_SMALL)
+    plan = load(manifest)
+    root = tmp_path / "out/stop"
+    argv = run_argv(manifest, tmp_path / "out", "--concurrency", "4", "--rpm", "0")
+    with embedded_server(ServerOptions(latency_ms=150)) as srv:
+        proc = subprocess.Popen(argv, env=cli_env(srv.url), cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(root, 5, proc)
+        for _ in range(signals):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.02)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err and "interrupted" in err
+        summary = json.loads((root / "summary.json").read_text())
+        assert summary["interrupted"] is True
+        assert 0 < summary["succeeded"] < len(plan.jobs) and summary["pending"] > 0
+        files = [p for p in (root / "images").rglob("*") if p.is_file()]
+        for p in files:
+            decode(p)
+        # every image on disk is recorded, whether its request was settled or aborted
+        assert len(files) == summary["succeeded"] == len(_ok_keys(root))
+        assert not temp_files(root)
+        # and the same command finishes the rest
+        rest = run_cli(argv, cli_env(srv.url), cwd=tmp_path, timeout=60)
+    assert rest.returncode == 0, rest.stderr
+    check_run(plan, root)
