@@ -26,13 +26,19 @@ from pipeline import apispec
 from pipeline.errors import AuthError, PermanentApiError, RetryableApiError
 from pipeline.plan import Job
 
-MAX_BODY_BYTES = 64 * 1024 * 1024  # largest response body read (JSON or downloaded image)
+#: Largest response body read (JSON or a downloaded image); a longer one is refused unread
+#: past this point. The API's largest image (about one megapixel) is at worst a 4 MB PNG
+#: (incompressible RGBA), 5.6 MB as base64 in JSON: 16 MB leaves room for that and more.
+#: It was 64 MB, which let a 50 MB hostile body through to JSON and base64 decoding: over
+#: 140 MB of peak memory for one request, times --concurrency.
+MAX_BODY_BYTES = 16 * 1024 * 1024
 #: Twice the largest API size: anything declaring more is refused before decoding.
 MAX_PIXELS = 2 * max(w * h for w, h in (map(int, s.split("x")) for s in apispec.SIZES))
 PERMANENT_STATUSES = frozenset({400, 403, 404, 405, 410, 413, 414, 415, 422})
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 
 _PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg"}
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every PNG
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +86,16 @@ def check_image(data: bytes, request: Mapping[str, Any]) -> GeneratedImage:
                 )
             if fmt == "png":
                 img.verify()  # walks every chunk to IEND checking CRCs; no pixel decoding
+                # Bytes after IEND are not part of the image (decoders ignore them) but would
+                # be saved with it: a server padding an image with megabytes of something else
+                # must not get them written under outputs.
+                end = data.find(_PNG_IEND)
+                if end < 0:
+                    raise RetryableApiError("PNG does not end with an IEND chunk", kind="truncated")
+                extra = len(data) - end - len(_PNG_IEND)
+                if extra:
+                    raise RetryableApiError(f"{extra} bytes after the end of the PNG",
+                                            kind="trailing")
             else:
                 if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
                     raise RetryableApiError("JPEG is truncated (no end marker)", kind="truncated")
