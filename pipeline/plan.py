@@ -83,6 +83,11 @@ class Plan:
 
 Loc = tuple[int, int]  # (line, column), 1-based, of a value in the manifest file
 
+#: The prefix of the store's temp files, which every run deletes as leftovers of a killed
+#: one (store.TMP_PREFIX is this). An image path with a part starting with it would be
+#: deleted at the next start and made again on every run, so expand() refuses such paths.
+TMP_PREFIX = ".tmp-"
+
 #: Placeholders every template knows; variables may not take these names.
 BUILTINS: tuple[str, ...] = ("id", "seed", "index", "ext", "key", "aspect", "vars")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -251,6 +256,12 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
                     problems.append(_problem(
                         m, spec.loc, where, f"{_what(spec.id, seed, vars_raw)}: output path "
                                             f"{path!r} is empty or climbs out with '..'"))
+                elif TMP_PREFIX in path and any(s.startswith(TMP_PREFIX) for s in segments):
+                    problems.append(_problem(
+                        m, spec.loc, where, f"{_what(spec.id, seed, vars_raw)}: output path "
+                                            f"{path!r} has a part starting with "
+                                            f"{TMP_PREFIX!r}, the prefix of imagebatch's temp "
+                                            "files: it would be deleted at every start"))
                 elif len(path) > 1000 or (len(path.encode()) > 200  # cheap test first
                                           and any(len(s.encode()) > 200 for s in segments)):
                     problems.append(_problem(

@@ -19,12 +19,13 @@ from typing import Any
 
 from pipeline import metadata
 from pipeline.errors import StoreError
-from pipeline.plan import Job
+from pipeline.plan import TMP_PREFIX, Job
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
 IMAGES = "images"
-TMP_PREFIX = ".tmp-"  # leftovers of a killed run carry this prefix and are removed on the next
+# TMP_PREFIX (from plan, which keeps image paths clear of it): leftovers of a killed run
+# carry this prefix and are removed on the next
 
 
 @dataclass(frozen=True, slots=True)
