@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import json
+import os
 import struct
 import warnings
 from collections.abc import Callable, Mapping
@@ -163,6 +164,13 @@ def decode_b64(text: str) -> bytes:
         raise RetryableApiError("base64 image data does not decode", kind="bad_base64") from None
 
 
+def _os_reason(error: OSError) -> str:
+    """'Connection refused', 'Name or service not known': the system's words for an error."""
+    if isinstance(error.errno, int) and error.errno > 0:
+        return os.strerror(error.errno)
+    return str(error.strerror or error or type(error).__name__)
+
+
 def _scrub(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret and len(secret) >= 4 else text
 
@@ -186,6 +194,8 @@ class ApiClient:
         self._key = key
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._key_variable = key_variable
+        #: The variable holding the URL, named in messages about a URL that does not work.
+        self.url_variable = key_variable.removesuffix("_KEY") + "_URL"
         self._observe = observe
         self._max_body = max_body
         self.requests = 0  # HTTP requests sent, retries and URL downloads included
@@ -204,6 +214,13 @@ class ApiClient:
         except asyncio.TimeoutError:
             raise RetryableApiError(
                 f"no complete response within {self._timeout.total:g} s", kind="timeout"
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            # No connection at all (refused, a name that does not resolve, TLS refused): the
+            # runner stops the run when this is all the service ever says (a wrong URL).
+            raise RetryableApiError(
+                f"cannot connect to {exc.host}:{exc.port} ({_os_reason(exc.os_error)})",
+                kind="unreachable",
             ) from None
         except aiohttp.ClientError as exc:
             text = _scrub(f"{type(exc).__name__}: {exc}", self._key)

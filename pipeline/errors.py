@@ -78,7 +78,13 @@ class PermanentApiError(ApiError):
     """Never retried: 400, 403, 404, 413, 422 and the like; the job fails at once."""
 
 
-class AuthError(PermanentApiError):
-    """401: the key is missing or wrong; the run stops starting requests."""
+class ServiceConfigError(PermanentApiError):
+    """The service cannot be used as configured, so every job would fail alike: a rejected
+    key, or a URL that does not connect or does not lead to the image API. The run stops
+    starting requests, its jobs stay pending (nothing is recorded failed), exit status 2."""
 
     exit_code = 2
+
+
+class AuthError(ServiceConfigError):
+    """401: the key is missing or wrong; the run stops starting requests."""

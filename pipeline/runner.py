@@ -14,8 +14,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pipeline import apispec
 from pipeline.client import GeneratedImage
-from pipeline.errors import ApiError, AuthError, PermanentApiError, RetryableApiError, StoreError
+from pipeline.errors import (
+    ApiError,
+    PermanentApiError,
+    RetryableApiError,
+    ServiceConfigError,
+    StoreError,
+)
 from pipeline.plan import Job
 from pipeline.retry import Pacer, RetrySettings, Sleep, build_retrying
 from pipeline.store import Record
@@ -88,7 +95,9 @@ class RunState:
     outcomes: list[Outcome] = field(default_factory=list)  # failures only (successes: counted)
     ok_by_store: dict[int, int] = field(default_factory=dict)  # id(store) -> images made
     requests_by_store: dict[int, int] = field(default_factory=dict)  # id(store) -> attempts
-    auth_error: AuthError | None = None
+    # What stopped the run as a configuration problem: a 401 (AuthError), or a service that
+    # never answered or is not the image API (ServiceConfigError); reported with exit 2.
+    auth_error: ServiceConfigError | None = None
     store_error: StoreError | None = None
     interrupted: bool = False
 
@@ -117,6 +126,11 @@ class Runner:
         self._rng = rng
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Whether the service has sent any HTTP answer / any image in this run: until it has,
+        # failures that say "wrong URL" stop the run instead of failing job after job.
+        self._answered = False
+        self._made = False
+        self._unreachable = 0  # attempts that could not connect, before any answer
 
     # -- stopping ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -181,15 +195,83 @@ class Runner:
                 self.stop()
                 return
 
+    async def _paced(self, pacer: Pacer) -> None:
+        """pacer.acquire(), given up (raising Stopped) the moment the run stops.
+
+        The pacer's own waits use self.sleep and end on a stop, but its leaky bucket does
+        not: at --rpm 20 each worker queued in it waited out its slot, 3 s apart, before it
+        saw the stop, so Ctrl-C (or a stop for a wrong URL) took concurrency x 3 s to take
+        effect. acquire() runs in this task (it leaves a per-task ticket for observe()), so
+        the stop cancels this task while, and only while, it waits there.
+        """
+        assert self._stop is not None
+        if self._stop.is_set():
+            raise Stopped
+        task = asyncio.current_task()
+        assert task is not None
+        armed = True
+
+        def interrupt(_: object) -> None:
+            if armed and task is not None:
+                task.cancel()
+
+        watcher = asyncio.ensure_future(self._stop.wait())
+        watcher.add_done_callback(interrupt)
+        try:
+            await pacer.acquire()
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise  # cancelled from outside, not by the stop
+            if hasattr(task, "uncancel"):  # 3.11+: the cancel is handled here
+                task.uncancel()
+            raise Stopped from None
+        finally:
+            armed = False
+            watcher.remove_done_callback(interrupt)
+            watcher.cancel()
+
     async def _attempt(self, store: JobStore, job: Job, counter: list[int]) -> GeneratedImage:
         if self._pacer is not None:
-            await self._pacer.acquire()
+            await self._paced(self._pacer)
         if self.stopping:
             raise Stopped
         counter[0] += 1
         by_store = self.state.requests_by_store
         by_store[id(store)] = by_store.get(id(store), 0) + 1
-        return await self.client.generate(job)
+        try:
+            image = await self.client.generate(job)
+        except ApiError as exc:
+            self._check_service(exc)
+            raise
+        self._answered = self._made = True
+        return image
+
+    def _check_service(self, exc: ApiError) -> None:
+        """Turn a failure into a ServiceConfigError (stopping the run) when it means that the
+        URL is wrong, rather than that this job failed.
+
+        Without this, a URL that refuses connections or does not resolve cost every job its
+        full retries and backoff, paced: minutes for a dozen jobs, hours for a big plan, to
+        record every job failed for one wrong setting. A service that answers even once has a
+        right URL: from then on such failures are transient and retried per job as before.
+        """
+        if exc.status is not None:
+            self._answered = True
+        where = getattr(self.client, "url_variable", "the service URL")
+        if exc.kind == "unreachable" and not self._answered:
+            self._unreachable += 1
+            # the retry budget of one job, spent across the run: workers fail in parallel
+            if self._unreachable > self.settings.retries:
+                raise ServiceConfigError(
+                    f"{exc.message}, {self._unreachable} attempts without an answer: check "
+                    f"{where}", status=None, kind="unreachable") from None
+        elif isinstance(exc, PermanentApiError) and exc.status == 404 and not self._made:
+            # The endpoint itself is missing: every job would get the same 404. (Not an image
+            # download's 404, which is retried: that file may just have expired.)
+            raise ServiceConfigError(
+                f"the service answered 404 ({exc.message}) to POST {apispec.ENDPOINT}: check "
+                f"{where} (the base URL of the inference service) and the model id",
+                status=404, kind="not_found") from None
 
     async def _one(self, store: JobStore, job: Job) -> None:
         started = self._clock()
@@ -200,7 +282,7 @@ class Runner:
             image = await retrying(self._attempt, store, job, counter)
         except Stopped:
             raise
-        except AuthError as exc:
+        except ServiceConfigError as exc:
             # A config problem, not the job's: leave it pending, stop starting requests.
             if self.state.auth_error is None:
                 self.state.auth_error = exc

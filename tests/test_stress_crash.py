@@ -163,3 +163,25 @@ def test_sigint_exits_130_with_a_summary_and_nothing_half_written(tmp_path: Path
         rest = run_cli(argv, cli_env(srv.url), cwd=tmp_path, timeout=60)
     assert rest.returncode == 0, rest.stderr
     check_run(plan, root)
+
+
+def test_sigint_is_prompt_while_requests_are_paced(tmp_path: Path) -> None:
+    # At the default pacing for a URL (20 a minute) most workers wait in the leaky bucket,
+    # not in a request: a stop must reach them there at once, not after their slot (3 s
+    # apart, so concurrency x 3 s).
+    manifest = tmp_path / "stop.yaml"
+    manifest.write_text(MANIFEST_SMALL)
+    root = tmp_path / "out/stop"
+    argv = run_argv(manifest, tmp_path / "out", "--concurrency", "8")
+    with embedded_server(ServerOptions()) as srv:
+        proc = subprocess.Popen(argv, env=cli_env(srv.url), cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(root, 1, proc)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+    assert proc.returncode == 130, err
+    assert took < 2.5, f"{took:.1f} s from SIGINT to exit"
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["pending"] > 0
