@@ -24,7 +24,7 @@ import aiohttp
 from PIL import Image
 
 from pipeline import apispec
-from pipeline.errors import AuthError, PermanentApiError, RetryableApiError
+from pipeline.errors import ApiError, AuthError, PermanentApiError, RetryableApiError
 from pipeline.plan import Job
 
 #: Largest response body read (JSON or a downloaded image); a longer one is refused unread
@@ -190,6 +190,12 @@ class ApiClient:
         max_body: int = MAX_BODY_BYTES,
     ) -> None:
         self._session = session
+        parts = urlsplit(base_url)
+        if "@" in parts.netloc:
+            # user:password in the URL: the service authenticates by the bearer key alone, and
+            # with them aiohttp refuses to send our Authorization header at all (ValueError).
+            # They are never sent nor shown (backend_name() drops them too).
+            base_url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         self._endpoint = base_url.rstrip("/") + apispec.ENDPOINT
         self._key = key
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -225,6 +231,12 @@ class ApiClient:
         except aiohttp.ClientError as exc:
             text = _scrub(f"{type(exc).__name__}: {exc}", self._key)
             raise RetryableApiError(f"connection failed ({text})", kind="connection") from None
+        except Exception as exc:  # noqa: BLE001 - reported as this job's failure
+            # Anything else (a library refusing the request, a bug) fails this job with its
+            # reason. Left to escape, it ended the worker silently: the job was never run,
+            # nothing said why, and the run could still exit 0.
+            text = _scrub(f"{type(exc).__name__}: {exc}", self._key)
+            raise ApiError(f"unexpected error ({text})", kind="internal") from None
 
     async def _generate(self, job: Job) -> GeneratedImage:
         headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"}

@@ -176,10 +176,15 @@ class Runner:
         workers = max(1, self.settings.concurrency)
         self._tasks = [asyncio.ensure_future(self._worker(items)) for _ in range(workers)]
         try:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            ended = await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
             for task in self._tasks:
                 task.cancel()
+        for result in ended:
+            # A worker that died of an unexpected error must not pass for a finished run (its
+            # jobs silently not run, exit 0): let the error be seen.
+            if isinstance(result, Exception):
+                raise result
         return self.state
 
     async def _worker(self, items: Iterable[tuple[JobStore, Job]]) -> None:

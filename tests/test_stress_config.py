@@ -95,3 +95,27 @@ def test_wrong_url_is_said_clearly_in_bounded_time(tmp_path: Path, case: str,
         assert "404" in last
         assert len(seen_404) <= 4  # stopped at the first answer (others were in flight)
     print(f"\n{case} {options}: exit 2 in {wall:.1f} s: {last}")
+
+
+async def test_an_unexpected_error_in_a_worker_is_not_a_finished_run() -> None:
+    # Backstop behind the client (which turns every error into a job failure): a worker
+    # that dies of anything else used to be swallowed by gather(), its jobs silently never
+    # run and the run exiting 0.
+    from runner_helpers import make_plan
+
+    from pipeline.runner import Runner, RunSettings
+
+    class Broken:
+        requests = 0
+
+        async def generate(self, job: object) -> object:
+            raise RuntimeError("a bug")
+
+    class NoStore:
+        def save(self, *a: object, **k: object) -> None: ...
+        def fail(self, *a: object, **k: object) -> None: ...
+
+    runner = Runner(Broken(), RunSettings(concurrency=2, retries=0))  # type: ignore[arg-type]
+    store = NoStore()
+    with pytest.raises(RuntimeError, match="a bug"):
+        await runner.run([(store, job) for job in make_plan(4).jobs])  # type: ignore[misc]
