@@ -221,9 +221,16 @@ async def run_plans_async(
         for plan, store in zip(plans, stores):
             summary = _summary(plan, store, state, skipped[id(store)], elapsed,
                                state.requests_by_store.get(id(store), 0))
-            await asyncio.to_thread(store.write_summary, summary)
+            try:
+                await asyncio.to_thread(store.write_summary, summary)
+            except StoreError as exc:
+                # A full or read-only disk: still print what was made, and report the
+                # first write that failed (an image, usually) rather than this one.
+                if state.store_error is None:
+                    state.store_error = exc
             summaries.append(summary)
-    if opts.post and not state.interrupted and state.auth_error is None:
+    if (opts.post and not state.interrupted and state.auth_error is None
+            and state.store_error is None):
         for plan, store in zip(plans, stores):
             await asyncio.to_thread(build_all, plan, store.root)
     return summaries, state

@@ -199,6 +199,9 @@ def test_disk_failing_mid_run_loses_no_finished_image(
     assert code == 2, text
     assert text.strip().splitlines()[-1].startswith("imagebatch: cannot write"), text
     assert words in text and "Traceback" not in text, text
+    # the summary of what was made is still printed, and the error names an image first
+    assert f"fs: {k} made" in text, text
+    assert "summary.json" not in text.strip().splitlines()[-1], text
     # the images finished before the fault are on disk, complete and recorded
     done = _recorded_images_are_intact(root)
     assert len(done) == k
