@@ -33,6 +33,7 @@ from pipeline.plan import Job
 #: It was 64 MB, which let a 50 MB hostile body through to JSON and base64 decoding: over
 #: 140 MB of peak memory for one request, times --concurrency.
 MAX_BODY_BYTES = 16 * 1024 * 1024
+CONNECT_TIMEOUT = 10.0  # seconds to establish a connection, within --timeout
 #: Twice the largest API size: anything declaring more is refused before decoding.
 MAX_PIXELS = 2 * max(w * h for w, h in (map(int, s.split("x")) for s in apispec.SIZES))
 PERMANENT_STATUSES = frozenset({400, 403, 404, 405, 410, 413, 414, 415, 422})
@@ -198,7 +199,10 @@ class ApiClient:
             base_url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         self._endpoint = base_url.rstrip("/") + apispec.ENDPOINT
         self._key = key
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # A host that drops packets would otherwise cost the whole --timeout per attempt
+        # before the run can tell it is unreachable.
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout, sock_connect=min(timeout, CONNECT_TIMEOUT))
         self._key_variable = key_variable
         #: The variable holding the URL, named in messages about a URL that does not work.
         self.url_variable = key_variable.removesuffix("_KEY") + "_URL"
@@ -217,6 +221,13 @@ class ApiClient:
             exc.message = _scrub(exc.message, self._key)
             exc.args = (exc.message,)
             raise
+        except aiohttp.ConnectionTimeoutError:
+            # No connection within CONNECT_TIMEOUT: as unreachable as a refused one.
+            host = urlsplit(self._endpoint).netloc
+            raise RetryableApiError(
+                f"cannot connect to {host} (no answer within {self._timeout.sock_connect:g} s)",
+                kind="unreachable",
+            ) from None
         except asyncio.TimeoutError:
             raise RetryableApiError(
                 f"no complete response within {self._timeout.total:g} s", kind="timeout"

@@ -140,6 +140,14 @@ async def test_timeout_is_retryable():
     assert "3 s" in result.message
 
 
+async def test_a_connection_that_never_opens_is_unreachable_not_a_slow_timeout():
+    result, client, *_ = await call(
+        lambda m: m.post(URL, exception=aiohttp.ConnectionTimeoutError()), timeout=120)
+    assert isinstance(result, RetryableApiError) and result.kind == "unreachable"
+    assert "no answer within 10 s" in result.message
+    assert client._timeout.sock_connect == 10 and client._timeout.total == 120
+
+
 @pytest.mark.parametrize("body,ctype,kind", [
     ('{"created": 1, "data": [', "application/json", "bad_json"),
     ("<!DOCTYPE html><html><body>Application error</body></html>", "text/html", "html"),
