@@ -9,6 +9,7 @@ not grow with the plan and nothing holds an image after it is written.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -281,10 +282,10 @@ class Runner:
     async def _one(self, store: JobStore, job: Job) -> None:
         started = self._clock()
         counter = [0]
-        kwargs = {} if self._rng is None else {"rng": self._rng}
-        retrying = build_retrying(self.settings.retry, sleep=self.sleep, **kwargs)
+        retrying = build_retrying(self.settings.retry, sleep=self.sleep,
+                                  rng=self._rng or random.random)
         try:
-            image = await retrying(self._attempt, store, job, counter)
+            image: GeneratedImage = await retrying(self._attempt, store, job, counter)
         except Stopped:
             raise
         except ServiceConfigError as exc:

@@ -422,7 +422,7 @@ class _Service:
         else:
             try:
                 data = await self.image(draw, seed)
-            except Exception as exc:  # a broken worker pool must answer, not hang the client
+            except Exception as exc:  # noqa: BLE001 - a broken pool must answer, not hang
                 return error_response(500, f"render failed: {type(exc).__name__}")
 
         created = int(time.time())
@@ -594,6 +594,15 @@ def serve(options: ServerOptions, host: str = "127.0.0.1", port: int = 8000) -> 
 
 
 __all__ = [
-    "FAULT_KINDS", "ServerOptions", "ServerStats", "RunningServer", "STATS_KEY",
-    "make_app", "running_server", "serve", "validate", "error_response", "SlidingWindow",
+    "FAULT_KINDS",
+    "STATS_KEY",
+    "RunningServer",
+    "ServerOptions",
+    "ServerStats",
+    "SlidingWindow",
+    "error_response",
+    "make_app",
+    "running_server",
+    "serve",
+    "validate",
 ]

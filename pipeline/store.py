@@ -8,6 +8,7 @@ same backend and path (and the file still has the recorded size).
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -43,7 +44,7 @@ class Record:
     seconds: float
     created: int | None
 
-    def to_line(self) -> bytes:
+    def to_line(self) -> builtins.bytes:
         """The JSON line, newline included."""
         return (json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
@@ -96,7 +97,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 def read_records(path: Path) -> Iterator[Record]:
     """Every well-formed record of a results.jsonl; a torn or foreign line is skipped."""
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the `with fh` below
     except FileNotFoundError:
         return
     with fh:
@@ -182,7 +183,7 @@ class Store:
                         rd.seek(-1, os.SEEK_END)
                         if rd.read(1) != b"\n":
                             fh.write(b"\n")
-            self._results = open(results, "ab")
+            self._results = open(results, "ab")  # noqa: SIM115 - held for the run, close()
         except OSError as exc:
             raise StoreError(f"cannot write to {self.root}: {exc.strerror or exc}") from None
         return removed
