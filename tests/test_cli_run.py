@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from fake_api import FakeApi, start
+from PIL import Image
+from runner_helpers import KEY, make_plan
+
 from pipeline import config
 from pipeline.app import RunOptions, report, run_plans_async, show_command
 from pipeline.errors import ConfigError
-from runner_helpers import KEY, make_plan
 
 
 async def _run(api: FakeApi, plans, tmp_path: Path, **kw):
@@ -123,8 +122,9 @@ async def test_changed_job_regenerates_alone_and_force_regenerates_all(tmp_path)
         plan = make_plan(4)
         await run_plans_async([plan], conn, opts, err)
         assert api.requests == 4
-        from runner_helpers import make_job
         from dataclasses import replace
+
+        from runner_helpers import make_job
         changed = make_job(2, prompt="a red fox", seed=3)
         plan2 = replace(plan, jobs=plan.jobs[:2] + (changed,) + plan.jobs[3:])
         (s,), _ = await run_plans_async([plan2], conn, opts, err)
@@ -183,9 +183,10 @@ def test_default_model_from_env():
 
 
 def test_cli_show_and_bad_options(tmp_path, capsys):
+    from runner_helpers import image_bytes, make_job
+
     from pipeline.cli import main
     from pipeline.metadata import embed
-    from runner_helpers import image_bytes, make_job
 
     job = make_job(fmt="jpeg")
     img = tmp_path / "x.jpg"

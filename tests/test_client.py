@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 from PIL import Image
+from runner_helpers import KEY, image_bytes, make_job
 
 from pipeline.client import ApiClient, backend_name, check_image
 from pipeline.errors import AuthError, PermanentApiError, RetryableApiError
-from runner_helpers import KEY, image_bytes, make_job
 
 BASE = "https://inference.example.test"
 URL = BASE + "/v1/images/generations"
@@ -156,7 +156,7 @@ async def test_a_connection_that_never_opens_is_unreachable_not_a_slow_timeout()
     ('{"created": 1, "data": [{"revised_prompt": ""}]}', "application/json", "format"),
     ('{"created": 1, "data": [{"b64_json": "iVBOR!!not base64$$"}]}', "application/json",
      "bad_base64"),
-    ('{"created": 1, "data": [{"b64_json": "%s"}]}' % base64.b64encode(b"hello world").decode(),
+    ('{"created": 1, "data": [{"b64_json": "' + base64.b64encode(b"hello world").decode() + '"}]}',
      "application/json", "not_image"),
 ])
 async def test_bodies_that_lie_are_retryable(body, ctype, kind):

@@ -7,10 +7,10 @@ import json
 
 import pytest
 from PIL import Image
+from runner_helpers import image_bytes, make_job
 
 from pipeline import metadata
 from pipeline.plan import canonical_json
-from runner_helpers import image_bytes, make_job
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg"])

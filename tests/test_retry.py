@@ -9,7 +9,11 @@ import pytest
 
 from pipeline.errors import AuthError, PermanentApiError, RetryableApiError
 from pipeline.retry import (
-    Pacer, RetrySettings, build_retrying, parse_duration, parse_retry_after,
+    Pacer,
+    RetrySettings,
+    build_retrying,
+    parse_duration,
+    parse_retry_after,
 )
 
 

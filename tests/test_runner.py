@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from runner_helpers import make_plan
 
 from pipeline.client import GeneratedImage
 from pipeline.errors import AuthError, PermanentApiError, RetryableApiError, StoreError
 from pipeline.runner import Runner, RunSettings
-from runner_helpers import make_plan
 
 
 class FakeStore:
@@ -87,7 +87,7 @@ async def test_retryable_errors_retry_with_injected_waits_then_succeed():
     state = await runner.run(_work(store, 1))
     assert state.ok == 1
     assert sleep.waits == [2.0, 9.0]
-    (data, attempts), = store.saved.values()
+    (_data, attempts), = store.saved.values()
     assert attempts == 3
     assert state.requests_by_store[id(store)] == 3
 

@@ -24,11 +24,11 @@ from pipeline.retry import parse_duration
 from pipeline.server import (
     FAULT_KINDS,
     MAX_REQUEST_BYTES,
+    STATS_KEY,
     ServerOptions,
     ServerStats,
     make_app,
     running_server,
-    STATS_KEY,
 )
 
 ENDPOINT = apispec.ENDPOINT
@@ -471,7 +471,7 @@ async def fault_pattern(session, options: ServerOptions, n: int = 40) -> list[st
     async with running_server(options) as srv:
         for i in range(n):
             try:
-                status, headers, payload = await post(session, srv.url, body(seed=i + 1))
+                status, _headers, payload = await post(session, srv.url, body(seed=i + 1))
             except aiohttp.ClientConnectionError:
                 out.append("reset")
                 continue

@@ -96,14 +96,14 @@ def test_curl_pipeline_from_the_provider_docs(keyed, tmp_path):
               "| jq -r '.data[0].b64_json' | base64 --decode > x.png")
     env = {**os.environ, "DIFFUSION_URL": keyed.url, "DIFFUSION_KEY": KEY}
     proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     img = decode_png((tmp_path / "x.png").read_bytes())
     assert (img.format, img.size) == ("PNG", (1344, 768))
 
     # The same body twice gives the same file: what makes seed sweeps reproducible.
     proc = subprocess.run(["bash", "-c", script.replace("x.png", "y.png")], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=60)
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "y.png").read_bytes() == (tmp_path / "x.png").read_bytes()
 
@@ -115,7 +115,7 @@ def test_curl_with_a_wrong_key_gets_a_json_401(keyed, tmp_path):
     proc = subprocess.run(
         ["curl", "-s", "-w", "\\n%{http_code}", f"{keyed.url}/v1/images/generations",
          "-H", "Authorization: Bearer inf-wrong", "-d", "@body.json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
     body, _, code = proc.stdout.rpartition("\n")
     assert code == "401"
     assert json.loads(body)["error"]["type"] == "authentication_error"
@@ -148,7 +148,7 @@ def test_requests_script(keyed, tmp_path):
     (tmp_path / "gen.py").write_text(REQUESTS_SCRIPT)
     env = {**os.environ, "DIFFUSION_URL": keyed.url, "DIFFUSION_KEY": KEY}
     proc = subprocess.run([sys.executable, "gen.py", "a.jpg", "b.jpg"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     a = decode_png((tmp_path / "a.jpg").read_bytes())
     assert (a.format, a.size) == ("JPEG", (832, 1216))
@@ -211,7 +211,7 @@ def test_serve_in_the_foreground_prints_its_url_and_stops_cleanly(tmp_path, sig)
         out = subprocess.run(
             ["curl", "-s", "-D", "-", f"{url}/v1/images/generations",
              "-H", f"Authorization: Bearer {KEY}", "-d", "@body.json"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=60).stdout
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False).stdout
         head, _, payload = out.partition("\n\n")  # text mode turned CRLF into LF
         assert head.startswith("HTTP/1.1 200")
         assert "x-ratelimit-remaining-requests: 4" in head.lower()

@@ -119,7 +119,7 @@ def test_sigkill_mid_run_then_second_run_finishes(tmp_path, server):
     done_before = {json.loads(x)["key"] for x in
                    (tmp_path / "out/demo/results.jsonl").read_text().splitlines() if x.strip()}
     second = subprocess.run(_run_argv(tmp_path) + [], env=_env(server), cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, check=False)
     assert second.returncode == 0, second.stderr
     summary = json.loads((tmp_path / "out/demo/summary.json").read_text())
     assert summary["succeeded"] + summary["skipped"] == N and summary["failed"] == 0

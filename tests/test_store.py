@@ -8,11 +8,11 @@ import os
 
 import pytest
 from PIL import Image
+from runner_helpers import image_bytes, make_job
 
 from pipeline import metadata
 from pipeline.errors import StoreError
 from pipeline.store import RESULTS, Store, atomic_write, read_records
-from runner_helpers import image_bytes, make_job
 
 
 def _store(tmp_path, backend="local"):
