@@ -311,12 +311,20 @@ class Runner:
             return
         data, created = image.data, image.created
         del image  # hand the bytes to the store and keep nothing after
-        # Shielded: once an image is in hand, a second Ctrl-C must not lose it half-recorded.
-        await asyncio.shield(asyncio.to_thread(
+        # Once an image is in hand, a second Ctrl-C must not leave it written but unrecorded
+        # (or recorded after the summary): the save runs shielded, and a cancelled job still
+        # waits for it and counts it before giving up.
+        save = asyncio.ensure_future(asyncio.to_thread(
             store.save, job, data, attempts=counter[0], seconds=self._clock() - started,
             created=created,
         ))
         del data
+        try:
+            await asyncio.shield(save)
+        except asyncio.CancelledError:
+            await save
+            self._finish(Outcome(job, store, "ok", counter[0]))
+            raise
         self._finish(Outcome(job, store, "ok", counter[0]))
 
     def _finish(self, outcome: Outcome) -> None:
