@@ -229,7 +229,7 @@ async def run_plans_async(
                 if state.store_error is None:
                     state.store_error = exc
             summaries.append(summary)
-    if (opts.post and not state.interrupted and state.auth_error is None
+    if (opts.post and not state.interrupted and state.config_error is None
             and state.store_error is None):
         for plan, store in zip(plans, stores):
             await asyncio.to_thread(build_all, plan, store.root)
@@ -291,8 +291,8 @@ def report(
         print(text, file=out)
     if state.store_error is not None:
         raise state.store_error
-    if state.auth_error is not None:
-        print(f"imagebatch: {state.auth_error.message}", file=err)
+    if state.config_error is not None:
+        print(f"imagebatch: {state.config_error.message}", file=err)
         return 2
     if state.interrupted:
         print("imagebatch: interrupted; run the same command again to finish", file=err)

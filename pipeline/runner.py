@@ -98,7 +98,7 @@ class RunState:
     requests_by_store: dict[int, int] = field(default_factory=dict)  # id(store) -> attempts
     # What stopped the run as a configuration problem: a 401 (AuthError), or a service that
     # never answered or is not the image API (ServiceConfigError); reported with exit 2.
-    auth_error: ServiceConfigError | None = None
+    config_error: ServiceConfigError | None = None
     store_error: StoreError | None = None
     interrupted: bool = False
 
@@ -290,8 +290,8 @@ class Runner:
             raise
         except ServiceConfigError as exc:
             # A config problem, not the job's: leave it pending, stop starting requests.
-            if self.state.auth_error is None:
-                self.state.auth_error = exc
+            if self.state.config_error is None:
+                self.state.config_error = exc
             self.stop()
             raise Stopped from None
         except (PermanentApiError, RetryableApiError) as exc:

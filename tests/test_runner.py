@@ -118,7 +118,7 @@ async def test_401_stops_new_requests_and_records_no_failure():
     client = FakeClient({0: [AuthError("the service rejected the key (401): check X_KEY")]})
     runner = Runner(client, RunSettings(concurrency=1), sleep=FakeSleep())
     state = await runner.run(_work(store, 10))
-    assert state.auth_error is not None and "X_KEY" in state.auth_error.message
+    assert state.config_error is not None and "X_KEY" in state.config_error.message
     assert client.requests == 1 and store.failed == {} and state.interrupted
 
 
