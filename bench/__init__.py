@@ -11,3 +11,31 @@ def row(bench: str, metric: str, value: float, unit: str, target: str | None = N
     """One result row with exactly KEYS."""
     return {"bench": bench, "metric": metric, "value": value, "unit": unit,
             "target": target or "", "ok": ok, "note": note}
+
+
+# Linux records a process's peak RSS at exec from the memory of whoever forked it, so a
+# child forked straight from this (large) benchmark process reports at least our own RSS:
+# /bin/true once measured 214 MB that way. Children whose memory is measured therefore
+# start through this small launcher, which forks them from a fresh ~5 MB interpreter and
+# reports their peak (with their waited-for children's) from wait4.
+_LAUNCHER = r"""
+import os, sys
+fd = int(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    if fd >= 0:
+        os.close(fd)
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+if fd >= 0:
+    os.write(fd, str(usage.ru_maxrss).encode())
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def clean_rss(cmd: list[str], report_fd: int = -1) -> list[str]:
+    """`cmd` behind the launcher; its peak RSS in KiB goes to `report_fd` when >= 0."""
+    import sys
+
+    return [sys.executable, "-S", "-c", _LAUNCHER, str(report_fd), *cmd]

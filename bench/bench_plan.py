@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import row
+from bench import clean_rss, row
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -50,7 +50,8 @@ def sweep_manifest(a: int = 50, b: int = 40, seeds: int = 50, extra: str = "") -
 
 def measure(path: Path, max_jobs: int) -> dict:
     """Run one planning in a fresh interpreter; its own timings and peak RSS."""
-    res = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(path), str(max_jobs)],
+    res = subprocess.run(clean_rss([sys.executable, "-c", CHILD, str(ROOT), str(path),
+                                    str(max_jobs)]),
                          capture_output=True, text=True, check=True)
     return json.loads(res.stdout)
 

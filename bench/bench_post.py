@@ -2,7 +2,8 @@
 ImageMagick, a 1,000-cell contact sheet vs ImageMagick's montage.
 
 Every contender runs in its own subprocess on the same files; wall time is measured around
-it and peak memory is the child's (and its waited-for children's) max RSS from wait4.
+it and peak memory is the child's (and its waited-for children's) max RSS from wait4,
+started through bench.clean_rss so that none of this process's memory is counted.
 Test images are gradients and shapes (realistic to encode), made once into bench/.work/post.
 """
 
@@ -15,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import row
+from bench import clean_rss, row
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -66,17 +67,19 @@ def _row(metric: str, value: float, unit: str, target: str | None = None,
 
 def _measure(cmd: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one command run to completion."""
+    read_end, write_end = os.pipe()
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _pid, status, usage = os.wait4(proc.pid, 0)
+    with subprocess.Popen(clean_rss(cmd, write_end), pass_fds=(write_end,),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        os.close(write_end)
+        _out, err = proc.communicate()
     wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.stderr:
-        proc.stderr.close()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: {err[-500:]}")
-    return wall, usage.ru_maxrss / 1024  # KiB on Linux
+    with os.fdopen(read_end, "rb") as report:
+        maxrss_kib = report.read()
+    if proc.returncode != 0 or not maxrss_kib:
+        raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: "
+                           f"{err.decode(errors='replace')[-500:]}")
+    return wall, int(maxrss_kib) / 1024
 
 
 def _picture(i: int, size: int):

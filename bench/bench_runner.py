@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import row
+from bench import clean_rss, row
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -136,8 +136,8 @@ def client(url: str, out: Path, n: int, concurrency: int, rpm: float) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFUSION_")}
     env.update(DIFFUSION_URL=url, DIFFUSION_KEY="inf-bench")
     started = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", CLIENT, str(ROOT), str(out), str(n),
-                          str(concurrency), str(rpm)], env=env, capture_output=True, text=True,
+    res = subprocess.run(clean_rss([sys.executable, "-c", CLIENT, str(ROOT), str(out), str(n),
+                                    str(concurrency), str(rpm)]), env=env, capture_output=True, text=True,
                          timeout=600, check=False)
     if res.returncode not in (0, 1):
         raise RuntimeError(res.stderr[-2000:])
