@@ -77,6 +77,14 @@ async def test_all_jobs_run_with_bounded_concurrency():
     assert 1 < client.max_in_flight <= 3
 
 
+async def test_concurrency_far_above_the_job_count_starts_one_worker_per_job():
+    store, client = FakeStore(), FakeClient()
+    runner = Runner(client, RunSettings(concurrency=10_000_000), sleep=FakeSleep())
+    state = await runner.run(_work(store, 3))
+    assert state.ok == 3 and client.requests == 3
+    assert len(runner._tasks) == 3  # not ten million idle tasks
+
+
 async def test_retryable_errors_retry_with_injected_waits_then_succeed():
     sleep = FakeSleep()
     store = FakeStore()
