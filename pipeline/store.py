@@ -18,6 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one run per folder is then the user's care
+    fcntl = None  # type: ignore[assignment]
+
 from pipeline import metadata
 from pipeline.errors import StoreError
 from pipeline.plan import TMP_PREFIX, Job
@@ -26,7 +31,7 @@ RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
 IMAGES = "images"
 # TMP_PREFIX (from plan, which keeps image paths clear of it): leftovers of a killed run
-# carry this prefix and are removed on the next
+# carry this prefix and are removed by the next run, once it holds the folder's lock.
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +63,7 @@ class Record:
                 error=doc.get("error"), sha256=doc.get("sha256"), bytes=doc.get("bytes"),
                 seconds=float(doc.get("seconds") or 0.0), created=doc.get("created"),
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # e.g. "attempts": 1e400
             return None
 
 
@@ -100,12 +105,14 @@ def read_records(path: Path) -> Iterator[Record]:
         fh = open(path, "rb")  # noqa: SIM115 - closed by the `with fh` below
     except FileNotFoundError:
         return
+    except OSError as exc:  # a folder in its place, --out a file, no permission
+        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
     with fh:
         for line in fh:
             try:
                 doc = json.loads(line)
-            except ValueError:
-                continue  # e.g. the last line of a run killed mid-write
+            except (ValueError, RecursionError):
+                continue  # e.g. the last line of a run killed mid-write, or [[[[... garbage
             if isinstance(doc, dict) and (rec := Record.from_dict(doc)) is not None:
                 yield rec
 
@@ -170,23 +177,49 @@ class Store:
         removed = 0
         try:
             self.images.mkdir(parents=True, exist_ok=True)
+            results = self.root / RESULTS
+            handle = open(results, "ab")  # noqa: SIM115 - held for the run, close()
+        except OSError as exc:
+            raise StoreError(f"cannot write to {self.root}: {exc.strerror or exc}") from None
+        try:
+            self._lock_folder(handle)
+            # Only the holder of the lock may sweep temp files: another run's are live.
             for dirpath, _dirs, files in os.walk(self.root):
                 for name in files:
                     if name.startswith(TMP_PREFIX):
                         os.unlink(os.path.join(dirpath, name))
                         removed += 1
-            results = self.root / RESULTS
-            with open(results, "ab") as fh:
-                # A kill mid-line leaves a torn last line: end it so the next record stands alone.
-                if fh.tell() > 0:
-                    with open(results, "rb") as rd:
-                        rd.seek(-1, os.SEEK_END)
-                        if rd.read(1) != b"\n":
-                            fh.write(b"\n")
-            self._results = open(results, "ab")  # noqa: SIM115 - held for the run, close()
-        except OSError as exc:
-            raise StoreError(f"cannot write to {self.root}: {exc.strerror or exc}") from None
+            # A kill mid-line leaves a torn last line: end it so the next record stands alone.
+            if handle.tell() > 0:
+                with open(results, "rb") as rd:
+                    rd.seek(-1, os.SEEK_END)
+                    if rd.read(1) != b"\n":
+                        handle.write(b"\n")
+                        handle.flush()
+        except BaseException as exc:
+            handle.close()
+            if isinstance(exc, OSError):
+                raise StoreError(f"cannot write to {self.root}: {exc.strerror or exc}") from None
+            raise
+        self._results = handle
         return removed
+
+    def _lock_folder(self, handle: Any) -> None:
+        """Hold an exclusive lock on results.jsonl for the run, or refuse to start.
+
+        Two runs into one folder would sweep each other's live temp files (losing paid-for
+        images) and pay twice for every job; the lock goes with the open handle, so a killed
+        run never leaves it behind.
+        """
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"another imagebatch run is writing to {self.root}; wait for it "
+                             "to finish, or give this one another --out") from None
+        except OSError:
+            return  # a filesystem without locks (some network mounts): run as before
 
     def _append(self, rec: Record) -> None:
         line = rec.to_line()

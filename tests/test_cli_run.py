@@ -197,3 +197,27 @@ def test_cli_show_and_bad_options(tmp_path, capsys):
     assert main(["run", "m.yaml", "--concurrency", "0"]) == 2
     assert main(["run", "m.yaml", "--shard", "3/2"]) == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+async def test_a_second_run_into_the_same_folder_is_refused_and_touches_nothing(tmp_path):
+    import fcntl
+
+    from pipeline.errors import StoreError
+
+    folder = tmp_path / "out" / "demo"
+    (folder / "images").mkdir(parents=True)
+    live_tmp = folder / "images" / ".tmp-1.png.99.1"  # another run's image being written
+    live_tmp.write_bytes(b"half")
+    # Another run holds the folder as a run does: results.jsonl open and flock'ed (a lock
+    # belongs to an open file, so this handle conflicts with the run's own as another
+    # process's would).
+    with open(folder / "results.jsonl", "ab") as other_run:  # noqa: ASYNC230 - test set-up
+        fcntl.flock(other_run, fcntl.LOCK_EX)
+        api = FakeApi(key=KEY)
+        with pytest.raises(StoreError, match="another imagebatch run is writing to"):
+            await _run(api, [make_plan(3)], tmp_path)
+        assert api.requests == 0 and live_tmp.read_bytes() == b"half"
+    api = FakeApi(key=KEY)
+    code, (summary,), _text, _url = await _run(api, [make_plan(3)], tmp_path)
+    assert code == 0 and summary["succeeded"] == 3 and api.requests == 3
+    assert not live_tmp.exists()  # the other run is gone: its leftover is swept as usual

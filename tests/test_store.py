@@ -137,3 +137,29 @@ def test_summary_is_written_atomically(tmp_path):
     path = s.write_summary({"planned": 1, "failures": []})
     assert json.loads(path.read_text()) == {"planned": 1, "failures": []}
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_one_store_per_folder_at_a_time(tmp_path):
+    first = _store(tmp_path)
+    with pytest.raises(StoreError, match="another imagebatch run"):
+        Store(tmp_path / "out", "demo", "local").prepare()
+    first.close()
+    second = _store(tmp_path)  # the lock goes with the handle
+    second.close()
+
+
+def test_hostile_lines_are_skipped_and_an_unreadable_file_is_a_store_error(tmp_path):
+    job = make_job()
+    s = _store(tmp_path)
+    s.save(job, image_bytes(), attempts=1, seconds=0, created=None)
+    s.close()
+    results = tmp_path / "out/demo" / RESULTS
+    with open(results, "ab") as fh:
+        fh.write(b'{"key":"x","path":"p","status":"ok","backend":"local","attempts":1e400}\n')
+        fh.write(b"[" * 100_000 + b"\n")
+    assert [r.key for r in read_records(results)] == [job.key]
+    assert _store(tmp_path).is_done(job)
+    folder = tmp_path / "odd" / RESULTS
+    folder.mkdir(parents=True)  # a folder where results.jsonl should be
+    with pytest.raises(StoreError, match="cannot read"):
+        list(read_records(folder))
