@@ -1,9 +1,10 @@
 """`imagebatch merge`: combine the outputs of shard runs into one folder, then post-process.
 
 Each shard wrote `<shard out>/<name>/images/...` and `results.jsonl`. Merging copies every
-image a shard recorded `ok` (checked against its recorded SHA-256), writes one
-`results.jsonl` holding the latest record per key, a summary of the whole plan, and
-rebuilds thumbnails, sheets and the index from the unsharded plan.
+image a shard recorded `ok` (checked against its recorded SHA-256, read from the plan's
+path for the job inside the shard's images/), writes one `results.jsonl` holding the latest
+record per key, a summary of the whole plan, and rebuilds thumbnails, sheets and the index
+from the unsharded plan. A destination that already holds outputs is one more source.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.errors import UsageError
-from pipeline.plan import Plan
-from pipeline.store import IMAGES, RESULTS, SUMMARY, Record, atomic_write, read_records
+from pipeline.errors import StoreError, UsageError
+from pipeline.plan import Job, Plan
+from pipeline.post import build_all, write_file
+from pipeline.store import RESULTS, SUMMARY, Record, Store, read_records
 
 
 def _shard_folders(sources: Sequence[Path]) -> dict[str, list[Path]]:
@@ -59,52 +61,88 @@ def _sha256(path: Path) -> str | None:
         return None
 
 
+def _image_path(folder: Path, job: Job) -> Path:
+    """Where `job`'s image is under `folder`; StoreError when that would leave its images/."""
+    return Store(folder.parent, folder.name, "").image_path(job)
+
+
+def _records(folder: Path) -> list[Record]:
+    path = folder / RESULTS
+    try:
+        return list(read_records(path))
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _copy_verified(src: Path, target: Path, sha256: str) -> bool:
+    """Make `target` hold `src` when `src` still has `sha256`; whether it now does."""
+    if src == target:
+        return _sha256(target) == sha256
+    try:
+        data = src.read_bytes()
+    except OSError:
+        return False
+    # hash the bytes that are copied, not the file: it could change in between
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return False  # changed since it was recorded: not done
+    if _sha256(target) != sha256:
+        write_file(target, data)
+    return True
+
+
 def merge_one(plan: Plan, folders: list[Path], dest: Path) -> dict[str, Any]:
-    """Merge one plan's shard folders into `dest` (= `<out>/<name>`); the merged summary."""
-    latest: dict[str, tuple[Record, Path]] = {}
+    """Merge one plan's shard folders into `dest` (= `<out>/<name>`); the merged summary.
+
+    What `dest` already holds counts as one more source, ahead of the shards, so merging
+    into a finished outputs folder keeps every job it has done.
+    """
+    by_key = {job.key: job for job in plan.jobs}
+    has_own = (dest / RESULTS).is_file()
+    candidates: dict[str, list[Record]] = {}  # per key, in source order
+    origin: dict[int, Path] = {}  # id(record) -> the folder it came from
     requests = 0
+    for folder in ([dest] if has_own else []) + folders:
+        for rec in _records(folder):
+            if rec.key in by_key:
+                candidates.setdefault(rec.key, []).append(rec)
+                origin[id(rec)] = folder
     for folder in folders:
-        for rec in read_records(folder / RESULTS):
-            # an ok record wins over a failure; among equals the later shard's wins
-            if rec.status == "ok" or latest.get(rec.key, (rec,))[0].status != "ok":
-                latest[rec.key] = (rec, folder)
         try:
             requests += int(json.loads((folder / SUMMARY).read_text()).get("requests", 0))
         except (OSError, ValueError, AttributeError, TypeError):
             pass
-    by_key = {job.key: job for job in plan.jobs}
     lines: list[bytes] = []
     ok = failed = 0
     failures = []
-    for key, (rec, folder) in sorted(latest.items(), key=lambda kv: (
-            by_key[kv[0]].index if kv[0] in by_key else 1 << 62, kv[0])):
-        job = by_key.get(key)
-        if job is None:
-            continue  # a job the manifest no longer has
-        if rec.status == "ok":
-            src = folder / IMAGES / rec.path
-            if _sha256(src) != rec.sha256:
-                continue  # missing or changed since it was recorded: not done
-            target = dest / IMAGES / job.path
-            if _sha256(target) != rec.sha256:
-                atomic_write(target, src.read_bytes())
-            rec = replace(rec, path=job.path)
+    backends: set[str] = set()
+    for job in plan.jobs:
+        recs = candidates.get(job.key, [])
+        target = _image_path(dest, job)
+        # an ok record wins over a failure; among ok records the later source's wins, if its
+        # image is still the one recorded. The path is the plan's, never the record's.
+        chosen = next((rec for rec in reversed(recs) if rec.status == "ok" and rec.sha256
+                       and _copy_verified(_image_path(origin[id(rec)], job), target,
+                                          rec.sha256)), None)
+        if chosen is not None:
             ok += 1
-        else:
+        elif recs and all(rec.status != "ok" for rec in recs):
+            chosen = recs[-1]
             failed += 1
-            failures.append({"key": key, "path": job.path, "reason": rec.error})
-        lines.append(rec.to_line())
-    atomic_write(dest / RESULTS, b"".join(lines))
-    backends = sorted({r.backend for r, _ in latest.values()})
+            failures.append({"key": job.key, "path": job.path, "reason": chosen.error})
+        else:
+            continue  # missing or changed since it was recorded: not done
+        backends.add(chosen.backend)
+        lines.append(replace(chosen, path=job.path).to_line())
+    write_file(dest / RESULTS, b"".join(lines))
     summary = {
-        "name": plan.name, "manifest": plan.source, "backend": ",".join(backends) or None,
+        "name": plan.name, "manifest": plan.source, "backend": ",".join(sorted(backends)) or None,
         "shard": None, "out": str(dest), "planned": len(plan.jobs), "succeeded": ok,
         "skipped": 0, "failed": failed, "pending": len(plan.jobs) - ok - failed,
         "requests": requests, "seconds": 0.0, "interrupted": False, "failures": failures,
         "merged_from": [str(f) for f in folders],
     }
-    atomic_write(dest / SUMMARY, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-                 .encode())
+    write_file(dest / SUMMARY, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+               .encode())
     return summary
 
 
@@ -118,11 +156,21 @@ def merge_command(sources: Sequence[str], out: str, *, manifests: Sequence[str] 
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     env = os.environ if env is None else env
     dest_root = Path(out)
+    if dest_root.exists() and not dest_root.is_dir():
+        raise UsageError(f"--out {out}: not a folder")
     src_paths = [Path(s) for s in sources]
     for src in src_paths:
         if src.resolve() == dest_root.resolve():
             raise UsageError(f"--out {out} is one of the folders being merged; choose another")
     folders = _shard_folders(src_paths)
+    # Checked for every name before anything is written, so a refusal leaves no half merge.
+    for name, group in folders.items():
+        dest = dest_root / name
+        if any(dest.resolve() == folder.resolve() for folder in group):
+            raise UsageError(f"--out {out}: {dest} is one of the folders being merged; "
+                             "choose another")
+        if dest.exists() and not dest.is_dir():
+            raise UsageError(f"--out {out}: {dest} is not a folder")
     paths = list(manifests)
     if not paths:
         for name, group in folders.items():
@@ -132,15 +180,14 @@ def merge_command(sources: Sequence[str], out: str, *, manifests: Sequence[str] 
             paths.append(found)
     plans = {p.name: p for p in load_plans(paths, env, env_prefix, max_jobs=max_jobs,
                                           shard=None)}
+    for name in folders:
+        if name not in plans:
+            raise UsageError(f"no manifest given for {name!r} (names: {', '.join(plans)})")
     code = 0
     for name, group in folders.items():
-        plan = plans.get(name)
-        if plan is None:
-            raise UsageError(f"no manifest given for {name!r} (names: {', '.join(plans)})")
+        plan = plans[name]
         summary = merge_one(plan, group, dest_root / name)
         if post:
-            from pipeline.post import build_all
-
             build_all(plan, dest_root / name)
         print(f"{name}: merged {len(group)} folder(s): {summary['succeeded']} ok, "
               f"{summary['failed']} failed, {summary['pending']} missing of "

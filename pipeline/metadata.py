@@ -18,6 +18,12 @@ KEYWORD = "imagebatch-request"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_PREFIX = (KEYWORD + ":").encode()
 _JPEG_MAX_PAYLOAD = 65533 - len(_JPEG_PREFIX)  # a COM segment holds at most 65533 bytes
+#: Largest embedded request read back. A real body (prompts of at most 10,000 characters) is
+#: a few tens of KB; the bound keeps a crafted compressed chunk from inflating to gigabytes.
+MAX_REQUEST_BYTES = 1 << 20
+#: Deepest nesting of arrays/objects accepted in an embedded request. Real bodies are flat;
+#: the bound keeps parsing and printing a crafted one clear of Python's recursion limit.
+MAX_REQUEST_DEPTH = 32
 
 
 class MetadataError(ValueError):
@@ -60,11 +66,11 @@ def _png_text(data: bytes) -> str | None:
                 compressed, rest = rest[0], rest[2:]
                 _lang, _, rest = rest.partition(b"\x00")
                 _translated, _, text = rest.partition(b"\x00")
-                return (zlib.decompress(text) if compressed else text).decode("utf-8")
+                return _decode(_inflate(text) if compressed else text)
         elif kind == b"tEXt":
             keyword, _, text = chunk.partition(b"\x00")
             if keyword == KEYWORD.encode("latin-1"):
-                return text.decode("latin-1")
+                return _bounded(text).decode("latin-1")
         if kind in (b"IDAT", b"IEND"):
             break  # text we write always precedes the image data
         pos += 12 + length
@@ -83,11 +89,37 @@ def _jpeg_text(data: bytes) -> str | None:
             if payload.startswith(_JPEG_PREFIX):
                 parts.append(payload[len(_JPEG_PREFIX) :])
         pos += 2 + length
-    return b"".join(parts).decode("utf-8") if parts else None
+    return _decode(b"".join(parts)) if parts else None
+
+
+def _bounded(text: bytes) -> bytes:
+    if len(text) > MAX_REQUEST_BYTES:
+        raise MetadataError(f"embedded request is larger than {MAX_REQUEST_BYTES} bytes")
+    return text
+
+
+def _inflate(data: bytes) -> bytes:
+    """zlib-inflate at most MAX_REQUEST_BYTES (+1 to tell "too large" from "exactly")."""
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(data, MAX_REQUEST_BYTES + 1)
+    except zlib.error as exc:
+        raise MetadataError(f"embedded request is not valid compressed data ({exc})") from None
+    _bounded(text)
+    if not inflater.eof:
+        raise MetadataError("embedded request is truncated compressed data")
+    return text
+
+
+def _decode(text: bytes) -> str:
+    try:
+        return _bounded(text).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"embedded request is not UTF-8 text ({exc.reason})") from None
 
 
 def extract(data: bytes) -> str | None:
-    """The embedded request body text, or None when the image carries none."""
+    """The embedded request body text, or None when there is none; MetadataError if malformed."""
     if data.startswith(PNG_SIGNATURE):
         return _png_text(data)
     if data.startswith(b"\xff\xd8"):
@@ -98,13 +130,45 @@ def extract(data: bytes) -> str | None:
 def read_request(path: Path) -> dict[str, Any]:
     """The request embedded in the image at `path`; raises MetadataError when there is none."""
     data = Path(path).read_bytes()
-    text = extract(data)
+    try:
+        text = extract(data)
+    except MetadataError as exc:
+        raise MetadataError(f"{path}: {exc}") from None
     if text is None:
         raise MetadataError(f"{path}: carries no imagebatch request")
     try:
-        body = json.loads(text)
+        body = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise MetadataError(f"{path}: embedded request is nested too deeply") from None
     except ValueError as exc:
         raise MetadataError(f"{path}: embedded request is not JSON ({exc})") from None
     if not isinstance(body, dict):
         raise MetadataError(f"{path}: embedded request is not a JSON object")
+    problem = _check_value(body)
+    if problem:
+        raise MetadataError(f"{path}: embedded request {problem}")
     return body
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON: a body holding them could not be sent again as printed.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _check_value(body: Any) -> str | None:
+    """Why `body` could not be printed back as UTF-8 JSON, or None. Walks without recursion."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                # json.loads lets "\\ud800" through; printing it as UTF-8 would fail
+                return "holds text that is not valid Unicode (a lone surrogate)"
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_REQUEST_DEPTH:
+                return f"is nested too deeply (more than {MAX_REQUEST_DEPTH} levels)"
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+    return None

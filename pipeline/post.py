@@ -20,6 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline import imaging, report
+from pipeline.errors import StoreError
 from pipeline.imaging import FAILED, MISSING, OK, Entry
 from pipeline.plan import Plan
 from pipeline.store import IMAGES, RESULTS, TMP_PREFIX, Record, atomic_write, read_records
@@ -79,37 +80,60 @@ def entries_for(plan: Plan, root: Path) -> list[Entry]:
     return out
 
 
-def _save_jpeg(img: Image.Image, dest: Path, mtime_ns: int) -> None:
-    """Encode, then temp file + os.replace: a thumbnail is never seen half written.
+def write_file(path: Path, data: bytes) -> None:
+    """atomic_write, with a failure reported as StoreError("cannot write PATH: reason")."""
+    try:
+        atomic_write(path, data)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+
+
+def _write_error(path: Path, exc: OSError) -> StoreError:
+    return StoreError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _encode_jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=imaging.JPEG_QUALITY, optimize=False)
+    return buf.getvalue()
+
+
+def _save_jpeg(data: bytes, dest: Path, mtime_ns: int) -> None:
+    """Temp file + os.replace: a thumbnail is never seen half written; StoreError on failure.
 
     The thumbnail takes its image's mtime: any other mtime on either side (a newer image,
     or one replaced by an older copy) means it is stale. No fsync: thumbnails are derived
     data, remade whenever they do not match.
     """
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=imaging.JPEG_QUALITY, optimize=False)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f"{TMP_PREFIX}{dest.name}.{os.getpid()}"
     try:
-        tmp.write_bytes(buf.getvalue())
-        os.utime(tmp, ns=(mtime_ns, mtime_ns))
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp.write_bytes(data)
+            os.utime(tmp, ns=(mtime_ns, mtime_ns))
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise _write_error(dest, exc) from None
 
 
 def make_thumb(task: tuple[str, str, int]) -> tuple[int, int] | str:
-    """Worker: (image, thumb, longest) -> the thumbnail's size, or an error message."""
+    """Worker: (image, thumb, longest) -> the thumbnail's size, or why the image is unreadable.
+
+    Failing to write the thumbnail is not the image's fault: that raises StoreError.
+    """
     src, dest, longest = task
     try:
         mtime = os.stat(src).st_mtime_ns  # before reading: a change meanwhile shows next time
         with Image.open(src) as img:
             thumb = imaging.thumbnail(img, longest)
-        _save_jpeg(thumb, Path(dest), mtime)
-        return thumb.size
+        data = _encode_jpeg(thumb)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         return f"image unreadable: {exc}"
+    _save_jpeg(data, Path(dest), mtime)
+    return thumb.size
 
 
 def _current_thumb(image: Path, thumb: Path, longest: int) -> tuple[int, int] | None:
@@ -227,7 +251,7 @@ def build_sheets(
         sheet.save(buf, format="PNG", compress_level=SHEET_COMPRESS)
         del sheet
         path = root / sheet_name(page.number)
-        atomic_write(path, buf.getvalue())
+        write_file(path, buf.getvalue())
         written.append(path)
     remove_stale_sheets(root, len(pages))
     return tuple(written), tuple(pages)
@@ -239,7 +263,10 @@ def remove_stale_sheets(root: Path, count: int) -> list[Path]:
     for path in _sheet_files(root):
         m = _SHEET_PAGE.fullmatch(path.name)
         if m and int(m.group(1) or 1) > count:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise _write_error(path, exc) from None
             removed.append(path)
     return removed
 
@@ -258,7 +285,10 @@ def build_all(
     """Thumbnails (new or changed images only), contact sheets and index.html under `root`."""
     started = time.perf_counter()
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(root, exc) from None
     workers = (os.cpu_count() or 1) if workers is None else workers
     entries = entries_for(plan, root)
     longest = plan.output.thumbnail
@@ -274,7 +304,7 @@ def build_all(
                           max_pixels=max_sheet_pixels)
     index = root / INDEX
     names = [p.name for p in sheets]
-    atomic_write(index, report.index_html(plan, entries, names).encode("utf-8"))
+    write_file(index, report.index_html(plan, entries, names).encode("utf-8"))
     return PostResult(
         thumbs_made=made, thumbs_kept=kept, sheets=sheets, index=index,
         missing=sum(e.state != OK for e in entries),
@@ -304,4 +334,5 @@ __all__ = [
     "remove_stale_sheets",
     "sheet_name",
     "thumb_rel",
+    "write_file",
 ]

@@ -210,3 +210,109 @@ def test_workflow_pins_actions_and_keeps_least_privilege():
     assert "--rpm" in text and "--shard" in text and "imagebatch merge" in text
     for secret in ("DIFFUSION_URL", "DIFFUSION_KEY", "DIFFUSION_MODEL_ID"):
         assert f"secrets.{secret}" in text
+
+
+def _shards(tmp_path: Path) -> Path:
+    """The SWEEP manifest run as three shards into shard1..3 (no post-processing)."""
+    manifest = tmp_path / "sweep.yaml"
+    manifest.write_text(SWEEP)
+    for k in (1, 2, 3):
+        assert main(["run", str(manifest), "--out", str(tmp_path / f"shard{k}"),
+                     "--shard", f"{k}/3", "--no-post"]) == 0
+    return manifest
+
+
+def _records(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines()]
+
+
+def test_sheet_that_cannot_be_written_exits_2_without_traceback(tmp_path, capsys):
+    manifest = tmp_path / "sweep.yaml"
+    manifest.write_text(SWEEP)
+    out = tmp_path / "out"
+    assert main(["run", str(manifest), "--out", str(out)]) == 0
+    (out / "sweep" / "index.html").unlink()
+    (out / "sweep" / "index.html").mkdir()
+    capsys.readouterr()
+    assert main(["sheet", str(manifest), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imagebatch: cannot write ") and "index.html" in err, err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_merge_into_a_file_is_refused(tmp_path, capsys):
+    _shards(tmp_path)
+    shards = [str(tmp_path / f"shard{k}") for k in (1, 2, 3)]
+    outfile = tmp_path / "outfile"
+    outfile.write_text("")
+    capsys.readouterr()
+    assert main(["merge", *shards, "--out", str(outfile)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imagebatch: ") and "not a folder" in err and "Traceback" not in err
+    assert outfile.read_text() == ""
+
+
+def test_merge_into_one_of_its_sources_is_refused(tmp_path, capsys):
+    manifest = _shards(tmp_path)
+    before = _tree(tmp_path / "shard1")
+    folders = [str(tmp_path / f"shard{k}" / "sweep") for k in (1, 2, 3)]
+    assert main(["merge", *folders, "--out", str(tmp_path / "shard1"),
+                 "--manifest", str(manifest)]) == 2
+    assert "is one of the folders being merged" in capsys.readouterr().err
+    assert _tree(tmp_path / "shard1") == before  # the shard's own results left alone
+
+
+def test_merge_that_cannot_write_exits_2(tmp_path, capsys, monkeypatch):
+    _shards(tmp_path)
+    real = os.replace
+
+    def refuse(src, dst, *args, **kwargs):
+        if str(tmp_path / "merged") in str(dst):
+            raise OSError(28, os.strerror(28), str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    capsys.readouterr()
+    assert main(["merge", *(str(tmp_path / f"shard{k}") for k in (1, 2, 3)),
+                 "--out", str(tmp_path / "merged")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imagebatch: cannot write ") and "No space left" in err, err
+
+
+def test_merge_into_finished_outputs_keeps_what_they_have(tmp_path, capsys):
+    manifest = _shards(tmp_path)
+    whole = tmp_path / "whole"
+    assert main(["run", str(manifest), "--out", str(whole)]) == 0
+    images = _tree(whole / "sweep" / "images")
+    # a shard whose image changed after it was recorded cannot replace a good one
+    rec = _records(tmp_path / "shard1" / "sweep")[0]
+    (tmp_path / "shard1" / "sweep" / "images" / rec["path"]).write_bytes(b"changed")
+    assert main(["merge", str(tmp_path / "shard1"), "--out", str(whole)]) == 0
+    assert {r["key"] for r in _records(whole / "sweep") if r["status"] == "ok"} == \
+        {r["key"] for r in _records(tmp_path / "whole" / "sweep")} and \
+        len(_records(whole / "sweep")) == 11
+    assert _tree(whole / "sweep" / "images") == images
+    capsys.readouterr()
+    assert main(["status", str(manifest), "--out", str(whole)]) == 0
+    assert "11 done, 0 failed, 0 pending" in capsys.readouterr().out
+    assert main(["run", str(manifest), "--out", str(whole), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["requests"] == 0
+
+
+def test_merge_copies_only_from_inside_a_shards_images(tmp_path, capsys):
+    manifest = _shards(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"not an image of this plan")
+    shard1 = tmp_path / "shard1" / "sweep"
+    theirs = _records(tmp_path / "shard2" / "sweep")[0]  # a job shard 1 did not make
+    forged = {**theirs, "path": "../../../secret.txt",
+              "sha256": hashlib.sha256(secret.read_bytes()).hexdigest(),
+              "bytes": secret.stat().st_size}
+    with open(shard1 / "results.jsonl", "a") as fh:
+        fh.write(json.dumps(forged) + "\n")
+    assert main(["merge", str(tmp_path / "shard1"), "--out", str(tmp_path / "m"),
+                 "--manifest", str(manifest), "--no-post"]) == 1
+    merged = tmp_path / "m" / "sweep"
+    assert theirs["key"] not in {r["key"] for r in _records(merged)}
+    assert all(p.read_bytes() != secret.read_bytes()
+               for p in (merged / "images").rglob("*") if p.is_file())

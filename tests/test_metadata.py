@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 
 import pytest
 from PIL import Image
 from runner_helpers import image_bytes, make_job
 
 from pipeline import metadata
+from pipeline.cli import main
 from pipeline.plan import canonical_json
 
 
@@ -52,3 +55,73 @@ def test_not_an_image_and_no_metadata(tmp_path):
     plain.write_bytes(image_bytes("png", (8, 8)))
     with pytest.raises(metadata.MetadataError, match="carries no"):
         metadata.read_request(plain)
+
+
+def _png_with(chunk_type: bytes, data: bytes) -> bytes:
+    """A small PNG carrying one extra chunk right after IHDR, CRC correct."""
+    raw = image_bytes("png", (8, 8))
+    chunk = struct.pack(">I", len(data)) + chunk_type + data + struct.pack(
+        ">I", zlib.crc32(chunk_type + data))
+    return raw[:33] + chunk + raw[33:]
+
+
+def _itxt(text: bytes, *, compressed: bool = False) -> bytes:
+    flag = b"\x01\x00" if compressed else b"\x00\x00"
+    return _png_with(b"iTXt", metadata.KEYWORD.encode() + b"\x00" + flag + b"\x00\x00" + text)
+
+
+def _jpeg_comment(payload: bytes) -> bytes:
+    raw = image_bytes("jpeg", (8, 8))
+    body = b"imagebatch-request:" + payload
+    return raw[:2] + b"\xff\xfe" + struct.pack(">H", len(body) + 2) + body + raw[2:]
+
+
+HOSTILE = {
+    "bad-zlib.png": (_itxt(b"not zlib data", compressed=True), "compressed"),
+    "bad-utf8.png": (_itxt(b"\xff\xfe{}"), "UTF-8"),
+    "bad-utf8.jpg": (_jpeg_comment(b"\xff\xfe{}"), "UTF-8"),
+    "deep.png": (_itxt(b"[" * 100_000 + b"]" * 100_000), "nested"),
+    "deep-object.png": (_itxt(b'{"a":' + b"[" * 500 + b"]" * 500 + b"}"), "nested"),
+    "surrogate.png": (_itxt(b'{"prompt":"\\ud800"}'), "Unicode"),
+    "nan.png": (_itxt(b'{"seed":NaN}'), "not JSON"),
+    "bomb.png": (_itxt(zlib.compress(b'{"a":"' + b"a" * (4 << 20) + b'"}', 9),
+                       compressed=True), "larger than"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_malformed_embedded_request_is_a_metadata_error(tmp_path, capsys, name):
+    data, words = HOSTILE[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(metadata.MetadataError, match=words):
+        metadata.read_request(path)
+    assert main(["show", str(path)]) == 2  # one line, exit 2, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("imagebatch: ") and err.count("\n") == 1 and words in err
+
+
+def test_compressed_request_is_read_within_a_bound(monkeypatch):
+    body = '{"prompt":"' + "x" * 5000 + '"}'
+    assert metadata.extract(_itxt(zlib.compress(body.encode()), compressed=True)) == body
+    inflated = []
+    real = zlib.decompressobj
+
+    class Spy:
+        def __init__(self) -> None:
+            self._d = real()
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            assert 0 < max_length <= metadata.MAX_REQUEST_BYTES + 1  # never unbounded
+            out = self._d.decompress(data, max_length)
+            inflated.append(len(out))
+            return out
+
+        def __getattr__(self, name: str):
+            return getattr(self._d, name)
+
+    monkeypatch.setattr(metadata.zlib, "decompressobj", Spy)
+    bomb = zlib.compress(b"a" * (8 << 20), 9)
+    with pytest.raises(metadata.MetadataError, match="larger than"):
+        metadata.extract(_itxt(bomb, compressed=True))
+    assert sum(inflated) <= metadata.MAX_REQUEST_BYTES + 1

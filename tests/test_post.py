@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import html.parser
 import io
 import os
+import re
 from pathlib import Path
 from urllib.parse import unquote
 
+import pytest
 from PIL import Image
 
 from pipeline import imaging
+from pipeline.errors import StoreError
 from pipeline.plan import Job, OutputSettings, Plan, canonical_json, job_key
 from pipeline.post import build_all
 from pipeline.store import Store
@@ -312,3 +316,54 @@ def test_index_percent_encodes_paths(tmp_path):
     doc = build_all(plan, store.root, workers=1).index.read_text()
     assert 'src="thumbs/odd%20name/%231%20%3F%26.png.jpg"' in doc
     assert 'href="images/odd%20name/%231%20%3F%26.png"' in doc
+
+
+def _refuse_replace_under(monkeypatch, root: Path, err: int = errno.EACCES, part: str = "") -> None:
+    """os.replace into `root` (or only paths containing `part`) fails, as on a read-only disk."""
+    real = os.replace
+
+    def fake(src, dst, *args, **kwargs):
+        if str(dst).startswith(str(root)) and part in str(dst):
+            raise OSError(err, os.strerror(err), str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", fake)
+
+
+@pytest.mark.parametrize("workers,variants", [(1, 1), (2, 4)], ids=["serial", "parallel"])
+def test_thumbnail_that_cannot_be_written_is_a_write_error(tmp_path, workers, variants):
+    plan = make_plan(variants, 4)
+    root = run_jobs(tmp_path, plan)
+    (root / "thumbs").write_bytes(b"a file where the thumbnails folder goes")
+    with pytest.raises(StoreError, match=r"cannot write .*thumbs.*: Not a directory"):
+        build_all(plan, root, workers=workers)
+    assert not (root / "index.html").exists()  # not reported as broken images
+
+
+def test_thumbnail_refused_by_the_disk_is_not_an_unreadable_image(tmp_path, monkeypatch):
+    plan = make_plan(1, 2)
+    root = run_jobs(tmp_path, plan)
+    _refuse_replace_under(monkeypatch, root, errno.ENOSPC, part="thumbs")
+    with pytest.raises(StoreError, match="cannot write .*thumbs.*No space left on device"):
+        build_all(plan, root, workers=1)
+    assert not [p for p in root.rglob("*") if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("name", ["contact-sheet.png", "index.html"])
+def test_sheet_or_index_that_cannot_be_written_is_a_write_error(tmp_path, name):
+    plan = make_plan(1, 2)
+    root = run_jobs(tmp_path, plan)
+    (root / name).mkdir()
+    with pytest.raises(StoreError, match=f"cannot write {re.escape(str(root / name))}: "):
+        build_all(plan, root, workers=1)
+
+
+def test_read_only_output_folder_is_a_write_error(tmp_path, monkeypatch):
+    plan = make_plan(1, 2)
+    root = run_jobs(tmp_path, plan)
+    build_all(plan, root, workers=1)  # thumbnails made: only sheets and index are written
+    before = (root / "index.html").read_bytes()
+    _refuse_replace_under(monkeypatch, root)
+    with pytest.raises(StoreError, match="cannot write .*contact-sheet.png: Permission denied"):
+        build_all(plan, root, workers=1)
+    assert (root / "index.html").read_bytes() == before
