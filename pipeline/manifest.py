@@ -11,11 +11,13 @@ from __future__ import annotations
 import difflib
 import re
 import string
+import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pipeline import apispec
@@ -30,11 +32,14 @@ from pipeline.plan import (
     Plan,
     Seeds,
     expand,
+    windows_problem,
 )
 
 DEFAULT_MAX_JOBS = 5000
 MAX_FILE_BYTES = 8 * 1024 * 1024  # a manifest is text a person writes; refuse what is not
 MAX_NODES = 300_000  # node visits; stops alias bombs ("billion laughs") in milliseconds
+MAX_DEPTH = 100  # nesting of lists and mappings; a manifest needs 6, Python's stack ~500
+MAX_MERGE_DEPTH = 100  # merge keys (`<<: *a`) that merge mappings that merge...
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
 _ID = re.compile(r"[A-Za-z0-9._-]+\Z")
@@ -45,6 +50,9 @@ _BOOL_TAG = "tag:yaml.org,2002:bool"
 _NULL_TAG = "tag:yaml.org,2002:null"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
+# a plain scalar YAML 1.1 does not read as a number only because of a leading zero (09)
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+\Z")
 
 TOP_KEYS = ("version", "name", "model", "defaults", "seeds", "output", "jobs")
 OUTPUT_KEYS = ("path", "thumbnail", "sheet")
@@ -62,6 +70,46 @@ AXIS_FIELDS = ("prompt", "negative_prompt", "aspect_ratio", "size", "output_form
 
 class _Budget(Exception):
     """The document expands to more nodes than a manifest can sensibly have."""
+
+
+class _TooBig(Exception):
+    """The document nests too deep or holds too many values to be composed."""
+
+    def __init__(self, mark: Any, message: str) -> None:
+        super().__init__(message)
+        self.mark = mark
+        self.message = message
+
+
+class _Composer(yaml.SafeLoader):  # type: ignore[misc]
+    """SafeLoader that counts what it composes: PyYAML's composer recurses once per level and
+    keeps every node, so depth and size are capped here, where the place is still known."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+        self.nodes = 0
+        self.aliases = False
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        """One node, refused past MAX_DEPTH levels or MAX_NODES nodes."""
+        if self.check_event(AliasEvent):
+            self.aliases = True
+            return super().compose_node(parent, index)
+        mark = self.peek_event().start_mark
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _TooBig(mark, f"the document has more than {MAX_NODES:,} values; a manifest "
+                                "may hold at most that many (a long run of seeds can be "
+                                "written {start: S, count: N})")
+        if self.depth >= MAX_DEPTH:
+            raise _TooBig(mark, f"lists and mappings are nested more than {MAX_DEPTH} levels "
+                                "deep; a manifest needs a handful")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def _loc(node: Node) -> Loc:
@@ -86,6 +134,7 @@ class _Checker:
         self.source = source
         self.problems: list[Problem] = []
         self.visits = 0
+        self.merging: list[Node] = []  # mappings whose merge keys are being followed
 
     def add(self, node: Node | Loc, path: str, message: str) -> None:
         line, col = node if isinstance(node, tuple) else _loc(node)
@@ -112,7 +161,21 @@ class _Checker:
             self.tick()
             if knode.tag == _MERGE_TAG:  # `<<: *base` fills keys not written here
                 for source in (vnode.value if isinstance(vnode, SequenceNode) else [vnode]):
-                    inner = self.mapping(source, path, allowed)
+                    # an alias is the anchored node itself, so a mapping can merge itself
+                    # (`&d {<<: *d}`): following it would never end
+                    if source is node or any(source is n for n in self.merging):
+                        self.add(knode, path, "merges itself: its `<<:` names this mapping "
+                                              "or one that merges it; remove that merge key")
+                        continue
+                    if len(self.merging) >= MAX_MERGE_DEPTH:
+                        self.add(knode, path, f"merge keys nested more than {MAX_MERGE_DEPTH} "
+                                              "deep; write the keys out")
+                        continue
+                    self.merging.append(node)
+                    try:
+                        inner = self.mapping(source, path, allowed)
+                    finally:
+                        self.merging.pop()
                     for k, pair in (inner or {}).items():
                         merged.setdefault(k, pair)
                 continue
@@ -180,16 +243,16 @@ class _Checker:
         return value
 
     def integer(self, node: Node, path: str, lo: int, hi: int, what: str = "") -> int | None:
-        """An integer in [lo, hi]; booleans and numbers with a fraction are refused."""
+        """An integer in [lo, hi]; booleans, fractions and YAML 1.1's octal and base 60 are
+        refused."""
         self.tick()
-        if not isinstance(node, ScalarNode) or node.tag != _INT_TAG:
+        if not _intlike(node):
             shown = f" {node.value!r}" if isinstance(node, ScalarNode) and node.value else ""
             self.add(node, path, f"must be a whole number{what}, got {_kind(node)}{shown}")
             return None
-        try:
-            value = int(yaml.SafeLoader.construct_yaml_int(_CONSTRUCTOR, node))
-        except (ValueError, yaml.YAMLError):
-            self.add(node, path, f"{node.value!r} is not a whole number")
+        value, why = _yaml_int(node.value)
+        if value is None:
+            self.add(node, path, why)
             return None
         if not lo <= value <= hi:
             self.add(node, path, f"{value} is out of range {lo}..{hi:,}")
@@ -210,13 +273,70 @@ class _Checker:
         return value
 
 
-_CONSTRUCTOR = yaml.SafeLoader("")  # only its int constructor is used, on already-parsed nodes
+def _intlike(node: Node) -> bool:
+    """An integer scalar, or a plain one that is not only because of a leading zero (09)."""
+    return isinstance(node, ScalarNode) and (
+        node.tag == _INT_TAG
+        or (node.tag == _STR_TAG and node.style is None and bool(_LEADING_ZERO.match(node.value))))
 
 
-def _compose(text: str, source: str) -> Node | None:
-    """Parse YAML into nodes; syntax errors become a Problem with the parser's mark."""
+def _yaml_int(text: str) -> tuple[int | None, str]:
+    """An integer's value, or why it is refused.
+
+    YAML 1.1 (PyYAML) reads 010 as octal 8 and 1:30 as base 60, 90; YAML 1.2 and people read
+    010 as 10 and 1:30 as no number at all. No reading is right for everyone, so both are
+    refused with what YAML 1.1 makes of them. 0x1F, 0b101 and 1_000 mean one thing and stay.
+    """
+    sign = -1 if text.startswith("-") else 1
+    digits = (text[1:] if text.startswith(("-", "+")) else text).replace("_", "")
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        if re.fullmatch(r"0b[01]+", digits):
+            return sign * int(digits, 0), ""
+        if re.fullmatch(r"0x[0-9a-fA-F]+", digits):
+            return sign * int(digits, 0), ""
+        if re.fullmatch(r"[0-9]+", digits) and not (len(digits) > 1 and digits[0] == "0"):
+            return sign * int(digits), ""
+        if re.fullmatch(r"0[0-9]+", digits):
+            decimal = sign * int(digits)
+            if re.fullmatch(r"[0-7]+", digits):
+                octal = sign * int(digits, 8)
+                other = f" (or {octal} if octal was meant)" if octal != decimal else ""
+                return None, (f"{text} has a leading zero, so YAML 1.1 reads it as an octal "
+                              f"number ({octal}); write {decimal} without the leading "
+                              f"zero{other}")
+            return None, (f"{text} has a leading zero, which YAML 1.1 keeps for octal numbers, "
+                          f"so it is not read as a number; write {decimal} without the "
+                          "leading zero")
+        if re.fullmatch(r"[0-9]+(?::[0-9]+)+", digits):
+            value = 0
+            for part in digits.split(":"):
+                value = value * 60 + int(part)
+            return None, (f"{text} is a base 60 number in YAML 1.1 ({sign * value}); write "
+                          f"{sign * value} if that is the number meant")
+    except ValueError:  # more digits than int() converts
+        return None, f"{text[:40]!r} is far out of range"
+    return None, f"{text[:40]!r} is not a whole number"
+
+
+def _compose(text: str, source: str) -> tuple[Node | None, bool]:
+    """Parse YAML into nodes, and whether it has aliases; errors become a located Problem."""
+    loader = None
+    try:
+        loader = _Composer(text)  # its reader checks every character first
+        return loader.get_single_node(), loader.aliases
+    except _TooBig as exc:
+        raise ManifestError([Problem(source, exc.mark.line + 1, exc.mark.column + 1, "",
+                                     exc.message)]) from None
+    except yaml.reader.ReaderError as exc:
+        # the reader reports a character offset into the text; people need line and column
+        line, col = _line_col(text, exc.position)
+        char = text[exc.position] if 0 <= exc.position < len(text) else ""
+        code = ord(char) if char else exc.character
+        kind = "a control character" if unicodedata.category(chr(code)) == "Cc" \
+            else "not a printable character"
+        raise ManifestError([Problem(source, line, col, "", f"the character U+{code:04X} "
+                                                            f"({kind}) is not allowed in YAML; "
+                                                            "remove it")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         if exc.context_mark and any(e in (exc.problem or "") for e in ("end of stream",
@@ -231,7 +351,20 @@ def _compose(text: str, source: str) -> Node | None:
             context = ""
         raise ManifestError([Problem(source, line, col, "", f"YAML syntax error: {what}{context}")])
     except yaml.YAMLError as exc:
-        raise ManifestError([Problem(source, 1, 1, "", f"not valid YAML: {exc}")]) from None
+        what = " ".join(str(exc).split())
+        raise ManifestError([Problem(source, 1, 1, "", f"not valid YAML: {what}")]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _line_col(text: str, position: int) -> Loc:
+    """1-based line and column of a character offset, counting line breaks as PyYAML does."""
+    head = text[:position]
+    line, start = 1, 0
+    for m in re.finditer(r"\r\n|[\r\n\x85\u2028\u2029]", head):
+        line, start = line + 1, m.end()
+    return line, position - start + 1
 
 
 def _read(path: str) -> str:
@@ -240,16 +373,31 @@ def _read(path: str) -> str:
         if p.is_dir():
             raise UsageError(f"{path} is a folder, not a manifest file")
         size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
+        if size > MAX_FILE_BYTES:  # a regular file says its size: refuse it unread
             raise ManifestError([Problem(path, 1, 1, "", f"is {size:,} bytes; a manifest may "
                                                          f"be at most {MAX_FILE_BYTES:,}")])
-        data = p.read_bytes()
+        # a device or a pipe says nothing (/dev/zero never ends): read one byte past the cap,
+        # in small pieces (one read of the cap would hold 8 MB for every small file)
+        chunks: list[bytes] = []
+        total = 0
+        with p.open("rb") as f:
+            while total <= MAX_FILE_BYTES:
+                chunk = f.read(min(1 << 16, MAX_FILE_BYTES + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+        data = b"".join(chunks)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such manifest file") from None
     except PermissionError:
         raise UsageError(f"{path}: cannot read the file (permission denied)") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the file ({exc.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ManifestError([Problem(path, 1, 1, "", f"is more than {MAX_FILE_BYTES:,} bytes; "
+                                                     f"a manifest may be at most "
+                                                     f"{MAX_FILE_BYTES:,}")])
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -304,6 +452,17 @@ def _path_text(literal: str, first: bool) -> str | None:
     return None
 
 
+def _sent_length(text: str) -> int:
+    """Characters of a prompt as sent, placeholders not counted: {{ and }} become one brace,
+    and each {name} is filled in (its length is judged once the values are known)."""
+    if "{" not in text and "}" not in text:
+        return len(text)
+    try:
+        return sum(len(literal) for literal, _, _, _ in string.Formatter().parse(text))
+    except ValueError:  # a lone brace: reported with the placeholders, counted as written
+        return len(text)
+
+
 class _Loader:
     """Builds a Manifest from nodes, collecting all problems."""
 
@@ -317,7 +476,7 @@ class _Loader:
         c = self.c
         hint = "seed 0 lets the server pick at random, which cannot be reproduced; " \
                "use {random: N} for N reproducible random seeds"
-        if isinstance(node, ScalarNode) and node.tag == _INT_TAG:
+        if _intlike(node):
             value = c.integer(node, path, 0, apispec.MAX_SEED)
             if value == 0:
                 c.add(node, path, hint)
@@ -376,8 +535,12 @@ class _Loader:
         if name in ENUM_FIELDS:
             return c.enum(node, path, name)
         value = c.text(node, path, empty_ok=(name == "negative_prompt"))
-        if value is not None and len(value) > apispec.MAX_PROMPT_CHARS:
-            c.add(node, path, f"is {len(value):,} characters; the API allows at most "
+        if value is None:
+            return None
+        sent = _sent_length(value)
+        if sent > apispec.MAX_PROMPT_CHARS:
+            how = "" if sent == len(value) else " as sent ({{ and }} are one brace each)"
+            c.add(node, path, f"is {sent:,} characters{how}; the API allows at most "
                               f"{apispec.MAX_PROMPT_CHARS:,}")
             return None
         return value
@@ -597,9 +760,15 @@ class _Loader:
                 c.add(top["name"][1], "name", f"{name[:120]!r} is not a valid name: lowercase "
                                               "letters, digits, . _ - (first a letter or "
                                               "digit, at most 100)")
+            elif windows_problem(name):  # the name is a folder: outputs/<name>/
+                c.add(top["name"][1], "name", f"{name!r} {windows_problem(name)}; choose "
+                                              "another name")
         elif not _NAME.match(stem) or len(stem) > 100:
             c.add(root, "name", f"the file name gives the name {stem!r}, which is not valid "
                                 "(lowercase letters, digits, . _ -); add a `name:`")
+        elif windows_problem(stem):
+            c.add(root, "name", f"the file name gives the name {stem!r}, which "
+                                f"{windows_problem(stem)}; add a `name:`")
         model = self.default_model
         if "model" in top:
             model = c.text(top["model"][1], "model") or model
@@ -628,10 +797,9 @@ class _Loader:
                 spec = self.job(item, f"jobs[{i}]", defaults, default_seeds, ids)
                 if spec is not None:
                     jobs.append(spec)
-        variables = {a.name for j in jobs for g in j.groups for a in g}
         if output is not None:
             for text, key in ((output.path, "output.path"), (output.label, "output.sheet.label")):
-                self._template_vars(text, key, known_vars[key], variables)
+                self._template_vars(text, key, known_vars[key], jobs)
         # the cap is judged from the axes' sizes, before anything is expanded in memory
         total = sum(j.count for j in jobs)
         if total > self.max_jobs:
@@ -643,17 +811,29 @@ class _Loader:
         if c.problems:
             raise ManifestError(sorted(c.problems, key=lambda p: (p.line, p.column)))
         assert output is not None
-        return Manifest(source, name, model, output, tuple(jobs), path_loc)
+        return Manifest(source, name, model, output, tuple(jobs), path_loc,
+                        known_vars["output.sheet.label"])
 
-    def _template_vars(self, text: str, path: str, loc: Loc, variables: set[str]) -> None:
+    def _template_vars(self, text: str, path: str, loc: Loc, jobs: list[JobSpec]) -> None:
+        """Each variable of an output template must be an axis of every job, not only one."""
+        names = [{a.name for g in j.groups for a in g} for j in jobs]
+        variables = set().union(*names)
         for _, field, _, _ in string.Formatter().parse(text):
-            if field is not None and field not in BUILTINS and field not in variables:
+            if field is None or field in BUILTINS:
+                continue
+            if field not in variables:
                 known = ", ".join("{" + k + "}" for k in (*BUILTINS, *sorted(variables)))
                 close = difflib.get_close_matches(field, [*BUILTINS, *variables], n=1)
                 hint = f"did you mean {{{close[0]}}}? " if close else ""
                 self.c.add(loc, path, f"{text!r}: unknown placeholder {{{field}}}; {hint}"
                                       f"(known: {known}; write {{{{ and }}}} for literal braces)")
                 return
+            for job, own in zip(jobs, names):
+                if field not in own:
+                    self.c.add(loc, path, f"{text!r}: job {job.id!r} ({job.where}) has no "
+                                          f"{{{field}}}; a variable used here must be a matrix "
+                                          "or zip axis of every job")
+                    return
 
     def output(self, top: dict[str, tuple[Node, Node]]
                ) -> tuple[OutputSettings | None, Loc, dict[str, Loc]]:
@@ -709,14 +889,16 @@ def load_manifest(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
                   default_model: str = apispec.DEFAULT_MODEL) -> Manifest:
     """Read and validate a manifest file; ManifestError lists every problem in it."""
     text = _read(path)
-    root = _compose(text, path)
+    root, aliases = _compose(text, path)
     loader = _Loader(path, default_model, max_jobs)
     try:
         return loader.load(root)
     except _Budget:
+        # composing capped the values written, so only aliases can make a walk this long
+        how = "through its aliases (*name) and merge keys (<<:)" if aliases else "when read"
         raise ManifestError([Problem(
-            path, 1, 1, "", f"the document expands to more than {MAX_NODES:,} values "
-                            "(too many nested aliases); write it out plainly")]) from None
+            path, 1, 1, "", f"the document expands to more than {MAX_NODES:,} values {how}; "
+                            f"a manifest may hold at most that many")]) from None
 
 
 def load_plan(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,

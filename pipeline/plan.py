@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import json
 import re
+import string
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,9 @@ TMP_PREFIX = ".tmp-"
 #: Placeholders every template knows; variables may not take these names.
 BUILTINS: tuple[str, ...] = ("id", "seed", "index", "ext", "key", "aspect", "vars")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+#: Names Windows keeps for devices, whatever follows a dot (con.png is the console too).
+_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                      *(f"LPT{i}" for i in range(1, 10))})
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +167,7 @@ class Manifest:
     output: OutputSettings
     jobs: tuple[JobSpec, ...]
     path_loc: Loc = (1, 1)  # of output.path, for path errors
+    label_loc: Loc = (1, 1)  # of output.sheet.label
 
 
 def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
@@ -176,6 +181,18 @@ def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
 def safe(value: str) -> str:
     """A value made safe for a path segment: letters, digits, . _ - kept, others become -."""
     return _UNSAFE.sub("-", value)
+
+
+def windows_problem(part: str) -> str | None:
+    """Why Windows cannot hold a file or folder named `part`, or None when it can."""
+    if part.endswith((".", " ")):
+        # Windows drops them: `a.` would be the file `a`, another job's
+        return "ends in '.' or ' ', which Windows drops (so it names another file)"
+    stem = part.split(".", 1)[0].rstrip(" ")
+    if len(stem) in (3, 4) and stem.upper() in _DEVICES:
+        return ("is a device name on Windows (CON, PRN, AUX, NUL, COM1-9 and LPT1-9, "
+                "with any extension)")
+    return None
 
 
 def aspect_of(request: dict[str, Any]) -> str:
@@ -201,7 +218,7 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
     paths: dict[str, int] = {}
     folded: dict[str, int] = {}
     keys: dict[str, int] = {}
-    dirs: set[str] = set()
+    dirs: dict[str, str] = {}  # casefolded folder -> as first written
     index_paths: dict[int, str] = {}  # plan index -> path, for messages
     index = 0
     for spec in m.jobs:
@@ -242,6 +259,15 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
             path_map = {n: safe(v) for n, v in names} | fixed | {"vars": safe(vars_raw)}
             label_map = dict(names) | fixed | {"vars": vars_raw}
             frozen_vars = tuple(names)
+            for template, loc, field, mapping in ((out.path, m.path_loc, "output.path", path_map),
+                                                  (out.label, m.label_loc, "output.sheet.label",
+                                                   label_map)):
+                missing = _missing(template, mapping)
+                if missing:  # the loader refuses this first; a Manifest built directly may not
+                    raise ManifestError([_problem(
+                        m, loc, field, f"{template!r}: job {spec.id!r} ({spec.where}) has no "
+                                       f"{{{missing}}}; a variable used here must be a matrix "
+                                       "or zip axis of every job")])
             for seed in seeds:
                 body = f"{head}{seed}{tail}"
                 key = hashlib.sha256(body.encode()).hexdigest()
@@ -251,6 +277,7 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
                 path = out.path.format_map(path_map)
                 label = " ".join(out.label.format_map(label_map).split())
                 segments = [s for s in path.split("/") if s]
+                windows = next(((s, w) for s in segments if (w := windows_problem(s))), None)
                 where = spec.where
                 if not segments or "." in segments or ".." in segments:
                     problems.append(_problem(
@@ -267,6 +294,11 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
                     problems.append(_problem(
                         m, spec.loc, where, f"{_what(spec.id, seed, vars_raw)}: output path "
                                             f"is too long ({len(path)} chars)"))
+                elif windows is not None:
+                    problems.append(_problem(
+                        m, spec.loc, where, f"{_what(spec.id, seed, vars_raw)}: output path "
+                                            f"{path!r} has a part {windows[0]!r} that Windows "
+                                            f"cannot hold: it {windows[1]}"))
                 else:
                     path = "/".join(segments)
                     folded_path = path.casefold()
@@ -278,12 +310,18 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
                             f"{_what(spec.id, seed, vars_raw)}: sends the same request as "
                             f"job #{first} ({index_paths[first]}); "
                             "a variable that appears in no prompt changes nothing"))
-                    elif clash is not None or path in dirs:
-                        other = index_paths[clash] if clash is not None else path
+                    elif clash is not None:
                         problems.append(_problem(
                             m, spec.loc, where,
                             f"{_what(spec.id, seed, vars_raw)}: output path {path!r} collides "
-                            f"with {other!r}; add {{seed}}, {{vars}} or {{key}} to output.path"))
+                            f"with {index_paths[clash]!r}; add {{seed}}, {{vars}} or {{key}} "
+                            "to output.path"))
+                    elif folded_path in dirs:
+                        problems.append(_problem(
+                            m, spec.loc, where,
+                            f"{_what(spec.id, seed, vars_raw)}: output path {path!r} is both "
+                            "an image and a folder of other images"
+                            f"{_case_note(path, dirs[folded_path])}"))
                     if len(problems) > 50:
                         raise ManifestError(problems)
                     paths[path] = index
@@ -291,7 +329,8 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
                     keys[key] = index
                     index_paths[index] = path
                     for i in range(1, len(segments)):
-                        dirs.add("/".join(segments[:i]))
+                        folder = "/".join(segments[:i])
+                        dirs.setdefault(folder.casefold(), folder)
                 if problems:  # keep indexing; build nothing more once something is wrong
                     index += 1
                     continue
@@ -299,14 +338,34 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
                 index += 1
     if problems:
         raise ManifestError(problems)
-    for path in paths:  # a file where another job needs a folder
-        if path in dirs:
+    for path in paths:  # a file where another job needs a folder (in any letter case)
+        as_folder = dirs.get(path.casefold())
+        if as_folder is not None:
             raise ManifestError([_problem(
                 m, m.path_loc, "output.path",
-                f"{path!r} is both an image and a folder of other images")])
+                f"{path!r} is both an image and a folder of other images"
+                f"{_case_note(path, as_folder)}")])
     total = len(jobs)
     chosen = tuple(j for j in jobs if in_shard(j.key, shard)) if shard else tuple(jobs)
     return Plan(m.name, m.model, m.source, out, chosen, total, shard)
+
+
+def _case_note(image: str, folder: str) -> str:
+    """How an image and a folder whose names differ only in letter case are one."""
+    if image == folder:
+        return ""
+    return (f" (the folder {folder!r} differs only in letter case, and macOS and Windows "
+            "see one name)")
+
+
+def _missing(template: str, mapping: dict[str, str]) -> str | None:
+    """The first placeholder of a template the mapping has no value for."""
+    if "{" not in template:
+        return None
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field is not None and field not in mapping and field not in ("seed", "index", "key"):
+            return field
+    return None
 
 
 def _what(job_id: str, seed: int, vars_raw: str) -> str:

@@ -644,3 +644,222 @@ def test_surrogate_pair_escapes_are_joined_and_lone_ones_refused(tmp_path: Path)
     problems = problems_of(path)
     assert where(problems) == {(4, 13, "jobs[0].prompt"), (5, 18, "jobs[0].matrix.v[0]")}
     assert all("unpaired surrogate" in p.message for p in problems)
+
+
+# --------------------------------------------------------------------------------------
+# template variables every job must have
+
+
+@pytest.mark.parametrize(("output", "field"), [
+    ('{path: "{style}/{seed}.{ext}"}', "output.path"),
+    ('{sheet: {label: "{style} #{seed}"}}', "output.sheet.label"),
+])
+def test_an_output_variable_that_one_job_lacks_is_refused(tmp_path: Path, output: str,
+                                                          field: str) -> None:
+    path = write(tmp_path, f"""
+        version: 1
+        output: {output}
+        jobs:
+          - id: a
+            prompt: "a {{style}} fox"
+            matrix: {{style: [ink, oil]}}
+            seeds: 1
+          - {{id: b, prompt: "a plain fox", seeds: 1}}
+    """)
+    p = only(problems_of(path))
+    assert (p.line, p.path) == (2, field)
+    assert "job 'b' (jobs[1]) has no {style}" in p.message
+
+
+def test_an_output_variable_every_job_has_is_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        version: 1
+        output: {path: "{style}/{id}-{seed}.{ext}", sheet: {label: "{style}"}}
+        jobs:
+          - {id: a, prompt: "a {style} fox", matrix: {style: [ink]}, seeds: 1}
+          - {id: b, prompt: "a {style} owl", zip: {style: [oil]}, seeds: 1}
+    """)
+    assert [j.path for j in load_plan(path).jobs] == ["ink/a-1.png", "oil/b-1.png"]
+
+
+# --------------------------------------------------------------------------------------
+# documents that would exhaust the stack or the memory
+
+
+def test_deep_nesting_is_refused_where_it_gets_too_deep(tmp_path: Path) -> None:
+    path = write(tmp_path, "version: 1\njobs: " + "[" * 500 + "]" * 500 + "\n")
+    p = only(problems_of(path))
+    assert (p.line, p.path) == (2, "")
+    assert "nested more than" in p.message
+
+
+def test_a_long_chain_of_merges_is_refused_not_a_crash(tmp_path: Path) -> None:
+    lines = ["version: 1", "defaults: &m0 {prompt: p}"]
+    lines += [f"k{i}: &m{i} {{<<: *m{i - 1}}}" for i in range(1, 1500)]
+    lines += ["jobs:", "  - {id: a, <<: *m1499}"]
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    problems = problems_of(path)
+    assert any("merge keys nested more than" in p.message for p in problems), problems
+
+
+def test_a_mapping_that_merges_itself_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        version: 1
+        defaults: &d
+          <<: *d
+          prompt: x
+        jobs:
+          - {id: a, seeds: 1}
+    """)
+    p = only(problems_of(path))
+    assert (p.line, p.column, p.path) == (3, 3, "defaults")
+    assert "merges itself" in p.message
+
+
+@pytest.mark.parametrize(("text", "loc", "field"), [
+    ('seeds: !!int ""', (5, 12), "jobs[0].seeds"),
+    ('seeds: !!int "_"', (5, 12), "jobs[0].seeds"),
+    ('seeds: [!!int "-"]', (5, 13), "jobs[0].seeds[0]"),
+    ('seeds: {random: !!int "0x"}', (5, 21), "jobs[0].seeds.random"),
+])
+def test_an_int_tag_on_no_digits_is_refused(tmp_path: Path, text: str, loc: tuple[int, int],
+                                            field: str) -> None:
+    path = write(tmp_path, f"version: 1\njobs:\n  - id: a\n    prompt: x\n    {text}\n")
+    p = only(problems_of(path))
+    assert (p.line, p.column, p.path) == (*loc, field)
+    assert "is not a whole number" in p.message
+
+
+def test_an_int_tag_on_no_digits_in_output_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 'version: 1\noutput: {thumbnail: !!int "-"}\n'
+                           "jobs:\n  - {id: a, prompt: x}\n")
+    p = only(problems_of(path))
+    assert (p.line, p.path) == (2, "output.thumbnail")
+    assert "is not a whole number" in p.message
+
+
+@pytest.mark.parametrize("char", ["\x07", "\x00", "\x7f", "\ufffe"])
+def test_a_control_character_is_located_in_one_line(tmp_path: Path, char: str) -> None:
+    path = write(tmp_path, f"version: 1\njobs:\n  - {{id: a, prompt: x{char}, seeds: 1}}\n")
+    p = only(problems_of(path))
+    assert (p.line, p.column) == (3, 22)
+    assert f"U+{ord(char):04X}" in p.message and "\n" not in p.message
+    assert "position" not in p.message
+
+
+def test_a_control_character_after_crlf_lines_is_located(tmp_path: Path) -> None:
+    path = tmp_path / "crlf.yaml"
+    path.write_bytes(b"version: 1\r\njobs:\r\n  - {id: a, prompt: \x1b, seeds: 1}\r\n")
+    p = only(problems_of(str(path)))
+    assert (p.line, p.column) == (3, 21)
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_an_endless_file_is_refused_after_the_cap(tmp_path: Path) -> None:
+    tracemalloc.start()
+    try:
+        p = only(problems_of("/dev/zero"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (p.file, p.line, p.column) == ("/dev/zero", 1, 1)
+    assert "more than 8,388,608 bytes" in p.message
+    assert peak < 40 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_a_plain_document_over_the_value_cap_does_not_blame_aliases(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.manifest
+    monkeypatch.setattr(pipeline.manifest, "MAX_NODES", 1000)
+    seeds = ", ".join(str(i) for i in range(1, 1002))
+    path = write(tmp_path, f"version: 1\njobs:\n  - id: a\n    prompt: x\n    seeds: [{seeds}]\n")
+    p = only(problems_of(path, max_jobs=5000))
+    assert p.line == 5
+    assert "more than 1,000 values" in p.message
+    assert "alias" not in p.message
+
+
+def test_an_alias_bomb_still_blames_aliases(tmp_path: Path) -> None:
+    p = only(problems_of(write(tmp_path, merge_bomb())))
+    assert f"the document expands to more than {MAX_NODES:,} values" in p.message
+    assert "alias" in p.message
+
+
+# --------------------------------------------------------------------------------------
+# YAML 1.1 integer traps: leading zeros (octal) and colons (base 60)
+
+
+@pytest.mark.parametrize(("text", "field", "words"), [
+    ("seeds: [001, 2]", "jobs[0].seeds[0]", ("leading zero", "octal", "(1)", "write 1")),
+    ("seeds: [1, 010]", "jobs[0].seeds[1]", ("octal", "(8)", "write 10")),
+    ("seeds: [1:30]", "jobs[0].seeds[0]", ("base 60", "(90)")),
+    ("seeds: 010", "jobs[0].seeds", ("octal", "(8)")),
+    ("seeds: 09", "jobs[0].seeds", ("leading zero", "write 9")),
+    ("seeds: [08]", "jobs[0].seeds[0]", ("leading zero", "write 8")),
+    ('seeds: !!int "010"', "jobs[0].seeds", ("octal", "(8)")),
+    ("seeds: {start: 0100, count: 2}", "jobs[0].seeds.start", ("octal", "(64)")),
+    ("seeds: {start: 100, count: 1:0}", "jobs[0].seeds.count", ("base 60", "(60)")),
+    ("seeds: {random: 07}", "jobs[0].seeds.random", ("octal", "(7)")),
+])
+def test_yaml11_octal_and_base60_integers_are_refused(
+        tmp_path: Path, text: str, field: str, words: tuple[str, ...]) -> None:
+    path = write(tmp_path, f"version: 1\njobs:\n  - id: a\n    prompt: x\n    {text}\n")
+    p = only(problems_of(path))
+    assert (p.line, p.path) == (5, field)
+    assert all(w in p.message for w in words), p.message
+
+
+@pytest.mark.parametrize(("output", "field"), [
+    ("{thumbnail: 0256}", "output.thumbnail"),
+    ("{sheet: {per_page: 1:40}}", "output.sheet.per_page"),
+])
+def test_yaml11_integer_traps_in_output_are_refused(tmp_path: Path, output: str,
+                                                    field: str) -> None:
+    path = write(tmp_path, f"version: 1\noutput: {output}\njobs:\n  - {{id: a, prompt: x}}\n")
+    p = only(problems_of(path))
+    assert (p.line, p.path) == (2, field)
+    assert "YAML 1.1" in p.message
+
+
+@pytest.mark.parametrize(("seeds", "expected"), [
+    ("[0x10, 1_000, 0b11, +5]", (16, 1000, 3, 5)),
+    ("{start: 10, count: 2}", (10, 11)),
+])
+def test_unambiguous_integer_forms_are_still_read(tmp_path: Path, seeds: str,
+                                                  expected: tuple[int, ...]) -> None:
+    path = write(tmp_path, f"version: 1\njobs:\n  - id: a\n    prompt: x\n    seeds: {seeds}\n")
+    assert tuple(j.seed for j in load_plan(path).jobs) == expected
+
+
+# --------------------------------------------------------------------------------------
+# the prompt limit is judged on the text that is sent
+
+
+def test_doubled_braces_count_once_towards_the_prompt_limit(tmp_path: Path) -> None:
+    prompt = "{{" + "a" * 9_999
+    path = write(tmp_path, f'version: 1\njobs:\n  - {{id: a, prompt: "{prompt}", seeds: 1}}\n')
+    sent = load_plan(path).jobs[0].request["prompt"]
+    assert sent == "{" + "a" * 9_999 and len(sent) == 10_000
+    path = write(tmp_path, f'version: 1\njobs:\n  - {{id: a, prompt: "{prompt}a", seeds: 1}}\n',
+                 name="over.yaml")
+    p = only(problems_of(path))
+    assert p.path == "jobs[0].prompt" and "10,001 characters" in p.message
+
+
+def test_doubled_braces_count_once_in_a_prompt_axis(tmp_path: Path) -> None:
+    prompt = "}}" * 5_000
+    path = write(tmp_path, f'version: 1\noutput: {{path: "{{id}}/{{seed}}.{{ext}}"}}\njobs:\n'
+                           f'  - id: a\n    matrix: {{prompt: ["{prompt}"]}}\n    seeds: 1\n')
+    assert load_plan(path).jobs[0].request["prompt"] == "}" * 5_000
+
+
+# --------------------------------------------------------------------------------------
+# names that Windows cannot use as a folder
+
+
+@pytest.mark.parametrize("name", ["con", "nul", "aux.d", "com1", "lpt9.x", "prn", "ok."])
+def test_names_windows_cannot_hold_are_refused(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path, f"version: 1\nname: {name}\njobs:\n  - {{id: a, prompt: x}}\n")
+    p = only(problems_of(path))
+    assert (p.line, p.path) == (2, "name")
+    assert "Windows" in p.message

@@ -28,6 +28,7 @@ from pipeline.plan import (
     in_shard,
     random_seed,
     safe,
+    windows_problem,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -314,13 +315,13 @@ def test_values_are_made_safe_in_paths_but_not_in_prompts(tmp_path: Path) -> Non
           - id: a
             prompt: "in {style}"
             matrix:
-              style: ["art deco", "a/b\\\\c", "...", "café:1", "．．"]
+              style: ["art deco", "a/b\\\\c", "...x", "café:1", "．．"]
             seeds: 1
     """))
     paths = [j.path for j in plan.jobs]
     assert paths[0] == "a/art-deco/1.png"
     assert paths[1] == "a/a-b-c/1.png"
-    assert paths[2] == "a/.../1.png"  # three dots are a plain name
+    assert paths[2] == "a/...x/1.png"  # leading dots are a plain name (trailing: Windows drops)
     assert paths[3] == "a/caf--1/1.png"
     assert paths[4] == "a/--/1.png"
     assert [j.request["prompt"] for j in plan.jobs][1] == "in a/b\\c"
@@ -437,6 +438,90 @@ def test_a_variable_used_in_no_prompt_is_the_same_request(tmp_path: Path) -> Non
 # --------------------------------------------------------------------------------------
 # property: no path ever leaves images/
 
+@pytest.mark.parametrize("ids", [("a", "A"), ("A", "a")])
+def test_an_image_and_a_folder_differing_only_in_case_are_refused(
+        tmp_path: Path, ids: tuple[str, str]) -> None:
+    # the plain job's image is the file `a` (or `A`), the other's folder `A/` (or `a/`)
+    first, second = ids
+    path = write(tmp_path, f"""
+        version: 1
+        output: {{path: "{{id}}/{{vars}}"}}
+        jobs:
+          - {{id: {first}, prompt: plain, seeds: 1}}
+          - {{id: {second}, prompt: "{{v}}", matrix: {{v: [x]}}, seeds: 1}}
+    """)
+    with pytest.raises(ManifestError) as info:
+        load_plan(path)
+    (p,) = info.value.problems
+    assert p.path == "output.path" and p.line == 2
+    assert "both an image and a folder" in p.message
+    assert "'a'" in p.message and "'A'" in p.message
+
+
+def test_a_folder_then_an_image_differing_only_in_case_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        version: 1
+        output: {path: "{id}/{vars}"}
+        jobs:
+          - {id: A, prompt: "{v}", matrix: {v: [x]}, seeds: 1}
+          - {id: a, prompt: plain, seeds: 1}
+    """)
+    with pytest.raises(ManifestError) as info:
+        load_plan(path)
+    (p,) = info.value.problems
+    assert (p.line, p.path) == (5, "jobs[1]")
+    assert "output path 'a' is both an image and a folder of other images" in p.message
+    assert "the folder 'A' differs only in letter case" in p.message
+
+
+@pytest.mark.parametrize(("job_id", "template", "values", "bad"), [
+    ("a.", "{id}/{seed}.{ext}", ["x"], "'a.'"),
+    ("CON", "{id}/{seed}.{ext}", ["x"], "'CON'"),
+    ("nul", "{id}/{seed}.{ext}", ["x"], "'nul'"),
+    ("a", "{id}/{v}/{seed}.{ext}", ["Com1"], "'Com1'"),
+    ("a", "{id}/{v}.{ext}", ["lpt9"], "'lpt9.png'"),
+    ("a", "{id}/{v}/{seed}.{ext}", ["aux.tar.gz"], "'aux.tar.gz'"),
+    ("a", "{id}/{v}/{seed}.{ext}", ["x..."], "'x...'"),
+    ("a", "{id}/prn.{seed}.{ext}", ["x"], "'prn.1.png'"),
+    ("a", "{id}/out /{v}{seed}.{ext}", ["x"], "'out '"),
+])
+def test_path_parts_windows_cannot_hold_are_refused(
+        tmp_path: Path, job_id: str, template: str, values: list[str], bad: str) -> None:
+    path = write(tmp_path, f"""
+        version: 1
+        output: {{path: "{template}"}}
+        jobs:
+          - {{id: "{job_id}", prompt: "{{v}}", matrix: {{v: {json.dumps(values)}}}, seeds: 1}}
+    """)
+    with pytest.raises(ManifestError) as info:
+        load_plan(path)
+    (p,) = info.value.problems
+    assert (p.line, p.path) == (4, "jobs[0]")
+    assert bad in p.message and "Windows" in p.message
+
+
+@pytest.mark.parametrize("part", ["console", "COM10", "xnul", "con-1", "a.b", ".hidden"])
+def test_names_that_only_look_reserved_are_accepted(tmp_path: Path, part: str) -> None:
+    path = write(tmp_path, f"""
+        version: 1
+        output: {{path: "{{v}}/{{seed}}.{{ext}}"}}
+        jobs:
+          - {{id: a, prompt: "{{v}}", matrix: {{v: ["{part}"]}}, seeds: 1}}
+    """)
+    assert [j.path for j in load_plan(path).jobs] == [f"{part}/1.png"]
+
+
+def test_expand_refuses_a_template_variable_a_job_lacks() -> None:
+    spec = JobSpec("b", "jobs[0]", (("prompt", "x"),), (), Seeds(values=(1,)), (4, 9), (4, 20))
+    m = Manifest("m.yaml", "m", "model", OutputSettings(path="{style}/{seed}.{ext}"), (spec,),
+                 (2, 9))
+    with pytest.raises(ManifestError) as info:
+        expand(m)
+    (p,) = info.value.problems
+    assert (p.line, p.column, p.path) == (2, 9, "output.path")
+    assert "job 'b' (jobs[0]) has no {style}" in p.message
+
+
 HOSTILE = st.sampled_from([
     "..", ".", "/", "//", "\\", "..\\..", "\x00", "/etc/passwd", "C:", "~", "．．", "\u2025",
     "\u2024\u2024", "\u2215", "\u29f8", "\uff0f", "a" * 250, "é" * 120, " ", "%2e%2e", "$HOME",
@@ -487,7 +572,8 @@ def test_no_path_leaves_the_images_folder(tmp_path: Path, job_id: str, name: str
 # properties of expansion, on Manifests built directly
 
 VALUE = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="{}"), min_size=1,
-                max_size=8).filter(lambda v: v not in (".", ".."))  # refused, tested above
+                max_size=8).filter(  # refused, tested above
+    lambda v: v not in (".", "..") and windows_problem(safe(v)) is None)
 
 
 @st.composite

@@ -84,6 +84,10 @@ REFUSED: dict[str, tuple[str, str]] = {
     "var 1000 long in a path": (_manifest(matrix={"where": ["x" * 1000]}), "too long"),
     "var name ../": (_manifest(matrix={"../up": ["a"]}, prompt="a fox"), "not a valid variable"),
     "var collides once safe": (_manifest(matrix={"where": ["a/b", "a\\b"]}), "collides"),
+    "var CON": (_manifest(path="{where}/{seed}.{ext}", matrix={"where": ["CON"]}), "Windows"),
+    "var ...": (_manifest(path="{where}/{seed}.{ext}", matrix={"where": ["..."]}), "Windows"),
+    "id nul.txt": (_manifest(job_id="nul.txt", path="{id}/{seed}.{ext}"), "Windows"),
+    "name aux": (_manifest(name="aux"), "Windows"),
 }
 
 
@@ -118,8 +122,7 @@ SANITISED = {
     "/etc/passwd": "-etc-passwd",
     "..\\..\\windows": "..-..-windows",
     "C:\\Users": "C--Users",
-    "x/../..": "x-..-..",
-    "...": "...",
+    "x/../../y": "x-..-..-y",
     "~root": "-root",
     "$HOME": "-HOME",
     "a\u2215b": "a-b",  # division slash
@@ -128,7 +131,6 @@ SANITISED = {
     "\u2024\u2024": "--",  # one dot leaders: look like ..
     "g\uff3ch": "g-h",  # fullwidth reverse solidus
     "\uff41\uff42z": "--z",  # fullwidth letters
-    "CON": "CON",
     "a\tb\nc": "a-b-c",
 }
 TAGS = ["<b>bold</b>", '"><script>alert(3)</script>']
