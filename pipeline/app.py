@@ -21,7 +21,7 @@ import aiohttp
 
 from pipeline import config
 from pipeline.client import ApiClient, backend_name
-from pipeline.errors import ImagebatchError, ManifestError, StoreError, UsageError
+from pipeline.errors import ImagebatchError, ManifestError, StoreError, UsageError, printable
 from pipeline.metadata import MetadataError, read_request
 from pipeline.plan import Job, Plan, canonical_json
 from pipeline.post import build_all
@@ -232,7 +232,12 @@ async def run_plans_async(
     if (opts.post and not state.interrupted and state.config_error is None
             and state.store_error is None):
         for plan, store in zip(plans, stores):
-            await asyncio.to_thread(build_all, plan, store.root)
+            try:
+                await asyncio.to_thread(build_all, plan, store.root)
+            except StoreError as exc:
+                # The images are safe; print the summary, then say what could not be written.
+                state.store_error = exc
+                break
     return summaries, state
 
 
@@ -337,8 +342,9 @@ def status_command(
           f"{counts['pending']} pending (backend {backend}, {store.root})", file=out)
     if verbose:
         for row in rows:
-            reason = f"  {row['error']}" if row["error"] else ""
-            print(f"  {row['state']:<7} {str(row['key'])[:12]}  {row['path']}{reason}", file=out)
+            reason = f"  {printable(str(row['error']))}" if row["error"] else ""
+            print(f"  {row['state']:<7} {str(row['key'])[:12]}  {printable(str(row['path']))}"
+                  f"{reason}", file=out)
     return 0
 
 

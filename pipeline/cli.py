@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import math
+import os
 import sys
 from collections.abc import Sequence
 
 from pipeline.errors import ImagebatchError, ManifestError, UsageError
+
+# Errors of writing standard output itself (redirected to a full disk or /dev/full).
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT, errno.EBADF}
 
 DEFAULT_MAX_JOBS = 5000
 
@@ -311,7 +317,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `imagebatch` console script."""
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a write error surfaces here, not as noise at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `imagebatch plan M | head`: the reader has all it wants. Quiet, as `cat` would be;
+        # stdout goes to /dev/null so the interpreter's final flush does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a program the pipe stopped
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
+            raise  # not standard output: errors of files are reported where they happen
+        # Standard output itself failed (a full disk, /dev/full): say so in one line.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"imagebatch: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except ManifestError as exc:
         from pipeline.commands import problem_report
 

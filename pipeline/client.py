@@ -24,7 +24,13 @@ import aiohttp
 from PIL import Image
 
 from pipeline import apispec
-from pipeline.errors import ApiError, AuthError, PermanentApiError, RetryableApiError
+from pipeline.errors import (
+    ApiError,
+    AuthError,
+    PermanentApiError,
+    RetryableApiError,
+    printable,
+)
 from pipeline.plan import Job
 
 #: Largest response body read (JSON or a downloaded image); a longer one is refused unread
@@ -116,7 +122,12 @@ def check_image(data: bytes, request: Mapping[str, Any]) -> GeneratedImage:
 
 
 def _error_message(raw: bytes) -> str | None:
-    """The server's `error.message` (or `message` / `detail`) from an error body, if any."""
+    """The server's `error.message` (or `message` / `detail`), one printable line, if any."""
+    found = _error_field(raw)
+    return printable(" ".join(found.split()))[:500] if found else None
+
+
+def _error_field(raw: bytes) -> str | None:
     try:
         doc = json.loads(raw[:65536])
     except ValueError:
@@ -124,12 +135,12 @@ def _error_message(raw: bytes) -> str | None:
     if isinstance(doc, dict):
         err = doc.get("error")
         if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return err["message"][:500]
+            return err["message"][:2000]
         if isinstance(err, str):
-            return err[:500]
+            return err[:2000]
         for name in ("message", "detail"):
             if isinstance(doc.get(name), str):
-                return doc[name][:500]
+                return doc[name][:2000]
     return None
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import TextIO
 
 from pipeline import config
-from pipeline.errors import ManifestError
+from pipeline.errors import ManifestError, printable
 from pipeline.plan import Plan
 
 MAX_SHOWN = 200  # problems printed; the count line still says how many there are
@@ -48,8 +48,9 @@ def plan_table(plan: Plan, width: int = 100) -> str:
     """The plan as a table a person reads: index, key, seed, path, prompt."""
     lines = [f"{'#':>5}  {'key':12}  {'seed':>10}  {'path':30}  prompt"]
     for job in plan.jobs:
-        prompt = str(job.request.get("prompt", "")).replace("\n", " ")
-        line = f"{job.index:>5}  {job.key[:12]}  {job.seed:>10}  {job.path:30}  {prompt}"
+        prompt = printable(str(job.request.get("prompt", "")).replace("\n", " "))
+        line = (f"{job.index:>5}  {job.key[:12]}  {job.seed:>10}  {printable(job.path):30}  "
+                f"{prompt}")
         lines.append(line if len(line) <= width else line[: width - 1] + "…")
     if plan.shard:
         k, n = plan.shard

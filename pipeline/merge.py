@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from pipeline.errors import StoreError, UsageError
 from pipeline.plan import Job, Plan
 from pipeline.post import build_all, write_file
-from pipeline.store import RESULTS, SUMMARY, Record, Store, read_records
+from pipeline.store import RESULTS, SUMMARY, Record, Store, open_locked, read_records
 
 
 def _shard_folders(sources: Sequence[Path]) -> dict[str, list[Path]]:
@@ -96,8 +96,17 @@ def merge_one(plan: Plan, folders: list[Path], dest: Path) -> dict[str, Any]:
     What `dest` already holds counts as one more source, ahead of the shards, so merging
     into a finished outputs folder keeps every job it has done.
     """
-    by_key = {job.key: job for job in plan.jobs}
     has_own = (dest / RESULTS).is_file()
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot write to {dest}: {exc.strerror or exc}") from None
+    with open_locked(dest / RESULTS):  # not while a run is writing there
+        return _merge_locked(plan, folders, dest, has_own)
+
+
+def _merge_locked(plan: Plan, folders: list[Path], dest: Path, has_own: bool) -> dict[str, Any]:
+    by_key = {job.key: job for job in plan.jobs}
     candidates: dict[str, list[Record]] = {}  # per key, in source order
     origin: dict[int, Path] = {}  # id(record) -> the folder it came from
     requests = 0

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 try:
     import fcntl
@@ -117,6 +117,31 @@ def read_records(path: Path) -> Iterator[Record]:
                 yield rec
 
 
+def open_locked(results: Path) -> BinaryIO:
+    """`results` (a results.jsonl) open for appending, holding its folder's lock, or refuse.
+
+    Two writers into one folder (two runs, or a merge into a folder a run is filling) would
+    sweep each other's live temp files, losing paid-for images, and pay twice for every
+    job. The lock is an flock on this open file, so it goes when the handle or the process
+    does: a killed run never leaves it behind.
+    """
+    try:
+        handle = open(results, "ab")  # noqa: SIM115 - the caller holds it, then closes it
+    except OSError as exc:
+        raise StoreError(f"cannot write to {results.parent}: {exc.strerror or exc}") from None
+    if fcntl is None:
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreError(f"another imagebatch run is writing to {results.parent}; wait for it "
+                         "to finish, or give this one another --out") from None
+    except OSError:
+        pass  # a filesystem without locks (some network mounts): go on as before
+    return handle
+
+
 class Store:
     """Everything one plan writes, under `<out>/<name>/`, for one backend."""
 
@@ -177,12 +202,11 @@ class Store:
         removed = 0
         try:
             self.images.mkdir(parents=True, exist_ok=True)
-            results = self.root / RESULTS
-            handle = open(results, "ab")  # noqa: SIM115 - held for the run, close()
         except OSError as exc:
             raise StoreError(f"cannot write to {self.root}: {exc.strerror or exc}") from None
+        results = self.root / RESULTS
+        handle = open_locked(results)
         try:
-            self._lock_folder(handle)
             # Only the holder of the lock may sweep temp files: another run's are live.
             for dirpath, _dirs, files in os.walk(self.root):
                 for name in files:
@@ -204,22 +228,6 @@ class Store:
         self._results = handle
         return removed
 
-    def _lock_folder(self, handle: Any) -> None:
-        """Hold an exclusive lock on results.jsonl for the run, or refuse to start.
-
-        Two runs into one folder would sweep each other's live temp files (losing paid-for
-        images) and pay twice for every job; the lock goes with the open handle, so a killed
-        run never leaves it behind.
-        """
-        if fcntl is None:
-            return
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreError(f"another imagebatch run is writing to {self.root}; wait for it "
-                             "to finish, or give this one another --out") from None
-        except OSError:
-            return  # a filesystem without locks (some network mounts): run as before
 
     def _append(self, rec: Record) -> None:
         line = rec.to_line()

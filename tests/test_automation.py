@@ -316,3 +316,24 @@ def test_merge_copies_only_from_inside_a_shards_images(tmp_path, capsys):
     assert theirs["key"] not in {r["key"] for r in _records(merged)}
     assert all(p.read_bytes() != secret.read_bytes()
                for p in (merged / "images").rglob("*") if p.is_file())
+
+
+def test_merge_into_a_folder_a_run_is_writing_is_refused(tmp_path, capsys):
+    from pipeline.store import Store
+
+    _shards(tmp_path)
+    running = Store(tmp_path / "merged", "sweep", "local")
+    running.prepare()  # a run holding outputs/sweep, as `imagebatch run` does
+    try:
+        capsys.readouterr()
+        assert main(["merge", *(str(tmp_path / f"shard{k}") for k in (1, 2, 3)),
+                     "--out", str(tmp_path / "merged")]) == 2
+        err = capsys.readouterr().err
+        assert "another imagebatch run is writing to" in err and "Traceback" not in err
+        assert (tmp_path / "merged" / "sweep" / "results.jsonl").read_bytes() == b""
+        assert not (tmp_path / "merged" / "sweep" / "images").exists() or \
+            not any((tmp_path / "merged" / "sweep" / "images").rglob("*.png"))
+    finally:
+        running.close()
+    assert main(["merge", *(str(tmp_path / f"shard{k}") for k in (1, 2, 3)),
+                 "--out", str(tmp_path / "merged")]) == 0

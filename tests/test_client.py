@@ -110,6 +110,16 @@ async def test_permanent_statuses_carry_the_servers_message(status):
     assert result.message == f"nope {status}" and result.status == status
 
 
+async def test_a_servers_message_is_one_printable_line():
+    said = "bad\x1b]0;pwned\x07 prompt\n\nsee   docs" + "x" * 3000
+    err = {"error": {"code": 400, "message": said, "type": "invalid_request_error"}}
+    result, *_ = await call(lambda m: m.post(URL, status=400, payload=err))
+    assert type(result) is PermanentApiError
+    assert result.message.startswith(r"bad\x1b]0;pwned\x07 prompt see docs")
+    assert "\x1b" not in result.message and "\n" not in result.message
+    assert len(result.message) == 500
+
+
 async def test_permanent_without_message_says_the_status():
     result, *_ = await call(lambda m: m.post(URL, status=404, body="not here"))
     assert type(result) is PermanentApiError and result.message == "HTTP 404"

@@ -213,3 +213,19 @@ def test_disk_failing_mid_run_loses_no_finished_image(
     assert code == 0, text
     assert server.stats.requests == sent + N - k  # finished images are not asked for again
     check_run(load(manifest), root)
+
+
+def test_post_processing_that_cannot_write_still_prints_the_summary(
+        tmp_path: Path, server: Embedded, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    root = out / "fs"
+    root.mkdir(parents=True)
+    (root / "thumbs").write_text("a file where the thumbnails folder goes")
+    manifest = _manifest(tmp_path, 4)
+    code = main(["run", str(manifest), "--out", str(out), "--rpm", "0"])
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert code == 2, text
+    assert "fs: 4 made" in text and "Traceback" not in text, text
+    assert text.strip().splitlines()[-1].startswith("imagebatch: cannot write"), text
+    assert len(_recorded_images_are_intact(root)) == 4

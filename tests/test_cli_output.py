@@ -1,0 +1,63 @@
+"""What the commands print: safe on a terminal, quiet when the reader goes away or the disk fills."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.commands import plan_table
+from pipeline.errors import printable
+from pipeline.manifest import load_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+BIG = """version: 1
+name: big
+jobs:
+  - id: hill
+    prompt: "a hill at dawn"
+    seeds: {start: 1, count: 4000}
+"""
+
+
+def test_printable_escapes_terminal_controls_and_keeps_text():
+    assert printable("red \x1b[31malert\x07 \x9b2J ok") == r"red \x1b[31malert\x07 \x9b2J ok"
+    assert printable("café 東京 ✓\ttab") == "café 東京 ✓\ttab"
+
+
+def test_plan_table_never_prints_an_escape_sequence(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text('version: 1\nname: esc\njobs:\n  - id: a\n'
+                        '    prompt: "innocent \\e]0;owned\\a \\e[2J cleared"\n    seeds: [1]\n')
+    table = plan_table(load_plan(str(manifest)), 200)
+    assert "\x1b" not in table and "\x07" not in table
+    assert r"innocent \x1b]0;owned\x07 \x1b[2J cleared" in table
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_plan_into_a_closed_pipe_stops_quietly(tmp_path):
+    (tmp_path / "big.yaml").write_text(BIG)
+    proc = _cli("plan", "big.yaml", cwd=tmp_path)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader went away (`| head -1` once it has its line)
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141
+    assert err == ""  # no traceback, no "Exception ignored" at exit
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_output_to_a_full_device_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "big.yaml").write_text(BIG)
+    with open("/dev/full", "wb") as full:
+        res = subprocess.run([sys.executable, "-m", "pipeline", "plan", "big.yaml", "--json"],
+                             cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True,
+                             timeout=60, check=False)
+    assert res.returncode == 2
+    assert res.stderr == "imagebatch: cannot write the output: No space left on device\n"
