@@ -351,6 +351,8 @@ def status_command(
 def show_command(image: str, out: TextIO | None = None) -> int:
     """`imagebatch show`: the request embedded in an image, as the JSON body to send again."""
     out = out or sys.stdout
+    if os.path.isdir(image):
+        raise UsageError(f"{image}: a folder; give one image file")
     if not os.path.isfile(image):
         raise UsageError(f"{image}: no such file")
     try:

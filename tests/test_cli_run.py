@@ -194,6 +194,9 @@ def test_cli_show_and_bad_options(tmp_path, capsys):
     assert main(["show", str(img)]) == 0
     assert capsys.readouterr().out.strip() == job.body
     assert main(["show", str(tmp_path / "missing.png")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["show", str(tmp_path)]) == 2
+    assert "a folder; give one image file" in capsys.readouterr().err
     assert main(["run", "m.yaml", "--concurrency", "0"]) == 2
     assert main(["run", "m.yaml", "--shard", "3/2"]) == 2
     assert "must be at least 1" in capsys.readouterr().err
