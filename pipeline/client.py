@@ -13,12 +13,13 @@ import binascii
 import io
 import json
 import os
+import ssl
 import struct
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, urljoin, urlsplit, urlunsplit
 
 import aiohttp
 from PIL import Image
@@ -40,6 +41,9 @@ from pipeline.plan import Job
 #: 140 MB of peak memory for one request, times --concurrency.
 MAX_BODY_BYTES = 16 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0  # seconds to establish a connection, within --timeout
+#: Bodies are asked for uncompressed (and aiohttp's inflating is off): the size cap then
+#: bounds memory. Base64 images gain little from compression anyway.
+PLAIN_BODY = {"Accept-Encoding": "identity"}
 #: Twice the largest API size: anything declaring more is refused before decoding.
 MAX_PIXELS = 2 * max(w * h for w, h in (map(int, s.split("x")) for s in apispec.SIZES))
 PERMANENT_STATUSES = frozenset({400, 403, 404, 405, 410, 413, 414, 415, 422})
@@ -130,7 +134,7 @@ def _error_message(raw: bytes) -> str | None:
 def _error_field(raw: bytes) -> str | None:
     try:
         doc = json.loads(raw[:65536])
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if isinstance(doc, dict):
         err = doc.get("error")
@@ -151,7 +155,7 @@ def parse_body(raw: bytes, content_type: str) -> tuple[str | None, str | None, i
         raise RetryableApiError("an HTML page came back instead of JSON", status=200, kind="html")
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # [[[[... a million deep
         raise RetryableApiError("response is not valid JSON", status=200, kind="bad_json") from None
     item = None
     if isinstance(doc, dict) and isinstance(doc.get("data"), list) and doc["data"]:
@@ -178,13 +182,26 @@ def decode_b64(text: str) -> bytes:
 
 def _os_reason(error: OSError) -> str:
     """'Connection refused', 'Name or service not known': the system's words for an error."""
+    if isinstance(error, ssl.SSLError):
+        # Its errno is OpenSSL's (1), not the system's: strerror(1) would say "Operation not
+        # permitted" for a certificate that does not verify.
+        why = getattr(error, "verify_message", None) or getattr(error, "reason", None) or error
+        return f"TLS: {str(why).replace('_', ' ').lower()}"
     if isinstance(error.errno, int) and error.errno > 0:
         return os.strerror(error.errno)
     return str(error.strerror or error or type(error).__name__)
 
 
 def _scrub(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret and len(secret) >= 4 else text
+    """`text` without `secret` in any form a library may print it in: as is, repr-escaped,
+    percent-encoded."""
+    if not secret or len(secret) < 4:
+        return text
+    forms = {secret, repr(secret)[1:-1], secret.encode("unicode_escape").decode("ascii"),
+             quote(secret, safe=""), quote_plus(secret, safe="")}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
 
 
 class ApiClient:
@@ -261,10 +278,12 @@ class ApiClient:
             raise ApiError(f"unexpected error ({text})", kind="internal") from None
 
     async def _generate(self, job: Job) -> GeneratedImage:
-        headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"}
+        headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json",
+                   **PLAIN_BODY}
         self.requests += 1
         async with self._session.post(
-            self._endpoint, data=job.body.encode("utf-8"), headers=headers, timeout=self._timeout
+            self._endpoint, data=job.body.encode("utf-8"), headers=headers, timeout=self._timeout,
+            auto_decompress=False,
         ) as resp:
             if self._observe is not None:
                 self._observe(resp.headers, resp.status)
@@ -282,6 +301,14 @@ class ApiClient:
         return GeneratedImage(image.data, image.format, image.width, image.height, created)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # Asked for identity: a compressed body would be inflated past the size cap
+            # before the cap could see it (2 MB of gzip is 2 GB of memory).
+            raise RetryableApiError(
+                f"response is {encoding[:20]}-encoded although none was asked for",
+                status=resp.status, kind="format",
+            )
         length = resp.content_length
         if length is not None and length > self._max_body:
             raise RetryableApiError(
@@ -303,15 +330,24 @@ class ApiClient:
         if urlsplit(url).scheme not in ("http", "https"):
             raise RetryableApiError("unexpected response format (image url is not http)", kind="format")
         self.requests += 1
-        # Send the key only to the service's own host, never to a third-party image host.
-        same_host = urlsplit(url).netloc == urlsplit(self._endpoint).netloc
-        headers = {"Authorization": f"Bearer {self._key}"} if same_host else {}
-        async with self._session.get(url, headers=headers, timeout=self._timeout) as resp:
-            raw = await self._read(resp)
-            if resp.status != 200:
-                raise RetryableApiError(
-                    f"image download answered {resp.status}", status=resp.status, kind="download"
-                )
+        # The key goes only to the service's own origin (scheme, host and port): never to a
+        # third-party image host, nor in clear text over http to the service's own host.
+        headers = dict(PLAIN_BODY)
+        if _origin(url) == _origin(self._endpoint):
+            headers["Authorization"] = f"Bearer {self._key}"
+        try:
+            async with self._session.get(url, headers=headers, timeout=self._timeout,
+                                         auto_decompress=False) as resp:
+                raw = await self._read(resp)
+                if resp.status != 200:
+                    raise RetryableApiError(f"image download answered {resp.status}",
+                                            status=resp.status, kind="download")
+        except aiohttp.ClientConnectorError as exc:
+            # The service answered; only its image host did not. This job's failure, retried,
+            # not the "wrong URL" that stops a run.
+            raise RetryableApiError(
+                f"image download: cannot connect to {exc.host}:{exc.port} "
+                f"({_os_reason(exc.os_error)})", kind="download") from None
         return await asyncio.to_thread(check_image, raw, request)
 
     def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> Exception:
@@ -332,6 +368,16 @@ class ApiClient:
         return RetryableApiError(
             f"HTTP {status}{said}", status=status, kind="http", retry_after=retry_after
         )
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port
 
 
 def _decode_and_check(b64: str, request: dict[str, Any]) -> GeneratedImage:

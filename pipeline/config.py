@@ -16,6 +16,8 @@ from pipeline.errors import ConfigError
 
 DEFAULT_PREFIX = "DIFFUSION"
 _PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# What a bearer token can hold (RFC 6750's token68 and then some): printable ASCII, no space.
+_KEY = re.compile(r"[\x21-\x7e]+\Z")
 
 
 def check_prefix(prefix: str) -> str:
@@ -57,16 +59,45 @@ def connection(
     url = (env.get(f"{prefix}_URL") or "").strip()
     if local or not url:
         return Connection(prefix=prefix, url=None)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"{prefix}_URL is not an http(s) URL; set it with: "
-            f"export {prefix}_URL=$(heroku config:get -a APP {prefix}_URL)"
-        )
+    how = f"export {prefix}_URL=$(heroku config:get -a APP {prefix}_URL)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError:
+        # e.g. a port of 65536 or "abc", an unclosed [IPv6 bracket; the URL is not repeated
+        # (it may carry a secret)
+        raise ConfigError(f"{prefix}_URL is not a valid URL (check its host and port); "
+                          f"set it with: {how}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{prefix}_URL is not an http(s) URL; set it with: {how}")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        # The endpoint is appended to the URL's path: a query would end up in the path, and
+        # a key put there would be printed in errors. The key goes in {prefix}_KEY.
+        raise ConfigError(f"{prefix}_URL has a '?' query or '#' part; give only the base URL "
+                          f"of the service (e.g. https://us.inference.heroku.com): {how}")
+    url = _base_url(parts.scheme.lower(), parts.netloc, parts.path)
     key = (env.get(f"{prefix}_KEY") or "").strip()
     if not key:
         raise ConfigError(
             f"{prefix}_URL is set but {prefix}_KEY is not; set it with: "
             f"export {prefix}_KEY=$(heroku config:get -a APP {prefix}_KEY)"
         )
+    if not _KEY.match(key):
+        # A line break or a non-ASCII character cannot go in an HTTP header: every request
+        # would fail in the library (as 'unexpected error'), after being counted as sent.
+        raise ConfigError(
+            f"{prefix}_KEY has a character an API key cannot have (a space, line break, "
+            f"control or non-ASCII character); copy it again with: "
+            f"export {prefix}_KEY=$(heroku config:get -a APP {prefix}_KEY)"
+        )
     return Connection(prefix=prefix, url=url, key=key)
+
+
+def _base_url(scheme: str, netloc: str, path: str) -> str:
+    """The service's base URL: without a trailing /v1 or the endpoint a user may have copied."""
+    path = path.rstrip("/")
+    for tail in ("/v1/images/generations", "/v1"):
+        if path.endswith(tail):
+            path = path[: -len(tail)]
+            break
+    return f"{scheme}://{netloc}{path}"

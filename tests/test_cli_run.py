@@ -176,6 +176,40 @@ def test_connection_repr_hides_the_key():
     assert config.connection({"DIFFUSION_URL": "https://x.example"}, local=True).local
 
 
+@pytest.mark.parametrize(("url", "words"), [
+    ("http://127.0.0.1:65536", "not a valid URL"),
+    ("http://127.0.0.1:abc", "not a valid URL"),
+    ("http://[::1", "not a valid URL"),
+    ("https://x.example/?key=s3cr3t-in-query", "'?' query or '#' part"),
+    ("https://x.example/#frag", "'?' query or '#' part"),
+    ("https://x.example?", "'?' query or '#' part"),
+    ("ftp://x.example", "not an http(s) URL"),
+])
+def test_urls_that_cannot_work_are_config_errors_that_do_not_repeat_them(url, words):
+    with pytest.raises(ConfigError) as info:
+        config.connection({"DIFFUSION_URL": url, "DIFFUSION_KEY": KEY})
+    assert words in str(info.value) and info.value.exit_code == 2
+    assert "s3cr3t" not in str(info.value) and "65536" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", [
+    "https://us.inference.heroku.com", "https://us.inference.heroku.com/",
+    "https://us.inference.heroku.com/v1", "https://us.inference.heroku.com/v1/",
+    "https://us.inference.heroku.com/v1/images/generations", "HTTPS://us.inference.heroku.com",
+])
+def test_a_copied_v1_or_endpoint_path_is_the_same_base_url(url):
+    conn = config.connection({"DIFFUSION_URL": url, "DIFFUSION_KEY": KEY})
+    assert conn.url == "https://us.inference.heroku.com"
+
+
+@pytest.mark.parametrize("key", ["inf-abc\ndef", "inf-abc\rdef", "inf-abc def",
+                                 "inf-abc\u2019def", "inf-\x00abc"])
+def test_a_key_no_http_header_can_carry_is_refused_before_anything_is_sent(key):
+    with pytest.raises(ConfigError) as info:
+        config.connection({"DIFFUSION_URL": "https://x.example", "DIFFUSION_KEY": key})
+    assert "DIFFUSION_KEY has a character" in str(info.value) and key not in str(info.value)
+
+
 def test_default_model_from_env():
     assert config.default_model({}) == "stable-image-ultra"
     assert config.default_model({"X_MODEL_ID": "m2"}, "X") == "m2"

@@ -75,6 +75,82 @@ async def test_url_response_is_downloaded_and_checked():
     assert client.requests == 2
 
 
+def _headers_of(sent, method):
+    return [dict(c.kwargs.get("headers") or {}) for (meth, _url), calls in sent.items()
+            for c in calls if meth == method]
+
+
+@pytest.mark.parametrize(("image_url", "gets_key"), [
+    (BASE + "/files/x.png", True),  # the service's own origin
+    ("/files/x.png", True),
+    ("http://inference.example.test/files/x.png", False),  # same host, clear text
+    ("https://inference.example.test:8443/files/x.png", False),  # another port
+    ("https://images.example.test/x.png", False),  # another host
+])
+async def test_the_key_goes_to_an_image_url_only_on_the_services_own_origin(image_url, gets_key):
+    data = image_bytes("png")
+    full = image_url if image_url.startswith("http") else BASE + image_url
+    with aioresponses() as m:
+        m.post(URL, payload={"created": 1, "data": [{"url": image_url}]})
+        m.get(full, body=data)
+        async with aiohttp.ClientSession() as session:
+            result = await ApiClient(session, BASE, KEY).generate(make_job())
+        sent = m.requests
+    assert result.data == data
+    (post,), (get,) = _headers_of(sent, "POST"), _headers_of(sent, "GET")
+    assert post["Authorization"] == f"Bearer {KEY}"
+    assert ("Authorization" in get) is gets_key
+    assert post["Accept-Encoding"] == get["Accept-Encoding"] == "identity"
+
+
+async def test_an_image_host_that_cannot_be_reached_is_this_jobs_retryable_failure():
+    from types import SimpleNamespace
+
+    refused = aiohttp.ClientConnectorError(
+        SimpleNamespace(host="images.example.test", port=443, ssl=True),
+        ConnectionRefusedError(111, "Connection refused"))
+
+    def setup(m):
+        m.post(URL, payload={"created": 1, "data": [{"url": "https://images.example.test/x"}]})
+        m.get("https://images.example.test/x", exception=refused)
+
+    result, *_ = await call(setup)
+    assert isinstance(result, RetryableApiError)
+    assert result.kind == "download"  # not "unreachable", which would blame DIFFUSION_URL
+    assert result.message == ("image download: cannot connect to images.example.test:443 "
+                              "(Connection refused)")
+
+
+async def test_a_tls_failure_says_tls_not_operation_not_permitted():
+    import ssl
+    from types import SimpleNamespace
+
+    bad = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+                                          "failed: self-signed certificate")
+    bad.verify_message = "self-signed certificate"
+    error = aiohttp.ClientConnectorCertificateError(
+        SimpleNamespace(host="inference.example.test", port=443, ssl=True), bad)
+    result, *_ = await call(lambda m: m.post(URL, exception=error))
+    assert isinstance(result, RetryableApiError) and result.kind == "unreachable"
+    assert "TLS: self-signed certificate" in result.message
+    assert "not permitted" not in result.message
+
+
+@pytest.mark.parametrize("key", ["inf-SECRET\\KEY987", "inf-SECRET'KEY987",
+                                 "inf-SECRET\u2019KEY987"])
+async def test_the_key_is_scrubbed_in_escaped_and_quoted_forms(key):
+    from urllib.parse import quote
+
+    echoed = f"headers={{'X-Echo': {'Bearer ' + key!r}}} url=/?k={quote(key, safe='')}"
+    with aioresponses() as m:
+        m.post(URL, exception=aiohttp.ServerDisconnectedError(echoed))
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(RetryableApiError) as info:
+                await ApiClient(session, BASE, key).generate(make_job())
+    text = str(info.value)
+    assert "SECRET" not in text and "KEY987" not in text, text
+
+
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
 async def test_5xx_is_retryable(status):
     result, *_ = await call(lambda m: m.post(URL, status=status, body="<html>bad gateway</html>",

@@ -129,6 +129,39 @@ async def _trickle(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def _compressed_bomb(encoding: str) -> Reply:
+    # 2 MB on the wire that inflates to 2 GB of JSON, whatever the client asked for
+    inflated = 2 * 1024**3
+    if encoding == "gzip":
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    else:
+        packer = zlib.compressobj(9)
+    block = b"A" * (1024 * 1024)
+    body = packer.compress(b'{"created":1,"data":[{"b64_json":"')
+    body += b"".join(packer.compress(block) for _ in range(inflated // len(block)))
+    body += packer.compress(b'"}]}') + packer.flush()
+
+    async def reply(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, headers={"Content-Type": "application/json",
+                                                "Content-Encoding": encoding})
+    return reply
+
+
+def _deep_json(status: int) -> Reply:
+    async def reply(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, body=b"[" * 100_000 + b"]" * 100_000,
+                            content_type="application/json")
+    return reply
+
+
+def _ok_with_header(name: str, value: str) -> Reply:
+    body = _ok_json(_encode("PNG", WANT))
+
+    async def reply(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, content_type="application/json", headers={name: value})
+    return reply
+
+
 HTML_200 = (b"<!DOCTYPE html><html><head><title>Maintenance</title></head>"
             b"<body><h1>We'll be back soon</h1></body></html>")
 
@@ -146,6 +179,10 @@ CASES: dict[str, tuple[Callable[[], Reply], str]] = {
                    r"image is 512x512, asked for 1536x640"),
     # a real image of the right size with 5 MB of something else after its end: the extra
     # bytes are not the image and must not be saved as part of it
+    "gzip-bomb-2GB": (lambda: _compressed_bomb("gzip"), r"gzip-encoded although none"),
+    "deflate-bomb-2GB": (lambda: _compressed_bomb("deflate"), r"deflate-encoded although none"),
+    "json-nested-100000-deep": (lambda: _deep_json(200), r"not valid JSON"),
+    "json-nested-100000-deep-with-500": (lambda: _deep_json(500), r"HTTP 500"),
     "png-with-trailing-bytes": (lambda: _static(_ok_json(_encode("PNG", WANT) + b"\0x" * 2**21)),
                                 r"after the end of the PNG"),
 }
@@ -214,3 +251,23 @@ def test_hostile_response_is_refused_retried_and_nothing_saved(
     assert wall < 5 + (RETRIES + 1) * TIMEOUT + sum(2**i for i in range(RETRIES)), wall
     print(f"\n{case}: refused ({failure['reason']}), {len(seen)} attempts, "
           f"peak RSS +{grew_mb:.0f} MB, {wall:.1f} s")
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "1e400", "nan", "many"])
+def test_nonsense_rate_limit_headers_on_good_answers_are_ignored(tmp_path: Path,
+                                                                value: str) -> None:
+    for name in ("x-ratelimit-remaining-requests", "x-ratelimit-limit-requests"):
+        (tmp_path / name).mkdir()
+        with app_server(_ok_with_header(name, value)) as url:
+            code, out, err, _rss = _run(tmp_path / name, url)
+        assert code == 0, err
+        assert json.loads(out)["succeeded"] == 1
+
+
+def test_a_401_with_a_nested_body_still_stops_the_run(tmp_path: Path) -> None:
+    seen: list[float] = []
+    with app_server(_counting(_deep_json(401), seen)) as url:
+        code, _out, err, _rss = _run(tmp_path, url)
+    assert code == 2, err
+    assert "rejected the key (401)" in err and "check DIFFUSION_KEY" in err
+    assert len(seen) == 1 and "Traceback" not in err
