@@ -65,6 +65,10 @@ class RunSettings:
     backoff_base: float = 1.0
     backoff_cap: float = 30.0
     retry_after_cap: float = 120.0
+    # Seconds of nothing but 429s (no image in between) before the run stops: a key whose
+    # quota is spent would otherwise have every job wait out its retries, for days on a
+    # big plan, to record them all failed.
+    throttled_stop: float = 900.0
 
     @property
     def retry(self) -> RetrySettings:
@@ -132,6 +136,7 @@ class Runner:
         self._answered = False
         self._made = False
         self._unreachable = 0  # attempts that could not connect, before any answer
+        self._throttled_since: float | None = None  # first 429 since the last image
 
     # -- stopping ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -254,6 +259,7 @@ class Runner:
             self._check_service(exc)
             raise
         self._answered = self._made = True
+        self._throttled_since = None
         return image
 
     def _check_service(self, exc: ApiError) -> None:
@@ -275,6 +281,16 @@ class Runner:
                 raise ServiceConfigError(
                     f"{exc.message}, {self._unreachable} attempts without an answer: check "
                     f"{where}", status=None, kind="unreachable") from None
+        elif exc.status == 429:
+            now = self._clock()
+            if self._throttled_since is None:
+                self._throttled_since = now
+            elif now - self._throttled_since >= self.settings.throttled_stop:
+                raise ServiceConfigError(
+                    f"the service has answered only 429 (too many requests) for "
+                    f"{(now - self._throttled_since) / 60:.0f} minutes, with no image in "
+                    f"between: the key's quota may be spent. Finished images are kept; run "
+                    f"the same command later to go on", status=429, kind="throttled") from None
         elif isinstance(exc, PermanentApiError) and exc.status == 404 and not self._made:
             # The endpoint itself is missing: every job would get the same 404. (Not an image
             # download's 404, which is retried: that file may just have expired.)

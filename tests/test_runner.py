@@ -85,6 +85,45 @@ async def test_concurrency_far_above_the_job_count_starts_one_worker_per_job():
     assert len(runner._tasks) == 3  # not ten million idle tasks
 
 
+class Clock:
+    """Time that passes only when the runner sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def _throttled(n):
+    return RetryableApiError("HTTP 429", status=429, retry_after=60.0)
+
+
+async def test_nothing_but_429s_for_15_minutes_stops_the_run_and_fails_no_job():
+    store, clock = FakeStore(), Clock()
+    client = FakeClient({i: [_throttled(i)] * 10_000 for i in range(6)})
+    runner = Runner(client, RunSettings(concurrency=2, retries=10_000), sleep=clock.sleep,
+                    clock=clock, rng=lambda: 0.0)
+    state = await runner.run(_work(store, 6))
+    assert state.config_error is not None and "only 429" in state.config_error.message
+    assert "quota" in state.config_error.message
+    assert state.ok == 0 and store.failed == {}  # left pending: a later run goes on
+    assert 900 <= clock.now <= 900 + 2 * 60 and client.requests <= 2 * (900 / 60 + 2)
+
+
+async def test_429s_with_images_in_between_do_not_stop_the_run():
+    store, clock = FakeStore(), Clock()
+    client = FakeClient({0: [_throttled(0)] * 14})  # 14 minutes of 429 for one job, then ok
+    runner = Runner(client, RunSettings(concurrency=1, retries=20), sleep=clock.sleep,
+                    clock=clock, rng=lambda: 0.0)
+    state = await runner.run(_work(store, 3))
+    assert state.config_error is None and state.ok == 3
+
+
 async def test_retryable_errors_retry_with_injected_waits_then_succeed():
     sleep = FakeSleep()
     store = FakeStore()
