@@ -308,7 +308,8 @@ def report(
 def _status_backend(env: Mapping[str, str], prefix: str, local: bool) -> str:
     config.check_prefix(prefix)
     url = (env.get(f"{prefix}_URL") or "").strip()
-    return LOCAL_BACKEND if local or not url else backend_name(url)
+    # The same checks and the same base URL as `run`, so both name the backend alike.
+    return LOCAL_BACKEND if local or not url else backend_name(config.base_url(url, prefix))
 
 
 def status_command(

@@ -59,23 +59,7 @@ def connection(
     url = (env.get(f"{prefix}_URL") or "").strip()
     if local or not url:
         return Connection(prefix=prefix, url=None)
-    how = f"export {prefix}_URL=$(heroku config:get -a APP {prefix}_URL)"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
-    except ValueError:
-        # e.g. a port of 65536 or "abc", an unclosed [IPv6 bracket; the URL is not repeated
-        # (it may carry a secret)
-        raise ConfigError(f"{prefix}_URL is not a valid URL (check its host and port); "
-                          f"set it with: {how}") from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{prefix}_URL is not an http(s) URL; set it with: {how}")
-    if parts.query or parts.fragment or url.endswith(("?", "#")):
-        # The endpoint is appended to the URL's path: a query would end up in the path, and
-        # a key put there would be printed in errors. The key goes in {prefix}_KEY.
-        raise ConfigError(f"{prefix}_URL has a '?' query or '#' part; give only the base URL "
-                          f"of the service (e.g. https://us.inference.heroku.com): {how}")
-    url = _base_url(parts.scheme.lower(), parts.netloc, parts.path)
+    url = base_url(url, prefix)
     key = (env.get(f"{prefix}_KEY") or "").strip()
     if not key:
         raise ConfigError(
@@ -93,11 +77,28 @@ def connection(
     return Connection(prefix=prefix, url=url, key=key)
 
 
-def _base_url(scheme: str, netloc: str, path: str) -> str:
-    """The service's base URL: without a trailing /v1 or the endpoint a user may have copied."""
-    path = path.rstrip("/")
+def base_url(url: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """`{prefix}_URL`'s value checked and reduced to the service's base URL; else ConfigError."""
+    how = f"export {prefix}_URL=$(heroku config:get -a APP {prefix}_URL)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError:
+        # e.g. a port of 65536 or "abc", an unclosed [IPv6 bracket; the URL is not repeated
+        # (it may carry a secret)
+        raise ConfigError(f"{prefix}_URL is not a valid URL (check its host and port); "
+                          f"set it with: {how}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{prefix}_URL is not an http(s) URL; set it with: {how}")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        # The endpoint is appended to the URL's path: a query would end up in the path, and
+        # a key put there would be printed in errors. The key goes in {prefix}_KEY.
+        raise ConfigError(f"{prefix}_URL has a '?' query or '#' part; give only the base URL "
+                          f"of the service (e.g. https://us.inference.heroku.com): {how}")
+    # Without a trailing /v1 or the endpoint a user may have copied from the API docs.
+    path = parts.path.rstrip("/")
     for tail in ("/v1/images/generations", "/v1"):
         if path.endswith(tail):
             path = path[: -len(tail)]
             break
-    return f"{scheme}://{netloc}{path}"
+    return f"{parts.scheme.lower()}://{parts.netloc}{path}"

@@ -258,3 +258,15 @@ async def test_a_second_run_into_the_same_folder_is_refused_and_touches_nothing(
     code, (summary,), _text, _url = await _run(api, [make_plan(3)], tmp_path)
     assert code == 0 and summary["succeeded"] == 3 and api.requests == 3
     assert not live_tmp.exists()  # the other run is gone: its leftover is swept as usual
+
+
+def test_status_checks_the_url_as_run_does_and_names_the_same_backend(tmp_path, capsys):
+    from pipeline.app import status_command
+
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("version: 1\nname: st\njobs:\n  - id: a\n    prompt: p\n    seeds: 1\n")
+    with pytest.raises(ConfigError, match="not a valid URL"):
+        status_command(str(manifest), out_dir=tmp_path, env={"DIFFUSION_URL": "http://h:99999"})
+    for url in ("https://us.inference.heroku.com/v1/", "https://us.inference.heroku.com"):
+        assert status_command(str(manifest), out_dir=tmp_path, env={"DIFFUSION_URL": url}) == 0
+        assert "backend https://us.inference.heroku.com," in capsys.readouterr().out
