@@ -16,6 +16,7 @@ import os
 import ssl
 import struct
 import warnings
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,8 +42,8 @@ from pipeline.plan import Job
 #: 140 MB of peak memory for one request, times --concurrency.
 MAX_BODY_BYTES = 16 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0  # seconds to establish a connection, within --timeout
-#: Bodies are asked for uncompressed (and aiohttp's inflating is off): the size cap then
-#: bounds memory. Base64 images gain little from compression anyway.
+#: Bodies are asked for uncompressed (and aiohttp's inflating is off, see _read): base64
+#: images gain little from compression, and the size cap must count what is inflated.
 PLAIN_BODY = {"Accept-Encoding": "identity"}
 #: Twice the largest API size: anything declaring more is refused before decoding.
 MAX_PIXELS = 2 * max(w * h for w, h in (map(int, s.split("x")) for s in apispec.SIZES))
@@ -204,6 +205,40 @@ def _scrub(text: str, secret: str | None) -> str:
     return text
 
 
+class _Inflater:
+    """gzip or deflate, inflated a piece at a time and never past the bound it is given."""
+
+    def __init__(self, encoding: str) -> None:
+        # 47: a gzip or zlib header, detected; HTTP's "deflate" is meant to be zlib, but
+        # some servers send it raw, which the first piece tells apart.
+        self._encoding = encoding
+        self._z = zlib.decompressobj(47)
+        self._started = False
+        self.has_more = False  # input left that would inflate past the bound
+
+    def inflate(self, data: bytes, bound: int) -> bytes:
+        """At most `bound` bytes inflated from `data` (and what the last call held back);
+        ValueError for a body that does not inflate."""
+        try:
+            out = self._z.decompress(self._z.unconsumed_tail + data, max(1, bound))
+        except zlib.error:
+            if self._started or self._encoding != "deflate":
+                raise ValueError(f"{self._encoding} response body does not inflate") from None
+            self._z = zlib.decompressobj(-15)  # raw deflate
+            try:
+                out = self._z.decompress(data, max(1, bound))
+            except zlib.error:
+                raise ValueError("deflate response body does not inflate") from None
+        self._started = True
+        self.has_more = bool(self._z.unconsumed_tail)
+        return out
+
+    @property
+    def done(self) -> bool:
+        """Whether the compressed stream ended properly."""
+        return self._z.eof
+
+
 class ApiClient:
     """Sends one generation request per call over a shared session; raises typed ApiErrors."""
 
@@ -302,28 +337,38 @@ class ApiClient:
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            # Asked for identity: a compressed body would be inflated past the size cap
-            # before the cap could see it (2 MB of gzip is 2 GB of memory).
+        if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
             raise RetryableApiError(
                 f"response is {encoding[:20]}-encoded although none was asked for",
                 status=resp.status, kind="format",
             )
+        # Asked for identity, but a server or proxy that compresses anyway is inflated here,
+        # a piece at a time, so the cap counts inflated bytes as they come: left to aiohttp,
+        # 2 MB of gzip became 2 GB in memory before the cap saw any of it.
+        inflater = _Inflater(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
         length = resp.content_length
-        if length is not None and length > self._max_body:
+        if inflater is None and length is not None and length > self._max_body:
             raise RetryableApiError(
                 f"response body of {length} bytes is over the {self._max_body} byte cap",
                 status=resp.status, kind="too_large",
             )
         chunks, size = [], 0
-        async for chunk in resp.content.iter_chunked(256 * 1024):
+        async for raw in resp.content.iter_chunked(256 * 1024):
+            try:
+                chunk = raw if inflater is None else inflater.inflate(
+                    raw, self._max_body - size + 1)
+            except ValueError as exc:
+                raise RetryableApiError(str(exc), status=resp.status, kind="format") from None
             size += len(chunk)
-            if size > self._max_body:
+            if size > self._max_body or (inflater is not None and inflater.has_more):
                 raise RetryableApiError(
                     f"response body is over the {self._max_body} byte cap",
                     status=resp.status, kind="too_large",
                 )
             chunks.append(chunk)
+        if inflater is not None and not inflater.done:
+            raise RetryableApiError(f"{encoding} response body is truncated",
+                                    status=resp.status, kind="format")
         return b"".join(chunks)
 
     async def _download(self, url: str, request: dict[str, Any]) -> GeneratedImage:

@@ -147,6 +147,18 @@ def _compressed_bomb(encoding: str) -> Reply:
     return reply
 
 
+def _gzip(body: bytes) -> bytes:
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+    return packer.compress(body) + packer.flush()
+
+
+def _encoded(body: bytes, encoding: str) -> Reply:
+    async def reply(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, headers={"Content-Type": "application/json",
+                                                "Content-Encoding": encoding})
+    return reply
+
+
 def _deep_json(status: int) -> Reply:
     async def reply(request: web.Request) -> web.StreamResponse:
         return web.Response(status=status, body=b"[" * 100_000 + b"]" * 100_000,
@@ -179,8 +191,14 @@ CASES: dict[str, tuple[Callable[[], Reply], str]] = {
                    r"image is 512x512, asked for 1536x640"),
     # a real image of the right size with 5 MB of something else after its end: the extra
     # bytes are not the image and must not be saved as part of it
-    "gzip-bomb-2GB": (lambda: _compressed_bomb("gzip"), r"gzip-encoded although none"),
-    "deflate-bomb-2GB": (lambda: _compressed_bomb("deflate"), r"deflate-encoded although none"),
+    "gzip-bomb-2GB": (lambda: _compressed_bomb("gzip"), r"over the \d+ byte cap"),
+    "deflate-bomb-2GB": (lambda: _compressed_bomb("deflate"), r"over the \d+ byte cap"),
+    "brotli-claimed": (lambda: _encoded(_ok_json(_encode("PNG", WANT)), "br"),
+                       r"br-encoded although none was asked for"),
+    "gzip-cut-short": (lambda: _encoded(_gzip(_ok_json(_encode("PNG", WANT)))[:200], "gzip"),
+                       r"gzip response body is truncated"),
+    "gzip-claimed-not-gzip": (lambda: _encoded(_ok_json(_encode("PNG", WANT)), "gzip"),
+                              r"gzip response body does not inflate"),
     "json-nested-100000-deep": (lambda: _deep_json(200), r"not valid JSON"),
     "json-nested-100000-deep-with-500": (lambda: _deep_json(500), r"HTTP 500"),
     "png-with-trailing-bytes": (lambda: _static(_ok_json(_encode("PNG", WANT) + b"\0x" * 2**21)),
@@ -271,3 +289,27 @@ def test_a_401_with_a_nested_body_still_stops_the_run(tmp_path: Path) -> None:
     assert code == 2, err
     assert "rejected the key (401)" in err and "check DIFFUSION_KEY" in err
     assert len(seen) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw-deflate"])
+def test_a_server_that_compresses_anyway_is_still_understood(tmp_path: Path,
+                                                             encoding: str) -> None:
+    body = _ok_json(_encode("PNG", WANT))
+    wbits = {"gzip": 31, "deflate": 15, "raw-deflate": -15}[encoding]
+    packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    packed = packer.compress(body) + packer.flush()
+    header = "deflate" if encoding == "raw-deflate" else encoding
+    asked: list[str] = []
+
+    async def reply(request: web.Request) -> web.StreamResponse:
+        asked.append(request.headers.get("Accept-Encoding", ""))
+        return web.Response(body=packed, headers={"Content-Type": "application/json",
+                                                  "Content-Encoding": header})
+
+    with app_server(reply) as url:
+        code, out, err, _rss = _run(tmp_path, url)
+    assert code == 0, err
+    assert json.loads(out)["succeeded"] == 1 and asked == ["identity"]
+    (image,) = [p for p in (tmp_path / "out/hostile/images").rglob("*") if p.is_file()]
+    with Image.open(image) as img:
+        assert (img.format, img.size) == ("PNG", WANT)
