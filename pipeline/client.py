@@ -358,6 +358,8 @@ class ApiClient:
                 chunk = raw if inflater is None else inflater.inflate(
                     raw, self._max_body - size + 1)
             except ValueError as exc:
+                if resp.status != 200:
+                    return b""  # the status says what happened; its message is lost, no more
                 raise RetryableApiError(str(exc), status=resp.status, kind="format") from None
             size += len(chunk)
             if size > self._max_body or (inflater is not None and inflater.has_more):
@@ -366,7 +368,7 @@ class ApiClient:
                     status=resp.status, kind="too_large",
                 )
             chunks.append(chunk)
-        if inflater is not None and not inflater.done:
+        if inflater is not None and not inflater.done and resp.status == 200:
             raise RetryableApiError(f"{encoding} response body is truncated",
                                     status=resp.status, kind="format")
         return b"".join(chunks)

@@ -312,3 +312,10 @@ def test_check_image_returns_the_same_bytes():
     assert img.data is data
     with Image.open(io.BytesIO(img.data)) as decoded:
         assert decoded.size == (1024, 1024)
+
+
+@pytest.mark.parametrize("body", [b"", b"not gzip at all"])
+async def test_a_401_with_a_broken_gzip_body_is_still_a_401(body):
+    result, *_ = await call(lambda m: m.post(URL, status=401, body=body,
+                                             headers={"Content-Encoding": "gzip"}))
+    assert isinstance(result, AuthError) and "check DIFFUSION_KEY" in result.message
