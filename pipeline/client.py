@@ -174,11 +174,28 @@ def parse_body(raw: bytes, content_type: str) -> tuple[str | None, str | None, i
 
 
 def decode_b64(text: str) -> bytes:
-    """Strict base64 (RFC 4648, no stray characters); RetryableApiError when it does not decode."""
+    """base64 bytes; RetryableApiError when it does not decode.
+
+    Strict RFC 4648 first (what the API sends). Failing that, the harmless variants other
+    servers send are accepted: line breaks (MIME), missing padding, the URL-safe alphabet,
+    a `data:image/...;base64,` prefix. Any other character still fails; what decodes is
+    checked as an image afterwards either way.
+    """
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
+        pass
+    head, comma, _rest = text[:100].partition(",")
+    if comma and head.strip().startswith("data:") and head.endswith(";base64"):
+        text = text[len(head) + 1:]
+    text = "".join(text.split()).translate(_URLSAFE).rstrip("=")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
         raise RetryableApiError("base64 image data does not decode", kind="bad_base64") from None
+
+
+_URLSAFE = str.maketrans("-_", "+/")
 
 
 def _os_reason(error: OSError) -> str:

@@ -319,3 +319,22 @@ async def test_a_401_with_a_broken_gzip_body_is_still_a_401(body):
     result, *_ = await call(lambda m: m.post(URL, status=401, body=body,
                                              headers={"Content-Encoding": "gzip"}))
     assert isinstance(result, AuthError) and "check DIFFUSION_KEY" in result.message
+
+
+def test_base64_variants_other_servers_send_decode_to_the_same_bytes():
+    from pipeline.client import decode_b64
+
+    data = image_bytes("png")
+    plain = base64.b64encode(data).decode()
+    variants = [
+        plain,
+        base64.encodebytes(data).decode(),  # MIME: a line break every 76 characters
+        plain.rstrip("="),  # padding left off
+        base64.urlsafe_b64encode(data).decode(),
+        "data:image/png;base64," + plain,
+        "  " + plain + "\n",
+    ]
+    assert all(decode_b64(v) == data for v in variants)
+    for bad in (plain[:40] + "!!" + plain[40:], plain[:40] + "*" + plain[41:], "x" * 4 + "$"):
+        with pytest.raises(RetryableApiError, match="does not decode"):
+            decode_b64(bad)
