@@ -213,6 +213,11 @@ async def run_plans_async(
             finally:
                 for sig in installed:
                     loop.remove_signal_handler(sig)
+                    if signals:
+                        # Stopping already: the work is settled, only the summary is left to
+                        # write. A later Ctrl-C (the second, arriving late) must not cut that
+                        # short and turn exit 130 into death by SIGINT.
+                        signal.signal(sig, signal.SIG_IGN)
                 progress.close()
                 for store in stores:
                     store.close()

@@ -165,6 +165,28 @@ def test_sigint_exits_130_with_a_summary_and_nothing_half_written(tmp_path: Path
     check_run(plan, root)
 
 
+def test_ctrl_c_held_down_still_exits_130_with_a_summary(tmp_path: Path) -> None:
+    # Signals keep coming while the run settles, writes its summary and exits: the late
+    # ones must not turn exit 130 into death by SIGINT (-2) or a traceback.
+    manifest = tmp_path / "stop.yaml"
+    manifest.write_text(MANIFEST_SMALL)
+    root = tmp_path / "out/stop"
+    argv = run_argv(manifest, tmp_path / "out", "--concurrency", "4", "--rpm", "0")
+    with embedded_server(ServerOptions(latency_ms=150)) as srv:
+        proc = subprocess.Popen(argv, env=cli_env(srv.url), cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(root, 5, proc)
+        sent = 0
+        while proc.poll() is None and sent < 2000:
+            proc.send_signal(signal.SIGINT)
+            sent += 1
+            time.sleep(0.002)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (sent, err)
+    assert "Traceback" not in err and "interrupted" in err
+    assert json.loads((root / "summary.json").read_text())["interrupted"] is True
+
+
 def test_sigint_is_prompt_while_requests_are_paced(tmp_path: Path) -> None:
     # At the default pacing for a URL (20 a minute) most workers wait in the leaky bucket,
     # not in a request: a stop must reach them there at once, not after their slot (3 s
