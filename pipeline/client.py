@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextvars
 import io
 import json
 import os
@@ -45,6 +46,9 @@ CONNECT_TIMEOUT = 10.0  # seconds to establish a connection, within --timeout
 #: Bodies are asked for uncompressed (and aiohttp's inflating is off, see _read): base64
 #: images gain little from compression, and the size cap must count what is inflated.
 PLAIN_BODY = {"Accept-Encoding": "identity"}
+#: Set by whoever wants the HTTP requests of one generate() call counted (the runner, per
+#: attempt): a url-format answer costs a download beside the POST.
+SENT: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("sent", default=None)
 #: Twice the largest API size: anything declaring more is refused before decoding.
 MAX_PIXELS = 2 * max(w * h for w, h in (map(int, s.split("x")) for s in apispec.SIZES))
 PERMANENT_STATUSES = frozenset({400, 403, 404, 405, 410, 413, 414, 415, 422})
@@ -71,8 +75,12 @@ def backend_name(url: str) -> str:
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme.lower(), netloc.lower(), parts.path.rstrip("/"), "", ""))
+    scheme = parts.scheme.lower()
+    # :443 on https (or :80 on http) is the same service: the same name, or a run with the
+    # port written out would not count the images made without it as done.
+    port = None if parts.port == {"http": 80, "https": 443}.get(scheme) else parts.port
+    netloc = f"{host}:{port}" if port else host
+    return urlunsplit((scheme, netloc.lower(), parts.path.rstrip("/"), "", ""))
 
 
 def check_image(data: bytes, request: Mapping[str, Any]) -> GeneratedImage:
@@ -293,6 +301,12 @@ class ApiClient:
     def __repr__(self) -> str:
         return f"ApiClient({self._endpoint!r})"
 
+    def _sent(self) -> None:
+        self.requests += 1
+        box = SENT.get()
+        if box is not None:
+            box[0] += 1
+
     async def generate(self, job: Job) -> GeneratedImage:
         """Send `job.body` as is; return the checked image or raise an ApiError subclass."""
         try:
@@ -332,7 +346,7 @@ class ApiClient:
     async def _generate(self, job: Job) -> GeneratedImage:
         headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json",
                    **PLAIN_BODY}
-        self.requests += 1
+        self._sent()
         async with self._session.post(
             self._endpoint, data=job.body.encode("utf-8"), headers=headers, timeout=self._timeout,
             auto_decompress=False,
@@ -393,7 +407,7 @@ class ApiClient:
     async def _download(self, url: str, request: dict[str, Any]) -> GeneratedImage:
         if urlsplit(url).scheme not in ("http", "https"):
             raise RetryableApiError("unexpected response format (image url is not http)", kind="format")
-        self.requests += 1
+        self._sent()
         # The key goes only to the service's own origin (scheme, host and port): never to a
         # third-party image host, nor in clear text over http to the service's own host.
         headers = dict(PLAIN_BODY)

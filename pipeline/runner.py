@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pipeline import apispec
-from pipeline.client import GeneratedImage
+from pipeline.client import SENT, GeneratedImage
 from pipeline.errors import (
     ApiError,
     PermanentApiError,
@@ -253,11 +253,17 @@ class Runner:
         counter[0] += 1
         by_store = self.state.requests_by_store
         by_store[id(store)] = by_store.get(id(store), 0) + 1
+        sent = [0]
+        token = SENT.set(sent)
         try:
             image = await self.client.generate(job)
         except ApiError as exc:
             self._check_service(exc)
             raise
+        finally:
+            SENT.reset(token)
+            # the POST is counted above; an image download beside it is a request too
+            by_store[id(store)] += max(0, sent[0] - 1)
         self._answered = self._made = True
         self._throttled_since = None
         return image

@@ -152,6 +152,10 @@ class Store:
         self._lock = threading.Lock()
         self._results: Any = None  # binary append handle, opened by prepare()
         self._latest_ok: dict[str, Record] = {}
+        # path -> the key whose image was written there last: an older ok record for the path
+        # (a prompt changed, then changed back) does not describe the file any more, even when
+        # the sizes happen to match.
+        self._written: dict[str, str] = {}
         self._latest_fail: dict[str, Record] = {}  # per key, this backend, after its last ok
 
     def __repr__(self) -> str:
@@ -162,12 +166,17 @@ class Store:
         """Index results.jsonl: the latest ok record per key, and later failures."""
         self._latest_ok.clear()
         self._latest_fail.clear()
+        self._written.clear()
         for rec in read_records(self.root / RESULTS):
-            if rec.status == "ok":
-                self._latest_ok[rec.key] = rec
-                self._latest_fail.pop(rec.key, None)
-            elif rec.backend == self.backend:
-                self._latest_fail[rec.key] = rec
+            self._index(rec)
+
+    def _index(self, rec: Record) -> None:
+        if rec.status == "ok":
+            self._latest_ok[rec.key] = rec
+            self._latest_fail.pop(rec.key, None)
+            self._written[rec.path] = rec.key
+        elif rec.backend == self.backend:
+            self._latest_fail[rec.key] = rec
 
     def image_path(self, job: Job) -> Path:
         """Where the image of `job` lives."""
@@ -180,6 +189,8 @@ class Store:
         """Image on disk and the latest ok record of the key has this backend and path."""
         rec = self._latest_ok.get(job.key)
         if rec is None or rec.backend != self.backend or rec.path != job.path:
+            return False
+        if self._written.get(job.path) != job.key:
             return False
         try:
             size = os.stat(self.images / job.path).st_size
@@ -237,11 +248,7 @@ class Store:
             self._results.write(line)
             self._results.flush()
             os.fsync(self._results.fileno())
-            if rec.status == "ok":
-                self._latest_ok[rec.key] = rec
-                self._latest_fail.pop(rec.key, None)
-            else:
-                self._latest_fail[rec.key] = rec
+            self._index(rec)
 
     def save(
         self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None

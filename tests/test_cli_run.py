@@ -270,3 +270,38 @@ def test_status_checks_the_url_as_run_does_and_names_the_same_backend(tmp_path, 
     for url in ("https://us.inference.heroku.com/v1/", "https://us.inference.heroku.com"):
         assert status_command(str(manifest), out_dir=tmp_path, env={"DIFFUSION_URL": url}) == 0
         assert "backend https://us.inference.heroku.com," in capsys.readouterr().out
+
+
+async def test_image_downloads_count_as_requests_in_the_summary(tmp_path):
+    from aiohttp import web
+    from runner_helpers import image_bytes
+
+    from pipeline import apispec
+
+    seen = {"POST": 0, "GET": 0}
+
+    async def generate(request: web.Request) -> web.Response:
+        seen["POST"] += 1
+        await request.read()
+        return web.json_response({"created": 1, "data": [{"url": "/files/x.png"}]})
+
+    async def download(request: web.Request) -> web.Response:
+        seen["GET"] += 1
+        return web.Response(body=image_bytes(), content_type="image/png")
+
+    app = web.Application()
+    app.router.add_post(apispec.ENDPOINT, generate)
+    app.router.add_get("/files/x.png", download)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        conn = config.Connection(prefix="DIFFUSION", url=f"http://127.0.0.1:{port}", key=KEY)
+        opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, rpm=6000)
+        (summary,), _ = await run_plans_async([make_plan(3)], conn, opts, io.StringIO())
+    finally:
+        await runner.cleanup()
+    assert seen == {"POST": 3, "GET": 3} and summary["succeeded"] == 3
+    assert summary["requests"] == 6  # HTTP requests sent: the POSTs and the downloads

@@ -304,6 +304,11 @@ def test_backend_name_strips_credentials_query_and_case():
     assert backend_name("https://user:pw@US.inference.heroku.com/?token=x#f") == \
         "https://us.inference.heroku.com"
     assert backend_name("http://127.0.0.1:8080/base/") == "http://127.0.0.1:8080/base"
+    # the default port written out is the same service, the same name
+    assert backend_name("https://us.inference.heroku.com:443") == \
+        backend_name("https://us.inference.heroku.com")
+    assert backend_name("http://127.0.0.1:80/") == "http://127.0.0.1"
+    assert backend_name("http://127.0.0.1:443") == "http://127.0.0.1:443"
 
 
 def test_check_image_returns_the_same_bytes():

@@ -163,3 +163,18 @@ def test_hostile_lines_are_skipped_and_an_unreadable_file_is_a_store_error(tmp_p
     folder.mkdir(parents=True)  # a folder where results.jsonl should be
     with pytest.raises(StoreError, match="cannot read"):
         list(read_records(folder))
+
+
+def test_a_prompt_changed_and_changed_back_is_not_done_by_its_old_record(tmp_path):
+    # "a cat", then "a bat", then "a cat" again: the same path, images of the same size
+    cat, bat = make_job(prompt="a cat"), make_job(prompt="a bat")
+    assert cat.path == bat.path and cat.key != bat.key
+    s = _store(tmp_path)
+    s.save(cat, image_bytes(), attempts=1, seconds=0, created=None)
+    s.save(bat, image_bytes(), attempts=1, seconds=0, created=None)
+    assert s.is_done(bat) and not s.is_done(cat)  # the file holds the bat now
+    s.close()
+    s = _store(tmp_path)  # and the same after a restart, from results.jsonl
+    assert s.is_done(bat) and not s.is_done(cat)
+    assert s.state(cat)[0] == "pending"
+    s.close()
