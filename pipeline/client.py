@@ -69,6 +69,9 @@ class GeneratedImage:
     created: int | None = None
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def backend_name(url: str) -> str:
     """The base URL without credentials, query or fragment (what results.jsonl records)."""
     parts = urlsplit(url)
@@ -78,7 +81,7 @@ def backend_name(url: str) -> str:
     scheme = parts.scheme.lower()
     # :443 on https (or :80 on http) is the same service: the same name, or a run with the
     # port written out would not count the images made without it as done.
-    port = None if parts.port == {"http": 80, "https": 443}.get(scheme) else parts.port
+    port = None if parts.port == _DEFAULT_PORTS.get(scheme) else parts.port
     netloc = f"{host}:{port}" if port else host
     return urlunsplit((scheme, netloc.lower(), parts.path.rstrip("/"), "", ""))
 
@@ -452,7 +455,7 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     try:
-        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
     except ValueError:
         port = None
     return scheme, (parts.hostname or "").lower(), port

@@ -20,8 +20,16 @@ from typing import Any, TextIO
 
 from pipeline.errors import StoreError, UsageError
 from pipeline.plan import Job, Plan
-from pipeline.post import build_all, write_file
-from pipeline.store import RESULTS, SUMMARY, Record, Store, open_locked, read_records
+from pipeline.post import build_all
+from pipeline.store import (
+    RESULTS,
+    SUMMARY,
+    Record,
+    Store,
+    open_locked,
+    read_records,
+    write_file,
+)
 
 
 def _shard_folders(sources: Sequence[Path]) -> dict[str, list[Path]]:

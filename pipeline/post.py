@@ -20,10 +20,17 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline import imaging, report
-from pipeline.errors import StoreError
 from pipeline.imaging import FAILED, MISSING, OK, Entry
 from pipeline.plan import Plan
-from pipeline.store import IMAGES, RESULTS, TMP_PREFIX, Record, atomic_write, read_records
+from pipeline.store import (
+    IMAGES,
+    RESULTS,
+    TMP_PREFIX,
+    Record,
+    read_records,
+    write_error,
+    write_file,
+)
 
 THUMBS = "thumbs"
 INDEX = "index.html"
@@ -80,18 +87,6 @@ def entries_for(plan: Plan, root: Path) -> list[Entry]:
     return out
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """atomic_write, with a failure reported as StoreError("cannot write PATH: reason")."""
-    try:
-        atomic_write(path, data)
-    except OSError as exc:
-        raise _write_error(path, exc) from None
-
-
-def _write_error(path: Path, exc: OSError) -> StoreError:
-    return StoreError(f"cannot write {path}: {exc.strerror or exc}")
-
-
 def _encode_jpeg(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=imaging.JPEG_QUALITY, optimize=False)
@@ -116,7 +111,7 @@ def _save_jpeg(data: bytes, dest: Path, mtime_ns: int) -> None:
             tmp.unlink(missing_ok=True)
             raise
     except OSError as exc:
-        raise _write_error(dest, exc) from None
+        raise write_error(dest, exc) from None
 
 
 def make_thumb(task: tuple[str, str, int]) -> tuple[int, int] | str:
@@ -266,7 +261,7 @@ def remove_stale_sheets(root: Path, count: int) -> list[Path]:
             try:
                 path.unlink(missing_ok=True)
             except OSError as exc:
-                raise _write_error(path, exc) from None
+                raise write_error(path, exc) from None
             removed.append(path)
     return removed
 
@@ -288,7 +283,7 @@ def build_all(
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _write_error(root, exc) from None
+        raise write_error(root, exc) from None
     workers = (os.cpu_count() or 1) if workers is None else workers
     entries = entries_for(plan, root)
     longest = plan.output.thumbnail
@@ -334,5 +329,4 @@ __all__ = [
     "remove_stale_sheets",
     "sheet_name",
     "thumb_rel",
-    "write_file",
 ]

@@ -99,6 +99,19 @@ def atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def write_error(path: Path, exc: OSError) -> StoreError:
+    """The StoreError for a failed write of `path`: "cannot write PATH: reason"."""
+    return StoreError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """atomic_write, with a failure reported as a StoreError (see write_error)."""
+    try:
+        atomic_write(path, data)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+
+
 def read_records(path: Path) -> Iterator[Record]:
     """Every well-formed record of a results.jsonl; a torn or foreign line is skipped."""
     try:
@@ -265,7 +278,7 @@ class Store:
             )
             self._append(rec)
         except OSError as exc:
-            raise StoreError(f"cannot write {self.images / job.path}: {exc.strerror or exc}") from None
+            raise write_error(self.images / job.path, exc) from None
         return rec
 
     def fail(self, job: Job, error: str, *, attempts: int, seconds: float) -> Record:
@@ -277,16 +290,13 @@ class Store:
         try:
             self._append(rec)
         except OSError as exc:
-            raise StoreError(f"cannot write {self.root / RESULTS}: {exc.strerror or exc}") from None
+            raise write_error(self.root / RESULTS, exc) from None
         return rec
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """Write summary.json atomically; return its path."""
         path = self.root / SUMMARY
-        try:
-            atomic_write(path, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode())
-        except OSError as exc:
-            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+        write_file(path, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode())
         return path
 
     def close(self) -> None:
