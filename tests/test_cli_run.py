@@ -13,7 +13,7 @@ from runner_helpers import KEY, make_plan
 from pipeline import config
 from pipeline.app import RunOptions, report, run_plans_async, show_command
 from pipeline.errors import ConfigError
-from pipeline.server import RunningServer, ServerOptions, ServerStats, running_server
+from pipeline.server import ServerOptions, ServerStats, running_server
 
 
 def api_options(**kw) -> ServerOptions:

@@ -496,7 +496,7 @@ async def test_scripted_faults_hit_exactly_the_numbered_requests(session):
     async with running_server(opts) as srv:
         statuses = []
         for seed in range(1, 6):
-            status, headers, payload = await post(session, srv.url, body(seed=seed))
+            status, headers, _payload = await post(session, srv.url, body(seed=seed))
             statuses.append((status, headers.get("Content-Type", "").split(";")[0]))
         assert statuses == [(200, "application/json"), (500, "application/json"),
                             (200, "application/json"), (200, "text/html"),
