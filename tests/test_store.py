@@ -34,7 +34,8 @@ def test_save_writes_image_with_request_and_a_record(tmp_path):
     assert rec.bytes == len(blob) and rec.status == "ok" and rec.attempts == 2
     line = json.loads((tmp_path / "out/demo" / RESULTS).read_text())
     assert set(line) == {"key", "path", "status", "backend", "attempts", "error", "sha256",
-                         "bytes", "seconds", "created"}
+                         "bytes", "seconds", "created", "mtime_ns"}
+    assert line["mtime_ns"] == path.stat().st_mtime_ns == rec.mtime_ns
     assert line["key"] == job.key and line["path"] == "fox/1.png" and line["seconds"] == 1.235
     assert store.is_done(job)
     store.close()
