@@ -26,8 +26,8 @@ from pipeline.imaging import FAILED, MISSING, OK, Entry
 from pipeline.plan import Plan
 from pipeline.store import (
     DONE,
-    FAILED as FAILED_STATE,
     IMAGES,
+    PENDING,
     TMP_PREFIX,
     job_states,
     write_error,
@@ -75,10 +75,10 @@ def entries_for(plan: Plan, root: Path, backend: str | None = None) -> list[Entr
     for st in job_states(plan.jobs, root, backend):
         if st.state == DONE:
             out.append(Entry(st.job, OK))
-        elif st.state == FAILED_STATE:
-            out.append(Entry(st.job, FAILED, st.reason))
-        else:
+        elif st.state == PENDING:
             out.append(Entry(st.job, MISSING))
+        else:
+            out.append(Entry(st.job, FAILED, st.reason))
     return out
 
 

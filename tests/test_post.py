@@ -5,8 +5,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import html.parser
-import json
 import io
+import json
 import os
 import re
 from pathlib import Path
