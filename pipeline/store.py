@@ -233,6 +233,7 @@ class Ledger:
         # does not describe the file any more.
         self._written: dict[str, str] = {}
         self._latest_fail: dict[str, Record] = {}  # per key, this backend, after its last ok
+        self._images_real: Path | None = None  # images/ resolved, at the first check
 
     def add(self, rec: Record) -> None:
         """Take in one more record (records come in the order they were written)."""
@@ -269,15 +270,34 @@ class Ledger:
             return JobState(job, FAILED, fail, hashed)
         return JobState(job, PENDING, None, hashed)
 
+    def _file(self, rel: str) -> tuple[str, os.stat_result] | None:
+        """images/`rel` when it is a regular file inside images/ (links resolved): (its real
+        path, its stat); else None. Only the part below images/ is walked: a link can only
+        lead out of images/ from there."""
+        if self._images_real is None:
+            self._images_real = self.images.resolve()
+        base = str(self._images_real)
+        path = base
+        try:
+            for part in rel.split("/"):
+                path = os.path.join(path, part)
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode) or part in ("", ".", ".."):
+                    real = os.path.realpath(os.path.join(base, rel), strict=True)
+                    if os.path.commonpath([real, base]) != base:
+                        return None
+                    return real, os.stat(real)
+        except (OSError, ValueError):  # absent, unreadable, a link loop, or a path not ours
+            return None
+        return path, st
+
     def _intact(self, rel: str, rec: Record, verify: bool) -> tuple[bool, bool]:
         """(whether images/`rel` is the image `rec` recorded, whether it was hashed)."""
-        path = self.images / rel
-        try:
-            real = path.resolve(strict=True)
-            st = os.stat(real)
-        except (OSError, RuntimeError):  # absent, unreadable, or a symlink loop
+        found = self._file(rel)
+        if found is None:
             return False, False
-        if not stat.S_ISREG(st.st_mode) or not real.is_relative_to(self.images.resolve()):
+        real, st = found
+        if not stat.S_ISREG(st.st_mode):
             return False, False
         if rec.bytes is not None and st.st_size != rec.bytes:
             return False, False  # another size is another file: no need to read it
@@ -286,7 +306,7 @@ class Ledger:
         if not verify and rec.mtime_ns is not None and st.st_mtime_ns == rec.mtime_ns:
             return True, False
         try:
-            return sha256_file(real) == rec.sha256, True
+            return sha256_file(Path(real)) == rec.sha256, True
         except OSError:
             return False, True
 
