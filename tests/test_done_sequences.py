@@ -133,6 +133,7 @@ def server():
         yield srv
 
 
+@pytest.mark.slow
 @settings(settings.get_profile("done-sequences"))
 @given(jobs=st.integers(1, 2), steps=st.lists(STEPS, min_size=1, max_size=6))
 def test_pages_agree_with_status_after_every_step(server, monkeypatch, jobs, steps):
