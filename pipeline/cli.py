@@ -303,8 +303,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_command(RunOptions(
         manifests=tuple(args.manifests), out=Path(args.out), concurrency=args.concurrency,
         rpm=args.rpm, retries=args.retries, timeout=args.timeout, force=args.force,
-        verify=args.verify, shard=args.shard, max_jobs=args.max_jobs, local=args.local, post=not args.no_post,
-        json=args.json, env_prefix=args.env_prefix, verbose=args.verbose,
+        verify=args.verify, shard=args.shard, max_jobs=args.max_jobs, local=args.local,
+        post=not args.no_post, json=args.json, env_prefix=args.env_prefix, verbose=args.verbose,
     ))
 
 

@@ -2,8 +2,8 @@
 
 The runner talks to three small interfaces so tests can fake each: a client
 (`async generate(job) -> GeneratedImage`, `requests`), a store (`cannot_write`, `save`,
-`fail`), and a `sleep`. A fixed pool of `concurrency` workers pulls jobs in plan order, so memory does
-not grow with the plan and nothing holds an image after it is written.
+`fail`), and a `sleep`. A fixed pool of `concurrency` workers pulls jobs in plan order, so
+memory does not grow with the plan and nothing holds an image after it is written.
 """
 
 from __future__ import annotations
