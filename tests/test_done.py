@@ -36,7 +36,7 @@ def _run(manifest: Path, out: Path, *extra: str) -> tuple[int, dict, str]:
 
 
 def _sheet_cells(manifest: Path, root: Path, backend: str) -> dict[str, str]:
-    """The contact sheet's cells, as post-processing lays them out: path -> ok | failed | missing."""
+    """The contact sheet's cells as laid out: path -> ok | failed | missing."""
     result = build_all(load_plan(str(manifest)), root, backend=backend, workers=1)
     return {c.entry.job.path: c.entry.state for page in result.pages for c in page.cells}
 
