@@ -29,7 +29,7 @@ from pipeline.progress import Progress
 from pipeline.retry import Pacer
 from pipeline.runner import Runner, RunSettings, RunState
 from pipeline.server import ServerOptions, running_server
-from pipeline.store import Store
+from pipeline.store import DONE, Store, job_states
 
 LOCAL_BACKEND = "local"
 REMOTE_DEFAULT_RPM = 20.0  # the documented Stable Image Ultra limit, per model resource
@@ -46,6 +46,7 @@ class RunOptions:
     retries: int = 5
     timeout: float = 120.0
     force: bool = False
+    verify: bool = False  # hash every image in the done check, not only changed-looking ones
     shard: tuple[int, int] | None = None
     max_jobs: int = 5000
     local: bool = False
@@ -162,7 +163,8 @@ async def run_plans_async(
             if removed and opts.verbose:
                 print(f"{plan.name}: removed {removed} temp file(s) of an interrupted run", file=err)
             await asyncio.to_thread(store.load)
-            todo = [j for j in plan.jobs if opts.force or not store.is_done(j)]
+            states = await asyncio.to_thread(store.check, plan.jobs, verify=opts.verify)
+            todo = [st.job for st in states if opts.force or st.state != DONE]
             skipped[id(store)] = len(plan.jobs) - len(todo)
             work.extend((store, j) for j in todo)
         rpm = opts.rpm
@@ -238,7 +240,7 @@ async def run_plans_async(
             and state.store_error is None):
         for plan, store in zip(plans, stores):
             try:
-                await asyncio.to_thread(build_all, plan, store.root)
+                await asyncio.to_thread(build_all, plan, store.root, backend=store.backend)
             except StoreError as exc:
                 # The images are safe; print the summary, then say what could not be written.
                 state.store_error = exc
@@ -269,18 +271,20 @@ def run_command(
 
 def sheet_command(
     manifest: str, *, out_dir: Path = Path("outputs"), env_prefix: str = config.DEFAULT_PREFIX,
-    max_jobs: int = 5000, env: Mapping[str, str] | None = None, out: TextIO | None = None,
+    max_jobs: int = 5000, local: bool = False, env: Mapping[str, str] | None = None,
+    out: TextIO | None = None,
 ) -> int:
-    """`imagebatch sheet`: rebuild thumbnails, contact sheets and index.html from disk."""
+    """`imagebatch sheet`: rebuild thumbnails, contact sheets and index.html from disk, showing
+    as done what `status` (same options, same environment) counts done."""
 
     env = os.environ if env is None else env
     out = out or sys.stdout
-    config.check_prefix(env_prefix)
+    backend = _status_backend(env, env_prefix, local)
     (plan,) = load_plans([manifest], env, env_prefix, max_jobs=max_jobs, shard=None)
     root = Path(out_dir) / plan.name
     if not root.is_dir():
         raise UsageError(f"{root}: nothing to post-process yet; run `imagebatch run {manifest}`")
-    result = build_all(plan, root)
+    result = build_all(plan, root, backend=backend)
     sheets = ", ".join(str(p) for p in result.sheets) or "none"
     print(f"{plan.name}: {result.thumbs_made} thumbnails made, {result.thumbs_kept} kept, "
           f"{result.missing} jobs without an image; sheets: {sheets}; index: {result.index}",
@@ -320,7 +324,7 @@ def _status_backend(env: Mapping[str, str], prefix: str, local: bool) -> str:
 def status_command(
     manifest: str, *, out_dir: Path = Path("outputs"), local: bool = False,
     env_prefix: str = config.DEFAULT_PREFIX, verbose: int = 0, as_json: bool = False,
-    shard: tuple[int, int] | None = None, max_jobs: int = 5000,
+    shard: tuple[int, int] | None = None, max_jobs: int = 5000, verify: bool = False,
     env: Mapping[str, str] | None = None, out: TextIO | None = None,
 ) -> int:
     """`imagebatch status`: done / failed / pending against the backend `run` would use."""
@@ -328,15 +332,13 @@ def status_command(
     out = out or sys.stdout
     backend = _status_backend(env, env_prefix, local)
     (plan,) = load_plans([manifest], env, env_prefix, max_jobs=max_jobs, shard=shard)
-    store = Store(out_dir, plan.name, backend)
-    store.load()
+    root = Path(out_dir) / plan.name
     counts = {"done": 0, "failed": 0, "pending": 0}
     rows: list[dict[str, str | None]] = []
-    for job in plan.jobs:
-        state, rec = store.state(job)
-        counts[state] += 1
-        rows.append({"key": job.key, "path": job.path, "state": state,
-                     "error": rec.error if rec is not None and state == "failed" else None})
+    for st in job_states(plan.jobs, root, backend, verify=verify):
+        counts[st.state] += 1
+        rows.append({"key": st.job.key, "path": st.job.path, "state": st.state,
+                     "error": st.reason})
     if as_json:
         doc: dict[str, Any] = {"name": plan.name, "backend": backend, "planned": len(plan.jobs),
                                **counts}
@@ -345,7 +347,7 @@ def status_command(
         print(json.dumps(doc, indent=2, ensure_ascii=False), file=out)
         return 0
     print(f"{plan.name}: {len(plan.jobs)} jobs: {counts['done']} done, {counts['failed']} failed, "
-          f"{counts['pending']} pending (backend {backend}, {store.root})", file=out)
+          f"{counts['pending']} pending (backend {backend}, {root})", file=out)
     if verbose:
         for row in rows:
             reason = f"  {printable(str(row['error']))}" if row["error"] else ""

@@ -125,6 +125,9 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--timeout", type=_positive_float, default=120.0, metavar="S",
                    help="seconds per request, whole response included (default 120)")
     p.add_argument("--force", action="store_true", help="regenerate even what is done")
+    p.add_argument("--verify", action="store_true",
+                   help="hash every image to tell what is done (default: only those whose "
+                        "size or time changed)")
     p.add_argument("--shard", type=_shard, metavar="K/N", help="run only shard K of N")
     _add_max_jobs(p)
     p.add_argument("--local", action="store_true",
@@ -142,6 +145,8 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--local", action="store_true", help="judge against the embedded server")
     p.add_argument("--shard", type=_shard, metavar="K/N")
     p.add_argument("--json", action="store_true", help="counts as JSON (jobs too with -v)")
+    p.add_argument("--verify", action="store_true",
+                   help="hash every image (default: only those whose size or time changed)")
     _add_max_jobs(p)
     _add_env_prefix(p)
     p.add_argument("-v", "--verbose", action="count", default=0, help="one line per job")
@@ -152,6 +157,8 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p = sub.add_parser("sheet", help="rebuild thumbnails, contact sheets and index.html")
     p.add_argument("manifest", metavar="MANIFEST")
     p.add_argument("--out", default="outputs", metavar="DIR", help="output root (default outputs)")
+    p.add_argument("--local", action="store_true",
+                   help="show as done what the embedded server made, as `status --local` counts")
     _add_max_jobs(p)
     _add_env_prefix(p)
 
@@ -247,7 +254,7 @@ def _cmd_sheet(args: argparse.Namespace) -> int:
     from pipeline.app import sheet_command
 
     return sheet_command(args.manifest, out_dir=Path(args.out), env_prefix=args.env_prefix,
-                         max_jobs=args.max_jobs)
+                         max_jobs=args.max_jobs, local=args.local)
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
@@ -296,8 +303,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_command(RunOptions(
         manifests=tuple(args.manifests), out=Path(args.out), concurrency=args.concurrency,
         rpm=args.rpm, retries=args.retries, timeout=args.timeout, force=args.force,
-        shard=args.shard, max_jobs=args.max_jobs, local=args.local, post=not args.no_post,
-        json=args.json, env_prefix=args.env_prefix, verbose=args.verbose,
+        verify=args.verify, shard=args.shard, max_jobs=args.max_jobs, local=args.local,
+        post=not args.no_post, json=args.json, env_prefix=args.env_prefix, verbose=args.verbose,
     ))
 
 
@@ -309,6 +316,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return status_command(
         args.manifest, out_dir=Path(args.out), local=args.local, env_prefix=args.env_prefix,
         verbose=args.verbose, as_json=args.json, shard=args.shard, max_jobs=args.max_jobs,
+        verify=args.verify,
     )
 
 

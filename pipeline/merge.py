@@ -1,10 +1,12 @@
 """`imagebatch merge`: combine the outputs of shard runs into one folder, then post-process.
 
-Each shard wrote `<shard out>/<name>/images/...` and `results.jsonl`. Merging copies every
-image a shard recorded `ok` (checked against its recorded SHA-256, read from the plan's
-path for the job inside the shard's images/), writes one `results.jsonl` holding the latest
-record per key, a summary of the whole plan, and rebuilds thumbnails, sheets and the index
-from the unsharded plan. A destination that already holds outputs is one more source.
+Each shard wrote `<shard out>/<name>/images/...` and `results.jsonl`. Merging judges every
+job in every source by the one definition of done (`store.job_states`, against whichever
+backend made each image: shards may have run against different ones), copies the image of
+each job done in some source (the later source wins; the bytes copied are checked against
+the recorded SHA-256), writes one `results.jsonl` holding the record that decided each job,
+a summary of the whole plan, and rebuilds thumbnails, sheets and the index from the
+unsharded plan. A destination that already holds outputs is one more source, the first.
 """
 
 from __future__ import annotations
@@ -22,12 +24,17 @@ from pipeline.errors import StoreError, UsageError
 from pipeline.plan import Job, Plan
 from pipeline.post import build_all
 from pipeline.store import (
+    DONE,
+    FAILED,
+    IMAGES,
     RESULTS,
     SUMMARY,
+    JobState,
     Record,
-    Store,
+    job_states,
     open_locked,
-    read_records,
+    sha256_file,
+    stamp,
     write_file,
 )
 
@@ -62,36 +69,34 @@ def _manifest_of(folders: list[Path]) -> str | None:
 
 def _sha256(path: Path) -> str | None:
     try:
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest() if hasattr(
-                hashlib, "file_digest") else hashlib.sha256(fh.read()).hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 
 
-def _image_path(folder: Path, job: Job) -> Path:
-    """Where `job`'s image is under `folder`; StoreError when that would leave its images/."""
-    return Store(folder.parent, folder.name, "").image_path(job)
+def _target(dest: Path, job: Job) -> Path:
+    """Where `job`'s image goes under `dest`; StoreError when that would leave its images/."""
+    images = (dest / IMAGES).resolve()
+    path = (dest / IMAGES / job.path).resolve()
+    if not path.is_relative_to(images):
+        raise StoreError(f"image path {job.path!r} leads outside {dest / IMAGES} (to {path}, "
+                         "through a symbolic link): images are written only inside images/")
+    return path
 
 
-def _records(folder: Path) -> list[Record]:
-    return list(read_records(folder / RESULTS))  # an unreadable file is a StoreError there
-
-
-def _copy_verified(src: Path, target: Path, sha256: str) -> bool:
-    """Make `target` hold `src` when `src` still has `sha256`; whether it now does."""
-    if src == target:
-        return _sha256(target) == sha256
+def _copy_verified(src: Path, target: Path, sha256: str) -> int | None:
+    """Make `target` hold `src` when `src` still has `sha256`; then target's mtime, else None."""
     try:
         data = src.read_bytes()
     except OSError:
-        return False
+        return None
     # hash the bytes that are copied, not the file: it could change in between
     if hashlib.sha256(data).hexdigest() != sha256:
-        return False  # changed since it was recorded: not done
+        return None  # changed since it was judged: not done
     if _sha256(target) != sha256:
         write_file(target, data)
-    return True
+        return stamp(target)
+    return target.stat().st_mtime_ns
 
 
 def merge_one(plan: Plan, folders: list[Path], dest: Path) -> dict[str, Any]:
@@ -110,15 +115,11 @@ def merge_one(plan: Plan, folders: list[Path], dest: Path) -> dict[str, Any]:
 
 
 def _merge_locked(plan: Plan, folders: list[Path], dest: Path, has_own: bool) -> dict[str, Any]:
-    by_key = {job.key: job for job in plan.jobs}
-    candidates: dict[str, list[Record]] = {}  # per key, in source order
-    origin: dict[int, Path] = {}  # id(record) -> the folder it came from
+    sources = ([dest] if has_own else []) + folders
+    # each job's state in each source, in source order (done judged for any backend)
+    judged: list[tuple[Path, list[JobState]]] = [
+        (folder, job_states(plan.jobs, folder, None)) for folder in sources]
     requests = 0
-    for folder in ([dest] if has_own else []) + folders:
-        for rec in _records(folder):
-            if rec.key in by_key:
-                candidates.setdefault(rec.key, []).append(rec)
-                origin[id(rec)] = folder
     for folder in folders:
         try:
             requests += int(json.loads((folder / SUMMARY).read_text()).get("requests", 0))
@@ -128,22 +129,27 @@ def _merge_locked(plan: Plan, folders: list[Path], dest: Path, has_own: bool) ->
     ok = failed = 0
     failures = []
     backends: set[str] = set()
-    for job in plan.jobs:
-        recs = candidates.get(job.key, [])
-        target = _image_path(dest, job)
-        # an ok record wins over a failure; among ok records the later source's wins, if its
-        # image is still the one recorded. The path is the plan's, never the record's.
-        chosen = next((rec for rec in reversed(recs) if rec.status == "ok" and rec.sha256
-                       and _copy_verified(_image_path(origin[id(rec)], job), target,
-                                          rec.sha256)), None)
+    for i, job in enumerate(plan.jobs):
+        states = [(folder, found[i]) for folder, found in judged]
+        target = _target(dest, job)
+        # done in some source wins over a failure; among done ones the later source's, if
+        # its image is still the one recorded. The path is the plan's, never the record's.
+        chosen: Record | None = None
+        for folder, st in reversed(states):
+            if st.state == DONE and st.record is not None and st.record.sha256:
+                mtime = _copy_verified(folder / IMAGES / job.path, target, st.record.sha256)
+                if mtime is not None:
+                    chosen = replace(st.record, mtime_ns=mtime)
+                    break
         if chosen is not None:
             ok += 1
-        elif recs and all(rec.status != "ok" for rec in recs):
-            chosen = recs[-1]
+        else:
+            fails = [st.record for _, st in states if st.state == FAILED and st.record]
+            if not fails:
+                continue  # in no source, or changed since it was recorded: not done
+            chosen = fails[-1]
             failed += 1
             failures.append({"key": job.key, "path": job.path, "reason": chosen.error})
-        else:
-            continue  # missing or changed since it was recorded: not done
         backends.add(chosen.backend)
         lines.append(replace(chosen, path=job.path).to_line())
     write_file(dest / RESULTS, b"".join(lines))
@@ -201,7 +207,8 @@ def merge_command(sources: Sequence[str], out: str, *, manifests: Sequence[str] 
         plan = plans[name]
         summary = merge_one(plan, group, dest_root / name)
         if post:
-            build_all(plan, dest_root / name)
+            # shown as merged: each image done for the backend that made it
+            build_all(plan, dest_root / name, backend=None)
         print(f"{name}: merged {len(group)} folder(s): {summary['succeeded']} ok, "
               f"{summary['failed']} failed, {summary['pending']} missing of "
               f"{summary['planned']} -> {dest_root / name}", file=stdout)

@@ -2,6 +2,8 @@
 
 Reads `results.jsonl` and `images/`, writes `thumbs/`, `contact-sheet*.png` and `index.html`
 under the same root. Pure work (pixels, layout, HTML) lives in imaging.py and report.py.
+What each job shows (its image, a failure, or nothing yet) is its state as
+`store.job_states` gives it for a backend, so the pages show what `status` lists.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from pipeline import imaging, report
 from pipeline.imaging import FAILED, MISSING, OK, Entry
 from pipeline.plan import Plan
 from pipeline.store import (
+    DONE,
     IMAGES,
-    RESULTS,
+    PENDING,
     TMP_PREFIX,
-    Record,
-    read_records,
+    job_states,
     write_error,
     write_file,
 )
@@ -66,24 +68,17 @@ def thumb_rel(image_path: str) -> str:
     return f"{THUMBS}/{image_path}.jpg"
 
 
-def latest_records(path: Path) -> dict[str, Record]:
-    """The last record of each key in a results.jsonl."""
-    return {rec.key: rec for rec in read_records(path)}
-
-
-def entries_for(plan: Plan, root: Path) -> list[Entry]:
-    """Each job of `plan` with its state: ok (recorded ok, image on disk), failed or missing."""
-    records = latest_records(root / RESULTS)
-    images = root / IMAGES
+def entries_for(plan: Plan, root: Path, backend: str | None = None) -> list[Entry]:
+    """Each job of `plan` as the pages show it: its `job_states` state against `backend`
+    (done: ok, failed: failed with its reason, pending: missing). None: any backend."""
     out: list[Entry] = []
-    for job in plan.jobs:
-        rec = records.get(job.key)
-        if rec is not None and rec.status == "ok" and (images / job.path).is_file():
-            out.append(Entry(job, OK))
-        elif rec is not None and rec.status == "failed":
-            out.append(Entry(job, FAILED, rec.error or "failed"))
+    for st in job_states(plan.jobs, root, backend):
+        if st.state == DONE:
+            out.append(Entry(st.job, OK))
+        elif st.state == PENDING:
+            out.append(Entry(st.job, MISSING))
         else:
-            out.append(Entry(job, MISSING))
+            out.append(Entry(st.job, FAILED, st.reason))
     return out
 
 
@@ -274,10 +269,14 @@ def _sheet_files(root: Path) -> Iterable[Path]:
 
 
 def build_all(
-    plan: Plan, root: Path, *, workers: int | None = None,
+    plan: Plan, root: Path, *, backend: str | None = None, workers: int | None = None,
     max_sheet_pixels: int = imaging.MAX_SHEET_PIXELS,
 ) -> PostResult:
-    """Thumbnails (new or changed images only), contact sheets and index.html under `root`."""
+    """Thumbnails (new or changed images only), contact sheets and index.html under `root`.
+
+    Jobs are shown as done for `backend` (see entries_for): after a run, the run's backend;
+    `imagebatch sheet`, the backend `status` judges against; `merge`, None (any backend).
+    """
     started = time.perf_counter()
     root = Path(root)
     try:
@@ -285,7 +284,7 @@ def build_all(
     except OSError as exc:
         raise write_error(root, exc) from None
     workers = (os.cpu_count() or 1) if workers is None else workers
-    entries = entries_for(plan, root)
+    entries = entries_for(plan, root, backend)
     longest = plan.output.thumbnail
     made = kept = 0
     if longest > 0:
@@ -323,7 +322,6 @@ __all__ = [
     "build_sheets",
     "build_thumbs",
     "entries_for",
-    "latest_records",
     "make_thumb",
     "make_thumbs",
     "remove_stale_sheets",

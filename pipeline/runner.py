@@ -1,9 +1,9 @@
 """Plan + client + store -> results: concurrency, pacing, retries, stopping.
 
 The runner talks to three small interfaces so tests can fake each: a client
-(`async generate(job) -> GeneratedImage`, `requests`), a store (`save`, `fail`), and a
-`sleep`. A fixed pool of `concurrency` workers pulls jobs in plan order, so memory does
-not grow with the plan and nothing holds an image after it is written.
+(`async generate(job) -> GeneratedImage`, `requests`), a store (`cannot_write`, `save`,
+`fail`), and a `sleep`. A fixed pool of `concurrency` workers pulls jobs in plan order, so
+memory does not grow with the plan and nothing holds an image after it is written.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ class ImageClient(Protocol):
 
 class JobStore(Protocol):
     """What the runner needs from a store."""
+
+    def cannot_write(self, job: Job) -> str | None:
+        """Why the image of `job` could not be saved, or None (asked before sending)."""
+        ...
 
     def save(
         self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None
@@ -308,6 +312,12 @@ class Runner:
     async def _one(self, store: JobStore, job: Job) -> None:
         started = self._clock()
         counter = [0]
+        # Nothing is sent that could not be saved: such a job fails here, at no cost.
+        refused = await asyncio.to_thread(store.cannot_write, job)
+        if refused is not None:
+            await asyncio.to_thread(store.fail, job, refused, attempts=0, seconds=0.0)
+            self._finish(Outcome(job, store, "failed", 0, refused))
+            return
         retrying = build_retrying(self.settings.retry, sleep=self.sleep,
                                   rng=self._rng or random.random)
         try:

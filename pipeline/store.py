@@ -1,9 +1,12 @@
-"""The only writer: atomic image files, results.jsonl, summary.json, and what is done.
+"""The only writer: atomic image files, results.jsonl, summary.json; and the one place that
+says which jobs are done.
 
 Layout under `<out>/<plan name>/`: `images/<job.path>`, `results.jsonl` (one line per
 finished job, appended and fsynced as each finishes), `summary.json` (the last run).
-A job is done when its image is on disk and the latest `ok` record of its key names the
-same backend and path (and the file still has the recorded size).
+
+What is done is decided here and nowhere else: `job_states` (and `Store.check` during a
+run) give each job's state; `run` skips, `status` counts, post-processing draws and
+`merge` copies by it. See `Ledger.state` for the rule.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import builtins
 import hashlib
 import json
 import os
+import stat
 import threading
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -30,6 +34,11 @@ from pipeline.plan import TMP_PREFIX, Job
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
 IMAGES = "images"
+
+#: A job's states, as `job_states` gives them (and `status` prints them).
+DONE = "done"
+FAILED = "failed"
+PENDING = "pending"
 # TMP_PREFIX (from plan, which keeps image paths clear of it): leftovers of a killed run
 # carry this prefix and are removed by the next run, once it holds the folder's lock.
 
@@ -48,6 +57,9 @@ class Record:
     bytes: int | None
     seconds: float
     created: int | None
+    # The image file's modification time as recorded (ok records; older lines lack it):
+    # with `bytes`, what a done check compares before it reads the file.
+    mtime_ns: int | None = None
 
     def to_line(self) -> builtins.bytes:
         """The JSON line, newline included."""
@@ -62,9 +74,14 @@ class Record:
                 backend=str(doc["backend"]), attempts=int(doc.get("attempts") or 0),
                 error=doc.get("error"), sha256=doc.get("sha256"), bytes=doc.get("bytes"),
                 seconds=float(doc.get("seconds") or 0.0), created=doc.get("created"),
+                mtime_ns=_int_or_none(doc.get("mtime_ns")),
             )
         except (KeyError, TypeError, ValueError, OverflowError):  # e.g. "attempts": 1e400
             return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -112,6 +129,32 @@ def write_file(path: Path, data: bytes) -> None:
         raise write_error(path, exc) from None
 
 
+def sha256_file(path: Path) -> str:
+    """The SHA-256 (hex) of a file's bytes, read in chunks; OSError when it cannot be read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stamp(path: Path) -> int:
+    """Set `path`'s mtime 1 ns back from the one its writing gave it; return the mtime now.
+
+    The recorded mtime must be one no later write can give the file: a write in the same
+    clock tick (filesystem times are coarse, often a few ms) would keep the mtime it has,
+    and a same-size change there would pass the cheap done check unseen. Writes only set
+    times at or after the first one, never 1 ns before it (on a coarser filesystem that
+    value rounds down to the tick before, still unreachable).
+    """
+    st = os.stat(path)
+    try:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 1))
+    except OSError:
+        return st.st_mtime_ns  # times not settable here: the plain mtime still serves
+    return os.stat(path).st_mtime_ns
+
+
 def read_records(path: Path) -> Iterator[Record]:
     """Every well-formed record of a results.jsonl; a torn or foreign line is skipped."""
     try:
@@ -155,6 +198,136 @@ def open_locked(results: Path) -> BinaryIO:
     return handle
 
 
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """Where one job stands: DONE, FAILED or PENDING, and the record that says so."""
+
+    job: Job
+    state: str  # done | failed | pending
+    record: Record | None  # done: its ok record; failed: the failure; pending: None
+    # whether deciding read and hashed the image (its size matched but its mtime did not,
+    # it was never recorded, or verify was asked): what a check cost
+    hashed: bool = False
+
+    @property
+    def reason(self) -> str | None:
+        """Why the job failed (failed only)."""
+        if self.state != FAILED or self.record is None:
+            return None
+        return self.record.error or "failed"
+
+
+class Ledger:
+    """The records of one results.jsonl, indexed to judge jobs against one backend.
+
+    `backend` None judges against whichever backend made each image (what `merge` does:
+    it combines outputs made anywhere and keeps each record's backend).
+    """
+
+    def __init__(self, images: Path, backend: str | None) -> None:
+        self.images = images
+        self.backend = backend
+        self._latest_ok: dict[str, Record] = {}  # per key, any backend
+        # path -> the key whose image was written there last: an older ok record for the
+        # path (a prompt changed, then changed back; another manifest of the same name)
+        # does not describe the file any more.
+        self._written: dict[str, str] = {}
+        self._latest_fail: dict[str, Record] = {}  # per key, this backend, after its last ok
+        self._images_real: Path | None = None  # images/ resolved, at the first check
+
+    def add(self, rec: Record) -> None:
+        """Take in one more record (records come in the order they were written)."""
+        if rec.status == "ok":
+            self._latest_ok[rec.key] = rec
+            self._latest_fail.pop(rec.key, None)
+            self._written[rec.path] = rec.key
+        elif self.backend is None or rec.backend == self.backend:
+            self._latest_fail[rec.key] = rec
+
+    def state(self, job: Job, *, verify: bool = False) -> JobState:
+        """`job`'s state: the definition of done.
+
+        DONE: the latest ok record of the job's key names this backend and the job's path;
+        it is also the last ok record written to that path; and the file there is, inside
+        images/ (symbolic links resolved), a regular file of the recorded size whose mtime
+        is the recorded one, or, when the mtime differs or was not recorded, whose SHA-256 is
+        the recorded one (a `touch` keeps a job done; a same-size change does not). With
+        `verify`, the SHA-256 is compared whatever the mtime. An older ok record stands even
+        after later failures (a failed --force leaves the image it would have replaced).
+        FAILED: not done, and this backend's latest record of the key after its last ok is a
+        failure. PENDING: neither.
+        """
+        rec = self._latest_ok.get(job.key)
+        hashed = False
+        if (rec is not None and rec.path == job.path
+                and (self.backend is None or rec.backend == self.backend)
+                and self._written.get(job.path) == job.key):
+            intact, hashed = self._intact(job.path, rec, verify)
+            if intact:
+                return JobState(job, DONE, rec, hashed)
+        fail = self._latest_fail.get(job.key)
+        if fail is not None:
+            return JobState(job, FAILED, fail, hashed)
+        return JobState(job, PENDING, None, hashed)
+
+    def _file(self, rel: str) -> tuple[str, os.stat_result] | None:
+        """images/`rel` when it is a regular file inside images/ (links resolved): (its real
+        path, its stat); else None. Only the part below images/ is walked: a link can only
+        lead out of images/ from there."""
+        if self._images_real is None:
+            self._images_real = self.images.resolve()
+        base = str(self._images_real)
+        path = base
+        try:
+            for part in rel.split("/"):
+                path = os.path.join(path, part)
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode) or part in ("", ".", ".."):
+                    real = os.path.realpath(os.path.join(base, rel), strict=True)
+                    if os.path.commonpath([real, base]) != base:
+                        return None
+                    return real, os.stat(real)
+        except (OSError, ValueError):  # absent, unreadable, a link loop, or a path not ours
+            return None
+        return path, st
+
+    def _intact(self, rel: str, rec: Record, verify: bool) -> tuple[bool, bool]:
+        """(whether images/`rel` is the image `rec` recorded, whether it was hashed)."""
+        found = self._file(rel)
+        if found is None:
+            return False, False
+        real, st = found
+        if not stat.S_ISREG(st.st_mode):
+            return False, False
+        if rec.bytes is not None and st.st_size != rec.bytes:
+            return False, False  # another size is another file: no need to read it
+        if rec.sha256 is None:
+            return True, False  # a line of no known hash: its size is all there is to compare
+        if not verify and rec.mtime_ns is not None and st.st_mtime_ns == rec.mtime_ns:
+            return True, False
+        try:
+            return sha256_file(Path(real)) == rec.sha256, True
+        except OSError:
+            return False, True
+
+
+def job_states(
+    jobs: Iterable[Job], root: Path, backend: str | None, *, verify: bool = False
+) -> list[JobState]:
+    """Each job's state in the outputs folder `root` (`<out>/<name>`), judged against `backend`.
+
+    The one definition of done (`Ledger.state`), read from `root`'s results.jsonl and
+    images/; nothing is written. `backend` is the backend name a run records (a base URL, or
+    "local"); None takes whichever backend made each image. `verify` hashes every image
+    instead of trusting a matching size and mtime. `run` skips the DONE jobs, `status` counts
+    these states, the contact sheet and index.html draw them, `merge` copies by them.
+    """
+    ledger = Ledger(Path(root) / IMAGES, backend)
+    for rec in read_records(Path(root) / RESULTS):
+        ledger.add(rec)
+    return [ledger.state(job, verify=verify) for job in jobs]
+
+
 class Store:
     """Everything one plan writes, under `<out>/<name>/`, for one backend."""
 
@@ -164,61 +337,79 @@ class Store:
         self.backend = backend
         self._lock = threading.Lock()
         self._results: Any = None  # binary append handle, opened by prepare()
-        self._latest_ok: dict[str, Record] = {}
-        # path -> the key whose image was written there last: an older ok record for the path
-        # (a prompt changed, then changed back) does not describe the file any more, even when
-        # the sizes happen to match.
-        self._written: dict[str, str] = {}
-        self._latest_fail: dict[str, Record] = {}  # per key, this backend, after its last ok
+        self._ledger = Ledger(self.images, backend)
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r}, backend={self.backend!r})"
 
     # -- reading -----------------------------------------------------------------------
     def load(self) -> None:
-        """Index results.jsonl: the latest ok record per key, and later failures."""
-        self._latest_ok.clear()
-        self._latest_fail.clear()
-        self._written.clear()
+        """Index results.jsonl for the done checks (see Ledger.state)."""
+        self._ledger = Ledger(self.images, self.backend)
         for rec in read_records(self.root / RESULTS):
-            self._index(rec)
-
-    def _index(self, rec: Record) -> None:
-        if rec.status == "ok":
-            self._latest_ok[rec.key] = rec
-            self._latest_fail.pop(rec.key, None)
-            self._written[rec.path] = rec.key
-        elif rec.backend == self.backend:
-            self._latest_fail[rec.key] = rec
+            self._ledger.add(rec)
 
     def image_path(self, job: Job) -> Path:
-        """Where the image of `job` lives."""
+        """Where the image of `job` lives; StoreError when that is outside images/."""
         path = (self.images / job.path).resolve()
-        if not path.is_relative_to(self.images.resolve()):
-            raise StoreError(f"image path {job.path!r} leaves {self.images}")
+        images = self.images.resolve()
+        if not path.is_relative_to(images):
+            raise StoreError(
+                f"image path {job.path!r} leads outside {self.images} (to {path}, through a "
+                "symbolic link): images are written only inside images/")
         return path
 
-    def is_done(self, job: Job) -> bool:
-        """Image on disk and the latest ok record of the key has this backend and path."""
-        rec = self._latest_ok.get(job.key)
-        if rec is None or rec.backend != self.backend or rec.path != job.path:
-            return False
-        if self._written.get(job.path) != job.key:
-            return False
+    def cannot_write(self, job: Job) -> str | None:
+        """Why `job`'s image could not be saved where it goes, or None; sends nothing.
+
+        Asked before the job's request is sent, so an image that could not be kept is never
+        paid for: a path leading out of images/ (a symbolic link on the way), a folder where
+        the file goes, or a file where a folder goes. (A disk that refuses the write is found
+        at the write itself, and stops the run.)
+        """
         try:
-            size = os.stat(self.images / job.path).st_size
-        except OSError:
-            return False
-        return rec.bytes is None or size == rec.bytes
+            self.image_path(job)
+        except StoreError as exc:
+            return str(exc)
+        path = self.images / job.path
+        if path.is_dir():
+            return f"cannot write {path}: it is a folder"
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    return f"cannot write {path}: {parent} is not a folder"
+                break
+        return None
+
+    def is_done(self, job: Job) -> bool:
+        """Whether `job` is done (see Ledger.state)."""
+        return self._ledger.state(job).state == DONE
 
     def state(self, job: Job) -> tuple[str, Record | None]:
-        """('done' | 'failed' | 'pending', the record that says so)."""
-        if self.is_done(job):
-            return "done", self._latest_ok[job.key]
-        fail = self._latest_fail.get(job.key)
-        if fail is not None:
-            return "failed", fail
-        return "pending", None
+        """('done' | 'failed' | 'pending', the record that says so); see Ledger.state."""
+        st = self._ledger.state(job)
+        return st.state, st.record
+
+    def check(self, jobs: Iterable[Job], *, verify: bool = False) -> list[JobState]:
+        """Each job's state, as job_states gives it; images found intact by their hash get
+        their mtime recorded anew, so the next check compares times instead of reading them.
+
+        Needs prepare() (it may append records).
+        """
+        states = [self._ledger.state(job, verify=verify) for job in jobs]
+        for st in states:
+            if st.state != DONE or not st.hashed or st.record is None:
+                continue
+            try:
+                mtime = os.stat(self.images / st.job.path).st_mtime_ns
+            except OSError:
+                continue
+            if mtime != st.record.mtime_ns:
+                try:
+                    self._append(replace(st.record, mtime_ns=mtime))
+                except OSError as exc:
+                    raise write_error(self.root / RESULTS, exc) from None
+        return states
 
     # -- writing -----------------------------------------------------------------------
     def prepare(self) -> int:
@@ -261,7 +452,7 @@ class Store:
             self._results.write(line)
             self._results.flush()
             os.fsync(self._results.fileno())
-            self._index(rec)
+            self._ledger.add(rec)
 
     def save(
         self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None
@@ -274,7 +465,7 @@ class Store:
             rec = Record(
                 key=job.key, path=job.path, status="ok", backend=self.backend, attempts=attempts,
                 error=None, sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob),
-                seconds=round(seconds, 3), created=created,
+                seconds=round(seconds, 3), created=created, mtime_ns=stamp(path),
             )
             self._append(rec)
         except OSError as exc:

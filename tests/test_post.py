@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import html.parser
 import io
+import json
 import os
 import re
 from pathlib import Path
@@ -66,6 +68,16 @@ def run_jobs(tmp_path: Path, plan: Plan, *, fail: set[int] = frozenset(),
     return store.root
 
 
+def resave(root: Path, plan: Plan, job: Job, img: Image.Image) -> Path:
+    """A new image for `job`, written and recorded as a run would; its path."""
+    store = Store(root.parent, plan.name, "local")
+    store.prepare()
+    store.load()
+    store.save(job, encode(img, job.ext), attempts=1, seconds=0, created=0)
+    store.close()
+    return root / "images" / job.path
+
+
 def check_cells(result, root: Path, *, tol: int = 8) -> None:
     """Every ok cell's centre shows its job's colour; others do not."""
     assert result.pages
@@ -117,16 +129,23 @@ def test_failed_and_missing_jobs_are_marked_and_the_grid_stays(tmp_path):
     assert "(1 failed, 1 missing)" in result.pages[0].title
 
 
-def test_last_record_per_key_wins(tmp_path):
-    plan = make_plan(1, 2)
+def test_cells_show_the_done_state_not_the_last_record(tmp_path):
+    plan = make_plan(1, 3)
     root = run_jobs(tmp_path, plan)
     store = Store(tmp_path / "out", plan.name, "local")
     store.prepare()
+    # a --force attempt that failed leaves the image it would have replaced: still done
     store.fail(plan.jobs[0], "later failure", attempts=1, seconds=0)
+    # a failure after an image that is gone since: failed, with that reason
+    store.fail(plan.jobs[1], "later failure", attempts=1, seconds=0)
     store.close()
-    result = build_all(plan, root, workers=1)
+    (root / "images" / plan.jobs[1].path).unlink()
+    result = build_all(plan, root, backend="local", workers=1)
     states = {c.entry.job.index: (c.entry.state, c.entry.reason) for c in result.pages[0].cells}
-    assert states[0] == ("failed", "later failure") and states[1] == ("ok", None)
+    assert states == {0: ("ok", None), 1: ("failed", "later failure"), 2: ("ok", None)}
+    # for another backend none of these is done, and that backend failed none of them
+    other = build_all(plan, root, backend="https://api.example.test", workers=1)
+    assert {c.entry.state for c in other.pages[0].cells} == {"missing"}
 
 
 def test_thumbs_rebuilt_only_for_changed_images(tmp_path):
@@ -135,9 +154,7 @@ def test_thumbs_rebuilt_only_for_changed_images(tmp_path):
     assert build_all(plan, root, workers=1).thumbs_made == 6
     thumbs = {j.index: root / "thumbs" / f"{j.path}.jpg" for j in plan.jobs}
     before = {i: p.stat().st_mtime_ns for i, p in thumbs.items()}
-    changed = plan.jobs[2]
-    image = root / "images" / changed.path
-    image.write_bytes(encode(Image.new("RGB", (256, 256), (250, 250, 0)), "png"))
+    image = resave(root, plan, plan.jobs[2], Image.new("RGB", (256, 256), (250, 250, 0)))
     later = before[2] + 5_000_000_000
     os.utime(image, ns=(later, later))
     again = build_all(plan, root, workers=1)
@@ -147,8 +164,7 @@ def test_thumbs_rebuilt_only_for_changed_images(tmp_path):
     with Image.open(thumbs[2]) as t:
         assert all(abs(a - b) <= 8 for a, b in zip(t.getpixel((32, 32)), (250, 250, 0)))
     # An image replaced by an older file (a restored copy) is seen too.
-    image = root / "images" / plan.jobs[3].path
-    image.write_bytes(encode(Image.new("RGB", (256, 256), (0, 250, 250)), "png"))
+    image = resave(root, plan, plan.jobs[3], Image.new("RGB", (256, 256), (0, 250, 250)))
     os.utime(image, ns=(before[3] - 10**9, before[3] - 10**9))
     assert build_all(plan, root, workers=1).thumbs_made == 1
     with Image.open(thumbs[3]) as t:
@@ -243,7 +259,14 @@ def test_parallel_thumbnails(tmp_path):
 def test_unreadable_image_is_marked_not_fatal(tmp_path):
     plan = make_plan(1, 2)
     root = run_jobs(tmp_path, plan)
-    (root / "images" / plan.jobs[1].path).write_bytes(b"not an image at all")
+    # recorded as it is (a changed file would not be done, so not drawn at all)
+    job, junk = plan.jobs[1], b"not an image at all"
+    (root / "images" / job.path).write_bytes(junk)
+    line = {"key": job.key, "path": job.path, "status": "ok", "backend": "local",
+            "attempts": 1, "error": None, "sha256": hashlib.sha256(junk).hexdigest(),
+            "bytes": len(junk), "seconds": 0, "created": 0}
+    with open(root / "results.jsonl", "a") as fh:
+        fh.write(json.dumps(line) + "\n")
     result = build_all(plan, root, workers=1)
     assert result.thumbs_made == 1 and result.missing == 1
     cell = next(c for c in result.pages[0].cells if c.entry.job.index == 1)

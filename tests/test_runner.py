@@ -15,9 +15,13 @@ from pipeline.runner import Runner, RunSettings
 class FakeStore:
     """Keeps records in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: frozenset[int] = frozenset()) -> None:
         self.saved: dict[str, tuple[bytes, int]] = {}
         self.failed: dict[str, str] = {}
+        self.refuse = refuse  # job indexes whose image could not be saved
+
+    def cannot_write(self, job):
+        return f"cannot write {job.path}" if job.index in self.refuse else None
 
     def save(self, job, data, *, attempts, seconds, created):
         self.saved[job.key] = (data, attempts)
@@ -83,6 +87,18 @@ async def test_concurrency_far_above_the_job_count_starts_one_worker_per_job():
     state = await runner.run(_work(store, 3))
     assert state.ok == 3 and client.requests == 3
     assert len(runner._tasks) == 3  # not ten million idle tasks
+
+
+async def test_a_job_whose_image_cannot_be_saved_fails_without_a_request():
+    store, client = FakeStore(refuse=frozenset({1, 3})), FakeClient()
+    runner = Runner(client, RunSettings(concurrency=2), sleep=FakeSleep())
+    state = await runner.run(_work(store, 5))
+    assert sorted(client.started) == [0, 2, 4] and client.requests == 3
+    assert state.ok == 3 and state.failed == 2
+    assert sorted((o.job.index, o.attempts, o.error) for o in state.outcomes) == [
+        (1, 0, "cannot write fox/2.png"), (3, 0, "cannot write fox/4.png")]
+    assert state.requests_by_store.get(id(store), 0) == 3
+    assert set(store.failed.values()) == {"cannot write fox/2.png", "cannot write fox/4.png"}
 
 
 class Clock:

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 from runner_helpers import image_bytes, make_job
 
+import pipeline.store
 from pipeline import metadata
 from pipeline.errors import StoreError
-from pipeline.store import RESULTS, Store, atomic_write, read_records
+from pipeline.store import RESULTS, Store, atomic_write, job_states, read_records
 
 
 def _store(tmp_path, backend="local"):
@@ -34,7 +35,8 @@ def test_save_writes_image_with_request_and_a_record(tmp_path):
     assert rec.bytes == len(blob) and rec.status == "ok" and rec.attempts == 2
     line = json.loads((tmp_path / "out/demo" / RESULTS).read_text())
     assert set(line) == {"key", "path", "status", "backend", "attempts", "error", "sha256",
-                         "bytes", "seconds", "created"}
+                         "bytes", "seconds", "created", "mtime_ns"}
+    assert line["mtime_ns"] == path.stat().st_mtime_ns == rec.mtime_ns
     assert line["key"] == job.key and line["path"] == "fox/1.png" and line["seconds"] == 1.235
     assert store.is_done(job)
     store.close()
@@ -178,3 +180,81 @@ def test_a_prompt_changed_and_changed_back_is_not_done_by_its_old_record(tmp_pat
     assert s.is_done(bat) and not s.is_done(cat)
     assert s.state(cat)[0] == "pending"
     s.close()
+
+
+def test_a_same_size_change_in_the_same_clock_tick_as_the_save_is_seen(tmp_path, monkeypatch):
+    written: list[int] = []  # the mtime the image's write gave it
+
+    def spy(path, data):
+        atomic_write(path, data)
+        written.append(os.stat(path).st_mtime_ns)
+
+    monkeypatch.setattr(pipeline.store, "atomic_write", spy)
+    job = make_job()
+    s = _store(tmp_path)
+    rec = s.save(job, image_bytes(), attempts=1, seconds=0, created=None)
+    path = tmp_path / "out/demo/images/fox/1.png"
+    assert path.stat().st_mtime_ns == rec.mtime_ns
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    # a write in the save's own clock tick gets the time the save's write got
+    os.utime(path, ns=(written[0], written[0]))
+    (st,) = job_states([job], s.root, "local")
+    assert st.state == "pending" and st.hashed
+    s.close()
+
+
+def test_done_image_reached_through_a_link_out_of_images_is_not_done(tmp_path):
+    job = make_job()
+    s = _store(tmp_path)
+    s.save(job, image_bytes(), attempts=1, seconds=0, created=None)
+    s.close()
+    folder = tmp_path / "out/demo/images/fox"
+    elsewhere = tmp_path / "elsewhere"
+    folder.rename(elsewhere)  # the same bytes, now outside images/ behind a link
+    os.symlink(elsewhere, folder)
+    (st,) = job_states([job], tmp_path / "out/demo", "local")
+    assert st.state == "pending"
+    s = _store(tmp_path)
+    reason = s.cannot_write(job)
+    assert reason is not None and "leads outside" in reason and str(elsewhere) in reason
+    s.close()
+
+
+def test_cannot_write_names_a_folder_or_file_in_the_way(tmp_path):
+    s = _store(tmp_path)
+    (tmp_path / "out/demo/images/fox/1.png").mkdir(parents=True)
+    assert "is a folder" in (s.cannot_write(make_job()) or "")
+    (tmp_path / "out/demo/images/owl").write_bytes(b"x")
+    assert "is not a folder" in (s.cannot_write(make_job(job_id="owl")) or "")
+    assert s.cannot_write(make_job(job_id="cat")) is None
+    s.close()
+
+
+def test_job_states_with_no_backend_takes_whichever_made_the_image(tmp_path):
+    job, other = make_job(0, seed=1), make_job(1, seed=2)
+    s = _store(tmp_path, "https://api.example.test")
+    s.save(job, image_bytes(), attempts=1, seconds=0, created=None)
+    s.fail(other, "HTTP 400: no", attempts=1, seconds=0)
+    s.close()
+    root = tmp_path / "out/demo"
+    assert [(x.state, x.reason) for x in job_states([job, other], root, None)] == [
+        ("done", None), ("failed", "HTTP 400: no")]
+    assert [x.state for x in job_states([job, other], root, "local")] == ["pending", "pending"]
+
+
+def test_old_lines_without_mtime_are_checked_by_their_hash(tmp_path):
+    job = make_job()
+    s = _store(tmp_path)
+    s.save(job, image_bytes(), attempts=1, seconds=0, created=None)
+    s.close()
+    results = tmp_path / "out/demo" / RESULTS
+    doc = json.loads(results.read_text())
+    del doc["mtime_ns"]
+    results.write_text(json.dumps(doc) + "\n")
+    (st,) = job_states([job], tmp_path / "out/demo", "local")
+    assert st.state == "done" and st.hashed and st.record.mtime_ns is None
+    path = tmp_path / "out/demo/images/fox/1.png"
+    path.write_bytes(path.read_bytes()[::-1])  # same size, other bytes
+    assert job_states([job], tmp_path / "out/demo", "local")[0].state == "pending"
