@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_ready
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image
 
@@ -96,8 +96,8 @@ def stop_on_signals() -> Iterator[Stop]:
     try:
         yield stop
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, signal.SIG_IGN if stop.requested else old)
+        for signum, old in previous.items():
+            signal.signal(signum, signal.SIG_IGN if stop.requested else old)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,12 +251,34 @@ def _serve(conn: Connection, inherited: tuple[int, ...]) -> None:
                 error = exc
                 break
         try:
-            try:
-                conn.send((done, error))
-            except (TypeError, AttributeError, ValueError, ImportError):  # not picklable
-                conn.send((done, RuntimeError(f"{type(error).__name__}: {error}")))
+            conn.send((done, error))
         except OSError:
             return
+        except Exception:  # noqa: BLE001 - the error does not pickle: send its text instead
+            try:
+                conn.send((done, RuntimeError(f"{type(error).__name__}: {error}")))
+            except OSError:
+                return
+
+
+#: How long a worker's unexpected end waits for the stop request that may explain it.
+LOST_GRACE = 0.5
+
+
+def _await_stop(stop: Stop | None) -> None:
+    """Interrupted if a stop request comes within LOST_GRACE seconds; otherwise return.
+
+    A signal sent to the whole process group can end a worker just starting (before it
+    ignores signals) a moment before this process records the same signal as a stop.
+    """
+    if stop is None:
+        return
+    deadline = time.monotonic() + LOST_GRACE
+    while True:
+        stop.check()
+        if time.monotonic() > deadline:
+            return
+        time.sleep(STOP_POLL / 5)
 
 
 class _Workers:
@@ -275,7 +297,7 @@ class _Workers:
         self.results: list[ThumbResult | None] = [None] * len(tasks)
         self.busy: dict[Connection, int] = {}  # pipe -> index of its chunk's first task
         self.procs: dict[Connection, Any] = {}
-        ctx = _context()
+        ctx: Any = _context()  # typeshed's BaseContext lacks the Process of its subclasses
         fork = ctx.get_start_method() == "fork"
         try:
             for _ in range(workers):
@@ -298,12 +320,13 @@ class _Workers:
         while self.busy:
             if stop is not None:
                 stop.check()
-            for conn in wait_ready(list(self.busy), timeout=STOP_POLL):
-                assert isinstance(conn, Connection)
+            for ready in wait_ready(list(self.busy), timeout=STOP_POLL):
+                conn = cast(Connection, ready)
                 first = self.busy[conn]
                 try:
                     done, error = conn.recv()
                 except (EOFError, OSError):
+                    _await_stop(stop)
                     raise self._lost(conn) from None
                 del self.busy[conn]
                 self.results[first:first + len(done)] = done

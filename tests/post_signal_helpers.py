@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,9 +214,9 @@ def thumbs_made(root: Path) -> list[Path]:
 
 
 def signal_during_post(argv: Sequence[str], root: Path, cwd: Path, signals: Sequence[int], *,
-                       group: bool = False, delay: Callable[[], float] = lambda: 0.0,
+                       group: bool = False, delay: float = 0.0,
                        gap: float = 0.02) -> Stopped:
-    """Start `argv`, wait until its first thumbnail is written under `root`, wait `delay()`
+    """Start `argv`, wait until its first thumbnail is written under `root`, wait `delay` seconds
     more, then send `signals` (to it alone, or to its process group), `gap` seconds apart."""
     tag = uuid.uuid4().hex
     # Output goes to files, not pipes: a process left behind holding a pipe open would keep
@@ -236,7 +236,7 @@ def signal_during_post(argv: Sequence[str], root: Path, cwd: Path, signals: Sequ
             if time.monotonic() > deadline:
                 raise AssertionError("thumbnailing never started")
             time.sleep(0.005)
-        time.sleep(delay())
+        time.sleep(delay)
         watch.poll()
         at_signal = [describe(pid) for pid in watch.descendants_alive()]
         finished_first = proc.poll() is not None
@@ -278,7 +278,19 @@ def check_nothing_half_written(top: Path) -> int:
 
 
 __all__ = [
-    "INTERRUPTED", "MANIFEST", "N", "NAME", "ROOT", "Stopped", "Watch",
-    "check_nothing_half_written", "command", "copy_outputs", "describe", "make_outputs",
-    "signal_during_post", "tagged_env", "thumbs_made",
+    "INTERRUPTED",
+    "MANIFEST",
+    "NAME",
+    "ROOT",
+    "N",
+    "Stopped",
+    "Watch",
+    "check_nothing_half_written",
+    "command",
+    "copy_outputs",
+    "describe",
+    "make_outputs",
+    "signal_during_post",
+    "tagged_env",
+    "thumbs_made",
 ]

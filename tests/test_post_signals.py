@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from post_signal_helpers import (
     INTERRUPTED,
-    N,
     NAME,
+    N,
     Watch,
     check_nothing_half_written,
     command,

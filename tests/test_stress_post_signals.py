@@ -25,7 +25,7 @@ from post_signal_helpers import (
     tagged_env,
     thumbs_made,
 )
-from stress_helpers import decode, run_cli
+from stress_helpers import decode
 
 pytestmark = pytest.mark.stress
 
@@ -75,7 +75,7 @@ def test_signals_at_random_moments_of_post_processing(tmp_path: Path) -> None:
         top = tmp_path / f"it{i}"
         out = copy_outputs(made, top / "out")
         argv, root = command(kind, manifest, out, top / "merged")
-        res = signal_during_post(argv, root, top, signals, group=group, delay=lambda: delay)
+        res = signal_during_post(argv, root, top, signals, group=group, delay=delay)
         what = (i, kind, [s.name for s in signals], "group" if group else "process",
                 round(delay, 2), "exited first" if res.finished_first else "signalled",
                 res.returncode)
