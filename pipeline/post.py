@@ -297,6 +297,7 @@ class _Workers:
         self.results: list[ThumbResult | None] = [None] * len(tasks)
         self.busy: dict[Connection, int] = {}  # pipe -> index of its chunk's first task
         self.procs: dict[Connection, Any] = {}
+        self.stop: Stop | None = None
         ctx: Any = _context()  # typeshed's BaseContext lacks the Process of its subclasses
         fork = ctx.get_start_method() == "fork"
         try:
@@ -315,6 +316,7 @@ class _Workers:
 
     def run(self, stop: Stop | None) -> list[ThumbResult]:
         """Every task's result, in order; raises what a worker raised, or Interrupted."""
+        self.stop = stop
         for conn in self.procs:
             self._feed(conn)
         while self.busy:
@@ -326,7 +328,6 @@ class _Workers:
                 try:
                     done, error = conn.recv()
                 except (EOFError, OSError):
-                    _await_stop(stop)
                     raise self._lost(conn) from None
                 del self.busy[conn]
                 self.results[first:first + len(done)] = done
@@ -347,6 +348,8 @@ class _Workers:
         self.next += len(chunk)
 
     def _lost(self, conn: Connection) -> RuntimeError:
+        """The error for a worker that ended by itself (Interrupted if a stop explains it)."""
+        _await_stop(self.stop)
         proc = self.procs[conn]
         proc.join(1)
         return RuntimeError(f"a thumbnail worker process ended unexpectedly "

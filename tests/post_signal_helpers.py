@@ -213,11 +213,18 @@ def thumbs_made(root: Path) -> list[Path]:
         if folder.is_dir() else []
 
 
+def _has_grandchild(pid: int) -> bool:
+    return any(_children(child) for child in _children(pid))
+
+
 def signal_during_post(argv: Sequence[str], root: Path, cwd: Path, signals: Sequence[int], *,
-                       group: bool = False, delay: float = 0.0,
-                       gap: float = 0.02) -> Stopped:
+                       group: bool = False, delay: float = 0.0, gap: float = 0.02,
+                       at_first_grandchild: bool = False) -> Stopped:
     """Start `argv`, wait until its first thumbnail is written under `root`, wait `delay` seconds
-    more, then send `signals` (to it alone, or to its process group), `gap` seconds apart."""
+    more, then send `signals` (to it alone, or to its process group), `gap` seconds apart.
+
+    With `at_first_grandchild`, signal as soon as it has one instead: for `run`, whose pool
+    workers are the fork server's children, the moment the first worker is starting."""
     tag = uuid.uuid4().hex
     # Output goes to files, not pipes: a process left behind holding a pipe open would keep
     # the test waiting for its end instead of reporting it.
@@ -229,13 +236,13 @@ def signal_during_post(argv: Sequence[str], root: Path, cwd: Path, signals: Sequ
     watch = Watch(proc.pid, tag).start()
     try:
         deadline = time.monotonic() + 180
-        while not thumbs_made(root):
+        while not (_has_grandchild(proc.pid) if at_first_grandchild else thumbs_made(root)):
             if proc.poll() is not None:
                 raise AssertionError(f"ended (exit {proc.returncode}) before thumbnailing: "
                                      f"{stderr.read_text()[-2000:]}")
             if time.monotonic() > deadline:
                 raise AssertionError("thumbnailing never started")
-            time.sleep(0.005)
+            time.sleep(0.0005 if at_first_grandchild else 0.005)
         time.sleep(delay)
         watch.poll()
         at_signal = [describe(pid) for pid in watch.descendants_alive()]

@@ -79,3 +79,19 @@ def test_signal_during_thumbnailing_exits_130_and_leaves_no_process(
     assert check_nothing_half_written(root) == N
     assert (root / "index.html").is_file() and (root / "contact-sheet.png").is_file()
     assert not Watch(0, tag).leftovers(wait=5), "left running after finishing"
+
+
+def test_ctrl_c_while_the_workers_start(outputs: tuple[Path, Path], tmp_path: Path) -> None:
+    # `run` makes thumbnails in forkserver workers; one just forked has not yet set itself to
+    # ignore Ctrl-C, and dies of it. That is the stop, not a failure: exit 130 all the same.
+    manifest, made = outputs
+    for i in range(5):  # the moment is narrow: several tries
+        out = copy_outputs(made, tmp_path / f"out{i}")
+        argv, root = command("run", manifest, out, tmp_path / f"merged{i}")
+        res = signal_during_post(argv, root, tmp_path, (signal.SIGINT,), group=True,
+                                 at_first_grandchild=True)
+        assert res.returncode == 130, (i, res.returncode, res.stderr[-3000:])
+        assert "Traceback" not in res.stderr, res.stderr[-3000:]
+        assert res.stderr.rstrip().splitlines()[-1] == INTERRUPTED, res.stderr[-3000:]
+        assert not res.leftovers, res.leftovers
+        check_nothing_half_written(tmp_path)
