@@ -21,10 +21,16 @@ import aiohttp
 
 from pipeline import config
 from pipeline.client import ApiClient, backend_name
-from pipeline.errors import ImagebatchError, ManifestError, StoreError, UsageError, printable
+from pipeline.errors import (
+    Interrupted,
+    ManifestError,
+    StoreError,
+    UsageError,
+    printable,
+)
 from pipeline.metadata import MetadataError, read_request
 from pipeline.plan import Job, Plan, canonical_json
-from pipeline.post import build_all
+from pipeline.post import Stop, build_all, stop_on_signals
 from pipeline.progress import Progress
 from pipeline.retry import Pacer
 from pipeline.runner import Runner, RunSettings, RunState
@@ -55,12 +61,6 @@ class RunOptions:
     env_prefix: str = config.DEFAULT_PREFIX
     verbose: int = 0
     backoff_base: float = 1.0  # seconds; first retry waits up to this (tests shrink it)
-
-
-class Interrupted(ImagebatchError):
-    """Stopped by Ctrl-C or SIGTERM after settling in-flight work."""
-
-    exit_code = 130
 
 
 def load_plans(
@@ -154,6 +154,9 @@ async def run_plans_async(
     """Run validated plans against `conn` (or the embedded server); (summaries, state)."""
     reason = reason or ("--local given" if opts.local else f"no {opts.env_prefix}_URL set")
     started = time.monotonic()
+    post_stop = Stop()  # set by a signal once the requests are over
+    installed: list[signal.Signals] = []
+    loop = asyncio.get_running_loop()
     async with _backend(conn, err, reason) as (url, key, backend):
         stores = [Store(opts.out, plan.name, backend) for plan in plans]
         work: list[tuple[Store, Job]] = []
@@ -192,7 +195,6 @@ async def run_plans_async(
                 on_change=lambda st: progress.update(st.ok, st.failed),
             )
             holder["runner"] = runner
-            loop = asyncio.get_running_loop()
             signals = 0
 
             def on_signal() -> None:
@@ -205,7 +207,6 @@ async def run_plans_async(
                 else:
                     runner.abort()
 
-            installed = []
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(sig, on_signal)
@@ -220,6 +221,9 @@ async def run_plans_async(
                         # write. A later Ctrl-C (the second, arriving late) must not cut that
                         # short and turn exit 130 into death by SIGINT.
                         signal.signal(sig, signal.SIG_IGN)
+                    else:
+                        # From here a signal stops post-processing (workers killed, exit 130).
+                        loop.add_signal_handler(sig, post_stop.set)
                 progress.close()
                 for store in stores:
                     store.close()
@@ -236,16 +240,36 @@ async def run_plans_async(
                 if state.store_error is None:
                     state.store_error = exc
             summaries.append(summary)
-    if (opts.post and not state.interrupted and state.config_error is None
-            and state.store_error is None):
-        for plan, store in zip(plans, stores):
-            try:
-                await asyncio.to_thread(build_all, plan, store.root, backend=store.backend)
-            except StoreError as exc:
-                # The images are safe; print the summary, then say what could not be written.
-                state.store_error = exc
-                break
+    try:
+        if (opts.post and not state.interrupted and state.config_error is None
+                and state.store_error is None):
+            for plan, store in zip(plans, stores):
+                try:
+                    await asyncio.to_thread(build_all, plan, store.root,
+                                            backend=store.backend, stop=post_stop)
+                except StoreError as exc:
+                    # The images are safe; print the summary, then say what could not be
+                    # written.
+                    state.store_error = exc
+                    break
+                except Interrupted:
+                    state.interrupted = True
+                    await _mark_interrupted(summaries, stores)
+                    break
+    finally:
+        for sig in installed:
+            # Once stopped, later signals stay ignored: exit 130 is not cut short.
+            if loop.remove_signal_handler(sig) and post_stop.requested:
+                signal.signal(sig, signal.SIG_IGN)
     return summaries, state
+
+
+async def _mark_interrupted(summaries: list[dict[str, Any]], stores: list[Store]) -> None:
+    """Post-processing was stopped: the summaries (printed and on disk) say interrupted."""
+    for summary, store in zip(summaries, stores):
+        summary["interrupted"] = True
+        with contextlib.suppress(StoreError):  # the summary as written before still stands
+            await asyncio.to_thread(store.write_summary, summary)
 
 
 def run_command(
@@ -284,11 +308,12 @@ def sheet_command(
     root = Path(out_dir) / plan.name
     if not root.is_dir():
         raise UsageError(f"{root}: nothing to post-process yet; run `imagebatch run {manifest}`")
-    result = build_all(plan, root, backend=backend)
-    sheets = ", ".join(str(p) for p in result.sheets) or "none"
-    print(f"{plan.name}: {result.thumbs_made} thumbnails made, {result.thumbs_kept} kept, "
-          f"{result.missing} jobs without an image; sheets: {sheets}; index: {result.index}",
-          file=out)
+    with stop_on_signals() as stop:  # Ctrl-C or SIGTERM: Interrupted, exit 130
+        result = build_all(plan, root, backend=backend, stop=stop)
+        sheets = ", ".join(str(p) for p in result.sheets) or "none"
+        print(f"{plan.name}: {result.thumbs_made} thumbnails made, {result.thumbs_kept} kept, "
+              f"{result.missing} jobs without an image; sheets: {sheets}; index: {result.index}",
+              file=out)
     return 0
 
 

@@ -57,6 +57,12 @@ class StoreError(ImagebatchError):
     """The output folder cannot be written (read-only, full, ...)."""
 
 
+class Interrupted(ImagebatchError):
+    """Stopped by Ctrl-C or SIGTERM; what was written is whole, and running again finishes."""
+
+    exit_code = 130
+
+
 class ApiError(ImagebatchError):
     """A request that did not produce an image; subclasses say whether to retry."""
 

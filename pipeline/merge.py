@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from pipeline.errors import StoreError, UsageError
 from pipeline.plan import Job, Plan
-from pipeline.post import build_all
+from pipeline.post import build_all, stop_on_signals
 from pipeline.store import (
     DONE,
     FAILED,
@@ -203,18 +203,22 @@ def merge_command(sources: Sequence[str], out: str, *, manifests: Sequence[str] 
         if name not in plans:
             raise UsageError(f"no manifest given for {name!r} (names: {', '.join(plans)})")
     code = 0
-    for name, group in folders.items():
-        plan = plans[name]
-        summary = merge_one(plan, group, dest_root / name)
-        if post:
-            # shown as merged: each image done for the backend that made it
-            build_all(plan, dest_root / name, backend=None)
-        print(f"{name}: merged {len(group)} folder(s): {summary['succeeded']} ok, "
-              f"{summary['failed']} failed, {summary['pending']} missing of "
-              f"{summary['planned']} -> {dest_root / name}", file=stdout)
-        if summary["pending"]:
-            print(f"note: {summary['pending']} job(s) of {name} are in no shard's outputs; "
-                  "run the missing shard(s) and merge again", file=stderr)
-        if summary["failed"] or summary["pending"]:
-            code = 1
+    # Ctrl-C or SIGTERM: the folder being merged is finished (its results.jsonl and summary
+    # agree with its images), post-processing stops at once; Interrupted, exit 130.
+    with stop_on_signals() as stop:
+        for name, group in folders.items():
+            stop.check()
+            plan = plans[name]
+            summary = merge_one(plan, group, dest_root / name)
+            if post:
+                # shown as merged: each image done for the backend that made it
+                build_all(plan, dest_root / name, backend=None, stop=stop)
+            print(f"{name}: merged {len(group)} folder(s): {summary['succeeded']} ok, "
+                  f"{summary['failed']} failed, {summary['pending']} missing of "
+                  f"{summary['planned']} -> {dest_root / name}", file=stdout)
+            if summary["pending"]:
+                print(f"note: {summary['pending']} job(s) of {name} are in no shard's "
+                      "outputs; run the missing shard(s) and merge again", file=stderr)
+            if summary["failed"] or summary["pending"]:
+                code = 1
     return code

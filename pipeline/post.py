@@ -8,20 +8,25 @@ What each job shows (its image, a failure, or nothing yet) is its state as
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_ready
 from pathlib import Path
+from typing import Any, cast
 
 from PIL import Image
 
 from pipeline import imaging, report
+from pipeline.errors import Interrupted
 from pipeline.imaging import FAILED, MISSING, OK, Entry
 from pipeline.plan import Plan
 from pipeline.store import (
@@ -43,6 +48,58 @@ PARALLEL_MIN = 12
 #: PNG zlib level for sheets: 1 is several times faster than 6 and only slightly larger
 #: on photographic thumbnails.
 SHEET_COMPRESS = 1
+#: How often waiting for thumbnail workers looks for a stop request, in seconds.
+STOP_POLL = 0.05
+INTERRUPTED = "interrupted; run the same command again to finish"
+
+
+class Stop:
+    """A request to stop post-processing: set by a signal handler, read at safe points.
+
+    A plain flag, no lock: setting it is safe from a signal handler, even one that runs
+    while the main thread is inside the work it interrupts.
+    """
+
+    __slots__ = ("requested",)
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self) -> None:
+        """Ask the work to stop at its next safe point."""
+        self.requested = True
+
+    def check(self) -> None:
+        """Raise Interrupted when a stop was asked for."""
+        if self.requested:
+            raise Interrupted(INTERRUPTED)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Stop]:
+    """While the block runs, SIGINT and SIGTERM ask it to stop instead of ending the process.
+
+    For the main thread of `sheet` and `merge`; the work raises Interrupted (exit 130) at
+    its next safe point. After a stop both signals stay ignored until the process exits, so
+    a second Ctrl-C cannot turn the orderly exit into death by signal. Outside the main
+    thread signals cannot be caught: the Stop is never set there.
+    """
+    stop = Stop()
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield stop
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, signal.SIG_IGN if stop.requested else old)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +145,11 @@ def _encode_jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _thumb_tmp(dest: Path, pid: int) -> Path:
+    """The temp file process `pid` writes `dest` through."""
+    return dest.parent / f"{TMP_PREFIX}{dest.name}.{pid}"
+
+
 def _save_jpeg(data: bytes, dest: Path, mtime_ns: int) -> None:
     """Temp file + os.replace: a thumbnail is never seen half written; StoreError on failure.
 
@@ -95,7 +157,7 @@ def _save_jpeg(data: bytes, dest: Path, mtime_ns: int) -> None:
     or one replaced by an older copy) means it is stale. No fsync: thumbnails are derived
     data, remade whenever they do not match.
     """
-    tmp = dest.parent / f"{TMP_PREFIX}{dest.name}.{os.getpid()}"
+    tmp = _thumb_tmp(dest, os.getpid())
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -153,18 +215,190 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def make_thumbs(tasks: list[tuple[str, str, int]], workers: int) -> list[tuple[int, int] | str]:
-    """Run make_thumb over `tasks`, spread over `workers` processes when there are enough."""
+Task = tuple[str, str, int]
+ThumbResult = tuple[int, int] | str
+
+
+def _serve(conn: Connection, inherited: tuple[int, ...]) -> None:
+    """A thumbnail worker: a chunk of tasks in, (results, error or None) out, until end of file.
+
+    Only the parent decides when the work stops. A terminal's Ctrl-C, `timeout` or a service
+    manager signals the whole process group; the workers ignore that, and the parent, which
+    gets the same signal, kills them (SIGKILL) and removes their temp files. When the parent
+    is gone its end of the pipe closes and the worker returns, at the latest after its chunk.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for fd in inherited:  # a forked worker's copies of the parent's pipe ends, closed so
+        with contextlib.suppress(OSError):  # that the parent's exit reaches every worker
+            os.close(fd)
+    while True:
+        try:
+            chunk: list[Task] = conn.recv()
+        except (EOFError, OSError):
+            return
+        done: list[ThumbResult] = []
+        error: BaseException | None = None
+        for task in chunk:
+            try:
+                done.append(make_thumb(task))
+            except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it
+                error = exc
+                break
+        try:
+            conn.send((done, error))
+        except OSError:
+            return
+        except Exception:  # noqa: BLE001 - the error does not pickle: send its text instead
+            try:
+                conn.send((done, RuntimeError(f"{type(error).__name__}: {error}")))
+            except OSError:
+                return
+
+
+#: How long a worker's unexpected end waits for the stop request that may explain it.
+LOST_GRACE = 0.5
+
+
+def _await_stop(stop: Stop | None) -> None:
+    """Interrupted if a stop request comes within LOST_GRACE seconds; otherwise return.
+
+    A signal sent to the whole process group can end a worker just starting (before it
+    ignores signals) a moment before this process records the same signal as a stop.
+    """
+    if stop is None:
+        return
+    deadline = time.monotonic() + LOST_GRACE
+    while True:
+        stop.check()
+        if time.monotonic() > deadline:
+            return
+        time.sleep(STOP_POLL / 5)
+
+
+class _Workers:
+    """Worker processes making thumbnails, fed one chunk at a time, stoppable at any moment.
+
+    Owned outright (a pipe per worker, no queues, threads or semaphores in this process),
+    so that stopping is simple: kill the workers, wait for them, delete the temp files of
+    the chunks they held. With the fork context nothing else is started; with forkserver the
+    server and its resource tracker end as soon as this process and the workers have.
+    """
+
+    def __init__(self, tasks: list[Task], workers: int, chunk: int) -> None:
+        self.tasks = tasks
+        self.chunk = chunk
+        self.next = 0
+        self.results: list[ThumbResult | None] = [None] * len(tasks)
+        self.busy: dict[Connection, int] = {}  # pipe -> index of its chunk's first task
+        self.procs: dict[Connection, Any] = {}
+        self.stop: Stop | None = None
+        ctx: Any = _context()  # typeshed's BaseContext lacks the Process of its subclasses
+        fork = ctx.get_start_method() == "fork"
+        try:
+            for _ in range(workers):
+                here, there = ctx.Pipe()
+                inherited = tuple(c.fileno() for c in [*self.procs, here]) if fork else ()
+                proc = ctx.Process(target=_serve, args=(there, inherited), daemon=True)
+                try:
+                    proc.start()
+                finally:
+                    there.close()
+                self.procs[here] = proc
+        except BaseException:
+            self.close(finished=False)
+            raise
+
+    def run(self, stop: Stop | None) -> list[ThumbResult]:
+        """Every task's result, in order; raises what a worker raised, or Interrupted."""
+        self.stop = stop
+        for conn in self.procs:
+            self._feed(conn)
+        while self.busy:
+            if stop is not None:
+                stop.check()
+            for ready in wait_ready(list(self.busy), timeout=STOP_POLL):
+                conn = cast(Connection, ready)
+                first = self.busy[conn]
+                try:
+                    done, error = conn.recv()
+                except (EOFError, OSError):
+                    raise self._lost(conn) from None
+                del self.busy[conn]
+                self.results[first:first + len(done)] = done
+                if error is not None:
+                    raise error
+                self._feed(conn)
+        return self.results  # type: ignore[return-value]  # every slot filled above
+
+    def _feed(self, conn: Connection) -> None:
+        if self.next >= len(self.tasks):
+            return
+        chunk = self.tasks[self.next:self.next + self.chunk]
+        try:
+            conn.send(chunk)
+        except OSError:
+            raise self._lost(conn) from None
+        self.busy[conn] = self.next
+        self.next += len(chunk)
+
+    def _lost(self, conn: Connection) -> RuntimeError:
+        """The error for a worker that ended by itself (Interrupted if a stop explains it)."""
+        _await_stop(self.stop)
+        proc = self.procs[conn]
+        proc.join(1)
+        return RuntimeError(f"a thumbnail worker process ended unexpectedly "
+                            f"(exit code {proc.exitcode})")
+
+    def close(self, finished: bool) -> None:
+        """End the workers: idle ones by closing their pipes; otherwise killed, temp files removed."""
+        if not finished:
+            for proc in self.procs.values():
+                with contextlib.suppress(OSError):
+                    proc.kill()
+        for conn in self.procs:
+            conn.close()
+        for proc in self.procs.values():
+            proc.join(10)
+            if proc.exitcode is None:  # cannot happen short of a hung kernel call; be sure
+                proc.kill()
+                proc.join()
+        if not finished:
+            # A killed worker may have left the temp file of the thumbnail it was writing.
+            for conn, first in self.busy.items():
+                pid = self.procs[conn].pid
+                for _src, dest, _longest in self.tasks[first:first + self.chunk]:
+                    with contextlib.suppress(OSError):
+                        _thumb_tmp(Path(dest), pid).unlink(missing_ok=True)
+
+
+def make_thumbs(tasks: list[Task], workers: int, stop: Stop | None = None) -> list[ThumbResult]:
+    """Run make_thumb over `tasks`, spread over `workers` processes when there are enough.
+
+    With `stop`, a stop request ends the work within STOP_POLL seconds (between images when
+    working alone) with Interrupted; workers are killed and their temp files removed.
+    """
     if workers <= 1 or len(tasks) < PARALLEL_MIN:
-        return [make_thumb(t) for t in tasks]
+        out: list[ThumbResult] = []
+        for t in tasks:
+            if stop is not None:
+                stop.check()
+            out.append(make_thumb(t))
+        return out
     workers = min(workers, len(tasks))
     chunk = max(1, min(16, len(tasks) // (workers * 4)))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
-        return list(pool.map(make_thumb, tasks, chunksize=chunk))
+    pool = _Workers(tasks, workers, chunk)
+    finished = False
+    try:
+        results = pool.run(stop)
+        finished = True
+    finally:
+        pool.close(finished)
+    return results
 
 
 def build_thumbs(
-    entries: list[Entry], root: Path, longest: int, workers: int
+    entries: list[Entry], root: Path, longest: int, workers: int, stop: Stop | None = None,
 ) -> tuple[list[Entry], int, int]:
     """Make missing or stale thumbnails; entries with `thumb` set; (entries, made, kept)."""
     images = root / IMAGES
@@ -181,7 +415,7 @@ def build_thumbs(
             kept += 1
         else:
             todo.append((i, (str(images / e.job.path), str(root / rel), longest)))
-    results = make_thumbs([t for _, t in todo], workers)
+    results = make_thumbs([t for _, t in todo], workers, stop)
     made = 0
     for (i, task), res in zip(todo, results):
         e = out[i]
@@ -228,14 +462,19 @@ def _loader(root: Path, box: int, scale: bool):
 
 def build_sheets(
     plan: Plan, entries: list[Entry], root: Path, *, box: tuple[int, int], scale: bool,
-    max_pixels: int = imaging.MAX_SHEET_PIXELS,
+    max_pixels: int = imaging.MAX_SHEET_PIXELS, stop: Stop | None = None,
 ) -> tuple[tuple[Path, ...], tuple[imaging.Page, ...]]:
-    """Write contact-sheet.png, -2.png, ...; remove pages left from a longer earlier sheet."""
+    """Write contact-sheet.png, -2.png, ...; remove pages left from a longer earlier sheet.
+
+    A stop request is honoured between pages (Interrupted): each page is written whole.
+    """
     pages = imaging.layout(plan.name, entries, box=box, per_page=plan.output.per_page,
                            max_pixels=max_pixels)
     load = _loader(root, max(box), scale)
     written: list[Path] = []
     for page in pages:
+        if stop is not None:
+            stop.check()
         sheet = imaging.render(page, load)
         buf = io.BytesIO()
         sheet.save(buf, format="PNG", compress_level=SHEET_COMPRESS)
@@ -270,12 +509,14 @@ def _sheet_files(root: Path) -> Iterable[Path]:
 
 def build_all(
     plan: Plan, root: Path, *, backend: str | None = None, workers: int | None = None,
-    max_sheet_pixels: int = imaging.MAX_SHEET_PIXELS,
+    max_sheet_pixels: int = imaging.MAX_SHEET_PIXELS, stop: Stop | None = None,
 ) -> PostResult:
     """Thumbnails (new or changed images only), contact sheets and index.html under `root`.
 
     Jobs are shown as done for `backend` (see entries_for): after a run, the run's backend;
     `imagebatch sheet`, the backend `status` judges against; `merge`, None (any backend).
+    With `stop`, a stop request ends the work promptly with Interrupted, leaving only whole
+    files (and no worker process); running it again finishes the job.
     """
     started = time.perf_counter()
     root = Path(root)
@@ -287,15 +528,19 @@ def build_all(
     entries = entries_for(plan, root, backend)
     longest = plan.output.thumbnail
     made = kept = 0
+    if stop is not None:
+        stop.check()
     if longest > 0:
-        entries, made, kept = build_thumbs(entries, root, longest, workers)
+        entries, made, kept = build_thumbs(entries, root, longest, workers, stop)
         box_side = longest
     else:
         box_side = imaging.SHEET_BOX
         entries = full_images(entries, root, box_side)
     box = _cell_box(entries, box_side)
     sheets, pages = build_sheets(plan, entries, root, box=box, scale=longest <= 0,
-                          max_pixels=max_sheet_pixels)
+                          max_pixels=max_sheet_pixels, stop=stop)
+    if stop is not None:
+        stop.check()
     index = root / INDEX
     names = [p.name for p in sheets]
     write_file(index, report.index_html(plan, entries, names).encode("utf-8"))
@@ -318,6 +563,7 @@ __all__ = [
     "INDEX",
     "THUMBS",
     "PostResult",
+    "Stop",
     "build_all",
     "build_sheets",
     "build_thumbs",
@@ -326,5 +572,6 @@ __all__ = [
     "make_thumbs",
     "remove_stale_sheets",
     "sheet_name",
+    "stop_on_signals",
     "thumb_rel",
 ]

@@ -63,8 +63,14 @@ def server():
                             text=True, cwd=ROOT)
     url = proc.stdout.readline().strip()
     yield url
-    proc.kill()
-    proc.wait()
+    # Ctrl-C, not SIGKILL: the server's cleanup ends its render pool, whose workers would
+    # otherwise wait forever (and keep the multiprocessing helpers alive) after it is gone.
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _run_argv(tmp_path: Path) -> list[str]:
