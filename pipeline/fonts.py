@@ -36,6 +36,8 @@ _STRIKES = (109, 160, 137, 128, 96, 64, 48, 40, 32, 20)
 _MISSING = "\U0010fffe"
 
 RAQM = features.check("raqm")
+#: How Pillow lays text out: libraqm (bidi, shaping) when it has it, else one glyph per char.
+LAYOUT = ImageFont.Layout.RAQM if RAQM else ImageFont.Layout.BASIC
 
 
 # ---------------------------------------------------------------------------------------
@@ -128,7 +130,7 @@ def _strike(face: Face) -> int | None:
     """The pixel size a colour bitmap face loads at, or None if it loads at none."""
     for size in _STRIKES:
         try:
-            ImageFont.truetype(face.path or "", size, index=face.index)
+            ImageFont.truetype(face.path or "", size, index=face.index, layout_engine=LAYOUT)
         except OSError:
             continue
         return size
@@ -144,7 +146,7 @@ def _load(face: Face, size: int) -> Font | None:
         strike = _strike(face)
         size = strike if strike else size
     try:
-        return ImageFont.truetype(face.path, size, index=face.index)
+        return ImageFont.truetype(face.path, size, index=face.index, layout_engine=LAYOUT)
     except OSError:
         return None
 
@@ -506,6 +508,7 @@ def draw_text(image: Image.Image, xy: tuple[float, float], text: str, size: int,
 __all__ = [
     "BUNDLED",
     "FONTCONFIG_PATTERN",
+    "LAYOUT",
     "RAQM",
     "Face",
     "Run",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from PIL import Image, ImageChops, ImageDraw, ImageStat
+from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageStat
 
 from pipeline import fonts, imaging
 from pipeline.imaging import OK, Entry
@@ -201,18 +201,33 @@ def test_a_combining_mark_is_placed_on_its_letter():
     assert fonts.measure("e\u0301", 40) == pytest.approx(fonts.measure("e", 40), abs=1)
 
 
-def test_hebrew_is_drawn_right_to_left():
-    _require("אב")
-    alef, bet = _ink(_draw("א")), _ink(_draw("ב"))
-    both = _draw("אב")
-    box = ImageChops.difference(both, Image.new("RGB", both.size, WHITE)).getbbox()
+def _position(line: str, glyph: str) -> int:
+    """Where the ink of `glyph`, drawn alone, is found in `line` as drawn (x in px)."""
+    alone = _draw(glyph)  # both drawn from the same top-left: the baselines are level
+    box = ImageChops.difference(alone, Image.new("RGB", alone.size, WHITE)).getbbox()
     assert box is not None
-    band = both.crop((0, box[1], both.width, box[3]))
-    at_alef, diff_alef = _offset(band, alef.crop((0, 0, alef.width, min(alef.height,
-                                                                         band.height))))
-    at_bet, diff_bet = _offset(band, bet.crop((0, 0, bet.width, min(bet.height, band.height))))
-    assert diff_alef < 8 and diff_bet < 8  # both letters found as drawn alone
-    assert at_alef > at_bet  # alef, written first, stands to the right
+    drawn = _draw(line)
+    band = drawn.crop((0, box[1], drawn.width, box[3]))
+    x, diff = _offset(band, alone.crop(box))
+    assert diff < 8, (line, glyph, diff)  # found as drawn alone
+    return x
+
+
+@pytest.mark.parametrize("raqm", [True, False], ids=["libraqm", "without-libraqm"])
+def test_hebrew_is_drawn_right_to_left(monkeypatch, raqm):
+    _require("אב🦊")
+    if raqm and not fonts.RAQM:
+        pytest.skip("Pillow has no libraqm here")
+    if not raqm:  # as on a machine without libraqm: the order is put right by hand
+        monkeypatch.setattr(fonts, "LAYOUT", ImageFont.Layout.BASIC)
+        fonts.forget()
+    assert _position("אב", "א") > _position("אב", "ב")  # alef, written first, on the right
+    # Across faces (the fox is another font): the runs themselves go right to left.
+    assert _position("א 🦊 ב", "א") > _position("א 🦊 ב", "ב")
+    # Latin inside Hebrew keeps its own order; the Hebrew around it does not.
+    line = "א abc ב"
+    assert _position(line, "א") > _position(line, "c") > _position(line, "a") > _position(
+        line, "ב")
 
 
 def test_arabic_letters_join():
