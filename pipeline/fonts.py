@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import re
 import subprocess
 import unicodedata
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from PIL import Image, ImageDraw, ImageFont, features
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 RGB = tuple[int, int, int]
+T = TypeVar("T")
 
 #: fontconfig's pattern for the faces to draw with, best first.
 FONTCONFIG_PATTERN = "sans-serif"
@@ -335,7 +338,7 @@ def levels(text: str) -> tuple[list[int], int]:
     return out, base
 
 
-def _visual(items: list[tuple[int, object]]) -> list[object]:
+def _visual(items: list[tuple[int, T]]) -> list[T]:
     """L2: the items (level, item) in display order, left to right."""
     order = list(range(len(items)))
     if not items:
@@ -386,22 +389,11 @@ def runs(text: str) -> tuple[Run, ...]:
             face = prev  # keep spaces and punctuation in the face of the words around them
         chosen.append(face)
     char_levels, _base = levels(text)
-    logical: list[tuple[int, Run]] = []
-    pos = 0
-    current: list[str] = []
-    cur_face: Face | None = None
-    cur_level = -1
-    for cluster, face in zip(parts, chosen):
-        level = char_levels[pos]
-        pos += len(cluster)
-        if current and (face is not cur_face or level != cur_level):
-            logical.append((cur_level, Run("".join(current), cur_face, cur_level % 2 == 1)))
-            current = []
-        current.append(cluster)
-        cur_face, cur_level = face, level
-    if current and cur_face is not None:
-        logical.append((cur_level, Run("".join(current), cur_face, cur_level % 2 == 1)))
-    return tuple(_visual(logical))  # type: ignore[arg-type]
+    starts = itertools.accumulate((len(c) for c in parts[:-1]), initial=0)
+    keyed = [(face, char_levels[i], cluster) for face, i, cluster in zip(chosen, starts, parts)]
+    logical = [(level, Run("".join(c for _, _, c in group), face, level % 2 == 1))
+               for (face, level), group in itertools.groupby(keyed, lambda k: (k[0], k[1]))]
+    return tuple(_visual(logical))
 
 
 def _basic_rtl(text: str) -> str:

@@ -7,7 +7,6 @@ and rendering pastes one thumbnail at a time so memory stays bounded for large s
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Callable, Sequence

@@ -71,16 +71,19 @@ def _same(a: Image.Image, b: Image.Image) -> bool:
     return a.size == b.size and ImageChops.difference(a, b).getbbox() is None
 
 
-def _notdef_boxes(size: int) -> list[Image.Image]:
-    """What every face of the chain draws for a character it lacks."""
+def _notdef_boxes(size: int, text: str) -> list[Image.Image]:
+    """What the faces that draw `text` (and the first and bundled ones) draw when they lack
+    a character: the missing-glyph box."""
+    used = {run.face for run in fonts.runs(text)} | {fonts._first(), fonts.BUNDLED}
     boxes = []
-    for face in fonts.faces():
+    for face in used:
         font = fonts._load(face, size)
         if font is None or face.color:
             continue
         img = Image.new("RGB", (size * 3, size * 3), WHITE)
         ImageDraw.Draw(img).text((size, size), "\U0010fffe", font=font, fill=INK)
-        if ImageChops.difference(img, Image.new("RGB", img.size, WHITE)).getbbox():
+        shape = img.convert("L").point(lambda v: 255 if v < 128 else 0)
+        if sum(1 for v in shape.tobytes() if v) >= 8:  # a box that can be told from paper
             boxes.append(_ink(img))
     return boxes
 
@@ -180,7 +183,7 @@ def test_runs_are_in_display_order():
 def test_every_script_is_drawn_with_real_glyphs(name):
     text = SAMPLES[name]
     _require(text, shaping=name in ("arabic", "mixed"))
-    boxes = _notdef_boxes(40)
+    boxes = _notdef_boxes(40, text)
     assert boxes, "the chain has no missing-glyph box to compare with"
     for cluster in fonts.clusters(text):
         if cluster.isspace():
@@ -282,7 +285,7 @@ def test_contact_sheet_captions_in_every_script_stay_in_their_cells():
     entries = [Entry(_job(i, label), OK) for i, label in enumerate(labels)]
     (page,) = imaging.layout("多言語 שלום 🦊", entries, box=(112, 64))
     sheet = imaging.render(page, lambda e: Image.new("RGB", (64, 64), (30, 90, 200)))
-    boxes = _notdef_boxes(imaging.CAPTION_SIZE)
+    boxes = _notdef_boxes(imaging.CAPTION_SIZE, " ".join(labels))
     cells = sorted(page.cells, key=lambda c: c.box[0])
     for cell in cells:
         left, top, right, bottom = cell.caption
@@ -324,3 +327,65 @@ def test_the_embedded_server_draws_prompts_in_every_script(monkeypatch, tmp_path
     boxes = render.render_image(request, 7)
     panel = (0, drawn.height * 2 // 3, drawn.width, drawn.height)  # where the prompt is
     assert not _same(drawn.crop(panel), boxes.crop(panel))
+
+
+POLYGLOT = """\
+version: 1
+name: polyglot
+defaults:
+  aspect_ratio: "1:1"
+seeds: [1]
+output:
+  path: "{id}/{key}.{ext}"
+  thumbnail: 128
+jobs:
+  - id: place
+    prompt: "a street in {city}"
+    matrix:
+      city: ["東京の下町", "山水画中的小船", "תל אביב", "القاهرة", "Zu\\u0308rich 🇨🇭🦊"]
+"""
+
+
+def _sheet_of_a_run(tmp_path, name: str) -> tuple[Image.Image, imaging.Page]:
+    """A real run of POLYGLOT on the embedded server: its contact sheet and its layout."""
+    from pipeline.cli import main
+    from pipeline.manifest import load_plan
+
+    manifest = tmp_path / "polyglot.yaml"
+    manifest.write_text(POLYGLOT, encoding="utf-8")
+    assert main(["run", str(manifest), "--local", "--out", str(tmp_path / name)]) == 0
+    with Image.open(tmp_path / name / "polyglot" / "contact-sheet.png") as sheet:
+        sheet.load()
+    plan = load_plan(str(manifest))
+    (page,) = imaging.layout(plan.name, [Entry(job, OK) for job in plan.jobs], box=(128, 128))
+    assert page.size == sheet.size  # the layout the run drew
+    return sheet, page
+
+
+def test_a_run_on_the_embedded_server_captions_every_script(tmp_path, monkeypatch):
+    _require("東京の下町山水画中的小船תל אביבالقاهرةü🇨🇭🦊", shaping=True)
+    sheet, page = _sheet_of_a_run(tmp_path, "fonts")
+    # The captions on disk are the ones drawn here, cluster by cluster with real glyphs
+    # (as the tests above check); with no pictures only the cells themselves differ.
+    again = imaging.render(page, lambda e: None)
+    boxes = _notdef_boxes(imaging.CAPTION_SIZE, POLYGLOT)
+    for cell in page.cells:
+        assert _same(sheet.crop(cell.caption), again.crop(cell.caption)), cell.entry.job.label
+        assert sheet.crop(cell.caption).convert("L").getextrema()[0] < 128  # drawn
+        width = cell.caption[2] - cell.caption[0] - 4
+        for line in imaging.wrap(cell.entry.job.label, width, imaging.CAPTION_SIZE, 2):
+            assert fonts.measure(line, imaging.CAPTION_SIZE) <= width
+            for cluster in fonts.clusters(line):
+                if not cluster.isspace() and cluster != "…":
+                    glyph = Image.new("RGB", (60, 60), WHITE)
+                    fonts.draw_text(glyph, (10, 10), cluster, imaging.CAPTION_SIZE, INK)
+                    assert not any(_same(_ink(glyph), box) for box in boxes), cluster
+    # The same run with fontconfig hidden draws the bundled font's boxes instead.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    fonts.forget()
+    assert not fonts.covered("東") and not fonts.covered("א")
+    bare, bare_page = _sheet_of_a_run(tmp_path, "bundled")
+    assert [c.entry.job.label for c in bare_page.cells] == [
+        c.entry.job.label for c in page.cells]
+    for cell, bare_cell in zip(page.cells, bare_page.cells):
+        assert not _same(sheet.crop(cell.caption), bare.crop(bare_cell.caption))
