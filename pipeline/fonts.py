@@ -3,7 +3,7 @@
 No single font covers Latin, CJK, Hebrew, Arabic and emoji, so a line is drawn from a chain
 of faces: the system's sans-serif fonts in the order fontconfig ranks them (`fc-match
 --sort`, asked once per process), then Pillow's bundled font, which is all there is
-without fontconfig and covers ASCII only. Each grapheme cluster (a base character with its
+without fontconfig and covers ASCII and a few signs only. Each grapheme cluster (a base character with its
 combining marks, an emoji sequence) goes to the first face that has all its characters;
 punctuation, digits and spaces stay in the face of the text before them, so a Hebrew
 phrase keeps its own spaces. Right-to-left text is put in display order by the Unicode
@@ -66,11 +66,6 @@ class Face:
         cp = ord(ch)
         i = bisect.bisect_right(self._starts, cp) - 1
         return i >= 0 and cp <= self.ranges[2 * i + 1]
-
-    @property
-    def name(self) -> str:
-        """The font file's name, or 'bundled'."""
-        return self.path.rsplit("/", 1)[-1] if self.path else "bundled"
 
 
 def _face(path: str | None, index: int = 0, color: bool = False,
@@ -239,10 +234,9 @@ def _neutral(cluster: str) -> bool:
 def _face_for(cluster: str) -> Face:
     chain = faces()
     # Colour faces draw emoji only: their letters and digits are not meant for text.
-    order = ([f for f in chain if f.color] + [f for f in chain if not f.color]
-             if _emoji(cluster) else [f for f in chain if not f.color] + [f for f in chain
-                                                                         if f.color])
-    order = [f for f in order if _usable(f)] or [BUNDLED]
+    colour = [f for f in chain if f.color and _usable(f)]
+    text = [f for f in chain if not f.color and _usable(f)] or [BUNDLED]
+    order = colour + text if _emoji(cluster) else text + colour
     chars = [c for c in cluster if not _ignorable(c)]
     if not chars:
         return order[0]
@@ -263,7 +257,8 @@ def levels(text: str) -> tuple[list[int], int]:
     """(embedding level of each character, paragraph level) of one line of text.
 
     UAX #9 rules P2-P3, W1-W7, N1-N2, I1-I2 and L1 over the line as one run: explicit
-    embeddings and isolates are rare in prompts and are treated as neutral characters.
+    embeddings and isolates are rare in prompts and are treated as neutral characters, and
+    brackets resolve as other neutrals do (no N0 pairing).
     """
     types = [unicodedata.bidirectional(c) or "L" for c in text]
     base = 0
