@@ -234,17 +234,17 @@ def _neutral(cluster: str) -> bool:
 def _face_for(cluster: str) -> Face:
     chain = faces()
     # Colour faces draw emoji only: their letters and digits are not meant for text.
-    colour = [f for f in chain if f.color and _usable(f)]
-    text = [f for f in chain if not f.color and _usable(f)] or [BUNDLED]
+    colour = [f for f in chain if f.color]
+    text = [f for f in chain if not f.color]
     order = colour + text if _emoji(cluster) else text + colour
     chars = [c for c in cluster if not _ignorable(c)]
-    if not chars:
-        return order[0]
+    # A face is loaded (to see that Pillow can) only once it is a candidate: loading all
+    # of a system's fonts would cost a second and tens of MB.
     for face in order:
-        if all(face.covers(c) for c in chars):
+        if all(face.covers(c) for c in chars) and _usable(face):
             return face
     # No face has the marks too: the one with the base character, else the missing-glyph box.
-    return next((f for f in order if f.covers(chars[0])), order[0])
+    return next((f for f in order if chars and f.covers(chars[0]) and _usable(f)), _first())
 
 
 # ---------------------------------------------------------------------------------------
