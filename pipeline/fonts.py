@@ -369,9 +369,21 @@ class Run:
     rtl: bool
 
 
+def one_line(text: str) -> str:
+    """`text` with control characters and line or paragraph breaks as spaces.
+
+    A line is drawn as one line: libraqm refuses a paragraph break inside it, and other
+    control characters have no glyph in any font.
+    """
+    if text.isprintable():
+        return text
+    return "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
+
+
 @functools.lru_cache(maxsize=8192)
 def runs(text: str) -> tuple[Run, ...]:
     """`text` as runs of one face and one direction, in display order (left to right)."""
+    text = one_line(text)
     if not text:
         return ()
     parts = clusters(text)
@@ -425,6 +437,7 @@ def _font_size(font: Font, default: int) -> int:
 @functools.lru_cache(maxsize=16384)
 def measure(text: str, size: int) -> float:
     """The advance width of `text` in px at `size`, as `draw_text` draws it."""
+    text = one_line(text)
     if text.isascii() and _ascii_primary():
         return primary(size).getlength(text)
     return sum(_run_width(r, size) for r in runs(text))
@@ -472,6 +485,7 @@ def draw_text(image: Image.Image, xy: tuple[float, float], text: str, size: int,
     """Draw one line of `text` with its top-left at `xy`, every script in a face that has it."""
     draw = ImageDraw.Draw(image)
     x, top = xy
+    text = one_line(text)
     if text.isascii() and _ascii_primary():
         draw.text((x, top), text, font=primary(size), fill=fill)
         return
@@ -507,6 +521,7 @@ __all__ = [
     "forget",
     "levels",
     "measure",
+    "one_line",
     "parse_charset",
     "primary",
     "runs",

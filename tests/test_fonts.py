@@ -143,6 +143,16 @@ def test_fontconfig_is_asked_once_not_per_caption(monkeypatch):
     assert calls == [1]
 
 
+def test_line_breaks_and_control_characters_draw_as_spaces():
+    for text in ("fox a\tb\nc", "a\rb\x85c\u2029d", "שלום\nעולם", "東京\x00\x1b"):
+        spaced = fonts.one_line(text)
+        assert spaced.isprintable() and len(spaced) == len(text)
+        assert fonts.measure(text, 16) == fonts.measure(spaced, 16)
+        assert _same(_draw(text, 16), _draw(spaced, 16))
+        wrapped = [fonts.one_line(line).strip() for line in imaging.wrap(text, 300, 14, 2)]
+        assert wrapped == imaging.wrap(spaced, 300, 14, 2)
+
+
 # -- clusters and bidi ------------------------------------------------------------------
 
 
