@@ -72,8 +72,13 @@ serve: $(STAMP) ## run the embedded API server on HOST:PORT (default 127.0.0.1:8
 # Tools some tests drive as a user would: headless chromium (index.html), curl and jq
 # (the provider's curl example). Best effort: needs root and apt; missing tools skip those tests.
 TEST_TOOLS := chromium jq curl
+# Fonts for captions in every script (Latin, CJK, Hebrew, Arabic, colour emoji), fontconfig to
+# find them and libraqm to shape right-to-left text: Debian packages, checked with dpkg.
+TEST_PACKAGES := fontconfig fonts-noto-core fonts-noto-cjk fonts-noto-color-emoji libraqm0
 test-deps:
 	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if command -v dpkg-query >/dev/null 2>&1; then for p in $(TEST_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; fi; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing for the tests"; \

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -381,13 +382,35 @@ def status_command(
     return 0
 
 
+#: What a path that is not a regular file is, by its stat mode's type bits.
+_FILE_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_a_file(path: str) -> str | None:
+    """Why `path` cannot be read as one image file, or None when it is a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken link" if os.path.islink(path) else "no such file"
+    except NotADirectoryError:
+        return "no such file (a part of the path is not a folder)"
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder; give one image file"
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+    return f"not a regular file ({kind}); give one image file"
+
+
 def show_command(image: str, out: TextIO | None = None) -> int:
     """`imagebatch show`: the request embedded in an image, as the JSON body to send again."""
     out = out or sys.stdout
-    if os.path.isdir(image):
-        raise UsageError(f"{image}: a folder; give one image file")
-    if not os.path.isfile(image):
-        raise UsageError(f"{image}: no such file")
+    kind = _not_a_file(image)
+    if kind:
+        raise UsageError(f"{image}: {kind}")
     try:
         body = read_request(Path(image))
     except (MetadataError, OSError) as exc:

@@ -7,14 +7,14 @@ and rendering pastes one thumbnail at a time so memory stays bounded for large s
 
 from __future__ import annotations
 
-import functools
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline import apispec
+from pipeline import apispec, fonts
 from pipeline.plan import Job
 
 JPEG_QUALITY = 85
@@ -233,31 +233,23 @@ def grid_blocks(entries: Sequence[Entry]) -> list[Block]:
     return blocks
 
 
-@functools.lru_cache(maxsize=16)
 def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """Pillow's bundled scalable font at `size` px."""
-    return ImageFont.load_default(size=size)
+    """The face Latin text is drawn in at `size` px (the system's sans-serif, else bundled)."""
+    return fonts.primary(size)
 
 
 _STAND_INS = {"—": "-", "–": "-", "×": "x", "“": '"', "”": '"', "‘": "'", "’": "'"}
 
 
-@functools.lru_cache(maxsize=4096)
-def _has_glyph(ch: str) -> bool:
-    probe = font(HEADER_SIZE)
-    # A character the font lacks draws the same box as a private-use code point.
-    return ch.isspace() or bytes(probe.getmask(ch)) != bytes(probe.getmask("\ue000"))
-
-
 def drawable(text: str) -> str:
-    """`text` with characters the bundled font lacks replaced by look-alikes it has."""
+    """`text` with characters no available font has replaced by look-alikes (— by -)."""
     if text.isascii():
         return text
-    return "".join(_STAND_INS.get(c, c) if not _has_glyph(c) else c for c in text)
+    return "".join(_STAND_INS.get(c, c) if not fonts.covered(c) else c for c in text)
 
 
 def _text_width(text: str, size: int) -> float:
-    return font(size).getlength(text)
+    return fonts.measure(text, size)
 
 
 def ellipsize(text: str, width: int, size: int) -> str:
@@ -274,17 +266,38 @@ def ellipsize(text: str, width: int, size: int) -> str:
     return text[:lo].rstrip() + "…"
 
 
+#: Han, kana and full-width forms: a line may break before or after any of them.
+_CJK = re.compile("([\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0003ffff]"
+                  # closing marks and small kana never start a line: they go with the one before
+                  "[、。，．：；？！」』）】〕〉》ー々ゝゞヽヾぁぃぅぇぉっゃゅょァィゥェォッャュョ]*)")
+
+
+def _pieces(text: str) -> list[tuple[str, str]]:
+    """Where `text` may break: (separator, piece) pairs; words and each CJK character."""
+    out: list[tuple[str, str]] = []
+    for word in text.split():
+        sep = " "
+        for part in _CJK.split(word):
+            if part:
+                out.append((sep, part))
+                sep = ""
+    return out
+
+
 def wrap(text: str, width: int, size: int, lines: int) -> list[str]:
-    """`text` wrapped to at most `lines` lines of `width` px, the last ellipsized if cut."""
-    words = text.split()
+    """`text` wrapped to at most `lines` lines of `width` px, the last ellipsized if cut.
+
+    Lines break at spaces and between CJK characters (which have no spaces between words).
+    """
+    pieces = _pieces(text)
     out: list[str] = []
-    while words and len(out) < lines:
-        line = words.pop(0)
-        while words and _text_width(line + " " + words[0], size) <= width:
-            line += " " + words.pop(0)
+    while pieces and len(out) < lines:
+        line = pieces.pop(0)[1]
+        while pieces and _text_width(line + "".join(pieces[0]), size) <= width:
+            line += "".join(pieces.pop(0))
         out.append(line)
-    if words:
-        out[-1] = out[-1] + " " + " ".join(words)
+    if pieces:
+        out[-1] = out[-1] + "".join(sep + part for sep, part in pieces)
     return [ellipsize(line, width, size) for line in out]
 
 
@@ -432,18 +445,19 @@ def layout(
 # Rendering
 
 
-def _centred_text(draw: ImageDraw.ImageDraw, box: Box, lines: list[str], size: int,
+def _centred_text(sheet: Image.Image, box: Box, lines: list[str], size: int,
                   fill: tuple[int, int, int]) -> None:
     lh = _line_height(size)
     top = box[1] + max(0, (box[3] - box[1] - lh * len(lines)) // 2)
     for k, line in enumerate(lines):
         w = _text_width(line, size)
-        draw.text((box[0] + (box[2] - box[0] - w) / 2, top + k * lh), line, font=font(size),
-                  fill=fill)
+        fonts.draw_text(sheet, (box[0] + (box[2] - box[0] - w) / 2, top + k * lh), line, size,
+                        fill)
 
 
-def _mark(draw: ImageDraw.ImageDraw, box: Box, state: str, reason: str | None) -> None:
+def _mark(sheet: Image.Image, box: Box, state: str, reason: str | None) -> None:
     """A hatched cell saying why there is no image."""
+    draw = ImageDraw.Draw(sheet)
     fill, ink = (FAILED_FILL, FAILED_INK) if state == FAILED else (MISSING_FILL, MISSING_INK)
     left, top, right, bottom = box
     draw.rectangle((left, top, right - 1, bottom - 1), fill=fill, outline=ink)
@@ -464,11 +478,11 @@ def _mark(draw: ImageDraw.ImageDraw, box: Box, state: str, reason: str | None) -
     mid = (top + bottom) // 2
     panel = (left + 6, mid - h // 2, right - 7, mid + h // 2)
     draw.rectangle(panel, fill=fill)
-    _centred_text(draw, (panel[0], panel[1] + pad, panel[2], panel[1] + pad + _line_height(
+    _centred_text(sheet, (panel[0], panel[1] + pad, panel[2], panel[1] + pad + _line_height(
         HEADER_SIZE)), [state], HEADER_SIZE, ink)
     if len(lines) > 1:
         y = panel[1] + pad + _line_height(HEADER_SIZE)
-        _centred_text(draw, (panel[0], y, panel[2], y + lh * (len(lines) - 1)), lines[1:],
+        _centred_text(sheet, (panel[0], y, panel[2], y + lh * (len(lines) - 1)), lines[1:],
                       CAPTION_SIZE, ink)
 
 
@@ -480,17 +494,17 @@ def render(page: Page, load: Callable[[Entry], Image.Image | None]) -> Image.Ima
         left, top, right, bottom = lb.box
         text = drawable(lb.text)
         if lb.kind == "title":
-            draw.text((left, top + 4), ellipsize(text, right - left, TITLE_SIZE),
-                      font=font(TITLE_SIZE), fill=TEXT)
+            fonts.draw_text(sheet, (left, top + 4), ellipsize(text, right - left, TITLE_SIZE),
+                            TITLE_SIZE, TEXT)
         elif lb.kind == "column":
             draw.rectangle((left, top, right - 1, bottom - 1), fill=HEADER_BACKGROUND)
-            _centred_text(draw, lb.box, [ellipsize(text, right - left - 8, HEADER_SIZE)],
+            _centred_text(sheet, lb.box, [ellipsize(text, right - left - 8, HEADER_SIZE)],
                           HEADER_SIZE, TEXT)
         else:
             lines = wrap(text, right - left - 8, HEADER_SIZE,
                          max(1, (bottom - top) // _line_height(HEADER_SIZE)))
             draw.rectangle((left, top, right - 1, bottom - 1), fill=HEADER_BACKGROUND)
-            _centred_text(draw, lb.box, lines, HEADER_SIZE, TEXT)
+            _centred_text(sheet, lb.box, lines, HEADER_SIZE, TEXT)
     for cell in page.cells:
         left, top, right, bottom = cell.box
         e = cell.entry
@@ -498,7 +512,7 @@ def render(page: Page, load: Callable[[Entry], Image.Image | None]) -> Image.Ima
         if picture is None:
             state = e.state if e.state != OK else FAILED
             reason = e.reason if e.state != OK else "image unreadable"
-            _mark(draw, cell.box, state, reason)
+            _mark(sheet, cell.box, state, reason)
         else:
             with picture:
                 draw.rectangle((left, top, right - 1, bottom - 1), fill=CELL_BACKGROUND)
@@ -519,8 +533,9 @@ def render(page: Page, load: Callable[[Entry], Image.Image | None]) -> Image.Ima
         cy = cell.caption[1] + 2
         for k, line in enumerate(lines):
             w = _text_width(line, CAPTION_SIZE)
-            draw.text((left + (right - left - w) / 2, cy + k * _line_height(CAPTION_SIZE)),
-                      line, font=font(CAPTION_SIZE), fill=MUTED if e.state != OK else TEXT)
+            fonts.draw_text(sheet, (left + (right - left - w) / 2,
+                                    cy + k * _line_height(CAPTION_SIZE)),
+                            line, CAPTION_SIZE, MUTED if e.state != OK else TEXT)
     return sheet
 
 

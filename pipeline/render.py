@@ -10,7 +10,6 @@ every position, so seeds of one prompt look related but clearly different.
 from __future__ import annotations
 
 import colorsys
-import functools
 import hashlib
 import io
 import math
@@ -19,7 +18,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline import apispec
+from pipeline import apispec, fonts
 
 RGB = tuple[int, int, int]
 
@@ -41,10 +40,9 @@ def _mix(a: RGB, b: RGB, t: float) -> RGB:
     )
 
 
-@functools.lru_cache(maxsize=32)
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    # Pillow's bundled scalable font: no system fonts needed, same glyphs everywhere.
-    return ImageFont.load_default(size=size)
+    # The face Latin text is drawn in; prompts in other scripts go through fonts.draw_text.
+    return fonts.primary(size)
 
 
 def _rng(*parts: object) -> random.Random:
@@ -77,7 +75,7 @@ def _ridge(rng: random.Random, w: int, base: int, amp: float, step: int) -> list
     return points
 
 
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int, max_lines: int) -> list[str]:
+def _wrap(text: str, size: int, width: int, max_lines: int) -> list[str]:
     """Greedy word wrap to `width` pixels; the last line gets an ellipsis when text is left."""
     # Only the start can ever be shown; measuring 10,000 characters would cost seconds.
     words = text[: max_lines * 200].split()
@@ -87,17 +85,17 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int, max_lines
     while i < len(words):
         word = words[i]
         trial = f"{current} {word}" if current else word
-        if draw.textlength(trial, font=font) <= width:
+        if fonts.measure(trial, size) <= width:
             current = trial
             i += 1
             continue
-        if not current or draw.textlength(word, font=font) > width:
+        if not current or fonts.measure(word, size) > width:
             # A word wider than a line: fill this line with as much of it as fits.
             head = f"{current} " if current else ""
             lo, hi = 0, len(word)
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                if draw.textlength(head + word[:mid], font=font) <= width:
+                if fonts.measure(head + word[:mid], size) <= width:
                     lo = mid
                 else:
                     hi = mid - 1
@@ -116,7 +114,7 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int, max_lines
         return lines
     # Out of lines with words left: end the last line with an ellipsis that fits.
     last = lines[-1]
-    while last and draw.textlength(last + " …", font=font) > width:
+    while last and fonts.measure(last + " …", size) > width:
         last = last[: -max(1, len(last) // 20)] if len(last) > 40 else last[:-1]
     lines[-1] = last.rstrip() + " …"
     return lines
@@ -209,20 +207,19 @@ def render_image(request: dict[str, Any], seed: int) -> Image.Image:
     # The words: prompt in a shaded panel at the bottom, seed and size in the top corners.
     margin = max(8, short // 32)
     size_px = max(12, short // 20)
-    font = _font(size_px)
-    lines = _wrap(draw, prompt, font, w - 4 * margin, MAX_PROMPT_LINES) or [""]
+    lines = _wrap(prompt, size_px, w - 4 * margin, MAX_PROMPT_LINES) or [""]
     line_h = int(size_px * 1.25)
-    small = _font(max(10, short // 32))
-    neg_lines = _wrap(draw, f"without: {negative}", small, w - 4 * margin, 1) if negative else []
+    small = max(10, short // 32)
+    neg_lines = _wrap(f"without: {negative}", small, w - 4 * margin, 1) if negative else []
     panel_h = line_h * len(lines) + (int(short // 32 * 1.4) if neg_lines else 0) + 2 * margin
     panel = (margin, h - margin - panel_h, w - margin, h - margin)
     _shade_box(img, panel, (12, 12, 20), 0.62)
     y = panel[1] + margin
     for line in lines:
-        draw.text((2 * margin, y), line, font=font, fill=(250, 250, 245))
+        fonts.draw_text(img, (2 * margin, y), line, size_px, (250, 250, 245))
         y += line_h
     for line in neg_lines:
-        draw.text((2 * margin, y), line, font=small, fill=(205, 205, 215))
+        fonts.draw_text(img, (2 * margin, y), line, small, (205, 205, 215))
 
     tag = _font(max(12, short // 26))
     for text, anchor, x in ((f"seed {seed}", "la", margin), (f"{w}x{h}", "ra", w - margin)):

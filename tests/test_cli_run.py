@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -233,6 +234,25 @@ def test_cli_show_and_bad_options(tmp_path, capsys):
     assert main(["run", "m.yaml", "--concurrency", "0"]) == 2
     assert main(["run", "m.yaml", "--shard", "3/2"]) == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_cli_show_names_what_a_path_is_when_it_is_not_an_image_file(tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["show", "/dev/null"]) == 2
+    err = capsys.readouterr().err
+    assert "/dev/null: not a regular file (a character device); give one image file" in err
+    assert "no such file" not in err and "Traceback" not in err
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # reading it would block: the kind is told before anything is opened
+    assert main(["show", str(fifo)]) == 2
+    assert "not a regular file (a named pipe)" in capsys.readouterr().err
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    assert main(["show", str(tmp_path / "dangling.png")]) == 2
+    assert "dangling.png: a broken link" in capsys.readouterr().err
+    (tmp_path / "plain.txt").write_text("x")
+    assert main(["show", str(tmp_path / "plain.txt" / "x.png")]) == 2
+    assert "no such file" in capsys.readouterr().err
 
 
 async def test_a_second_run_into_the_same_folder_is_refused_and_touches_nothing(tmp_path):

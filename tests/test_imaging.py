@@ -194,7 +194,6 @@ def test_wrap_and_ellipsize_fit_width():
     assert len(lines) == 2 and lines[1].endswith("…")
     assert all(imaging.font(14).getlength(line) <= 120 for line in lines)
     assert imaging.ellipsize("short", 200, 14) == "short"
-    assert imaging.drawable("a — b") == "a - b"
 
 
 # -- rendering --------------------------------------------------------------------------
