@@ -20,6 +20,7 @@ so two writers never lose each other's changes and a broken file is never overwr
 from __future__ import annotations
 
 import difflib
+import enum
 import json
 import os
 import re
@@ -54,18 +55,13 @@ ENTRY_KEYS = ("key", "rating", "status")
 _KEY = re.compile(r"[0-9a-f]{64}\Z")
 # A JSON token of a document already known to be valid: a string, punctuation, or a bare
 # literal (number, true, false, null).
-_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]:,]|[^\s{}\[\]:,"]+', re.S)
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]:,]|[^\s{}\[\]:,"]+', re.DOTALL)
 
 
-class _Keep:
-    """The type of KEEP."""
+class _Keep(enum.Enum):
+    """The type of KEEP (an enum member: a singleton type checkers understand)."""
 
-    _instance: _Keep | None = None
-
-    def __new__(cls) -> _Keep:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
+    KEEP = "keep"
 
     def __repr__(self) -> str:
         return "KEEP"
@@ -74,7 +70,7 @@ class _Keep:
 #: In a change, "leave this field as it is in the file now" (read under the lock, so a
 #: rating set by one writer never undoes a status another writer set meanwhile). A field of
 #: a stale entry is not kept: it was decided on another picture.
-KEEP: Final = _Keep()
+KEEP: Final = _Keep.KEEP
 
 
 class PicksError(ImagebatchError):
@@ -439,7 +435,7 @@ def _check_entry(c: _Checker, path: str, doc: Any) -> PickEntry | None:
         c.add((*where, "status"), f'must be "pick", "reject" or null; got {_kind(status)}'
                                   f"{shown}")
         ok = False
-    return PickEntry(key, status, rating) if ok else None
+    return PickEntry(key, status, rating) if ok and isinstance(key, str) else None
 
 
 def _check(doc: Any, c: _Checker, plan: Plan | None) -> Picks:
