@@ -211,7 +211,9 @@ def grid_blocks(entries: Sequence[Entry]) -> list[Block]:
     if mode == "plain":
         return [Block((), [("", list(entries))])] if entries else []
     for run in _runs(entries):
-        if mode == "seeds":
+        # Each job is laid out by its own shape: seeds across when it has several, else its
+        # last matrix axis across (a one-seed matrix beside seed sweeps is still a grid).
+        if mode == "seeds" and grid_mode(run) == "seeds":
             block = _block(run, lambda j: j.variant, lambda j: f"#{j.seed}")
         elif run[0].job.vars:
             block = _block(
