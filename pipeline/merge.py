@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pipeline.errors import StoreError, UsageError
+from pipeline.picks import load_picks, picks_path
 from pipeline.plan import Job, Plan
 from pipeline.post import build_all
 from pipeline.store import (
@@ -196,12 +197,15 @@ def merge_command(sources: Sequence[str], out: str, *, manifests: Sequence[str] 
     for name in folders:
         if name not in plans:
             raise UsageError(f"no manifest given for {name!r} (names: {', '.join(plans)})")
+    if post:  # a broken picks file stops the merge before anything is written
+        for name in folders:
+            load_picks(picks_path(plans[name].source), plans[name])
     code = 0
     for name, group in folders.items():
         plan = plans[name]
         summary = merge_one(plan, group, dest_root / name)
         if post:
-            build_all(plan, dest_root / name)
+            build_all(plan, dest_root / name, picks_file=picks_path(plan.source))
         print(f"{name}: merged {len(group)} folder(s): {summary['succeeded']} ok, "
               f"{summary['failed']} failed, {summary['pending']} missing of "
               f"{summary['planned']} -> {dest_root / name}", file=stdout)
