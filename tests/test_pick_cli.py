@@ -333,3 +333,43 @@ def test_load_picks_of_a_shard_plan_does_not_check_other_shards(tmp_path, manife
     root.mkdir(parents=True)
     result = build_all(shard, root, workers=1, picks_file=tmp_path / "launch.picks.json")
     assert all(c.entry.pick == "pick" for c in result.pages[0].cells)
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_index_marks_in_a_real_browser(tmp_path, scheme):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("no /usr/bin/chromium")
+    plan = make_plan(2, 2, prompt='<img src=x onerror="document.title=1">')
+    root = run_jobs(tmp_path, plan)
+    file = tmp_path / "sweep.picks.json"
+    paths = [j.path for j in plan.jobs]
+    update_picks(file, plan, {paths[0]: ("pick", 5), paths[1]: ("reject", None),
+                              paths[2]: ("reject", 2)})
+    # paths[1] was decided on another picture: stale
+    file.write_text(file.read_text().replace(plan.jobs[1].key, "f" * 64))
+    index = build_all(plan, root, workers=1, picks_file=file).index
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-background-networking", "--disable-component-update"])
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 800},  # a phone
+                                    color_scheme=scheme)
+            page.goto(index.as_uri())
+            got = page.eval_on_selector_all("figure", """figs => figs.map(f => [
+                f.dataset.path, f.dataset.status, getComputedStyle(f).borderLeftColor,
+                f.querySelector('img') ? getComputedStyle(f.querySelector('img')).opacity : null,
+                Array.from(f.querySelectorAll('.badge')).map(b => b.innerText.trim())])""")
+            assert page.title().startswith("sweep")  # the prompt's onerror never ran
+            assert page.evaluate("document.scripts.length") == 0
+            width = page.evaluate("document.documentElement.scrollWidth")
+        finally:
+            browser.close()
+    assert width <= 390  # no sideways scrolling on a phone
+    rows = {p: (s, c, o, b) for p, s, c, o, b in got}
+    assert rows[paths[0]] == ("pick", "rgb(22, 140, 60)", "1", ["PICK", "★ 5"])
+    assert rows[paths[1]][0] == "stale" and rows[paths[1]][1] == "rgb(200, 120, 0)"
+    assert rows[paths[1]][3] == ["STALE"]
+    assert rows[paths[2]] == ("reject", "rgb(190, 30, 30)", "0.4", ["REJECT", "★ 2"])
+    assert rows[paths[3]][0] == "" and rows[paths[3]][3] == []
