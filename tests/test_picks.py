@@ -409,6 +409,6 @@ def test_problems_deep_in_a_large_file_are_located_and_capped(tmp_path: Path) ->
                              .replace("[dawn, dusk]", "[sunrise, sunset]"))
     with pytest.raises(PicksError) as info:
         load_picks(file, load_plan(str(renamed)))
-    assert len(info.value.problems) == 800
+    assert len(info.value.problems) == 801  # and the rating above
     shown = str(info.value).splitlines()
-    assert len(shown) == picks.MAX_SHOWN + 1 and shown[-1] == "... and 600 more problems"
+    assert len(shown) == picks.MAX_SHOWN + 1 and shown[-1] == "... and 601 more problems"
