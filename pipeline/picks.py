@@ -25,6 +25,7 @@ import enum
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -213,13 +214,16 @@ def _read_text(path: Path) -> str | None:
     """The file's text, None when it does not exist; PicksError when it cannot be a picks file."""
     source = str(path)
     try:
-        if path.is_dir():
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
             raise PicksError(f"{source}: is a folder, not a picks file")
-        size = path.stat().st_size
+        if not stat.S_ISREG(info.st_mode):  # a pipe or a device could block or never end
+            raise PicksError(f"{source}: is not a regular file")
+        size = info.st_size
         if size > MAX_FILE_BYTES:  # a regular file says its size: refuse it unread
             raise PicksError([Problem(source, 1, 1, "", f"is {size:,} bytes; a picks file may "
                                                         f"be at most {MAX_FILE_BYTES:,}")])
-        # a device or a pipe says nothing about its size: read one byte past the cap at most
+        # the file may grow after stat: read one byte past the cap at most
         with path.open("rb") as fh:
             data = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:

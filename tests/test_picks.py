@@ -297,10 +297,13 @@ def test_50_mb_file_refused_unread(tmp_path: Path, plan: Plan) -> None:
     assert file.stat().st_size == 50 * 1024 * 1024
 
 
-def test_a_folder_or_an_unreadable_file(tmp_path: Path, plan: Plan) -> None:
+def test_a_folder_a_pipe_or_an_unreadable_file(tmp_path: Path, plan: Plan) -> None:
     (tmp_path / "d.json").mkdir()
     with pytest.raises(PicksError, match="is a folder"):
         load_picks(tmp_path / "d.json", plan)
+    os.mkfifo(tmp_path / "fifo.json")  # reading it would wait for a writer forever
+    with pytest.raises(PicksError, match="is not a regular file"):
+        load_picks(tmp_path / "fifo.json", plan)
     if os.geteuid() != 0:
         file = tmp_path / "launch.picks.json"
         file.write_text("{}")
