@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from pipeline import config
+from pipeline import config, picks
 from pipeline.client import ApiClient, backend_name
 from pipeline.errors import (
     Interrupted,
@@ -247,7 +247,8 @@ async def run_plans_async(
             for plan, store in zip(plans, stores):
                 try:
                     await asyncio.to_thread(build_all, plan, store.root,
-                                            backend=store.backend, stop=post_stop)
+                                            backend=store.backend, stop=post_stop,
+                                            picks_file=picks.picks_path(plan.source))
                 except StoreError as exc:
                     # The images are safe; print the summary, then say what could not be
                     # written.
@@ -286,6 +287,8 @@ def run_command(
     config.check_prefix(opts.env_prefix)
     plans = load_plans(opts.manifests, env, opts.env_prefix, max_jobs=opts.max_jobs,
                        shard=opts.shard)
+    for plan in plans:  # the sheets mark the picks: a broken picks file stops us here
+        picks.load_picks(picks.picks_path(plan.source), plan if plan.shard is None else None)
     conn = config.connection(env, opts.env_prefix, local=opts.local)
     summaries, state = asyncio.run(run_plans_async(plans, conn, opts, err))
     from pipeline.ghsummary import write_step_summary
@@ -297,7 +300,7 @@ def run_command(
 def sheet_command(
     manifest: str, *, out_dir: Path = Path("outputs"), env_prefix: str = config.DEFAULT_PREFIX,
     max_jobs: int = 5000, local: bool = False, env: Mapping[str, str] | None = None,
-    out: TextIO | None = None,
+    out: TextIO | None = None, picks_file: str | Path | None = None,
 ) -> int:
     """`imagebatch sheet`: rebuild thumbnails, contact sheets and index.html from disk, showing
     as done what `status` (same options, same environment) counts done."""
@@ -310,7 +313,8 @@ def sheet_command(
     if not root.is_dir():
         raise UsageError(f"{root}: nothing to post-process yet; run `imagebatch run {manifest}`")
     with stop_on_signals() as stop:  # Ctrl-C or SIGTERM: Interrupted, exit 130
-        result = build_all(plan, root, backend=backend, stop=stop)
+        result = build_all(plan, root, backend=backend, stop=stop,
+                           picks_file=picks.picks_path(manifest, picks_file))
         sheets = ", ".join(str(p) for p in result.sheets) or "none"
         print(f"{plan.name}: {result.thumbs_made} thumbnails made, {result.thumbs_kept} kept, "
               f"{result.missing} jobs without an image; sheets: {sheets}; index: {result.index}",
@@ -352,13 +356,22 @@ def status_command(
     env_prefix: str = config.DEFAULT_PREFIX, verbose: int = 0, as_json: bool = False,
     shard: tuple[int, int] | None = None, max_jobs: int = 5000, verify: bool = False,
     env: Mapping[str, str] | None = None, out: TextIO | None = None,
+    picks_file: str | Path | None = None,
 ) -> int:
-    """`imagebatch status`: done / failed / pending against the backend `run` would use."""
+    """`imagebatch status`: done / failed / pending against the backend `run` would use, and
+    the picks file's counts when there is one."""
     env = os.environ if env is None else env
     out = out or sys.stdout
     backend = _status_backend(env, env_prefix, local)
     (plan,) = load_plans([manifest], env, env_prefix, max_jobs=max_jobs, shard=shard)
     root = Path(out_dir) / plan.name
+    picks_at = picks.picks_path(manifest, picks_file)
+    pick_counts = None
+    if picks_at.exists():
+        # decisions belong to the whole plan, whatever shard is asked about
+        whole = plan if shard is None else load_plans([manifest], env, env_prefix,
+                                                      max_jobs=max_jobs, shard=None)[0]
+        pick_counts = picks.counts(picks.load_picks(picks_at, whole), whole)
     counts = {"done": 0, "failed": 0, "pending": 0}
     rows: list[dict[str, str | None]] = []
     for st in job_states(plan.jobs, root, backend, verify=verify):
@@ -367,13 +380,16 @@ def status_command(
                      "error": st.reason})
     if as_json:
         doc: dict[str, Any] = {"name": plan.name, "backend": backend, "planned": len(plan.jobs),
-                               **counts}
+                               **counts,
+                               "picks": pick_counts.as_dict() if pick_counts is not None else None}
         if verbose:
             doc["jobs"] = rows
         print(json.dumps(doc, indent=2, ensure_ascii=False), file=out)
         return 0
     print(f"{plan.name}: {len(plan.jobs)} jobs: {counts['done']} done, {counts['failed']} failed, "
           f"{counts['pending']} pending (backend {backend}, {root})", file=out)
+    if pick_counts is not None:
+        print(f"picks: {pick_counts} ({picks_at})", file=out)
     if verbose:
         for row in rows:
             reason = f"  {printable(str(row['error']))}" if row["error"] else ""

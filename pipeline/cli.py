@@ -81,8 +81,42 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the manifest's JSON Schema")
 
     _add_run_parsers(sub)
+    _add_pick_parser(sub)
 
     return parser
+
+
+def _rating(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number from 1 to 5") from None
+    if not 1 <= value <= 5:
+        raise argparse.ArgumentTypeError(f"'{text}' is not from 1 to 5")
+    return value
+
+
+def _add_picks_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--picks", default=None, metavar="FILE",
+                   help="the picks file (default: <manifest>.picks.json beside the manifest)")
+
+
+def _add_pick_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """pick."""
+    p = sub.add_parser("pick", help="pick, reject, rate or clear images in the picks file")
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="an image path as `plan` prints it, or the image file's own path")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--reject", action="store_true", help="reject instead of picking")
+    what.add_argument("--rating", type=_rating, metavar="N",
+                      help="rate 1 to 5 (a pick or reject stays as it is)")
+    what.add_argument("--clear", action="store_true", help="remove the entries")
+    _add_picks_option(p)
+    p.add_argument("--out", default="outputs", metavar="DIR",
+                   help="output root image files are found under (default outputs)")
+    _add_max_jobs(p)
+    _add_env_prefix(p)
 
 
 def _positive_float(text: str) -> float:
@@ -150,6 +184,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     _add_max_jobs(p)
     _add_env_prefix(p)
     p.add_argument("-v", "--verbose", action="count", default=0, help="one line per job")
+    _add_picks_option(p)
 
     p = sub.add_parser("show", help="print the request embedded in an image")
     p.add_argument("image", metavar="IMAGE")
@@ -159,6 +194,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--out", default="outputs", metavar="DIR", help="output root (default outputs)")
     p.add_argument("--local", action="store_true",
                    help="show as done what the embedded server made, as `status --local` counts")
+    _add_picks_option(p)
     _add_max_jobs(p)
     _add_env_prefix(p)
 
@@ -254,7 +290,8 @@ def _cmd_sheet(args: argparse.Namespace) -> int:
     from pipeline.app import sheet_command
 
     return sheet_command(args.manifest, out_dir=Path(args.out), env_prefix=args.env_prefix,
-                         max_jobs=args.max_jobs, local=args.local)
+                         max_jobs=args.max_jobs, local=args.local,
+                         picks_file=args.picks)
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
@@ -317,7 +354,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
         args.manifest, out_dir=Path(args.out), local=args.local, env_prefix=args.env_prefix,
         verbose=args.verbose, as_json=args.json, shard=args.shard, max_jobs=args.max_jobs,
         verify=args.verify,
+        picks_file=args.picks,
     )
+
+
+def _cmd_pick(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.commands import pick_command
+
+    action = "clear" if args.clear else "reject" if args.reject else \
+        "rate" if args.rating is not None else "pick"
+    return pick_command(args.manifest, args.paths, action=action, rating=args.rating,
+                        picks_file=args.picks, out_dir=Path(args.out), max_jobs=args.max_jobs,
+                        env_prefix=args.env_prefix)
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -335,6 +385,7 @@ COMMANDS = {
     "show": _cmd_show,
     "sheet": _cmd_sheet,
     "merge": _cmd_merge,
+    "pick": _cmd_pick,
     "serve": _cmd_serve,
 }
 
@@ -365,6 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(problem_report(exc), file=sys.stderr)
         return exc.exit_code
     except ImagebatchError as exc:
+        if getattr(exc, "problems", None):  # located problems: each line starts FILE:LINE:COL
+            print(str(exc), file=sys.stderr)
+            return exc.exit_code
         print(f"imagebatch: {exc}" if not str(exc).startswith("imagebatch") else str(exc),
               file=sys.stderr)
         return exc.exit_code

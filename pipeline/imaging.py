@@ -43,6 +43,20 @@ FAILED_FILL = (252, 226, 226)
 FAILED_INK = (176, 32, 32)
 MISSING_FILL = (226, 226, 226)
 MISSING_INK = (110, 110, 110)
+# Decisions from the picks file, drawn on the cell so a sheet shows the team's choice.
+PICK_INK = (22, 140, 60)
+REJECT_INK = (190, 30, 30)
+STALE_INK = (200, 120, 0)
+RATING_BACKGROUND = (32, 32, 32)
+STAR_INK = (250, 196, 24)
+BADGE_TEXT = (255, 255, 255)
+MARK_WIDTH = 5  # border of a decided cell, px
+REJECT_DIM = 0.6  # how far a rejected picture fades toward the background
+PICK = "pick"
+REJECT = "reject"
+STALE = "stale"
+_MARK_INK = {PICK: PICK_INK, REJECT: REJECT_INK, STALE: STALE_INK}
+_MARK_WORD = {PICK: "PICK", REJECT: "REJECT", STALE: "STALE"}
 
 OK = "ok"
 FAILED = "failed"
@@ -116,6 +130,8 @@ class Entry:
     reason: str | None = None  # why it failed
     thumb: str | None = None  # POSIX path of the picture to show, relative to the output root
     thumb_size: tuple[int, int] | None = None  # that picture's size in px (for index.html)
+    pick: str = ""  # the picks file's word on it: pick | reject | stale | "" (undecided)
+    rating: int | None = None  # 1..5 from the picks file (None when stale or unrated)
 
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom (right/bottom exclusive)
@@ -211,7 +227,9 @@ def grid_blocks(entries: Sequence[Entry]) -> list[Block]:
     if mode == "plain":
         return [Block((), [("", list(entries))])] if entries else []
     for run in _runs(entries):
-        if mode == "seeds":
+        # Each job is laid out by its own shape: seeds across when it has several, else its
+        # last matrix axis across (a one-seed matrix beside seed sweeps is still a grid).
+        if mode == "seeds" and grid_mode(run) == "seeds":
             block = _block(run, lambda j: j.variant, lambda j: f"#{j.seed}")
         elif run[0].job.vars:
             block = _block(
@@ -313,8 +331,13 @@ def page_title(name: str, entries: Sequence[Entry], number: int, pages: int) -> 
     n = len(entries)
     failed = sum(e.state == FAILED for e in entries)
     missing = sum(e.state == MISSING for e in entries)
+    picked = sum(e.pick == PICK for e in entries)
+    rejected = sum(e.pick == REJECT for e in entries)
     text = f"{name} — {n} image{'s' if n != 1 else ''}"
     extra = [f"{failed} failed"] * bool(failed) + [f"{missing} missing"] * bool(missing)
+    stale = sum(e.pick == STALE for e in entries)
+    extra += [f"{picked} picked"] * bool(picked) + [f"{rejected} rejected"] * bool(rejected)
+    extra += [f"{stale} stale"] * bool(stale)
     if extra:
         text += f" ({', '.join(extra)})"
     if pages > 1:
@@ -486,6 +509,48 @@ def _mark(sheet: Image.Image, box: Box, state: str, reason: str | None) -> None:
                       CAPTION_SIZE, ink)
 
 
+def _star(draw: ImageDraw.ImageDraw, centre: tuple[float, float], radius: float,
+          fill: tuple[int, int, int]) -> None:
+    """A five-pointed star drawn as a polygon (the bundled font has no star glyph)."""
+    cx, cy = centre
+    points = []
+    for k in range(10):
+        r = radius if k % 2 == 0 else radius * 0.45
+        a = math.pi / 2 + k * math.pi / 5
+        points.append((cx + r * math.cos(a), cy - r * math.sin(a)))
+    draw.polygon(points, fill=fill)
+
+
+def _decision(sheet: Image.Image, draw: ImageDraw.ImageDraw, box: Box, e: Entry) -> None:
+    """Mark a picked, rejected or stale cell: a coloured border and a badge with its word and
+    rating; a rejected picture is faded too. An undecided cell only shows a rating, if any."""
+    left, top, right, bottom = box
+    ink = _MARK_INK.get(e.pick)
+    if e.pick == REJECT:
+        region = sheet.crop(box)
+        sheet.paste(Image.blend(region, Image.new("RGB", region.size, BACKGROUND), REJECT_DIM),
+                    (left, top))
+    if ink is not None:
+        for k in range(MARK_WIDTH):
+            draw.rectangle((left + k, top + k, right - 1 - k, bottom - 1 - k), outline=ink)
+    size = CAPTION_SIZE
+    lh = _line_height(size)
+    pad = 5
+    x = left
+    if ink is not None:
+        word = _MARK_WORD[e.pick]
+        w = int(_text_width(word, size)) + 2 * pad
+        draw.rectangle((x, top, x + w - 1, top + lh + 4), fill=ink)
+        draw.text((x + pad, top + 3), word, font=font(size), fill=BADGE_TEXT)
+        x += w
+    if e.rating is not None and e.pick != STALE:
+        digit = str(e.rating)
+        w = int(lh + _text_width(digit, size)) + 2 * pad
+        draw.rectangle((x, top, x + w - 1, top + lh + 4), fill=RATING_BACKGROUND)
+        _star(draw, (x + pad + lh / 2 - 1, top + 2 + lh / 2), lh / 2 - 1, STAR_INK)
+        draw.text((x + pad + lh, top + 3), digit, font=font(size), fill=BADGE_TEXT)
+
+
 def render(page: Page, load: Callable[[Entry], Image.Image | None]) -> Image.Image:
     """Draw `page`; `load(entry)` gives a job's picture (closed after pasting) or None."""
     sheet = Image.new("RGB", page.size, BACKGROUND)
@@ -528,6 +593,8 @@ def render(page: Page, load: Callable[[Entry], Image.Image | None]) -> Image.Ima
                 y = top + (box[1] - fitted.height) // 2
                 sheet.paste(fitted, (x, y))
                 del fitted
+        if e.pick or e.rating is not None:
+            _decision(sheet, draw, cell.box, e)
         lines = wrap(drawable(e.job.label), cell.caption[2] - cell.caption[0] - 4, CAPTION_SIZE,
                      CAPTION_LINES)
         cy = cell.caption[1] + 2
@@ -545,7 +612,10 @@ __all__ = [
     "MAX_SHEET_PIXELS",
     "MISSING",
     "OK",
+    "PICK",
+    "REJECT",
     "SHEET_BOX",
+    "STALE",
     "Block",
     "Cell",
     "Entry",

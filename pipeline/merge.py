@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pipeline.errors import StoreError, UsageError
+from pipeline.picks import load_picks, picks_path
 from pipeline.plan import Job, Plan
 from pipeline.post import build_all, stop_on_signals
 from pipeline.store import (
@@ -202,6 +203,9 @@ def merge_command(sources: Sequence[str], out: str, *, manifests: Sequence[str] 
     for name in folders:
         if name not in plans:
             raise UsageError(f"no manifest given for {name!r} (names: {', '.join(plans)})")
+    if post:  # a broken picks file stops the merge before anything is written
+        for name in folders:
+            load_picks(picks_path(plans[name].source), plans[name])
     code = 0
     # Ctrl-C or SIGTERM: the folder being merged is finished (its results.jsonl and summary
     # agree with its images), post-processing stops at once; Interrupted, exit 130.
@@ -212,7 +216,8 @@ def merge_command(sources: Sequence[str], out: str, *, manifests: Sequence[str] 
             summary = merge_one(plan, group, dest_root / name)
             if post:
                 # shown as merged: each image done for the backend that made it
-                build_all(plan, dest_root / name, backend=None, stop=stop)
+                build_all(plan, dest_root / name, backend=None, stop=stop,
+                          picks_file=picks_path(plan.source))
             print(f"{name}: merged {len(group)} folder(s): {summary['succeeded']} ok, "
                   f"{summary['failed']} failed, {summary['pending']} missing of "
                   f"{summary['planned']} -> {dest_root / name}", file=stdout)

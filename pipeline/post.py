@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from PIL import Image
 
-from pipeline import imaging, report
+from pipeline import imaging, picks, report
 from pipeline.errors import Interrupted
 from pipeline.imaging import FAILED, MISSING, OK, Entry
 from pipeline.plan import Plan
@@ -507,25 +507,43 @@ def _sheet_files(root: Path) -> Iterable[Path]:
         return []
 
 
+def with_picks(entries: list[Entry], chosen: picks.Picks, plan: Plan) -> list[Entry]:
+    """Entries carrying the picks file's decision (pick, reject, stale) and rating."""
+    out = []
+    for e in entries:
+        mark = chosen.status_of(e.job.path, plan)
+        entry = chosen.entries.get(e.job.path)
+        rating = entry.rating if entry is not None and mark != imaging.STALE else None
+        out.append(replace(e, pick=mark, rating=rating) if mark or rating else e)
+    return out
+
+
 def build_all(
     plan: Plan, root: Path, *, backend: str | None = None, workers: int | None = None,
-    max_sheet_pixels: int = imaging.MAX_SHEET_PIXELS, stop: Stop | None = None,
+    max_sheet_pixels: int = imaging.MAX_SHEET_PIXELS, stop: Stop | None = None, picks_file: Path | None = None,
 ) -> PostResult:
     """Thumbnails (new or changed images only), contact sheets and index.html under `root`.
 
     Jobs are shown as done for `backend` (see entries_for): after a run, the run's backend;
     `imagebatch sheet`, the backend `status` judges against; `merge`, None (any backend).
     With `stop`, a stop request ends the work promptly with Interrupted, leaving only whole
-    files (and no worker process); running it again finishes the job.
+    files (and no worker process); running it again finishes the job. Sheets and index mark
+    the decisions of `picks_file` when it exists.
     """
     started = time.perf_counter()
     root = Path(root)
+    # Read first: a broken picks file is reported before anything is written. A shard's
+    # plan lacks the other shards' paths, so only the whole plan checks them.
+    chosen = (picks.load_picks(picks_file, plan if plan.shard is None else None)
+              if picks_file is not None else None)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise write_error(root, exc) from None
     workers = (os.cpu_count() or 1) if workers is None else workers
     entries = entries_for(plan, root, backend)
+    if chosen is not None:
+        entries = with_picks(entries, chosen, plan)
     longest = plan.output.thumbnail
     made = kept = 0
     if stop is not None:
@@ -574,4 +592,5 @@ __all__ = [
     "sheet_name",
     "stop_on_signals",
     "thumb_rel",
+    "with_picks",
 ]

@@ -125,6 +125,21 @@ def test_matrix_rows_all_but_last_variable_columns_last():
     assert [lb.text for lb in page.labels if lb.kind == "row"] == ["city cyber", "city deco"]
 
 
+def test_one_seed_matrix_beside_a_seed_sweep_still_puts_its_last_axis_across():
+    entries = sweep(2, 2)  # fox: variants down, seeds across
+    pairs = [(s, t) for s in ("cyber", "deco") for t in ("dawn", "dusk")]
+    entries += [Entry(job(len(entries) + i, 7, job_id="city", vars=(("style", s), ("time", t))),
+                      OK) for i, (s, t) in enumerate(pairs)]
+    blocks = imaging.grid_blocks(entries)
+    assert [(b.columns, [r for r, _ in b.rows]) for b in blocks] == [
+        (("#100", "#101"), ["fox v0", "fox v1"]),
+        (("dawn", "dusk"), ["city cyber", "city deco"]),
+    ]
+    (page,) = imaging.layout("m", entries, box=(64, 64))
+    city = [c for c in page.cells if c.entry.job.id == "city"]
+    assert len({c.box[0] for c in city}) == 2 and len({c.box[1] for c in city}) == 2  # 2 x 2
+
+
 def test_plain_grid_keeps_plan_order():
     entries = [Entry(job(i, 1, job_id=f"j{i:02}"), OK) for i in range(9)]
     (page,) = imaging.layout("p", entries, box=(50, 50))
