@@ -526,7 +526,9 @@
     }
     updateCounts();
     if (viewer.path) showViewer(viewer.path);
+    document.body.dataset.items = 'loaded';
   }).catch((err) => {
+    document.body.dataset.items = 'failed';
     const banner = $('#items-problem');
     banner.textContent = `Could not load the images' details: ${err.message || err}`;
     banner.hidden = false;
