@@ -54,8 +54,10 @@ PORT ?= 8000
 serve: $(STAMP) ## run the embedded API server on HOST:PORT (default 127.0.0.1:8000)
 	$(BIN)/imagebatch serve --host $(HOST) --port $(PORT)
 
-# Tools some tests drive as a user would: headless chromium (index.html), curl and jq
-# (the provider's curl example). Best effort: needs root and apt; missing tools skip those tests.
+# Tools some tests drive as a user would: headless chromium (index.html, and the review
+# page through Playwright, which drives this system chromium: no browser download), curl and
+# jq (the provider's curl example). Best effort: needs root and apt; missing tools skip those
+# tests, except the review page's under CI (CI set), where a missing browser fails the run.
 TEST_TOOLS := chromium jq curl
 test-deps:
 	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \

@@ -323,7 +323,8 @@
     viewer.node.hidden = false;
     document.body.style.overflow = 'hidden';
     showViewer(cell.dataset.cell);
-    $('[data-v="close"]', viewer.node).focus();
+    $('[data-v="close"]', viewer.node).focus({ preventScroll: true });
+    viewer.node.scrollTop = 0;
   }
 
   function closeViewer() {
@@ -387,7 +388,7 @@
     compare.node.hidden = false;
     document.body.style.overflow = 'hidden';
     renderCompare();
-    $('[data-c="close"]', compare.node).focus();
+    $('[data-c="close"]', compare.node).focus({ preventScroll: true });
   }
 
   function closeCompare() {
