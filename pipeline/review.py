@@ -31,13 +31,16 @@ from aiohttp import web
 
 from pipeline import apispec, config, imaging, picks
 from pipeline.errors import StoreError, UsageError
-from pipeline.imaging import FAILED, MISSING, OK, Entry
+from pipeline.imaging import OK, Entry
 from pipeline.plan import Job, Plan
 from pipeline.post import entries_for, make_thumb, thumb_rel
 from pipeline.store import IMAGES
 
 #: Request bodies of the API are a few dozen bytes; anything far larger is not ours.
 MAX_BODY_BYTES = 16 * 1024
+#: How long the first of a burst of changes waits for the others to join its write: a
+#: burst (several tabs, a script) costs one write of the picks file instead of several.
+GATHER_SECONDS = 0.004
 #: Files the page may load from the output folder: images and nothing a browser would run.
 SERVED_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                    ".webp": "image/webp", ".avif": "image/avif", ".gif": "image/gif"}
@@ -66,7 +69,6 @@ class Cell:
     label: str  # the caption: its column (seed, last variable) or the job's label
     title: str  # the job's label, for alt text and tooltips
     thumb: str  # URL of the thumbnail (or the image when thumbnails are off)
-    image: str  # URL of the full image
     width: int  # thumbnail size from the request alone: the layout does not jump
     height: int
 
@@ -175,7 +177,7 @@ class Review:
                         reason=e.reason or "", title=job.label,
                         label=block.columns[col] if block.columns else job.label,
                         thumb=thumb_url(job.path) if self.thumb_side > 0 else image_url(job.path),
-                        image=image_url(job.path), width=w, height=h))
+                        width=w, height=h))
                 prompts = {e.job.request.get("prompt", "") for e in members if e is not None}
                 rows.append(Row(head, prompts.pop() if len(prompts) == 1 else "", tuple(cells)))
             out.append(Block(block.columns, tuple(rows)))
@@ -221,8 +223,9 @@ def parse_change(body: Any) -> dict[str, Any]:
 class _Writer:
     """Applies PUTs to the picks file, those arriving together in one update_picks call.
 
-    One write of a large picks file costs a few milliseconds; changes that arrive while a
-    write is under way wait for it and then go out together, so twenty at once cost two
+    One write of a large picks file costs tens of milliseconds (it is re-read, checked and
+    written whole under the lock); changes that arrive within GATHER_SECONDS of each other,
+    or while a write is under way, go out together, so twenty at once cost one or two
     writes, not twenty. A change names only the fields it sets: the other is picks.KEEP,
     read by update_picks from the file as it is now, under its lock.
     """
@@ -242,6 +245,7 @@ class _Writer:
 
     async def _drain(self) -> None:
         try:
+            await asyncio.sleep(GATHER_SECONDS)
             while self.pending:
                 batch, self.pending = self.pending, []
                 changes = merge_changes([(p, c) for p, c, _ in batch])
@@ -350,24 +354,26 @@ async def _headers(request: web.Request, response: web.StreamResponse) -> None:
         h["Cache-Control"] = "no-store"
 
 
-async def page(request: web.Request) -> web.StreamResponse:
-    """GET /: the review page."""
-    review = request.app[REVIEW_KEY]
+def render_page(review: Review) -> str:
+    """The review page's HTML as things are on disk now."""
     problem = ""
     try:
-        current = await asyncio.to_thread(review.load)
+        current = review.load()
     except picks.PicksError as exc:
         problem = f"The picks file cannot be read, so nothing can be saved: {exc}"
-        current = picks.Picks(manifest=review.plan.name, entries={})
-    entries = await asyncio.to_thread(entries_for, review.plan, review.root)
-    ok = sum(e.state == OK for e in entries)
-    blocks = review.blocks(current, entries)
-    html = _JINJA.get_template("review.html").render(
+        current = picks.make_picks(review.plan.name, {})
+    entries = entries_for(review.plan, review.root)
+    return _JINJA.get_template("review.html").render(
         name=review.plan.name, manifest=review.manifest, root=str(review.root),
-        picks_file=str(review.picks_file), token=review.token, blocks=blocks,
-        total=len(entries), ok=ok, failed=sum(e.state == FAILED for e in entries),
-        missing=sum(e.state == MISSING for e in entries), problem=problem,
+        picks_file=str(review.picks_file), token=review.token,
+        blocks=review.blocks(current, entries), total=len(entries),
+        ok=sum(e.state == OK for e in entries), problem=problem,
         counts=picks.counts(current, review.plan))
+
+
+async def page(request: web.Request) -> web.StreamResponse:
+    """GET /: the review page (made in a thread: 5,000 images take a while)."""
+    html = await asyncio.to_thread(render_page, request.app[REVIEW_KEY])
     return web.Response(text=html, content_type="text/html", charset="utf-8")
 
 
@@ -376,7 +382,7 @@ async def static(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     if name not in STATIC:
         raise web.HTTPNotFound(reason="no such file")
-    data = resources.files("pipeline").joinpath("templates", name).read_bytes()
+    data = (resources.files("pipeline") / "templates" / name).read_bytes()
     return web.Response(body=data, content_type=STATIC[name], charset="utf-8")
 
 
@@ -631,10 +637,11 @@ __all__ = [
     "has_display",
     "image_url",
     "make_app",
+    "merge_changes",
     "params_text",
     "parse_change",
+    "render_page",
     "review_command",
     "running_review",
-    "merge_changes",
     "thumb_url",
 ]

@@ -14,10 +14,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from PIL import Image
+from review_helpers import HOSTILE, Outputs, make_outputs, serving
 
 from pipeline import picks
 from pipeline.review import CSP, BadChange, has_display, merge_changes, parse_change
-from review_helpers import HOSTILE, Outputs, make_outputs, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +31,7 @@ def base(url: str) -> str:
     return url.split("/?", 1)[0]
 
 
-def auth(srv) -> dict[str, str]:  # noqa: ANN001 - RunningReview
+def auth(srv) -> dict[str, str]:
     return {"Authorization": f"Bearer {srv.review.token}"}
 
 
@@ -112,11 +112,10 @@ async def test_every_route_needs_the_token(outputs: Outputs) -> None:
 
 
 async def test_tokens_differ_between_servers(outputs: Outputs) -> None:
-    async with serving(outputs) as a, serving(outputs) as b:
+    async with serving(outputs) as a, serving(outputs) as b, aiohttp.ClientSession() as http:
         assert a.review.token != b.review.token and len(a.review.token) >= 24
-        async with aiohttp.ClientSession() as http:
-            async with http.get(base(b.url) + "/api/items?token=" + a.review.token) as resp:
-                assert resp.status == 403
+        async with http.get(base(b.url) + "/api/items?token=" + a.review.token) as resp:
+            assert resp.status == 403
 
 
 async def test_host_must_name_this_server(outputs: Outputs) -> None:
@@ -185,10 +184,10 @@ async def test_security_headers(outputs: Outputs) -> None:
 async def test_items_in_plan_order_with_their_decisions(outputs: Outputs) -> None:
     plan = outputs.plan
     picks.update_picks(outputs.picks_file, plan, {plan.jobs[1].path: ("reject", 2)})
-    async with serving(outputs) as srv, aiohttp.ClientSession() as http:
-        async with http.get(base(srv.url) + "/api/items", headers=auth(srv)) as resp:
-            assert resp.status == 200
-            items = await resp.json()
+    async with serving(outputs) as srv, aiohttp.ClientSession() as http, \
+            http.get(base(srv.url) + "/api/items", headers=auth(srv)) as resp:
+        assert resp.status == 200
+        items = await resp.json()
     assert [i["path"] for i in items] == [j.path for j in plan.jobs]
     first = items[0]
     assert set(first) >= {"path", "key", "status", "rating", "stale", "thumb", "image",
@@ -364,10 +363,10 @@ async def test_thumbnails_are_made_on_demand_and_confined(outputs: Outputs,
 async def test_page_escapes_the_plan_and_marks_every_image(outputs: Outputs) -> None:
     picks.update_picks(outputs.picks_file, outputs.plan,
                        {outputs.plan.jobs[0].path: ("pick", 5)})
-    async with serving(outputs) as srv, aiohttp.ClientSession() as http:
-        async with http.get(srv.url) as resp:
-            html = await resp.text()
-            assert resp.content_type == "text/html"
+    async with serving(outputs) as srv, aiohttp.ClientSession() as http, \
+            http.get(srv.url) as resp:
+        html = await resp.text()
+        assert resp.content_type == "text/html"
     assert HOSTILE not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "<script>" not in html and "<style" not in html and "style=" not in html
     assert "http://" not in html and "https://" not in html
@@ -379,9 +378,9 @@ async def test_page_escapes_the_plan_and_marks_every_image(outputs: Outputs) -> 
 
 async def test_page_of_an_empty_output_folder_says_what_to_run(tmp_path: Path) -> None:
     outputs = make_outputs(tmp_path, skip=range(7), post=False)
-    async with serving(outputs) as srv, aiohttp.ClientSession() as http:
-        async with http.get(srv.url) as resp:
-            html = await resp.text()
+    async with serving(outputs) as srv, aiohttp.ClientSession() as http, \
+            http.get(srv.url) as resp:
+        html = await resp.text()
     assert "No images yet" in html and f"imagebatch run {outputs.manifest}" in html
 
 

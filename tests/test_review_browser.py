@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageStat
+from review_helpers import HOSTILE, MANIFEST, Outputs, make_outputs, serving
 
 from pipeline import picks
-from review_helpers import HOSTILE, MANIFEST, Outputs, make_outputs, serving
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
@@ -60,7 +60,7 @@ def outputs(tmp_path: Path) -> Outputs:
 class Tab:
     """One page of the review, with what it said on the console and any dialog it opened."""
 
-    def __init__(self, page, url: str) -> None:  # noqa: ANN001 - playwright Page
+    def __init__(self, page, url: str) -> None:
         self.page = page
         self.url = url
         self.errors: list[str] = []
@@ -69,7 +69,7 @@ class Tab:
         page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
         page.on("dialog", self._dialog)
 
-    async def _dialog(self, dialog) -> None:  # noqa: ANN001
+    async def _dialog(self, dialog) -> None:
         self.dialogs.append(dialog.message)
         await dialog.dismiss()
 
@@ -84,14 +84,18 @@ class Tab:
         return await self.page.evaluate("document.activeElement.dataset.cell || ''")
 
 
-async def _tab(browser, srv, width: int = 1280, height: int = 900, **kw: object) -> Tab:  # noqa: ANN001
+async def _tab(browser, srv, width: int = 1280, height: int = 900, **kw: object) -> Tab:
     context = await browser.new_context(viewport={"width": width, "height": height}, **kw)
     tab = Tab(await context.new_page(), srv.url)
     await tab.open()
     return tab
 
 
-async def _until(check, what: str, timeout: float = 10.0) -> None:  # noqa: ANN001
+# Page conditions are waited for with wait_for_function("() => ..."): a function, since the
+# page's CSP (no 'unsafe-eval') stops Playwright from polling a bare expression string.
+
+
+async def _until(check, what: str, timeout: float = 10.0) -> None:
     """Wait until `check()` is true (the disk is written by the server, not the page)."""
     deadline = time.monotonic() + timeout
     while not check():
@@ -217,7 +221,7 @@ async def test_clicks_the_large_view_and_its_details(browser, outputs: Outputs) 
         await cell.locator(".pic").click()
         await page.wait_for_selector("#viewer:not([hidden])")
         await page.wait_for_function(
-            "document.getElementById('v-img').src.includes('/files/images/')"
+            "() => document.getElementById('v-img').src.includes('/files/images/')"
             " && document.getElementById('v-img').complete"
             " && document.getElementById('v-img').naturalWidth === 240")
         assert await page.inner_text("#v-seed") == "2"
@@ -250,7 +254,7 @@ async def test_compare_two_pictures_side_by_side(browser, outputs: Outputs) -> N
         assert await panes.count() == 2
         assert [await panes.nth(i).get_attribute("data-pane") for i in range(2)] == [a, b]
         await page.wait_for_function(
-            "Array.from(document.querySelectorAll('#c-panes img'))"
+            "() => Array.from(document.querySelectorAll('#c-panes img'))"
             ".every(i => i.complete && i.naturalWidth === 240)")
         boxes = [await panes.nth(i).bounding_box() for i in range(2)]
         assert boxes[0]["x"] + boxes[0]["width"] <= boxes[1]["x"] + 1  # side by side
@@ -319,7 +323,7 @@ async def test_a_failed_save_is_shown_and_can_be_retried(browser, outputs: Outpu
         await toast.locator("button", has_text="Retry").click()
         await _until(lambda: _entries(outputs) == {path: ("pick", None)}, "the retried save")
         await page.wait_for_function(
-            f"!document.querySelector(\"figure[data-cell='{path}']\").classList"
+            f"() => !document.querySelector(\"figure[data-cell='{path}']\").classList"
             ".contains('unsaved')")
         assert await page.inner_text("#save-state") == ""
 
@@ -349,7 +353,7 @@ async def test_screenshot_shows_the_pictures(browser, outputs: Outputs) -> None:
     async with serving(outputs) as srv:
         tab = await _tab(browser, srv)
         await tab.page.wait_for_function(
-            "Array.from(document.querySelectorAll('img[data-path]'))"
+            "() => Array.from(document.querySelectorAll('img[data-path]'))"
             ".every(i => i.complete && i.naturalWidth > 0)")
         shot = Image.open(io.BytesIO(await tab.page.screenshot())).convert("RGB")
     assert shot.size == (1280, 900)

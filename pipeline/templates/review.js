@@ -42,6 +42,12 @@
   for (const pic of $$('.cell.none .pic[data-w]')) {
     pic.style.aspectRatio = `${pic.dataset.w} / ${pic.dataset.h}`;
   }
+  // Each picture's buttons, cloned here rather than sent 5,000 times in the page.
+  const acts = $('#acts').content;
+  for (const cell of cells) {
+    if (!cell.classList.contains('none')) $('figcaption', cell).append(acts.cloneNode(true));
+  }
+  const fullUrl = (path) => '/files/images/' + encodePath(path);
 
   // ---- showing a cell's state --------------------------------------------------------
 
@@ -289,7 +295,7 @@
       big.alt = img.alt;
       big.src = img.currentSrc || img.src; // the thumbnail at once, the full image when loaded
       const full = new Image();
-      const url = withToken(img.dataset.full);
+      const url = withToken(fullUrl(path));
       full.onload = () => { if (viewer.path === path) big.src = url; };
       full.src = url;
     }
@@ -303,7 +309,7 @@
     $('#v-model').textContent = req.model || '';
     const file = $('#v-file');
     file.textContent = 'images/' + path;
-    file.href = withToken(img.dataset.full);
+    file.href = withToken(fullUrl(path));
     $('#v-key').textContent = item ? item.key : '';
     paintControls(viewer.node, s);
     $('input[data-act="cmp"]', viewer.node).checked = ticked.has(path);
@@ -358,7 +364,7 @@
       for (let r = 1; r <= 5; r += 1) {
         stars.append(el('button', { type: 'button', 'data-act': String(r), 'aria-label': `Rate ${r}`, title: `Rate ${r}`, text: '★' }));
       }
-      const big = el('img', { alt: img.alt, src: withToken(img.dataset.full) });
+      const big = el('img', { alt: img.alt, src: withToken(fullUrl(path)) });
       const caption = el('figcaption', {},
         el('span', { class: 'lbl', text: (item && item.label) || path }),
         el('button', { type: 'button', class: 'act pick', 'data-act': 'pick', title: 'Pick (P)', text: '✓ Pick' }),
@@ -496,10 +502,10 @@
   // A thumbnail that cannot be shown falls back to the image itself, once.
   document.addEventListener('error', (e) => {
     const img = e.target;
-    if (!(img instanceof HTMLImageElement) || !img.dataset.full) return;
+    if (!(img instanceof HTMLImageElement) || !img.dataset.path || !img.closest('.cell')) return;
     if (!img.dataset.fellBack) {
       img.dataset.fellBack = '1';
-      img.src = withToken(img.dataset.full);
+      img.src = withToken(fullUrl(img.dataset.path));
     } else {
       img.closest('.cell').classList.add('broken');
       img.alt = 'image unreadable: ' + img.alt;
@@ -520,7 +526,8 @@
     for (const item of doc) {
       items.set(item.path, item);
       const s = state.get(item.path);
-      if (s && !unsaved.has(item.path) && !inflight.get(item.path)) {
+      const same = s && s.status === item.status && s.rating === item.rating && s.stale === item.stale;
+      if (s && !same && !unsaved.has(item.path) && !inflight.get(item.path)) {
         state.set(item.path, { status: item.status, rating: item.rating, stale: item.stale });
         paint(item.path);
       }
@@ -535,7 +542,9 @@
     banner.hidden = false;
   });
 
-  for (const path of state.keys()) paintControls(byPath.get(path), state.get(path));
+  for (const [path, s] of state) {
+    if (s.status || s.rating != null) paintControls(byPath.get(path), s);
+  }
   updateCounts();
   if (cells.length) setCurrent(cells.find((c) => !c.classList.contains('none')) || cells[0], false);
 })();
