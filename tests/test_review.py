@@ -453,3 +453,28 @@ async def test_a_port_in_use_is_exit_2(outputs: Outputs) -> None:
                         "--port", str(srv.port)], ROOT)
         out, err = await asyncio.to_thread(proc.communicate, timeout=60)
     assert proc.returncode == 2 and "cannot listen" in err and out == ""
+
+
+@pytest.mark.parametrize("no_open", [False, True])
+async def test_a_browser_opens_only_with_a_display_and_without_no_open(
+        outputs: Outputs, tmp_path: Path, no_open: bool) -> None:
+    opened = tmp_path / "opened.txt"
+    opener = tmp_path / "opener.sh"
+    opener.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {opened}\n')
+    opener.chmod(0o755)
+    args = [str(outputs.manifest), "--out", str(outputs.out)] + (["--no-open"] if no_open else [])
+    proc = _review(args, ROOT, {"DISPLAY": ":99", "BROWSER": str(opener)})
+    try:
+        line = (await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)).strip()
+        for _ in range(20 if no_open else 200):  # a browser is started in the background
+            if opened.exists() and opened.read_text():
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.to_thread(proc.communicate, timeout=30)
+    if no_open:
+        assert not opened.exists()
+    else:
+        assert opened.read_text() == line
+    assert proc.returncode == 0
