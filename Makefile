@@ -13,7 +13,7 @@ MANIFESTS ?= $(wildcard $(MANIFEST_DIR)/*.yaml)
 SUMMARIES := $(patsubst $(MANIFEST_DIR)/%.yaml,$(OUT)/%/summary.json,$(MANIFESTS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test check bench lint clean test-deps bench-deps assets plan sheet serve status
+.PHONY: help install run test check bench lint clean test-deps bench-deps assets plan sheet serve status review
 # a run that fails (some jobs failed, or it was stopped) leaves no summary behind, so the
 # next `make assets` runs that manifest again; done jobs are skipped, failed ones retried
 .DELETE_ON_ERROR:
@@ -63,6 +63,9 @@ sheet: $(STAMP) ## rebuild thumbnails, contact sheets and index.html of MANIFEST
 
 status: $(STAMP) ## count done, failed and pending jobs of MANIFEST (sends nothing)
 	$(BIN)/imagebatch status $(MANIFEST) --out $(OUT)
+
+review: $(STAMP) ## the review page of MANIFEST in the browser: pick, reject, rate (Ctrl-C stops)
+	$(BIN)/imagebatch review $(MANIFEST) --out $(OUT)
 
 HOST ?= 127.0.0.1
 PORT ?= 8000
