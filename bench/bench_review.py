@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from bench import row
@@ -130,6 +131,8 @@ def _page_rows(manifest: Path, out: Path) -> list[dict]:
     root = out / "review-bench"
     server = _Server(manifest, out, WORK / "page.picks.json")
     try:
+        with urllib.request.urlopen(server.url, timeout=60) as resp:
+            sent = len(resp.read())
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=[
                 "--no-sandbox", "--disable-background-networking", "--disable-component-update",
@@ -148,13 +151,14 @@ def _page_rows(manifest: Path, out: Path) -> list[dict]:
                     page.wait_for_selector("body[data-items='loaded']", timeout=60_000)
                     ready = time.perf_counter() - started
                     cells = page.locator("img[data-path]").count()
-                    size = page.evaluate("document.documentElement.outerHTML.length")
+                    dom = page.evaluate("document.documentElement.outerHTML.length")
                     page.close()
                     ok = cells == N_IMAGES
                     rows.append(_row(f"page of {N_IMAGES:,} ({label}): first thumbnails shown",
                                      shown, "s", "< 2", ok and shown < 2,
                                      f"12 thumbnails decoded, from navigation; {cells} images "
-                                     f"on the page, {size / 1e6:.1f} MB of HTML"))
+                                     f"on the page; {sent / 1e6:.1f} MB of HTML sent, "
+                                     f"{dom / 1e6:.1f} MB once its script added the buttons"))
                     rows.append(_row(f"page of {N_IMAGES:,} ({label}): details of all loaded",
                                      ready, "s", note="GET /api/items applied to every cell"))
             finally:
