@@ -13,7 +13,7 @@ MANIFESTS ?= $(wildcard $(MANIFEST_DIR)/*.yaml)
 SUMMARIES := $(patsubst $(MANIFEST_DIR)/%.yaml,$(OUT)/%/summary.json,$(MANIFESTS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test check bench lint clean test-deps bench-deps assets plan sheet serve status
+.PHONY: help install run test check bench lint clean test-deps bench-deps assets plan sheet serve status review
 # a run that fails (some jobs failed, or it was stopped) leaves no summary behind, so the
 # next `make assets` runs that manifest again; done jobs are skipped, failed ones retried
 .DELETE_ON_ERROR:
@@ -64,13 +64,18 @@ sheet: $(STAMP) ## rebuild thumbnails, contact sheets and index.html of MANIFEST
 status: $(STAMP) ## count done, failed and pending jobs of MANIFEST (sends nothing)
 	$(BIN)/imagebatch status $(MANIFEST) --out $(OUT)
 
+review: $(STAMP) ## the review page of MANIFEST in the browser: pick, reject, rate (Ctrl-C stops)
+	$(BIN)/imagebatch review $(MANIFEST) --out $(OUT)
+
 HOST ?= 127.0.0.1
 PORT ?= 8000
 serve: $(STAMP) ## run the embedded API server on HOST:PORT (default 127.0.0.1:8000)
 	$(BIN)/imagebatch serve --host $(HOST) --port $(PORT)
 
-# Tools some tests drive as a user would: headless chromium (index.html), curl and jq
-# (the provider's curl example). Best effort: needs root and apt; missing tools skip those tests.
+# Tools some tests drive as a user would: headless chromium (index.html, and the review
+# page through Playwright, which drives this system chromium: no browser download), curl and
+# jq (the provider's curl example). Best effort: needs root and apt; missing tools skip those
+# tests, except the review page's under CI (CI set), where a missing browser fails the run.
 TEST_TOOLS := chromium jq curl
 # Fonts for captions in every script (Latin, CJK, Hebrew, Arabic, colour emoji), fontconfig to
 # find them and libraqm to shape right-to-left text: Debian packages, checked with dpkg.

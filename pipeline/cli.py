@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_run_parsers(sub)
     _add_pick_parser(sub)
+    _add_review_parser(sub)
 
     return parser
 
@@ -115,6 +116,21 @@ def _add_pick_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     _add_picks_option(p)
     p.add_argument("--out", default="outputs", metavar="DIR",
                    help="output root image files are found under (default outputs)")
+    _add_max_jobs(p)
+    _add_env_prefix(p)
+
+
+def _add_review_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """review."""
+    p = sub.add_parser("review", help="a local web page to pick, reject and rate the images")
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("--out", default="outputs", metavar="DIR", help="output root (default outputs)")
+    p.add_argument("--picks", default=None, metavar="FILE",
+                   help="the picks file (default: MANIFEST's name with .picks.json, beside it)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; the token is needed anyway)")
+    p.add_argument("--port", type=_port, default=0, help="port (default: a free one)")
+    p.add_argument("--no-open", action="store_true", help="do not open a browser")
     _add_max_jobs(p)
     _add_env_prefix(p)
 
@@ -313,6 +329,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_review(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.review import ReviewOptions, review_command
+
+    return review_command(ReviewOptions(
+        manifest=args.manifest, out=Path(args.out),
+        picks=Path(args.picks) if args.picks else None, host=args.host, port=args.port,
+        open_browser=not args.no_open, env_prefix=args.env_prefix, max_jobs=args.max_jobs,
+    ))
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.commands import validate_command
 
@@ -387,6 +415,7 @@ COMMANDS = {
     "merge": _cmd_merge,
     "pick": _cmd_pick,
     "serve": _cmd_serve,
+    "review": _cmd_review,
 }
 
 

@@ -1,0 +1,373 @@
+"""The review page in a real browser (Playwright driving the system chromium), as a user
+uses it: keys and clicks, reloads, the picks file on disk, hostile prompts, failed saves."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageStat
+from review_helpers import HOSTILE, MANIFEST, Outputs, make_outputs, serving
+
+from pipeline import picks
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
+        "--disable-dev-shm-usage"]
+pytestmark = pytest.mark.browser
+
+
+def _missing() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[test]')"
+    if CHROMIUM is None:
+        return "no chromium binary (make test-deps installs it)"
+    return None
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[object]:
+    problem = _missing()
+    if problem is not None:
+        if os.environ.get("CI"):  # CI must run these: a missing browser is a failure there
+            pytest.fail(f"the browser tests cannot run: {problem}")
+        pytest.skip(problem)
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> Outputs:
+    return make_outputs(tmp_path)
+
+
+class Tab:
+    """One page of the review, with what it said on the console and any dialog it opened."""
+
+    def __init__(self, page, url: str) -> None:
+        self.page = page
+        self.url = url
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+        page.on("dialog", self._dialog)
+
+    async def _dialog(self, dialog) -> None:
+        self.dialogs.append(dialog.message)
+        await dialog.dismiss()
+
+    async def open(self) -> None:
+        await self.page.goto(self.url)
+        await self.page.wait_for_selector("body[data-items='loaded']")
+
+    async def status(self, path: str) -> str:
+        return await self.page.get_attribute(f"[data-path='{path}']", "data-status")
+
+    async def current(self) -> str:
+        return await self.page.evaluate("document.activeElement.dataset.cell || ''")
+
+
+async def _tab(browser, srv, width: int = 1280, height: int = 900, **kw: object) -> Tab:
+    context = await browser.new_context(viewport={"width": width, "height": height}, **kw)
+    tab = Tab(await context.new_page(), srv.url)
+    await tab.open()
+    return tab
+
+
+# Page conditions are waited for with wait_for_function("() => ..."): a function, since the
+# page's CSP (no 'unsafe-eval') stops Playwright from polling a bare expression string.
+
+
+async def _until(check, what: str, timeout: float = 10.0) -> None:
+    """Wait until `check()` is true (the disk is written by the server, not the page)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def _entries(outputs: Outputs) -> dict[str, tuple[str | None, int | None]]:
+    try:
+        doc = json.loads(outputs.picks_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {p: (e["status"], e["rating"]) for p, e in doc["picks"].items()}
+
+
+async def test_keys_decide_save_at_once_and_survive_a_reload(browser, outputs: Outputs) -> None:
+    paths = [j.path for j in outputs.plan.jobs]
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv)
+        page = tab.page
+        await page.keyboard.press("ArrowRight")
+        await page.keyboard.press("ArrowLeft")
+        assert await tab.current() == paths[0]
+        await page.keyboard.press("p")
+        await page.keyboard.press("ArrowRight")
+        await page.keyboard.press("x")
+        await page.keyboard.press("ArrowRight")
+        await page.keyboard.press("4")
+        await page.keyboard.press("p")
+        assert [await tab.status(p) for p in paths[:4]] == ["pick", "reject", "pick", ""]
+        want = {paths[0]: ("pick", None), paths[1]: ("reject", None), paths[2]: ("pick", 4)}
+        await _until(lambda: _entries(outputs) == want, "the three decisions on disk")
+
+        await page.reload()
+        await page.wait_for_selector("body[data-items='loaded']")
+        assert [await tab.status(p) for p in paths[:4]] == ["pick", "reject", "pick", ""]
+        cell = page.locator(f"figure[data-cell='{paths[2]}']")
+        assert await cell.get_attribute("data-rating") == "4"
+        assert await cell.locator(".stars button.on").count() == 4
+        assert await page.inner_text("[data-count='pick']") == "2"
+        assert await page.inner_text("[data-count='reject']") == "1"
+        assert await page.inner_text("[data-count='rated']") == "1"
+        assert await page.inner_text("[data-count='unrated']") == str(len(paths) - 3)
+
+        # Backspace and 0 clear the entry, rating and all
+        await page.keyboard.press("ArrowRight")
+        await page.keyboard.press("ArrowRight")
+        assert await tab.current() == paths[2]
+        await page.keyboard.press("Backspace")
+        await page.keyboard.press("ArrowLeft")
+        await page.keyboard.press("0")
+        await _until(lambda: _entries(outputs) == {paths[0]: ("pick", None)}, "two cleared")
+        assert tab.errors == [] and tab.dialogs == []
+
+
+async def _moves(tab: Tab, moves: list[tuple[str, str]]) -> None:
+    for key, where in moves:
+        await tab.page.keyboard.press(key)
+        assert await tab.current() == where, (key, where)
+
+
+async def test_arrow_keys_follow_the_sheet_rows(browser, outputs: Outputs) -> None:
+    # As on the contact sheet: with a seed sweep in the plan, fox is a row of seeds 1 2 3
+    # and each toys variant is a row of its own (one seed).
+    fox1, fox2, fox3, clay_boat, clay_kite, paper_boat, paper_kite = (
+        j.path for j in outputs.plan.jobs)
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv)
+        await _moves(tab, [
+            ("ArrowRight", fox2), ("ArrowRight", fox3), ("ArrowLeft", fox2), ("ArrowLeft", fox1),
+            ("ArrowDown", clay_boat), ("ArrowDown", clay_kite), ("ArrowUp", clay_boat),
+            ("ArrowUp", fox1), ("ArrowUp", fox1), ("End", paper_kite), ("ArrowUp", paper_boat),
+            ("Home", fox1)])
+
+
+async def test_arrow_keys_in_a_matrix(browser, tmp_path: Path) -> None:
+    # A matrix alone: rows by style, columns by subject (the last variable)
+    text = MANIFEST[MANIFEST.index("  - id: toys"):]
+    outputs = make_outputs(tmp_path, "version: 1\nname: rv\njobs:\n" + text)
+    clay_boat, clay_kite, paper_boat, paper_kite = (j.path for j in outputs.plan.jobs)
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv)
+        assert await tab.page.locator(".row").count() == 2
+        await _moves(tab, [
+            ("ArrowDown", paper_boat), ("ArrowRight", paper_kite), ("ArrowUp", clay_kite),
+            ("ArrowLeft", clay_boat), ("ArrowLeft", clay_boat), ("ArrowRight", clay_kite),
+            ("ArrowDown", paper_kite), ("ArrowDown", paper_kite)])
+
+
+async def test_a_hostile_prompt_is_only_text(browser, outputs: Outputs) -> None:
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv)
+        page = tab.page
+        head = page.locator(".rowhead .prompt").first
+        assert (await head.inner_text()).startswith(HOSTILE)
+        await page.keyboard.press("Enter")
+        await page.wait_for_selector("#viewer:not([hidden])")
+        assert (await page.inner_text("#v-prompt")).startswith(HOSTILE)
+        assert await page.inner_text("#v-negative") == "blurry, <b>bold</b>"
+        await page.wait_for_timeout(300)
+        injected = await page.evaluate(
+            "[document.querySelectorAll('img[src=\"x\"], [onerror]').length"
+            " + Array.from(document.querySelectorAll('b')).filter(b => b.textContent === 'bold')"
+            ".length,"
+            " Array.from(document.images).filter(i => !i.src.startsWith(location.origin)).length]")
+        assert injected == [0, 0]
+        assert tab.dialogs == [] and tab.errors == []
+
+
+async def test_clicks_the_large_view_and_its_details(browser, outputs: Outputs) -> None:
+    job = outputs.plan.jobs[1]
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv)
+        page = tab.page
+        cell = page.locator(f"figure[data-cell='{job.path}']")
+        await cell.locator("[data-act='pick']").click()
+        await cell.locator(".stars [data-act='3']").click()
+        await _until(lambda: _entries(outputs) == {job.path: ("pick", 3)}, "a click's pick")
+        await cell.locator("[data-act='pick']").click()  # pressed again: taken back
+        await _until(lambda: _entries(outputs) == {job.path: (None, 3)}, "the pick undone")
+
+        await cell.locator(".pic").click()
+        await page.wait_for_selector("#viewer:not([hidden])")
+        await page.wait_for_function(
+            "() => document.getElementById('v-img').src.includes('/files/images/')"
+            " && document.getElementById('v-img').complete"
+            " && document.getElementById('v-img').naturalWidth === 240")
+        assert await page.inner_text("#v-seed") == "2"
+        assert await page.inner_text("#v-params") == "3:2 · 1216×832 · png"
+        assert await page.inner_text("#v-file") == f"images/{job.path}"
+        await page.click("#viewer [data-act='reject']")
+        await page.click("#viewer .stars [data-act='5']")
+        await _until(lambda: _entries(outputs) == {job.path: ("reject", 5)}, "viewer clicks")
+        assert await tab.status(job.path) == "reject"
+        await page.keyboard.press("ArrowRight")  # the next picture, in the large view
+        assert await page.inner_text("#v-seed") == "3"
+        await page.keyboard.press("Escape")
+        assert await page.locator("#viewer").is_hidden()
+        assert tab.errors == []
+
+
+async def test_compare_two_pictures_side_by_side(browser, outputs: Outputs) -> None:
+    a, b = outputs.plan.jobs[0].path, outputs.plan.jobs[2].path
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv)
+        page = tab.page
+        assert await page.is_disabled("#compare-open")
+        await page.keyboard.press("c")
+        await page.keyboard.press("ArrowRight")
+        await page.locator(f"figure[data-cell='{b}'] input[data-act='cmp']").check()
+        assert await page.inner_text("#compare-n") == "2"
+        await page.keyboard.press("v")
+        await page.wait_for_selector("#compare:not([hidden])")
+        panes = page.locator("#c-panes .pane")
+        assert await panes.count() == 2
+        assert [await panes.nth(i).get_attribute("data-pane") for i in range(2)] == [a, b]
+        await page.wait_for_function(
+            "() => Array.from(document.querySelectorAll('#c-panes img'))"
+            ".every(i => i.complete && i.naturalWidth === 240)")
+        boxes = [await panes.nth(i).bounding_box() for i in range(2)]
+        assert boxes[0]["x"] + boxes[0]["width"] <= boxes[1]["x"] + 1  # side by side
+        assert abs(boxes[0]["y"] - boxes[1]["y"]) < 2
+        await page.keyboard.press("ArrowRight")
+        await page.keyboard.press("p")
+        await page.keyboard.press("ArrowLeft")
+        await page.keyboard.press("x")
+        await _until(lambda: _entries(outputs) == {a: ("reject", None), b: ("pick", None)},
+                     "decisions made while comparing")
+        await page.keyboard.press("Escape")
+        assert await page.locator("#compare").is_hidden()
+        assert tab.errors == []
+
+
+async def test_filters_and_counts(browser, outputs: Outputs) -> None:
+    plan = outputs.plan
+    p = [j.path for j in plan.jobs]
+    picks.update_picks(outputs.picks_file, plan, {p[0]: ("pick", 5), p[1]: ("reject", None),
+                                                  p[3]: (None, 2), p[4]: ("pick", None)})
+    doc = json.loads(outputs.picks_file.read_text())
+    doc["picks"][p[5]] = {"key": "f" * 64, "rating": 4, "status": "pick"}  # another prompt's
+    outputs.picks_file.write_text(json.dumps(doc))
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv)
+        page = tab.page
+        counts = {k: await page.inner_text(f"[data-count='{k}']")
+                  for k in ("all", "pick", "reject", "unrated", "stale", "rated")}
+        assert counts == {"all": "7", "pick": "2", "reject": "1", "unrated": "2", "stale": "1",
+                          "rated": "2"}
+        assert await tab.status(p[5]) == "stale"
+
+        async def shown() -> list[str]:
+            return await page.eval_on_selector_all(
+                "figure.cell", "cs => cs.filter(c => c.offsetParent !== null)"
+                ".map(c => c.dataset.cell)")
+
+        expected = {"pick": [p[0], p[4]], "reject": [p[1]], "stale": [p[5]],
+                    "unrated": [p[2], p[6]], "all": p}
+        for name, want in expected.items():
+            await page.click(f".filters [data-filter='{name}']")
+            assert await shown() == want, name
+        await page.click(".filters [data-filter='stale']")
+        await page.keyboard.press("3")  # deciding again makes it current, the old pick gone
+        await _until(lambda: _entries(outputs).get(p[5]) == (None, 3), "the stale entry redone")
+        assert await tab.status(p[5]) == ""
+        assert await page.inner_text("[data-count='stale']") == "0"
+
+
+async def test_a_failed_save_is_shown_and_can_be_retried(browser, outputs: Outputs) -> None:
+    path = outputs.plan.jobs[0].path
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv)
+        page = tab.page
+        broken = '{"version": 1, "manifest": "rv", "picks": {\n'
+        outputs.picks_file.write_text(broken)  # someone's editor, mid-session
+        await page.keyboard.press("p")
+        toast = page.locator(".toast", has_text="Not saved")
+        await toast.wait_for()
+        assert str(outputs.picks_file) in await toast.inner_text()
+        cell = page.locator(f"figure[data-cell='{path}']")
+        assert "unsaved" in (await cell.get_attribute("class")).split()
+        assert "NOT saved" in await page.inner_text("#save-state")
+        assert outputs.picks_file.read_text() == broken  # never overwritten
+        outputs.picks_file.unlink()  # fixed
+        await toast.locator("button", has_text="Retry").click()
+        await _until(lambda: _entries(outputs) == {path: ("pick", None)}, "the retried save")
+        await page.wait_for_function(
+            f"() => !document.querySelector(\"figure[data-cell='{path}']\").classList"
+            ".contains('unsaved')")
+        assert await page.inner_text("#save-state") == ""
+
+
+async def test_on_a_phone(browser, outputs: Outputs, tmp_path: Path) -> None:
+    path = outputs.plan.jobs[0].path
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv, 390, 844, is_mobile=True, has_touch=True,
+                         device_scale_factor=2)
+        page = tab.page
+        width = await page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
+        assert width[0] <= width[1], width  # nothing wider than the screen
+        pick = page.locator(f"figure[data-cell='{path}'] [data-act='pick']")
+        box = await pick.bounding_box()
+        assert box["width"] >= 40 and box["height"] >= 40
+        await pick.tap()
+        await _until(lambda: _entries(outputs) == {path: ("pick", None)}, "a tapped pick")
+        await page.locator(f"figure[data-cell='{path}'] .pic").tap()
+        await page.wait_for_selector("#viewer:not([hidden])")
+        close = await page.locator("#viewer [data-v='close']").bounding_box()
+        assert close["height"] >= 40
+        await page.screenshot(path=str(tmp_path / "phone.png"))
+        assert tab.errors == []
+
+
+async def test_screenshot_shows_the_pictures(browser, outputs: Outputs) -> None:
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv)
+        await tab.page.wait_for_function(
+            "() => Array.from(document.querySelectorAll('img[data-path]'))"
+            ".every(i => i.complete && i.naturalWidth > 0)")
+        shot = Image.open(io.BytesIO(await tab.page.screenshot())).convert("RGB")
+    assert shot.size == (1280, 900)
+    stddev = ImageStat.Stat(shot).stddev
+    assert min(stddev) > 20, stddev  # a blank or single-colour page has almost none
+    # the first thumbnail is on screen with its own colours, not a grey placeholder
+    colours = shot.crop((240, 80, 1280, 400)).getcolors(1 << 20)
+    assert colours is not None and len(colours) > 500
+
+
+async def test_an_empty_output_folder(browser, tmp_path: Path) -> None:
+    outputs = make_outputs(tmp_path, skip=range(7), post=False)
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv)
+        text = await tab.page.inner_text("main")
+    assert "No images yet" in text and f"imagebatch run {outputs.manifest}" in text
+    assert tab.errors == []
