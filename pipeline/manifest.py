@@ -544,6 +544,7 @@ class _Loader:
         self.default_model = default_model
         self.max_jobs = max_jobs
         self.export_paths: list[tuple[str, str, Loc]] = []  # (template, field, loc) to check
+        self.export_name: tuple[str, Loc] | None = None  # of the entry being read
 
     def seeds(self, node: Node, path: str) -> Seeds | None:
         c = self.c
@@ -961,19 +962,22 @@ class _Loader:
         out: list[ExportSettings] = []
         names: dict[str, int] = {}
         for i, item in enumerate(items):
+            self.export_name = None
             spec = self.export(item, f"exports[{i}]", i)
-            if spec is None:
+            if self.export_name is None:
                 continue
-            if spec.name in names:
-                first = names[spec.name]
-                how = "" if spec.name != f"export-{first + 1}" else \
+            name, loc = self.export_name  # known even when another setting is wrong
+            if name in names:
+                first = names[name]
+                how = "" if name != f"export-{first + 1}" else \
                     f" (the default name of exports[{first}], which has no name:)"
-                c.add(spec.loc, f"exports[{i}].name",
-                      f"{spec.name!r} is already the name of exports[{first}]{how}; "
+                c.add(loc, f"exports[{i}].name",
+                      f"{name!r} is already the name of exports[{first}]{how}; "
                       "export names must be unique")
                 continue
-            names[spec.name] = i
-            out.append(spec)
+            names[name] = i
+            if spec is not None:
+                out.append(spec)
         return out
 
     def export(self, node: Node, path: str, index: int) -> ExportSettings | None:
@@ -995,6 +999,8 @@ class _Loader:
                                              "at most 100)")
             kw["loc"] = _loc(vnode)
         kw["name"] = name
+        if len(c.problems) == ok:
+            self.export_name = (name, kw["loc"])
         if "from" in m:
             self._export_from(m["from"][1], f"{path}.from", kw)
         if "path" in m:
