@@ -106,8 +106,9 @@ def job_states(plan: Plan, out_dir: Path, backend: str) -> JobState:
         if st == "failed":
             return "failed", f"failed: {rec.error if rec is not None else 'unknown error'}"
         if (store.images / job.path).exists():
-            return "stale", ("the image on disk was made for another request or backend; "
-                             "run the manifest again")
+            return "stale", ("the image on disk is not the one recorded for this job (made "
+                             "for another request or backend, or changed since); run the "
+                             "manifest again")
         return "pending", "not generated yet"
 
     return state
