@@ -296,7 +296,7 @@ def _load(path: str, outputs: Sequence[Output]) -> tuple[Image.Image, float, flo
                 img.draft(img.mode, (math.ceil(w * need), math.ceil(h * need)))
         icc = img.info.get("icc_profile")
         img.load()
-        out = img
+        out: Image.Image = img
         if icc:
             out = _to_srgb(img, icc)
         elif img.mode == "P":
@@ -734,7 +734,8 @@ def _remove(root: Path, state: State, wanted: set[str], keep_keys: set[tuple[str
 
 def report(result: ExportResult, picks_note: str | None, out: TextIO, err: TextIO) -> int:
     """Print what was done, and the chosen images that were not exported; the exit code."""
-    print(f"{result.name}: {len(result.written)} files written, {result.kept} up to date, "
+    n = len(result.written)
+    print(f"{result.name}: {n} file{'' if n == 1 else 's'} written, {result.kept} up to date, "
           f"{len(result.removed)} removed; {result.files} in {result.root / ASSETS_JSON} "
           f"({result.seconds:.1f} s)", file=out)
     for note in (*result.notes, *([picks_note] if picks_note else [])):

@@ -79,7 +79,7 @@ def xmp_packet(body: str) -> bytes:
             '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
             f'<rdf:Description rdf:about="" xmlns:imagebatch="{XMP_NAMESPACE}" '
             f'imagebatch:request="{value}"/>'
-            '</rdf:RDF></x:xmpmeta><?xpacket end="r"?>').encode("utf-8")
+            '</rdf:RDF></x:xmpmeta><?xpacket end="r"?>').encode()
 
 
 def _xmp_text(packet: bytes) -> str | None:

@@ -425,10 +425,10 @@ def test_a_file_changed_on_disk_is_made_again_and_an_identical_one_is_adopted(tm
     good = (shop.root / "web" / "a-300.webp").read_bytes()
     (shop.root / "web" / "a-300.webp").write_bytes(b"spoiled")
     code, out, _ = shop.export(capsys)
-    assert code == 0 and "1 files written" in out
+    assert code == 0 and "1 file written" in out
     assert (shop.root / "web" / "a-300.webp").read_bytes() == good
     (shop.root / ".imagebatch-export.json").unlink()  # the export forgets what it wrote
-    code, out, err = shop.export(capsys)
+    code, out, _ = shop.export(capsys)
     assert code == 0 and "0 files written" in out  # same bytes on disk: taken as its own
     assert len(shop.assets_json()["files"]) == 18
 
@@ -448,7 +448,7 @@ def test_missing_failed_and_stale_picks_are_listed_and_the_rest_is_written(tmp_p
     shop.pick(e=("pick", None))
     code, out, err = shop.export(capsys)
     assert code == 1
-    assert "1 files written" in out
+    assert "1 file written" in out
     assert "NOT EXPORTED b/1.png (export-1): failed: " in err and "400" in err
     assert "NOT EXPORTED c/1.png (export-1): stale: decided on an earlier request" in err
     assert "NOT EXPORTED e/1.png (export-1): not generated yet" in err
@@ -484,7 +484,7 @@ def test_a_truncated_source_is_not_done_and_keeps_its_earlier_files(tmp_path, ca
     before = shop.files()
     img = shop.out / "shop" / "images" / "b" / "1.png"
     img.write_bytes(img.read_bytes()[:200])
-    code, out, err = shop.export(capsys)
+    code, _, err = shop.export(capsys)
     assert code == 1
     assert "NOT EXPORTED b/1.png (web, card): the image on disk is not the one recorded " \
            "for this job" in err

@@ -108,8 +108,8 @@ def test_every_export_mistake_is_located_and_reported_at_once(tmp_path):
     found = by_field(problems_of(path))
     expect = {
         "exports[0].path": (11, 11, "must be relative to the export root, not absolute"),
-        "exports[0].format[1]": (13, 20, "'jpg' is not one of png, jpeg, webp, avif "
-                                         "(did you mean 'jpeg'?)"),
+        "exports[0].format[1]": (13, 20, ("'jpg' is not one of png, jpeg, webp, avif "
+                                          "(did you mean 'jpeg'?)")),
         "exports[0].quality": (14, 14, "101 is out of range 1..100"),
         "exports[1].path": (16, 11, "unknown placeholder {fromat}; did you mean {format}?"),
         "exports[1].size": (17, 11, "each side must be 1..8,192 pixels"),
