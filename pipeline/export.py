@@ -315,7 +315,9 @@ def _load(path: str, outputs: Sequence[Output]) -> tuple[Image.Image, float, flo
 
 
 def render(img: Image.Image, out: Output, rx: float = 1.0, ry: float = 1.0) -> Image.Image:
-    """The picture of one file: cropped, scaled (reduce, then Lanczos), padded, flattened."""
+    """The picture of one file, before encoding: cropped, scaled (reduce, then Lanczos) and
+    padded; alpha is left for the format to keep or flatten. `rx`, `ry`: the decoded
+    image's scale against the source's size (a JPEG decoded smaller)."""
     left, top, right, bottom = out.crop
     box = (left * rx, top * ry, right * rx, bottom * ry)
     whole = box == (0.0, 0.0, float(img.size[0]), float(img.size[1]))
@@ -330,8 +332,6 @@ def render(img: Image.Image, out: Output, rx: float = 1.0, ry: float = 1.0) -> I
         canvas.paste(pic, ((out.canvas[0] - out.scaled[0]) // 2,
                            (out.canvas[1] - out.scaled[1]) // 2))
         pic = canvas
-    if out.format == "jpeg" and pic.mode != "RGB":
-        pic = imaging.flatten(pic, out.background)
     return pic
 
 
@@ -379,9 +379,16 @@ def make_files(task: Task) -> tuple[str, Any]:
             Image.DecompressionBombWarning) as exc:
         return "source", _unreadable(exc)
     made = []
+    pictures: dict[tuple[Any, ...], Image.Image] = {}  # one resize serves every format
     for out in task.outputs:
         try:
-            data = encode(render(img, out, rx, ry), out.format, out.quality, out.body)
+            shape = (out.crop, out.scaled, out.canvas, out.background)
+            if shape not in pictures:
+                pictures[shape] = render(img, out, rx, ry)
+            pic = pictures[shape]
+            if out.format == "jpeg" and pic.mode != "RGB":
+                pic = imaging.flatten(pic, out.background)
+            data = encode(pic, out.format, out.quality, out.body)
         except (OSError, ValueError) as exc:
             return "source", f"cannot encode {out.file} ({out.format}): {exc}"
         try:
