@@ -314,6 +314,35 @@ def test_show_reads_the_request_from_every_format_unless_stripped(tmp_path, caps
             (shop.root / "bare" / f"a.{fmt}").read_bytes()
 
 
+@pytest.mark.parametrize("fmt", ["WEBP", "AVIF"])
+def test_a_cut_or_forged_webp_or_avif_gives_a_clear_answer(tmp_path, fmt, capsys):
+    from pipeline import metadata
+
+    body = '{"prompt":"a \\"quoted\\" <fox> & \\u00e9\\n","seed":1}'
+    buf = io.BytesIO()
+    Image.new("RGBA", (32, 24), (1, 2, 3, 90)).save(buf, fmt, xmp=metadata.xmp_packet(body))
+    data = buf.getvalue()
+    assert metadata.extract(data) == body
+    for cut in range(len(data)):  # every truncation: an answer or MetadataError, no crash
+        try:
+            metadata.extract(data[:cut])
+        except metadata.MetadataError:
+            pass
+    if fmt == "WEBP":  # an XMP chunk claiming 4 GB
+        at = data.index(b"XMP ")
+        forged = data[:at + 4] + struct.pack("<I", 0xFFFFFFF0) + data[at + 8:]
+    else:  # a box claiming to run past the end of the file
+        at = data.index(b"meta") - 4
+        forged = data[:at] + struct.pack(">I", 0xFFFFFFF0) + data[at + 4:]
+    with pytest.raises(metadata.MetadataError):
+        metadata.extract(forged)
+    path = tmp_path / "forged.img"
+    path.write_bytes(forged)
+    assert main(["show", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"imagebatch: {path}: ") and "Traceback" not in err
+
+
 # ---- same inputs, same bytes; only what changed is made --------------------------------------
 
 FOUR = """\
