@@ -530,7 +530,10 @@ def test_the_export_root_being_a_file_is_refused(tmp_path, capsys):
     assert shop.root.read_text() == "not a folder"
 
 
-def test_a_full_disk_leaves_the_previous_files_and_assets_json(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(("errno_", "text"), [(28, "No space left on device"),
+                                             (30, "Read-only file system")])
+def test_a_full_or_read_only_disk_leaves_the_previous_files_and_assets_json(
+        tmp_path, capsys, monkeypatch, errno_, text):
     shop = _three(tmp_path)
     assert shop.export(capsys)[0] == 0
     before = shop.files()
@@ -542,7 +545,7 @@ def test_a_full_disk_leaves_the_previous_files_and_assets_json(tmp_path, capsys,
     def full(path: str, data: bytes) -> None:
         calls.append(path)
         if len(calls) > 3:
-            raise OSError(28, os.strerror(28), path)
+            raise OSError(errno_, os.strerror(errno_), path)
         real(path, data)
 
     monkeypatch.setattr(export_mod, "_write_tmp", full)
@@ -550,7 +553,7 @@ def test_a_full_disk_leaves_the_previous_files_and_assets_json(tmp_path, capsys,
     code, _, err = shop.export(capsys)
     assert code == 2
     assert err.startswith(f"imagebatch: cannot write in {shop.root}: ") and \
-        "No space left on device" in err and err.count("\n") == 1
+        text in err and err.count("\n") == 1
     assert shop.files() == before  # not one file replaced, assets.json as it was
     assert not [p for p in shop.root.rglob("*") if p.name.startswith(".tmp-")]
 
