@@ -19,11 +19,13 @@ so two writers never lose each other's changes and a broken file is never overwr
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import enum
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -50,6 +52,8 @@ SUFFIX = ".picks.json"
 MAX_FILE_BYTES = 8 * 1024 * 1024
 #: How long a writer waits for another to finish before giving up (each holds it briefly).
 LOCK_TIMEOUT = 30.0
+MAX_SHOWN = 200  # problems in an error's message (all are kept in its `problems`)
+MAX_HINTS = 5  # unknown paths given a "did you mean" (each costs a scan of the plan)
 TOP_KEYS = ("version", "manifest", "picks")
 ENTRY_KEYS = ("key", "rating", "status")
 _KEY = re.compile(r"[0-9a-f]{64}\Z")
@@ -82,7 +86,10 @@ class PicksError(ImagebatchError):
             super().__init__(problems)
         else:
             self.problems = list(problems)
-            super().__init__("\n".join(str(p) for p in self.problems))
+            shown = [str(p) for p in self.problems[:MAX_SHOWN]]
+            if len(self.problems) > MAX_SHOWN:
+                shown.append(f"... and {len(self.problems) - MAX_SHOWN} more problems")
+            super().__init__("\n".join(shown))
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,13 +214,16 @@ def _read_text(path: Path) -> str | None:
     """The file's text, None when it does not exist; PicksError when it cannot be a picks file."""
     source = str(path)
     try:
-        if path.is_dir():
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
             raise PicksError(f"{source}: is a folder, not a picks file")
-        size = path.stat().st_size
+        if not stat.S_ISREG(info.st_mode):  # a pipe or a device could block or never end
+            raise PicksError(f"{source}: is not a regular file")
+        size = info.st_size
         if size > MAX_FILE_BYTES:  # a regular file says its size: refuse it unread
             raise PicksError([Problem(source, 1, 1, "", f"is {size:,} bytes; a picks file may "
                                                         f"be at most {MAX_FILE_BYTES:,}")])
-        # a device or a pipe says nothing about its size: read one byte past the cap at most
+        # the file may grow after stat: read one byte past the cap at most
         with path.open("rb") as fh:
             data = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
@@ -276,6 +286,12 @@ def _locations(text: str) -> tuple[dict[tuple[Any, ...], Where], dict[tuple[Any,
     values: dict[tuple[Any, ...], Where] = {}
     keys: dict[tuple[Any, ...], Where] = {}
     dupes: list[tuple[tuple[Any, ...], Where]] = []
+    breaks = [m.start() for m in re.finditer("\n", text)]
+
+    def at(offset: int) -> Where:  # by bisection: counting per token would be quadratic
+        line = bisect.bisect_left(breaks, offset)
+        return line + 1, offset - (breaks[line - 1] + 1 if line else 0) + 1
+
     # frames: [path, is_object, next key or index, expecting a key, keys seen]
     stack: list[list[Any]] = []
 
@@ -302,13 +318,13 @@ def _locations(text: str) -> tuple[dict[tuple[Any, ...], Where], dict[tuple[Any,
             frame[2] = key
             where = (*frame[0], key)
             if key in frame[4]:
-                dupes.append((where, _line_col(text, m.start())))
+                dupes.append((where, at(m.start())))
             else:
                 frame[4].add(key)
-                keys[where] = _line_col(text, m.start())
+                keys[where] = at(m.start())
         else:
             path = here()
-            values.setdefault(path, _line_col(text, m.start()))
+            values.setdefault(path, at(m.start()))
             if tok == "{":
                 stack.append([path, True, None, True, set()])
             elif tok == "[":
@@ -467,13 +483,16 @@ def _check(doc: Any, c: _Checker, plan: Plan | None) -> Picks:
         c.add(("picks",), f"must be an object of image path -> entry, got {_kind(picks)}")
     else:
         keys = plan_keys(plan) if plan is not None else None
+        hints = 0
         for path, value in picks.items():
             why = path_problem(path)
             if why is not None:
                 c.add(("picks", path), f"the image path {why}", at_key=True)
                 continue
             if keys is not None and path not in keys:
-                close = difflib.get_close_matches(path, list(keys), n=1, cutoff=0.8)
+                hints += 1
+                close = difflib.get_close_matches(path, list(keys), n=1, cutoff=0.8) \
+                    if hints <= MAX_HINTS else []
                 hint = f"; did you mean {close[0]!r}?" if close else \
                     "; if its job was removed or renamed, delete this entry"
                 c.add(("picks", path), f"{printable(path)[:200]!r} is not an image of the plan "

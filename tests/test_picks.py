@@ -297,10 +297,13 @@ def test_50_mb_file_refused_unread(tmp_path: Path, plan: Plan) -> None:
     assert file.stat().st_size == 50 * 1024 * 1024
 
 
-def test_a_folder_or_an_unreadable_file(tmp_path: Path, plan: Plan) -> None:
+def test_a_folder_a_pipe_or_an_unreadable_file(tmp_path: Path, plan: Plan) -> None:
     (tmp_path / "d.json").mkdir()
     with pytest.raises(PicksError, match="is a folder"):
         load_picks(tmp_path / "d.json", plan)
+    os.mkfifo(tmp_path / "fifo.json")  # reading it would wait for a writer forever
+    with pytest.raises(PicksError, match="is not a regular file"):
+        load_picks(tmp_path / "fifo.json", plan)
     if os.geteuid() != 0:
         file = tmp_path / "launch.picks.json"
         file.write_text("{}")
@@ -385,3 +388,30 @@ def test_two_processes_on_the_same_entries_keep_both_fields(tmp_path: Path) -> N
     got = load_picks(file, plan)
     assert {p: (e.status, e.rating) for p, e in got.entries.items()} == \
         {j.path: ("pick", j.seed % 5 + 1) for j in plan.jobs[:90]}
+
+
+def test_problems_deep_in_a_large_file_are_located_and_capped(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, MANIFEST.replace("seeds: [1, 2]",
+                                                         "seeds: {start: 1, count: 400}"))
+    plan = load_plan(str(manifest))
+    file = tmp_path / "launch.picks.json"
+    update_picks(file, plan, {j.path: ("pick", 2) for j in plan.jobs})
+    lines = file.read_text().splitlines()
+    target = next(i for i, line in enumerate(lines) if '"fox/399.png"' in line)
+    lines[target] = lines[target].replace('"rating": 2', '"rating": 7')
+    file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PicksError) as info:
+        load_picks(file, plan)
+    col = lines[target].index('"rating": 7') + len('"rating": ') + 1
+    assert str(info.value) == (f'{file}:{target + 1}:{col}: picks["fox/399.png"].rating: must '
+                               "be a whole number from 1 to 5, or null; got a number 7")
+    # the manifest's matrix renamed: every city path is gone, each one reported, the
+    # message capped
+    renamed = write_manifest(tmp_path, MANIFEST.replace("seeds: [1, 2]",
+                                                        "seeds: {start: 1, count: 400}")
+                             .replace("[dawn, dusk]", "[sunrise, sunset]"))
+    with pytest.raises(PicksError) as info:
+        load_picks(file, load_plan(str(renamed)))
+    assert len(info.value.problems) == 801  # and the rating above
+    shown = str(info.value).splitlines()
+    assert len(shown) == picks.MAX_SHOWN + 1 and shown[-1] == "... and 601 more problems"
