@@ -6,14 +6,17 @@ STAMP := $(VENV)/.installed
 MANIFEST ?= manifests/example.yaml
 MANIFEST_DIR ?= manifests
 OUT ?= outputs
+ASSETS ?= assets
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 # every manifest in MANIFEST_DIR; `make assets` keeps each one's outputs up to date
 MANIFESTS ?= $(wildcard $(MANIFEST_DIR)/*.yaml)
 SUMMARIES := $(patsubst $(MANIFEST_DIR)/%.yaml,$(OUT)/%/summary.json,$(MANIFESTS))
+EXPORTS := $(patsubst $(MANIFEST_DIR)/%.yaml,$(ASSETS)/%/assets.json,$(MANIFESTS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test check bench lint clean test-deps bench-deps assets plan sheet serve status review
+.PHONY: help install run test check bench lint clean test-deps bench-deps assets plan sheet serve status \
+	review export
 # a run that fails (some jobs failed, or it was stopped) leaves no summary behind, so the
 # next `make assets` runs that manifest again; done jobs are skipped, failed ones retried
 .DELETE_ON_ERROR:
@@ -48,12 +51,26 @@ install: $(STAMP) ## create .venv and install imagebatch (leaves .venv/bin/image
 run: $(STAMP) ## run MANIFEST (default manifests/example.yaml); offline unless DIFFUSION_URL is set
 	$(BIN)/imagebatch run $(MANIFEST) --out $(OUT) $(RUN_ARGS)
 
-assets: $(SUMMARIES) ## run every manifest in MANIFEST_DIR whose outputs are out of date
+assets: $(SUMMARIES) $(EXPORTS) ## run, then export, every manifest in MANIFEST_DIR that is out of date
 
 # make's own dependency tracking: a manifest newer than its summary is run again (the
 # manifest's `name:` must be its file stem, the default, for the rule to match)
 $(OUT)/%/summary.json: $(MANIFEST_DIR)/%.yaml | $(STAMP)
 	$(BIN)/imagebatch run $< --out $(OUT) $(RUN_ARGS)
+
+# An export is out of date when its run, its manifest or its picks file (if there is one:
+# $$(wildcard ...) is expanded a second time, once the stem is known) is newer. assets.json
+# is precious: a failed export (a picked image not generated yet) leaves the previous one,
+# still true, in place, dated long ago so that the next `make assets` tries again.
+.SECONDEXPANSION:
+.PRECIOUS: $(ASSETS)/%/assets.json
+$(ASSETS)/%/assets.json: $(OUT)/%/summary.json $(MANIFEST_DIR)/%.yaml \
+		$$(wildcard $(MANIFEST_DIR)/$$*.picks.json) | $(STAMP)
+	$(BIN)/imagebatch export $(MANIFEST_DIR)/$*.yaml --out $(OUT) --assets $(ASSETS) || \
+	  { status=$$?; touch -c -t 200001010000 $@; exit $$status; }
+
+export: $(STAMP) ## export MANIFEST's picked images (sizes, formats, assets.json) from disk
+	$(BIN)/imagebatch export $(MANIFEST) --out $(OUT) --assets $(ASSETS)
 
 plan: $(STAMP) ## print MANIFEST's job list (sends nothing)
 	$(BIN)/imagebatch plan $(MANIFEST)
@@ -107,6 +124,9 @@ bench-deps:
 	@{ command -v vipsthumbnail && command -v montage; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libvips-tools imagemagick >/dev/null) ; } || \
 	  echo "note: vipsthumbnail/ImageMagick not installed; comparisons will be skipped"
+	@command -v avifenc >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libavif-bin >/dev/null) ; } || \
+	  echo "note: avifenc not installed; the AVIF comparison will be skipped"
 
 bench: $(TEST_STAMP) bench-deps ## run the benchmarks; prints one table, writes bench/results.json
 	$(BIN)/python -m bench
@@ -118,3 +138,4 @@ lint: $(DEV_STAMP) ## ruff and mypy
 clean: ## remove the venv, caches and outputs
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info bench/.work bench/results.json
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	rm -rf $(ASSETS)

@@ -202,6 +202,19 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("-v", "--verbose", action="count", default=0, help="one line per job")
     _add_picks_option(p)
 
+    p = sub.add_parser("export", help="write the exports of a manifest (sizes, formats, "
+                                      "assets.json) from images on disk; send nothing")
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("--out", default="outputs", metavar="DIR", help="output root (default outputs)")
+    p.add_argument("--assets", default="assets", metavar="DIR",
+                   help="export root; files go to DIR/<name>/ (default assets)")
+    p.add_argument("--picks", default=None, metavar="FILE",
+                   help="the picks file (default: the manifest's, MANIFEST.picks.json)")
+    p.add_argument("--local", action="store_true",
+                   help="judge what is done against the embedded server even when a URL is set")
+    _add_max_jobs(p)
+    _add_env_prefix(p)
+
     p = sub.add_parser("show", help="print the request embedded in an image")
     p.add_argument("image", metavar="IMAGE")
 
@@ -398,6 +411,16 @@ def _cmd_pick(args: argparse.Namespace) -> int:
                         env_prefix=args.env_prefix)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.export import export_command
+
+    return export_command(args.manifest, out_dir=Path(args.out), assets_dir=Path(args.assets),
+                          picks_file=args.picks, local=args.local, env_prefix=args.env_prefix,
+                          max_jobs=args.max_jobs)
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     from pipeline.app import show_command
 
@@ -411,6 +434,7 @@ COMMANDS = {
     "run": _cmd_run,
     "status": _cmd_status,
     "show": _cmd_show,
+    "export": _cmd_export,
     "sheet": _cmd_sheet,
     "merge": _cmd_merge,
     "pick": _cmd_pick,

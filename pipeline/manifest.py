@@ -8,6 +8,7 @@ text the user wrote wherever a string is expected.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import string
@@ -24,7 +25,11 @@ from pipeline import apispec
 from pipeline.errors import ManifestError, Problem, UsageError
 from pipeline.plan import (
     BUILTINS,
+    DEFAULT_EXPORT_PATH,
+    EXPORT_FORMATS,
+    EXPORT_PLACEHOLDERS,
     Axis,
+    ExportSettings,
     JobSpec,
     Loc,
     Manifest,
@@ -32,6 +37,7 @@ from pipeline.plan import (
     Plan,
     Seeds,
     expand,
+    in_shard,
     windows_problem,
 )
 
@@ -54,7 +60,7 @@ _STR_TAG = "tag:yaml.org,2002:str"
 # a plain scalar YAML 1.1 does not read as a number only because of a leading zero (09)
 _LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+\Z")
 
-TOP_KEYS = ("version", "name", "model", "defaults", "seeds", "output", "jobs")
+TOP_KEYS = ("version", "name", "model", "defaults", "seeds", "output", "jobs", "exports")
 OUTPUT_KEYS = ("path", "thumbnail", "sheet")
 SHEET_KEYS = ("label", "per_page")
 TEXT_FIELDS = ("prompt", "negative_prompt")
@@ -66,6 +72,14 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
 DEFAULT_FIELDS = ("prompt", "negative_prompt", "aspect_ratio", "size", "output_format", "seed")
 JOB_KEYS = ("id", *DEFAULT_FIELDS, "seeds", "matrix", "zip")
 AXIS_FIELDS = ("prompt", "negative_prompt", "aspect_ratio", "size", "output_format")
+EXPORT_KEYS = ("name", "from", "path", "width", "size", "fit", "focus", "format", "quality",
+               "background", "upscale", "metadata")
+MAX_EXPORTS = 16
+MAX_WIDTHS = 32  # a srcset needs a handful; the cap keeps a typo from making thousands of files
+MAX_EXPORT_SIDE = 8192  # pixels, of a width or either side of a size
+FITS = ("cover", "contain")
+METADATA = ("keep", "strip")
+_BOX = re.compile(r"([0-9]+)x([0-9]+)\Z")
 
 
 class _Budget(Exception):
@@ -259,6 +273,47 @@ class _Checker:
             return None
         return value
 
+    def number(self, node: Node, path: str, lo: float, hi: float) -> float | None:
+        """A number (whole or not) in [lo, hi]."""
+        self.tick()
+        if not (isinstance(node, ScalarNode) and node.tag in (_INT_TAG, _FLOAT_TAG)):
+            shown = f" {node.value!r}" if isinstance(node, ScalarNode) and node.value else ""
+            self.add(node, path, f"must be a number, got {_kind(node)}{shown}")
+            return None
+        try:
+            value = float(node.value.replace("_", ""))
+        except ValueError:
+            value = float("nan")
+        if not lo <= value <= hi:  # also refuses .nan and .inf
+            self.add(node, path, f"{node.value} is out of range {lo:g}..{hi:g}")
+            return None
+        return value
+
+    def boolean(self, node: Node, path: str) -> bool | None:
+        """true or false; YAML 1.1's yes/no/on/off are refused (other tools read them as text)."""
+        self.tick()
+        if isinstance(node, ScalarNode) and node.tag == _BOOL_TAG:
+            if node.value.lower() in ("true", "false"):
+                return node.value.lower() == "true"
+            self.add(node, path, f"write true or false, not {node.value!r} (a YAML 1.1 "
+                                 "spelling that other YAML readers take as text)")
+            return None
+        shown = f" {node.value!r}" if isinstance(node, ScalarNode) and node.value else ""
+        self.add(node, path, f"must be true or false, got {_kind(node)}{shown}")
+        return None
+
+    def choice(self, node: Node, path: str, allowed: tuple[str, ...]) -> str | None:
+        """One of `allowed`, with a did-you-mean."""
+        value = self.text(node, path)
+        if value is None:
+            return None
+        if value not in allowed:
+            close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.add(node, path, f"{value!r} is not one of {', '.join(allowed)}{hint}")
+            return None
+        return value
+
     def enum(self, node: Node, path: str, field: str) -> str | None:
         """One of a request field's allowed values, with a hint for YAML's number traps."""
         value = self.text(node, path)
@@ -439,17 +494,34 @@ def _template(c: _Checker, node: Node, path: str, known: set[str],
     return text
 
 
-def _path_text(literal: str, first: bool) -> str | None:
+def _path_text(literal: str, first: bool, root: str = "the images folder") -> str | None:
     if "\\" in literal:
         return "use / to separate folders, not \\"
     if first and (literal.startswith("/") or re.match(r"[A-Za-z]:", literal)):
-        return "must be relative to the images folder, not absolute"
+        return f"must be relative to {root}, not absolute"
     if ".." in literal.split("/"):
         return "must not climb out with '..'"
     if not _TEMPLATE_TEXT.match(literal):
         bad = sorted(set(re.sub(r"[A-Za-z0-9._/ -]", "", literal)))
         return f"may only hold letters, digits, . _ - / and placeholders, not {''.join(bad)!r}"
     return None
+
+
+def _export_path_text(literal: str, first: bool) -> str | None:
+    return _path_text(literal, first, "the export root")
+
+
+def _colour(text: str) -> tuple[int, int, int] | None:
+    """#rgb, #rrggbb or a CSS colour name as (r, g, b); None when it is none of these."""
+    from PIL import ImageColor  # only when a manifest sets a colour
+
+    if text.startswith("#") and not re.fullmatch(r"#(?:[0-9A-Fa-f]{3}){1,2}", text):
+        return None  # #rgba / #rrggbbaa: a background is opaque
+    try:
+        rgb = ImageColor.getrgb(text)
+    except ValueError:
+        return None
+    return (rgb[0], rgb[1], rgb[2]) if len(rgb) == 3 else None
 
 
 def _sent_length(text: str) -> int:
@@ -471,6 +543,8 @@ class _Loader:
         self.source = source
         self.default_model = default_model
         self.max_jobs = max_jobs
+        self.export_paths: list[tuple[str, str, Loc]] = []  # (template, field, loc) to check
+        self.export_name: tuple[str, Loc] | None = None  # of the entry being read
 
     def seeds(self, node: Node, path: str) -> Seeds | None:
         c = self.c
@@ -800,6 +874,11 @@ class _Loader:
         if output is not None:
             for text, key in ((output.path, "output.path"), (output.label, "output.sheet.label")):
                 self._template_vars(text, key, known_vars[key], jobs)
+        exports: list[ExportSettings] = []
+        if "exports" in top:
+            exports = self.exports(top["exports"][1])
+            for text, where, loc in self.export_paths:
+                self._template_vars(text, where, loc, jobs, EXPORT_PLACEHOLDERS)
         # the cap is judged from the axes' sizes, before anything is expanded in memory
         total = sum(j.count for j in jobs)
         if total > self.max_jobs:
@@ -812,18 +891,20 @@ class _Loader:
             raise ManifestError(sorted(c.problems, key=lambda p: (p.line, p.column)))
         assert output is not None
         return Manifest(source, name, model, output, tuple(jobs), path_loc,
-                        known_vars["output.sheet.label"])
+                        known_vars["output.sheet.label"], tuple(exports))
 
-    def _template_vars(self, text: str, path: str, loc: Loc, jobs: list[JobSpec]) -> None:
+    def _template_vars(self, text: str, path: str, loc: Loc, jobs: list[JobSpec],
+                       extra: tuple[str, ...] = ()) -> None:
         """Each variable of an output template must be an axis of every job, not only one."""
         names = [{a.name for g in j.groups for a in g} for j in jobs]
         variables = set().union(*names)
+        builtins = (*BUILTINS, *extra)
         for _, field, _, _ in string.Formatter().parse(text):
-            if field is None or field in BUILTINS:
+            if field is None or field in builtins:
                 continue
             if field not in variables:
-                known = ", ".join("{" + k + "}" for k in (*BUILTINS, *sorted(variables)))
-                close = difflib.get_close_matches(field, [*BUILTINS, *variables], n=1)
+                known = ", ".join("{" + k + "}" for k in (*builtins, *sorted(variables)))
+                close = difflib.get_close_matches(field, [*builtins, *variables], n=1)
                 hint = f"did you mean {{{close[0]}}}? " if close else ""
                 self.c.add(loc, path, f"{text!r}: unknown placeholder {{{field}}}; {hint}"
                                       f"(known: {known}; write {{{{ and }}}} for literal braces)")
@@ -868,6 +949,230 @@ class _Loader:
                 per_page = v if v is not None else per_page
         return OutputSettings(path, thumb, label, per_page), path_loc, locs
 
+    def exports(self, node: Node) -> list[ExportSettings]:
+        """The `exports:` list: every entry checked, names unique (export-1, ... by default)."""
+        c = self.c
+        items = c.sequence(node, "exports")
+        if items is None:
+            return []
+        if len(items) > MAX_EXPORTS:
+            c.add(node, "exports", f"has {len(items)} entries; a manifest may have at most "
+                                   f"{MAX_EXPORTS} exports")
+            return []
+        out: list[ExportSettings] = []
+        names: dict[str, int] = {}
+        for i, item in enumerate(items):
+            self.export_name = None
+            spec = self.export(item, f"exports[{i}]", i)
+            if self.export_name is None:
+                continue
+            name, loc = self.export_name  # known even when another setting is wrong
+            if name in names:
+                first = names[name]
+                how = "" if name != f"export-{first + 1}" else \
+                    f" (the default name of exports[{first}], which has no name:)"
+                c.add(loc, f"exports[{i}].name",
+                      f"{name!r} is already the name of exports[{first}]{how}; "
+                      "export names must be unique")
+                continue
+            names[name] = i
+            if spec is not None:
+                out.append(spec)
+        return out
+
+    def export(self, node: Node, path: str, index: int) -> ExportSettings | None:
+        """One export entry, or None (reported)."""
+        c = self.c
+        m = c.mapping(node, path, EXPORT_KEYS)
+        if m is None:
+            return None
+        ok = len(c.problems)
+        loc = _loc(node)
+        kw: dict[str, Any] = {"where": path, "loc": loc, "path_loc": loc, "size_loc": loc}
+        name = f"export-{index + 1}"
+        if "name" in m:
+            vnode = m["name"][1]
+            name = c.text(vnode, f"{path}.name") or name
+            if not _NAME.match(name) or len(name) > 100:
+                c.add(vnode, f"{path}.name", f"{name[:120]!r} is not a valid name: lowercase "
+                                             "letters, digits, . _ - (first a letter or digit, "
+                                             "at most 100)")
+            kw["loc"] = _loc(vnode)
+        kw["name"] = name
+        if len(c.problems) == ok:
+            self.export_name = (name, kw["loc"])
+        if "from" in m:
+            self._export_from(m["from"][1], f"{path}.from", kw)
+        if "path" in m:
+            kw["path_loc"] = _loc(m["path"][1])
+            text = _template(c, m["path"][1], f"{path}.path", _Any(), _export_path_text)
+            if text is not None:
+                kw["path"] = text
+                self.export_paths.append((text, f"{path}.path", kw["path_loc"]))
+        template = kw.get("path", DEFAULT_EXPORT_PATH)
+        if "width" in m and "size" in m:
+            c.add(m["size"][0], f"{path}.size", "set either width (height follows) or size "
+                                                "(an exact box), not both")
+        elif "width" in m:
+            kw["size_loc"] = _loc(m["width"][1])
+            widths = self._widths(m["width"][1], f"{path}.width")
+            if widths is not None:
+                kw["widths"] = widths
+                if len(widths) > 1 and not _uses(template, "width"):
+                    c.add(kw["path_loc"], f"{path}.path",
+                          f"{template!r}: {len(widths)} widths would write one file; add "
+                          "{width} to the path")
+        elif "size" in m:
+            kw["size_loc"] = _loc(m["size"][1])
+            kw["size"] = self._box(m["size"][1], f"{path}.size")
+        if "fit" in m:
+            if "size" not in m:
+                c.add(m["fit"][0], f"{path}.fit", "fit applies to size: WxH; remove it, or "
+                                                  "give a size")
+            elif (fit := c.choice(m["fit"][1], f"{path}.fit", FITS)) is not None:
+                kw["fit"] = fit
+        if "focus" in m:
+            if "size" not in m or kw.get("fit", "cover") != "cover":
+                c.add(m["focus"][0], f"{path}.focus", "focus is the point a cover crop keeps: "
+                                                      "it needs size: WxH and fit: cover")
+            else:
+                self._focus(m["focus"][1], f"{path}.focus", kw)
+        if "format" in m:
+            formats = self._formats(m["format"][1], f"{path}.format")
+            if formats is not None:
+                kw["formats"] = formats
+                if len(formats) > 1 and not _uses(template, "format"):
+                    c.add(kw["path_loc"], f"{path}.path",
+                          f"{template!r}: {len(formats)} formats would write one file; add "
+                          "{format} to the path")
+        if "quality" in m:
+            kw["quality"] = c.integer(m["quality"][1], f"{path}.quality", 1, 100)
+        if "background" in m:
+            self._background(m["background"][1], f"{path}.background", kw)
+        if "upscale" in m:
+            kw["upscale"] = c.boolean(m["upscale"][1], f"{path}.upscale")
+        if "metadata" in m:
+            kw["metadata"] = c.choice(m["metadata"][1], f"{path}.metadata", METADATA)
+        if len(c.problems) > ok:
+            return None
+        return ExportSettings(**kw)
+
+    def _export_from(self, node: Node, path: str, kw: dict[str, Any]) -> None:
+        c = self.c
+        if isinstance(node, MappingNode):
+            fm = c.mapping(node, path, ("rating",))
+            if fm is None:
+                return
+            if "rating" not in fm:
+                c.add(node, path, "write {rating: N}: images rated N (1..5) or more")
+                return
+            rating = c.integer(fm["rating"][1], f"{path}.rating", 1, 5)
+            if rating is not None:
+                kw["source"], kw["rating"] = "rating", rating
+            return
+        if isinstance(node, ScalarNode) and node.value == "rating":
+            c.add(node, path, "write {rating: N}: images rated N (1..5) or more")
+            return
+        value = c.choice(node, path, ("picks", "all"))
+        if value is not None:
+            kw["source"] = value
+
+    def _widths(self, node: Node, path: str) -> tuple[int, ...] | None:
+        c = self.c
+        what = " of pixels"
+        if not isinstance(node, SequenceNode):
+            value = c.integer(node, path, 1, MAX_EXPORT_SIDE, what)
+            return None if value is None else (value,)
+        if not node.value:
+            c.add(node, path, "is an empty list; give at least one width")
+            return None
+        if len(node.value) > MAX_WIDTHS:
+            c.add(node, path, f"has {len(node.value):,} widths; an export may have at most "
+                              f"{MAX_WIDTHS}")
+            return None
+        widths: list[int] = []
+        seen: dict[int, int] = {}
+        for i, item in enumerate(node.value):
+            value = c.integer(item, f"{path}[{i}]", 1, MAX_EXPORT_SIDE, what)
+            if value is None:
+                continue
+            if value in seen:
+                c.add(item, f"{path}[{i}]", f"{value} is already {path}[{seen[value]}]")
+                continue
+            seen[value] = i
+            widths.append(value)
+        return tuple(widths) if len(widths) == len(node.value) else None
+
+    def _box(self, node: Node, path: str) -> tuple[int, int] | None:
+        c = self.c
+        text = c.text(node, path)
+        if text is None:
+            return None
+        m = _BOX.match(text.strip())
+        if not m:
+            c.add(node, path, f"{text[:40]!r} is not WIDTHxHEIGHT, e.g. 1200x630")
+            return None
+        w, h = int(m.group(1)), int(m.group(2))
+        if not (1 <= w <= MAX_EXPORT_SIDE and 1 <= h <= MAX_EXPORT_SIDE):
+            c.add(node, path, f"{text!r}: each side must be 1..{MAX_EXPORT_SIDE:,} pixels")
+            return None
+        return w, h
+
+    def _focus(self, node: Node, path: str, kw: dict[str, Any]) -> None:
+        c = self.c
+        items = c.sequence(node, path)
+        if items is None:
+            return
+        if len(items) != 2:
+            c.add(node, path, f"has {len(items)} values; write [x, y], each 0..1 (0.5 is the "
+                              "middle)")
+            return
+        x = c.number(items[0], f"{path}[0]", 0.0, 1.0)
+        y = c.number(items[1], f"{path}[1]", 0.0, 1.0)
+        if x is not None and y is not None:
+            kw["focus"] = (x, y)
+
+    def _formats(self, node: Node, path: str) -> tuple[str, ...] | None:
+        c = self.c
+        if not isinstance(node, SequenceNode):
+            value = c.choice(node, path, EXPORT_FORMATS)
+            return None if value is None else (value,)
+        if not node.value:
+            c.add(node, path, "is an empty list; give at least one format")
+            return None
+        formats: list[str] = []
+        for i, item in enumerate(node.value):
+            value = c.choice(item, f"{path}[{i}]", EXPORT_FORMATS)
+            if value is None:
+                continue
+            if value in formats:
+                c.add(item, f"{path}[{i}]", f"{value!r} is already {path}"
+                                            f"[{formats.index(value)}]")
+                continue
+            formats.append(value)
+        return tuple(formats) if len(formats) == len(node.value) else None
+
+    def _background(self, node: Node, path: str, kw: dict[str, Any]) -> None:
+        c = self.c
+        if isinstance(node, ScalarNode) and node.tag == _NULL_TAG and node.value == "":
+            c.add(node, path, "is empty; a colour starting with # must be quoted, since # "
+                              "starts a YAML comment: background: \"#ffffff\"")
+            return
+        text = c.text(node, path)
+        if text is None:
+            return
+        rgb = _colour(text.strip())
+        if rgb is None:
+            c.add(node, path, f"{text[:40]!r} is not a colour: write \"#rrggbb\", \"#rgb\" "
+                              "or a name such as white")
+            return
+        kw["background"] = rgb
+
+
+def _uses(template: str, name: str) -> bool:
+    """Whether a (valid) template has the placeholder {name}."""
+    return any(field == name for _, field, _, _ in string.Formatter().parse(template))
+
 
 class _Any(set):  # type: ignore[type-arg]
     """A placeholder set that admits every name (real names are checked once jobs are read)."""
@@ -905,5 +1210,14 @@ def load_plan(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
               default_model: str = apispec.DEFAULT_MODEL,
               shard: tuple[int, int] | None = None) -> Plan:
     """Load, validate and expand a manifest: the Plan `run` and `plan` share."""
-    return expand(load_manifest(path, max_jobs=max_jobs, default_model=default_model),
-                  shard=shard)
+    manifest = load_manifest(path, max_jobs=max_jobs, default_model=default_model)
+    if not manifest.exports:
+        return expand(manifest, shard=shard)
+    from pipeline import exportplan
+
+    plan = expand(manifest)
+    exportplan.check(plan)  # the whole plan: a shard must not hide another's clash
+    if shard is None:
+        return plan
+    return dataclasses.replace(plan, jobs=tuple(j for j in plan.jobs if in_shard(j.key, shard)),
+                               shard=shard)

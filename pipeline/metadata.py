@@ -2,12 +2,17 @@
 
 PNG: an iTXt chunk inserted right after IHDR; JPEG: COM segment(s) right after SOI.
 Both are spliced into the encoded bytes, never re-encoded, so pixels stay exactly as served.
+WebP and AVIF (exported files): an XMP packet (`xmp_packet`) that the encoder writes, since
+splicing into their containers would mean rewriting offsets; read back from the WebP `XMP `
+chunk or the AVIF `mime` item of type application/rdf+xml.
 The text is the request body exactly as sent (canonical JSON): no key, no URL.
 """
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -26,8 +31,20 @@ MAX_REQUEST_BYTES = 1 << 20
 MAX_REQUEST_DEPTH = 32
 
 
+#: The XMP namespace of the request attribute.
+XMP_NAMESPACE = "https://imagebatch.invalid/ns/xmp/1.0/"
+#: Largest XMP packet read back: the request, escaped as an XML attribute, grows by at most 6x.
+MAX_XMP_BYTES = 6 * MAX_REQUEST_BYTES + 4096
+_XMP_REQUEST = re.compile(rb'imagebatch:request="([^"]*)"')
+# Characters an XML attribute cannot hold as themselves (line breaks would be normalised).
+_XML_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\n": "&#10;",
+                "\r": "&#13;", "\t": "&#9;"}
+_XML_SPECIAL = re.compile(r'[&<>"\n\r\t]')
+_ISOBMFF_MAX_BOXES = 10_000  # boxes walked in an AVIF header; real files have a few dozen
+
+
 class MetadataError(ValueError):
-    """The bytes are not a PNG or JPEG we can embed into or read from."""
+    """The bytes are not an image we can embed into or read from."""
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -52,6 +69,191 @@ def embed(data: bytes, body: str) -> bytes:
             segments.append(b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload)
         return data[:2] + b"".join(segments) + data[2:]
     raise MetadataError("not a PNG or JPEG")
+
+
+def xmp_packet(body: str) -> bytes:
+    """An XMP packet carrying the request `body`, for an encoder to write (WebP, AVIF)."""
+    value = _XML_SPECIAL.sub(lambda m: _XML_ESCAPES[m.group()], body)
+    return ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+            '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            f'<rdf:Description rdf:about="" xmlns:imagebatch="{XMP_NAMESPACE}" '
+            f'imagebatch:request="{value}"/>'
+            '</rdf:RDF></x:xmpmeta><?xpacket end="r"?>').encode()
+
+
+def _xmp_text(packet: bytes) -> str | None:
+    """The request in an XMP packet we wrote, or None when it has none."""
+    m = _XMP_REQUEST.search(packet)
+    if m is None:
+        return None
+    try:
+        raw = m.group(1).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"embedded request is not UTF-8 text ({exc.reason})") from None
+    return html.unescape(raw)  # the XML character references we write are HTML's too
+
+
+def _webp_text(data: bytes) -> str | None:
+    """The request in a WebP's `XMP ` chunk (RIFF: fourcc, little-endian size, even padding)."""
+    pos = 12
+    while pos + 8 <= len(data):
+        kind = data[pos : pos + 4]
+        (length,) = struct.unpack("<I", data[pos + 4 : pos + 8])
+        if kind == b"XMP ":
+            if length > MAX_XMP_BYTES:
+                raise MetadataError(f"embedded XMP is larger than {MAX_XMP_BYTES} bytes")
+            chunk = data[pos + 8 : pos + 8 + length]
+            if len(chunk) < length:
+                raise MetadataError("the XMP chunk is cut short (a truncated file)")
+            return _xmp_text(chunk)
+        pos += 8 + length + (length & 1)
+    return None
+
+
+def _boxes(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int]]:
+    """(type, payload start, payload end) of the ISOBMFF boxes in data[start:end]."""
+    out = []
+    pos = start
+    while pos + 8 <= end:
+        (size,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        head = 8
+        if size == 1:  # a 64-bit size follows the type
+            if pos + 16 > end:
+                raise MetadataError("AVIF box header is cut short")
+            (size,) = struct.unpack(">Q", data[pos + 8 : pos + 16])
+            head = 16
+        elif size == 0:  # the box runs to the end of its parent
+            size = end - pos
+        if size < head or pos + size > end:
+            raise MetadataError("AVIF box runs past the end of the file (a truncated file?)")
+        out.append((kind, pos + head, pos + size))
+        if len(out) > _ISOBMFF_MAX_BOXES:
+            raise MetadataError("AVIF header has too many boxes")
+        pos += size
+    return out
+
+
+class _Reader:
+    """Big-endian fields read from data[pos:end], refusing to read past `end`."""
+
+    def __init__(self, data: bytes, pos: int, end: int) -> None:
+        self.data, self.pos, self.end = data, pos, end
+
+    def uint(self, size: int) -> int:
+        if size == 0:
+            return 0
+        if self.pos + size > self.end:
+            raise MetadataError("AVIF header field is cut short")
+        value = int.from_bytes(self.data[self.pos : self.pos + size], "big")
+        self.pos += size
+        return value
+
+    def cstring(self) -> bytes:
+        stop = self.data.find(b"\x00", self.pos, self.end)
+        if stop < 0:
+            raise MetadataError("AVIF item name is not terminated")
+        text = self.data[self.pos : stop]
+        self.pos = stop + 1
+        return text
+
+
+def _xmp_item(data: bytes, iinf: tuple[int, int]) -> int | None:
+    """The item id of the XMP item (`mime`, application/rdf+xml) listed in an iinf box."""
+    r = _Reader(data, *iinf)
+    version = r.uint(1)
+    r.uint(3)
+    r.uint(2 if version == 0 else 4)  # entry count: the infe boxes say it again
+    for kind, start, end in _boxes(data, r.pos, iinf[1]):
+        if kind != b"infe":
+            continue
+        e = _Reader(data, start, end)
+        v = e.uint(1)
+        e.uint(3)
+        if v < 2:
+            continue  # versions 0 and 1 carry no item type
+        item = e.uint(2 if v == 2 else 4)
+        e.uint(2)  # protection index
+        item_type = data[e.pos : e.pos + 4]
+        e.pos += 4
+        if item_type == b"mime":
+            e.cstring()  # name
+            if e.cstring() == b"application/rdf+xml":
+                return item
+    return None
+
+
+def _item_bytes(data: bytes, iloc: tuple[int, int], item: int,
+                idat: tuple[int, int] | None) -> bytes | None:
+    """The bytes of `item` as an iloc box places them (in the file, or in idat)."""
+    r = _Reader(data, *iloc)
+    version = r.uint(1)
+    r.uint(3)
+    sizes = r.uint(1)
+    offset_size, length_size = sizes >> 4, sizes & 15
+    sizes = r.uint(1)
+    base_size, index_size = sizes >> 4, (sizes & 15 if version in (1, 2) else 0)
+    count = r.uint(2 if version < 2 else 4)
+    for _ in range(count):
+        item_id = r.uint(2 if version < 2 else 4)
+        method = r.uint(2) & 15 if version in (1, 2) else 0
+        r.uint(2)  # data reference index
+        base = r.uint(base_size)
+        extents = r.uint(2)
+        parts = []
+        total = 0
+        for _ in range(extents):
+            r.uint(index_size)
+            offset, length = r.uint(offset_size), r.uint(length_size)
+            total += length
+            if item_id != item:
+                continue
+            if total > MAX_XMP_BYTES:
+                raise MetadataError(f"embedded XMP is larger than {MAX_XMP_BYTES} bytes")
+            if method == 0:
+                start = base + offset
+                stop = len(data)
+            elif method == 1 and idat is not None:
+                start = idat[0] + base + offset
+                stop = idat[1]
+            else:
+                raise MetadataError("AVIF XMP item is stored in a way this reader does not "
+                                    "follow")
+            if length == 0 or start + length > stop:
+                raise MetadataError("AVIF XMP item runs past the end of the file "
+                                    "(a truncated file?)")
+            parts.append(data[start : start + length])
+        if item_id == item:
+            return b"".join(parts)
+    return None
+
+
+def _avif_text(data: bytes) -> str | None:
+    """The request in an AVIF's XMP item: meta > iinf names it, iloc says where it is."""
+    meta = next(((s, e) for kind, s, e in _boxes(data, 0, len(data)) if kind == b"meta"), None)
+    if meta is None:
+        return None
+    children = {kind: (s, e) for kind, s, e in _boxes(data, meta[0] + 4, meta[1])}
+    if b"iinf" not in children or b"iloc" not in children:
+        return None
+    item = _xmp_item(data, children[b"iinf"])
+    if item is None:
+        return None
+    packet = _item_bytes(data, children[b"iloc"], item, children.get(b"idat"))
+    return None if packet is None else _xmp_text(packet)
+
+
+def _is_webp(data: bytes) -> bool:
+    return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+
+
+def _is_avif(data: bytes) -> bool:
+    if data[4:8] != b"ftyp":
+        return False
+    (size,) = struct.unpack(">I", data[:4])
+    brands = data[8 : min(size, 256)]
+    return any(brands[i : i + 4] in (b"avif", b"avis") for i in range(0, len(brands) - 3, 4))
 
 
 def _png_text(data: bytes) -> str | None:
@@ -124,7 +326,11 @@ def extract(data: bytes) -> str | None:
         return _png_text(data)
     if data.startswith(b"\xff\xd8"):
         return _jpeg_text(data)
-    raise MetadataError("not a PNG or JPEG")
+    if _is_webp(data):
+        return _webp_text(data)
+    if _is_avif(data):
+        return _avif_text(data)
+    raise MetadataError("not a PNG, JPEG, WebP or AVIF image")
 
 
 def read_request(path: Path) -> dict[str, Any]:

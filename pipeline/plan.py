@@ -77,6 +77,7 @@ class Plan:
     jobs: tuple[Job, ...]
     total: int  # jobs in the whole plan, before sharding
     shard: tuple[int, int] | None = None  # (K, N), 1-based K
+    exports: tuple[ExportSettings, ...] = ()  # the manifest's `exports:`
 
 
 # --------------------------------------------------------------------------------------
@@ -95,6 +96,36 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 #: Names Windows keeps for devices, whatever follows a dot (con.png is the console too).
 _DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                       *(f"LPT{i}" for i in range(1, 10))})
+
+
+#: The formats an export writes, and the placeholders its path knows besides the job's.
+EXPORT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp", "avif")
+EXPORT_PLACEHOLDERS: tuple[str, ...] = ("width", "height", "format", "export")
+#: Where an export's files go, under the export root, when its `path:` is not given.
+DEFAULT_EXPORT_PATH = "{export}/{id}/{vars}/{seed}-{width}x{height}.{format}"
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSettings:
+    """One entry of the manifest's `exports:`: which images, and the files made of each."""
+
+    name: str
+    source: str = "picks"  # picks | all | rating
+    rating: int = 0  # with source "rating": the least rating exported (1..5)
+    path: str = DEFAULT_EXPORT_PATH
+    widths: tuple[int, ...] = ()  # resize to each width (height follows)
+    size: tuple[int, int] | None = None  # or an exact box, filled by `fit`
+    fit: str = "cover"  # cover (fill and crop) | contain (fit inside and pad)
+    focus: tuple[float, float] = (0.5, 0.5)  # the point a cover crop keeps, 0..1 of each side
+    formats: tuple[str, ...] = ("webp",)
+    quality: int | None = None  # None: the format's default
+    background: tuple[int, int, int] = (255, 255, 255)
+    upscale: bool = False
+    metadata: str = "keep"  # keep | strip
+    where: str = "exports[0]"  # field path, for messages
+    loc: Loc = (1, 1)  # of the entry
+    path_loc: Loc = (1, 1)  # of its path (the entry's when it has none)
+    size_loc: Loc = (1, 1)  # of its width or size (the entry's when it has neither)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +199,7 @@ class Manifest:
     jobs: tuple[JobSpec, ...]
     path_loc: Loc = (1, 1)  # of output.path, for path errors
     label_loc: Loc = (1, 1)  # of output.sheet.label
+    exports: tuple[ExportSettings, ...] = ()
 
 
 def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
@@ -347,7 +379,7 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
                 f"{_case_note(path, as_folder)}")])
     total = len(jobs)
     chosen = tuple(j for j in jobs if in_shard(j.key, shard)) if shard else tuple(jobs)
-    return Plan(m.name, m.model, m.source, out, chosen, total, shard)
+    return Plan(m.name, m.model, m.source, out, chosen, total, shard, m.exports)
 
 
 def _case_note(image: str, folder: str) -> str:

@@ -24,8 +24,55 @@ def _fields() -> dict[str, Any]:
     }
 
 
+def _export() -> dict[str, Any]:
+    from pipeline.manifest import MAX_EXPORT_SIDE, MAX_WIDTHS
+    from pipeline.plan import DEFAULT_EXPORT_PATH, EXPORT_FORMATS
+
+    side = {"type": "integer", "minimum": 1, "maximum": MAX_EXPORT_SIDE}
+    fmt = {"enum": list(EXPORT_FORMATS)}
+    return {
+        "type": "object", "additionalProperties": False,
+        "description": "files made of the picked (or all) images: sizes, crops, formats",
+        "not": {"required": ["width", "size"]},
+        "dependentRequired": {"fit": ["size"], "focus": ["size"]},
+        "properties": {
+            "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]*$", "maxLength": 100,
+                     "description": "default export-1, export-2, ...; unique"},
+            "from": {"description": "picks (default), all, or {rating: N}: rated N or more",
+                     "oneOf": [{"enum": ["picks", "all"]},
+                               {"type": "object", "additionalProperties": False,
+                                "required": ["rating"],
+                                "properties": {"rating": {"type": "integer", "minimum": 1,
+                                                          "maximum": 5}}}]},
+            "path": {"type": "string", "minLength": 1, "default": DEFAULT_EXPORT_PATH,
+                     "description": "under the export root; job placeholders and {width}, "
+                                    "{height}, {format}, {export}"},
+            "width": {"description": "resize to each width; the height follows",
+                      "oneOf": [side, {"type": "array", "items": side, "minItems": 1,
+                                       "maxItems": MAX_WIDTHS, "uniqueItems": True}]},
+            "size": {"type": "string", "pattern": "^[0-9]+x[0-9]+$",
+                     "description": "an exact box WIDTHxHEIGHT, filled as `fit` says"},
+            "fit": {"enum": ["cover", "contain"], "default": "cover"},
+            "focus": {"type": "array", "minItems": 2, "maxItems": 2,
+                      "items": {"type": "number", "minimum": 0, "maximum": 1},
+                      "description": "[x, y]: the point a cover crop keeps (0.5 is the middle)"},
+            "format": {"description": "one format or a list (default webp)",
+                       "oneOf": [fmt, {"type": "array", "items": fmt, "minItems": 1,
+                                       "uniqueItems": True}]},
+            "quality": {"type": "integer", "minimum": 1, "maximum": 100},
+            "background": {"type": "string", "minLength": 1, "default": "white",
+                           "description": "#rrggbb, #rgb or a colour name: behind "
+                                          "transparency in JPEG, and contain's padding"},
+            "upscale": {"type": "boolean", "default": False},
+            "metadata": {"enum": ["keep", "strip"], "default": "keep"},
+        },
+    }
+
+
 def manifest_schema() -> dict[str, Any]:
     """A JSON Schema of manifest version 1, as `imagebatch schema` prints it."""
+    from pipeline.manifest import MAX_EXPORTS
+
     seeds = {
         "description": "a seed, a list, {start, count} or {random: N}",
         "oneOf": [
@@ -90,5 +137,6 @@ def manifest_schema() -> dict[str, Any]:
                 },
             },
             "jobs": {"type": "array", "minItems": 1, "items": job},
+            "exports": {"type": "array", "maxItems": MAX_EXPORTS, "items": _export()},
         },
     }

@@ -337,3 +337,100 @@ def test_merge_into_a_folder_a_run_is_writing_is_refused(tmp_path, capsys):
         running.close()
     assert main(["merge", *(str(tmp_path / f"shard{k}") for k in (1, 2, 3)),
                  "--out", str(tmp_path / "merged")]) == 0
+
+
+# ---- exports as part of the build ------------------------------------------------------------
+
+EXPORTING = SMALL + """\
+exports:
+  - path: "{{id}}/{{vars}}-{{seed}}-{{width}}.{{format}}"
+    width: [64, 32]
+    format: [webp, jpeg]
+"""
+
+
+def _pick(manifest: Path, changes: dict) -> None:
+    from pipeline.manifest import load_plan
+    from pipeline.picks import picks_path, update_picks
+
+    update_picks(picks_path(manifest), load_plan(str(manifest)), changes)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_assets_exports_what_is_out_of_date(tmp_path):
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+    for name in ("alpha", "beta"):
+        (mdir / f"{name}.yaml").write_text(EXPORTING.format(name=name))
+    _pick(mdir / "alpha.yaml", {"alpha/warm/1.png": ("pick", None)})
+    first = _make(tmp_path, "assets", f"ASSETS={tmp_path / 'assets'}")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.count("imagebatch export") == 2
+    alpha = json.loads((tmp_path / "assets" / "alpha" / "assets.json").read_text())
+    assert len(alpha["files"]) == 4
+    assert json.loads((tmp_path / "assets" / "beta" / "assets.json").read_text())["files"] == []
+
+    second = _make(tmp_path, "assets", f"ASSETS={tmp_path / 'assets'}")
+    assert second.returncode == 0 and "imagebatch" not in second.stdout, second.stdout
+
+    time.sleep(0.01)
+    _pick(mdir / "beta.yaml", {"beta/cool/2.png": ("pick", 4)})  # a new picks file
+    third = _make(tmp_path, "assets", f"ASSETS={tmp_path / 'assets'}")
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert third.stdout.count("imagebatch export") == 1 and "beta.yaml" in third.stdout
+    assert "imagebatch run" not in third.stdout  # the images were up to date
+    beta = json.loads((tmp_path / "assets" / "beta" / "assets.json").read_text())
+    assert {f["source"]["path"] for f in beta["files"]} == {"beta/cool/2.png"}
+
+    # a decision on an image whose prompt changed since (stale) fails the export: the
+    # previous assets.json stays, and the next make tries again
+    picks = mdir / "beta.picks.json"
+    doc = json.loads(picks.read_text())
+    doc["picks"]["beta/warm/1.png"] = {"key": "0" * 64, "rating": None, "status": "pick"}
+    picks.write_text(json.dumps(doc))
+    fourth = _make(tmp_path, "assets", f"ASSETS={tmp_path / 'assets'}")
+    assert fourth.returncode != 0 and "NOT EXPORTED beta/warm/1.png" in fourth.stderr
+    kept = json.loads((tmp_path / "assets" / "beta" / "assets.json").read_text())
+    assert kept == beta
+    fifth = _make(tmp_path, "assets", f"ASSETS={tmp_path / 'assets'}")
+    assert fifth.returncode != 0 and "imagebatch export" in fifth.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None or shutil.which("git") is None
+                    or not (ROOT / ".git").exists(), reason="needs make, git and a checkout")
+def test_make_run_then_make_export_in_a_fresh_clone(tmp_path):
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True,
+                   capture_output=True, timeout=120)
+    os.utime(clone / "pyproject.toml", (0, 0))  # the venv given is up to date: no install
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFFUSION_", "MAKE"))}
+
+    def make(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["make", "--no-print-directory", "-C", str(clone), *args,
+                               f"VENV={BIN.parent}"], capture_output=True, text=True,
+                              env=env, timeout=300, check=False)
+
+    run = make("run")
+    assert run.returncode == 0, run.stdout + run.stderr
+    exported = make("export")
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    doc = json.loads((clone / "assets" / "example" / "assets.json").read_text())
+    by_export: dict[str, set[str]] = {}
+    for f in doc["files"]:
+        by_export.setdefault(f["export"], set()).add(f["source"]["path"])
+        with Image.open(clone / "assets" / "example" / f["file"]) as img:
+            img.load()
+            assert img.size == (f["width"], f["height"])
+    picked = {"mushrooms/123.png", "fox/watercolor/2.png", "city/cyberpunk-dusk/7.png"}
+    assert by_export == {"web": picked, "og-card": picked,
+                         "thumbs": {"mushrooms/123.png", "fox/watercolor/2.png"}}
+
+
+def test_workflow_exports_and_uploads_the_assets():
+    text = WORKFLOW.read_text()
+    assert "imagebatch export" in text and "--assets assets" in text
+    assert "name: imagebatch-assets" in text and "path: assets" in text
+    export_step = text.split("name: Export picked images")[1].split("- uses:")[0]
+    assert "DIFFUSION_KEY" not in export_step  # no request is sent: the key stays out
