@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from pipeline import config
+from pipeline import config, version
 from pipeline.client import ApiClient, backend_name
 from pipeline.errors import ImagebatchError, ManifestError, StoreError, UsageError, printable
 from pipeline.metadata import MetadataError, read_request
@@ -116,6 +116,7 @@ def _summary(plan: Plan, store: Store, state: RunState, skipped: int, seconds: f
     )
     succeeded = state.ok_by_store.get(id(store), 0)
     return {
+        "version": version(),
         "name": plan.name,
         "manifest": plan.source,
         "backend": store.backend,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pipeline import apispec
@@ -92,3 +93,8 @@ def manifest_schema() -> dict[str, Any]:
             "jobs": {"type": "array", "minItems": 1, "items": job},
         },
     }
+
+
+def schema_text() -> str:
+    """The schema as `imagebatch schema` prints it and `imagebatch init` writes it."""
+    return json.dumps(manifest_schema(), indent=2, ensure_ascii=False) + "\n"
