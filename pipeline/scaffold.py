@@ -286,7 +286,7 @@ def _write_all(root: Path, directory: str, items: list[Item], own_make: str | No
             wrote += 1
         print(f"  {verb:<10} {item.path}{note}", file=out)
 
-    arg = "" if directory in (".", "") else " " + shlex.quote(directory)
+    arg = "" if directory in (".", "") else " " + printable(shlex.quote(directory))
     if own_make and not _INCLUDES_MK.search(_read(root / own_make) or ""):
         _say(out, f"Your {own_make} is left as it is. Add this line to it for the imagebatch "
                   "targets (make assets, plan, status, sheet, review, export):",
@@ -307,7 +307,7 @@ def _write_all(root: Path, directory: str, items: list[Item], own_make: str | No
     if wrote == 0 and not kept:
         print("Everything is in place; nothing was written.", file=out)
     elif wrote:
-        where = f"cd {shlex.quote(directory)} && " if arg else ""
+        where = f"cd{arg} && " if arg else ""
         after = f" (once {own_make} includes {MAKE_INCLUDE})" if own_make else ""
         _say(out, f"Next: {where}make assets{after}",
              "  makes the images of every manifest in manifests/ into outputs/, offline on the",
