@@ -202,9 +202,8 @@ def test_a_file_that_differs_is_listed_kept_and_diffable(tmp_path, capsys):
     assert code == 0 and _lines(out)[scaffold.WORKFLOW] == "replaced"
     assert _lines(out)[scaffold.MANIFEST] == "unchanged"
     assert workflow.read_text() == scaffold.workflow_text(f"imagebatch=={pipeline.version()}")
-    assert _init(capsys, str(tmp_path), "--diff")[:2] == (
-        0, f"{tmp_path.resolve()}: every file is as imagebatch init {pipeline.version()} "
-           "writes it\n")
+    same = f"{tmp_path.resolve()}: every file is as imagebatch init {pipeline.version()} writes it\n"
+    assert _init(capsys, str(tmp_path), "--diff")[:2] == (0, same)
 
 
 def test_force_never_rewrites_a_makefile_init_did_not_write(tmp_path, capsys):
@@ -287,7 +286,7 @@ def test_a_rule_that_would_ignore_picks_files_is_pointed_out(tmp_path, capsys):
 
 def test_a_folder_where_a_file_goes_is_refused_before_anything_is_written(tmp_path, capsys):
     (tmp_path / scaffold.WORKFLOW).mkdir(parents=True)
-    code, out, err = _init(capsys, str(tmp_path))
+    code, _, err = _init(capsys, str(tmp_path))
     assert code == 2 and "is a folder" in err and "Traceback" not in err
     assert not (tmp_path / "manifests").exists() and not (tmp_path / "Makefile").exists()
 
