@@ -13,7 +13,7 @@ MANIFESTS ?= $(wildcard $(MANIFEST_DIR)/*.yaml)
 SUMMARIES := $(patsubst $(MANIFEST_DIR)/%.yaml,$(OUT)/%/summary.json,$(MANIFESTS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench lint clean test-deps bench-deps assets plan sheet serve status
+.PHONY: help install run test check bench lint clean test-deps bench-deps assets plan sheet serve status
 # a run that fails (some jobs failed, or it was stopped) leaves no summary behind, so the
 # next `make assets` runs that manifest again; done jobs are skipped, failed ones retried
 .DELETE_ON_ERROR:
@@ -21,12 +21,27 @@ SUMMARIES := $(patsubst $(MANIFEST_DIR)/%.yaml,$(OUT)/%/summary.json,$(MANIFESTS
 help: ## list the targets
 	@grep -E '^[a-z%/.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-# The venv is (re)built when missing or when pyproject.toml changes.
+# Set-up does only what is asked: `make run` installs imagebatch and what running needs;
+# `make test` adds the test tools; `make check`/`lint` add ruff and mypy. Each stamp is
+# rebuilt when pyproject.toml changes. PYTHONWARNINGS keeps setuptools' notes about
+# editable installs off a newcomer's first screen.
+PIP := PYTHONWARNINGS=ignore $(BIN)/python -m pip install -q --disable-pip-version-check
+TEST_STAMP := $(VENV)/.installed-test
+DEV_STAMP := $(VENV)/.installed-dev
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	@$(PIP) --upgrade pip
+	$(PIP) -e .
 	@touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PIP) -e '.[test]'
+	@touch $(TEST_STAMP)
+
+$(DEV_STAMP): $(TEST_STAMP)
+	$(PIP) -e '.[test,dev]'
+	@touch $(DEV_STAMP)
 
 install: $(STAMP) ## create .venv and install imagebatch (leaves .venv/bin/imagebatch)
 
@@ -66,8 +81,16 @@ test-deps:
 	      echo "note: could not install$$missing; tests that need them will be skipped"; \
 	  else echo "note:$$missing not installed; tests that need them will be skipped"; fi; fi
 
-test: $(STAMP) test-deps ## install everything the tests need, then run them all
+test: $(TEST_STAMP) test-deps ## install everything the tests need, then run them all
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop: lint, types and the fast tests (no stress suite, no browser, no
+# subprocess sweeps, no wheel build); `make test` still runs everything.
+FAST := not stress and not browser and not slow and not wheel
+check: $(DEV_STAMP) ## ruff, mypy and the fast tests (under 90 s); `make test` runs everything
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/mypy pipeline
+	$(BIN)/python -m pytest -q -m "$(FAST)" $(PYTEST_ARGS)
 
 # vipsthumbnail and ImageMagick are what the benchmarks compare against.
 bench-deps:
@@ -75,11 +98,10 @@ bench-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libvips-tools imagemagick >/dev/null) ; } || \
 	  echo "note: vipsthumbnail/ImageMagick not installed; comparisons will be skipped"
 
-bench: $(STAMP) bench-deps ## run the benchmarks; prints one table, writes bench/results.json
+bench: $(TEST_STAMP) bench-deps ## run the benchmarks; prints one table, writes bench/results.json
 	$(BIN)/python -m bench
 
-lint: $(STAMP) ## ruff and mypy
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+lint: $(DEV_STAMP) ## ruff and mypy
 	$(BIN)/ruff check pipeline tests bench
 	$(BIN)/mypy pipeline
 

@@ -96,7 +96,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         default = action.default
         if (not action.option_strings and action.nargs != argparse.OPTIONAL) \
                 or action.nargs == 0 or "default" in text or default is None \
-                or default is argparse.SUPPRESS or default == []:
+                or default is argparse.SUPPRESS or default in ([], {}, ()):
             return text  # positionals, flags, and helps that already name their default
         return f"{text} (default %(default)s)" if text else "(default %(default)s)"
 
@@ -276,6 +276,8 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                    help="comma-separated fault kinds to draw from (default: all)")
     p.add_argument("--fault-seed", type=int, default=0, metavar="S",
                    help="seed of the fault draw (same seed, same faults)")
+    p.add_argument("--fault-at", type=_script, default={}, metavar="N:KIND,...",
+                   help="answer request number N with fault KIND, e.g. 2:500,5:reset")
     p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                    help="render processes (default: one per core)")
 
@@ -319,6 +321,21 @@ def _faults(text: str) -> tuple[str, ...]:
     return kinds
 
 
+def _script(text: str) -> dict[int, str]:
+    """Parse N:KIND[,N:KIND...] (request numbers from 1) for `serve --fault-at`."""
+    script: dict[int, str] = {}
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        number, _, kind = item.partition(":")
+        try:
+            n = int(number)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{item}' is not N:KIND, e.g. 2:500") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"'{item}': requests are numbered from 1")
+        script[n] = _faults(kind)[0]
+    return script
+
+
 def _cmd_sheet(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -341,7 +358,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     serve(ServerOptions(
         key=args.key, latency_ms=args.latency, rpm=args.rpm, window=args.window,
         retry_after=not args.no_retry_after, fail_rate=args.fail_rate,
-        faults=args.faults or FAULT_KINDS, fault_seed=args.fault_seed, workers=args.workers,
+        faults=args.faults or FAULT_KINDS, fault_seed=args.fault_seed, script=args.fault_at,
+        workers=args.workers,
     ), host=args.host, port=args.port)
     return 0
 

@@ -419,7 +419,7 @@ def test_every_command_help_shows_defaults_and_an_example(command, capsys):
     sub = next(a for a in cli.build_parser()._actions
                if isinstance(a, argparse._SubParsersAction))
     for action in sub.choices[command]._actions:
-        if action.option_strings and action.nargs != 0 and action.default not in (None, []):
+        if action.option_strings and action.nargs != 0 and action.default not in (None, [], {}):
             flag = action.option_strings[-1]
             m = re.search(rf"^  (?:-\w, )?{re.escape(flag)}[ \n](.*?)(?=^  -|\Z)", options,
                           re.MULTILINE | re.DOTALL)
