@@ -152,11 +152,12 @@ def _read(path: Path) -> str | None:
     if not path.exists() and not path.is_symlink():
         return None
     if path.is_dir():
-        raise UsageError(f"{path} is a folder; imagebatch init would write a file there")
+        raise UsageError(f"{printable(str(path))} is a folder; imagebatch init would write a "
+                         "file there")
     try:
         return path.read_bytes().decode("utf-8", errors="surrogateescape")
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read {printable(str(path))}: {exc.strerror or exc}") from None
 
 
 def _own_makefile(root: Path) -> str | None:
@@ -191,7 +192,8 @@ def survey(root: Path, requirement: str) -> tuple[list[Item], str | None]:
         for parent in reversed(PurePosixPath(rel).parents):
             folder = root / parent
             if str(parent) != "." and folder.exists() and not folder.is_dir():
-                raise UsageError(f"{folder} is a file; imagebatch init needs a folder there")
+                raise UsageError(f"{printable(str(folder))} is a file; imagebatch init needs a "
+                                 "folder there")
         items.append(Item(rel, text, _read(root / rel), note))
     ignore = _read(root / GITIGNORE)
     items.append(Item(GITIGNORE, gitignore_text(ignore), ignore, "ignores outputs/"))
@@ -244,7 +246,7 @@ def init_command(directory: str = ".", *, force: bool = False, requirement: str 
         return print_command(print_file, requirement, out)
     root = Path(directory)
     if root.exists() and not root.is_dir():
-        raise UsageError(f"{directory} is not a folder")
+        raise UsageError(f"{printable(directory)} is not a folder")
     items, own_make = survey(root, requirement or default_requirement())
     if diff:
         changed = [item for item in items if item.state != "same"]
