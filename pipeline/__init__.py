@@ -3,3 +3,14 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+
+def version() -> str:
+    """imagebatch's version: the installed distribution's, else this source tree's."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as distribution_version
+
+    try:
+        return distribution_version("imagebatch")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return __version__

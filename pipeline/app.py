@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from pipeline import config, picks
+from pipeline import config, picks, version
 from pipeline.client import ApiClient, backend_name
 from pipeline.errors import (
     Interrupted,
@@ -118,6 +118,7 @@ def _summary(plan: Plan, store: Store, state: RunState, skipped: int, seconds: f
     )
     succeeded = state.ok_by_store.get(id(store), 0)
     return {
+        "version": version(),
         "name": plan.name,
         "manifest": plan.source,
         "backend": store.backend,

@@ -17,6 +17,40 @@ _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT, errno.EBAD
 
 DEFAULT_MAX_JOBS = 5000
 
+DESCRIPTION = """\
+imagebatch generates images in bulk from YAML manifests: prompts, seeds and parameter
+sweeps are checked, expanded into jobs and sent to a hosted text-to-image model (Heroku
+Managed Inference stable-image-ultra), or to its embedded server when no DIFFUSION_URL is
+set; runs resume where they stopped, and end in thumbnails, contact sheets and index.html."""
+
+EPILOG = """\
+examples:
+  imagebatch init                              set up this repository: an example
+                                               manifest, make targets, a nightly workflow
+  imagebatch plan manifests/example.yaml       list the jobs a manifest makes; sends nothing
+  imagebatch run manifests/example.yaml        make them into outputs/example/
+
+`imagebatch COMMAND --help` lists a command's options. Run with no command, imagebatch
+prints this help and exits 0."""
+
+# Examples per command, shown at the end of its --help.
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "init": ("imagebatch init                 write what is missing in the current folder",
+             "imagebatch init --diff          how existing files differ; change nothing"),
+    "validate": ("imagebatch validate manifests/*.yaml",),
+    "plan": ("imagebatch plan manifests/example.yaml --json --shard 1/3",),
+    "schema": ("imagebatch schema > imagebatch.schema.json",),
+    "run": ("DIFFUSION_URL=... DIFFUSION_KEY=... imagebatch run manifests/*.yaml --rpm 20",),
+    "status": ("imagebatch status manifests/example.yaml -v",),
+    "show": ("imagebatch show outputs/example/images/fox/watercolor/1.png",),
+    "sheet": ("imagebatch sheet manifests/example.yaml --out outputs",),
+    "merge": ("imagebatch merge shard-1 shard-2 shard-3 --out outputs",),
+    "serve": ("imagebatch serve --port 8000 --rpm 20 --fail-rate 0.1",),
+    "review": ("imagebatch review manifests/example.yaml",),
+    "pick": ("imagebatch pick manifests/example.yaml fox/watercolor/1.png --rating 5",),
+    "export": ("imagebatch export manifests/example.yaml",),
+}
+
 
 def _shard(text: str) -> tuple[int, int]:
     """Parse K/N (1 <= K <= N)."""
@@ -54,6 +88,34 @@ def _add_env_prefix(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; each option's default unless its help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings and action.nargs != argparse.OPTIONAL) \
+                or action.nargs == 0 or "default" in text or default is None \
+                or default is argparse.SUPPRESS or default in ([], {}, ()):
+            return text  # positionals, flags, and helps that already name their default
+        return f"{text} (default %(default)s)" if text else "(default %(default)s)"
+
+
+class _Version(argparse.Action):
+    """--version: the installed version, looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from pipeline import version
+
+        print(f"imagebatch {version()}")
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so every user mistake maps to exit 2 here."""
 
@@ -63,8 +125,28 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, defined once."""
-    parser = _Parser(prog="imagebatch", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(prog="imagebatch", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                title="commands", metavar="COMMAND")
+
+    p = sub.add_parser("init", help="set up a repository: example manifest, schema, make "
+                                    "targets, nightly workflow, .gitignore")
+    p.add_argument("directory", nargs="?", default=".", metavar="DIR",
+                   help="the repository (default: the current folder; created if missing)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--force", action="store_true",
+                      help="replace files that differ from what init writes")
+    mode.add_argument("--diff", action="store_true",
+                      help="show how existing files differ from what init writes; change "
+                           "nothing (exit 1 when any differs or is missing)")
+    mode.add_argument("--print", dest="print_file", metavar="FILE",
+                      help="print FILE as init writes it (e.g. Makefile, imagebatch.mk, "
+                           ".github/workflows/imagebatch.yml); change nothing")
+    p.add_argument("--requirement", metavar="SPEC",
+                   help="what the workflow pip-installs (default: imagebatch==THIS VERSION); "
+                        "e.g. 'imagebatch @ git+https://github.com/ORG/imagebatch@v0.1.0'")
 
     p = sub.add_parser("validate", help="check manifests; change nothing")
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
@@ -74,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="print the job list; send nothing")
     p.add_argument("manifest", metavar="MANIFEST")
     p.add_argument("--json", action="store_true", help="only a JSON array on stdout")
-    p.add_argument("--shard", type=_shard, metavar="K/N")
+    p.add_argument("--shard", type=_shard, metavar="K/N", help="only the jobs of shard K of N")
     _add_max_jobs(p)
     _add_env_prefix(p)
 
@@ -84,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pick_parser(sub)
     _add_review_parser(sub)
 
+    for action in sub._choices_actions:  # the one-line help of each command
+        command = sub.choices[action.dest]
+        command.formatter_class = _HelpFormatter
+        summary = action.help or ""
+        command.description = command.description or summary[:1].upper() + summary[1:]
+        examples = EXAMPLES.get(action.dest, ())
+        if examples:
+            command.epilog = (f"example{'s' if len(examples) > 1 else ''}:\n  "
+                              + "\n  ".join(examples))
     return parser
 
 
@@ -187,13 +278,14 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--json", action="store_true",
                    help="the summary as JSON on stdout; everything else on stderr")
     _add_env_prefix(p)
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="say more on stderr (temp files an interrupted run left and were removed)")
 
     p = sub.add_parser("status", help="count done, failed and pending jobs; send nothing")
     p.add_argument("manifest", metavar="MANIFEST")
     p.add_argument("--out", default="outputs", metavar="DIR", help="output root (default outputs)")
     p.add_argument("--local", action="store_true", help="judge against the embedded server")
-    p.add_argument("--shard", type=_shard, metavar="K/N")
+    p.add_argument("--shard", type=_shard, metavar="K/N", help="only the jobs of shard K of N")
     p.add_argument("--json", action="store_true", help="counts as JSON (jobs too with -v)")
     p.add_argument("--verify", action="store_true",
                    help="hash every image (default: only those whose size or time changed)")
@@ -237,9 +329,12 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     _add_env_prefix(p)
 
     p = sub.add_parser("serve", help="run the embedded API server in the foreground")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks one)")
-    p.add_argument("--key", default=None, help="require this bearer token (default: any)")
+    p.add_argument("--host", default="127.0.0.1", metavar="H",
+                   help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8000, metavar="P",
+                   help="port (default 8000; 0 picks one)")
+    p.add_argument("--key", default=None, metavar="K",
+                   help="require this bearer token (default: any)")
     p.add_argument("--latency", type=_nonneg_float, default=0.0, metavar="MS",
                    help="add MS milliseconds to every response")
     p.add_argument("--rpm", type=_positive_int, default=None, metavar="N",
@@ -367,6 +462,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                         max_jobs=args.max_jobs, env_prefix=args.env_prefix)
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from pipeline.scaffold import init_command
+
+    return init_command(args.directory, force=args.force, requirement=args.requirement,
+                        diff=args.diff, print_file=args.print_file)
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from pipeline.commands import schema_command
 
@@ -428,6 +530,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "init": _cmd_init,
     "validate": _cmd_validate,
     "plan": _cmd_plan,
     "schema": _cmd_schema,
@@ -445,8 +548,16 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `imagebatch` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        if not argv:  # `imagebatch` alone: what it is and what it can do, as --help says
+            parser.print_help()
+            return 0
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help and --version print, then "exit" here
+            return exc.code if isinstance(exc.code, int) else 0
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a write error surfaces here, not as noise at interpreter exit
         return code

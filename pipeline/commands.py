@@ -91,9 +91,9 @@ def plan_command(manifest: str, *, as_json: bool, shard: tuple[int, int] | None,
 
 def schema_command(out: TextIO | None = None) -> int:
     """`imagebatch schema`: the manifest's JSON Schema, for editors."""
-    from pipeline.schema import manifest_schema
+    from pipeline.schema import schema_text
 
-    _write(json.dumps(manifest_schema(), indent=2, ensure_ascii=False) + "\n", out or sys.stdout)
+    _write(schema_text(), out or sys.stdout)
     return 0
 
 

@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from pipeline import version
 from pipeline.errors import StoreError, UsageError
 from pipeline.picks import load_picks, picks_path
 from pipeline.plan import Job, Plan
@@ -155,6 +156,7 @@ def _merge_locked(plan: Plan, folders: list[Path], dest: Path, has_own: bool) ->
         lines.append(replace(chosen, path=job.path).to_line())
     write_file(dest / RESULTS, b"".join(lines))
     summary = {
+        "version": version(),
         "name": plan.name, "manifest": plan.source, "backend": ",".join(sorted(backends)) or None,
         "shard": None, "out": str(dest), "planned": len(plan.jobs), "succeeded": ok,
         "skipped": 0, "failed": failed, "pending": len(plan.jobs) - ok - failed,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pipeline import apispec
@@ -140,3 +141,8 @@ def manifest_schema() -> dict[str, Any]:
             "exports": {"type": "array", "maxItems": MAX_EXPORTS, "items": _export()},
         },
     }
+
+
+def schema_text() -> str:
+    """The schema as `imagebatch schema` prints it and `imagebatch init` writes it."""
+    return json.dumps(manifest_schema(), indent=2, ensure_ascii=False) + "\n"

@@ -1,0 +1,6 @@
+.DEFAULT_GOAL := help
+.PHONY: help
+
+help: ## list the targets
+	@grep -E '^[a-z%/.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+
