@@ -2,7 +2,7 @@
 
 The API server runs in its own process (a minimal stand-in with cached responses, so its
 cost never limits the client); the measured client runs in another, through the same
-`run_plans_async` that `imagebatch run` uses, and reports its own rusage.
+`run_plans` that `imagebatch run` uses, and reports its own rusage.
 """
 
 from __future__ import annotations
@@ -86,7 +86,9 @@ import asyncio, io, json, os, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from pipeline import config
-from pipeline.app import RunOptions, run_plans_async
+from pipeline.options import RunOptions
+from pipeline.run import run_plans
+from pipeline.summary import plan_doc
 from pipeline.plan import Job, OutputSettings, Plan, canonical_json, job_key
 out, n, conc, rpm = Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 jobs = []
@@ -101,7 +103,8 @@ del jobs
 conn = config.connection(os.environ, "DIFFUSION")
 opts = RunOptions((), out=out, post=False, concurrency=conc, rpm=rpm)
 started = time.perf_counter()
-(summary,), state = asyncio.run(run_plans_async([plan], conn, opts, io.StringIO()))
+report = asyncio.run(run_plans([plan], conn, opts, io.StringIO()))
+summary = plan_doc(report.plans[0])
 wall = time.perf_counter() - started
 ru = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"wall": wall, "summary": summary, "cpu": ru.ru_utime + ru.ru_stime,

@@ -9,12 +9,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.apispec import DEFAULT_MODEL
 from pipeline.errors import ConfigError
 
 DEFAULT_PREFIX = "DIFFUSION"
+REQUEST_TIMEOUT = 120.0  # seconds per request, whole response included (--timeout)
+LOCAL_BACKEND = "local"  # the backend name of the embedded server, whatever its port
+DEFAULT_PORTS = {"http": 80, "https": 443}
 _PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # What a bearer token can hold (RFC 6750's token68 and then some): printable ASCII, no space.
 _KEY = re.compile(r"[\x21-\x7e]+\Z")
@@ -102,3 +105,24 @@ def base_url(url: str, prefix: str = DEFAULT_PREFIX) -> str:
             path = path[: -len(tail)]
             break
     return f"{parts.scheme.lower()}://{parts.netloc}{path}"
+
+
+def backend_name(url: str) -> str:
+    """The base URL without credentials, query or fragment (what results.jsonl records)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = parts.scheme.lower()
+    # :443 on https (or :80 on http) is the same service: the same name, or a run with the
+    # port written out would not count the images made without it as done.
+    port = None if parts.port == DEFAULT_PORTS.get(scheme) else parts.port
+    netloc = f"{host}:{port}" if port else host
+    return urlunsplit((scheme, netloc.lower(), parts.path.rstrip("/"), "", ""))
+
+
+def status_backend(env: Mapping[str, str], prefix: str, local: bool) -> str:
+    """The backend name `run` would record, from the same checks and base URL as `run`."""
+    check_prefix(prefix)
+    url = (env.get(f"{prefix}_URL") or "").strip()
+    return LOCAL_BACKEND if local or not url else backend_name(base_url(url, prefix))

@@ -13,6 +13,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import ImagebatchError
+
 #: The PNG text keyword / JPEG comment prefix that marks our metadata.
 KEYWORD = "imagebatch-request"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -26,8 +28,8 @@ MAX_REQUEST_BYTES = 1 << 20
 MAX_REQUEST_DEPTH = 32
 
 
-class MetadataError(ValueError):
-    """The bytes are not a PNG or JPEG we can embed into or read from."""
+class MetadataError(ImagebatchError, ValueError):
+    """The bytes are not a PNG or JPEG we can embed into or read from (still a ValueError)."""
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

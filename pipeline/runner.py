@@ -1,9 +1,13 @@
 """Plan + client + store -> results: concurrency, pacing, retries, stopping.
 
-The runner talks to three small interfaces so tests can fake each: a client
-(`async generate(job) -> GeneratedImage`, `requests`), a store (`save`, `fail`), and a
-`sleep`. A fixed pool of `concurrency` workers pulls jobs in plan order, so memory does
-not grow with the plan and nothing holds an image after it is written.
+The runner talks to small interfaces so tests can fake each: a client
+(`async generate(job, observe) -> GeneratedImage`), a store (`save`, `fail`), a `sleep` and
+a `clock`. A fixed pool of `concurrency` workers pulls jobs in plan order, so memory does
+not grow with the plan and nothing holds an image after it is written. Requests go to a
+`Member`: a client with its own pacer (one for a single backend).
+
+A stop reaches every waiting worker through one event, `stop`, which both the retry waits
+and the pacers' waits end on.
 """
 
 from __future__ import annotations
@@ -11,31 +15,45 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pipeline import apispec
-from pipeline.client import SENT, GeneratedImage
 from pipeline.errors import (
     ApiError,
     PermanentApiError,
     RetryableApiError,
     ServiceConfigError,
     StoreError,
+    UnreachableError,
 )
 from pipeline.plan import Job
-from pipeline.retry import Pacer, RetrySettings, Sleep, build_retrying
-from pipeline.store import Record
+from pipeline.retry import (
+    Pacer,
+    RetrySettings,
+    Sleep,
+    Stopped,
+    build_retrying,
+    nap,
+    start_on,
+)
+
+if TYPE_CHECKING:
+    from pipeline.client import GeneratedImage
+    from pipeline.store import Record
+
+#: Called with each response's headers and status as it arrives (for the pacer).
+Observe = Callable[[Mapping[str, str], int], None]
+
+_RETRY = RetrySettings()
 
 
 class ImageClient(Protocol):
     """What the runner needs from a client."""
 
-    requests: int
-
-    async def generate(self, job: Job) -> GeneratedImage:
-        """One checked image for `job`, or an ApiError."""
+    async def generate(self, job: Job, observe: Observe | None = None) -> GeneratedImage:
+        """One checked image for `job` (with the HTTP requests it took), or an ApiError."""
         ...
 
 
@@ -55,19 +73,16 @@ class JobStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RunSettings:
-    """How hard to push: concurrency, pacing, retries, timeouts."""
+    """How hard to push: concurrency, retries and when to give up on a throttled service."""
 
     concurrency: int = 4
-    rpm: float | None = None  # None: no pacing of our own
-    auto_rpm: bool = False  # adopt the service's advertised per-minute limit
-    retries: int = 5
-    timeout: float = 120.0
-    backoff_base: float = 1.0
-    backoff_cap: float = 30.0
-    retry_after_cap: float = 120.0
+    retries: int = _RETRY.retries
+    backoff_base: float = _RETRY.backoff_base
+    backoff_cap: float = _RETRY.backoff_cap
+    retry_after_cap: float = _RETRY.retry_after_cap
     # Seconds of nothing but 429s (no image in between) before the run stops: a key whose
-    # quota is spent would otherwise have every job wait out its retries, for days on a
-    # big plan, to record them all failed.
+    # quota is spent would otherwise have every job wait out its retries to record them
+    # all failed.
     throttled_stop: float = 900.0
 
     @property
@@ -76,66 +91,102 @@ class RunSettings:
         return RetrySettings(self.retries, self.backoff_base, self.backoff_cap, self.retry_after_cap)
 
 
+class Member:
+    """One backend requests go to: its client, its own pacer, and what it came to."""
+
+    def __init__(self, client: ImageClient, pacer: Pacer, *, prefix: str = "") -> None:
+        self.client = client
+        self.pacer = pacer
+        self.prefix = prefix  # the environment prefix naming its variables ("" for none)
+        self.requests = 0  # HTTP requests sent to it
+        self.images = 0  # images it delivered
+        self.in_flight = 0
+        # Whether it has sent any HTTP answer in this run: until it has, failures that say
+        # "wrong URL" are counted against it rather than retried per job.
+        self.answered = False
+        self.unreachable = 0  # attempts that could not connect, before any answer
+
+    @property
+    def url_variable(self) -> str:
+        """The variable holding its URL, named in messages about a URL that does not work."""
+        return f"{self.prefix}_URL" if self.prefix else "the service URL"
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How one job ended in this run."""
 
     job: Job
-    store: JobStore
     status: str  # ok | failed
     attempts: int
     error: str | None = None
 
 
-class Stopped(Exception):
-    """Raised inside a worker when the run is stopping: the job stays pending."""
+@dataclass
+class StoreTally:
+    """One store's share of a run: images made, HTTP requests sent, jobs failed."""
+
+    made: int = 0
+    requests: int = 0
+    failures: list[Outcome] = field(default_factory=list)  # successes are counted, not kept
 
 
 @dataclass
 class RunState:
-    """Mutable counters of one run (read by progress display and the summary)."""
+    """Mutable counters of one run (read by the progress display and the summary)."""
 
     ok: int = 0
     failed: int = 0
-    outcomes: list[Outcome] = field(default_factory=list)  # failures only (successes: counted)
-    ok_by_store: dict[int, int] = field(default_factory=dict)  # id(store) -> images made
-    requests_by_store: dict[int, int] = field(default_factory=dict)  # id(store) -> attempts
+    by_store: dict[JobStore, StoreTally] = field(default_factory=dict)
     # What stopped the run as a configuration problem: a 401 (AuthError), or a service that
     # never answered or is not the image API (ServiceConfigError); reported with exit 2.
     config_error: ServiceConfigError | None = None
     store_error: StoreError | None = None
     interrupted: bool = False
 
+    def tally(self, store: JobStore) -> StoreTally:
+        """The counters of `store` (made on first use)."""
+        found = self.by_store.get(store)
+        if found is None:
+            found = self.by_store[store] = StoreTally()
+        return found
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        """Every failed job of the run, store by store."""
+        return [o for tally in self.by_store.values() for o in tally.failures]
+
 
 class Runner:
-    """Runs (store, job) pairs with a bounded worker pool; `stop()` settles, `abort()` cancels."""
+    """Runs (store, job) pairs with a bounded worker pool; `stop()` settles, `abort()` cancels.
+
+    `backend` is one client (paced by a pacer of its own with no limit but what the
+    service's headers say) or the members to send to.
+    """
 
     def __init__(
         self,
-        client: ImageClient,
-        settings: RunSettings,
+        backend: ImageClient | Sequence[Member],
+        settings: RunSettings = RunSettings(),
         *,
         sleep: Sleep = asyncio.sleep,
-        pacer: Pacer | None = None,
         on_change: Callable[[RunState], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] | None = None,
     ) -> None:
-        self.client = client
+        if isinstance(backend, Sequence):
+            self.members = list(backend)
+        else:
+            self.members = [Member(backend, Pacer(clock=clock, sleep=sleep))]
         self.settings = settings
         self.state = RunState()
         self._base_sleep = sleep
-        self._pacer = pacer
         self._on_change = on_change
         self._clock = clock
         self._rng = rng
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        # Whether the service has sent any HTTP answer / any image in this run: until it has,
-        # failures that say "wrong URL" stop the run instead of failing job after job.
-        self._answered = False
-        self._made = False
-        self._unreachable = 0  # attempts that could not connect, before any answer
+        self._made = False  # whether any image came back in this run
         self._throttled_since: float | None = None  # first 429 since the last image
 
     # -- stopping ----------------------------------------------------------------------
@@ -161,16 +212,7 @@ class Runner:
         assert self._stop is not None
         if self._stop.is_set():
             raise Stopped
-        if seconds <= 0:
-            await self._base_sleep(0)
-        else:
-            nap = asyncio.ensure_future(self._base_sleep(seconds))
-            halt = asyncio.ensure_future(self._stop.wait())
-            try:
-                await asyncio.wait({nap, halt}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                nap.cancel()
-                halt.cancel()
+        await nap(self._base_sleep, seconds, self._stop)
         if self._stop.is_set():
             raise Stopped
 
@@ -181,8 +223,7 @@ class Runner:
         items = iter(work)
         workers = max(1, self.settings.concurrency)
         if isinstance(work, Sized):
-            # A worker is a task and its stack: --concurrency 1000000 on nine jobs once
-            # took 1 GB and 14 s to start workers with nothing to do.
+            # A worker is a task and its stack: no more of them than there are jobs.
             workers = max(1, min(workers, len(work)))
         self._tasks = [asyncio.ensure_future(self._worker(items)) for _ in range(workers)]
         try:
@@ -210,83 +251,59 @@ class Runner:
                 self.stop()
                 return
 
-    async def _paced(self, pacer: Pacer) -> None:
-        """pacer.acquire(), given up (raising Stopped) the moment the run stops.
+    async def _start(self) -> tuple[Member, int]:
+        """Wait until a member may start a request: (the member, its pacer's ticket).
 
-        The pacer's own waits use self.sleep and end on a stop, but its leaky bucket does
-        not: at --rpm 20 each worker queued in it waited out its slot, 3 s apart, before it
-        saw the stop, so Ctrl-C (or a stop for a wrong URL) took concurrency x 3 s to take
-        effect. acquire() runs in this task (it leaves a per-task ticket for observe()), so
-        the stop cancels this task while, and only while, it waits there.
+        Among members that may start at once, the one with the fewest requests in flight.
         """
-        assert self._stop is not None
-        if self._stop.is_set():
-            raise Stopped
-        task = asyncio.current_task()
-        assert task is not None
-        armed = True
-
-        def interrupt(_: object) -> None:
-            if armed and task is not None:
-                task.cancel()
-
-        watcher = asyncio.ensure_future(self._stop.wait())
-        watcher.add_done_callback(interrupt)
-        try:
-            await pacer.acquire()
-        except asyncio.CancelledError:
-            if not self.stopping:
-                raise  # cancelled from outside, not by the stop
-            if hasattr(task, "uncancel"):  # 3.11+: the cancel is handled here
-                task.uncancel()
-            raise Stopped from None
-        finally:
-            armed = False
-            watcher.remove_done_callback(interrupt)
-            watcher.cancel()
+        order = sorted(self.members, key=lambda m: m.in_flight)
+        index, ticket = await start_on([m.pacer for m in order], self._stop,
+                                       clock=self._clock, sleep=self._base_sleep)
+        return order[index], ticket
 
     async def _attempt(self, store: JobStore, job: Job, counter: list[int]) -> GeneratedImage:
-        if self._pacer is not None:
-            await self._paced(self._pacer)
-        if self.stopping:
-            raise Stopped
+        member, ticket = await self._start()
         counter[0] += 1
-        by_store = self.state.requests_by_store
-        by_store[id(store)] = by_store.get(id(store), 0) + 1
-        sent = [0]
-        token = SENT.set(sent)
+        tally = self.state.tally(store)
+
+        def observe(headers: Mapping[str, str], status: int) -> None:
+            member.pacer.observe(headers, status, ticket)
+
+        member.in_flight += 1
         try:
-            image = await self.client.generate(job)
+            image = await member.client.generate(job, observe)
         except ApiError as exc:
-            self._check_service(exc)
+            tally.requests += exc.requests
+            member.requests += exc.requests
+            self._check_service(member, exc)
             raise
         finally:
-            SENT.reset(token)
-            # the POST is counted above; an image download beside it is a request too
-            by_store[id(store)] += max(0, sent[0] - 1)
-        self._answered = self._made = True
+            member.in_flight -= 1
+        tally.requests += image.requests
+        member.requests += image.requests
+        member.images += 1
+        member.answered = self._made = True
         self._throttled_since = None
         return image
 
-    def _check_service(self, exc: ApiError) -> None:
+    def _check_service(self, member: Member, exc: ApiError) -> None:
         """Turn a failure into a ServiceConfigError (stopping the run) when it means that the
         URL is wrong, rather than that this job failed.
 
-        Without this, a URL that refuses connections or does not resolve cost every job its
-        full retries and backoff, paced: minutes for a dozen jobs, hours for a big plan, to
-        record every job failed for one wrong setting. A service that answers even once has a
-        right URL: from then on such failures are transient and retried per job as before.
+        A URL that refuses connections or does not resolve would otherwise cost every job
+        its full retries and backoff, paced, to record every job failed for one wrong
+        setting. A service that answers even once has a right URL: from then on such
+        failures are transient and retried per job.
         """
         if exc.status is not None:
-            self._answered = True
-        where = getattr(self.client, "url_variable", "the service URL")
-        if exc.kind == "unreachable" and not self._answered:
-            self._unreachable += 1
+            member.answered = True
+        if isinstance(exc, UnreachableError) and not member.answered:
+            member.unreachable += 1
             # the retry budget of one job, spent across the run: workers fail in parallel
-            if self._unreachable > self.settings.retries:
+            if member.unreachable > self.settings.retries:
                 raise ServiceConfigError(
-                    f"{exc.message}, {self._unreachable} attempts without an answer: check "
-                    f"{where}", status=None, kind="unreachable") from None
+                    f"{exc.message}, {member.unreachable} attempts without an answer: check "
+                    f"{member.url_variable}", status=None) from None
         elif exc.status == 429:
             now = self._clock()
             if self._throttled_since is None:
@@ -296,14 +313,14 @@ class Runner:
                     f"the service has answered only 429 (too many requests) for "
                     f"{(now - self._throttled_since) / 60:.0f} minutes, with no image in "
                     f"between: the key's quota may be spent. Finished images are kept; run "
-                    f"the same command later to go on", status=429, kind="throttled") from None
+                    f"the same command later to go on", status=429) from None
         elif isinstance(exc, PermanentApiError) and exc.status == 404 and not self._made:
             # The endpoint itself is missing: every job would get the same 404. (Not an image
             # download's 404, which is retried: that file may just have expired.)
             raise ServiceConfigError(
                 f"the service answered 404 ({exc.message}) to POST {apispec.ENDPOINT}: check "
-                f"{where} (the base URL of the inference service) and the model id",
-                status=404, kind="not_found") from None
+                f"{member.url_variable} (the base URL of the inference service) and the "
+                f"model id", status=404) from None
 
     async def _one(self, store: JobStore, job: Job) -> None:
         started = self._clock()
@@ -320,20 +337,14 @@ class Runner:
                 self.state.config_error = exc
             self.stop()
             raise Stopped from None
-        except (PermanentApiError, RetryableApiError) as exc:
+        except ApiError as exc:
             reason = exc.message
             if isinstance(exc, RetryableApiError) and counter[0] > 1:
                 reason = f"{reason} (gave up after {counter[0]} attempts)"
             await asyncio.to_thread(
                 store.fail, job, reason, attempts=counter[0], seconds=self._clock() - started
             )
-            self._finish(Outcome(job, store, "failed", counter[0], reason))
-            return
-        except ApiError as exc:  # an ApiError of no known kind: fail the job, keep going
-            await asyncio.to_thread(
-                store.fail, job, exc.message, attempts=counter[0], seconds=self._clock() - started
-            )
-            self._finish(Outcome(job, store, "failed", counter[0], exc.message))
+            self._finish(store, Outcome(job, "failed", counter[0], reason))
             return
         data, created = image.data, image.created
         del image  # hand the bytes to the store and keep nothing after
@@ -349,19 +360,17 @@ class Runner:
             await asyncio.shield(save)
         except asyncio.CancelledError:
             await save
-            self._finish(Outcome(job, store, "ok", counter[0]))
+            self._finish(store, Outcome(job, "ok", counter[0]))
             raise
-        self._finish(Outcome(job, store, "ok", counter[0]))
+        self._finish(store, Outcome(job, "ok", counter[0]))
 
-    def _finish(self, outcome: Outcome) -> None:
+    def _finish(self, store: JobStore, outcome: Outcome) -> None:
+        tally = self.state.tally(store)
         if outcome.status == "ok":
             self.state.ok += 1
-            by_store = self.state.ok_by_store
-            by_store[id(outcome.store)] = by_store.get(id(outcome.store), 0) + 1
-            # Successes are counted, not kept: memory stays flat however many jobs.
+            tally.made += 1
         else:
             self.state.failed += 1
-            self.state.outcomes.append(outcome)
+            tally.failures.append(outcome)
         if self._on_change is not None:
             self._on_change(self.state)
-

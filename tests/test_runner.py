@@ -37,7 +37,7 @@ class FakeClient:
         self.gate = gate
         self.started: list[int] = []
 
-    async def generate(self, job):
+    async def generate(self, job, observe=None):
         self.requests += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -136,7 +136,7 @@ async def test_retryable_errors_retry_with_injected_waits_then_succeed():
     assert sleep.waits == [2.0, 9.0]
     (_data, attempts), = store.saved.values()
     assert attempts == 3
-    assert state.requests_by_store[id(store)] == 3
+    assert state.by_store[store].requests == 3
 
 
 async def test_gives_up_after_retries_with_reason():
@@ -275,3 +275,18 @@ def test_progress_off_a_tty_prints_plain_lines_every_few_seconds():
     lines = buf.getvalue().splitlines()
     assert 4 <= len(lines) <= 5 and all(ln.startswith("progress: ") for ln in lines)
     assert "\r" not in buf.getvalue()
+
+
+async def test_pacing_and_backoff_run_on_one_injected_clock():
+    from pipeline.retry import Pacer
+    from pipeline.runner import Member
+
+    clock, store = Clock(), FakeStore()
+    client = FakeClient({1: [RetryableApiError("HTTP 503", status=503)]})
+    pacer = Pacer(rpm=6, clock=clock, sleep=clock.sleep)  # one start every 10 s
+    runner = Runner([Member(client, pacer)], RunSettings(concurrency=1, backoff_base=4.0),
+                    sleep=clock.sleep, clock=clock, rng=lambda: 1.0)
+    state = await runner.run(_work(store, 3))
+    assert state.ok == 3 and client.requests == 4
+    # starts at 0 and 10 (refused: 4 s of backoff, then the next slot), 20, 30
+    assert clock.now == 30.0

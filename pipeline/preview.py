@@ -1,4 +1,7 @@
-"""`validate`, `plan` and `schema`: read manifests, print what would happen, send nothing."""
+"""`validate`, `plan` and `schema`: read manifests, print what a run would do, send nothing.
+
+Loading imports no HTTP code: these commands start fast and need no network library.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +12,21 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from pipeline import config
+from pipeline.config import DEFAULT_PREFIX
 from pipeline.errors import ManifestError, printable
+from pipeline.manifest import DEFAULT_MAX_JOBS, load_plans
 from pipeline.plan import Plan
 
 MAX_SHOWN = 200  # problems printed; the count line still says how many there are
 
 
-def _plans(manifests: Sequence[str], env: Mapping[str, str] | None, prefix: str, *,
-           max_jobs: int, shard: tuple[int, int] | None = None) -> list[Plan]:
-    from pipeline.app import load_plans
-
-    env = os.environ if env is None else env
-    config.check_prefix(prefix)
-    return load_plans(manifests, env, prefix, max_jobs=max_jobs, shard=shard)
-
-
-def validate_command(manifests: Sequence[str], *, max_jobs: int, env_prefix: str = "DIFFUSION",
-                     env: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
+def validate_command(manifests: Sequence[str], *, max_jobs: int = DEFAULT_MAX_JOBS,
+                     env_prefix: str = DEFAULT_PREFIX, env: Mapping[str, str] | None = None,
+                     out: TextIO | None = None) -> int:
     """Check every manifest as `run` would; print one line per good file; errors raise."""
     out = out or sys.stdout
-    for plan in _plans(manifests, env, env_prefix, max_jobs=max_jobs):
+    env = os.environ if env is None else env
+    for plan in load_plans(manifests, env, env_prefix, max_jobs=max_jobs):
         print(f"{plan.source}: ok, {plan.total} jobs ({plan.name}, model {plan.model})", file=out)
     return 0
 
@@ -72,12 +69,13 @@ def _write(text: str, out: TextIO) -> None:
         out.write(text)
 
 
-def plan_command(manifest: str, *, as_json: bool, shard: tuple[int, int] | None, max_jobs: int,
-                 env_prefix: str = "DIFFUSION", env: Mapping[str, str] | None = None,
-                 out: TextIO | None = None) -> int:
+def plan_command(manifest: str, *, as_json: bool = False, shard: tuple[int, int] | None = None,
+                 max_jobs: int = DEFAULT_MAX_JOBS, env_prefix: str = DEFAULT_PREFIX,
+                 env: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
     """`imagebatch plan`: the job list (table or JSON); sends nothing, writes nothing."""
     out = out or sys.stdout
-    (plan,) = _plans([manifest], env, env_prefix, max_jobs=max_jobs, shard=shard)
+    env = os.environ if env is None else env
+    (plan,) = load_plans([manifest], env, env_prefix, max_jobs=max_jobs, shard=shard)
     if as_json:
         _write(plan_json(plan), out)
     else:
