@@ -193,6 +193,8 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                    help="comma-separated fault kinds to draw from (default: all)")
     p.add_argument("--fault-seed", type=int, default=0, metavar="S",
                    help="seed of the fault draw (same seed, same faults)")
+    p.add_argument("--fault-at", type=_script, default={}, metavar="N:KIND,...",
+                   help="answer request number N with fault KIND, e.g. 2:500,5:reset")
     p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                    help="render processes (default: one per core)")
 
@@ -236,6 +238,21 @@ def _faults(text: str) -> tuple[str, ...]:
     return kinds
 
 
+def _script(text: str) -> dict[int, str]:
+    """Parse N:KIND[,N:KIND...] (request numbers from 1) for `serve --fault-at`."""
+    script: dict[int, str] = {}
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        number, _, kind = item.partition(":")
+        try:
+            n = int(number)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{item}' is not N:KIND, e.g. 2:500") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"'{item}': requests are numbered from 1")
+        script[n] = _faults(kind)[0]
+    return script
+
+
 def _cmd_sheet(args: argparse.Namespace) -> int:
     from pipeline.status import sheet_command
 
@@ -264,7 +281,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     serve(ServerOptions(
         key=args.key, latency_ms=args.latency, rpm=args.rpm, window=args.window,
         retry_after=not args.no_retry_after, fail_rate=args.fail_rate,
-        faults=args.faults or FAULT_KINDS, fault_seed=args.fault_seed, workers=args.workers,
+        faults=args.faults or FAULT_KINDS, fault_seed=args.fault_seed, script=args.fault_at,
+        workers=args.workers,
     ), host=args.host, port=args.port)
     return 0
 

@@ -307,7 +307,7 @@ class ApiClient:
         call = _Call(observe)
         try:
             return await self._generate(job, call)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an ApiError
             # Raised without a local name: a local holding the error would tie it to its own
             # traceback, keeping the failed body's buffers alive until a garbage collection.
             raise self._api_error(exc, call.requests) from None

@@ -27,7 +27,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,12 +91,18 @@ class ServerOptions:
     faults: tuple[str, ...] = FAULT_KINDS  # which kinds fail_rate draws from
     fault_seed: int = 0  # deterministic choice of which requests fail and how
     fault_attempts: int | None = None  # only a body's first N attempts may be faulted
+    # Scripted faults: POST number (1-based, in arrival order) -> fault kind. A scripted
+    # request gets exactly that fault, whatever fail_rate draws, so a test can assert
+    # exact behaviour ("the second request fails with a 500").
+    script: Mapping[int, str] = field(default_factory=dict)
+    keep_bodies: bool = False  # record every POST body in stats.bodies (for tests)
     stall_seconds: float = 30.0  # how long the `stall` fault holds the response
     workers: int | None = None  # render process pool size; None = os.cpu_count()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "faults", tuple(self.faults))
-        unknown = [f for f in self.faults if f not in FAULT_KINDS]
+        object.__setattr__(self, "script", dict(self.script))
+        unknown = [f for f in (*self.faults, *self.script.values()) if f not in FAULT_KINDS]
         if unknown:
             raise ValueError(
                 f"unknown fault kind(s) {', '.join(unknown)}; known: {', '.join(FAULT_KINDS)}"
@@ -113,6 +119,8 @@ class ServerOptions:
             raise ValueError("latency_ms and stall_seconds cannot be negative")
         if self.fault_attempts is not None and self.fault_attempts < 0:
             raise ValueError(f"fault_attempts cannot be negative, got {self.fault_attempts}")
+        if any(n < 1 for n in self.script):
+            raise ValueError("scripted faults are numbered from 1 (the first request)")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
 
@@ -125,6 +133,7 @@ class ServerStats:
     renders: int = 0
     by_status: collections.Counter[int] = field(default_factory=collections.Counter)
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
+    bodies: list[bytes] = field(default_factory=list)  # with ServerOptions.keep_bodies
 
 
 STATS_KEY = web.AppKey("imagebatch_server_stats", ServerStats)
@@ -298,9 +307,12 @@ class _Service:
             self._attempts.popitem(last=False)
         return n
 
-    def fault_for(self, key: str, attempt: int) -> str | None:
-        """The fault this attempt of this body gets, if any: a pure function of the options."""
+    def fault_for(self, key: str, attempt: int, number: int = 0) -> str | None:
+        """The fault this attempt of this body (POST `number`) gets, if any: a pure function
+        of the options."""
         o = self.options
+        if number in o.script:
+            return o.script[number]
         if o.fail_rate <= 0 or (o.fault_attempts is not None and attempt > o.fault_attempts):
             return None
         digest = hashlib.sha256(f"{o.fault_seed}:{key}:{attempt}".encode()).digest()
@@ -361,10 +373,13 @@ class _Service:
             return error_response(401, "Invalid API key: send 'Authorization: Bearer <key>'")
         if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
             return error_response(413, f"Request body too large: over {MAX_REQUEST_BYTES} bytes")
+        number = self.stats.requests  # this POST's number, counted by the middleware
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, f"Request body too large: over {MAX_REQUEST_BYTES} bytes")
+        if self.options.keep_bodies:
+            self.stats.bodies.append(raw)
         window = self.window
         if window is not None and window.wait(loop.time()) > 0:
             return self._limited({})
@@ -393,7 +408,7 @@ class _Service:
                                           f"(requested by [[fail:{status}]] in the prompt)")
 
         key = job_key(body)
-        fault = self.fault_for(key, self.attempt(key))
+        fault = self.fault_for(key, self.attempt(key), number)
         if fault is not None:
             self.stats.faults[fault] += 1
         if fault == "429":
@@ -584,6 +599,9 @@ def _describe(options: ServerOptions) -> str:
     if options.fail_rate:
         parts.append(f"faults {options.fail_rate:.0%} of {', '.join(options.faults)} "
                      f"(seed {options.fault_seed})")
+    if options.script:
+        parts.append("scripted faults " + ",".join(f"{n}:{k}" for n, k in
+                                                   sorted(options.script.items())))
     return "  " + "; ".join(parts)
 
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from fake_api import FakeApi, start
 from PIL import Image
 from runner_helpers import KEY, make_plan
 
@@ -16,6 +15,7 @@ from pipeline.cli import report_run
 from pipeline.errors import ConfigError
 from pipeline.options import RunOptions
 from pipeline.run import run_plans
+from pipeline.server import ServerOptions, ServerStats, running_server
 from pipeline.status import show_command
 from pipeline.summary import plan_doc
 
@@ -26,19 +26,24 @@ async def run_plans_async(plans, conn, opts, err):
     return [plan_doc(p) for p in report.plans], report
 
 
-async def _run(api: FakeApi, plans, tmp_path: Path, **kw):
-    runner, url = await start(api)
-    try:
-        conn = config.Connection(prefix="DIFFUSION", url=url, key=KEY)
+def api_options(**kw) -> ServerOptions:
+    """The embedded server as these tests use it: bodies kept, one render process."""
+    return ServerOptions(keep_bodies=True, workers=1, **kw)
+
+
+async def _run(options: ServerOptions, plans, tmp_path: Path, *, stats: list[ServerStats] | None = None,
+               **kw):
+    async with running_server(options) as srv:
+        if stats is not None:
+            stats.append(srv.stats)
+        conn = config.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
         kw.setdefault("backoff_base", 0.01)
         opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, **kw)
         err = io.StringIO()
         summaries, state = await run_plans_async(plans, conn, opts, err)
         out = io.StringIO()
         code = report_run(state, as_json=False, out=out, err=err)
-        return code, summaries, out.getvalue() + err.getvalue(), url
-    finally:
-        await runner.cleanup()
+        return code, summaries, out.getvalue() + err.getvalue(), srv.stats
 
 
 def _images(tmp_path: Path, name: str = "demo") -> list[Path]:
@@ -56,9 +61,8 @@ def _decodes(path: Path) -> bool:
 
 async def test_run_then_rerun_sends_nothing(tmp_path):
     plan = make_plan(6)
-    api = FakeApi(key=KEY)
-    runner, url = await start(api)
-    try:
+    async with running_server(api_options(key=KEY)) as srv:
+        api, url = srv.stats, srv.url
         conn = config.Connection(prefix="DIFFUSION", url=url, key=KEY)
         opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, concurrency=3, rpm=6000)
         (summary,), state = await run_plans_async([plan], conn, opts, io.StringIO())
@@ -74,13 +78,11 @@ async def test_run_then_rerun_sends_nothing(tmp_path):
         assert (summary["skipped"], summary["succeeded"], summary["requests"]) == (6, 0, 0)
         on_disk = json.loads((tmp_path / "out/demo/summary.json").read_text())
         assert on_disk["skipped"] == 6
-    finally:
-        await runner.cleanup()
 
 
 async def test_faults_are_retried_and_nothing_corrupt_is_kept(tmp_path):
     plan = make_plan(8)
-    api = FakeApi(faults={1: "500", 2: "html", 3: "truncate", 4: "wrong-size", 5: "reset"})
+    api = api_options(script={1: "500", 2: "html", 3: "truncate", 4: "wrong-size", 5: "reset"})
     code, (summary,), text, _ = await _run(api, [plan], tmp_path, concurrency=2, rpm=6000,
                                            retries=3)
     assert code == 0, text
@@ -92,21 +94,21 @@ async def test_faults_are_retried_and_nothing_corrupt_is_kept(tmp_path):
 
 async def test_permanent_400_fails_at_once_and_exit_1(tmp_path):
     plan = make_plan(3, prompt="a fox [[fail:400]]")
-    api = FakeApi()
-    code, (summary,), text, _ = await _run(api, [plan], tmp_path, rpm=6000)
+    code, (summary,), text, api = await _run(api_options(), [plan], tmp_path, rpm=6000)
     assert code == 1 and api.requests == 3
+    refused = "HTTP 400 (requested by [[fail:400]] in the prompt)"
     assert summary["failed"] == 3 and [f["reason"] for f in summary["failures"]] == \
-        ["prompt refused"] * 3
+        [refused] * 3
     assert [f["path"] for f in summary["failures"]] == [j.path for j in plan.jobs]
-    assert "FAILED fox/1.png: prompt refused" in text
+    assert f"FAILED fox/1.png: {refused}" in text
     recs = [json.loads(x) for x in (tmp_path / "out/demo/results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in recs] == ["failed"] * 3
 
 
 async def test_401_stops_the_run_exit_2_names_variable_never_the_key(tmp_path):
     plan = make_plan(10)
-    api = FakeApi(key="inf-the-right-one")
-    code, (summary,), text, _ = await _run(api, [plan], tmp_path, concurrency=2, rpm=6000)
+    code, (summary,), text, api = await _run(api_options(key="inf-the-right-one"), [plan],
+                                             tmp_path, concurrency=2, rpm=6000)
     assert code == 2
     assert "check DIFFUSION_KEY" in text and KEY not in text
     assert api.requests <= 2 and summary["succeeded"] == 0
@@ -114,19 +116,18 @@ async def test_401_stops_the_run_exit_2_names_variable_never_the_key(tmp_path):
 
 async def test_rate_limit_headers_avoid_429_in_steady_state(tmp_path):
     plan = make_plan(12)
-    api = FakeApi(rpm=4, window=1.0)
     # Ask for a rate above the limit: the headers must hold the client back.
-    code, (summary,), text, _ = await _run(api, [plan], tmp_path, concurrency=4, rpm=6000)
+    code, (summary,), text, api = await _run(api_options(rpm=4, window=1.0), [plan], tmp_path,
+                                             concurrency=4, rpm=6000)
     assert code == 0, text
     assert summary["succeeded"] == 12
     assert api.by_status[429] == 0, dict(api.by_status)
 
 
 async def test_changed_job_regenerates_alone_and_force_regenerates_all(tmp_path):
-    api = FakeApi()
-    runner, url = await start(api)
-    try:
-        conn = config.Connection(prefix="DIFFUSION", url=url, key=KEY)
+    async with running_server(api_options()) as srv:
+        api = srv.stats
+        conn = config.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
         opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, rpm=6000)
         err = io.StringIO()
         plan = make_plan(4)
@@ -148,14 +149,12 @@ async def test_changed_job_regenerates_alone_and_force_regenerates_all(tmp_path)
         st = Store(tmp_path / "out", "demo", "local")
         st.load()
         assert not any(st.is_done(j) for j in plan2.jobs)
-    finally:
-        await runner.cleanup()
 
 
 async def test_key_never_written_anywhere(tmp_path):
     plan = make_plan(4)
-    api = FakeApi(key=KEY, faults={2: "500"})
-    code, _, text, _ = await _run(api, [plan], tmp_path, rpm=6000, verbose=2)
+    code, _, text, _ = await _run(api_options(key=KEY, script={2: "500"}), [plan], tmp_path,
+                                  rpm=6000, verbose=2)
     assert code == 0 and KEY not in text
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
@@ -164,7 +163,7 @@ async def test_key_never_written_anywhere(tmp_path):
 
 async def test_show_prints_the_body_ready_to_replay(tmp_path, capsys):
     plan = make_plan(1)
-    await _run(FakeApi(), [plan], tmp_path, rpm=6000)
+    await _run(api_options(), [plan], tmp_path, rpm=6000)
     (image,) = _images(tmp_path)
     out = io.StringIO()
     assert show_command(str(image), out=out) == 0
@@ -260,12 +259,11 @@ async def test_a_second_run_into_the_same_folder_is_refused_and_touches_nothing(
     # process's would).
     with open(folder / "results.jsonl", "ab") as other_run:  # noqa: ASYNC230 - test set-up
         fcntl.flock(other_run, fcntl.LOCK_EX)
-        api = FakeApi(key=KEY)
+        seen: list[ServerStats] = []
         with pytest.raises(StoreError, match="another imagebatch run is writing to"):
-            await _run(api, [make_plan(3)], tmp_path)
-        assert api.requests == 0 and live_tmp.read_bytes() == b"half"
-    api = FakeApi(key=KEY)
-    code, (summary,), _text, _url = await _run(api, [make_plan(3)], tmp_path)
+            await _run(api_options(key=KEY), [make_plan(3)], tmp_path, stats=seen)
+        assert seen[0].requests == 0 and live_tmp.read_bytes() == b"half"
+    code, (summary,), _text, api = await _run(api_options(key=KEY), [make_plan(3)], tmp_path)
     assert code == 0 and summary["succeeded"] == 3 and api.requests == 3
     assert not live_tmp.exists()  # the other run is gone: its leftover is swept as usual
 

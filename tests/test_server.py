@@ -491,6 +491,27 @@ async def test_faults_are_deterministic_from_the_seed(session):
     assert 8 <= faulted <= 32  # about half of 40 (fixed by the seed, so never flaky)
 
 
+async def test_scripted_faults_hit_exactly_the_numbered_requests(session):
+    opts = ServerOptions(script={2: "500", 4: "html"}, keep_bodies=True, workers=1)
+    async with running_server(opts) as srv:
+        statuses = []
+        for seed in range(1, 6):
+            status, headers, _payload = await post(session, srv.url, body(seed=seed))
+            statuses.append((status, headers.get("Content-Type", "").split(";")[0]))
+        assert statuses == [(200, "application/json"), (500, "application/json"),
+                            (200, "application/json"), (200, "text/html"),
+                            (200, "application/json")]
+        assert srv.stats.faults == {"500": 1, "html": 1}
+        assert [json.loads(b)["seed"] for b in srv.stats.bodies] == [1, 2, 3, 4, 5]
+
+
+def test_scripted_faults_are_checked():
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        ServerOptions(script={1: "teapot"})
+    with pytest.raises(ValueError, match="numbered from 1"):
+        ServerOptions(script={0: "500"})
+
+
 async def test_fail_trigger_in_the_prompt(server, session):
     cases = {400: "invalid_request_error", 403: "authorization_error", 404: "not_found_error",
              413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",

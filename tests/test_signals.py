@@ -21,13 +21,12 @@ N = 40
 
 SERVER = f"""
 import asyncio, sys
-sys.path.insert(0, {str(TESTS)!r})
-from fake_api import FakeApi, start
+from pipeline.server import ServerOptions, running_server
 async def main():
-    api = FakeApi(key={KEY!r}, latency=float(sys.argv[1]))
-    runner, url = await start(api)
-    print(url, flush=True)
-    await asyncio.Event().wait()
+    options = ServerOptions(key={KEY!r}, latency_ms=1000 * float(sys.argv[1]), workers=1)
+    async with running_server(options) as srv:
+        print(srv.url, flush=True)
+        await asyncio.Event().wait()
 asyncio.run(main())
 """
 
