@@ -177,6 +177,7 @@ class Pacer:
         self._spent_at: float | None = None  # budget spent with no reset known, since then
         self._news: asyncio.Event | None = None  # set by the next observe()
         self._started = 0  # requests started so far (each gets this number as its ticket)
+        self._line = asyncio.Lock()  # acquire() callers, served first come, first served
 
     def ready_at(self) -> float:
         """The clock time a request could start, as far as this pacer knows now."""
@@ -216,8 +217,13 @@ class Pacer:
         return self._news
 
     async def acquire(self, stop: asyncio.Event | None = None) -> int:
-        """Wait until one more request may start; its ticket. Raises Stopped once `stop` is set."""
-        _index, ticket = await start_on((self,), stop, clock=self._clock, sleep=self._sleep)
+        """Wait until one more request may start; its ticket. Raises Stopped once `stop` is set.
+
+        Callers are served in the order they came (asyncio.Lock is fair): a job that comes
+        back for a retry queues behind those already waiting.
+        """
+        async with self._line:
+            _index, ticket = await start_on((self,), stop, clock=self._clock, sleep=self._sleep)
         return ticket
 
     def observe(self, headers: Mapping[str, str], status: int, ticket: int | None = None) -> None:
@@ -257,7 +263,8 @@ async def start_on(
     """Wait until one of `pacers` may start a request: (its index, the ticket).
 
     When several may start at once the first in `pacers` does, so the caller orders them
-    by preference. Raises Stopped the moment `stop` is set, however long the wait.
+    by preference. Raises Stopped the moment `stop` is set, however long the wait. Callers
+    that wait together take turns through a lock of their own (first come, first served).
     """
     while True:
         if stop is not None and stop.is_set():

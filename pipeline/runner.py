@@ -185,6 +185,9 @@ class Runner:
         self._clock = clock
         self._rng = rng
         self._stop: asyncio.Event | None = None
+        # Workers waiting to start take turns in the order they came, so a job back for a
+        # retry queues behind jobs already waiting.
+        self._line = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._made = False  # whether any image came back in this run
         self._throttled_since: float | None = None  # first 429 since the last image
@@ -256,9 +259,10 @@ class Runner:
 
         Among members that may start at once, the one with the fewest requests in flight.
         """
-        order = sorted(self.members, key=lambda m: m.in_flight)
-        index, ticket = await start_on([m.pacer for m in order], self._stop,
-                                       clock=self._clock, sleep=self._base_sleep)
+        async with self._line:
+            order = sorted(self.members, key=lambda m: m.in_flight)
+            index, ticket = await start_on([m.pacer for m in order], self._stop,
+                                           clock=self._clock, sleep=self._base_sleep)
         return order[index], ticket
 
     async def _attempt(self, store: JobStore, job: Job, counter: list[int]) -> GeneratedImage:
