@@ -53,11 +53,26 @@ def _add_max_jobs(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_env_prefix(p: argparse.ArgumentParser) -> None:
+def _add_env_prefix(p: argparse.ArgumentParser, *, pool: bool = False) -> None:
+    more = ("; give several (repeated or comma-separated) to run on a pool of model "
+            "resources, each paced on its own") if pool else ""
     p.add_argument(
-        "--env-prefix", default=DEFAULT_PREFIX, metavar="PREFIX",
-        help=f"read PREFIX_URL, PREFIX_KEY, PREFIX_MODEL_ID (default {DEFAULT_PREFIX})",
+        "--env-prefix", action="append", metavar="PREFIX",
+        help=f"read PREFIX_URL, PREFIX_KEY, PREFIX_MODEL_ID (default {DEFAULT_PREFIX}){more}",
     )
+
+
+def _prefixes(args: argparse.Namespace) -> tuple[str, ...]:
+    """The --env-prefix values as given (each may be a comma-separated list)."""
+    return tuple(args.env_prefix or (DEFAULT_PREFIX,))
+
+
+def _prefix(args: argparse.Namespace) -> str:
+    """The first prefix: the one whose MODEL_ID a manifest without `model:` takes (every
+    member of a pool must name the same model)."""
+    from pipeline.config import split_prefixes
+
+    return split_prefixes(_prefixes(args))[0][0]
 
 
 def _add_out(p: argparse.ArgumentParser) -> None:
@@ -128,7 +143,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--concurrency", type=_positive_int, default=default("concurrency"),
                    metavar="N", help=f"requests in flight at most (default {default('concurrency')})")
     p.add_argument("--rpm", type=_rpm, default=default("rpm"), metavar="N",
-                   help="start at most N requests a minute, evenly spaced; 0 for no pacing of "
+                   help="start at most N requests a minute to each backend, evenly spaced; 0 for no pacing of "
                         f"our own (default: none for the local server; {REMOTE_DEFAULT_RPM:g}, or "
                         "the service's advertised per-minute limit, for a URL)")
     p.add_argument("--retries", type=_count, default=default("retries"), metavar="N",
@@ -145,7 +160,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                    help="skip thumbnails, contact sheets and index.html")
     p.add_argument("--json", action="store_true",
                    help="the summary as JSON on stdout; everything else on stderr")
-    _add_env_prefix(p)
+    _add_env_prefix(p, pool=True)
     p.add_argument("-v", "--verbose", action="count", default=0)
 
     p = sub.add_parser("status", help="count done, failed and pending jobs; send nothing")
@@ -155,7 +170,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--shard", type=_shard, metavar="K/N")
     p.add_argument("--json", action="store_true", help="counts as JSON (jobs too with -v)")
     _add_max_jobs(p)
-    _add_env_prefix(p)
+    _add_env_prefix(p, pool=True)
     p.add_argument("-v", "--verbose", action="count", default=0, help="one line per job")
 
     p = sub.add_parser("show", help="print the request embedded in an image")
@@ -256,7 +271,7 @@ def _script(text: str) -> dict[int, str]:
 def _cmd_sheet(args: argparse.Namespace) -> int:
     from pipeline.status import sheet_command
 
-    return sheet_command(args.manifest, out_dir=Path(args.out), env_prefix=args.env_prefix,
+    return sheet_command(args.manifest, out_dir=Path(args.out), env_prefix=_prefix(args),
                          max_jobs=args.max_jobs)
 
 
@@ -265,7 +280,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from pipeline.summary import merge_text
 
     report = merge_command(args.sources, args.out, manifests=args.manifest,
-                           max_jobs=args.max_jobs, env_prefix=args.env_prefix,
+                           max_jobs=args.max_jobs, env_prefix=_prefix(args),
                            post=not args.no_post)
     print(merge_text(report), file=sys.stdout)
     for plan in report.plans:
@@ -290,14 +305,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.preview import validate_command
 
-    return validate_command(args.manifests, max_jobs=args.max_jobs, env_prefix=args.env_prefix)
+    return validate_command(args.manifests, max_jobs=args.max_jobs, env_prefix=_prefix(args))
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from pipeline.preview import plan_command
 
     return plan_command(args.manifest, as_json=args.json, shard=args.shard,
-                        max_jobs=args.max_jobs, env_prefix=args.env_prefix)
+                        max_jobs=args.max_jobs, env_prefix=_prefix(args))
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -313,7 +328,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         manifests=tuple(args.manifests), out=Path(args.out), concurrency=args.concurrency,
         rpm=args.rpm, retries=args.retries, timeout=args.timeout, force=args.force,
         shard=args.shard, max_jobs=args.max_jobs, local=args.local, post=not args.no_post,
-        env_prefix=args.env_prefix, verbose=args.verbose,
+        env_prefixes=_prefixes(args), verbose=args.verbose,
     ))
     return report_run(report, as_json=args.json, out=sys.stdout, err=sys.stderr)
 
@@ -344,7 +359,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from pipeline.status import status_command
 
     return status_command(
-        args.manifest, out_dir=Path(args.out), local=args.local, env_prefix=args.env_prefix,
+        args.manifest, out_dir=Path(args.out), local=args.local, env_prefixes=_prefixes(args),
         verbose=args.verbose, as_json=args.json, shard=args.shard, max_jobs=args.max_jobs,
     )
 

@@ -28,7 +28,7 @@ class RunOptions:
     manifests: tuple[str, ...]
     out: Path = DEFAULT_OUT
     concurrency: int = _RUN.concurrency
-    rpm: float | None = None  # None: REMOTE_DEFAULT_RPM (or the advertised limit) for a URL
+    rpm: float | None = None  # per backend; None: REMOTE_DEFAULT_RPM (or its advertised limit)
     retries: int = _RUN.retries
     timeout: float = REQUEST_TIMEOUT
     force: bool = False
@@ -36,7 +36,9 @@ class RunOptions:
     max_jobs: int = DEFAULT_MAX_JOBS
     local: bool = False
     post: bool = True
-    env_prefix: str = DEFAULT_PREFIX
+    # Each names {PREFIX}_URL, _KEY, _MODEL_ID; several (or a comma-separated list) make a
+    # pool of backends.
+    env_prefixes: tuple[str, ...] = (DEFAULT_PREFIX,)
     verbose: int = 0
     backoff_base: float = _RUN.backoff_base  # seconds; first retry waits up to this
 

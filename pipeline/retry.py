@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import random
 import re
 import time
@@ -178,9 +179,19 @@ class Pacer:
         self._news: asyncio.Event | None = None  # set by the next observe()
         self._started = 0  # requests started so far (each gets this number as its ticket)
         self._line = asyncio.Lock()  # acquire() callers, served first come, first served
+        self._closed = False
+
+    def close(self) -> None:
+        """Start nothing more (its backend is dropped); wake whoever waits on it."""
+        self._closed = True
+        if self._news is not None:
+            self._news.set()
+            self._news = None
 
     def ready_at(self) -> float:
         """The clock time a request could start, as far as this pacer knows now."""
+        if self._closed:
+            return math.inf
         at = self._resume_at
         if self._interval and self._last_start is not None:
             at = max(at, self._last_start + self._interval)
@@ -223,7 +234,8 @@ class Pacer:
         back for a retry queues behind those already waiting.
         """
         async with self._line:
-            _index, ticket = await start_on((self,), stop, clock=self._clock, sleep=self._sleep)
+            _pacer, ticket = await start_on(lambda: (self,), stop, clock=self._clock,
+                                            sleep=self._sleep)
         return ticket
 
     def observe(self, headers: Mapping[str, str], status: int, ticket: int | None = None) -> None:
@@ -257,22 +269,24 @@ class Pacer:
 
 
 async def start_on(
-    pacers: Sequence[Pacer], stop: asyncio.Event | None, *,
+    choose: Callable[[], Sequence[Pacer]], stop: asyncio.Event | None, *,
     clock: Callable[[], float], sleep: Sleep,
-) -> tuple[int, int]:
-    """Wait until one of `pacers` may start a request: (its index, the ticket).
+) -> tuple[Pacer, int]:
+    """Wait until one of the pacers `choose()` names may start a request: (it, the ticket).
 
-    When several may start at once the first in `pacers` does, so the caller orders them
-    by preference. Raises Stopped the moment `stop` is set, however long the wait. Callers
-    that wait together take turns through a lock of their own (first come, first served).
+    `choose` is asked again after every wait, in order of preference: when several may
+    start at once the first does. Raises Stopped the moment `stop` is set, however long the
+    wait. Callers that wait together take turns through a lock of their own (first come,
+    first served).
     """
     while True:
         if stop is not None and stop.is_set():
             raise Stopped
-        for index, pacer in enumerate(pacers):
+        pacers = choose()
+        for pacer in pacers:
             ticket = pacer.try_start()
             if ticket is not None:
-                return index, ticket
+                return pacer, ticket
         wait = min(p.ready_at() for p in pacers) - clock()
         wake = [p.news() for p in pacers]
         await nap(sleep, wait, *wake, *([stop] if stop is not None else []))

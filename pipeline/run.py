@@ -1,9 +1,10 @@
 """`imagebatch run`, less its output: plans in, a RunReport out.
 
 Read top to bottom: load the plans, pick the backend (the URL, or the embedded server
-started here), skip what is done, wire the session, pacer, client and runner, let signals
-stop it, write each plan's summary.json, post-process, and return the typed report. The
-command line prints the report and turns it into an exit code.
+started here, or a pool of several URLs and keys), skip what is done, wire the session and
+a pacer and client per backend into the runner, let signals stop it, write each plan's
+summary.json, post-process, and return the typed report. The command line prints the
+report and turns it into an exit code.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -30,10 +31,17 @@ from pipeline.plan import Job, Plan
 from pipeline.post import build_all
 from pipeline.progress import Progress
 from pipeline.retry import Pacer
-from pipeline.runner import Member, Runner, RunState, StoreTally
+from pipeline.runner import Member, Runner, StoreTally
 from pipeline.server import ServerOptions, running_server
 from pipeline.store import Store
-from pipeline.summary import Failure, PlanReport, RunReport, markdown, plan_doc
+from pipeline.summary import (
+    Failure,
+    MemberReport,
+    PlanReport,
+    RunReport,
+    markdown,
+    plan_doc,
+)
 
 
 def run(opts: RunOptions, env: Mapping[str, str] | None = None,
@@ -45,46 +53,58 @@ def run(opts: RunOptions, env: Mapping[str, str] | None = None,
     """
     env = os.environ if env is None else env
     err = err or sys.stderr
-    plans = load_plans(opts.manifests, env, opts.env_prefix, max_jobs=opts.max_jobs,
+    prefixes, notes = config.split_prefixes(opts.env_prefixes)
+    plans = load_plans(opts.manifests, env, prefixes[0], max_jobs=opts.max_jobs,
                        shard=opts.shard)
-    conn = config.connection(env, opts.env_prefix, local=opts.local)
-    report = asyncio.run(run_plans(plans, conn, opts, err))
+    conns, more = config.pool(env, prefixes, local=opts.local)
+    for note in (*notes, *more):
+        print(f"note: {note}", file=err)
+    report = asyncio.run(run_plans(plans, conns, opts, err))
     write_step_summary(report, env)
     return report
 
 
 @dataclass(frozen=True, slots=True)
 class _Backend:
+    prefix: str  # the environment prefix naming its variables
     url: str
-    key: str
+    key: str = field(repr=False)
     name: str  # what results.jsonl records
 
 
 @contextlib.asynccontextmanager
-async def _backend(conn: config.Connection, err: TextIO, reason: str) -> AsyncIterator[_Backend]:
-    """The remote service, or the embedded server started here for the run's duration."""
-    if not conn.local:
-        assert conn.url is not None and conn.key is not None
-        yield _Backend(conn.url, conn.key, config.backend_name(conn.url))
+async def _backends(
+    conns: Sequence[config.Connection], err: TextIO, reason: str
+) -> AsyncIterator[list[_Backend]]:
+    """The remote service(s), or the embedded server started here for the run's duration."""
+    if not conns[0].local:
+        yield [_Backend(c.prefix, c.url, c.key, config.backend_name(c.url))
+               for c in conns if c.url is not None and c.key is not None]
         return
     async with running_server(ServerOptions(), host="127.0.0.1", port=0) as srv:
         print(f"{reason}: using the embedded local server at {srv.url}", file=err, flush=True)
-        yield _Backend(srv.url, "local", config.LOCAL_BACKEND)
+        yield [_Backend(conns[0].prefix, srv.url, "local", config.LOCAL_BACKEND)]
 
 
 async def run_plans(
-    plans: Sequence[Plan], conn: config.Connection, opts: RunOptions, err: TextIO,
-    reason: str = "",
+    plans: Sequence[Plan], conn: config.Connection | Sequence[config.Connection],
+    opts: RunOptions, err: TextIO, reason: str = "",
 ) -> RunReport:
-    """Run validated plans against `conn` (or the embedded server); write each summary.json,
-    post-process unless stopped or told not to; the report."""
-    reason = reason or ("--local given" if opts.local else f"no {opts.env_prefix}_URL set")
+    """Run validated plans against `conn` (the embedded server for a local one), or against
+    a pool of connections; write each summary.json, post-process unless stopped or told
+    not to; the report."""
+    conns = [conn] if isinstance(conn, config.Connection) else list(conn)
+    reason = reason or ("--local given" if opts.local else f"no {conns[0].prefix}_URL set")
     started = time.monotonic()
-    async with _backend(conn, err, reason) as backend:
-        stores = [Store(opts.out, plan.name, backend.name) for plan in plans]
+    async with _backends(conns, err, reason) as backends:
+        pooled = len(backends) > 1
+        name = ",".join(sorted({b.name for b in backends}))
+        members = {b.prefix: b.name for b in backends} if pooled else None
+        stores = [Store(opts.out, plan.name, name, members=members) for plan in plans]
         try:
             work, skipped = await _todo(plans, stores, opts, err)
-            state = await _run_jobs(work, conn, backend, opts, err)
+            runner = await _run_jobs(work, backends, opts, err)
+            state = runner.state
         finally:
             for store in stores:
                 store.close()
@@ -92,10 +112,12 @@ async def run_plans(
         reports = [_plan_report(plan, store, state.by_store.get(store, StoreTally()), done,
                                 seconds, state.interrupted)
                    for plan, store, done in zip(plans, stores, skipped)]
+        pool = tuple(MemberReport(m.prefix, m.requests, m.images, m.throttled, m.dropped)
+                     for m in runner.members) if pooled else ()
         store_error = state.store_error
         for store, report in zip(stores, reports):
             try:
-                await asyncio.to_thread(store.write_summary, plan_doc(report))
+                await asyncio.to_thread(store.write_summary, plan_doc(report, members=pool))
             except StoreError as exc:
                 # A full or read-only disk: still report what was made, and the first
                 # write that failed (an image, usually) rather than this one.
@@ -110,7 +132,7 @@ async def run_plans(
                 store_error = exc
                 break
     reports = [_with_post_outputs(r) for r in reports]
-    return RunReport(tuple(reports), interrupted=state.interrupted,
+    return RunReport(tuple(reports), members=pool, interrupted=state.interrupted,
                      config_error=state.config_error, store_error=store_error)
 
 
@@ -132,29 +154,40 @@ async def _todo(
     return work, skipped
 
 
-async def _run_jobs(work: list[tuple[Store, Job]], conn: config.Connection, backend: _Backend,
-                    opts: RunOptions, err: TextIO) -> RunState:
-    """The session, pacer, client and runner for one run, stopped by SIGINT / SIGTERM."""
+async def _run_jobs(work: list[tuple[Store, Job]], backends: Sequence[_Backend],
+                    opts: RunOptions, err: TextIO) -> Runner:
+    """The session, and a pacer and client per backend, run by one runner (stopped by
+    SIGINT / SIGTERM); the runner, done."""
     # One clock and one sleep for pacing and backoff alike.
     clock, sleep = time.monotonic, asyncio.sleep
     settings = opts.settings()
     rpm, auto = opts.rpm, False
-    if rpm is None and not conn.local:
-        rpm, auto = REMOTE_DEFAULT_RPM, True
-    pacer = Pacer(rpm or None, auto_rpm=auto, clock=clock, sleep=sleep,
-                  pause_cap=settings.retry_after_cap)
+    if rpm is None and backends[0].name != config.LOCAL_BACKEND:
+        rpm, auto = REMOTE_DEFAULT_RPM, True  # per backend: a pool of N goes N times as fast
     progress = Progress(len(work), stream=err)
+
+    def dropped(member: Member) -> None:
+        print(f"\nwarning: pool member {member.prefix} dropped, its jobs go to the others: "
+              f"{member.dropped}", file=err, flush=True)
+
+    # --concurrency caps the requests in flight over every backend together.
     connector = aiohttp.TCPConnector(limit=opts.concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-        client = ApiClient(session, backend.url, backend.key, timeout=opts.timeout,
-                           key_variable=conn.key_variable)
-        runner = Runner([Member(client, pacer, prefix=conn.prefix)], settings, sleep=sleep,
-                        clock=clock, on_change=lambda st: progress.update(st.ok, st.failed))
+        members = [
+            Member(ApiClient(session, b.url, b.key, timeout=opts.timeout,
+                             key_variable=f"{b.prefix}_KEY"),
+                   Pacer(rpm or None, auto_rpm=auto, clock=clock, sleep=sleep,
+                         pause_cap=settings.retry_after_cap),
+                   prefix=b.prefix)
+            for b in backends]
+        runner = Runner(members, settings, sleep=sleep, clock=clock, on_drop=dropped,
+                        on_change=lambda st: progress.update(st.ok, st.failed))
         try:
             with _stopped_by_signals(runner, err):
-                return await runner.run(work)
+                await runner.run(work)
         finally:
             progress.close()
+    return runner
 
 
 @contextlib.contextmanager

@@ -6,6 +6,13 @@ a `clock`. A fixed pool of `concurrency` workers pulls jobs in plan order, so me
 not grow with the plan and nothing holds an image after it is written. Requests go to a
 `Member`: a client with its own pacer (one for a single backend).
 
+With several members (a pool), each attempt starts on the member that can start it
+soonest. A member whose key is refused (401, 403), whose URL cannot be reached, or that
+has no image endpoint is dropped for the rest of the run, and the job goes on at once on
+another member, as does a job a member answered 429 (that member cools on its own); none
+of these counts against the job's retries, since nothing was made. Only when every member
+is dropped does the run stop.
+
 A stop reaches every waiting worker through one event, `stop`, which both the retry waits
 and the pacers' waits end on.
 """
@@ -22,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 from pipeline import apispec
 from pipeline.errors import (
     ApiError,
+    AuthError,
     PermanentApiError,
     RetryableApiError,
     ServiceConfigError,
@@ -61,13 +69,16 @@ class JobStore(Protocol):
     """What the runner needs from a store."""
 
     def save(
-        self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None
+        self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None,
+        member: str | None = None,
     ) -> Record:
-        """Write the image and record it ok."""
+        """Write the image and record it ok (made by pool member `member`, if a pool's)."""
         ...
 
-    def fail(self, job: Job, error: str, *, attempts: int, seconds: float) -> Record:
-        """Record a failure."""
+    def fail(
+        self, job: Job, error: str, *, attempts: int, seconds: float, member: str | None = None
+    ) -> Record:
+        """Record a failure (its last attempt on pool member `member`, if a pool's)."""
         ...
 
 
@@ -100,16 +111,28 @@ class Member:
         self.prefix = prefix  # the environment prefix naming its variables ("" for none)
         self.requests = 0  # HTTP requests sent to it
         self.images = 0  # images it delivered
+        self.throttled = 0  # 429s it answered
         self.in_flight = 0
         # Whether it has sent any HTTP answer in this run: until it has, failures that say
         # "wrong URL" are counted against it rather than retried per job.
         self.answered = False
-        self.unreachable = 0  # attempts that could not connect, before any answer
+        self.unreachable = 0  # attempts in a row that could not connect
+        self.dropped: str | None = None  # why it takes no more requests, once dropped
 
     @property
     def url_variable(self) -> str:
         """The variable holding its URL, named in messages about a URL that does not work."""
         return f"{self.prefix}_URL" if self.prefix else "the service URL"
+
+    @property
+    def key_variable(self) -> str:
+        """The variable holding its key, named in messages about a refused key."""
+        return f"{self.prefix}_KEY" if self.prefix else "the key"
+
+
+class _Moved(Exception):
+    """The member could not take the job (dropped, or cooling after a 429): start it again
+    on another member, with no backoff and no retry spent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +194,7 @@ class Runner:
         *,
         sleep: Sleep = asyncio.sleep,
         on_change: Callable[[RunState], None] | None = None,
+        on_drop: Callable[[Member], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] | None = None,
     ) -> None:
@@ -182,6 +206,7 @@ class Runner:
         self.state = RunState()
         self._base_sleep = sleep
         self._on_change = on_change
+        self._on_drop = on_drop
         self._clock = clock
         self._rng = rng
         self._stop: asyncio.Event | None = None
@@ -258,16 +283,40 @@ class Runner:
         """Wait until a member may start a request: (the member, its pacer's ticket).
 
         Among members that may start at once, the one with the fewest requests in flight.
+        Raises ServiceConfigError when every member has been dropped.
         """
-        async with self._line:
-            order = sorted(self.members, key=lambda m: m.in_flight)
-            index, ticket = await start_on([m.pacer for m in order], self._stop,
-                                           clock=self._clock, sleep=self._base_sleep)
-        return order[index], ticket
+        by_pacer = {m.pacer: m for m in self.members}
 
-    async def _attempt(self, store: JobStore, job: Job, counter: list[int]) -> GeneratedImage:
-        member, ticket = await self._start()
-        counter[0] += 1
+        def choose() -> list[Pacer]:
+            live = [m for m in self.members if m.dropped is None]
+            if not live:
+                raise ServiceConfigError(
+                    "every member of the pool was dropped: " + "; ".join(
+                        f"{m.prefix}: {m.dropped}" for m in self.members))
+            return [m.pacer for m in sorted(live, key=lambda m: m.in_flight)]
+
+        async with self._line:
+            pacer, ticket = await start_on(choose, self._stop, clock=self._clock,
+                                           sleep=self._base_sleep)
+        return by_pacer[pacer], ticket
+
+    @property
+    def _pooled(self) -> bool:
+        return len(self.members) > 1
+
+    async def _attempt(
+        self, store: JobStore, job: Job, counter: list[int], last: list[Member]
+    ) -> GeneratedImage:
+        while True:
+            member, ticket = await self._start()
+            counter[0] += 1
+            last[:] = [member]
+            try:
+                return await self._send(member, ticket, store, job)
+            except _Moved:
+                continue
+
+    async def _send(self, member: Member, ticket: int, store: JobStore, job: Job) -> GeneratedImage:
         tally = self.state.tally(store)
 
         def observe(headers: Mapping[str, str], status: int) -> None:
@@ -279,7 +328,16 @@ class Runner:
         except ApiError as exc:
             tally.requests += exc.requests
             member.requests += exc.requests
-            self._check_service(member, exc)
+            if exc.status is not None:
+                member.answered = True
+                member.unreachable = 0
+            if exc.status == 429:
+                member.throttled += 1
+                self._check_throttled()
+            if self._pooled:
+                self._check_member(member, exc)
+            else:
+                self._check_service(member, exc)
             raise
         finally:
             member.in_flight -= 1
@@ -287,8 +345,48 @@ class Runner:
         member.requests += image.requests
         member.images += 1
         member.answered = self._made = True
+        member.unreachable = 0
         self._throttled_since = None
         return image
+
+    def _check_member(self, member: Member, exc: ApiError) -> None:
+        """In a pool: drop a member that cannot serve, and move the job when its member
+        could not take it (raising _Moved); else leave the failure to the job's retries."""
+        if member.dropped is not None:
+            raise _Moved  # dropped while this request was in flight
+        others = any(m.dropped is None for m in self.members if m is not member)
+        if isinstance(exc, AuthError):
+            self._drop(member, exc.message)
+        elif isinstance(exc, PermanentApiError) and exc.status == 403:
+            self._drop(member, f"the service refused its key (403: {exc.message}): check "
+                               f"{member.key_variable}")
+        elif isinstance(exc, UnreachableError):
+            member.unreachable += 1
+            # A member that has answered and is the last one left keeps its jobs: they are
+            # retried (and recorded) as a single backend's would be.
+            if member.unreachable > self.settings.retries and (others or not member.answered):
+                self._drop(member, f"{exc.message}, {member.unreachable} attempts in a row: "
+                                   f"check {member.url_variable}")
+            elif others:
+                raise _Moved
+            return
+        elif (isinstance(exc, PermanentApiError) and exc.status == 404
+              and member.images == 0):
+            self._drop(member, f"it answered 404 ({exc.message}) to POST {apispec.ENDPOINT}: "
+                               f"check {member.url_variable} and the model id")
+        elif exc.status == 429 and others:
+            member.pacer.pause(exc.retry_after if isinstance(exc, RetryableApiError)
+                               and exc.retry_after is not None else 1.0)
+            raise _Moved
+        else:
+            return
+        raise _Moved
+
+    def _drop(self, member: Member, reason: str) -> None:
+        member.dropped = reason
+        member.pacer.close()
+        if self._on_drop is not None:
+            self._on_drop(member)
 
     def _check_service(self, member: Member, exc: ApiError) -> None:
         """Turn a failure into a ServiceConfigError (stopping the run) when it means that the
@@ -299,8 +397,6 @@ class Runner:
         setting. A service that answers even once has a right URL: from then on such
         failures are transient and retried per job.
         """
-        if exc.status is not None:
-            member.answered = True
         if isinstance(exc, UnreachableError) and not member.answered:
             member.unreachable += 1
             # the retry budget of one job, spent across the run: workers fail in parallel
@@ -308,16 +404,6 @@ class Runner:
                 raise ServiceConfigError(
                     f"{exc.message}, {member.unreachable} attempts without an answer: check "
                     f"{member.url_variable}", status=None) from None
-        elif exc.status == 429:
-            now = self._clock()
-            if self._throttled_since is None:
-                self._throttled_since = now
-            elif now - self._throttled_since >= self.settings.throttled_stop:
-                raise ServiceConfigError(
-                    f"the service has answered only 429 (too many requests) for "
-                    f"{(now - self._throttled_since) / 60:.0f} minutes, with no image in "
-                    f"between: the key's quota may be spent. Finished images are kept; run "
-                    f"the same command later to go on", status=429) from None
         elif isinstance(exc, PermanentApiError) and exc.status == 404 and not self._made:
             # The endpoint itself is missing: every job would get the same 404. (Not an image
             # download's 404, which is retried: that file may just have expired.)
@@ -326,13 +412,27 @@ class Runner:
                 f"{member.url_variable} (the base URL of the inference service) and the "
                 f"model id", status=404) from None
 
+    def _check_throttled(self) -> None:
+        """Stop the run (ServiceConfigError) after `throttled_stop` seconds of nothing but
+        429s, with no image in between."""
+        now = self._clock()
+        if self._throttled_since is None:
+            self._throttled_since = now
+        elif now - self._throttled_since >= self.settings.throttled_stop:
+            raise ServiceConfigError(
+                f"the service has answered only 429 (too many requests) for "
+                f"{(now - self._throttled_since) / 60:.0f} minutes, with no image in "
+                f"between: the key's quota may be spent. Finished images are kept; run "
+                f"the same command later to go on", status=429) from None
+
     async def _one(self, store: JobStore, job: Job) -> None:
         started = self._clock()
         counter = [0]
+        last: list[Member] = []  # the member of the latest attempt
         retrying = build_retrying(self.settings.retry, sleep=self.sleep,
                                   rng=self._rng or random.random)
         try:
-            image: GeneratedImage = await retrying(self._attempt, store, job, counter)
+            image: GeneratedImage = await retrying(self._attempt, store, job, counter, last)
         except Stopped:
             raise
         except ServiceConfigError as exc:
@@ -346,7 +446,8 @@ class Runner:
             if isinstance(exc, RetryableApiError) and counter[0] > 1:
                 reason = f"{reason} (gave up after {counter[0]} attempts)"
             await asyncio.to_thread(
-                store.fail, job, reason, attempts=counter[0], seconds=self._clock() - started
+                store.fail, job, reason, attempts=counter[0], seconds=self._clock() - started,
+                member=self._name(last),
             )
             self._finish(store, Outcome(job, "failed", counter[0], reason))
             return
@@ -357,7 +458,7 @@ class Runner:
         # waits for it and counts it before giving up.
         save = asyncio.ensure_future(asyncio.to_thread(
             store.save, job, data, attempts=counter[0], seconds=self._clock() - started,
-            created=created,
+            created=created, member=self._name(last),
         ))
         del data
         try:
@@ -367,6 +468,10 @@ class Runner:
             self._finish(store, Outcome(job, "ok", counter[0]))
             raise
         self._finish(store, Outcome(job, "ok", counter[0]))
+
+    def _name(self, last: list[Member]) -> str | None:
+        """The prefix of the member of the latest attempt, recorded for a pool's jobs."""
+        return last[0].prefix if self._pooled and last else None
 
     def _finish(self, store: JobStore, outcome: Outcome) -> None:
         tally = self.state.tally(store)

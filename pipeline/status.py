@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,16 +26,20 @@ from pipeline.store import Store
 
 def status_command(
     manifest: str, *, out_dir: Path = DEFAULT_OUT, local: bool = False,
-    env_prefix: str = config.DEFAULT_PREFIX, verbose: int = 0, as_json: bool = False,
-    shard: tuple[int, int] | None = None, max_jobs: int = DEFAULT_MAX_JOBS,
-    env: Mapping[str, str] | None = None, out: TextIO | None = None,
+    env_prefixes: Sequence[str] = (config.DEFAULT_PREFIX,), verbose: int = 0,
+    as_json: bool = False, shard: tuple[int, int] | None = None,
+    max_jobs: int = DEFAULT_MAX_JOBS, env: Mapping[str, str] | None = None,
+    out: TextIO | None = None,
 ) -> int:
-    """`imagebatch status`: done / failed / pending against the backend `run` would use."""
+    """`imagebatch status`: done / failed / pending against the backend `run` would use
+    (for a pool, done by any of its members)."""
     env = os.environ if env is None else env
     out = out or sys.stdout
-    backend = config.status_backend(env, env_prefix, local)
-    (plan,) = load_plans([manifest], env, env_prefix, max_jobs=max_jobs, shard=shard)
-    store = Store(out_dir, plan.name, backend)
+    prefixes, _repeats = config.split_prefixes(env_prefixes)
+    names = config.status_backends(env, prefixes, local)
+    backend = ",".join(sorted(set(names.values())))
+    (plan,) = load_plans([manifest], env, prefixes[0], max_jobs=max_jobs, shard=shard)
+    store = Store(out_dir, plan.name, backend, members=names if len(names) > 1 else None)
     store.load()
     counts = {"done": 0, "failed": 0, "pending": 0}
     rows: list[dict[str, str | None]] = []

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -48,10 +48,14 @@ class Record:
     bytes: int | None
     seconds: float
     created: int | None
+    member: str | None = None  # the pool member's prefix (DIFFUSION2), for a pool's runs
 
     def to_line(self) -> builtins.bytes:
-        """The JSON line, newline included."""
-        return (json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        """The JSON line, newline included (`member` only when there is one)."""
+        doc = asdict(self)
+        if doc["member"] is None:
+            del doc["member"]
+        return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Record | None:
@@ -62,6 +66,7 @@ class Record:
                 backend=str(doc["backend"]), attempts=int(doc.get("attempts") or 0),
                 error=doc.get("error"), sha256=doc.get("sha256"), bytes=doc.get("bytes"),
                 seconds=float(doc.get("seconds") or 0.0), created=doc.get("created"),
+                member=doc.get("member") if isinstance(doc.get("member"), str) else None,
             )
         except (KeyError, TypeError, ValueError, OverflowError):  # e.g. "attempts": 1e400
             return None
@@ -156,12 +161,19 @@ def open_locked(results: Path) -> BinaryIO:
 
 
 class Store:
-    """Everything one plan writes, under `<out>/<name>/`, for one backend."""
+    """Everything one plan writes, under `<out>/<name>/`, for one backend or a pool.
 
-    def __init__(self, out: Path, name: str, backend: str) -> None:
+    A pool's store is given its members (prefix -> backend name): each record names the
+    member's backend and prefix, and a job recorded ok by any member's backend is done.
+    """
+
+    def __init__(self, out: Path, name: str, backend: str, *,
+                 members: Mapping[str, str] | None = None) -> None:
         self.root = Path(out) / name
         self.images = self.root / IMAGES
         self.backend = backend
+        self._members = dict(members or {})
+        self._backends = frozenset(self._members.values()) or frozenset({backend})
         self._lock = threading.Lock()
         self._results: Any = None  # binary append handle, opened by prepare()
         self._latest_ok: dict[str, Record] = {}
@@ -188,7 +200,7 @@ class Store:
             self._latest_ok[rec.key] = rec
             self._latest_fail.pop(rec.key, None)
             self._written[rec.path] = rec.key
-        elif rec.backend == self.backend:
+        elif rec.backend in self._backends:
             self._latest_fail[rec.key] = rec
 
     def image_path(self, job: Job) -> Path:
@@ -201,7 +213,7 @@ class Store:
     def is_done(self, job: Job) -> bool:
         """Image on disk and the latest ok record of the key has this backend and path."""
         rec = self._latest_ok.get(job.key)
-        if rec is None or rec.backend != self.backend or rec.path != job.path:
+        if rec is None or rec.backend not in self._backends or rec.path != job.path:
             return False
         if self._written.get(job.path) != job.key:
             return False
@@ -264,34 +276,43 @@ class Store:
             self._index(rec)
 
     def save(
-        self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None
+        self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None,
+        member: str | None = None,
     ) -> Record:
-        """Embed the request, write the image atomically, then record it ok (in that order)."""
+        """Embed the request, write the image atomically, then record it ok (in that order);
+        `member` is the pool member that made it."""
         try:
             blob = metadata.embed(data, job.body)
             path = self.image_path(job)
             atomic_write(path, blob)
             rec = Record(
-                key=job.key, path=job.path, status="ok", backend=self.backend, attempts=attempts,
-                error=None, sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob),
-                seconds=round(seconds, 3), created=created,
+                key=job.key, path=job.path, status="ok", backend=self._backend_of(member),
+                attempts=attempts, error=None, sha256=hashlib.sha256(blob).hexdigest(),
+                bytes=len(blob), seconds=round(seconds, 3), created=created, member=member,
             )
             self._append(rec)
         except OSError as exc:
             raise write_error(self.images / job.path, exc) from None
         return rec
 
-    def fail(self, job: Job, error: str, *, attempts: int, seconds: float) -> Record:
-        """Record that `job` failed (its old image, if any, is left alone)."""
+    def fail(
+        self, job: Job, error: str, *, attempts: int, seconds: float, member: str | None = None
+    ) -> Record:
+        """Record that `job` failed (its old image, if any, is left alone); `member` is the
+        pool member of its last attempt."""
         rec = Record(
-            key=job.key, path=job.path, status="failed", backend=self.backend, attempts=attempts,
-            error=error, sha256=None, bytes=None, seconds=round(seconds, 3), created=None,
+            key=job.key, path=job.path, status="failed", backend=self._backend_of(member),
+            attempts=attempts, error=error, sha256=None, bytes=None, seconds=round(seconds, 3),
+            created=None, member=member,
         )
         try:
             self._append(rec)
         except OSError as exc:
             raise write_error(self.root / RESULTS, exc) from None
         return rec
+
+    def _backend_of(self, member: str | None) -> str:
+        return self._members[member] if member is not None else self.backend
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """Write summary.json atomically; return its path."""

@@ -50,10 +50,22 @@ class PlanReport:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberReport:
+    """What one member of a backend pool did over the whole run."""
+
+    prefix: str  # the environment prefix naming it (DIFFUSION2); never its key
+    requests: int
+    images: int
+    throttled: int  # 429s it answered
+    dropped: str | None  # why it was dropped, or None
+
+
+@dataclass(frozen=True, slots=True)
 class RunReport:
     """What a whole `run` or `merge` came to, and what stopped it early, if anything."""
 
     plans: tuple[PlanReport, ...]
+    members: tuple[MemberReport, ...] = ()  # a pool's members; none for one backend
     interrupted: bool = False
     config_error: ServiceConfigError | None = None  # the service cannot be used as set up
     store_error: StoreError | None = None  # the first write that failed
@@ -75,8 +87,10 @@ class RunReport:
         return sum(p.pending for p in self.plans)
 
 
-def plan_doc(plan: PlanReport, version: str | None = None) -> dict[str, Any]:
-    """One plan as summary.json holds it (keys in their documented order)."""
+def plan_doc(plan: PlanReport, version: str | None = None,
+             members: tuple[MemberReport, ...] = ()) -> dict[str, Any]:
+    """One plan as summary.json holds it (keys in their documented order); a pool's
+    `members` are the whole run's, the same in every plan's summary."""
     doc: dict[str, Any] = {
         "name": plan.name,
         "manifest": plan.manifest,
@@ -93,6 +107,10 @@ def plan_doc(plan: PlanReport, version: str | None = None) -> dict[str, Any]:
         "interrupted": plan.interrupted,
         "failures": [{"key": f.key, "path": f.path, "reason": f.reason} for f in plan.failures],
     }
+    if members:
+        doc["members"] = {m.prefix: {"requests": m.requests, "images": m.images,
+                                     "throttled": m.throttled, "dropped": m.dropped}
+                          for m in members}
     if plan.merged_from is not None:
         doc["merged_from"] = list(plan.merged_from)
     if version is not None:
@@ -105,10 +123,15 @@ def summary_json(plan: PlanReport, version: str | None = None) -> str:
     return json.dumps(plan_doc(plan, version), indent=2, ensure_ascii=False) + "\n"
 
 
+def docs(report: RunReport) -> list[dict[str, Any]]:
+    """Each plan's summary.json document."""
+    return [plan_doc(p, report.version, report.members) for p in report.plans]
+
+
 def run_json(report: RunReport) -> str:
     """`run --json`: the one plan's summary, or a list of them for several manifests."""
-    docs = [plan_doc(p, report.version) for p in report.plans]
-    return json.dumps(docs[0] if len(docs) == 1 else docs, indent=2, ensure_ascii=False)
+    each = docs(report)
+    return json.dumps(each[0] if len(each) == 1 else each, indent=2, ensure_ascii=False)
 
 
 def plan_text(plan: PlanReport) -> str:
@@ -124,9 +147,21 @@ def plan_text(plan: PlanReport) -> str:
     return "\n".join(lines)
 
 
+def member_text(member: MemberReport) -> str:
+    """One pool member's share of the run, on one line."""
+    dropped = f"; dropped: {member.dropped}" if member.dropped else ""
+    return (f"  member {member.prefix}: {member.images} images, {member.requests} requests, "
+            f"{member.throttled} throttled{dropped}")
+
+
 def text(report: RunReport) -> str:
-    """The summary of a run as a person reads it, one block per manifest."""
-    return "\n".join(plan_text(p) for p in report.plans)
+    """The summary of a run as a person reads it, one block per manifest, then a line per
+    pool member."""
+    lines = [plan_text(p) for p in report.plans]
+    if report.members:
+        lines.append("pool:")
+        lines.extend(member_text(m) for m in report.members)
+    return "\n".join(lines)
 
 
 def merge_text(report: RunReport) -> str:
@@ -150,6 +185,11 @@ def markdown(report: RunReport) -> str:
     for p in report.plans:
         lines.append(f"| `{_cell(p.name)}` | {p.planned} | {p.succeeded} | {p.skipped} | "
                      f"{p.failed} | {p.pending} | {p.requests} | {round(p.seconds, 3)} |")
+    if report.members:
+        lines += ["", "| pool member | images | requests | throttled | dropped |",
+                  "| --- | ---: | ---: | ---: | --- |"]
+        lines += [f"| `{_cell(m.prefix)}` | {m.images} | {m.requests} | {m.throttled} | "
+                  f"{_cell(m.dropped or '')} |" for m in report.members]
     for p in report.plans:
         lines += _markdown_details(p)
     return "\n".join(lines) + "\n"

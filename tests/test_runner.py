@@ -19,10 +19,10 @@ class FakeStore:
         self.saved: dict[str, tuple[bytes, int]] = {}
         self.failed: dict[str, str] = {}
 
-    def save(self, job, data, *, attempts, seconds, created):
+    def save(self, job, data, *, attempts, seconds, created, member=None):
         self.saved[job.key] = (data, attempts)
 
-    def fail(self, job, error, *, attempts, seconds):
+    def fail(self, job, error, *, attempts, seconds, member=None):
         self.failed[job.key] = error
 
 
