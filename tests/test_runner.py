@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from runner_helpers import make_plan
+from runner_helpers import Clock, make_plan
 
 from pipeline.client import GeneratedImage
 from pipeline.errors import AuthError, PermanentApiError, RetryableApiError, StoreError
@@ -83,20 +83,6 @@ async def test_concurrency_far_above_the_job_count_starts_one_worker_per_job():
     state = await runner.run(_work(store, 3))
     assert state.ok == 3 and client.requests == 3
     assert len(runner._tasks) == 3  # not ten million idle tasks
-
-
-class Clock:
-    """Time that passes only when the runner sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 def _throttled(n):
