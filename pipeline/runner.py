@@ -367,9 +367,8 @@ class Runner:
             if member.unreachable > self.settings.retries and (others or not member.answered):
                 self._drop(member, f"{exc.message}, {member.unreachable} attempts in a row: "
                                    f"check {member.url_variable}")
-            elif others:
-                raise _Moved
-            return
+            elif not others:
+                return
         elif (isinstance(exc, PermanentApiError) and exc.status == 404
               and member.images == 0):
             self._drop(member, f"it answered 404 ({exc.message}) to POST {apispec.ENDPOINT}: "
