@@ -9,10 +9,9 @@ DIFFUSION2, DIFFUSION3 with a key each.
 
 from __future__ import annotations
 
-import math
 import shutil
 
-from bench import row
+from bench import row, run_parts
 from bench.bench_runner import WORK, Server, _fresh, client
 
 LIMIT, WINDOW = 20, 3.0  # per member
@@ -25,31 +24,27 @@ def _row(metric: str, value: float, unit: str, target: str, ok: bool | None, not
     return row("pool", metric, value, unit, target, ok, note)
 
 
-def _pool(latencies: tuple[float, ...], revoke_after: tuple[float, ...] = (0.0, 0.0, 0.0)
-          ) -> list[Server]:
-    return [Server(latency=lat, rpm=LIMIT, window=WINDOW, revoke_after=rev)
-            for lat, rev in zip(latencies, revoke_after)]
-
-
-def _logs(servers: list[Server]) -> list[list[tuple[float, int]]]:
-    return [[(t, s) for t, s in srv.stats()["log"]] for srv in servers]
-
-
-def _close(servers: list[Server]) -> None:
-    for srv in servers:
-        srv.close()
+def _measure(name: str, n: int, concurrency: int, latencies: tuple[float, ...],
+             revoke_after: tuple[float, ...] = (0.0, 0.0, 0.0)
+             ) -> tuple[dict, list[list[tuple[float, int]]]]:
+    """Run `n` jobs on a pool of stand-in servers: (the client's figures, each server's log
+    of (time, status))."""
+    servers = [Server(latency=lat, rpm=LIMIT, window=WINDOW, revoke_after=rev)
+               for lat, rev in zip(latencies, revoke_after)]
+    try:
+        res = client(dict(zip(PREFIXES, (s.url for s in servers))), _fresh(name), n,
+                     concurrency, RPM)
+        return res, [[(t, s) for t, s in srv.stats()["log"]] for srv in servers]
+    finally:
+        for srv in servers:
+            srv.close()
 
 
 def bench_throughput(rows: list[dict]) -> None:
     """3 members, 300 jobs: images per window against 3 x 20, 429s after the first window,
     and the client's CPU per job at that rate."""
     n = 300
-    servers = _pool((0.05, 0.05, 0.05))
-    try:
-        res = client(dict(zip(PREFIXES, (s.url for s in servers))), _fresh("pool"), n, 12, RPM)
-        logs = _logs(servers)
-    finally:
-        _close(servers)
+    res, logs = _measure("pool", n, 12, (0.05, 0.05, 0.05))
     ok = sorted(t for log in logs for t, s in log if s == 200)
     t0 = ok[0]
     late_429 = sum(1 for log in logs for t, s in log if s == 429 and t > t0 + WINDOW)
@@ -57,7 +52,7 @@ def bench_throughput(rows: list[dict]) -> None:
     per_window = (len(ok) - 1) / span * WINDOW if span > 0 else 0.0
     full = [sum(1 for t in ok if t0 + k * WINDOW <= t < t0 + (k + 1) * WINDOW)
             for k in range(int(span // WINDOW))]
-    target = 0.97 * LIMIT * len(servers)
+    target = 0.97 * LIMIT * len(logs)
     rows.append(_row("images per 3 s window, 3 members x 20/3 s, 300 jobs",
                      round(per_window, 2), "images", f">= {target:g}, no 429 after 1st window",
                      per_window >= target and late_429 == 0,
@@ -66,7 +61,7 @@ def bench_throughput(rows: list[dict]) -> None:
                      f"{[sum(1 for _t, s in log if s == 200) for log in logs]}; "
                      f"{res['summary']['succeeded']} ok"))
     per_job = res["run_cpu"] / n
-    rate = LIMIT / WINDOW * len(servers)
+    rate = LIMIT / WINDOW * len(logs)
     busy = per_job * rate
     drivable = 1.0 / (per_job * HOSTED_RPM / 60.0)
     rows.append(_row("client CPU per job at full rate (3 members)", round(per_job * 1000, 2),
@@ -79,15 +74,10 @@ def bench_throughput(rows: list[dict]) -> None:
 def bench_slow_member(rows: list[dict]) -> None:
     """One member answering 5x slower: the others are not held back by it."""
     n = 300
-    servers = _pool((0.1, 0.1, 0.5))
-    try:
-        res = client(dict(zip(PREFIXES, (s.url for s in servers))), _fresh("slow"), n, 24, RPM)
-        logs = _logs(servers)
-    finally:
-        _close(servers)
+    res, logs = _measure("slow", n, 24, (0.1, 0.1, 0.5))
     # what three paced members can do at best: every start on schedule, the last one's
     # answer after the slow latency
-    ideal = (n - len(servers)) / (LIMIT / WINDOW * len(servers)) + 0.5
+    ideal = (n - len(logs)) / (LIMIT / WINDOW * len(logs)) + 0.5
     ratio = res["wall"] / ideal
     rows.append(_row("wall / ideal, one member at 5x latency (0.5 s vs 0.1 s)",
                      round(ratio, 3), "ratio", "<= 1.1", ratio <= 1.1,
@@ -99,13 +89,7 @@ def bench_slow_member(rows: list[dict]) -> None:
 def bench_refused_member(rows: list[dict]) -> None:
     """One member's key refused 30 s in: the run finishes on the others, nothing paid twice."""
     n = 900
-    servers = _pool((0.05, 0.05, 0.05), revoke_after=(0.0, 0.0, 30.0))
-    try:
-        res = client(dict(zip(PREFIXES, (s.url for s in servers))), _fresh("refused"), n, 12,
-                     RPM)
-        logs = _logs(servers)
-    finally:
-        _close(servers)
+    res, logs = _measure("refused", n, 12, (0.05, 0.05, 0.05), revoke_after=(0.0, 0.0, 30.0))
     made = sum(1 for log in logs for _t, s in log if s == 200)
     refused = sum(1 for log in logs for _t, s in log if s == 401)
     throttled = sum(1 for log in logs for _t, s in log if s == 429)
@@ -122,13 +106,7 @@ def bench_refused_member(rows: list[dict]) -> None:
 
 def run() -> list[dict]:
     """Every pool figure, side by side in this one run."""
-    rows: list[dict] = []
-    for part in (bench_throughput, bench_slow_member, bench_refused_member):
-        try:
-            part(rows)
-        except Exception as exc:  # noqa: BLE001 - one broken part must not hide the others
-            rows.append(_row(f"{part.__name__}: error", math.nan, "", "", False,
-                             f"{type(exc).__name__}: {exc}"[:300]))
+    rows = run_parts("pool", (bench_throughput, bench_slow_member, bench_refused_member))
     shutil.rmtree(WORK, ignore_errors=True)
     return rows
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from bench import clean_rss, row
+from bench import clean_rss, row, run_parts
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -312,13 +312,8 @@ def bench_resume(rows: list[dict]) -> None:
 
 def run() -> list[dict]:
     """Every runner figure, side by side in this one run."""
-    rows: list[dict] = []
-    for part in (bench_scheduling, bench_cpu, bench_rate_limit, bench_resume, bench_memory):
-        try:
-            part(rows)
-        except Exception as exc:  # noqa: BLE001 - one broken part must not hide the others
-            rows.append(_row(f"{part.__name__}: error", float("nan"), "", "", False,
-                             f"{type(exc).__name__}: {exc}"[:300]))
+    rows = run_parts("runner", (bench_scheduling, bench_cpu, bench_rate_limit, bench_resume,
+                                bench_memory))
     shutil.rmtree(WORK, ignore_errors=True)
     return rows
 
