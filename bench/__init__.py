@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 #: The keys of every row, in the order the table and bench/results.json show them.
 KEYS: tuple[str, ...] = ("bench", "metric", "value", "unit", "target", "ok", "note")
 
@@ -11,6 +13,18 @@ def row(bench: str, metric: str, value: float, unit: str, target: str | None = N
     """One result row with exactly KEYS."""
     return {"bench": bench, "metric": metric, "value": value, "unit": unit,
             "target": target or "", "ok": ok, "note": note}
+
+
+def run_parts(bench: str, parts: Sequence[Callable[[list[dict]], None]]) -> list[dict]:
+    """Each part's rows, side by side; a part that breaks leaves an error row, not a gap."""
+    rows: list[dict] = []
+    for part in parts:
+        try:
+            part(rows)
+        except Exception as exc:  # noqa: BLE001 - one broken part must not hide the others
+            rows.append(row(bench, f"{part.__name__}: error", float("nan"), "", "", False,
+                            f"{type(exc).__name__}: {exc}"[:300]))
+    return rows
 
 
 # Linux records a process's peak RSS at exec from the memory of whoever forked it, so a

@@ -2,7 +2,7 @@
 
 The API server runs in its own process (a minimal stand-in with cached responses, so its
 cost never limits the client); the measured client runs in another, through the same
-`run_plans_async` that `imagebatch run` uses, and reports its own rusage.
+`run_plans` that `imagebatch run` uses, and reports its own rusage.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
-from bench import clean_rss, row
+from bench import clean_rss, row, run_parts
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -29,7 +30,8 @@ from PIL import Image
 sys.path.insert(0, sys.argv[1])
 from pipeline import apispec
 latency, min_bytes, rpm, window = float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-cache, stamps, log = {}, collections.deque(), []
+revoke = float(sys.argv[6])  # seconds after the first request the key is refused (0: never)
+cache, stamps, log, first = {}, collections.deque(), [], []
 def png(body):
     size = apispec.pixel_size(body); fmt = apispec.image_format(body)
     k = (size, fmt)
@@ -47,6 +49,11 @@ def png(body):
 async def gen(request):
     raw = await request.read()
     headers = {}
+    first[:] = first or [time.monotonic()]
+    if revoke and time.monotonic() - first[0] >= revoke:
+        log.append((time.monotonic(), 401))
+        return web.json_response({"error": {"code": 401, "message": "Invalid API key",
+            "type": "authentication_error"}}, status=401)
     if rpm:
         now = time.monotonic()
         while stamps and stamps[0] <= now - window:
@@ -63,6 +70,8 @@ async def gen(request):
         headers = {"x-ratelimit-limit-requests": str(rpm),
                    "x-ratelimit-remaining-requests": str(rpm - len(stamps)),
                    "x-ratelimit-reset-requests": f"{stamps[0] + window - now:.3f}s"}
+    else:
+        log.append((time.monotonic(), 200))
     if latency:
         await asyncio.sleep(latency)
     return web.Response(body=png(json.loads(raw)), content_type="application/json", headers=headers)
@@ -86,9 +95,12 @@ import asyncio, io, json, os, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from pipeline import config
-from pipeline.app import RunOptions, run_plans_async
+from pipeline.options import RunOptions
+from pipeline.run import run_plans
+from pipeline.summary import plan_doc
 from pipeline.plan import Job, OutputSettings, Plan, canonical_json, job_key
 out, n, conc, rpm = Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+prefixes = sys.argv[6].split(",")
 jobs = []
 for i in range(n):
     body = {"model": "stable-image-ultra", "prompt": "a lighthouse at dusk", "aspect_ratio": "1:1",
@@ -98,14 +110,16 @@ for i in range(n):
 plan = Plan(name="bench", model="stable-image-ultra", source="bench.yaml", output=OutputSettings(),
             jobs=tuple(jobs), total=n)
 del jobs
-conn = config.connection(os.environ, "DIFFUSION")
+conns, _notes = config.pool(os.environ, prefixes)
 opts = RunOptions((), out=out, post=False, concurrency=conc, rpm=rpm)
 started = time.perf_counter()
-(summary,), state = asyncio.run(run_plans_async([plan], conn, opts, io.StringIO()))
+cpu_started = time.process_time()
+report = asyncio.run(run_plans([plan], conns, opts, io.StringIO()))
+summary = plan_doc(report.plans[0], members=report.members)
 wall = time.perf_counter() - started
 ru = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"wall": wall, "summary": summary, "cpu": ru.ru_utime + ru.ru_stime,
-                  "maxrss_kb": ru.ru_maxrss}))
+                  "run_cpu": time.process_time() - cpu_started, "maxrss_kb": ru.ru_maxrss}))
 """
 
 
@@ -113,10 +127,10 @@ class Server:
     """The stand-in API in its own process."""
 
     def __init__(self, latency: float = 0.0, min_bytes: int = 0, rpm: int = 0,
-                 window: float = 60.0) -> None:
+                 window: float = 60.0, revoke_after: float = 0.0) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVER, str(ROOT), str(latency), str(min_bytes), str(rpm),
-             str(window)], stdout=subprocess.PIPE, text=True)
+             str(window), str(revoke_after)], stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
 
@@ -131,14 +145,18 @@ class Server:
         self.proc.wait()
 
 
-def client(url: str, out: Path, n: int, concurrency: int, rpm: float) -> dict:
-    """Run the real runner in a fresh process; its own figures."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFUSION_")}
-    env.update(DIFFUSION_URL=url, DIFFUSION_KEY="inf-bench")
+def client(url: str | Mapping[str, str], out: Path, n: int, concurrency: int,
+           rpm: float) -> dict:
+    """Run the real runner in a fresh process, against one URL or a pool ({prefix: URL},
+    each member with its own key); its own figures."""
+    pool = {"DIFFUSION": url} if isinstance(url, str) else dict(url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFUSION")}
+    for prefix, member_url in pool.items():
+        env.update({f"{prefix}_URL": member_url, f"{prefix}_KEY": f"inf-bench-{prefix}"})
     started = time.perf_counter()
     res = subprocess.run(clean_rss([sys.executable, "-c", CLIENT, str(ROOT), str(out), str(n),
-                                    str(concurrency), str(rpm)]), env=env, capture_output=True, text=True,
-                         timeout=600, check=False)
+                                    str(concurrency), str(rpm), ",".join(pool)]), env=env,
+                         capture_output=True, text=True, timeout=600, check=False)
     if res.returncode not in (0, 1):
         raise RuntimeError(res.stderr[-2000:])
     doc = json.loads(res.stdout.strip().splitlines()[-1])
@@ -294,13 +312,8 @@ def bench_resume(rows: list[dict]) -> None:
 
 def run() -> list[dict]:
     """Every runner figure, side by side in this one run."""
-    rows: list[dict] = []
-    for part in (bench_scheduling, bench_cpu, bench_rate_limit, bench_resume, bench_memory):
-        try:
-            part(rows)
-        except Exception as exc:  # noqa: BLE001 - one broken part must not hide the others
-            rows.append(_row(f"{part.__name__}: error", float("nan"), "", "", False,
-                             f"{type(exc).__name__}: {exc}"[:300]))
+    rows = run_parts("runner", (bench_scheduling, bench_cpu, bench_rate_limit, bench_resume,
+                                bench_memory))
     shutil.rmtree(WORK, ignore_errors=True)
     return rows
 

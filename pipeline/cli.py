@@ -9,13 +9,19 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
+from pipeline.config import DEFAULT_PREFIX
 from pipeline.errors import ImagebatchError, ManifestError, UsageError
+from pipeline.manifest import DEFAULT_MAX_JOBS
+from pipeline.options import DEFAULT_OUT, REMOTE_DEFAULT_RPM, RunOptions, default
+
+if TYPE_CHECKING:
+    from pipeline.summary import RunReport
 
 # Errors of writing standard output itself (redirected to a full disk or /dev/full).
 _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT, errno.EBADF}
-
-DEFAULT_MAX_JOBS = 5000
 
 DESCRIPTION = """\
 imagebatch generates images in bulk from YAML manifests: prompts, seeds and parameter
@@ -81,10 +87,12 @@ def _add_max_jobs(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_env_prefix(p: argparse.ArgumentParser) -> None:
+def _add_env_prefix(p: argparse.ArgumentParser, *, pool: bool = False) -> None:
+    more = ("; give several (repeated or comma-separated) to run on a pool of model "
+            "resources, each paced on its own") if pool else ""
     p.add_argument(
-        "--env-prefix", default="DIFFUSION", metavar="PREFIX",
-        help="read PREFIX_URL, PREFIX_KEY, PREFIX_MODEL_ID (default DIFFUSION)",
+        "--env-prefix", action="append", metavar="PREFIX",
+        help=f"read PREFIX_URL, PREFIX_KEY, PREFIX_MODEL_ID (default {DEFAULT_PREFIX}){more}",
     )
 
 
@@ -114,6 +122,24 @@ class _Version(argparse.Action):
 
         print(f"imagebatch {version()}")
         parser.exit()
+
+
+def _prefixes(args: argparse.Namespace) -> tuple[str, ...]:
+    """The --env-prefix values as given (each may be a comma-separated list)."""
+    return tuple(args.env_prefix or (DEFAULT_PREFIX,))
+
+
+def _prefix(args: argparse.Namespace) -> str:
+    """The first prefix: the one whose MODEL_ID a manifest without `model:` takes (every
+    member of a pool must name the same model)."""
+    from pipeline.config import split_prefixes
+
+    return split_prefixes(_prefixes(args))[0][0]
+
+
+def _add_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR",
+                   help=f"output root (default {DEFAULT_OUT})")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -254,17 +280,18 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     """run, status, show."""
     p = sub.add_parser("run", help="generate what is not done yet, post-process, summarise")
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
-    p.add_argument("--out", default="outputs", metavar="DIR", help="output root (default outputs)")
-    p.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
-                   help="requests in flight at most (default 4)")
-    p.add_argument("--rpm", type=_rpm, default=None, metavar="N",
-                   help="start at most N requests a minute, evenly spaced; 0 for no pacing of "
-                        "our own (default: none for the local server; 20, or the service's "
-                        "advertised per-minute limit, for a URL)")
-    p.add_argument("--retries", type=_count, default=5, metavar="N",
-                   help="retries per job after the first attempt (default 5)")
-    p.add_argument("--timeout", type=_positive_float, default=120.0, metavar="S",
-                   help="seconds per request, whole response included (default 120)")
+    _add_out(p)
+    p.add_argument("--concurrency", type=_positive_int, default=default("concurrency"),
+                   metavar="N", help=f"requests in flight at most (default {default('concurrency')})")
+    p.add_argument("--rpm", type=_rpm, default=default("rpm"), metavar="N",
+                   help="start at most N requests a minute to each backend, evenly spaced; 0 for no pacing of "
+                        f"our own (default: none for the local server; {REMOTE_DEFAULT_RPM:g}, or "
+                        "the service's advertised per-minute limit, for a URL)")
+    p.add_argument("--retries", type=_count, default=default("retries"), metavar="N",
+                   help=f"retries per job after the first attempt (default {default('retries')})")
+    p.add_argument("--timeout", type=_positive_float, default=default("timeout"), metavar="S",
+                   help="seconds per request, whole response included "
+                        f"(default {default('timeout'):g})")
     p.add_argument("--force", action="store_true", help="regenerate even what is done")
     p.add_argument("--verify", action="store_true",
                    help="hash every image to tell what is done (default: only those whose "
@@ -277,20 +304,20 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                    help="skip thumbnails, contact sheets and index.html")
     p.add_argument("--json", action="store_true",
                    help="the summary as JSON on stdout; everything else on stderr")
-    _add_env_prefix(p)
+    _add_env_prefix(p, pool=True)
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="say more on stderr (temp files an interrupted run left and were removed)")
 
     p = sub.add_parser("status", help="count done, failed and pending jobs; send nothing")
     p.add_argument("manifest", metavar="MANIFEST")
-    p.add_argument("--out", default="outputs", metavar="DIR", help="output root (default outputs)")
+    _add_out(p)
     p.add_argument("--local", action="store_true", help="judge against the embedded server")
     p.add_argument("--shard", type=_shard, metavar="K/N", help="only the jobs of shard K of N")
     p.add_argument("--json", action="store_true", help="counts as JSON (jobs too with -v)")
     p.add_argument("--verify", action="store_true",
                    help="hash every image (default: only those whose size or time changed)")
     _add_max_jobs(p)
-    _add_env_prefix(p)
+    _add_env_prefix(p, pool=True)
     p.add_argument("-v", "--verbose", action="count", default=0, help="one line per job")
     _add_picks_option(p)
 
@@ -312,7 +339,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
     p = sub.add_parser("sheet", help="rebuild thumbnails, contact sheets and index.html")
     p.add_argument("manifest", metavar="MANIFEST")
-    p.add_argument("--out", default="outputs", metavar="DIR", help="output root (default outputs)")
+    _add_out(p)
     p.add_argument("--local", action="store_true",
                    help="show as done what the embedded server made, as `status --local` counts")
     _add_picks_option(p)
@@ -409,20 +436,26 @@ def _script(text: str) -> dict[int, str]:
 
 
 def _cmd_sheet(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from pipeline.status import sheet_command
 
-    from pipeline.app import sheet_command
-
-    return sheet_command(args.manifest, out_dir=Path(args.out), env_prefix=args.env_prefix,
+    return sheet_command(args.manifest, out_dir=Path(args.out), env_prefixes=_prefixes(args),
                          max_jobs=args.max_jobs, local=args.local,
                          picks_file=args.picks)
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
     from pipeline.merge import merge_command
+    from pipeline.summary import merge_text
 
-    return merge_command(args.sources, args.out, manifests=args.manifest, max_jobs=args.max_jobs,
-                         env_prefix=args.env_prefix, post=not args.no_post)
+    report = merge_command(args.sources, args.out, manifests=args.manifest,
+                           max_jobs=args.max_jobs, env_prefix=_prefix(args),
+                           post=not args.no_post)
+    print(merge_text(report), file=sys.stdout)
+    for plan in report.plans:
+        if plan.pending:
+            print(f"note: {plan.pending} job(s) of {plan.name} are in no shard's outputs; "
+                  "run the missing shard(s) and merge again", file=sys.stderr)
+    return 1 if report.failed or report.pending else 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -445,21 +478,21 @@ def _cmd_review(args: argparse.Namespace) -> int:
     return review_command(ReviewOptions(
         manifest=args.manifest, out=Path(args.out),
         picks=Path(args.picks) if args.picks else None, host=args.host, port=args.port,
-        open_browser=not args.no_open, env_prefix=args.env_prefix, max_jobs=args.max_jobs,
+        open_browser=not args.no_open, env_prefix=_prefix(args), max_jobs=args.max_jobs,
     ))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from pipeline.commands import validate_command
+    from pipeline.preview import validate_command
 
-    return validate_command(args.manifests, max_jobs=args.max_jobs, env_prefix=args.env_prefix)
+    return validate_command(args.manifests, max_jobs=args.max_jobs, env_prefix=_prefix(args))
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from pipeline.commands import plan_command
+    from pipeline.preview import plan_command
 
     return plan_command(args.manifest, as_json=args.json, shard=args.shard,
-                        max_jobs=args.max_jobs, env_prefix=args.env_prefix)
+                        max_jobs=args.max_jobs, env_prefix=_prefix(args))
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -470,47 +503,65 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from pipeline.commands import schema_command
+    from pipeline.preview import schema_command
 
     return schema_command()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from pipeline.run import run
 
-    from pipeline.app import RunOptions, run_command
-
-    return run_command(RunOptions(
+    report = run(RunOptions(
         manifests=tuple(args.manifests), out=Path(args.out), concurrency=args.concurrency,
         rpm=args.rpm, retries=args.retries, timeout=args.timeout, force=args.force,
         verify=args.verify, shard=args.shard, max_jobs=args.max_jobs, local=args.local,
-        post=not args.no_post, json=args.json, env_prefix=args.env_prefix, verbose=args.verbose,
+        post=not args.no_post, env_prefixes=_prefixes(args), verbose=args.verbose,
     ))
+    return report_run(report, as_json=args.json, out=sys.stdout, err=sys.stderr)
+
+
+def report_run(report: RunReport, *, as_json: bool, out: TextIO, err: TextIO) -> int:
+    """Print a run's summary (JSON on `out` with --json, the text on `err` then) and return
+    its exit code: 2 when the service cannot be used as set up, 130 when stopped, 1 when a
+    job failed, else 0. A write that failed is raised after the summary is printed."""
+    from pipeline.summary import run_json, text
+
+    if as_json:
+        print(run_json(report), file=out)
+        print(text(report), file=err)
+    else:
+        print(text(report), file=out)
+    if report.store_error is not None:
+        raise report.store_error
+    if report.config_error is not None:
+        print(f"imagebatch: {report.config_error.message}", file=err)
+        return report.config_error.exit_code
+    if report.interrupted:
+        print("imagebatch: interrupted; run the same command again to finish", file=err)
+        return 130
+    return 1 if report.failed else 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from pipeline.app import status_command
+    from pipeline.status import status_command
 
     return status_command(
-        args.manifest, out_dir=Path(args.out), local=args.local, env_prefix=args.env_prefix,
+        args.manifest, out_dir=Path(args.out), local=args.local, env_prefixes=_prefixes(args),
         verbose=args.verbose, as_json=args.json, shard=args.shard, max_jobs=args.max_jobs,
-        verify=args.verify,
-        picks_file=args.picks,
+        verify=args.verify, picks_file=args.picks,
     )
 
 
 def _cmd_pick(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.commands import pick_command
+    from pipeline.pick import pick_command
 
     action = "clear" if args.clear else "reject" if args.reject else \
         "rate" if args.rating is not None else "pick"
     return pick_command(args.manifest, args.paths, action=action, rating=args.rating,
                         picks_file=args.picks, out_dir=Path(args.out), max_jobs=args.max_jobs,
-                        env_prefix=args.env_prefix)
+                        env_prefix=_prefix(args))
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -519,12 +570,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from pipeline.export import export_command
 
     return export_command(args.manifest, out_dir=Path(args.out), assets_dir=Path(args.assets),
-                          picks_file=args.picks, local=args.local, env_prefix=args.env_prefix,
+                          picks_file=args.picks, local=args.local, env_prefixes=_prefixes(args),
                           max_jobs=args.max_jobs)
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from pipeline.app import show_command
+    from pipeline.status import show_command
 
     return show_command(args.image)
 
@@ -575,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imagebatch: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except ManifestError as exc:
-        from pipeline.commands import problem_report
+        from pipeline.preview import problem_report
 
         print(problem_report(exc), file=sys.stderr)
         return exc.exit_code

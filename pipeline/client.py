@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextvars
 import io
 import json
 import os
@@ -27,28 +26,28 @@ import aiohttp
 from PIL import Image
 
 from pipeline import apispec
+from pipeline.config import DEFAULT_PORTS, REQUEST_TIMEOUT
 from pipeline.errors import (
     ApiError,
     AuthError,
     PermanentApiError,
     RetryableApiError,
+    UnreachableError,
     printable,
 )
 from pipeline.plan import Job
+from pipeline.retry import parse_duration, parse_retry_after
 
 #: Largest response body read (JSON or a downloaded image); a longer one is refused unread
 #: past this point. The API's largest image (about one megapixel) is at worst a 4 MB PNG
-#: (incompressible RGBA), 5.6 MB as base64 in JSON: 16 MB leaves room for that and more.
-#: It was 64 MB, which let a 50 MB hostile body through to JSON and base64 decoding: over
-#: 140 MB of peak memory for one request, times --concurrency.
+#: (incompressible RGBA), 5.6 MB as base64 in JSON: 16 MB leaves room for that and more,
+#: and keeps what one request can cost in memory (JSON, then base64 decoding, then the
+#: image: about three times the body) small enough to multiply by --concurrency.
 MAX_BODY_BYTES = 16 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0  # seconds to establish a connection, within --timeout
 #: Bodies are asked for uncompressed (and aiohttp's inflating is off, see _read): base64
 #: images gain little from compression, and the size cap must count what is inflated.
 PLAIN_BODY = {"Accept-Encoding": "identity"}
-#: Set by whoever wants the HTTP requests of one generate() call counted (the runner, per
-#: attempt): a url-format answer costs a download beside the POST.
-SENT: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("sent", default=None)
 #: Twice the largest API size: anything declaring more is refused before decoding.
 MAX_PIXELS = 2 * max(w * h for w, h in (map(int, s.split("x")) for s in apispec.SIZES))
 PERMANENT_STATUSES = frozenset({400, 403, 404, 405, 410, 413, 414, 415, 422})
@@ -60,30 +59,15 @@ _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every PNG
 
 @dataclass(frozen=True, slots=True)
 class GeneratedImage:
-    """One checked image as served: the encoded bytes, its format and size, `created`."""
+    """One checked image as served: the encoded bytes, its format and size, `created`, and
+    the HTTP requests it took (a url-format answer costs a download beside the POST)."""
 
     data: bytes
     format: str  # png | jpeg
     width: int
     height: int
     created: int | None = None
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def backend_name(url: str) -> str:
-    """The base URL without credentials, query or fragment (what results.jsonl records)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    scheme = parts.scheme.lower()
-    # :443 on https (or :80 on http) is the same service: the same name, or a run with the
-    # port written out would not count the images made without it as done.
-    port = None if parts.port == _DEFAULT_PORTS.get(scheme) else parts.port
-    netloc = f"{host}:{port}" if port else host
-    return urlunsplit((scheme, netloc.lower(), parts.path.rstrip("/"), "", ""))
+    requests: int = 1
 
 
 def check_image(data: bytes, request: Mapping[str, Any]) -> GeneratedImage:
@@ -267,6 +251,16 @@ class _Inflater:
         return self._z.eof
 
 
+class _Call:
+    """One generate() call: the HTTP requests it has sent, and who hears of each response."""
+
+    __slots__ = ("observe", "requests")
+
+    def __init__(self, observe: Callable[[Mapping[str, str], int], None] | None) -> None:
+        self.observe = observe
+        self.requests = 0
+
+
 class ApiClient:
     """Sends one generation request per call over a shared session; raises typed ApiErrors."""
 
@@ -276,9 +270,8 @@ class ApiClient:
         base_url: str,
         key: str,
         *,
-        timeout: float = 120.0,
+        timeout: float = REQUEST_TIMEOUT,
         key_variable: str = "DIFFUSION_KEY",
-        observe: Callable[[Mapping[str, str], int], None] | None = None,
         max_body: int = MAX_BODY_BYTES,
     ) -> None:
         self._session = session
@@ -295,67 +288,72 @@ class ApiClient:
         self._timeout = aiohttp.ClientTimeout(
             total=timeout, sock_connect=min(timeout, CONNECT_TIMEOUT))
         self._key_variable = key_variable
-        #: The variable holding the URL, named in messages about a URL that does not work.
-        self.url_variable = key_variable.removesuffix("_KEY") + "_URL"
-        self._observe = observe
         self._max_body = max_body
         self.requests = 0  # HTTP requests sent, retries and URL downloads included
 
     def __repr__(self) -> str:
         return f"ApiClient({self._endpoint!r})"
 
-    def _sent(self) -> None:
+    def _sent(self, call: _Call) -> None:
         self.requests += 1
-        box = SENT.get()
-        if box is not None:
-            box[0] += 1
+        call.requests += 1
 
-    async def generate(self, job: Job) -> GeneratedImage:
-        """Send `job.body` as is; return the checked image or raise an ApiError subclass."""
+    async def generate(
+        self, job: Job, observe: Callable[[Mapping[str, str], int], None] | None = None
+    ) -> GeneratedImage:
+        """Send `job.body` as is; the checked image, or an ApiError subclass. Either carries
+        the HTTP requests the call sent; `observe` hears each response's headers and status
+        as soon as they arrive."""
+        call = _Call(observe)
         try:
-            return await self._generate(job)
-        except (AuthError, PermanentApiError, RetryableApiError) as exc:
+            return await self._generate(job, call)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an ApiError
+            # Raised without a local name: a local holding the error would tie it to its own
+            # traceback, keeping the failed body's buffers alive until a garbage collection.
+            raise self._api_error(exc, call.requests) from None
+
+    def _api_error(self, exc: Exception, requests: int) -> ApiError:
+        """`exc` as the ApiError the runner acts on (with the requests its call sent), the key
+        scrubbed from its text."""
+        error = self._as_api_error(exc)
+        error.requests = requests
+        return error
+
+    def _as_api_error(self, exc: Exception) -> ApiError:
+        if isinstance(exc, ApiError):
             exc.message = _scrub(exc.message, self._key)
             exc.args = (exc.message,)
-            raise
-        except aiohttp.ConnectionTimeoutError:
+            return exc
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
             # No connection within CONNECT_TIMEOUT: as unreachable as a refused one.
             host = urlsplit(self._endpoint).netloc
-            raise RetryableApiError(
-                f"cannot connect to {host} (no answer within {self._timeout.sock_connect:g} s)",
-                kind="unreachable",
-            ) from None
-        except asyncio.TimeoutError:
-            raise RetryableApiError(
-                f"no complete response within {self._timeout.total:g} s", kind="timeout"
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
+            return UnreachableError(
+                f"cannot connect to {host} (no answer within {self._timeout.sock_connect:g} s)")
+        if isinstance(exc, asyncio.TimeoutError):
+            return RetryableApiError(
+                f"no complete response within {self._timeout.total:g} s", kind="timeout")
+        if isinstance(exc, aiohttp.ClientConnectorError):
             # No connection at all (refused, a name that does not resolve, TLS refused): the
             # runner stops the run when this is all the service ever says (a wrong URL).
-            raise RetryableApiError(
-                f"cannot connect to {exc.host}:{exc.port} ({_os_reason(exc.os_error)})",
-                kind="unreachable",
-            ) from None
-        except aiohttp.ClientError as exc:
-            text = _scrub(f"{type(exc).__name__}: {exc}", self._key)
-            raise RetryableApiError(f"connection failed ({text})", kind="connection") from None
-        except Exception as exc:  # noqa: BLE001 - reported as this job's failure
-            # Anything else (a library refusing the request, a bug) fails this job with its
-            # reason. Left to escape, it ended the worker silently: the job was never run,
-            # nothing said why, and the run could still exit 0.
-            text = _scrub(f"{type(exc).__name__}: {exc}", self._key)
-            raise ApiError(f"unexpected error ({text})", kind="internal") from None
+            return UnreachableError(
+                f"cannot connect to {exc.host}:{exc.port} ({_os_reason(exc.os_error)})")
+        text = _scrub(f"{type(exc).__name__}: {exc}", self._key)
+        if isinstance(exc, aiohttp.ClientError):
+            return RetryableApiError(f"connection failed ({text})", kind="connection")
+        # Anything else (a library refusing the request, a bug) fails this job with its
+        # reason, so that no job can end without a record of why.
+        return ApiError(f"unexpected error ({text})", kind="internal")
 
-    async def _generate(self, job: Job) -> GeneratedImage:
+    async def _generate(self, job: Job, call: _Call) -> GeneratedImage:
         headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json",
                    **PLAIN_BODY}
-        self._sent()
+        self._sent(call)
         async with self._session.post(
             self._endpoint, data=job.body.encode("utf-8"), headers=headers, timeout=self._timeout,
             auto_decompress=False,
         ) as resp:
-            if self._observe is not None:
-                self._observe(resp.headers, resp.status)
+            if call.observe is not None:
+                call.observe(resp.headers, resp.status)
             raw = await self._read(resp)
             status, ctype, resp_headers = resp.status, resp.content_type or "", resp.headers
         if status != 200:
@@ -366,8 +364,9 @@ class ApiClient:
             image = await asyncio.to_thread(_decode_and_check, b64, job.request)
         else:
             assert url is not None
-            image = await self._download(urljoin(self._endpoint, url), job.request)
-        return GeneratedImage(image.data, image.format, image.width, image.height, created)
+            image = await self._download(urljoin(self._endpoint, url), job.request, call)
+        return GeneratedImage(image.data, image.format, image.width, image.height, created,
+                              requests=call.requests)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
@@ -377,8 +376,8 @@ class ApiClient:
                 status=resp.status, kind="format",
             )
         # Asked for identity, but a server or proxy that compresses anyway is inflated here,
-        # a piece at a time, so the cap counts inflated bytes as they come: left to aiohttp,
-        # 2 MB of gzip became 2 GB in memory before the cap saw any of it.
+        # a piece at a time, so the cap counts inflated bytes as they come (a small gzip body
+        # can inflate to gigabytes).
         inflater = _Inflater(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
         length = resp.content_length
         if inflater is None and length is not None and length > self._max_body:
@@ -407,10 +406,10 @@ class ApiClient:
                                     status=resp.status, kind="format")
         return b"".join(chunks)
 
-    async def _download(self, url: str, request: dict[str, Any]) -> GeneratedImage:
+    async def _download(self, url: str, request: dict[str, Any], call: _Call) -> GeneratedImage:
         if urlsplit(url).scheme not in ("http", "https"):
             raise RetryableApiError("unexpected response format (image url is not http)", kind="format")
-        self._sent()
+        self._sent(call)
         # The key goes only to the service's own origin (scheme, host and port): never to a
         # third-party image host, nor in clear text over http to the service's own host.
         headers = dict(PLAIN_BODY)
@@ -431,9 +430,7 @@ class ApiClient:
                 f"({_os_reason(exc.os_error)})", kind="download") from None
         return await asyncio.to_thread(check_image, raw, request)
 
-    def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> Exception:
-        from pipeline.retry import parse_duration, parse_retry_after
-
+    def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> ApiError:
         message = _error_message(raw)
         said = f": {message}" if message else ""
         if status == 401:
@@ -455,7 +452,7 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     try:
-        port = parts.port or _DEFAULT_PORTS.get(scheme)
+        port = parts.port or DEFAULT_PORTS.get(scheme)
     except ValueError:
         port = None
     return scheme, (parts.hostname or "").lower(), port

@@ -6,15 +6,19 @@ with `--env-prefix`. The key is kept out of every repr and message.
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.apispec import DEFAULT_MODEL
 from pipeline.errors import ConfigError
 
 DEFAULT_PREFIX = "DIFFUSION"
+REQUEST_TIMEOUT = 120.0  # seconds per request, whole response included (--timeout)
+LOCAL_BACKEND = "local"  # the backend name of the embedded server, whatever its port
+DEFAULT_PORTS = {"http": 80, "https": 443}
 _PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # What a bearer token can hold (RFC 6750's token68 and then some): printable ASCII, no space.
 _KEY = re.compile(r"[\x21-\x7e]+\Z")
@@ -77,6 +81,63 @@ def connection(
     return Connection(prefix=prefix, url=url, key=key)
 
 
+def split_prefixes(values: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
+    """`--env-prefix` values, each one prefix or a comma-separated list, as prefixes in the
+    order given with repeats left out; (prefixes, a note per repeat)."""
+    prefixes: list[str] = []
+    notes = []
+    for value in values:
+        for prefix in (p.strip() for p in value.split(",")):
+            check_prefix(prefix)
+            if prefix in prefixes:
+                notes.append(f"--env-prefix {prefix} is given more than once; used once")
+            else:
+                prefixes.append(prefix)
+    if not prefixes:
+        raise ConfigError("--env-prefix: give at least one prefix (e.g. DIFFUSION)")
+    return tuple(prefixes), notes
+
+
+def pool(
+    env: Mapping[str, str], prefixes: Sequence[str], *, local: bool = False
+) -> tuple[list[Connection], list[str]]:
+    """The connections requests go to: one per prefix; (connections, notes).
+
+    One prefix is `connection()`: its URL and key, or the embedded server. Several make a
+    pool, where every prefix needs its URL and its key (a missing one is an error naming
+    the variable, never the embedded server in its place) and all name one model. A key
+    given under two prefixes is one limit: used once, with a note. Keys are compared by
+    hash and never printed.
+    """
+    if local or len(prefixes) == 1:
+        return [connection(env, prefixes[0], local=local)], []
+    members: list[Connection] = []
+    notes = []
+    seen: dict[str, str] = {}  # SHA-256 of a key -> the prefix it came under first
+    for prefix in prefixes:
+        check_prefix(prefix)
+        if not (env.get(f"{prefix}_URL") or "").strip():
+            raise ConfigError(
+                f"{prefix}_URL is not set: every member of a pool (--env-prefix "
+                f"{','.join(prefixes)}) needs its URL and key; set it with: "
+                f"export {prefix}_URL=$(heroku config:get -a APP {prefix}_URL)")
+        conn = connection(env, prefix)
+        assert conn.key is not None
+        digest = hashlib.sha256(conn.key.encode()).hexdigest()
+        if digest in seen:
+            notes.append(f"{prefix}_KEY is the same key as {seen[digest]}_KEY: one limit, "
+                         f"used once ({prefix} left out of the pool)")
+            continue
+        seen[digest] = prefix
+        members.append(conn)
+    models = {prefix: default_model(env, prefix) for prefix in prefixes}
+    if len(set(models.values())) > 1:
+        named = ", ".join(f"{p}_MODEL_ID is {m!r}" for p, m in models.items())
+        raise ConfigError(f"the members of a pool must serve one model, but {named}; "
+                          "attach the same model under each prefix")
+    return members, notes
+
+
 def base_url(url: str, prefix: str = DEFAULT_PREFIX) -> str:
     """`{prefix}_URL`'s value checked and reduced to the service's base URL; else ConfigError."""
     how = f"export {prefix}_URL=$(heroku config:get -a APP {prefix}_URL)"
@@ -102,3 +163,37 @@ def base_url(url: str, prefix: str = DEFAULT_PREFIX) -> str:
             path = path[: -len(tail)]
             break
     return f"{parts.scheme.lower()}://{parts.netloc}{path}"
+
+
+def backend_name(url: str) -> str:
+    """The base URL without credentials, query or fragment (what results.jsonl records)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = parts.scheme.lower()
+    # :443 on https (or :80 on http) is the same service: the same name, or a run with the
+    # port written out would not count the images made without it as done.
+    port = None if parts.port == DEFAULT_PORTS.get(scheme) else parts.port
+    netloc = f"{host}:{port}" if port else host
+    return urlunsplit((scheme, netloc.lower(), parts.path.rstrip("/"), "", ""))
+
+
+def status_backend(env: Mapping[str, str], prefix: str, local: bool) -> str:
+    """The backend name `run` would record, from the same checks and base URL as `run`."""
+    check_prefix(prefix)
+    url = (env.get(f"{prefix}_URL") or "").strip()
+    return LOCAL_BACKEND if local or not url else backend_name(base_url(url, prefix))
+
+
+def status_backends(env: Mapping[str, str], prefixes: Sequence[str], local: bool
+                    ) -> dict[str, str]:
+    """Prefix -> the backend name `run` would record, for one backend or each of a pool's
+    members (every one of which needs its URL, as for `run`)."""
+    if local or len(prefixes) == 1:
+        return {prefixes[0]: status_backend(env, prefixes[0], local)}
+    for prefix in prefixes:
+        check_prefix(prefix)
+        if not (env.get(f"{prefix}_URL") or "").strip():
+            raise ConfigError(f"{prefix}_URL is not set: every member of a pool needs its URL")
+    return {p: status_backend(env, p, False) for p in prefixes}

@@ -64,14 +64,21 @@ class Interrupted(ImagebatchError):
 
 
 class ApiError(ImagebatchError):
-    """A request that did not produce an image; subclasses say whether to retry."""
+    """A request that did not produce an image; subclasses say whether to retry.
+
+    `kind` is a short word for messages and logs; decisions are made on the type.
+    `requests` is how many HTTP requests the failed call sent (a download counts).
+    """
 
     exit_code = 1
 
-    def __init__(self, message: str, *, status: int | None = None, kind: str = "") -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, kind: str = "", requests: int = 1
+    ) -> None:
         self.status = status
         self.kind = kind
         self.message = message
+        self.requests = requests
         super().__init__(message)
 
 
@@ -85,9 +92,19 @@ class RetryableApiError(ApiError):
         status: int | None = None,
         kind: str = "",
         retry_after: float | None = None,
+        requests: int = 1,
     ) -> None:
-        super().__init__(message, status=status, kind=kind)
+        super().__init__(message, status=status, kind=kind, requests=requests)
         self.retry_after = retry_after  # seconds the server asked us to wait, if it said
+
+
+class UnreachableError(RetryableApiError):
+    """No connection to the service at all: refused, a name that does not resolve, no answer
+    to the connect. Retried per job once the service has answered; before that (or for a
+    member of a pool) it means the URL is wrong or the service is gone."""
+
+    def __init__(self, message: str, *, requests: int = 1) -> None:
+        super().__init__(message, kind="unreachable", requests=requests)
 
 
 class PermanentApiError(ApiError):

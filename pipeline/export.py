@@ -34,11 +34,13 @@ from typing import Any, TextIO
 
 from PIL import Image
 
-from pipeline import exportplan, imaging, metadata
+from pipeline import config, exportplan, imaging, metadata
+from pipeline.config import DEFAULT_PREFIX
 from pipeline.errors import ImagebatchError, StoreError, UsageError, printable
 from pipeline.exportplan import ASSETS_JSON, LOCK_FILE, STATE_FILE, Target
+from pipeline.manifest import DEFAULT_MAX_JOBS, load_plans
 from pipeline.plan import TMP_PREFIX, ExportSettings, Job, Plan
-from pipeline.store import IMAGES, Store, write_error, write_file
+from pipeline.store import IMAGES, write_error, write_file
 
 try:
     import fcntl
@@ -93,19 +95,22 @@ class ExportResult:
 JobState = Callable[[Job], tuple[str, str | None]]
 
 
-def job_states(plan: Plan, out_dir: Path, backend: str) -> JobState:
-    """job -> ('done', None), or (state, why it has no usable image), by the Store's one
-    definition of done, against `backend` (the one `status` and `run` would use)."""
-    store = Store(out_dir, plan.name, backend)
-    store.load()
+def job_states(plan: Plan, out_dir: Path, backends: frozenset[str]) -> JobState:
+    """job -> ('done', None), or (state, why it has no usable image), by the store's one
+    definition of done (`store.job_states`), against `backends` (what `status` judges by)."""
+    from pipeline import store
+
+    root = Path(out_dir) / plan.name
+    judged = {st.job.key: st for st in store.job_states(plan.jobs, root, backends)}
 
     def state(job: Job) -> tuple[str, str | None]:
-        st, rec = store.state(job)
-        if st == "done":
+        st = judged[job.key]
+        if st.state == store.DONE:
             return "done", None
-        if st == "failed":
-            return "failed", f"failed: {rec.error if rec is not None else 'unknown error'}"
-        if (store.images / job.path).exists():
+        if st.state == store.FAILED:
+            error = st.record.error if st.record is not None else None
+            return "failed", f"failed: {error or 'unknown error'}"
+        if (root / store.IMAGES / job.path).exists():
             return "stale", ("the image on disk is not the one recorded for this job (made "
                              "for another request or backend, or changed since); run the "
                              "manifest again")
@@ -760,18 +765,20 @@ def report(result: ExportResult, picks_note: str | None, out: TextIO, err: TextI
 
 def export_command(manifest: str, *, out_dir: Path = Path("outputs"),
                    assets_dir: Path = Path("assets"), picks_file: str | None = None,
-                   local: bool = False, env_prefix: str = "DIFFUSION", max_jobs: int = 5000,
+                   local: bool = False, env_prefixes: Sequence[str] = (DEFAULT_PREFIX,),
+                   max_jobs: int = DEFAULT_MAX_JOBS,
                    env: Mapping[str, str] | None = None, out: TextIO | None = None,
                    err: TextIO | None = None) -> int:
     """`imagebatch export`: write every export of a manifest from images on disk."""
-    from pipeline.app import _status_backend, load_plans
     from pipeline.picks import load_picks, picks_path
+    from pipeline.status import judged_backends
 
     env = os.environ if env is None else env
     out = out or sys.stdout
     err = err or sys.stderr
-    backend = _status_backend(env, env_prefix, local)  # the backend `status` judges against
-    (plan,) = load_plans([manifest], env, env_prefix, max_jobs=max_jobs, shard=None)
+    _name, backends = judged_backends(env, env_prefixes, local)  # what `status` judges by
+    prefix = config.split_prefixes(env_prefixes)[0][0]
+    (plan,) = load_plans([manifest], env, prefix, max_jobs=max_jobs, shard=None)
     path = picks_path(manifest, picks_file)
     if picks_file is not None and not path.exists():
         raise UsageError(f"{path}: no such picks file")
@@ -781,7 +788,7 @@ def export_command(manifest: str, *, out_dir: Path = Path("outputs"),
         note = (f"no picks file {path}: exports from picks choose nothing yet "
                 "(choose with `imagebatch review` or `imagebatch pick`)")
     result = export_plan(plan, out_dir=Path(out_dir), assets_dir=Path(assets_dir), picks=picks,
-                         state_of=job_states(plan, Path(out_dir), backend))
+                         state_of=job_states(plan, Path(out_dir), backends))
     return report(result, note, out, err)
 
 

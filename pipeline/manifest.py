@@ -13,7 +13,7 @@ import difflib
 import re
 import string
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from pipeline import apispec
+from pipeline import apispec, config
 from pipeline.errors import ManifestError, Problem, UsageError
 from pipeline.plan import (
     BUILTINS,
@@ -1181,15 +1181,6 @@ class _Any(set):  # type: ignore[type-arg]
         return True
 
 
-def iter_problems(paths: list[str], **kwargs: Any) -> Iterator[Problem]:
-    """Every problem of every manifest (for `validate`), without stopping at the first file."""
-    for path in paths:
-        try:
-            load_plan(path, **kwargs)
-        except ManifestError as exc:
-            yield from exc.problems
-
-
 def load_manifest(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
                   default_model: str = apispec.DEFAULT_MODEL) -> Manifest:
     """Read and validate a manifest file; ManifestError lists every problem in it."""
@@ -1221,3 +1212,39 @@ def load_plan(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
         return plan
     return dataclasses.replace(plan, jobs=tuple(j for j in plan.jobs if in_shard(j.key, shard)),
                                shard=shard)
+
+
+def load_plans(
+    manifests: Sequence[str], env: Mapping[str, str], prefix: str, *,
+    max_jobs: int = DEFAULT_MAX_JOBS, shard: tuple[int, int] | None = None,
+) -> list[Plan]:
+    """Load and validate every manifest before anything is sent; all errors at once.
+
+    The model a manifest leaves unset is `{prefix}_MODEL_ID`'s. Two plans of one name would
+    write to one folder: refused.
+    """
+    config.check_prefix(prefix)
+    model = config.default_model(env, prefix)
+    plans: list[Plan] = []
+    problems: list[Problem] = []
+    unreadable = []  # a missing file must not hide the problems of the others
+    for path in manifests:
+        try:
+            plans.append(load_plan(path, max_jobs=max_jobs, default_model=model, shard=shard))
+        except ManifestError as exc:
+            problems.extend(exc.problems)
+        except UsageError as exc:
+            unreadable.append(str(exc))
+    if len(manifests) == 1 and unreadable and not problems:
+        raise UsageError(unreadable[0])
+    if problems or unreadable:
+        raise ManifestError(problems, unreadable)
+    names: dict[str, str] = {}
+    for plan in plans:
+        if plan.name in names:
+            raise UsageError(
+                f"{plan.source} and {names[plan.name]} are both named {plan.name!r}: "
+                "they would write to one folder; give one a different `name:`"
+            )
+        names[plan.name] = plan.source
+    return plans

@@ -14,14 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
 
 from pipeline import version
+from pipeline.config import DEFAULT_PREFIX
 from pipeline.errors import StoreError, UsageError
+from pipeline.manifest import DEFAULT_MAX_JOBS, load_plans
 from pipeline.picks import load_picks, picks_path
 from pipeline.plan import Job, Plan
 from pipeline.post import build_all, stop_on_signals
@@ -39,6 +39,7 @@ from pipeline.store import (
     stamp,
     write_file,
 )
+from pipeline.summary import Failure, PlanReport, RunReport, summary_json
 
 
 def _shard_folders(sources: Sequence[Path]) -> dict[str, list[Path]]:
@@ -101,7 +102,7 @@ def _copy_verified(src: Path, target: Path, sha256: str) -> int | None:
     return target.stat().st_mtime_ns
 
 
-def merge_one(plan: Plan, folders: list[Path], dest: Path) -> dict[str, Any]:
+def merge_one(plan: Plan, folders: list[Path], dest: Path) -> PlanReport:
     """Merge one plan's shard folders into `dest` (= `<out>/<name>`); the merged summary.
 
     What `dest` already holds counts as one more source, ahead of the shards, so merging
@@ -116,7 +117,7 @@ def merge_one(plan: Plan, folders: list[Path], dest: Path) -> dict[str, Any]:
         return _merge_locked(plan, folders, dest, has_own)
 
 
-def _merge_locked(plan: Plan, folders: list[Path], dest: Path, has_own: bool) -> dict[str, Any]:
+def _merge_locked(plan: Plan, folders: list[Path], dest: Path, has_own: bool) -> PlanReport:
     sources = ([dest] if has_own else []) + folders
     # each job's state in each source, in source order (done judged for any backend)
     judged: list[tuple[Path, list[JobState]]] = [
@@ -129,7 +130,7 @@ def _merge_locked(plan: Plan, folders: list[Path], dest: Path, has_own: bool) ->
             pass
     lines: list[bytes] = []
     ok = failed = 0
-    failures = []
+    failures: list[Failure] = []
     backends: set[str] = set()
     for i, job in enumerate(plan.jobs):
         states = [(folder, found[i]) for folder, found in judged]
@@ -151,31 +152,25 @@ def _merge_locked(plan: Plan, folders: list[Path], dest: Path, has_own: bool) ->
                 continue  # in no source, or changed since it was recorded: not done
             chosen = fails[-1]
             failed += 1
-            failures.append({"key": job.key, "path": job.path, "reason": chosen.error})
+            failures.append(Failure(job.key, job.path, chosen.error))
         backends.add(chosen.backend)
         lines.append(replace(chosen, path=job.path).to_line())
     write_file(dest / RESULTS, b"".join(lines))
-    summary = {
-        "version": version(),
-        "name": plan.name, "manifest": plan.source, "backend": ",".join(sorted(backends)) or None,
-        "shard": None, "out": str(dest), "planned": len(plan.jobs), "succeeded": ok,
-        "skipped": 0, "failed": failed, "pending": len(plan.jobs) - ok - failed,
-        "requests": requests, "seconds": 0.0, "interrupted": False, "failures": failures,
-        "merged_from": [str(f) for f in folders],
-    }
-    write_file(dest / SUMMARY, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-               .encode())
+    summary = PlanReport(
+        name=plan.name, manifest=plan.source, backend=",".join(sorted(backends)) or None,
+        shard=None, out=str(dest), planned=len(plan.jobs), succeeded=ok, skipped=0,
+        failed=failed, pending=len(plan.jobs) - ok - failed, requests=requests, seconds=0.0,
+        interrupted=False, failures=tuple(failures),
+        merged_from=tuple(str(f) for f in folders),
+    )
+    write_file(dest / SUMMARY, summary_json(summary, version()).encode())
     return summary
 
 
 def merge_command(sources: Sequence[str], out: str, *, manifests: Sequence[str] = (),
-                  max_jobs: int = 5000, env_prefix: str = "DIFFUSION", post: bool = True,
-                  env: Mapping[str, str] | None = None, stdout: TextIO | None = None,
-                  stderr: TextIO | None = None) -> int:
-    """`imagebatch merge OUT... --out DIR`: exit 0 when every planned job is merged ok."""
-    from pipeline.app import load_plans
-
-    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+                  max_jobs: int = DEFAULT_MAX_JOBS, env_prefix: str = DEFAULT_PREFIX,
+                  post: bool = True, env: Mapping[str, str] | None = None) -> RunReport:
+    """`imagebatch merge OUT... --out DIR`: merge every plan's shard folders; the report."""
     env = os.environ if env is None else env
     dest_root = Path(out)
     if dest_root.exists() and not dest_root.is_dir():
@@ -208,24 +203,16 @@ def merge_command(sources: Sequence[str], out: str, *, manifests: Sequence[str] 
     if post:  # a broken picks file stops the merge before anything is written
         for name in folders:
             load_picks(picks_path(plans[name].source), plans[name])
-    code = 0
+    merged = []
     # Ctrl-C or SIGTERM: the folder being merged is finished (its results.jsonl and summary
     # agree with its images), post-processing stops at once; Interrupted, exit 130.
     with stop_on_signals() as stop:
         for name, group in folders.items():
             stop.check()
             plan = plans[name]
-            summary = merge_one(plan, group, dest_root / name)
+            merged.append(merge_one(plan, group, dest_root / name))
             if post:
                 # shown as merged: each image done for the backend that made it
                 build_all(plan, dest_root / name, backend=None, stop=stop,
                           picks_file=picks_path(plan.source))
-            print(f"{name}: merged {len(group)} folder(s): {summary['succeeded']} ok, "
-                  f"{summary['failed']} failed, {summary['pending']} missing of "
-                  f"{summary['planned']} -> {dest_root / name}", file=stdout)
-            if summary["pending"]:
-                print(f"note: {summary['pending']} job(s) of {name} are in no shard's "
-                      "outputs; run the missing shard(s) and merge again", file=stderr)
-            if summary["failed"] or summary["pending"]:
-                code = 1
-    return code
+    return RunReport(tuple(merged), version=version())

@@ -18,6 +18,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import ImagebatchError
+
 #: The PNG text keyword / JPEG comment prefix that marks our metadata.
 KEYWORD = "imagebatch-request"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -43,8 +45,8 @@ _XML_SPECIAL = re.compile(r'[&<>"\n\r\t]')
 _ISOBMFF_MAX_BOXES = 10_000  # boxes walked in an AVIF header; real files have a few dozen
 
 
-class MetadataError(ValueError):
-    """The bytes are not an image we can embed into or read from."""
+class MetadataError(ImagebatchError, ValueError):
+    """The bytes are not an image we can embed into or read from (still a ValueError)."""
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

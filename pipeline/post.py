@@ -125,7 +125,8 @@ def thumb_rel(image_path: str) -> str:
     return f"{THUMBS}/{image_path}.jpg"
 
 
-def entries_for(plan: Plan, root: Path, backend: str | None = None) -> list[Entry]:
+def entries_for(plan: Plan, root: Path, backend: str | Iterable[str] | None = None
+                ) -> list[Entry]:
     """Each job of `plan` as the pages show it: its `job_states` state against `backend`
     (done: ok, failed: failed with its reason, pending: missing). None: any backend."""
     out: list[Entry] = []
@@ -519,8 +520,9 @@ def with_picks(entries: list[Entry], chosen: picks.Picks, plan: Plan) -> list[En
 
 
 def build_all(
-    plan: Plan, root: Path, *, backend: str | None = None, workers: int | None = None,
-    max_sheet_pixels: int = imaging.MAX_SHEET_PIXELS, stop: Stop | None = None, picks_file: Path | None = None,
+    plan: Plan, root: Path, *, backend: str | Iterable[str] | None = None,
+    workers: int | None = None, max_sheet_pixels: int = imaging.MAX_SHEET_PIXELS,
+    stop: Stop | None = None, picks_file: Path | None = None,
 ) -> PostResult:
     """Thumbnails (new or changed images only), contact sheets and index.html under `root`.
 

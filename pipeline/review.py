@@ -607,7 +607,7 @@ def review_command(
     err: TextIO | None = None, ready: Callable[[RunningReview], None] | None = None,
 ) -> int:
     """`imagebatch review`: serve the page until Ctrl-C or SIGTERM; 0 once stopped."""
-    from pipeline.app import load_plans
+    from pipeline.manifest import load_plans
 
     env = os.environ if env is None else env
     out = out or sys.stdout

@@ -1,9 +1,20 @@
 """Plan + client + store -> results: concurrency, pacing, retries, stopping.
 
-The runner talks to three small interfaces so tests can fake each: a client
-(`async generate(job) -> GeneratedImage`, `requests`), a store (`cannot_write`, `save`,
-`fail`), and a `sleep`. A fixed pool of `concurrency` workers pulls jobs in plan order, so
-memory does not grow with the plan and nothing holds an image after it is written.
+The runner talks to small interfaces so tests can fake each: a client
+(`async generate(job, observe) -> GeneratedImage`), a store (`cannot_write`, `save`, `fail`), a `sleep` and
+a `clock`. A fixed pool of `concurrency` workers pulls jobs in plan order, so memory does
+not grow with the plan and nothing holds an image after it is written. Requests go to a
+`Member`: a client with its own pacer (one for a single backend).
+
+With several members (a pool), each attempt starts on the member that can start it
+soonest. A member whose key is refused (401, 403), whose URL cannot be reached, or that
+has no image endpoint is dropped for the rest of the run, and the job goes on at once on
+another member, as does a job a member answered 429 (that member cools on its own); none
+of these counts against the job's retries, since nothing was made. Only when every member
+is dropped does the run stop.
+
+A stop reaches every waiting worker through one event, `stop`, which both the retry waits
+and the pacers' waits end on.
 """
 
 from __future__ import annotations
@@ -11,31 +22,46 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pipeline import apispec
-from pipeline.client import SENT, GeneratedImage
 from pipeline.errors import (
     ApiError,
+    AuthError,
     PermanentApiError,
     RetryableApiError,
     ServiceConfigError,
     StoreError,
+    UnreachableError,
 )
 from pipeline.plan import Job
-from pipeline.retry import Pacer, RetrySettings, Sleep, build_retrying
-from pipeline.store import Record
+from pipeline.retry import (
+    Pacer,
+    RetrySettings,
+    Sleep,
+    Stopped,
+    build_retrying,
+    nap,
+    start_on,
+)
+
+if TYPE_CHECKING:
+    from pipeline.client import GeneratedImage
+    from pipeline.store import Record
+
+#: Called with each response's headers and status as it arrives (for the pacer).
+Observe = Callable[[Mapping[str, str], int], None]
+
+_RETRY = RetrySettings()
 
 
 class ImageClient(Protocol):
     """What the runner needs from a client."""
 
-    requests: int
-
-    async def generate(self, job: Job) -> GeneratedImage:
-        """One checked image for `job`, or an ApiError."""
+    async def generate(self, job: Job, observe: Observe | None = None) -> GeneratedImage:
+        """One checked image for `job` (with the HTTP requests it took), or an ApiError."""
         ...
 
 
@@ -47,31 +73,31 @@ class JobStore(Protocol):
         ...
 
     def save(
-        self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None
+        self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None,
+        member: str | None = None,
     ) -> Record:
-        """Write the image and record it ok."""
+        """Write the image and record it ok (made by pool member `member`, if a pool's)."""
         ...
 
-    def fail(self, job: Job, error: str, *, attempts: int, seconds: float) -> Record:
-        """Record a failure."""
+    def fail(
+        self, job: Job, error: str, *, attempts: int, seconds: float, member: str | None = None
+    ) -> Record:
+        """Record a failure (its last attempt on pool member `member`, if a pool's)."""
         ...
 
 
 @dataclass(frozen=True, slots=True)
 class RunSettings:
-    """How hard to push: concurrency, pacing, retries, timeouts."""
+    """How hard to push: concurrency, retries and when to give up on a throttled service."""
 
     concurrency: int = 4
-    rpm: float | None = None  # None: no pacing of our own
-    auto_rpm: bool = False  # adopt the service's advertised per-minute limit
-    retries: int = 5
-    timeout: float = 120.0
-    backoff_base: float = 1.0
-    backoff_cap: float = 30.0
-    retry_after_cap: float = 120.0
+    retries: int = _RETRY.retries
+    backoff_base: float = _RETRY.backoff_base
+    backoff_cap: float = _RETRY.backoff_cap
+    retry_after_cap: float = _RETRY.retry_after_cap
     # Seconds of nothing but 429s (no image in between) before the run stops: a key whose
-    # quota is spent would otherwise have every job wait out its retries, for days on a
-    # big plan, to record them all failed.
+    # quota is spent would otherwise have every job wait out its retries to record them
+    # all failed.
     throttled_stop: float = 900.0
 
     @property
@@ -80,66 +106,119 @@ class RunSettings:
         return RetrySettings(self.retries, self.backoff_base, self.backoff_cap, self.retry_after_cap)
 
 
+class Member:
+    """One backend requests go to: its client, its own pacer, and what it came to."""
+
+    def __init__(self, client: ImageClient, pacer: Pacer, *, prefix: str = "") -> None:
+        self.client = client
+        self.pacer = pacer
+        self.prefix = prefix  # the environment prefix naming its variables ("" for none)
+        self.requests = 0  # HTTP requests sent to it
+        self.images = 0  # images it delivered
+        self.throttled = 0  # 429s it answered
+        self.in_flight = 0
+        # Whether it has sent any HTTP answer in this run: until it has, failures that say
+        # "wrong URL" are counted against it rather than retried per job.
+        self.answered = False
+        self.unreachable = 0  # attempts in a row that could not connect
+        self.dropped: str | None = None  # why it takes no more requests, once dropped
+
+    @property
+    def url_variable(self) -> str:
+        """The variable holding its URL, named in messages about a URL that does not work."""
+        return f"{self.prefix}_URL" if self.prefix else "the service URL"
+
+    @property
+    def key_variable(self) -> str:
+        """The variable holding its key, named in messages about a refused key."""
+        return f"{self.prefix}_KEY" if self.prefix else "the key"
+
+
+class _Moved(Exception):
+    """The member could not take the job (dropped, or cooling after a 429): start it again
+    on another member, with no backoff and no retry spent."""
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How one job ended in this run."""
 
     job: Job
-    store: JobStore
     status: str  # ok | failed
     attempts: int
     error: str | None = None
 
 
-class Stopped(Exception):
-    """Raised inside a worker when the run is stopping: the job stays pending."""
+@dataclass
+class StoreTally:
+    """One store's share of a run: images made, HTTP requests sent, jobs failed."""
+
+    made: int = 0
+    requests: int = 0
+    failures: list[Outcome] = field(default_factory=list)  # successes are counted, not kept
 
 
 @dataclass
 class RunState:
-    """Mutable counters of one run (read by progress display and the summary)."""
+    """Mutable counters of one run (read by the progress display and the summary)."""
 
     ok: int = 0
     failed: int = 0
-    outcomes: list[Outcome] = field(default_factory=list)  # failures only (successes: counted)
-    ok_by_store: dict[int, int] = field(default_factory=dict)  # id(store) -> images made
-    requests_by_store: dict[int, int] = field(default_factory=dict)  # id(store) -> attempts
+    by_store: dict[JobStore, StoreTally] = field(default_factory=dict)
     # What stopped the run as a configuration problem: a 401 (AuthError), or a service that
     # never answered or is not the image API (ServiceConfigError); reported with exit 2.
     config_error: ServiceConfigError | None = None
     store_error: StoreError | None = None
     interrupted: bool = False
 
+    def tally(self, store: JobStore) -> StoreTally:
+        """The counters of `store` (made on first use)."""
+        found = self.by_store.get(store)
+        if found is None:
+            found = self.by_store[store] = StoreTally()
+        return found
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        """Every failed job of the run, store by store."""
+        return [o for tally in self.by_store.values() for o in tally.failures]
+
 
 class Runner:
-    """Runs (store, job) pairs with a bounded worker pool; `stop()` settles, `abort()` cancels."""
+    """Runs (store, job) pairs with a bounded worker pool; `stop()` settles, `abort()` cancels.
+
+    `backend` is one client (paced by a pacer of its own with no limit but what the
+    service's headers say) or the members to send to.
+    """
 
     def __init__(
         self,
-        client: ImageClient,
-        settings: RunSettings,
+        backend: ImageClient | Sequence[Member],
+        settings: RunSettings = RunSettings(),
         *,
         sleep: Sleep = asyncio.sleep,
-        pacer: Pacer | None = None,
         on_change: Callable[[RunState], None] | None = None,
+        on_drop: Callable[[Member], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] | None = None,
     ) -> None:
-        self.client = client
+        if isinstance(backend, Sequence):
+            self.members = list(backend)
+        else:
+            self.members = [Member(backend, Pacer(clock=clock, sleep=sleep))]
         self.settings = settings
         self.state = RunState()
         self._base_sleep = sleep
-        self._pacer = pacer
         self._on_change = on_change
+        self._on_drop = on_drop
         self._clock = clock
         self._rng = rng
         self._stop: asyncio.Event | None = None
+        # Workers waiting to start take turns in the order they came, so a job back for a
+        # retry queues behind jobs already waiting.
+        self._line = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
-        # Whether the service has sent any HTTP answer / any image in this run: until it has,
-        # failures that say "wrong URL" stop the run instead of failing job after job.
-        self._answered = False
-        self._made = False
-        self._unreachable = 0  # attempts that could not connect, before any answer
+        self._made = False  # whether any image came back in this run
         self._throttled_since: float | None = None  # first 429 since the last image
 
     # -- stopping ----------------------------------------------------------------------
@@ -165,16 +244,7 @@ class Runner:
         assert self._stop is not None
         if self._stop.is_set():
             raise Stopped
-        if seconds <= 0:
-            await self._base_sleep(0)
-        else:
-            nap = asyncio.ensure_future(self._base_sleep(seconds))
-            halt = asyncio.ensure_future(self._stop.wait())
-            try:
-                await asyncio.wait({nap, halt}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                nap.cancel()
-                halt.cancel()
+        await nap(self._base_sleep, seconds, self._stop)
         if self._stop.is_set():
             raise Stopped
 
@@ -185,8 +255,7 @@ class Runner:
         items = iter(work)
         workers = max(1, self.settings.concurrency)
         if isinstance(work, Sized):
-            # A worker is a task and its stack: --concurrency 1000000 on nine jobs once
-            # took 1 GB and 14 s to start workers with nothing to do.
+            # A worker is a task and its stack: no more of them than there are jobs.
             workers = max(1, min(workers, len(work)))
         self._tasks = [asyncio.ensure_future(self._worker(items)) for _ in range(workers)]
         try:
@@ -214,100 +283,150 @@ class Runner:
                 self.stop()
                 return
 
-    async def _paced(self, pacer: Pacer) -> None:
-        """pacer.acquire(), given up (raising Stopped) the moment the run stops.
+    async def _start(self) -> tuple[Member, int]:
+        """Wait until a member may start a request: (the member, its pacer's ticket).
 
-        The pacer's own waits use self.sleep and end on a stop, but its leaky bucket does
-        not: at --rpm 20 each worker queued in it waited out its slot, 3 s apart, before it
-        saw the stop, so Ctrl-C (or a stop for a wrong URL) took concurrency x 3 s to take
-        effect. acquire() runs in this task (it leaves a per-task ticket for observe()), so
-        the stop cancels this task while, and only while, it waits there.
+        Among members that may start at once, the one with the fewest requests in flight.
+        Raises ServiceConfigError when every member has been dropped.
         """
-        assert self._stop is not None
-        if self._stop.is_set():
-            raise Stopped
-        task = asyncio.current_task()
-        assert task is not None
-        armed = True
+        by_pacer = {m.pacer: m for m in self.members}
 
-        def interrupt(_: object) -> None:
-            if armed and task is not None:
-                task.cancel()
+        def choose() -> list[Pacer]:
+            live = [m for m in self.members if m.dropped is None]
+            if not live:
+                raise ServiceConfigError(
+                    "every member of the pool was dropped: " + "; ".join(
+                        f"{m.prefix}: {m.dropped}" for m in self.members))
+            return [m.pacer for m in sorted(live, key=lambda m: m.in_flight)]
 
-        watcher = asyncio.ensure_future(self._stop.wait())
-        watcher.add_done_callback(interrupt)
+        async with self._line:
+            pacer, ticket = await start_on(choose, self._stop, clock=self._clock,
+                                           sleep=self._base_sleep)
+        return by_pacer[pacer], ticket
+
+    @property
+    def _pooled(self) -> bool:
+        return len(self.members) > 1
+
+    async def _attempt(
+        self, store: JobStore, job: Job, counter: list[int], last: list[Member]
+    ) -> GeneratedImage:
+        while True:
+            member, ticket = await self._start()
+            counter[0] += 1
+            last[:] = [member]
+            try:
+                return await self._send(member, ticket, store, job)
+            except _Moved:
+                continue
+
+    async def _send(self, member: Member, ticket: int, store: JobStore, job: Job) -> GeneratedImage:
+        tally = self.state.tally(store)
+
+        def observe(headers: Mapping[str, str], status: int) -> None:
+            member.pacer.observe(headers, status, ticket)
+
+        member.in_flight += 1
         try:
-            await pacer.acquire()
-        except asyncio.CancelledError:
-            if not self.stopping:
-                raise  # cancelled from outside, not by the stop
-            if hasattr(task, "uncancel"):  # 3.11+: the cancel is handled here
-                task.uncancel()
-            raise Stopped from None
-        finally:
-            armed = False
-            watcher.remove_done_callback(interrupt)
-            watcher.cancel()
-
-    async def _attempt(self, store: JobStore, job: Job, counter: list[int]) -> GeneratedImage:
-        if self._pacer is not None:
-            await self._paced(self._pacer)
-        if self.stopping:
-            raise Stopped
-        counter[0] += 1
-        by_store = self.state.requests_by_store
-        by_store[id(store)] = by_store.get(id(store), 0) + 1
-        sent = [0]
-        token = SENT.set(sent)
-        try:
-            image = await self.client.generate(job)
+            image = await member.client.generate(job, observe)
         except ApiError as exc:
-            self._check_service(exc)
+            tally.requests += exc.requests
+            member.requests += exc.requests
+            if exc.status is not None:
+                member.answered = True
+                member.unreachable = 0
+            if exc.status == 429:
+                member.throttled += 1
+                self._check_throttled()
+            if self._pooled:
+                self._check_member(member, exc)
+            else:
+                self._check_service(member, exc)
             raise
         finally:
-            SENT.reset(token)
-            # the POST is counted above; an image download beside it is a request too
-            by_store[id(store)] += max(0, sent[0] - 1)
-        self._answered = self._made = True
+            member.in_flight -= 1
+        tally.requests += image.requests
+        member.requests += image.requests
+        member.images += 1
+        member.answered = self._made = True
+        member.unreachable = 0
         self._throttled_since = None
         return image
 
-    def _check_service(self, exc: ApiError) -> None:
+    def _check_member(self, member: Member, exc: ApiError) -> None:
+        """In a pool: drop a member that cannot serve, and move the job when its member
+        could not take it (raising _Moved); else leave the failure to the job's retries."""
+        if member.dropped is not None:
+            raise _Moved  # dropped while this request was in flight
+        others = any(m.dropped is None for m in self.members if m is not member)
+        if isinstance(exc, AuthError):
+            self._drop(member, exc.message)
+        elif isinstance(exc, PermanentApiError) and exc.status == 403:
+            self._drop(member, f"the service refused its key (403: {exc.message}): check "
+                               f"{member.key_variable}")
+        elif isinstance(exc, UnreachableError):
+            member.unreachable += 1
+            # A member that has answered and is the last one left keeps its jobs: they are
+            # retried (and recorded) as a single backend's would be.
+            if member.unreachable > self.settings.retries and (others or not member.answered):
+                self._drop(member, f"{exc.message}, {member.unreachable} attempts in a row: "
+                                   f"check {member.url_variable}")
+            elif not others:
+                return
+        elif (isinstance(exc, PermanentApiError) and exc.status == 404
+              and member.images == 0):
+            self._drop(member, f"it answered 404 ({exc.message}) to POST {apispec.ENDPOINT}: "
+                               f"check {member.url_variable} and the model id")
+        elif exc.status == 429 and others:
+            member.pacer.pause(exc.retry_after if isinstance(exc, RetryableApiError)
+                               and exc.retry_after is not None else 1.0)
+            raise _Moved
+        else:
+            return
+        raise _Moved
+
+    def _drop(self, member: Member, reason: str) -> None:
+        member.dropped = reason
+        member.pacer.close()
+        if self._on_drop is not None:
+            self._on_drop(member)
+
+    def _check_service(self, member: Member, exc: ApiError) -> None:
         """Turn a failure into a ServiceConfigError (stopping the run) when it means that the
         URL is wrong, rather than that this job failed.
 
-        Without this, a URL that refuses connections or does not resolve cost every job its
-        full retries and backoff, paced: minutes for a dozen jobs, hours for a big plan, to
-        record every job failed for one wrong setting. A service that answers even once has a
-        right URL: from then on such failures are transient and retried per job as before.
+        A URL that refuses connections or does not resolve would otherwise cost every job
+        its full retries and backoff, paced, to record every job failed for one wrong
+        setting. A service that answers even once has a right URL: from then on such
+        failures are transient and retried per job.
         """
-        if exc.status is not None:
-            self._answered = True
-        where = getattr(self.client, "url_variable", "the service URL")
-        if exc.kind == "unreachable" and not self._answered:
-            self._unreachable += 1
+        if isinstance(exc, UnreachableError) and not member.answered:
+            member.unreachable += 1
             # the retry budget of one job, spent across the run: workers fail in parallel
-            if self._unreachable > self.settings.retries:
+            if member.unreachable > self.settings.retries:
                 raise ServiceConfigError(
-                    f"{exc.message}, {self._unreachable} attempts without an answer: check "
-                    f"{where}", status=None, kind="unreachable") from None
-        elif exc.status == 429:
-            now = self._clock()
-            if self._throttled_since is None:
-                self._throttled_since = now
-            elif now - self._throttled_since >= self.settings.throttled_stop:
-                raise ServiceConfigError(
-                    f"the service has answered only 429 (too many requests) for "
-                    f"{(now - self._throttled_since) / 60:.0f} minutes, with no image in "
-                    f"between: the key's quota may be spent. Finished images are kept; run "
-                    f"the same command later to go on", status=429, kind="throttled") from None
+                    f"{exc.message}, {member.unreachable} attempts without an answer: check "
+                    f"{member.url_variable}", status=None) from None
         elif isinstance(exc, PermanentApiError) and exc.status == 404 and not self._made:
             # The endpoint itself is missing: every job would get the same 404. (Not an image
             # download's 404, which is retried: that file may just have expired.)
             raise ServiceConfigError(
                 f"the service answered 404 ({exc.message}) to POST {apispec.ENDPOINT}: check "
-                f"{where} (the base URL of the inference service) and the model id",
-                status=404, kind="not_found") from None
+                f"{member.url_variable} (the base URL of the inference service) and the "
+                f"model id", status=404) from None
+
+    def _check_throttled(self) -> None:
+        """Stop the run (ServiceConfigError) after `throttled_stop` seconds of nothing but
+        429s, with no image in between."""
+        now = self._clock()
+        if self._throttled_since is None:
+            self._throttled_since = now
+        elif now - self._throttled_since >= self.settings.throttled_stop:
+            raise ServiceConfigError(
+                f"the service has answered only 429 (too many requests) for "
+                f"{(now - self._throttled_since) / 60:.0f} minutes, with no image in "
+                f"between: the key's quota may be spent. Finished images are kept; run "
+                f"the same command later to go on", status=429) from None
 
     async def _one(self, store: JobStore, job: Job) -> None:
         started = self._clock()
@@ -316,12 +435,13 @@ class Runner:
         refused = await asyncio.to_thread(store.cannot_write, job)
         if refused is not None:
             await asyncio.to_thread(store.fail, job, refused, attempts=0, seconds=0.0)
-            self._finish(Outcome(job, store, "failed", 0, refused))
+            self._finish(store, Outcome(job, "failed", 0, refused))
             return
+        last: list[Member] = []  # the member of the latest attempt
         retrying = build_retrying(self.settings.retry, sleep=self.sleep,
                                   rng=self._rng or random.random)
         try:
-            image: GeneratedImage = await retrying(self._attempt, store, job, counter)
+            image: GeneratedImage = await retrying(self._attempt, store, job, counter, last)
         except Stopped:
             raise
         except ServiceConfigError as exc:
@@ -330,20 +450,15 @@ class Runner:
                 self.state.config_error = exc
             self.stop()
             raise Stopped from None
-        except (PermanentApiError, RetryableApiError) as exc:
+        except ApiError as exc:
             reason = exc.message
             if isinstance(exc, RetryableApiError) and counter[0] > 1:
                 reason = f"{reason} (gave up after {counter[0]} attempts)"
             await asyncio.to_thread(
-                store.fail, job, reason, attempts=counter[0], seconds=self._clock() - started
+                store.fail, job, reason, attempts=counter[0], seconds=self._clock() - started,
+                member=self._name(last),
             )
-            self._finish(Outcome(job, store, "failed", counter[0], reason))
-            return
-        except ApiError as exc:  # an ApiError of no known kind: fail the job, keep going
-            await asyncio.to_thread(
-                store.fail, job, exc.message, attempts=counter[0], seconds=self._clock() - started
-            )
-            self._finish(Outcome(job, store, "failed", counter[0], exc.message))
+            self._finish(store, Outcome(job, "failed", counter[0], reason))
             return
         data, created = image.data, image.created
         del image  # hand the bytes to the store and keep nothing after
@@ -352,26 +467,28 @@ class Runner:
         # waits for it and counts it before giving up.
         save = asyncio.ensure_future(asyncio.to_thread(
             store.save, job, data, attempts=counter[0], seconds=self._clock() - started,
-            created=created,
+            created=created, member=self._name(last),
         ))
         del data
         try:
             await asyncio.shield(save)
         except asyncio.CancelledError:
             await save
-            self._finish(Outcome(job, store, "ok", counter[0]))
+            self._finish(store, Outcome(job, "ok", counter[0]))
             raise
-        self._finish(Outcome(job, store, "ok", counter[0]))
+        self._finish(store, Outcome(job, "ok", counter[0]))
 
-    def _finish(self, outcome: Outcome) -> None:
+    def _name(self, last: list[Member]) -> str | None:
+        """The prefix of the member of the latest attempt, recorded for a pool's jobs."""
+        return last[0].prefix if self._pooled and last else None
+
+    def _finish(self, store: JobStore, outcome: Outcome) -> None:
+        tally = self.state.tally(store)
         if outcome.status == "ok":
             self.state.ok += 1
-            by_store = self.state.ok_by_store
-            by_store[id(outcome.store)] = by_store.get(id(outcome.store), 0) + 1
-            # Successes are counted, not kept: memory stays flat however many jobs.
+            tally.made += 1
         else:
             self.state.failed += 1
-            self.state.outcomes.append(outcome)
+            tally.failures.append(outcome)
         if self._on_change is not None:
             self._on_change(self.state)
-

@@ -83,6 +83,8 @@ class ServerOptions:
     """How the embedded server behaves: key, latency, rate limit, faults, render workers."""
 
     key: str | None = None  # bearer token required; None accepts any (or none)
+    # The key is refused (401) once this many images were served: a key revoked mid-run.
+    revoke_after: int | None = None
     latency_ms: float = 0.0  # added to every response
     rpm: int | None = None  # sliding-window request limit; None = unlimited
     window: float = 60.0  # seconds of the sliding window
@@ -123,6 +125,8 @@ class ServerOptions:
             raise ValueError("scripted faults are numbered from 1 (the first request)")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.revoke_after is not None and self.revoke_after < 0:
+            raise ValueError(f"revoke_after cannot be negative, got {self.revoke_after}")
 
 
 @dataclass
@@ -358,6 +362,10 @@ class _Service:
             token.strip().encode(), self.options.key.encode()
         )
 
+    def _revoked(self) -> bool:
+        after = self.options.revoke_after
+        return after is not None and self.stats.by_status[200] >= after
+
     def _limited(self, headers: dict[str, str]) -> web.Response:
         if self.options.retry_after and self.window is not None:
             wait = self.window.wait(asyncio.get_running_loop().time())
@@ -369,7 +377,7 @@ class _Service:
     async def generations(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/images/generations."""
         loop = asyncio.get_running_loop()
-        if not self._authorized(request):
+        if not self._authorized(request) or self._revoked():
             return error_response(401, "Invalid API key: send 'Authorization: Bearer <key>'")
         if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
             return error_response(413, f"Request body too large: over {MAX_REQUEST_BYTES} bytes")

@@ -17,7 +17,7 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -60,10 +60,14 @@ class Record:
     # The image file's modification time as recorded (ok records; older lines lack it):
     # with `bytes`, what a done check compares before it reads the file.
     mtime_ns: int | None = None
+    member: str | None = None  # the pool member's prefix (DIFFUSION2), for a pool's runs
 
     def to_line(self) -> builtins.bytes:
-        """The JSON line, newline included."""
-        return (json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        """The JSON line, newline included (`member` only when there is one)."""
+        doc = asdict(self)
+        if doc["member"] is None:
+            del doc["member"]
+        return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Record | None:
@@ -75,6 +79,7 @@ class Record:
                 error=doc.get("error"), sha256=doc.get("sha256"), bytes=doc.get("bytes"),
                 seconds=float(doc.get("seconds") or 0.0), created=doc.get("created"),
                 mtime_ns=_int_or_none(doc.get("mtime_ns")),
+                member=doc.get("member") if isinstance(doc.get("member"), str) else None,
             )
         except (KeyError, TypeError, ValueError, OverflowError):  # e.g. "attempts": 1e400
             return None
@@ -218,15 +223,18 @@ class JobState:
 
 
 class Ledger:
-    """The records of one results.jsonl, indexed to judge jobs against one backend.
+    """The records of one results.jsonl, indexed to judge jobs against a backend.
 
-    `backend` None judges against whichever backend made each image (what `merge` does:
-    it combines outputs made anywhere and keeps each record's backend).
+    `backend` is one backend name, or a pool's set of member backends (a job recorded ok by
+    any of them is done); None judges against whichever backend made each image (what
+    `merge` does: it combines outputs made anywhere and keeps each record's backend).
     """
 
-    def __init__(self, images: Path, backend: str | None) -> None:
+    def __init__(self, images: Path, backend: str | Iterable[str] | None) -> None:
         self.images = images
-        self.backend = backend
+        self.backends: frozenset[str] | None = (
+            None if backend is None else
+            frozenset({backend}) if isinstance(backend, str) else frozenset(backend))
         self._latest_ok: dict[str, Record] = {}  # per key, any backend
         # path -> the key whose image was written there last: an older ok record for the
         # path (a prompt changed, then changed back; another manifest of the same name)
@@ -241,7 +249,7 @@ class Ledger:
             self._latest_ok[rec.key] = rec
             self._latest_fail.pop(rec.key, None)
             self._written[rec.path] = rec.key
-        elif self.backend is None or rec.backend == self.backend:
+        elif self.backends is None or rec.backend in self.backends:
             self._latest_fail[rec.key] = rec
 
     def state(self, job: Job, *, verify: bool = False) -> JobState:
@@ -260,7 +268,7 @@ class Ledger:
         rec = self._latest_ok.get(job.key)
         hashed = False
         if (rec is not None and rec.path == job.path
-                and (self.backend is None or rec.backend == self.backend)
+                and (self.backends is None or rec.backend in self.backends)
                 and self._written.get(job.path) == job.key):
             intact, hashed = self._intact(job.path, rec, verify)
             if intact:
@@ -312,13 +320,14 @@ class Ledger:
 
 
 def job_states(
-    jobs: Iterable[Job], root: Path, backend: str | None, *, verify: bool = False
+    jobs: Iterable[Job], root: Path, backend: str | Iterable[str] | None, *,
+    verify: bool = False,
 ) -> list[JobState]:
     """Each job's state in the outputs folder `root` (`<out>/<name>`), judged against `backend`.
 
     The one definition of done (`Ledger.state`), read from `root`'s results.jsonl and
     images/; nothing is written. `backend` is the backend name a run records (a base URL, or
-    "local"); None takes whichever backend made each image. `verify` hashes every image
+    "local"), or a pool's member backends; None takes whichever backend made each image. `verify` hashes every image
     instead of trusting a matching size and mtime. `run` skips the DONE jobs, `status` counts
     these states, the contact sheet and index.html draw them, `merge` copies by them.
     """
@@ -329,23 +338,35 @@ def job_states(
 
 
 class Store:
-    """Everything one plan writes, under `<out>/<name>/`, for one backend."""
+    """Everything one plan writes, under `<out>/<name>/`, for one backend or a pool.
 
-    def __init__(self, out: Path, name: str, backend: str) -> None:
+    A pool's store is given its members (prefix -> backend name): each record names the
+    member's backend and prefix, and a job recorded ok by any member's backend is done.
+    """
+
+    def __init__(self, out: Path, name: str, backend: str, *,
+                 members: Mapping[str, str] | None = None) -> None:
         self.root = Path(out) / name
         self.images = self.root / IMAGES
         self.backend = backend
+        self._members = dict(members or {})
+        self._backends = frozenset(self._members.values()) or frozenset({backend})
         self._lock = threading.Lock()
         self._results: Any = None  # binary append handle, opened by prepare()
-        self._ledger = Ledger(self.images, backend)
+        self._ledger = Ledger(self.images, self._backends)
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r}, backend={self.backend!r})"
 
+    @property
+    def backends(self) -> frozenset[str]:
+        """The backends whose images count as done here: a pool's members, or the one."""
+        return self._backends
+
     # -- reading -----------------------------------------------------------------------
     def load(self) -> None:
         """Index results.jsonl for the done checks (see Ledger.state)."""
-        self._ledger = Ledger(self.images, self.backend)
+        self._ledger = Ledger(self.images, self._backends)
         for rec in read_records(self.root / RESULTS):
             self._ledger.add(rec)
 
@@ -455,34 +476,44 @@ class Store:
             self._ledger.add(rec)
 
     def save(
-        self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None
+        self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None,
+        member: str | None = None,
     ) -> Record:
-        """Embed the request, write the image atomically, then record it ok (in that order)."""
+        """Embed the request, write the image atomically, then record it ok (in that order);
+        `member` is the pool member that made it."""
         try:
             blob = metadata.embed(data, job.body)
             path = self.image_path(job)
             atomic_write(path, blob)
             rec = Record(
-                key=job.key, path=job.path, status="ok", backend=self.backend, attempts=attempts,
-                error=None, sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob),
-                seconds=round(seconds, 3), created=created, mtime_ns=stamp(path),
+                key=job.key, path=job.path, status="ok", backend=self._backend_of(member),
+                attempts=attempts, error=None, sha256=hashlib.sha256(blob).hexdigest(),
+                bytes=len(blob), seconds=round(seconds, 3), created=created, mtime_ns=stamp(path),
+                member=member,
             )
             self._append(rec)
         except OSError as exc:
             raise write_error(self.images / job.path, exc) from None
         return rec
 
-    def fail(self, job: Job, error: str, *, attempts: int, seconds: float) -> Record:
-        """Record that `job` failed (its old image, if any, is left alone)."""
+    def fail(
+        self, job: Job, error: str, *, attempts: int, seconds: float, member: str | None = None
+    ) -> Record:
+        """Record that `job` failed (its old image, if any, is left alone); `member` is the
+        pool member of its last attempt."""
         rec = Record(
-            key=job.key, path=job.path, status="failed", backend=self.backend, attempts=attempts,
-            error=error, sha256=None, bytes=None, seconds=round(seconds, 3), created=None,
+            key=job.key, path=job.path, status="failed", backend=self._backend_of(member),
+            attempts=attempts, error=error, sha256=None, bytes=None, seconds=round(seconds, 3),
+            created=None, member=member,
         )
         try:
             self._append(rec)
         except OSError as exc:
             raise write_error(self.root / RESULTS, exc) from None
         return rec
+
+    def _backend_of(self, member: str | None) -> str:
+        return self._members[member] if member is not None else self.backend
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """Write summary.json atomically; return its path."""

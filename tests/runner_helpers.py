@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 from PIL import Image
@@ -38,3 +39,17 @@ def image_bytes(fmt: str = "png", size: tuple[int, int] = (1024, 1024),
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="JPEG" if fmt == "jpeg" else "PNG")
     return buf.getvalue()
+
+
+class Clock:
+    """Time that passes only when the code under test sleeps: a clock and its sleep."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.commands import plan_table
 from pipeline.errors import printable
 from pipeline.manifest import load_plan
+from pipeline.preview import plan_table
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = """version: 1

@@ -12,9 +12,19 @@ from PIL import Image
 from runner_helpers import KEY, make_plan
 
 from pipeline import config
-from pipeline.app import RunOptions, report, run_plans_async, show_command
+from pipeline.cli import report_run
 from pipeline.errors import ConfigError
+from pipeline.options import RunOptions
+from pipeline.run import run_plans
 from pipeline.server import ServerOptions, ServerStats, running_server
+from pipeline.status import show_command
+from pipeline.summary import plan_doc
+
+
+async def run_plans_async(plans, conn, opts, err):
+    """The run's report, with each plan's summary as summary.json holds it."""
+    report = await run_plans(plans, conn, opts, err)
+    return [plan_doc(p) for p in report.plans], report
 
 
 def api_options(**kw) -> ServerOptions:
@@ -33,7 +43,7 @@ async def _run(options: ServerOptions, plans, tmp_path: Path, *, stats: list[Ser
         err = io.StringIO()
         summaries, state = await run_plans_async(plans, conn, opts, err)
         out = io.StringIO()
-        code = report(summaries, state, opts, out, err)
+        code = report_run(state, as_json=False, out=out, err=err)
         return code, summaries, out.getvalue() + err.getvalue(), srv.stats
 
 
@@ -57,7 +67,7 @@ async def test_run_then_rerun_sends_nothing(tmp_path):
         conn = config.Connection(prefix="DIFFUSION", url=url, key=KEY)
         opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, concurrency=3, rpm=6000)
         (summary,), state = await run_plans_async([plan], conn, opts, io.StringIO())
-        assert api.requests == 6 and state.ok == 6
+        assert api.requests == 6 and state.succeeded == 6
         assert summary["succeeded"] == 6 and summary["requests"] == 6 and summary["failures"] == []
         assert summary["backend"] == url
         images = _images(tmp_path)
@@ -279,7 +289,7 @@ async def test_a_second_run_into_the_same_folder_is_refused_and_touches_nothing(
 
 
 def test_status_checks_the_url_as_run_does_and_names_the_same_backend(tmp_path, capsys):
-    from pipeline.app import status_command
+    from pipeline.status import status_command
 
     manifest = tmp_path / "m.yaml"
     manifest.write_text("version: 1\nname: st\njobs:\n  - id: a\n    prompt: p\n    seeds: 1\n")

@@ -15,7 +15,8 @@ from aioresponses import aioresponses
 from PIL import Image
 from runner_helpers import KEY, image_bytes, make_job
 
-from pipeline.client import ApiClient, backend_name, check_image
+from pipeline.client import ApiClient, check_image
+from pipeline.config import backend_name
 from pipeline.errors import AuthError, PermanentApiError, RetryableApiError
 
 BASE = "https://inference.example.test"
@@ -34,10 +35,9 @@ async def call(mock_setup, job=None, **kw):
     with aioresponses() as m:
         mock_setup(m)
         async with aiohttp.ClientSession() as session:
-            client = ApiClient(session, BASE, KEY, observe=lambda h, s: seen.append((s, dict(h))),
-                               **kw)
+            client = ApiClient(session, BASE, KEY, **kw)
             try:
-                result = await client.generate(job)
+                result = await client.generate(job, lambda h, s: seen.append((s, dict(h))))
             except Exception as exc:  # noqa: BLE001 - the test inspects it
                 result = exc
             sent = [c for calls in m.requests.values() for c in calls]
@@ -343,3 +343,34 @@ def test_base64_variants_other_servers_send_decode_to_the_same_bytes():
     for bad in (plain[:40] + "!!" + plain[40:], plain[:40] + "*" + plain[41:], "x" * 4 + "$"):
         with pytest.raises(RetryableApiError, match="does not decode"):
             decode_b64(bad)
+
+
+async def test_the_image_and_the_error_carry_the_requests_their_call_sent():
+    data = image_bytes("png")
+
+    def downloaded(m):
+        m.post(URL, payload={"created": 1, "data": [{"url": "/files/x.png"}]})
+        m.get(BASE + "/files/x.png", body=data)
+
+    def download_fails(m):
+        m.post(URL, payload={"created": 1, "data": [{"url": "/files/x.png"}]})
+        m.get(BASE + "/files/x.png", status=500)
+
+    image, *_ = await call(downloaded)
+    assert image.requests == 2
+    error, *_ = await call(download_fails)
+    assert isinstance(error, RetryableApiError) and error.requests == 2
+    refused, *_ = await call(lambda m: m.post(URL, status=400, payload={}))
+    assert isinstance(refused, PermanentApiError) and refused.requests == 1
+
+
+async def test_a_connection_refused_is_an_unreachable_error():
+    from types import SimpleNamespace
+
+    from pipeline.errors import UnreachableError
+
+    refused = aiohttp.ClientConnectorError(
+        SimpleNamespace(host="inference.example.test", port=443, ssl=True),
+        ConnectionRefusedError(111, "Connection refused"))
+    result, *_ = await call(lambda m: m.post(URL, exception=refused))
+    assert isinstance(result, UnreachableError) and result.requests == 1

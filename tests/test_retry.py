@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-import time
 
 import pytest
 
@@ -154,11 +153,12 @@ async def test_pacer_pause_is_capped():
 
 
 async def test_pacer_rpm_spaces_starts_evenly():
-    p = Pacer(rpm=600)  # one start per 0.1 s, capacity one
-    started = time.monotonic()
+    t = FakeTime()
+    p = Pacer(rpm=600, clock=t.clock, sleep=t.sleep)  # one start per 0.1 s, capacity one
+    started = t.now
     for _ in range(4):
         await p.acquire()
-    elapsed = time.monotonic() - started
+    elapsed = t.now - started
     assert elapsed >= 0.25  # three gaps of 0.1 s after the first free start (never fewer)
 
 
@@ -169,3 +169,47 @@ async def test_pacer_auto_adopts_the_advertised_limit():
     fixed = Pacer(rpm=20)
     fixed.observe({"x-ratelimit-limit-requests": "600"}, 200)
     assert fixed.rpm == 20
+
+
+async def test_pacer_observe_takes_off_the_requests_started_after_the_ticket():
+    t = FakeTime()
+    p = Pacer(clock=t.clock, sleep=t.sleep)
+    first = await p.acquire()
+    await p.acquire()
+    await p.acquire()  # two started after `first` was answered
+    p.observe({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "5s"}, 200,
+              first)
+    await p.acquire()  # 3 left, less the 2 the service had not counted: 1
+    assert t.sleeps == []
+    await p.acquire()
+    assert t.sleeps == [5.0]
+
+
+async def test_a_stop_ends_a_pacer_wait_at_once():
+    import asyncio
+
+    from pipeline.retry import Stopped
+
+    forever = asyncio.Event()
+
+    async def never_wakes(seconds: float) -> None:
+        await forever.wait()
+
+    p = Pacer(rpm=1, sleep=never_wakes)  # the second start would wait a minute
+    stop = asyncio.Event()
+    await p.acquire(stop)
+    waiting = asyncio.ensure_future(p.acquire(stop))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    stop.set()
+    with pytest.raises(Stopped):
+        await asyncio.wait_for(waiting, 1.0)
+
+
+async def test_pacer_spent_window_with_no_reset_waits_for_news_on_the_injected_clock():
+    t = FakeTime()
+    p = Pacer(clock=t.clock, sleep=t.sleep)
+    ticket = await p.acquire()
+    p.observe({"x-ratelimit-remaining-requests": "0"}, 200, ticket)
+    await p.acquire()  # nothing said more within a second: one request may try
+    assert t.sleeps == [1.0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from runner_helpers import make_plan
+from runner_helpers import Clock, make_plan
 
 from pipeline.client import GeneratedImage
 from pipeline.errors import AuthError, PermanentApiError, RetryableApiError, StoreError
@@ -23,10 +23,10 @@ class FakeStore:
     def cannot_write(self, job):
         return f"cannot write {job.path}" if job.index in self.refuse else None
 
-    def save(self, job, data, *, attempts, seconds, created):
+    def save(self, job, data, *, attempts, seconds, created, member=None):
         self.saved[job.key] = (data, attempts)
 
-    def fail(self, job, error, *, attempts, seconds):
+    def fail(self, job, error, *, attempts, seconds, member=None):
         self.failed[job.key] = error
 
 
@@ -41,7 +41,7 @@ class FakeClient:
         self.gate = gate
         self.started: list[int] = []
 
-    async def generate(self, job):
+    async def generate(self, job, observe=None):
         self.requests += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -97,22 +97,8 @@ async def test_a_job_whose_image_cannot_be_saved_fails_without_a_request():
     assert state.ok == 3 and state.failed == 2
     assert sorted((o.job.index, o.attempts, o.error) for o in state.outcomes) == [
         (1, 0, "cannot write fox/2.png"), (3, 0, "cannot write fox/4.png")]
-    assert state.requests_by_store.get(id(store), 0) == 3
+    assert state.by_store[store].requests == 3
     assert set(store.failed.values()) == {"cannot write fox/2.png", "cannot write fox/4.png"}
-
-
-class Clock:
-    """Time that passes only when the runner sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 def _throttled(n):
@@ -152,7 +138,7 @@ async def test_retryable_errors_retry_with_injected_waits_then_succeed():
     assert sleep.waits == [2.0, 9.0]
     (_data, attempts), = store.saved.values()
     assert attempts == 3
-    assert state.requests_by_store[id(store)] == 3
+    assert state.by_store[store].requests == 3
 
 
 async def test_gives_up_after_retries_with_reason():
@@ -291,3 +277,18 @@ def test_progress_off_a_tty_prints_plain_lines_every_few_seconds():
     lines = buf.getvalue().splitlines()
     assert 4 <= len(lines) <= 5 and all(ln.startswith("progress: ") for ln in lines)
     assert "\r" not in buf.getvalue()
+
+
+async def test_pacing_and_backoff_run_on_one_injected_clock():
+    from pipeline.retry import Pacer
+    from pipeline.runner import Member
+
+    clock, store = Clock(), FakeStore()
+    client = FakeClient({1: [RetryableApiError("HTTP 503", status=503)]})
+    pacer = Pacer(rpm=6, clock=clock, sleep=clock.sleep)  # one start every 10 s
+    runner = Runner([Member(client, pacer)], RunSettings(concurrency=1, backoff_base=4.0),
+                    sleep=clock.sleep, clock=clock, rng=lambda: 1.0)
+    state = await runner.run(_work(store, 3))
+    assert state.ok == 3 and client.requests == 4
+    # starts at 0 and 10 (refused: 4 s of backoff, then the next slot), 20, 30
+    assert clock.now == 30.0

@@ -37,13 +37,15 @@ sys.path.insert(0, {str(TESTS)!r})
 from pathlib import Path
 import asyncio
 from pipeline import config
-from pipeline.app import RunOptions, report, run_plans_async
+from pipeline.cli import report_run
+from pipeline.options import RunOptions
+from pipeline.run import run_plans
 from runner_helpers import make_plan
 import os
 conn = config.connection(os.environ, "DIFFUSION")
 opts = RunOptions((), out=Path(sys.argv[1]), post=False, concurrency=4, rpm=6000)
-summaries, state = asyncio.run(run_plans_async([make_plan({N})], conn, opts, sys.stderr))
-sys.exit(report(summaries, state, opts, sys.stdout, sys.stderr))
+report = asyncio.run(run_plans([make_plan({N})], conn, opts, sys.stderr))
+sys.exit(report_run(report, as_json=False, out=sys.stdout, err=sys.stderr))
 """
 
 MANIFEST = f"""version: 1

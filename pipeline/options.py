@@ -1,0 +1,54 @@
+"""What `imagebatch run` can be asked to do, with every default defined once.
+
+The command line takes its defaults from here, and `run` reads nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import DEFAULT_PREFIX, REQUEST_TIMEOUT
+from pipeline.manifest import DEFAULT_MAX_JOBS
+from pipeline.runner import RunSettings
+
+DEFAULT_OUT = Path("outputs")
+#: Starts a minute for a remote URL when --rpm is not given: the documented Stable Image
+#: Ultra limit, per model resource (the service's advertised limit replaces it).
+REMOTE_DEFAULT_RPM = 20.0
+
+_RUN = RunSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Everything `imagebatch run` was asked to do."""
+
+    manifests: tuple[str, ...]
+    out: Path = DEFAULT_OUT
+    concurrency: int = _RUN.concurrency
+    rpm: float | None = None  # per backend; None: REMOTE_DEFAULT_RPM (or its advertised limit)
+    retries: int = _RUN.retries
+    timeout: float = REQUEST_TIMEOUT
+    force: bool = False
+    verify: bool = False  # hash every image in the done check, not only changed-looking ones
+    shard: tuple[int, int] | None = None
+    max_jobs: int = DEFAULT_MAX_JOBS
+    local: bool = False
+    post: bool = True
+    # Each names {PREFIX}_URL, _KEY, _MODEL_ID; several (or a comma-separated list) make a
+    # pool of backends.
+    env_prefixes: tuple[str, ...] = (DEFAULT_PREFIX,)
+    verbose: int = 0
+    backoff_base: float = _RUN.backoff_base  # seconds; first retry waits up to this
+
+    def settings(self) -> RunSettings:
+        """The runner's part of these options."""
+        return RunSettings(concurrency=self.concurrency, retries=self.retries,
+                           backoff_base=self.backoff_base)
+
+
+def default(name: str) -> Any:
+    """The default of RunOptions field `name`."""
+    return next(f.default for f in fields(RunOptions) if f.name == name)

@@ -1,0 +1,107 @@
+"""`validate`, `plan` and `schema`: read manifests, print what a run would do, send nothing.
+
+Loading imports no HTTP code: these commands start fast and need no network library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TextIO
+
+from pipeline.config import DEFAULT_PREFIX
+from pipeline.errors import ManifestError, printable
+from pipeline.manifest import DEFAULT_MAX_JOBS, load_plans
+from pipeline.plan import Plan
+
+MAX_SHOWN = 200  # problems printed; the count line still says how many there are
+
+
+def validate_command(manifests: Sequence[str], *, max_jobs: int = DEFAULT_MAX_JOBS,
+                     env_prefix: str = DEFAULT_PREFIX, env: Mapping[str, str] | None = None,
+                     out: TextIO | None = None) -> int:
+    """Check every manifest as `run` would; print one line per good file; errors raise."""
+    out = out or sys.stdout
+    env = os.environ if env is None else env
+    for plan in load_plans(manifests, env, env_prefix, max_jobs=max_jobs):
+        print(f"{plan.source}: ok, {plan.total} jobs ({plan.name}, model {plan.model})", file=out)
+    return 0
+
+
+def plan_json(plan: Plan) -> str:
+    """The plan as `plan --json` prints it: a JSON array, one job per line, stable bytes."""
+    rows = []
+    for job in plan.jobs:
+        head = json.dumps({"key": job.key, "path": job.path}, ensure_ascii=False)[:-1]
+        variables = json.dumps(dict(job.vars), ensure_ascii=False)
+        rows.append(f'{head}, "request": {job.body}, "vars": {variables}}}')
+    return "[\n" + ",\n".join(rows) + "\n]\n" if rows else "[]\n"
+
+
+def plan_table(plan: Plan, width: int = 100) -> str:
+    """The plan as a table a person reads: index, key, seed, path, prompt."""
+    lines = [f"{'#':>5}  {'key':12}  {'seed':>10}  {'path':30}  prompt"]
+    for job in plan.jobs:
+        prompt = printable(str(job.request.get("prompt", "")).replace("\n", " "))
+        line = (f"{job.index:>5}  {job.key[:12]}  {job.seed:>10}  {printable(job.path):30}  "
+                f"{prompt}")
+        lines.append(line if len(line) <= width else line[: width - 1] + "…")
+    if plan.shard:
+        k, n = plan.shard
+        lines.append(f"{len(plan.jobs)} of {plan.total} jobs in shard {k}/{n} "
+                     f"({plan.name}, model {plan.model})")
+    else:
+        lines.append(f"{plan.total} jobs ({plan.name}, model {plan.model})")
+    return "\n".join(lines) + "\n"
+
+
+def _write(text: str, out: TextIO) -> None:
+    # UTF-8 whatever the locale, so `plan --json` is the same bytes on every machine
+    buffer = getattr(out, "buffer", None)
+    if buffer is not None:
+        out.flush()
+        buffer.write(text.encode("utf-8"))
+        buffer.flush()
+    else:
+        out.write(text)
+
+
+def plan_command(manifest: str, *, as_json: bool = False, shard: tuple[int, int] | None = None,
+                 max_jobs: int = DEFAULT_MAX_JOBS, env_prefix: str = DEFAULT_PREFIX,
+                 env: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
+    """`imagebatch plan`: the job list (table or JSON); sends nothing, writes nothing."""
+    out = out or sys.stdout
+    env = os.environ if env is None else env
+    (plan,) = load_plans([manifest], env, env_prefix, max_jobs=max_jobs, shard=shard)
+    if as_json:
+        _write(plan_json(plan), out)
+    else:
+        _write(plan_table(plan, shutil.get_terminal_size((100, 20)).columns), out)
+    return 0
+
+
+def schema_command(out: TextIO | None = None) -> int:
+    """`imagebatch schema`: the manifest's JSON Schema, for editors."""
+    from pipeline.schema import schema_text
+
+    _write(schema_text(), out or sys.stdout)
+    return 0
+
+
+def problem_report(exc: ManifestError) -> str:
+    """Every problem on its own line, then a count per file."""
+    files: dict[str, int] = {}
+    for p in exc.problems:
+        files[p.file] = files.get(p.file, 0) + 1
+    counts = [f"{n} problem{'s' if n > 1 else ''} in {f}" for f, n in files.items()]
+    if exc.unreadable:
+        counts.append(f"{len(exc.unreadable)} file{'s' if len(exc.unreadable) > 1 else ''} "
+                      "not read")
+    tail = "; ".join(counts)
+    shown = [*exc.unreadable, *(str(p) for p in exc.problems[:MAX_SHOWN])]
+    if len(exc.problems) > MAX_SHOWN:
+        shown.append(f"... and {len(exc.problems) - MAX_SHOWN} more")
+    return "\n".join(shown) + f"\n{tail}; nothing was sent"

@@ -1,0 +1,294 @@
+"""`imagebatch run`, less its output: plans in, a RunReport out.
+
+Read top to bottom: load the plans, pick the backend (the URL, or the embedded server
+started here, or a pool of several URLs and keys), skip what is done, wire the session and
+a pacer and client per backend into the runner, let signals stop it, write each plan's
+summary.json, post-process, and return the typed report. The command line prints the
+report and turns it into an exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TextIO
+
+import aiohttp
+
+from pipeline import config, picks, version
+from pipeline.client import ApiClient
+from pipeline.errors import Interrupted, StoreError
+from pipeline.manifest import load_plans
+from pipeline.options import REMOTE_DEFAULT_RPM, RunOptions
+from pipeline.plan import Job, Plan
+from pipeline.post import Stop, build_all
+from pipeline.progress import Progress
+from pipeline.retry import Pacer
+from pipeline.runner import Member, Runner, StoreTally
+from pipeline.server import ServerOptions, running_server
+from pipeline.store import DONE, Store
+from pipeline.summary import (
+    Failure,
+    MemberReport,
+    PlanReport,
+    RunReport,
+    markdown,
+    plan_doc,
+)
+
+
+def run(opts: RunOptions, env: Mapping[str, str] | None = None,
+        err: TextIO | None = None) -> RunReport:
+    """Validate every manifest, run what is not done, post-process; the report.
+
+    Nothing is sent before every manifest and the configuration have passed their checks.
+    With $GITHUB_STEP_SUMMARY set, the report is appended there as Markdown too.
+    """
+    env = os.environ if env is None else env
+    err = err or sys.stderr
+    prefixes, notes = config.split_prefixes(opts.env_prefixes)
+    plans = load_plans(opts.manifests, env, prefixes[0], max_jobs=opts.max_jobs,
+                       shard=opts.shard)
+    for plan in plans:  # the sheets mark the picks: a broken picks file stops us here
+        picks.load_picks(picks.picks_path(plan.source), plan if plan.shard is None else None)
+    conns, more = config.pool(env, prefixes, local=opts.local)
+    for note in (*notes, *more):
+        print(f"note: {note}", file=err)
+    report = asyncio.run(run_plans(plans, conns, opts, err))
+    write_step_summary(report, env)
+    return report
+
+
+@dataclass(frozen=True, slots=True)
+class _Backend:
+    prefix: str  # the environment prefix naming its variables
+    url: str
+    key: str = field(repr=False)
+    name: str  # what results.jsonl records
+
+
+@contextlib.asynccontextmanager
+async def _backends(
+    conns: Sequence[config.Connection], err: TextIO, reason: str
+) -> AsyncIterator[list[_Backend]]:
+    """The remote service(s), or the embedded server started here for the run's duration."""
+    if not conns[0].local:
+        yield [_Backend(c.prefix, c.url, c.key, config.backend_name(c.url))
+               for c in conns if c.url is not None and c.key is not None]
+        return
+    async with running_server(ServerOptions(), host="127.0.0.1", port=0) as srv:
+        print(f"{reason}: using the embedded local server at {srv.url}", file=err, flush=True)
+        yield [_Backend(conns[0].prefix, srv.url, "local", config.LOCAL_BACKEND)]
+
+
+async def run_plans(
+    plans: Sequence[Plan], conn: config.Connection | Sequence[config.Connection],
+    opts: RunOptions, err: TextIO, reason: str = "",
+) -> RunReport:
+    """Run validated plans against `conn` (the embedded server for a local one), or against
+    a pool of connections; write each summary.json, post-process unless stopped or told
+    not to; the report."""
+    conns = [conn] if isinstance(conn, config.Connection) else list(conn)
+    reason = reason or ("--local given" if opts.local else f"no {conns[0].prefix}_URL set")
+    started = time.monotonic()
+    async with _backends(conns, err, reason) as backends:
+        pooled = len(backends) > 1
+        name = ",".join(sorted({b.name for b in backends}))
+        members = {b.prefix: b.name for b in backends} if pooled else None
+        stores = [Store(opts.out, plan.name, name, members=members) for plan in plans]
+        try:
+            work, skipped = await _todo(plans, stores, opts, err)
+            runner = await _run_jobs(work, backends, opts, err)
+            state = runner.state
+        finally:
+            for store in stores:
+                store.close()
+        seconds = time.monotonic() - started
+        reports = [_plan_report(plan, store, state.by_store.get(store, StoreTally()), done,
+                                seconds, state.interrupted)
+                   for plan, store, done in zip(plans, stores, skipped)]
+        pool = tuple(MemberReport(m.prefix, m.requests, m.images, m.throttled, m.dropped)
+                     for m in runner.members) if pooled else ()
+        store_error = state.store_error
+        for store, report in zip(stores, reports):
+            try:
+                await asyncio.to_thread(store.write_summary,
+                                        plan_doc(report, version(), members=pool))
+            except StoreError as exc:
+                # A full or read-only disk: still report what was made, and the first
+                # write that failed (an image, usually) rather than this one.
+                store_error = store_error or exc
+    interrupted = state.interrupted
+    if opts.post and not interrupted and state.config_error is None and store_error is None:
+        with _stopping_post_on_signals() as stop:
+            for plan, store in zip(plans, stores):
+                try:
+                    await asyncio.to_thread(build_all, plan, store.root, backend=store.backends,
+                                            stop=stop, picks_file=picks.picks_path(plan.source))
+                except StoreError as exc:
+                    # The images are safe; report what was made, then what could not be
+                    # written.
+                    store_error = exc
+                    break
+                except Interrupted:
+                    # Stopped while post-processing: the summaries say so, and the next
+                    # run finishes the sheets.
+                    interrupted = True
+                    reports = [replace(r, interrupted=True) for r in reports]
+                    for st, report in zip(stores, reports):
+                        with contextlib.suppress(StoreError):
+                            await asyncio.to_thread(st.write_summary,
+                                                    plan_doc(report, version(), members=pool))
+                    break
+    reports = [_with_post_outputs(r) for r in reports]
+    return RunReport(tuple(reports), members=pool, interrupted=interrupted,
+                     config_error=state.config_error, store_error=store_error,
+                     version=version())
+
+
+@contextlib.contextmanager
+def _stopping_post_on_signals() -> Iterator[Stop]:
+    """While post-processing: SIGINT / SIGTERM stop it (workers killed, Interrupted); once
+    stopped, later signals are ignored so that exit 130 is not cut short."""
+    loop = asyncio.get_running_loop()
+    stop = Stop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        yield stop
+    finally:
+        for sig in installed:
+            if loop.remove_signal_handler(sig) and stop.requested:
+                signal.signal(sig, signal.SIG_IGN)
+
+
+async def _todo(
+    plans: Sequence[Plan], stores: Sequence[Store], opts: RunOptions, err: TextIO
+) -> tuple[list[tuple[Store, Job]], list[int]]:
+    """Open every store (sweeping a killed run's temp files): the jobs not done yet, and
+    how many of each plan's jobs are done already."""
+    work: list[tuple[Store, Job]] = []
+    skipped: list[int] = []
+    for plan, store in zip(plans, stores):
+        removed = await asyncio.to_thread(store.prepare)
+        if removed and opts.verbose:
+            print(f"{plan.name}: removed {removed} temp file(s) of an interrupted run", file=err)
+        await asyncio.to_thread(store.load)
+        states = await asyncio.to_thread(store.check, plan.jobs, verify=opts.verify)
+        todo = [st.job for st in states if opts.force or st.state != DONE]
+        skipped.append(len(plan.jobs) - len(todo))
+        work.extend((store, j) for j in todo)
+    return work, skipped
+
+
+async def _run_jobs(work: list[tuple[Store, Job]], backends: Sequence[_Backend],
+                    opts: RunOptions, err: TextIO) -> Runner:
+    """The session, and a pacer and client per backend, run by one runner (stopped by
+    SIGINT / SIGTERM); the runner, done."""
+    # One clock and one sleep for pacing and backoff alike.
+    clock, sleep = time.monotonic, asyncio.sleep
+    settings = opts.settings()
+    rpm, auto = opts.rpm, False
+    if rpm is None and backends[0].name != config.LOCAL_BACKEND:
+        rpm, auto = REMOTE_DEFAULT_RPM, True  # per backend: a pool of N goes N times as fast
+    progress = Progress(len(work), stream=err)
+
+    def dropped(member: Member) -> None:
+        print(f"\nwarning: pool member {member.prefix} dropped, its jobs go to the others: "
+              f"{member.dropped}", file=err, flush=True)
+
+    # --concurrency caps the requests in flight over every backend together.
+    connector = aiohttp.TCPConnector(limit=opts.concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        members = [
+            Member(ApiClient(session, b.url, b.key, timeout=opts.timeout,
+                             key_variable=f"{b.prefix}_KEY"),
+                   Pacer(rpm or None, auto_rpm=auto, clock=clock, sleep=sleep,
+                         pause_cap=settings.retry_after_cap),
+                   prefix=b.prefix)
+            for b in backends]
+        runner = Runner(members, settings, sleep=sleep, clock=clock, on_drop=dropped,
+                        on_change=lambda st: progress.update(st.ok, st.failed))
+        try:
+            with _stopped_by_signals(runner, err):
+                await runner.run(work)
+        finally:
+            progress.close()
+    return runner
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(runner: Runner, err: TextIO) -> Iterator[None]:
+    """SIGINT / SIGTERM stop the runner (in-flight work settles); a second one aborts it."""
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            print("\nstopping: no new requests; letting those in flight finish "
+                  "(Ctrl-C again to abort them)", file=err, flush=True)
+            runner.stop()
+        else:
+            runner.abort()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+            if signals:
+                # Stopping already: the work is settled and only the summary is left to
+                # write; a late second signal must not cut that short (exit 130 stays).
+                signal.signal(sig, signal.SIG_IGN)
+
+
+def _plan_report(plan: Plan, store: Store, tally: StoreTally, skipped: int, seconds: float,
+                 interrupted: bool) -> PlanReport:
+    failures = sorted(tally.failures, key=lambda o: o.job.index)
+    return PlanReport(
+        name=plan.name, manifest=plan.source, backend=store.backend,
+        shard=f"{plan.shard[0]}/{plan.shard[1]}" if plan.shard else None, out=str(store.root),
+        planned=len(plan.jobs), succeeded=tally.made, skipped=skipped, failed=len(failures),
+        pending=len(plan.jobs) - tally.made - skipped - len(failures), requests=tally.requests,
+        seconds=round(seconds, 3), interrupted=interrupted,
+        failures=tuple(Failure(o.job.key, o.job.path, o.error) for o in failures),
+    )
+
+
+def _with_post_outputs(report: PlanReport) -> PlanReport:
+    """`report` naming the contact sheets and index in its folder (for the step summary)."""
+    root = Path(report.out)
+    sheets = sorted(p.name for p in root.glob("contact-sheet*.png"))
+    index = root / "index.html"
+    return replace(report, sheets=tuple(str(root / name) for name in sheets),
+                   index=str(index) if index.is_file() else None)
+
+
+def write_step_summary(report: RunReport, env: Mapping[str, str]) -> bool:
+    """Append the Markdown summary to $GITHUB_STEP_SUMMARY when it is set; True if written."""
+    target = env.get("GITHUB_STEP_SUMMARY")
+    if not target or not report.plans:
+        return False
+    try:
+        with open(target, "a", encoding="utf-8") as fh:
+            fh.write(markdown(report))
+    except OSError:
+        return False  # a CI nicety; never fail a finished run over it
+    return True

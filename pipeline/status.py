@@ -1,0 +1,147 @@
+"""`status`, `show` and `sheet`: work from what a run left on disk; send nothing.
+
+`status` counts done / failed / pending jobs against the backend `run` would use, `show`
+prints the request embedded in an image, `sheet` rebuilds thumbnails, contact sheets and
+index.html.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from pipeline import config, picks
+from pipeline.errors import UsageError, printable
+from pipeline.manifest import DEFAULT_MAX_JOBS, load_plans
+from pipeline.metadata import MetadataError, read_request
+from pipeline.options import DEFAULT_OUT
+from pipeline.plan import canonical_json
+from pipeline.post import build_all, stop_on_signals
+from pipeline.store import job_states
+
+
+def judged_backends(env: Mapping[str, str], env_prefixes: Sequence[str], local: bool
+                    ) -> tuple[str, frozenset[str]]:
+    """(the backend name `run` would record, the backends whose images count as done: a
+    pool's members, or that one), from the same variables `run` reads."""
+    prefixes, _repeats = config.split_prefixes(env_prefixes)
+    names = config.status_backends(env, prefixes, local)
+    return ",".join(sorted(set(names.values()))), frozenset(names.values())
+
+
+def status_command(
+    manifest: str, *, out_dir: Path = DEFAULT_OUT, local: bool = False,
+    env_prefixes: Sequence[str] = (config.DEFAULT_PREFIX,), verbose: int = 0,
+    as_json: bool = False, shard: tuple[int, int] | None = None,
+    max_jobs: int = DEFAULT_MAX_JOBS, verify: bool = False,
+    env: Mapping[str, str] | None = None, out: TextIO | None = None,
+    picks_file: str | Path | None = None,
+) -> int:
+    """`imagebatch status`: done / failed / pending against the backend `run` would use
+    (for a pool, done by any of its members), and the picks file's counts when there is
+    one."""
+    env = os.environ if env is None else env
+    out = out or sys.stdout
+    backend, judged = judged_backends(env, env_prefixes, local)
+    prefix = config.split_prefixes(env_prefixes)[0][0]
+    (plan,) = load_plans([manifest], env, prefix, max_jobs=max_jobs, shard=shard)
+    root = Path(out_dir) / plan.name
+    picks_at = picks.picks_path(manifest, picks_file)
+    pick_counts = None
+    if picks_at.exists():
+        # decisions belong to the whole plan, whatever shard is asked about
+        whole = plan if shard is None else load_plans([manifest], env, prefix,
+                                                      max_jobs=max_jobs, shard=None)[0]
+        pick_counts = picks.counts(picks.load_picks(picks_at, whole), whole)
+    counts = {"done": 0, "failed": 0, "pending": 0}
+    rows: list[dict[str, str | None]] = []
+    for st in job_states(plan.jobs, root, judged, verify=verify):
+        counts[st.state] += 1
+        rows.append({"key": st.job.key, "path": st.job.path, "state": st.state,
+                     "error": st.reason})
+    if as_json:
+        doc: dict[str, Any] = {"name": plan.name, "backend": backend, "planned": len(plan.jobs),
+                               **counts,
+                               "picks": pick_counts.as_dict() if pick_counts is not None else None}
+        if verbose:
+            doc["jobs"] = rows
+        print(json.dumps(doc, indent=2, ensure_ascii=False), file=out)
+        return 0
+    print(f"{plan.name}: {len(plan.jobs)} jobs: {counts['done']} done, {counts['failed']} failed, "
+          f"{counts['pending']} pending (backend {backend}, {root})", file=out)
+    if pick_counts is not None:
+        print(f"picks: {pick_counts} ({picks_at})", file=out)
+    if verbose:
+        for row in rows:
+            reason = f"  {printable(str(row['error']))}" if row["error"] else ""
+            print(f"  {row['state']:<7} {str(row['key'])[:12]}  {printable(str(row['path']))}"
+                  f"{reason}", file=out)
+    return 0
+
+
+#: What a path that is not a regular file is, by its stat mode's type bits.
+_FILE_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_a_file(path: str) -> str | None:
+    """Why `path` cannot be read as one image file, or None when it is a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken link" if os.path.islink(path) else "no such file"
+    except NotADirectoryError:
+        return "no such file (a part of the path is not a folder)"
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder; give one image file"
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+    return f"not a regular file ({kind}); give one image file"
+
+
+def show_command(image: str, out: TextIO | None = None) -> int:
+    """`imagebatch show`: the request embedded in an image, as the JSON body to send again."""
+    out = out or sys.stdout
+    kind = _not_a_file(image)
+    if kind:
+        raise UsageError(f"{image}: {kind}")
+    try:
+        body = read_request(Path(image))
+    except (MetadataError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    print(canonical_json(body), file=out)
+    return 0
+
+
+def sheet_command(
+    manifest: str, *, out_dir: Path = DEFAULT_OUT,
+    env_prefixes: Sequence[str] = (config.DEFAULT_PREFIX,), max_jobs: int = DEFAULT_MAX_JOBS,
+    local: bool = False, env: Mapping[str, str] | None = None, out: TextIO | None = None,
+    picks_file: str | Path | None = None,
+) -> int:
+    """`imagebatch sheet`: rebuild thumbnails, contact sheets and index.html from disk, showing
+    as done what `status` (same options, same environment) counts done."""
+    env = os.environ if env is None else env
+    out = out or sys.stdout
+    _backend, judged = judged_backends(env, env_prefixes, local)
+    prefix = config.split_prefixes(env_prefixes)[0][0]
+    (plan,) = load_plans([manifest], env, prefix, max_jobs=max_jobs, shard=None)
+    root = Path(out_dir) / plan.name
+    if not root.is_dir():
+        raise UsageError(f"{root}: nothing to post-process yet; run `imagebatch run {manifest}`")
+    with stop_on_signals() as stop:  # Ctrl-C or SIGTERM: Interrupted, exit 130
+        result = build_all(plan, root, backend=judged, stop=stop,
+                           picks_file=picks.picks_path(manifest, picks_file))
+        sheets = ", ".join(str(p) for p in result.sheets) or "none"
+        print(f"{plan.name}: {result.thumbs_made} thumbnails made, {result.thumbs_kept} kept, "
+              f"{result.missing} jobs without an image; sheets: {sheets}; index: {result.index}",
+              file=out)
+    return 0

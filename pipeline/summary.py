@@ -1,0 +1,216 @@
+"""PURE: what a run (or a merge) came to, as a typed report, and its renderings.
+
+`RunReport` holds one `PlanReport` per manifest. It is rendered as the JSON of
+summary.json and `run --json`, as the text a person reads after a run, and as the Markdown
+of a CI step summary. Nothing here touches the disk.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import ServiceConfigError, StoreError
+
+MAX_FAILURES_MD = 50  # failures listed per manifest in Markdown; the count says how many
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One job that failed: its key, its image path, why."""
+
+    key: str
+    path: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanReport:
+    """What one manifest's run (or merge) came to: the counts summary.json holds."""
+
+    name: str
+    manifest: str
+    backend: str | None
+    shard: str | None  # "K/N", or None for the whole plan
+    out: str  # the outputs folder of this plan
+    planned: int
+    succeeded: int
+    skipped: int
+    failed: int
+    pending: int
+    requests: int  # HTTP requests sent, retries and image downloads included
+    seconds: float
+    interrupted: bool
+    failures: tuple[Failure, ...] = ()
+    merged_from: tuple[str, ...] | None = None  # the folders a merge read, else None
+    # What post-processing left in `out`, named for the step summary (not in the JSON).
+    sheets: tuple[str, ...] = ()
+    index: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberReport:
+    """What one member of a backend pool did over the whole run."""
+
+    prefix: str  # the environment prefix naming it (DIFFUSION2); never its key
+    requests: int
+    images: int
+    throttled: int  # 429s it answered
+    dropped: str | None  # why it was dropped, or None
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """What a whole `run` or `merge` came to, and what stopped it early, if anything."""
+
+    plans: tuple[PlanReport, ...]
+    members: tuple[MemberReport, ...] = ()  # a pool's members; none for one backend
+    interrupted: bool = False
+    config_error: ServiceConfigError | None = None  # the service cannot be used as set up
+    store_error: StoreError | None = None  # the first write that failed
+    version: str | None = None  # of imagebatch, recorded in summary.json when known
+
+    @property
+    def succeeded(self) -> int:
+        """Images made, over every plan."""
+        return sum(p.succeeded for p in self.plans)
+
+    @property
+    def failed(self) -> int:
+        """Jobs that failed, over every plan."""
+        return sum(p.failed for p in self.plans)
+
+    @property
+    def pending(self) -> int:
+        """Jobs neither done nor failed, over every plan."""
+        return sum(p.pending for p in self.plans)
+
+
+def plan_doc(plan: PlanReport, version: str | None = None,
+             members: tuple[MemberReport, ...] = ()) -> dict[str, Any]:
+    """One plan as summary.json holds it (keys in their documented order); a pool's
+    `members` are the whole run's, the same in every plan's summary."""
+    doc: dict[str, Any] = {
+        "name": plan.name,
+        "manifest": plan.manifest,
+        "backend": plan.backend,
+        "shard": plan.shard,
+        "out": plan.out,
+        "planned": plan.planned,
+        "succeeded": plan.succeeded,
+        "skipped": plan.skipped,
+        "failed": plan.failed,
+        "pending": plan.pending,
+        "requests": plan.requests,
+        "seconds": round(plan.seconds, 3),
+        "interrupted": plan.interrupted,
+        "failures": [{"key": f.key, "path": f.path, "reason": f.reason} for f in plan.failures],
+    }
+    if members:
+        doc["members"] = {m.prefix: {"requests": m.requests, "images": m.images,
+                                     "throttled": m.throttled, "dropped": m.dropped}
+                          for m in members}
+    if plan.merged_from is not None:
+        doc["merged_from"] = list(plan.merged_from)
+    if version is not None:
+        doc["version"] = version
+    return doc
+
+
+def summary_json(plan: PlanReport, version: str | None = None) -> str:
+    """The text of one plan's summary.json."""
+    return json.dumps(plan_doc(plan, version), indent=2, ensure_ascii=False) + "\n"
+
+
+def docs(report: RunReport) -> list[dict[str, Any]]:
+    """Each plan's summary.json document."""
+    return [plan_doc(p, report.version, report.members) for p in report.plans]
+
+
+def run_json(report: RunReport) -> str:
+    """`run --json`: the one plan's summary, or a list of them for several manifests."""
+    each = docs(report)
+    return json.dumps(each[0] if len(each) == 1 else each, indent=2, ensure_ascii=False)
+
+
+def plan_text(plan: PlanReport) -> str:
+    """One plan's outcome as a person reads it: counts, each failure, where the outputs are."""
+    lines = [
+        f"{plan.name}: {plan.succeeded} made, {plan.skipped} already done, {plan.failed} failed"
+        + (f", {plan.pending} not run" if plan.pending else "")
+        + f" of {plan.planned} in {plan.seconds:.1f} s "
+        f"({plan.requests} requests, backend {plan.backend})",
+    ]
+    lines.extend(f"  FAILED {f.path}: {f.reason}" for f in plan.failures)
+    lines.append(f"  outputs: {plan.out}")
+    return "\n".join(lines)
+
+
+def member_text(member: MemberReport) -> str:
+    """One pool member's share of the run, on one line."""
+    dropped = f"; dropped: {member.dropped}" if member.dropped else ""
+    return (f"  member {member.prefix}: {member.images} images, {member.requests} requests, "
+            f"{member.throttled} throttled{dropped}")
+
+
+def text(report: RunReport) -> str:
+    """The summary of a run as a person reads it, one block per manifest, then a line per
+    pool member."""
+    lines = [plan_text(p) for p in report.plans]
+    if report.members:
+        lines.append("pool:")
+        lines.extend(member_text(m) for m in report.members)
+    return "\n".join(lines)
+
+
+def merge_text(report: RunReport) -> str:
+    """One line per merged plan: what was merged from where into where."""
+    return "\n".join(
+        f"{p.name}: merged {len(p.merged_from or ())} folder(s): {p.succeeded} ok, "
+        f"{p.failed} failed, {p.pending} missing of {p.planned} -> {p.out}"
+        for p in report.plans)
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(report: RunReport) -> str:
+    """The summary of a run as Markdown (a CI step summary): a table row per manifest, then
+    its contact sheets, index and failures."""
+    lines = ["## imagebatch", "",
+             "| manifest | planned | made | already done | failed | not run | requests | seconds |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for p in report.plans:
+        lines.append(f"| `{_cell(p.name)}` | {p.planned} | {p.succeeded} | {p.skipped} | "
+                     f"{p.failed} | {p.pending} | {p.requests} | {round(p.seconds, 3)} |")
+    if report.members:
+        lines += ["", "| pool member | images | requests | throttled | dropped |",
+                  "| --- | ---: | ---: | ---: | --- |"]
+        lines += [f"| `{_cell(m.prefix)}` | {m.images} | {m.requests} | {m.throttled} | "
+                  f"{_cell(m.dropped or '')} |" for m in report.members]
+    for p in report.plans:
+        lines += _markdown_details(p)
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_details(p: PlanReport) -> list[str]:
+    lines: list[str] = []
+    extras = []
+    if p.sheets:
+        extras.append("contact sheets: " + ", ".join(f"`{s}`" for s in p.sheets))
+    if p.index:
+        extras.append(f"index: `{p.index}`")
+    if extras:
+        lines += ["", f"**{_cell(p.name)}** ({_cell(p.backend)}): " + "; ".join(extras)]
+    if p.failures:
+        lines += ["", (f"<details><summary>{len(p.failures)} failed job(s) of "
+                       f"{_cell(p.name)}</summary>"), "",
+                  "| path | reason |", "| --- | --- |"]
+        lines += [f"| `{_cell(f.path)}` | {_cell(f.reason)} |"
+                  for f in p.failures[:MAX_FAILURES_MD]]
+        if len(p.failures) > MAX_FAILURES_MD:
+            lines.append(f"| ... | {len(p.failures) - MAX_FAILURES_MD} more |")
+        lines += ["", "</details>"]
+    return lines
