@@ -26,6 +26,7 @@ import json
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -533,6 +534,33 @@ def _check(doc: Any, c: _Checker, plan: Plan | None) -> Picks:
     return make_picks(name, entries)
 
 
+# The picks last read or written of a few files, by file name: (plan, text, picks). What
+# load_picks makes of a text depends on that text and the plan alone, so a file whose text
+# is the same as then, read against the same plan (the same object: a Plan is frozen), is
+# those picks again: the file is still read whole each time (under the lock when writing),
+# only its parse and checks are skipped. Only picks that passed every check are kept here,
+# so a broken file is checked, and refused, on every read.
+_READ_CACHE: dict[str, tuple[Plan | None, str, Picks]] = {}
+_READ_CACHE_FILES = 4
+_READ_CACHE_LOCK = threading.Lock()  # the review server reads and writes from threads
+
+
+def _cached(source: str, text: str, plan: Plan | None) -> Picks | None:
+    with _READ_CACHE_LOCK:
+        hit = _READ_CACHE.get(source)
+    if hit is not None and hit[0] is plan and hit[1] == text:
+        return hit[2]
+    return None
+
+
+def _remember(source: str, text: str, plan: Plan | None, picks: Picks) -> None:
+    with _READ_CACHE_LOCK:
+        _READ_CACHE.pop(source, None)
+        _READ_CACHE[source] = (plan, text, picks)
+        while len(_READ_CACHE) > _READ_CACHE_FILES:
+            del _READ_CACHE[next(iter(_READ_CACHE))]  # the least recently stored
+
+
 def load_picks(path: Path, plan: Plan | None = None) -> Picks:
     """Read a picks file: missing -> no picks; broken -> PicksError with every problem located.
 
@@ -544,8 +572,13 @@ def load_picks(path: Path, plan: Plan | None = None) -> Picks:
     if text is None:
         return make_picks(plan.name if plan is not None else "", {})
     source = str(path)
+    known = _cached(source, text, plan)
+    if known is not None:
+        return known
     doc = _parse(text, source)
-    return _check(doc, _Checker(text, source), plan)
+    picks = _check(doc, _Checker(text, source), plan)
+    _remember(source, text, plan, picks)
+    return picks
 
 
 # ---- writing ------------------------------------------------------------------------------
@@ -644,7 +677,13 @@ def change_picks(path: Path, plan: Plan, changes: Mapping[str, Change]) -> tuple
         # the file's canonical text is a function of the manifest's name and the entries
         # alone: comparing those says whether it would change, without writing it twice
         if not exists or before.manifest != plan.name or dict(before.entries) != entries:
-            write_file(path, dumps(after).encode("utf-8"))
+            text = dumps(after)
+            write_file(path, text.encode("utf-8"))
+            # the entries kept passed load_picks' checks; the changed ones are those checks'
+            # too when their paths and keys are ones it accepts: then the text just written
+            # reads as `after`, and the next read of it need not check it again
+            if all(path_problem(p) is None and _KEY.match(keys[p]) for p in todo):
+                _remember(str(path), text, plan, after)
         return before, after
 
 
