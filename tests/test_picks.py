@@ -415,3 +415,88 @@ def test_problems_deep_in_a_large_file_are_located_and_capped(tmp_path: Path) ->
     assert len(info.value.problems) == 801  # and the rating above
     shown = str(info.value).splitlines()
     assert len(shown) == picks.MAX_SHOWN + 1 and shown[-1] == "... and 601 more problems"
+
+
+def _reference_dumps(p: picks.Picks) -> str:
+    """The file text built with a json.dumps per value: what dumps must give byte for byte."""
+    head = ('{\n  "version": 1,\n'
+            f'  "manifest": {json.dumps(p.manifest, ensure_ascii=False)},\n')
+    if not p.entries:
+        return head + '  "picks": {}\n}\n'
+    lines = [f"    {json.dumps(path, ensure_ascii=False)}: "
+             f"{json.dumps(e.as_dict(), ensure_ascii=False)}"
+             for path, e in sorted(p.entries.items())]
+    return head + '  "picks": {\n' + ",\n".join(lines) + "\n  }\n}\n"
+
+
+def test_dumps_escapes_as_json_does() -> None:
+    key = "ab" * 32
+    entries = {
+        "plain/1.png": PickEntry(key, "pick", 5),
+        'say "hi"/1.png': PickEntry(key, None, 1),
+        "caf\u00e9/\u732b/\U0001f98a.png": PickEntry(key, "reject", None),
+        "line\u2028sep/tab\there.png": PickEntry(key, "pick", None),
+        "back\\slash/\x7f.png": PickEntry('odd "key"', "reject", 3),
+        # values a checked file never holds are still written as json.dumps writes them
+        "odd/1.png": PickEntry(key, "maybe", True),  # type: ignore[arg-type]
+        "odd/2.png": PickEntry(key, None, 2.0),  # type: ignore[arg-type]
+    }
+    made = picks.make_picks('the "launch" \u00e9', entries)
+    assert picks.dumps(made) == _reference_dumps(made)
+    assert '"rating": true' in picks.dumps(made) and '"rating": 2.0' in picks.dumps(made)
+    assert picks.dumps(picks.make_picks("x", {})) == _reference_dumps(picks.make_picks("x", {}))
+
+
+def test_an_unchanged_file_is_not_rewritten(tmp_path: Path, plan: Plan) -> None:
+    file = tmp_path / "launch.picks.json"
+    p = paths(plan)
+    update_picks(file, plan, {p[0]: ("pick", 4), p[1]: ("reject", None)})
+    inode, text = file.stat().st_ino, file.read_bytes()
+    update_picks(file, plan, {p[0]: ("pick", KEEP), p[1]: (KEEP, None)})
+    assert file.stat().st_ino == inode and file.read_bytes() == text
+    update_picks(file, plan, {p[0]: ("pick", 3)})
+    assert file.stat().st_ino != inode and b'"rating": 3' in file.read_bytes()
+
+
+def test_a_file_changed_after_a_write_is_read_afresh(tmp_path: Path, plan: Plan) -> None:
+    file = tmp_path / "launch.picks.json"
+    p = paths(plan)
+    written = update_picks(file, plan, {p[0]: ("pick", 4), p[1]: ("reject", 2)})
+    assert load_picks(file, plan) == written
+    # another writer's change, of the same length: seen on the next read
+    text = file.read_text()
+    file.write_text(text.replace('"rating": 4', '"rating": 5'))
+    assert load_picks(file, plan).entries[p[0]].rating == 5
+    # a hand edit that breaks it: refused on every read, and never overwritten
+    broken = text.replace('"rating": 4', '"rating": 9')
+    file.write_text(broken)
+    for _ in range(2):
+        with pytest.raises(PicksError, match=r"rating: must be a whole number"):
+            load_picks(file, plan)
+    with pytest.raises(PicksError, match=r"rating: must be a whole number"):
+        update_picks(file, plan, {p[2]: ("pick", 1)})
+    assert file.read_text() == broken
+    # mended to the text written before: the picks written then
+    file.write_text(text)
+    assert load_picks(file, plan) == written
+    after = update_picks(file, plan, {p[2]: ("pick", 1)})
+    assert after.entries[p[0]] == written.entries[p[0]] and after.entries[p[2]].rating == 1
+
+
+def test_picks_read_again_are_what_a_fresh_read_gives(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, MANIFEST.replace("seeds: [1, 2]",
+                                                         "seeds: {start: 1, count: 300}"))
+    plan = load_plan(str(manifest))
+    file = tmp_path / "launch.picks.json"
+    for n, job in enumerate(plan.jobs[:400]):
+        update_picks(file, plan, {job.path: (("pick", "reject", None)[n % 3], 1 + n % 5)})
+    remembered = load_picks(file, plan)
+    picks._READ_CACHE.clear()
+    fresh = load_picks(file, plan)
+    assert fresh == remembered and list(fresh.entries) == list(remembered.entries)
+    assert picks.dumps(fresh) == file.read_text() == _reference_dumps(fresh)
+    # another plan object is checked afresh: a renamed matrix makes those paths unknown
+    renamed = load_plan(str(write_manifest(tmp_path, MANIFEST.replace(
+        "seeds: [1, 2]", "seeds: {start: 1, count: 300}").replace("dusk", "noon"))))
+    with pytest.raises(PicksError, match="is not an image of the plan"):
+        load_picks(file, renamed)
