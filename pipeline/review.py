@@ -225,7 +225,7 @@ def parse_change(body: Any) -> dict[str, Any]:
 class _Writer:
     """Applies PUTs to the picks file, those arriving together in one update_picks call.
 
-    One write of a large picks file costs tens of milliseconds (it is re-read, checked and
+    One write of a large picks file costs a few milliseconds (it is re-read, checked and
     written whole under the lock); changes that arrive within GATHER_SECONDS of each other,
     or while a write is under way, go out together, so twenty at once cost one or two
     writes, not twenty. A change names only the fields it sets: the other is picks.KEEP,
