@@ -159,16 +159,16 @@ async def _moves(tab: Tab, moves: list[tuple[str, str]]) -> None:
 
 
 async def test_arrow_keys_follow_the_sheet_rows(browser, outputs: Outputs) -> None:
-    # As on the contact sheet: with a seed sweep in the plan, fox is a row of seeds 1 2 3
-    # and each toys variant is a row of its own (one seed).
+    # As on the contact sheet: fox is a row of seeds 1 2 3, and toys, a one-seed matrix, puts
+    # its last variable across: a row per style (clay, paper), subjects (boat, kite) across.
     fox1, fox2, fox3, clay_boat, clay_kite, paper_boat, paper_kite = (
         j.path for j in outputs.plan.jobs)
     async with serving(outputs) as srv:
         tab = await _tab(browser, srv)
         await _moves(tab, [
             ("ArrowRight", fox2), ("ArrowRight", fox3), ("ArrowLeft", fox2), ("ArrowLeft", fox1),
-            ("ArrowDown", clay_boat), ("ArrowDown", clay_kite), ("ArrowUp", clay_boat),
-            ("ArrowUp", fox1), ("ArrowUp", fox1), ("End", paper_kite), ("ArrowUp", paper_boat),
+            ("ArrowDown", clay_boat), ("ArrowDown", paper_boat), ("ArrowUp", clay_boat),
+            ("ArrowUp", fox1), ("ArrowUp", fox1), ("End", paper_kite), ("ArrowUp", clay_kite),
             ("Home", fox1)])
 
 
