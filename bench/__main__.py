@@ -104,12 +104,12 @@ def main(argv: list[str]) -> int:
         print(f"   {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
     widths = [14, 52, 12, 8, 18, 4]
     print(describe(info) + "\n")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(KEYS, widths)) + " | note |")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(KEYS, widths, strict=False)) + " | note |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|------|")
     for r in rows:
         ok = {True: "yes", False: "NO", None: "-"}[r["ok"]]
         cells = [r["bench"], r["metric"], _cell(r["value"]), r["unit"], r["target"], ok]
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))
               + f" | {r['note']} |")
     stored = [{**r, "value": None if isinstance(r["value"], float) and math.isnan(r["value"])
                else r["value"]} for r in rows]  # strict JSON: no NaN

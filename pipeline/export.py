@@ -669,7 +669,7 @@ def _make(root: Path, images: Path, todo: list[Target], sources: Mapping[str, So
     temps = [o.tmp for task in tasks for o in task.outputs]
     try:
         results = _run_tasks(tasks, (os.cpu_count() or 1) if workers is None else workers)
-        for (path, items), (kind, value) in zip(by_source.items(), results):
+        for kind, value in results:
             if kind == "write":
                 raise StoreError(f"cannot write in {root}: {value}")
     except BaseException:
@@ -679,14 +679,14 @@ def _make(root: Path, images: Path, todo: list[Target], sources: Mapping[str, So
         raise
     written: list[str] = []
     try:
-        for (path, items), (kind, value) in zip(by_source.items(), results):
+        for (path, items), (kind, value) in zip(by_source.items(), results, strict=True):
             if kind == "source":
                 failed.setdefault(path, value)
                 for _, out in items:
                     with contextlib.suppress(OSError):
                         os.unlink(out.tmp)
                 continue
-            for (t, out), (sha, size) in zip(items, value):
+            for (t, out), (sha, size) in zip(items, value, strict=True):
                 final = root / t.file
                 rec = state.files.get(t.file)
                 if rec is None and (final.exists() or final.is_symlink()):

@@ -397,7 +397,7 @@ def runs(text: str) -> tuple[Run, ...]:
         chosen.append(face)
     char_levels, _base = levels(text)
     starts = itertools.accumulate((len(c) for c in parts[:-1]), initial=0)
-    keyed = [(face, char_levels[i], cluster) for face, i, cluster in zip(chosen, starts, parts)]
+    keyed = [(face, char_levels[i], cluster) for face, i, cluster in zip(chosen, starts, parts, strict=True)]
     logical = [(level, Run("".join(c for _, _, c in group), face, level % 2 == 1))
                for (face, level), group in itertools.groupby(keyed, lambda k: (k[0], k[1]))]
     return tuple(_visual(logical))

@@ -404,7 +404,8 @@ def _compose(text: str, source: str) -> tuple[Node | None, bool]:
         if "expected a single document" in str(exc) or "but found another document" in str(exc):
             what = "only one YAML document per manifest (remove the second '---')"
             context = ""
-        raise ManifestError([Problem(source, line, col, "", f"YAML syntax error: {what}{context}")])
+        raise ManifestError(
+            [Problem(source, line, col, "", f"YAML syntax error: {what}{context}")]) from None
     except yaml.YAMLError as exc:
         what = " ".join(str(exc).split())
         raise ManifestError([Problem(source, 1, 1, "", f"not valid YAML: {what}")]) from None
@@ -909,7 +910,7 @@ class _Loader:
                 self.c.add(loc, path, f"{text!r}: unknown placeholder {{{field}}}; {hint}"
                                       f"(known: {known}; write {{{{ and }}}} for literal braces)")
                 return
-            for job, own in zip(jobs, names):
+            for job, own in zip(jobs, names, strict=True):
                 if field not in own:
                     self.c.add(loc, path, f"{text!r}: job {job.id!r} ({job.where}) has no "
                                           f"{{{field}}}; a variable used here must be a matrix "

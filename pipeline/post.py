@@ -418,7 +418,7 @@ def build_thumbs(
             todo.append((i, (str(images / e.job.path), str(root / rel), longest)))
     results = make_thumbs([t for _, t in todo], workers, stop)
     made = 0
-    for (i, task), res in zip(todo, results):
+    for (i, _task), res in zip(todo, results, strict=True):
         e = out[i]
         if isinstance(res, str):
             out[i] = replace(e, state=FAILED, reason=res)

@@ -34,7 +34,7 @@ def _files(root: Path) -> dict[str, tuple[str, int]]:
     return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(),
                                        p.stat().st_mtime_ns)
             for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.relative_to(root).parts[0] in (".git", "outputs")}
+            if p.is_file() and p.relative_to(root).parts[0] not in (".git", "outputs")}
 
 
 def _init(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

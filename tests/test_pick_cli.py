@@ -177,7 +177,8 @@ def _border(sheet: Image.Image, box: tuple[int, int, int, int]) -> tuple[int, in
 
 
 def _close(a, b, tol: int = 6) -> bool:
-    return all(abs(x - y) <= tol for x, y in zip(a, b))
+    # a pixel may carry alpha beside an RGB colour: the channels both have are compared
+    return all(abs(x - y) <= tol for x, y in zip(a, b, strict=False))
 
 
 def test_sheet_shows_picks_rejects_stale_and_ratings(tmp_path):
