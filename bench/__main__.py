@@ -1,7 +1,8 @@
 """Run every benchmark module, print one table, write bench/results.json.
 
 Each module `bench/bench_<topic>.py` exposes `run() -> list[dict]`, each dict a row:
-{"bench": str, "metric": str, "value": float, "unit": str, "target": str, "ok": bool|None, "note": str}
+{"bench": str, "metric": str, "value": float, "unit": str, "target": str, "ok": bool|None,
+"note": str}
 (`bench.row()` builds one). Rows are normalised to exactly these keys before they are shown:
 a missing `bench` is the module's topic, other missing keys are empty, extra keys are dropped
 with a warning. Targets are ratios or bounds measured side by side in this one run, never
@@ -36,7 +37,8 @@ def machine() -> dict[str, object]:
     cpu = ""
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh
+                        if ln.startswith("model name")), "")
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

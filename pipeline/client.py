@@ -115,9 +115,11 @@ def check_image(data: bytes, request: Mapping[str, Any]) -> GeneratedImage:
     except Image.DecompressionBombError as exc:
         raise RetryableApiError(f"image refused: {exc}", kind="bad_image") from None
     except Image.UnidentifiedImageError:
-        raise RetryableApiError("response bytes are not a PNG or JPEG image", kind="not_image") from None
+        raise RetryableApiError("response bytes are not a PNG or JPEG image",
+                                kind="not_image") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        raise RetryableApiError(f"image is corrupt or truncated ({exc})", kind="truncated") from None
+        raise RetryableApiError(f"image is corrupt or truncated ({exc})",
+                                kind="truncated") from None
     return GeneratedImage(data=data, format=fmt, width=w, height=h)
 
 
@@ -408,7 +410,8 @@ class ApiClient:
 
     async def _download(self, url: str, request: dict[str, Any], call: _Call) -> GeneratedImage:
         if urlsplit(url).scheme not in ("http", "https"):
-            raise RetryableApiError("unexpected response format (image url is not http)", kind="format")
+            raise RetryableApiError("unexpected response format (image url is not http)",
+                                    kind="format")
         self._sent(call)
         # The key goes only to the service's own origin (scheme, host and port): never to a
         # third-party image host, nor in clear text over http to the service's own host.

@@ -410,7 +410,9 @@ def _group_rows(group: tuple[Axis, ...]) -> list[tuple[tuple[Axis, str], ...]]:
     return [tuple((axis, axis.values[i]) for axis in group) for i in range(len(group[0].values))]
 
 
-def _render_text_fields(request: dict[str, Any], variables: dict[str, str]) -> tuple[str, str] | None:
+def _render_text_fields(
+    request: dict[str, Any], variables: dict[str, str],
+) -> tuple[str, str] | None:
     """Fill {variables} in prompt and negative_prompt; (field, message) when one is too long."""
     for name in ("prompt", "negative_prompt"):
         text = request.get(name)

@@ -352,7 +352,7 @@ class _Workers:
                             f"(exit code {proc.exitcode})")
 
     def close(self, finished: bool) -> None:
-        """End the workers: idle ones by closing their pipes; otherwise killed, temp files removed."""
+        """End the workers: idle ones by closing their pipes; else killed, temp files removed."""
         if not finished:
             for proc in self.procs.values():
                 with contextlib.suppress(OSError):

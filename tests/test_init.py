@@ -202,7 +202,8 @@ def test_a_file_that_differs_is_listed_kept_and_diffable(tmp_path, capsys):
     assert code == 0 and _lines(out)[scaffold.WORKFLOW] == "replaced"
     assert _lines(out)[scaffold.MANIFEST] == "unchanged"
     assert workflow.read_text() == scaffold.workflow_text(f"imagebatch=={pipeline.version()}")
-    same = f"{tmp_path.resolve()}: every file is as imagebatch init {pipeline.version()} writes it\n"
+    same = (f"{tmp_path.resolve()}: every file is as imagebatch init {pipeline.version()} "
+            "writes it\n")
     assert _init(capsys, str(tmp_path), "--diff")[:2] == (0, same)
 
 

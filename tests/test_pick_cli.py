@@ -156,7 +156,8 @@ def test_status_counts_picks_and_stale(tmp_path, manifest, capsys):
         assert pick(capsys, m, *args)[0] == 0
     assert main(["status", m, "--out", out]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1] == f"picks: picked 3, rejected 1, rated 2, stale 0 ({tmp_path / 'launch.picks.json'})"
+    assert lines[1] == ("picks: picked 3, rejected 1, rated 2, stale 0 "
+                        f"({tmp_path / 'launch.picks.json'})")
     manifest.write_text(MANIFEST.replace("A city at", "A town at"))  # city's keys change
     assert main(["status", m, "--out", out, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)

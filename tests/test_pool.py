@@ -225,7 +225,8 @@ async def _pool_run(tmp_path: Path, servers: list[ServerOptions], n: int, *, dur
         if during is not None:
             await during([stack.aclose for stack in stacks], running, task)
         report = await task
-        return report, {p: srv.stats for p, srv in zip(prefixes, running, strict=True)}, err.getvalue()
+        stats = {p: srv.stats for p, srv in zip(prefixes, running, strict=True)}
+        return report, stats, err.getvalue()
 
 
 def _member_options(prefix: str, **kw) -> ServerOptions:

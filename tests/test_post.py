@@ -162,13 +162,15 @@ def test_thumbs_rebuilt_only_for_changed_images(tmp_path):
     after = {i: p.stat().st_mtime_ns for i, p in thumbs.items()}
     assert [i for i in after if after[i] != before[i]] == [2]
     with Image.open(thumbs[2]) as t:
-        assert all(abs(a - b) <= 8 for a, b in zip(t.getpixel((32, 32)), (250, 250, 0), strict=True))
+        assert all(abs(a - b) <= 8
+                   for a, b in zip(t.getpixel((32, 32)), (250, 250, 0), strict=True))
     # An image replaced by an older file (a restored copy) is seen too.
     image = resave(root, plan, plan.jobs[3], Image.new("RGB", (256, 256), (0, 250, 250)))
     os.utime(image, ns=(before[3] - 10**9, before[3] - 10**9))
     assert build_all(plan, root, workers=1).thumbs_made == 1
     with Image.open(thumbs[3]) as t:
-        assert all(abs(a - b) <= 8 for a, b in zip(t.getpixel((32, 32)), (0, 250, 250), strict=True))
+        assert all(abs(a - b) <= 8
+                   for a, b in zip(t.getpixel((32, 32)), (0, 250, 250), strict=True))
     # A deleted thumbnail is made again; a new size remakes them all.
     thumbs[0].unlink()
     assert build_all(plan, root, workers=1).thumbs_made == 1
