@@ -471,9 +471,12 @@ def _same_file(path: Path, rec: Mapping[str, Any]) -> bool:
         return False
     if not os.path.isfile(path):
         return False
-    if st.st_size == rec["bytes"] and st.st_mtime_ns == rec["mtime_ns"]:
+    # the types were checked against _FILE_FIELDS when the state file was read
+    size: int = rec["bytes"]
+    sha256: str = rec["sha256"]
+    if st.st_size == size and st.st_mtime_ns == rec["mtime_ns"]:
         return True
-    return st.st_size == rec["bytes"] and _sha256_file(path) == rec["sha256"]
+    return st.st_size == size and _sha256_file(path) == sha256
 
 
 def asset_entry(rec: Mapping[str, Any], file: str) -> dict[str, Any]:

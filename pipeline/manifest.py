@@ -237,7 +237,7 @@ class _Checker:
             self.add(node, path, "is empty; write the text (quote it if it starts with "
                                  "a special character)")
             return None
-        value = node.value
+        value: str = node.value  # a scalar node's value is its source text
         if "\x00" in value:
             self.add(node, path, "contains a NUL character")
             return None
@@ -293,8 +293,9 @@ class _Checker:
         """true or false; YAML 1.1's yes/no/on/off are refused (other tools read them as text)."""
         self.tick()
         if isinstance(node, ScalarNode) and node.tag == _BOOL_TAG:
-            if node.value.lower() in ("true", "false"):
-                return node.value.lower() == "true"
+            spelled: str = node.value.lower()  # a scalar node's value is its source text
+            if spelled in ("true", "false"):
+                return spelled == "true"
             self.add(node, path, f"write true or false, not {node.value!r} (a YAML 1.1 "
                                  "spelling that other YAML readers take as text)")
             return None

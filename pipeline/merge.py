@@ -66,8 +66,8 @@ def _manifest_of(folders: list[Path]) -> str | None:
             doc = json.loads((folder / SUMMARY).read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(doc, dict) and isinstance(doc.get("manifest"), str):
-            return doc["manifest"]
+        if isinstance(doc, dict) and isinstance(manifest := doc.get("manifest"), str):
+            return manifest
     return None
 
 

@@ -11,7 +11,7 @@ import json
 import re
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pipeline.apispec import MAX_PROMPT_CHARS, MAX_SEED, SIZE_ASPECTS
 from pipeline.errors import ManifestError, Problem
@@ -53,7 +53,7 @@ class Job:
     @property
     def request(self) -> dict[str, Any]:
         """The request body as a dict (a fresh copy each call)."""
-        return json.loads(self.body)
+        return cast("dict[str, Any]", json.loads(self.body))
 
     @property
     def ext(self) -> str:
