@@ -112,6 +112,8 @@ class Review:
     hosts: set[str] = field(default_factory=set)  # Host header values of this server
     any_ip_host: bool = False  # listening on every address: any IP literal may name us
     port: int = 0
+    # the backends whose images count as done, as `status` judges; None: any backend
+    backends: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         self.jobs: dict[str, Job] = {j.path: j for j in self.plan.jobs}
@@ -139,7 +141,7 @@ class Review:
     def items(self, current: picks.Picks) -> list[dict[str, Any]]:
         """GET /api/items: every planned image with its decision, in plan order."""
         out = []
-        for e in entries_for(self.plan, self.root):
+        for e in entries_for(self.plan, self.root, self.backends):
             job = e.job
             entry = current.entries.get(job.path)
             out.append({
@@ -362,7 +364,7 @@ def render_page(review: Review) -> str:
     except picks.PicksError as exc:
         problem = f"The picks file cannot be read, so nothing can be saved: {exc}"
         current = picks.make_picks(review.plan.name, {})
-    entries = entries_for(review.plan, review.root)
+    entries = entries_for(review.plan, review.root, review.backends)
     return _JINJA.get_template("review.html").render(
         name=review.plan.name, manifest=review.manifest, root=str(review.root),
         picks_file=str(review.picks_file), token=review.token,
@@ -617,8 +619,11 @@ def review_command(
                          shard=None)
     picks_file = picks.picks_path(opts.manifest, opts.picks)
     picks.load_picks(picks_file, plan)  # a broken file is an error now (exit 2), not on first save
+    from pipeline.status import judged_backends
+
+    _name, backends = judged_backends(env, (opts.env_prefix,), False)  # as `status` judges
     review = Review(plan=plan, root=Path(opts.out) / plan.name, picks_file=picks_file,
-                    manifest=opts.manifest)
+                    manifest=opts.manifest, backends=backends)
     # Ctrl-C is the way to stop the server, so it ends with 0, the same as SIGTERM.
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(review, opts, env, out, err, ready))
