@@ -1,7 +1,8 @@
 """Run every benchmark module, print one table, write bench/results.json.
 
 Each module `bench/bench_<topic>.py` exposes `run() -> list[dict]`, each dict a row:
-{"bench": str, "metric": str, "value": float, "unit": str, "target": str, "ok": bool|None, "note": str}
+{"bench": str, "metric": str, "value": float, "unit": str, "target": str, "ok": bool|None,
+"note": str}
 (`bench.row()` builds one). Rows are normalised to exactly these keys before they are shown:
 a missing `bench` is the module's topic, other missing keys are empty, extra keys are dropped
 with a warning. Targets are ratios or bounds measured side by side in this one run, never
@@ -36,7 +37,8 @@ def machine() -> dict[str, object]:
     cpu = ""
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh
+                        if ln.startswith("model name")), "")
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -104,12 +106,12 @@ def main(argv: list[str]) -> int:
         print(f"   {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
     widths = [14, 52, 12, 8, 18, 4]
     print(describe(info) + "\n")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(KEYS, widths)) + " | note |")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(KEYS, widths, strict=False)) + " | note |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|------|")
     for r in rows:
         ok = {True: "yes", False: "NO", None: "-"}[r["ok"]]
         cells = [r["bench"], r["metric"], _cell(r["value"]), r["unit"], r["target"], ok]
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))
               + f" | {r['note']} |")
     stored = [{**r, "value": None if isinstance(r["value"], float) and math.isnan(r["value"])
                else r["value"]} for r in rows]  # strict JSON: no NaN

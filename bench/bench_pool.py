@@ -30,9 +30,9 @@ def _measure(name: str, n: int, concurrency: int, latencies: tuple[float, ...],
     """Run `n` jobs on a pool of stand-in servers: (the client's figures, each server's log
     of (time, status))."""
     servers = [Server(latency=lat, rpm=LIMIT, window=WINDOW, revoke_after=rev)
-               for lat, rev in zip(latencies, revoke_after)]
+               for lat, rev in zip(latencies, revoke_after, strict=True)]
     try:
-        res = client(dict(zip(PREFIXES, (s.url for s in servers))), _fresh(name), n,
+        res = client(dict(zip(PREFIXES, (s.url for s in servers), strict=False)), _fresh(name), n,
                      concurrency, RPM)
         return res, [[(t, s) for t, s in srv.stats()["log"]] for srv in servers]
     finally:

@@ -58,7 +58,8 @@ def _make_outputs() -> tuple[Path, Path]:
     out = WORK / "outputs"
     root = out / "review-bench"
     WORK.mkdir(parents=True, exist_ok=True)
-    if manifest.is_file() and manifest.read_text() == MANIFEST and (root / "results.jsonl").is_file():
+    if (manifest.is_file() and manifest.read_text() == MANIFEST
+            and (root / "results.jsonl").is_file()):
         plan = load_plan(str(manifest))
         if sum(1 for _ in (root / "results.jsonl").open()) == len(plan.jobs):
             return manifest, out

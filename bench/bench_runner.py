@@ -29,7 +29,8 @@ from aiohttp import web
 from PIL import Image
 sys.path.insert(0, sys.argv[1])
 from pipeline import apispec
-latency, min_bytes, rpm, window = float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+latency, min_bytes = float(sys.argv[2]), int(sys.argv[3])
+rpm, window = int(sys.argv[4]), float(sys.argv[5])
 revoke = float(sys.argv[6])  # seconds after the first request the key is refused (0: never)
 cache, stamps, log, first = {}, collections.deque(), [], []
 def png(body):
@@ -41,7 +42,8 @@ def png(body):
         data = buf.getvalue()
         if min_bytes > len(data) and fmt == "png":
             pad = bytes(range(256)) * (min_bytes // 256 + 1)
-            chunk = struct.pack(">I", len(pad)) + b"pdAt" + pad + struct.pack(">I", zlib.crc32(b"pdAt" + pad))
+            chunk = (struct.pack(">I", len(pad)) + b"pdAt" + pad
+                     + struct.pack(">I", zlib.crc32(b"pdAt" + pad)))
             data = data[:33] + chunk + data[33:]
         cache[k] = json.dumps({"created": int(time.time()), "data": [
             {"b64_json": base64.b64encode(data).decode(), "revised_prompt": ""}]}).encode()
@@ -64,7 +66,8 @@ async def gen(request):
             return web.json_response({"error": {"code": 429, "message": "Rate limit exceeded",
                 "type": "rate_limit_error"}}, status=429, headers={
                 "x-ratelimit-limit-requests": str(rpm), "x-ratelimit-remaining-requests": "0",
-                "x-ratelimit-reset-requests": f"{reset:.3f}s", "Retry-After": str(max(1, round(reset)))})
+                "x-ratelimit-reset-requests": f"{reset:.3f}s",
+                "Retry-After": str(max(1, round(reset)))})
         stamps.append(now)
         log.append((now, 200))
         headers = {"x-ratelimit-limit-requests": str(rpm),
@@ -228,8 +231,8 @@ def bench_scheduling(rows: list[dict]) -> None:
                          f"ideal {ideal:.1f}s, measured {res['wall']:.2f}s "
                          f"({res['summary']['succeeded']} ok)"))
         per = sequential_per_request(srv.url)
-        rows.append(_row("sequential requests loop (quick start), 2000 jobs", round(per * n, 1), "s",
-                         "-", None, f"measured on 20 requests, extrapolated x{n // 20}; "
+        rows.append(_row("sequential requests loop (quick start), 2000 jobs", round(per * n, 1),
+                         "s", "-", None, f"measured on 20 requests, extrapolated x{n // 20}; "
                          f"runner is {per * n / res['wall']:.0f}x faster"))
         g = naive_gather(srv.url, n, c)
         rows.append(_row("naive asyncio.gather, 2000 jobs, pool 64", round(g, 2), "s", "-", None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import math
 import os
 import resource
@@ -60,10 +61,8 @@ def raise_fd_limit() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError):
-            pass
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
@@ -400,7 +399,8 @@ def bench_concurrency(rows: list[dict]) -> None:
                          f"median {statistics.median(st.steady) * 1000:.0f} ms, {st.rate:.0f} "
                          f"req/s for {STEP_SECONDS - SETTLE:g}s; opening burst p95 "
                          f"{p95(st.cold) * 1000:.0f} ms; failed {st.failed}; CPU a request: "
-                         f"server {st.server_cpu * 1e6:.0f} us, client {st.client_cpu * 1e6:.0f} us"))
+                         f"server {st.server_cpu * 1e6:.0f} us, "
+                         f"client {st.client_cpu * 1e6:.0f} us"))
     rows.append(_row(f"concurrent requests held at p95 <= {bound:g} ms", held, "requests",
                      f">= {HOLD_TARGET}", held >= HOLD_TARGET,
                      f"largest of {', '.join(map(str, STEPS))} held with every smaller step; "

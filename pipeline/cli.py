@@ -282,9 +282,11 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
     _add_out(p)
     p.add_argument("--concurrency", type=_positive_int, default=default("concurrency"),
-                   metavar="N", help=f"requests in flight at most (default {default('concurrency')})")
+                   metavar="N",
+                   help=f"requests in flight at most (default {default('concurrency')})")
     p.add_argument("--rpm", type=_rpm, default=default("rpm"), metavar="N",
-                   help="start at most N requests a minute to each backend, evenly spaced; 0 for no pacing of "
+                   help="start at most N requests a minute to each backend, evenly spaced; "
+                        "0 for no pacing of "
                         f"our own (default: none for the local server; {REMOTE_DEFAULT_RPM:g}, or "
                         "the service's advertised per-minute limit, for a URL)")
     p.add_argument("--retries", type=_count, default=default("retries"), metavar="N",

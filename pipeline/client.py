@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus, urljoin, urlsplit, urlunsplit
 
 import aiohttp
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from pipeline import apispec
 from pipeline.config import DEFAULT_PORTS, REQUEST_TIMEOUT
@@ -114,10 +114,12 @@ def check_image(data: bytes, request: Mapping[str, Any]) -> GeneratedImage:
         raise
     except Image.DecompressionBombError as exc:
         raise RetryableApiError(f"image refused: {exc}", kind="bad_image") from None
-    except Image.UnidentifiedImageError:
-        raise RetryableApiError("response bytes are not a PNG or JPEG image", kind="not_image") from None
+    except UnidentifiedImageError:
+        raise RetryableApiError("response bytes are not a PNG or JPEG image",
+                                kind="not_image") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        raise RetryableApiError(f"image is corrupt or truncated ({exc})", kind="truncated") from None
+        raise RetryableApiError(f"image is corrupt or truncated ({exc})",
+                                kind="truncated") from None
     return GeneratedImage(data=data, format=fmt, width=w, height=h)
 
 
@@ -134,13 +136,13 @@ def _error_field(raw: bytes) -> str | None:
         return None
     if isinstance(doc, dict):
         err = doc.get("error")
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return err["message"][:2000]
+        if isinstance(err, dict) and isinstance(message := err.get("message"), str):
+            return message[:2000]
         if isinstance(err, str):
             return err[:2000]
         for name in ("message", "detail"):
-            if isinstance(doc.get(name), str):
-                return doc[name][:2000]
+            if isinstance(value := doc.get(name), str):
+                return value[:2000]
     return None
 
 
@@ -408,7 +410,8 @@ class ApiClient:
 
     async def _download(self, url: str, request: dict[str, Any], call: _Call) -> GeneratedImage:
         if urlsplit(url).scheme not in ("http", "https"):
-            raise RetryableApiError("unexpected response format (image url is not http)", kind="format")
+            raise RetryableApiError("unexpected response format (image url is not http)",
+                                    kind="format")
         self._sent(call)
         # The key goes only to the service's own origin (scheme, host and port): never to a
         # third-party image host, nor in clear text over http to the service's own host.

@@ -471,9 +471,12 @@ def _same_file(path: Path, rec: Mapping[str, Any]) -> bool:
         return False
     if not os.path.isfile(path):
         return False
-    if st.st_size == rec["bytes"] and st.st_mtime_ns == rec["mtime_ns"]:
+    # the types were checked against _FILE_FIELDS when the state file was read
+    size: int = rec["bytes"]
+    sha256: str = rec["sha256"]
+    if st.st_size == size and st.st_mtime_ns == rec["mtime_ns"]:
         return True
-    return st.st_size == rec["bytes"] and _sha256_file(path) == rec["sha256"]
+    return st.st_size == size and _sha256_file(path) == sha256
 
 
 def asset_entry(rec: Mapping[str, Any], file: str) -> dict[str, Any]:
@@ -669,7 +672,7 @@ def _make(root: Path, images: Path, todo: list[Target], sources: Mapping[str, So
     temps = [o.tmp for task in tasks for o in task.outputs]
     try:
         results = _run_tasks(tasks, (os.cpu_count() or 1) if workers is None else workers)
-        for (path, items), (kind, value) in zip(by_source.items(), results):
+        for kind, value in results:
             if kind == "write":
                 raise StoreError(f"cannot write in {root}: {value}")
     except BaseException:
@@ -679,14 +682,14 @@ def _make(root: Path, images: Path, todo: list[Target], sources: Mapping[str, So
         raise
     written: list[str] = []
     try:
-        for (path, items), (kind, value) in zip(by_source.items(), results):
+        for (path, items), (kind, value) in zip(by_source.items(), results, strict=True):
             if kind == "source":
                 failed.setdefault(path, value)
                 for _, out in items:
                     with contextlib.suppress(OSError):
                         os.unlink(out.tmp)
                 continue
-            for (t, out), (sha, size) in zip(items, value):
+            for (t, out), (sha, size) in zip(items, value, strict=True):
                 final = root / t.file
                 rec = state.files.get(t.file)
                 if rec is None and (final.exists() or final.is_symlink()):

@@ -3,10 +3,10 @@
 No single font covers Latin, CJK, Hebrew, Arabic and emoji, so a line is drawn from a chain
 of faces: the system's sans-serif fonts in the order fontconfig ranks them (`fc-match
 --sort`, asked once per process), then Pillow's bundled font, which is all there is
-without fontconfig and covers ASCII and a few signs only. Each grapheme cluster (a base character with its
-combining marks, an emoji sequence) goes to the first face that has all its characters;
-punctuation, digits and spaces stay in the face of the text before them, so a Hebrew
-phrase keeps its own spaces. Right-to-left text is put in display order by the Unicode
+without fontconfig and covers ASCII and a few signs only. Each grapheme cluster (a base
+character with its combining marks, an emoji sequence) goes to the first face that has all
+its characters; punctuation, digits and spaces stay in the face of the text before them, so
+a Hebrew phrase keeps its own spaces. Right-to-left text is put in display order by the Unicode
 bidirectional algorithm (`levels`), and each run is shaped by libraqm when Pillow has it
 (Arabic joining forms, mark placement, ligatures). Colour emoji fonts only come in fixed
 bitmap sizes: their runs are drawn at the font's size and scaled to the text's.
@@ -397,7 +397,8 @@ def runs(text: str) -> tuple[Run, ...]:
         chosen.append(face)
     char_levels, _base = levels(text)
     starts = itertools.accumulate((len(c) for c in parts[:-1]), initial=0)
-    keyed = [(face, char_levels[i], cluster) for face, i, cluster in zip(chosen, starts, parts)]
+    keyed = [(face, char_levels[i], cluster)
+             for face, i, cluster in zip(chosen, starts, parts, strict=True)]
     logical = [(level, Run("".join(c for _, _, c in group), face, level % 2 == 1))
                for (face, level), group in itertools.groupby(keyed, lambda k: (k[0], k[1]))]
     return tuple(_visual(logical))

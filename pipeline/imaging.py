@@ -491,7 +491,7 @@ def _mark(sheet: Image.Image, box: Box, state: str, reason: str | None) -> None:
         span = min(right - x1, bottom - y1)
         if span > 0:
             draw.line((x1, y1, x1 + span - 1, y1 + span - 1), fill=tuple(
-                (a + b) // 2 for a, b in zip(fill, ink)), width=1)
+                (a + b) // 2 for a, b in zip(fill, ink, strict=True)), width=1)
     lines = [state]
     if reason:
         lines += wrap(drawable(reason), right - left - 16, CAPTION_SIZE, 3)

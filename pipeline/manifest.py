@@ -237,7 +237,7 @@ class _Checker:
             self.add(node, path, "is empty; write the text (quote it if it starts with "
                                  "a special character)")
             return None
-        value = node.value
+        value: str = node.value  # a scalar node's value is its source text
         if "\x00" in value:
             self.add(node, path, "contains a NUL character")
             return None
@@ -293,8 +293,9 @@ class _Checker:
         """true or false; YAML 1.1's yes/no/on/off are refused (other tools read them as text)."""
         self.tick()
         if isinstance(node, ScalarNode) and node.tag == _BOOL_TAG:
-            if node.value.lower() in ("true", "false"):
-                return node.value.lower() == "true"
+            spelled: str = node.value.lower()  # a scalar node's value is its source text
+            if spelled in ("true", "false"):
+                return spelled == "true"
             self.add(node, path, f"write true or false, not {node.value!r} (a YAML 1.1 "
                                  "spelling that other YAML readers take as text)")
             return None
@@ -404,7 +405,8 @@ def _compose(text: str, source: str) -> tuple[Node | None, bool]:
         if "expected a single document" in str(exc) or "but found another document" in str(exc):
             what = "only one YAML document per manifest (remove the second '---')"
             context = ""
-        raise ManifestError([Problem(source, line, col, "", f"YAML syntax error: {what}{context}")])
+        raise ManifestError(
+            [Problem(source, line, col, "", f"YAML syntax error: {what}{context}")]) from None
     except yaml.YAMLError as exc:
         what = " ".join(str(exc).split())
         raise ManifestError([Problem(source, 1, 1, "", f"not valid YAML: {what}")]) from None
@@ -909,7 +911,7 @@ class _Loader:
                 self.c.add(loc, path, f"{text!r}: unknown placeholder {{{field}}}; {hint}"
                                       f"(known: {known}; write {{{{ and }}}} for literal braces)")
                 return
-            for job, own in zip(jobs, names):
+            for job, own in zip(jobs, names, strict=True):
                 if field not in own:
                     self.c.add(loc, path, f"{text!r}: job {job.id!r} ({job.where}) has no "
                                           f"{{{field}}}; a variable used here must be a matrix "

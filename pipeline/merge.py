@@ -11,6 +11,7 @@ unsharded plan. A destination that already holds outputs is one more source, the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -65,8 +66,8 @@ def _manifest_of(folders: list[Path]) -> str | None:
             doc = json.loads((folder / SUMMARY).read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(doc, dict) and isinstance(doc.get("manifest"), str):
-            return doc["manifest"]
+        if isinstance(doc, dict) and isinstance(manifest := doc.get("manifest"), str):
+            return manifest
     return None
 
 
@@ -124,10 +125,8 @@ def _merge_locked(plan: Plan, folders: list[Path], dest: Path, has_own: bool) ->
         (folder, job_states(plan.jobs, folder, None)) for folder in sources]
     requests = 0
     for folder in folders:
-        try:
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
             requests += int(json.loads((folder / SUMMARY).read_text()).get("requests", 0))
-        except (OSError, ValueError, AttributeError, TypeError):
-            pass
     lines: list[bytes] = []
     ok = failed = 0
     failures: list[Failure] = []

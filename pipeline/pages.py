@@ -15,7 +15,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 
 def url_path(path: str) -> str:
-    """A relative POSIX path percent-encoded for a URL (`/` kept): `a b/#1.png` -> `a%20b/%231.png`."""
+    """A relative POSIX path percent-encoded for a URL (`/` kept): `a b/#1.png` -> `a%20b/%231.png`.
+    """
     return quote(path, safe="/")
 
 

@@ -11,7 +11,7 @@ import json
 import re
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pipeline.apispec import MAX_PROMPT_CHARS, MAX_SEED, SIZE_ASPECTS
 from pipeline.errors import ManifestError, Problem
@@ -53,7 +53,7 @@ class Job:
     @property
     def request(self) -> dict[str, Any]:
         """The request body as a dict (a fresh copy each call)."""
-        return json.loads(self.body)
+        return cast("dict[str, Any]", json.loads(self.body))
 
     @property
     def ext(self) -> str:
@@ -410,7 +410,9 @@ def _group_rows(group: tuple[Axis, ...]) -> list[tuple[tuple[Axis, str], ...]]:
     return [tuple((axis, axis.values[i]) for axis in group) for i in range(len(group[0].values))]
 
 
-def _render_text_fields(request: dict[str, Any], variables: dict[str, str]) -> tuple[str, str] | None:
+def _render_text_fields(
+    request: dict[str, Any], variables: dict[str, str],
+) -> tuple[str, str] | None:
     """Fill {variables} in prompt and negative_prompt; (field, message) when one is too long."""
     for name in ("prompt", "negative_prompt"):
         text = request.get(name)

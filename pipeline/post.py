@@ -16,7 +16,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_ready
@@ -28,12 +28,11 @@ from PIL import Image
 from pipeline import imaging, picks, report
 from pipeline.errors import Interrupted
 from pipeline.imaging import FAILED, MISSING, OK, Entry
-from pipeline.plan import Plan
+from pipeline.plan import TMP_PREFIX, Plan
 from pipeline.store import (
     DONE,
     IMAGES,
     PENDING,
-    TMP_PREFIX,
     job_states,
     write_error,
     write_file,
@@ -195,7 +194,7 @@ def _current_thumb(image: Path, thumb: Path, longest: int) -> tuple[int, int] | 
         if thumb.stat().st_mtime_ns != image.stat().st_mtime_ns:
             return None
         with Image.open(thumb) as t:
-            size = t.size
+            size: tuple[int, int] = t.size
         if max(size) == longest:
             return size
         if max(size) < longest:  # a small image is never enlarged: check it is that small
@@ -352,7 +351,7 @@ class _Workers:
                             f"(exit code {proc.exitcode})")
 
     def close(self, finished: bool) -> None:
-        """End the workers: idle ones by closing their pipes; otherwise killed, temp files removed."""
+        """End the workers: idle ones by closing their pipes; else killed, temp files removed."""
         if not finished:
             for proc in self.procs.values():
                 with contextlib.suppress(OSError):
@@ -418,7 +417,7 @@ def build_thumbs(
             todo.append((i, (str(images / e.job.path), str(root / rel), longest)))
     results = make_thumbs([t for _, t in todo], workers, stop)
     made = 0
-    for (i, task), res in zip(todo, results):
+    for (i, _task), res in zip(todo, results, strict=True):
         e = out[i]
         if isinstance(res, str):
             out[i] = replace(e, state=FAILED, reason=res)
@@ -445,7 +444,7 @@ def full_images(entries: list[Entry], root: Path, box: int) -> list[Entry]:
     return out
 
 
-def _loader(root: Path, box: int, scale: bool):
+def _loader(root: Path, box: int, scale: bool) -> Callable[[Entry], Image.Image | None]:
     def load(e: Entry) -> Image.Image | None:
         if e.thumb is None:
             return None

@@ -1,4 +1,5 @@
-"""Progress display for `run`: a live one-line bar on a terminal, plain lines every few seconds off one."""
+"""Progress display for `run`: a live one-line bar on a terminal, plain lines every few seconds
+off one."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def anchor(text: str) -> str:
     return "s-" + out.strip("-")[:60] + "-" + format(sum(map(ord, text)) % 65536, "x")
 
 
-def _params(request: dict) -> str:
+def _params(request: dict[str, Any]) -> str:
     """'16:9 (1344x768) · png' for a request."""
     size = apispec.pixel_size(request)
     ratio = request.get("aspect_ratio") or apispec.SIZE_ASPECTS.get(f"{size[0]}x{size[1]}", "")

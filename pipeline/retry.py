@@ -42,7 +42,8 @@ def backoff_wait(settings: RetrySettings, rng: Callable[[], float] = random.rand
     """The tenacity wait: max(capped Retry-After, full-jitter exponential backoff)."""
 
     def wait(state: RetryCallState) -> float:
-        exp = min(settings.backoff_cap, settings.backoff_base * 2 ** (state.attempt_number - 1))
+        exp: float = min(settings.backoff_cap,
+                         settings.backoff_base * 2 ** (state.attempt_number - 1))
         jitter = rng() * exp
         exc = state.outcome.exception() if state.outcome else None
         asked = exc.retry_after if isinstance(exc, RetryableApiError) else None

@@ -113,11 +113,11 @@ async def run_plans(
         seconds = time.monotonic() - started
         reports = [_plan_report(plan, store, state.by_store.get(store, StoreTally()), done,
                                 seconds, state.interrupted)
-                   for plan, store, done in zip(plans, stores, skipped)]
+                   for plan, store, done in zip(plans, stores, skipped, strict=True)]
         pool = tuple(MemberReport(m.prefix, m.requests, m.images, m.throttled, m.dropped)
                      for m in runner.members) if pooled else ()
         store_error = state.store_error
-        for store, report in zip(stores, reports):
+        for store, report in zip(stores, reports, strict=True):
             try:
                 await asyncio.to_thread(store.write_summary,
                                         plan_doc(report, version(), members=pool))
@@ -128,7 +128,7 @@ async def run_plans(
     interrupted = state.interrupted
     if opts.post and not interrupted and state.config_error is None and store_error is None:
         with _stopping_post_on_signals() as stop:
-            for plan, store in zip(plans, stores):
+            for plan, store in zip(plans, stores, strict=True):
                 try:
                     await asyncio.to_thread(build_all, plan, store.root, backend=store.backends,
                                             stop=stop, picks_file=picks.picks_path(plan.source))
@@ -142,7 +142,7 @@ async def run_plans(
                     # run finishes the sheets.
                     interrupted = True
                     reports = [replace(r, interrupted=True) for r in reports]
-                    for st, report in zip(stores, reports):
+                    for st, report in zip(stores, reports, strict=True):
                         with contextlib.suppress(StoreError):
                             await asyncio.to_thread(st.write_summary,
                                                     plan_doc(report, version(), members=pool))
@@ -179,7 +179,7 @@ async def _todo(
     how many of each plan's jobs are done already."""
     work: list[tuple[Store, Job]] = []
     skipped: list[int] = []
-    for plan, store in zip(plans, stores):
+    for plan, store in zip(plans, stores, strict=True):
         removed = await asyncio.to_thread(store.prepare)
         if removed and opts.verbose:
             print(f"{plan.name}: removed {removed} temp file(s) of an interrupted run", file=err)

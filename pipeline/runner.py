@@ -1,9 +1,9 @@
 """Plan + client + store -> results: concurrency, pacing, retries, stopping.
 
 The runner talks to small interfaces so tests can fake each: a client
-(`async generate(job, observe) -> GeneratedImage`), a store (`cannot_write`, `save`, `fail`), a `sleep` and
-a `clock`. A fixed pool of `concurrency` workers pulls jobs in plan order, so memory does
-not grow with the plan and nothing holds an image after it is written. Requests go to a
+(`async generate(job, observe) -> GeneratedImage`), a store (`cannot_write`, `save`, `fail`),
+a `sleep` and a `clock`. A fixed pool of `concurrency` workers pulls jobs in plan order, so
+memory does not grow with the plan and nothing holds an image after it is written. Requests go to a
 `Member`: a client with its own pacer (one for a single backend).
 
 With several members (a pool), each attempt starts on the member that can start it
@@ -103,7 +103,8 @@ class RunSettings:
     @property
     def retry(self) -> RetrySettings:
         """The retry part of the settings."""
-        return RetrySettings(self.retries, self.backoff_base, self.backoff_cap, self.retry_after_cap)
+        return RetrySettings(self.retries, self.backoff_base, self.backoff_cap,
+                             self.retry_after_cap)
 
 
 class Member:

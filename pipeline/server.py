@@ -272,7 +272,8 @@ class _BoundedStore:
             self._bytes -= len(old[0])
         self._items[key] = (data, kind)
         self._bytes += len(data)
-        while self._items and (len(self._items) > self._max_entries or self._bytes > self._max_bytes):
+        while self._items and (len(self._items) > self._max_entries
+                               or self._bytes > self._max_bytes):
             _, (dropped, _) = self._items.popitem(last=False)
             self._bytes -= len(dropped)
 
@@ -336,7 +337,8 @@ class _Service:
             return hit[0]
         fut = self._inflight.get(key)
         if fut is None:
-            job = {"prompt": request["prompt"], "negative_prompt": request.get("negative_prompt", ""),
+            job = {"prompt": request["prompt"],
+                   "negative_prompt": request.get("negative_prompt", ""),
                    "size": f"{w}x{h}", "output_format": fmt}
             loop = asyncio.get_running_loop()
             fut = loop.run_in_executor(self.pool, render, job, seed)

@@ -12,6 +12,7 @@ run) give each job's state; `run` skips, `status` counts, post-processing draws 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import json
 import os
@@ -113,10 +114,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink()
-        except OSError:
-            pass
         raise
     _fsync_dir(path.parent)
 
@@ -327,9 +326,10 @@ def job_states(
 
     The one definition of done (`Ledger.state`), read from `root`'s results.jsonl and
     images/; nothing is written. `backend` is the backend name a run records (a base URL, or
-    "local"), or a pool's member backends; None takes whichever backend made each image. `verify` hashes every image
-    instead of trusting a matching size and mtime. `run` skips the DONE jobs, `status` counts
-    these states, the contact sheet and index.html draw them, `merge` copies by them.
+    "local"), or a pool's member backends; None takes whichever backend made each image.
+    `verify` hashes every image instead of trusting a matching size and mtime. `run` skips the DONE
+    jobs, `status` counts these states, the contact sheet and index.html draw them, `merge`
+    copies by them.
     """
     ledger = Ledger(Path(root) / IMAGES, backend)
     for rec in read_records(Path(root) / RESULTS):

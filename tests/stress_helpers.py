@@ -327,6 +327,6 @@ def leaks(secret: str, texts: Mapping[str, str | bytes], under: Path | None = No
 
 __all__ = [
     "ROOT", "SECRET_KEY", "Embedded", "Served", "app_server", "check_run", "cli_env", "decode",
-    "decode_tree", "embedded_server", "every_file_decodes", "in_thread", "leaks", "load", "results", "run_argv",
-    "run_cli", "secret_forms", "snapshot_tree", "temp_files",
+    "decode_tree", "embedded_server", "every_file_decodes", "in_thread", "leaks", "load", "results",
+    "run_argv", "run_cli", "secret_forms", "snapshot_tree", "temp_files",
 ]

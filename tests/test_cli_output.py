@@ -1,4 +1,5 @@
-"""What the commands print: safe on a terminal, quiet when the reader goes away or the disk fills."""
+"""What the commands print: safe on a terminal, quiet when the reader goes away or the disk
+fills."""
 
 from __future__ import annotations
 

@@ -267,7 +267,8 @@ def test_schema_is_valid_json_schema(tmp_path: Path, capsys: pytest.CaptureFixtu
     jsonschema.Draft202012Validator.check_schema(schema)
     (tmp_path / "schema.json").write_text(out, encoding="utf-8")
     res = subprocess.run([str(BIN / "check-jsonschema"), "--check-metaschema",
-                          str(tmp_path / "schema.json")], capture_output=True, text=True, check=False)
+                          str(tmp_path / "schema.json")],
+                         capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
 
 

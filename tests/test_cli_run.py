@@ -32,8 +32,8 @@ def api_options(**kw) -> ServerOptions:
     return ServerOptions(keep_bodies=True, workers=1, **kw)
 
 
-async def _run(options: ServerOptions, plans, tmp_path: Path, *, stats: list[ServerStats] | None = None,
-               **kw):
+async def _run(options: ServerOptions, plans, tmp_path: Path, *,
+               stats: list[ServerStats] | None = None, **kw):
     async with running_server(options) as srv:
         if stats is not None:
             stats.append(srv.stats)

@@ -216,7 +216,8 @@ async def test_connection_reset_is_retryable_and_scrubbed():
         URL, exception=aiohttp.ServerDisconnectedError(f"reset while sending {KEY}")))
     assert isinstance(result, RetryableApiError) and result.kind == "connection"
     assert KEY not in str(result)
-    result, *_ = await call(lambda m: m.post(URL, exception=aiohttp.ClientConnectionError("refused")))
+    result, *_ = await call(
+        lambda m: m.post(URL, exception=aiohttp.ClientConnectionError("refused")))
     assert isinstance(result, RetryableApiError)
 
 

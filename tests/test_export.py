@@ -7,6 +7,7 @@ embedded server.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -133,7 +134,8 @@ def red_centroid(img: Image.Image) -> tuple[float, float]:
 
 
 def close(a: tuple[int, ...], b: tuple[int, ...], tol: int = 6) -> bool:
-    return all(abs(x - y) <= tol for x, y in zip(a, b))
+    # a pixel may carry alpha beside an RGB colour: the channels both have are compared
+    return all(abs(x - y) <= tol for x, y in zip(a, b, strict=False))
 
 
 def decode(path: Path) -> Image.Image:
@@ -324,10 +326,8 @@ def test_a_cut_or_forged_webp_or_avif_gives_a_clear_answer(tmp_path, fmt, capsys
     data = buf.getvalue()
     assert metadata.extract(data) == body
     for cut in range(len(data)):  # every truncation: an answer or MetadataError, no crash
-        try:
+        with contextlib.suppress(metadata.MetadataError):
             metadata.extract(data[:cut])
-        except metadata.MetadataError:
-            pass
     if fmt == "WEBP":  # an XMP chunk claiming 4 GB
         at = data.index(b"XMP ")
         forged = data[:at + 4] + struct.pack("<I", 0xFFFFFFF0) + data[at + 8:]

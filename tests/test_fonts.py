@@ -397,5 +397,5 @@ def test_a_run_on_the_embedded_server_captions_every_script(tmp_path, monkeypatc
     bare, bare_page = _sheet_of_a_run(tmp_path, "bundled")
     assert [c.entry.job.label for c in bare_page.cells] == [
         c.entry.job.label for c in page.cells]
-    for cell, bare_cell in zip(page.cells, bare_page.cells):
+    for cell, bare_cell in zip(page.cells, bare_page.cells, strict=True):
         assert not _same(sheet.crop(cell.caption), bare.crop(bare_cell.caption))

@@ -38,7 +38,8 @@ def centre(box: tuple[int, int, int, int]) -> tuple[int, int]:
 
 
 def close(a: tuple[int, ...], b: tuple[int, ...], tol: int = 6) -> bool:
-    return all(abs(x - y) <= tol for x, y in zip(a, b))
+    # a pixel may carry alpha beside an RGB colour: the channels both have are compared
+    return all(abs(x - y) <= tol for x, y in zip(a, b, strict=False))
 
 
 # -- thumbnails -------------------------------------------------------------------------

@@ -31,7 +31,8 @@ def _outputs(tmp_path: Path, n: int = 30) -> Path:
         body = {"model": "m", "prompt": f"{EVIL} {i // 5}", "seed": i + 1,
                 "aspect_ratio": "1:1" if i % 2 else "16:9"}
         jobs.append(Job(i, "fox", job_key(body), f"fox/{i // 5} x/{i + 1}.png",
-                        canonical_json(body), i + 1, (("v", str(i // 5)),), f"fox {i // 5} #{i + 1}"))
+                        canonical_json(body), i + 1, (("v", str(i // 5)),),
+                        f"fox {i // 5} #{i + 1}"))
     plan = Plan("browser", "m", "b.yaml", OutputSettings(thumbnail=96), tuple(jobs), n)
     store = Store(tmp_path / "out", plan.name, "local")
     store.prepare()

@@ -34,7 +34,7 @@ def _files(root: Path) -> dict[str, tuple[str, int]]:
     return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(),
                                        p.stat().st_mtime_ns)
             for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.relative_to(root).parts[0] in (".git", "outputs")}
+            if p.is_file() and p.relative_to(root).parts[0] not in (".git", "outputs")}
 
 
 def _init(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -202,7 +202,8 @@ def test_a_file_that_differs_is_listed_kept_and_diffable(tmp_path, capsys):
     assert code == 0 and _lines(out)[scaffold.WORKFLOW] == "replaced"
     assert _lines(out)[scaffold.MANIFEST] == "unchanged"
     assert workflow.read_text() == scaffold.workflow_text(f"imagebatch=={pipeline.version()}")
-    same = f"{tmp_path.resolve()}: every file is as imagebatch init {pipeline.version()} writes it\n"
+    same = (f"{tmp_path.resolve()}: every file is as imagebatch init {pipeline.version()} "
+            "writes it\n")
     assert _init(capsys, str(tmp_path), "--diff")[:2] == (0, same)
 
 

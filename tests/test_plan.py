@@ -58,7 +58,8 @@ jobs:
   - id: city
     prompt: "A {style} city at {time}"
     matrix:                      # cartesian product of every axis
-      style: [cyberpunk, "art deco"]     # a variable: fills {style} in prompt/negative_prompt/path/label
+      # a variable: fills {style} in prompt/negative_prompt/path/label
+      style: [cyberpunk, "art deco"]
       time: [dawn, dusk]
       aspect_ratio: ["16:9", "9:16"]     # a request field: sets that field
     seeds: {start: 100, count: 4}
@@ -265,7 +266,7 @@ def test_random_seeds_depend_on_name_and_id(tmp_path: Path) -> None:
     assert random_seed("one", "job", 0) == a
     assert random_seed("two", "job", 0) != a
     assert random_seed("one", "job2", 0) != a
-    assert 1 <= min(random_seed("n", "j", i) for i in range(2000))
+    assert min(random_seed("n", "j", i) for i in range(2000)) >= 1
     assert max(random_seed("n", "j", i) for i in range(2000)) <= 4294967295
 
 
@@ -544,7 +545,8 @@ JOB_ID = st.one_of(st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True), HOSTI
 @example(job_id="a", name="n", values=["..", ".", "/", "\\"], template="{v}-{seed}")
 @example(job_id="..a", name="n", values=["\u2025", "\uff0e\uff0e"], template="{id}/{v}/{seed}")
 @example(job_id="x", name="n", values=["/etc/passwd", "C:\\w"], template="/{v}/{seed}")
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(job_id=JOB_ID, name=NAME, values=st.lists(HOSTILE_TEXT, min_size=1, max_size=3,
        unique=True), template=TEMPLATE)
 def test_no_path_leaves_the_images_folder(tmp_path: Path, job_id: str, name: str,

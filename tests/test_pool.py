@@ -214,10 +214,10 @@ async def _pool_run(tmp_path: Path, servers: list[ServerOptions], n: int, *, dur
     async with contextlib.AsyncExitStack() as outer:
         stacks = [await outer.enter_async_context(contextlib.AsyncExitStack()) for _ in servers]
         running = [await stack.enter_async_context(running_server(o))
-                   for stack, o in zip(stacks, servers)]
+                   for stack, o in zip(stacks, servers, strict=True)]
         prefixes = list(KEYS)[:len(servers)]
         conns = [config.Connection(prefix=p, url=srv.url, key=KEYS[p])
-                 for p, srv in zip(prefixes, running)]
+                 for p, srv in zip(prefixes, running, strict=True)]
         kw.setdefault("backoff_base", 0.01)
         opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, **kw)
         err = io.StringIO()
@@ -225,7 +225,8 @@ async def _pool_run(tmp_path: Path, servers: list[ServerOptions], n: int, *, dur
         if during is not None:
             await during([stack.aclose for stack in stacks], running, task)
         report = await task
-        return report, {p: srv.stats for p, srv in zip(prefixes, running)}, err.getvalue()
+        stats = {p: srv.stats for p, srv in zip(prefixes, running, strict=True)}
+        return report, stats, err.getvalue()
 
 
 def _member_options(prefix: str, **kw) -> ServerOptions:
@@ -273,7 +274,8 @@ def test_three_members_share_the_work_at_three_times_one_limit(tmp_path):
 @pytest.mark.slow
 def test_a_member_killed_mid_run_is_dropped_and_no_job_is_lost_or_doubled(tmp_path):
     async def kill_b(stops, running, task):
-        while running[1].stats.by_status[200] < 3 and not task.done():
+        # the server's counters have no event to wait on: polling them is the way to watch
+        while running[1].stats.by_status[200] < 3 and not task.done():  # noqa: ASYNC110
             await asyncio.sleep(0.005)
         await stops[1]()  # its requests in flight are cut, then it refuses connections
 

@@ -81,14 +81,14 @@ def resave(root: Path, plan: Plan, job: Job, img: Image.Image) -> Path:
 def check_cells(result, root: Path, *, tol: int = 8) -> None:
     """Every ok cell's centre shows its job's colour; others do not."""
     assert result.pages
-    for page, path in zip(result.pages, result.sheets):
+    for page, path in zip(result.pages, result.sheets, strict=True):
         with Image.open(path) as sheet:
             assert sheet.size == page.size and sheet.mode == "RGB"
             for cell in page.cells:
                 c = ((cell.box[0] + cell.box[2]) // 2, (cell.box[1] + cell.box[3]) // 2)
                 px = sheet.getpixel(c)
                 want = colour(cell.entry.job.index)
-                near = all(abs(a - b) <= tol for a, b in zip(px, want))
+                near = all(abs(a - b) <= tol for a, b in zip(px, want, strict=True))
                 assert near == (cell.entry.state == imaging.OK), (cell.entry, px, want)
 
 
@@ -101,7 +101,7 @@ def test_builds_thumbs_sheet_and_index(tmp_path):
         with Image.open(root / "thumbs" / f"{job.path}.jpg") as t:
             assert t.format == "JPEG" and t.mode == "RGB" and t.size == (64, 32)
             px = t.getpixel((32, 16))
-            assert all(abs(a - b) <= 8 for a, b in zip(px, colour(job.index)))
+            assert all(abs(a - b) <= 8 for a, b in zip(px, colour(job.index), strict=True))
     assert result.sheets == (root / "contact-sheet.png",)
     assert result.index == root / "index.html" and result.index.is_file()
     check_cells(result, root)
@@ -162,13 +162,15 @@ def test_thumbs_rebuilt_only_for_changed_images(tmp_path):
     after = {i: p.stat().st_mtime_ns for i, p in thumbs.items()}
     assert [i for i in after if after[i] != before[i]] == [2]
     with Image.open(thumbs[2]) as t:
-        assert all(abs(a - b) <= 8 for a, b in zip(t.getpixel((32, 32)), (250, 250, 0)))
+        assert all(abs(a - b) <= 8
+                   for a, b in zip(t.getpixel((32, 32)), (250, 250, 0), strict=True))
     # An image replaced by an older file (a restored copy) is seen too.
     image = resave(root, plan, plan.jobs[3], Image.new("RGB", (256, 256), (0, 250, 250)))
     os.utime(image, ns=(before[3] - 10**9, before[3] - 10**9))
     assert build_all(plan, root, workers=1).thumbs_made == 1
     with Image.open(thumbs[3]) as t:
-        assert all(abs(a - b) <= 8 for a, b in zip(t.getpixel((32, 32)), (0, 250, 250)))
+        assert all(abs(a - b) <= 8
+                   for a, b in zip(t.getpixel((32, 32)), (0, 250, 250), strict=True))
     # A deleted thumbnail is made again; a new size remakes them all.
     thumbs[0].unlink()
     assert build_all(plan, root, workers=1).thumbs_made == 1
@@ -204,7 +206,7 @@ def test_pages_by_pixel_cap(tmp_path):
     root = run_jobs(tmp_path, plan)
     result = build_all(plan, root, workers=1, max_sheet_pixels=200_000)
     assert len(result.sheets) >= 3
-    for page, path in zip(result.pages, result.sheets):
+    for path in result.sheets:
         with Image.open(path) as s:
             assert s.width * s.height <= 200_000
     check_cells(result, root)

@@ -79,7 +79,8 @@ def test_the_command_line_turns_the_report_into_the_exit_code(report, code):
     assert report_run(report, as_json=False, out=out, err=err) == code
     assert out.getvalue().startswith("demo: ")
     if code == 2:
-        assert err.getvalue().strip() == "imagebatch: the service rejected the key (401): check X_KEY"
+        assert err.getvalue().strip() == (
+            "imagebatch: the service rejected the key (401): check X_KEY")
 
 
 def test_a_failed_write_is_raised_after_the_summary_is_printed():

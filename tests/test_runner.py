@@ -40,12 +40,20 @@ class FakeClient:
         self.max_in_flight = 0
         self.gate = gate
         self.started: list[int] = []
+        self._began = asyncio.Event()  # set each time a request starts
+
+    async def until(self, done) -> None:
+        """Return once `done()` holds, checked each time a request starts."""
+        while not done():
+            self._began.clear()
+            await self._began.wait()
 
     async def generate(self, job, observe=None):
         self.requests += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.started.append(job.index)
+        self._began.set()
         try:
             if self.gate is not None:
                 await self.gate.wait()
@@ -177,8 +185,7 @@ async def test_stop_settles_in_flight_and_starts_nothing_new():
     client = FakeClient(gate=gate)
     runner = Runner(client, RunSettings(concurrency=4), sleep=FakeSleep())
     task = asyncio.ensure_future(runner.run(_work(store, 50)))
-    while client.in_flight < 4:
-        await asyncio.sleep(0)
+    await client.until(lambda: client.in_flight >= 4)
     runner.stop()
     gate.set()
     state = await task
@@ -195,8 +202,7 @@ async def test_stop_interrupts_a_retry_wait():
 
     runner = Runner(client, RunSettings(concurrency=1), sleep=long_sleep)
     task = asyncio.ensure_future(runner.run(_work(store, 3)))
-    while client.requests < 1:
-        await asyncio.sleep(0)
+    await client.until(lambda: client.requests >= 1)
     await asyncio.sleep(0)
     runner.stop()
     state = await asyncio.wait_for(task, 5)
@@ -209,8 +215,7 @@ async def test_abort_cancels_in_flight_and_saves_nothing_half():
     client = FakeClient(gate=gate)
     runner = Runner(client, RunSettings(concurrency=2), sleep=FakeSleep())
     task = asyncio.ensure_future(runner.run(_work(store, 5)))
-    while client.in_flight < 2:
-        await asyncio.sleep(0)
+    await client.until(lambda: client.in_flight >= 2)
     runner.abort()
     state = await asyncio.wait_for(task, 5)
     assert state.ok == 0 and store.saved == {}

@@ -281,7 +281,7 @@ async def test_fifty_concurrent_requests_all_correct(server, session):
     docs = [body(seed=1000 + i, aspect_ratio=apispec.ASPECT_RATIOS[i % 9]) for i in range(50)]
     results = await asyncio.gather(*(post(session, server.url, d) for d in docs))
     seen = set()
-    for doc, (status, _, payload) in zip(docs, results):
+    for doc, (status, _, payload) in zip(docs, results, strict=True):
         assert status == 200
         data, img = image_of(payload)
         assert img.size == apispec.pixel_size(doc)

@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL is finished by a second run; SIGTERM exits 130; nothing half-written."""
+"""A run killed with SIGKILL is finished by a second run; SIGTERM exits 130; nothing
+half-written."""
 
 from __future__ import annotations
 

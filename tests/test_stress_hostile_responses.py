@@ -132,10 +132,7 @@ async def _trickle(request: web.Request) -> web.StreamResponse:
 def _compressed_bomb(encoding: str) -> Reply:
     # 2 MB on the wire that inflates to 2 GB of JSON, whatever the client asked for
     inflated = 2 * 1024**3
-    if encoding == "gzip":
-        packer = zlib.compressobj(9, zlib.DEFLATED, 31)
-    else:
-        packer = zlib.compressobj(9)
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31) if encoding == "gzip" else zlib.compressobj(9)
     block = b"A" * (1024 * 1024)
     body = packer.compress(b'{"created":1,"data":[{"b64_json":"')
     body += b"".join(packer.compress(block) for _ in range(inflated // len(block)))
