@@ -121,3 +121,18 @@ class ServiceConfigError(PermanentApiError):
 
 class AuthError(ServiceConfigError):
     """401: the key is missing or wrong; the run stops starting requests."""
+
+
+def text_problem(data: bytes, source: str, limit: int, what: str) -> tuple[str, Problem | None]:
+    """`data` (read with at most one byte past `limit`) as text, or the located Problem that
+    refuses it: over `limit` bytes, or not UTF-8 (a byte-order mark is dropped). `what`
+    names the kind of file in the message ("a manifest")."""
+    if len(data) > limit:
+        return "", Problem(source, 1, 1, "", f"is more than {limit:,} bytes; {what} may be at "
+                                              f"most {limit:,}")
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        return "", Problem(source, line, col, "", "is not UTF-8 text")

@@ -22,7 +22,7 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pipeline import apispec, config
-from pipeline.errors import ManifestError, Problem, UsageError
+from pipeline.errors import ManifestError, Problem, UsageError, text_problem
 from pipeline.plan import (
     BUILTINS,
     DEFAULT_EXPORT_PATH,
@@ -451,16 +451,10 @@ def _read(path: str) -> str:
         raise UsageError(f"{path}: cannot read the file (permission denied)") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the file ({exc.strerror})") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ManifestError([Problem(path, 1, 1, "", f"is more than {MAX_FILE_BYTES:,} bytes; "
-                                                     f"a manifest may be at most "
-                                                     f"{MAX_FILE_BYTES:,}")])
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ManifestError([Problem(path, line, col, "", "is not UTF-8 text")]) from None
+    text, problem = text_problem(data, path, MAX_FILE_BYTES, "a manifest")
+    if problem is not None:
+        raise ManifestError([problem])
+    return text
 
 
 def _template(c: _Checker, node: Node, path: str, known: set[str],

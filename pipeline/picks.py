@@ -40,7 +40,7 @@ try:
 except ImportError:  # Windows: no advisory locks; one writer at a time is then the user's care
     fcntl = None  # type: ignore[assignment]
 
-from pipeline.errors import ImagebatchError, Problem, StoreError, printable
+from pipeline.errors import ImagebatchError, Problem, StoreError, printable, text_problem
 from pipeline.plan import Plan
 from pipeline.store import write_error, write_file
 
@@ -255,16 +255,10 @@ def _read_text(path: Path) -> str | None:
         return None
     except OSError as exc:
         raise PicksError(f"{source}: cannot read the file ({exc.strerror or exc})") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise PicksError([Problem(source, 1, 1, "", f"is more than {MAX_FILE_BYTES:,} bytes; "
-                                                    f"a picks file may be at most "
-                                                    f"{MAX_FILE_BYTES:,}")])
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise PicksError([Problem(source, line, col, "", "is not UTF-8 text")]) from None
+    text, problem = text_problem(data, source, MAX_FILE_BYTES, "a picks file")
+    if problem is not None:
+        raise PicksError([problem])
+    return text
 
 
 class _Duplicate(Exception):

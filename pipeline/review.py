@@ -16,7 +16,6 @@ import ipaddress
 import json
 import os
 import secrets
-import signal
 import sys
 import webbrowser
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -34,6 +33,7 @@ from pipeline.errors import StoreError, UsageError
 from pipeline.imaging import OK, Entry
 from pipeline.plan import Job, Plan
 from pipeline.post import entries_for, make_thumb, thumb_rel
+from pipeline.signals import on_stop_signals
 from pipeline.store import IMAGES
 
 #: Request bodies of the API are a few dozen bytes; anything far larger is not ours.
@@ -579,12 +579,7 @@ async def _serve(review: Review, opts: ReviewOptions, env: Mapping[str, str], ou
                  err: TextIO, ready: Callable[[RunningReview], None] | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-    try:
+    with on_stop_signals(stop.set):
         async with running_review(review, opts.host, opts.port) as srv:
             # The URL alone on stdout, at once: a script reading it can connect now.
             print(srv.url, file=out, flush=True)
@@ -599,9 +594,6 @@ async def _serve(review: Review, opts: ReviewOptions, env: Mapping[str, str], ou
                 ready(srv)
             await stop.wait()
             print("stopped; every change was saved as it was made", file=err, flush=True)
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
 
 
 def review_command(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -33,6 +32,7 @@ from pipeline.progress import Progress
 from pipeline.retry import Pacer
 from pipeline.runner import Member, Runner, StoreTally
 from pipeline.server import ServerOptions, running_server
+from pipeline.signals import on_stop_signals
 from pipeline.store import DONE, Store
 from pipeline.summary import (
     Failure,
@@ -157,19 +157,9 @@ async def run_plans(
 def _stopping_post_on_signals() -> Iterator[Stop]:
     """While post-processing: SIGINT / SIGTERM stop it (workers killed, Interrupted); once
     stopped, later signals are ignored so that exit 130 is not cut short."""
-    loop = asyncio.get_running_loop()
     stop = Stop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-    try:
+    with on_stop_signals(stop.set, ignore_after=lambda: stop.requested):
         yield stop
-    finally:
-        for sig in installed:
-            if loop.remove_signal_handler(sig) and stop.requested:
-                signal.signal(sig, signal.SIG_IGN)
 
 
 async def _todo(
@@ -230,7 +220,6 @@ async def _run_jobs(work: list[tuple[Store, Job]], backends: Sequence[_Backend],
 @contextlib.contextmanager
 def _stopped_by_signals(runner: Runner, err: TextIO) -> Iterator[None]:
     """SIGINT / SIGTERM stop the runner (in-flight work settles); a second one aborts it."""
-    loop = asyncio.get_running_loop()
     signals = 0
 
     def on_signal() -> None:
@@ -243,20 +232,9 @@ def _stopped_by_signals(runner: Runner, err: TextIO) -> Iterator[None]:
         else:
             runner.abort()
 
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, on_signal)
-            installed.append(sig)
-    try:
+    # Once stopping, the work is settled and only the summary is left to write.
+    with on_stop_signals(on_signal, ignore_after=lambda: signals > 0):
         yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-            if signals:
-                # Stopping already: the work is settled and only the summary is left to
-                # write; a late second signal must not cut that short (exit 130 stays).
-                signal.signal(sig, signal.SIG_IGN)
 
 
 def _plan_report(plan: Plan, store: Store, tally: StoreTally, skipped: int, seconds: float,
