@@ -24,7 +24,7 @@ CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from pipeline.errors import ManifestError
-from pipeline.manifest import load_plan
+from pipeline.planning.manifest import load_plan
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.perf_counter()
 try:

@@ -50,9 +50,9 @@ def _make_outputs() -> tuple[Path, Path]:
     """(manifest, out): the plan's images, current thumbnails and results.jsonl on disk."""
     from PIL import Image, ImageDraw
 
-    from pipeline.manifest import load_plan
-    from pipeline.post import thumb_rel
-    from pipeline.store import Record
+    from pipeline.pictures.post import thumb_rel
+    from pipeline.planning.manifest import load_plan
+    from pipeline.storage.store import Record
 
     manifest = WORK / "review-bench.yaml"
     out = WORK / "outputs"
@@ -172,8 +172,8 @@ def _page_rows(manifest: Path, out: Path) -> list[dict]:
 def _put_rows(manifest: Path, out: Path) -> list[dict]:
     import aiohttp
 
-    from pipeline import picks
-    from pipeline.manifest import load_plan
+    from pipeline.assets import picks
+    from pipeline.planning.manifest import load_plan
 
     plan = load_plan(str(manifest))
     file = WORK / "put.picks.json"

@@ -198,7 +198,7 @@ async def _throughput(url: str, first_seed: int, n: int, concurrency: int) -> tu
 def _bare_render_rate(k: int = 12) -> tuple[float, float]:
     """render() alone in this process: (images per second, CPU seconds per image)."""
     sys.path.insert(0, str(ROOT))
-    from pipeline.render import render
+    from pipeline.service.render import render
 
     job = {"prompt": PROMPT, "negative_prompt": "", "size": "1024x1024", "output_format": "png"}
     render(job, 10_000_000)  # fonts and imports

@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from pipeline.config import DEFAULT_PREFIX
 from pipeline.errors import ImagebatchError, ManifestError, UsageError
-from pipeline.manifest import DEFAULT_MAX_JOBS
-from pipeline.options import DEFAULT_OUT, REMOTE_DEFAULT_RPM, RunOptions, default
+from pipeline.planning.manifest import DEFAULT_MAX_JOBS
+from pipeline.running.config import DEFAULT_PREFIX
+from pipeline.running.options import DEFAULT_OUT, REMOTE_DEFAULT_RPM, RunOptions, default
 
 if TYPE_CHECKING:
-    from pipeline.summary import RunReport
+    from pipeline.running.summary import RunReport
 
 # Errors of writing standard output itself (redirected to a full disk or /dev/full).
 _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT, errno.EBADF}
@@ -132,7 +132,7 @@ def _prefixes(args: argparse.Namespace) -> tuple[str, ...]:
 def _prefix(args: argparse.Namespace) -> str:
     """The first prefix: the one whose MODEL_ID a manifest without `model:` takes (every
     member of a pool must name the same model)."""
-    from pipeline.config import split_prefixes
+    from pipeline.running.config import split_prefixes
 
     return split_prefixes(_prefixes(args))[0][0]
 
@@ -411,7 +411,7 @@ def _fraction(text: str) -> float:
 
 
 def _faults(text: str) -> tuple[str, ...]:
-    from pipeline.server import FAULT_KINDS
+    from pipeline.service.server import FAULT_KINDS
 
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     unknown = [k for k in kinds if k not in FAULT_KINDS]
@@ -438,7 +438,7 @@ def _script(text: str) -> dict[int, str]:
 
 
 def _cmd_sheet(args: argparse.Namespace) -> int:
-    from pipeline.status import sheet_command
+    from pipeline.commands.status import sheet_command
 
     return sheet_command(args.manifest, out_dir=Path(args.out), env_prefixes=_prefixes(args),
                          max_jobs=args.max_jobs, local=args.local,
@@ -446,8 +446,8 @@ def _cmd_sheet(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from pipeline.merge import merge_command
-    from pipeline.summary import merge_text
+    from pipeline.commands.merge import merge_command
+    from pipeline.running.summary import merge_text
 
     report = merge_command(args.sources, args.out, manifests=args.manifest,
                            max_jobs=args.max_jobs, env_prefix=_prefix(args),
@@ -461,7 +461,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from pipeline.server import FAULT_KINDS, ServerOptions, serve
+    from pipeline.service.server import FAULT_KINDS, ServerOptions, serve
 
     serve(ServerOptions(
         key=args.key, latency_ms=args.latency, rpm=args.rpm, window=args.window,
@@ -475,7 +475,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_review(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.review import ReviewOptions, review_command
+    from pipeline.assets.review import ReviewOptions, review_command
 
     return review_command(ReviewOptions(
         manifest=args.manifest, out=Path(args.out),
@@ -485,33 +485,33 @@ def _cmd_review(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from pipeline.preview import validate_command
+    from pipeline.commands.preview import validate_command
 
     return validate_command(args.manifests, max_jobs=args.max_jobs, env_prefix=_prefix(args))
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from pipeline.preview import plan_command
+    from pipeline.commands.preview import plan_command
 
     return plan_command(args.manifest, as_json=args.json, shard=args.shard,
                         max_jobs=args.max_jobs, env_prefix=_prefix(args))
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from pipeline.scaffold import init_command
+    from pipeline.commands.scaffold import init_command
 
     return init_command(args.directory, force=args.force, requirement=args.requirement,
                         diff=args.diff, print_file=args.print_file)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from pipeline.preview import schema_command
+    from pipeline.commands.preview import schema_command
 
     return schema_command()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.run import run
+    from pipeline.running.run import run
 
     report = run(RunOptions(
         manifests=tuple(args.manifests), out=Path(args.out), concurrency=args.concurrency,
@@ -526,7 +526,7 @@ def report_run(report: RunReport, *, as_json: bool, out: TextIO, err: TextIO) ->
     """Print a run's summary (JSON on `out` with --json, the text on `err` then) and return
     its exit code: 2 when the service cannot be used as set up, 130 when stopped, 1 when a
     job failed, else 0. A write that failed is raised after the summary is printed."""
-    from pipeline.summary import run_json, text
+    from pipeline.running.summary import run_json, text
 
     if as_json:
         print(run_json(report), file=out)
@@ -545,7 +545,7 @@ def report_run(report: RunReport, *, as_json: bool, out: TextIO, err: TextIO) ->
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.status import status_command
+    from pipeline.commands.status import status_command
 
     return status_command(
         args.manifest, out_dir=Path(args.out), local=args.local, env_prefixes=_prefixes(args),
@@ -557,7 +557,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_pick(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.pick import pick_command
+    from pipeline.assets.pick import pick_command
 
     action = "clear" if args.clear else "reject" if args.reject else \
         "rate" if args.rating is not None else "pick"
@@ -569,7 +569,7 @@ def _cmd_pick(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.export import export_command
+    from pipeline.assets.export import export_command
 
     return export_command(args.manifest, out_dir=Path(args.out), assets_dir=Path(args.assets),
                           picks_file=args.picks, local=args.local, env_prefixes=_prefixes(args),
@@ -577,7 +577,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from pipeline.status import show_command
+    from pipeline.commands.status import show_command
 
     return show_command(args.image)
 
@@ -628,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imagebatch: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except ManifestError as exc:
-        from pipeline.preview import problem_report
+        from pipeline.commands.preview import problem_report
 
         print(problem_report(exc), file=sys.stderr)
         return exc.exit_code

@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from PIL import Image
 
-from pipeline import apispec
-from pipeline.plan import Plan, job_key
-from pipeline.server import STATS_KEY, RunningServer, ServerOptions, make_app
+from pipeline.planning import apispec
+from pipeline.planning.plan import Plan, job_key
+from pipeline.service.server import STATS_KEY, RunningServer, ServerOptions, make_app
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -105,7 +105,7 @@ class Embedded:
 
 @contextlib.asynccontextmanager
 async def _embedded(options: ServerOptions) -> AsyncIterator[Embedded]:
-    # pipeline.server.running_server, plus an outer middleware that counts answers per body
+    # pipeline.service.server.running_server, plus an outer middleware that counts answers per body
     # key: the server's own `renders` counter misses repeats served from its render cache.
     app = make_app(options)
     served = Served()
@@ -197,7 +197,7 @@ def run_cli(argv: list[str], env: Mapping[str, str], cwd: Path,
 
 def load(manifest: Path) -> Plan:
     """The plan `run` makes of a manifest (the model default, as the CLI's with no env)."""
-    from pipeline.manifest import load_plan
+    from pipeline.planning.manifest import load_plan
 
     return load_plan(str(manifest))
 

@@ -319,7 +319,7 @@ def test_merge_copies_only_from_inside_a_shards_images(tmp_path, capsys):
 
 
 def test_merge_into_a_folder_a_run_is_writing_is_refused(tmp_path, capsys):
-    from pipeline.store import Store
+    from pipeline.storage.store import Store
 
     _shards(tmp_path)
     running = Store(tmp_path / "merged", "sweep", "local")
@@ -350,8 +350,8 @@ exports:
 
 
 def _pick(manifest: Path, changes: dict) -> None:
-    from pipeline.manifest import load_plan
-    from pipeline.picks import picks_path, update_picks
+    from pipeline.assets.picks import picks_path, update_picks
+    from pipeline.planning.manifest import load_plan
 
     update_picks(picks_path(manifest), load_plan(str(manifest)), changes)
 

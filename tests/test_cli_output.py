@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.commands.preview import plan_table
 from pipeline.errors import printable
-from pipeline.manifest import load_plan
-from pipeline.preview import plan_table
+from pipeline.planning.manifest import load_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = """version: 1

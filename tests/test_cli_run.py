@@ -11,14 +11,14 @@ import pytest
 from PIL import Image
 from runner_helpers import KEY, make_plan
 
-from pipeline import config
 from pipeline.cli import report_run
+from pipeline.commands.status import show_command
 from pipeline.errors import ConfigError
-from pipeline.options import RunOptions
-from pipeline.run import run_plans
-from pipeline.server import ServerOptions, ServerStats, running_server
-from pipeline.status import show_command
-from pipeline.summary import plan_doc
+from pipeline.running import config
+from pipeline.running.options import RunOptions
+from pipeline.running.run import run_plans
+from pipeline.running.summary import plan_doc
+from pipeline.service.server import ServerOptions, ServerStats, running_server
 
 
 async def run_plans_async(plans, conn, opts, err):
@@ -146,7 +146,7 @@ async def test_changed_job_regenerates_alone_and_force_regenerates_all(tmp_path)
         (s,), _ = await run_plans_async([plan2], conn, replace(opts, force=True), err)
         assert api.requests == 9 and s["succeeded"] == 4
         # local results never stand in for this remote backend, nor the reverse
-        from pipeline.store import Store
+        from pipeline.storage.store import Store
         st = Store(tmp_path / "out", "demo", "local")
         st.load()
         assert not any(st.is_done(j) for j in plan2.jobs)
@@ -230,7 +230,7 @@ def test_cli_show_and_bad_options(tmp_path, capsys):
     from runner_helpers import image_bytes, make_job
 
     from pipeline.cli import main
-    from pipeline.metadata import embed
+    from pipeline.storage.metadata import embed
 
     job = make_job(fmt="jpeg")
     img = tmp_path / "x.jpg"
@@ -289,7 +289,7 @@ async def test_a_second_run_into_the_same_folder_is_refused_and_touches_nothing(
 
 
 def test_status_checks_the_url_as_run_does_and_names_the_same_backend(tmp_path, capsys):
-    from pipeline.status import status_command
+    from pipeline.commands.status import status_command
 
     manifest = tmp_path / "m.yaml"
     manifest.write_text("version: 1\nname: st\njobs:\n  - id: a\n    prompt: p\n    seeds: 1\n")
@@ -304,7 +304,7 @@ async def test_image_downloads_count_as_requests_in_the_summary(tmp_path):
     from aiohttp import web
     from runner_helpers import image_bytes
 
-    from pipeline import apispec
+    from pipeline.planning import apispec
 
     seen = {"POST": 0, "GET": 0}
 

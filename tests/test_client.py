@@ -15,9 +15,9 @@ from aioresponses import aioresponses
 from PIL import Image
 from runner_helpers import KEY, image_bytes, make_job
 
-from pipeline.client import ApiClient, check_image
-from pipeline.config import backend_name
 from pipeline.errors import AuthError, PermanentApiError, RetryableApiError
+from pipeline.running.client import ApiClient, check_image
+from pipeline.running.config import backend_name
 
 BASE = "https://inference.example.test"
 URL = BASE + "/v1/images/generations"
@@ -328,7 +328,7 @@ async def test_a_401_with_a_broken_gzip_body_is_still_a_401(body):
 
 
 def test_base64_variants_other_servers_send_decode_to_the_same_bytes():
-    from pipeline.client import decode_b64
+    from pipeline.running.client import decode_b64
 
     data = image_bytes("png")
     plain = base64.b64encode(data).decode()

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, features
 
-from pipeline import export as export_mod
+from pipeline.assets import export as export_mod
+from pipeline.assets.picks import picks_path, update_picks
 from pipeline.cli import main
-from pipeline.manifest import load_plan
-from pipeline.picks import picks_path, update_picks
-from pipeline.plan import Plan
-from pipeline.store import Store
+from pipeline.planning.manifest import load_plan
+from pipeline.planning.plan import Plan
+from pipeline.storage.store import Store
 
 JOBS = """\
 version: 1
@@ -318,7 +318,7 @@ def test_show_reads_the_request_from_every_format_unless_stripped(tmp_path, caps
 
 @pytest.mark.parametrize("fmt", ["WEBP", "AVIF"])
 def test_a_cut_or_forged_webp_or_avif_gives_a_clear_answer(tmp_path, fmt, capsys):
-    from pipeline import metadata
+    from pipeline.storage import metadata
 
     body = '{"prompt":"a \\"quoted\\" <fox> & \\u00e9\\n","seed":1}'
     buf = io.BytesIO()

@@ -11,9 +11,9 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.errors import ManifestError, Problem
-from pipeline.exportplan import geometry
-from pipeline.manifest import load_plan
-from pipeline.plan import ExportSettings
+from pipeline.planning.exportplan import geometry
+from pipeline.planning.manifest import load_plan
+from pipeline.planning.plan import ExportSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = """\

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pipeline.errors import ManifestError, Problem, UsageError
-from pipeline.manifest import MAX_NODES, load_manifest, load_plan
+from pipeline.planning.manifest import MAX_NODES, load_manifest, load_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -769,8 +769,8 @@ def test_an_endless_file_is_refused_after_the_cap(tmp_path: Path) -> None:
 
 def test_a_plain_document_over_the_value_cap_does_not_blame_aliases(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.manifest
-    monkeypatch.setattr(pipeline.manifest, "MAX_NODES", 1000)
+    import pipeline.planning.manifest
+    monkeypatch.setattr(pipeline.planning.manifest, "MAX_NODES", 1000)
     seeds = ", ".join(str(i) for i in range(1, 1002))
     path = write(tmp_path, f"version: 1\njobs:\n  - id: a\n    prompt: x\n    seeds: [{seeds}]\n")
     p = only(problems_of(path, max_jobs=5000))

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from runner_helpers import image_bytes, make_job
 
-from pipeline import metadata
 from pipeline.cli import main
-from pipeline.plan import canonical_json
+from pipeline.planning.plan import canonical_json
+from pipeline.storage import metadata
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg"])

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import picks
-from pipeline.manifest import load_plan
-from pipeline.picks import KEEP, PickEntry, PicksError, load_picks, update_picks
-from pipeline.plan import Plan
+from pipeline.assets import picks
+from pipeline.assets.picks import KEEP, PickEntry, PicksError, load_picks, update_picks
+from pipeline.planning.manifest import load_plan
+from pipeline.planning.plan import Plan
 
 MANIFEST = """\
 version: 1

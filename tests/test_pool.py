@@ -15,15 +15,15 @@ from PIL import Image
 from runner_helpers import Clock, make_plan
 from stress_helpers import leaks
 
-from pipeline import config
 from pipeline.cli import main, report_run
-from pipeline.client import GeneratedImage
 from pipeline.errors import AuthError, ConfigError, RetryableApiError, UnreachableError
-from pipeline.options import RunOptions
-from pipeline.retry import Pacer
-from pipeline.run import run_plans
-from pipeline.runner import Member, Runner, RunSettings
-from pipeline.server import ServerOptions, running_server
+from pipeline.running import config
+from pipeline.running.client import GeneratedImage
+from pipeline.running.options import RunOptions
+from pipeline.running.retry import Pacer
+from pipeline.running.run import run_plans
+from pipeline.running.runner import Member, Runner, RunSettings
+from pipeline.service.server import ServerOptions, running_server
 
 KEYS = {"POOLA": "inf-POOL-a1b2c3d4e5-first", "POOLB": "inf-POOL-f6e7d8c9b0-second",
         "POOLC": "inf-POOL-0a9b8c7d6e-third"}

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline import post
 from pipeline.errors import Interrupted
-from pipeline.post import Stop, make_thumbs, stop_on_signals
+from pipeline.pictures import post
+from pipeline.pictures.post import Stop, make_thumbs, stop_on_signals
 
 N = 24
 

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.cli import report_run
 from pipeline.errors import AuthError, StoreError
-from pipeline.summary import (
+from pipeline.running.summary import (
     Failure,
     PlanReport,
     RunReport,
@@ -98,8 +98,8 @@ def test_validate_and_plan_load_no_http_code(tmp_path):
               f"assert main(['validate', {str(manifest)!r}]) == 0\n"
               f"assert main(['plan', {str(manifest)!r}, '--json']) == 0\n"
               "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-              "('aiohttp', 'pipeline') and m in ('aiohttp', 'pipeline.server', "
-              "'pipeline.client', 'pipeline.run')))\n")
+              "('aiohttp', 'pipeline') and m in ('aiohttp', 'pipeline.service.server', "
+              "'pipeline.running.client', 'pipeline.running.run')))\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -108,6 +108,6 @@ def test_validate_and_plan_load_no_http_code(tmp_path):
 
 def test_metadata_errors_are_under_the_one_root_and_still_value_errors():
     from pipeline.errors import ImagebatchError
-    from pipeline.metadata import MetadataError
+    from pipeline.storage.metadata import MetadataError
 
     assert issubclass(MetadataError, ImagebatchError) and issubclass(MetadataError, ValueError)

@@ -15,13 +15,13 @@ import aiohttp
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from pipeline import apispec
-from pipeline.client import ApiClient
 from pipeline.errors import AuthError, PermanentApiError, RetryableApiError
-from pipeline.plan import Job, canonical_json, job_key
-from pipeline.render import render
-from pipeline.retry import parse_duration
-from pipeline.server import (
+from pipeline.planning import apispec
+from pipeline.planning.plan import Job, canonical_json, job_key
+from pipeline.running.client import ApiClient
+from pipeline.running.retry import parse_duration
+from pipeline.service.render import render
+from pipeline.service.server import (
     FAULT_KINDS,
     MAX_REQUEST_BYTES,
     STATS_KEY,

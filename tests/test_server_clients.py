@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from pipeline.server import RunningServer, ServerOptions, running_server
+from pipeline.service.server import RunningServer, ServerOptions, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "inf-test-key"
@@ -188,7 +188,7 @@ def test_openai_client_sees_typed_errors(keyed):
         right.images.generate(model="stable-image-ultra", prompt="no [[fail:403]]")
 
 
-SERVE = ("from pipeline.server import ServerOptions, serve\n"
+SERVE = ("from pipeline.service.server import ServerOptions, serve\n"
          "if __name__ == '__main__':\n"
          "    serve(ServerOptions(key={key!r}, workers=1, rpm=5), '127.0.0.1', 0)\n")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from stress_helpers import check_run, cli_env, embedded_server, load, run_argv, run_cli
 
-from pipeline.server import FAULT_KINDS, ServerOptions
+from pipeline.service.server import FAULT_KINDS, ServerOptions
 
 pytestmark = pytest.mark.stress
 

@@ -30,7 +30,7 @@ from stress_helpers import (
     temp_files,
 )
 
-from pipeline.server import ServerOptions
+from pipeline.service.server import ServerOptions
 
 pytestmark = pytest.mark.stress
 

@@ -23,7 +23,7 @@ from aiohttp import web
 from PIL import Image
 from stress_helpers import app_server, cli_env, run_cli, temp_files
 
-from pipeline.client import MAX_BODY_BYTES
+from pipeline.running.client import MAX_BODY_BYTES
 
 pytestmark = pytest.mark.stress
 

@@ -28,7 +28,7 @@ from stress_helpers import (
     secret_forms,
 )
 
-from pipeline.server import FAULT_KINDS, ServerOptions
+from pipeline.service.server import FAULT_KINDS, ServerOptions
 
 pytestmark = pytest.mark.stress
 

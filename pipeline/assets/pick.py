@@ -9,13 +9,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from pipeline import picks
-from pipeline.config import DEFAULT_PREFIX
+from pipeline.assets import picks
+from pipeline.assets.picks import PICK, REJECT, PickEntry
 from pipeline.errors import UsageError, printable
-from pipeline.manifest import load_plans
-from pipeline.picks import PICK, REJECT, PickEntry
-from pipeline.plan import Plan
-from pipeline.store import IMAGES
+from pipeline.planning.manifest import load_plans
+from pipeline.planning.plan import Plan
+from pipeline.running.config import DEFAULT_PREFIX
+from pipeline.storage.store import IMAGES
 
 
 def _describe(entry: PickEntry | None, stale: bool) -> str:

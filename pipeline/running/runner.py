@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from pipeline import apispec
 from pipeline.errors import (
     ApiError,
     AuthError,
@@ -36,8 +35,9 @@ from pipeline.errors import (
     StoreError,
     UnreachableError,
 )
-from pipeline.plan import Job
-from pipeline.retry import (
+from pipeline.planning import apispec
+from pipeline.planning.plan import Job
+from pipeline.running.retry import (
     Pacer,
     RetrySettings,
     Sleep,
@@ -48,8 +48,8 @@ from pipeline.retry import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.client import GeneratedImage
-    from pipeline.store import Record
+    from pipeline.running.client import GeneratedImage
+    from pipeline.storage.store import Record
 
 #: Called with each response's headers and status as it arrives (for the pacer).
 Observe = Callable[[Mapping[str, str], int], None]

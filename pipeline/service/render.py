@@ -18,7 +18,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline import apispec, fonts
+from pipeline.pictures import fonts
+from pipeline.planning import apispec
 
 RGB = tuple[int, int, int]
 

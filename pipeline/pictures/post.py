@@ -25,11 +25,12 @@ from typing import Any, cast
 
 from PIL import Image
 
-from pipeline import imaging, picks, report
+from pipeline.assets import picks
 from pipeline.errors import Interrupted
-from pipeline.imaging import FAILED, MISSING, OK, Entry
-from pipeline.plan import TMP_PREFIX, Plan
-from pipeline.store import (
+from pipeline.pictures import imaging, report
+from pipeline.pictures.imaging import FAILED, MISSING, OK, Entry
+from pipeline.planning.plan import TMP_PREFIX, Plan
+from pipeline.storage.store import (
     DONE,
     IMAGES,
     PENDING,

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from pipeline import apispec
-from pipeline.imaging import FAILED, MISSING, OK, PICK, REJECT, STALE, Entry
-from pipeline.pages import render_template
-from pipeline.plan import Plan
+from pipeline.pictures.imaging import FAILED, MISSING, OK, PICK, REJECT, STALE, Entry
+from pipeline.pictures.pages import render_template
+from pipeline.planning import apispec
+from pipeline.planning.plan import Plan
 
 
 def _e(text: object) -> str:

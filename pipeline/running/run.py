@@ -21,20 +21,19 @@ from typing import TextIO
 
 import aiohttp
 
-from pipeline import config, picks, version
-from pipeline.client import ApiClient
+from pipeline import version
+from pipeline.assets import picks
 from pipeline.errors import Interrupted, StoreError
-from pipeline.manifest import load_plans
-from pipeline.options import REMOTE_DEFAULT_RPM, RunOptions
-from pipeline.plan import Job, Plan
-from pipeline.post import Stop, build_all
-from pipeline.progress import Progress
-from pipeline.retry import Pacer
-from pipeline.runner import Member, Runner, StoreTally
-from pipeline.server import ServerOptions, running_server
-from pipeline.signals import on_stop_signals
-from pipeline.store import DONE, Store
-from pipeline.summary import (
+from pipeline.pictures.post import Stop, build_all
+from pipeline.planning.manifest import load_plans
+from pipeline.planning.plan import Job, Plan
+from pipeline.running import config
+from pipeline.running.client import ApiClient
+from pipeline.running.options import REMOTE_DEFAULT_RPM, RunOptions
+from pipeline.running.progress import Progress
+from pipeline.running.retry import Pacer
+from pipeline.running.runner import Member, Runner, StoreTally
+from pipeline.running.summary import (
     Failure,
     MemberReport,
     PlanReport,
@@ -42,6 +41,9 @@ from pipeline.summary import (
     markdown,
     plan_doc,
 )
+from pipeline.service.server import ServerOptions, running_server
+from pipeline.signals import on_stop_signals
+from pipeline.storage.store import DONE, Store
 
 
 def run(opts: RunOptions, env: Mapping[str, str] | None = None,

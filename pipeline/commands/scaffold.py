@@ -52,7 +52,7 @@ def _template(name: str) -> str:
 
 
 def _validates(text: str) -> bool:
-    from pipeline.manifest import load_plan
+    from pipeline.planning.manifest import load_plan
 
     with tempfile.TemporaryDirectory(prefix="imagebatch-init-") as tmp:
         path = Path(tmp) / PurePosixPath(MANIFEST).name
@@ -119,7 +119,7 @@ def gitignore_text(current: str | None) -> str:
 
 def templates(requirement: str | None = None) -> dict[str, str]:
     """Every file init can write, by path, as it writes it into a new repository."""
-    from pipeline.schema import schema_text
+    from pipeline.planning.schema import schema_text
 
     return {
         MANIFEST: manifest_text(),
@@ -177,7 +177,7 @@ def _own_makefile(root: Path) -> str | None:
 
 def survey(root: Path, requirement: str) -> tuple[list[Item], str | None]:
     """Every managed file of `root` and the repository's own make file (None if none)."""
-    from pipeline.schema import schema_text
+    from pipeline.planning.schema import schema_text
 
     own_make = _own_makefile(root)
     make = (MAKE_INCLUDE, include_text()) if own_make else (MAKEFILE, makefile_text())
@@ -265,7 +265,7 @@ def _shown(root: Path) -> str:
 
 def _write_all(root: Path, directory: str, items: list[Item], own_make: str | None,
                force: bool, out: TextIO) -> int:
-    from pipeline.store import write_file
+    from pipeline.storage.store import write_file
 
     created = not root.exists()
     print(f"imagebatch init {version()} in {_shown(root)}" + (" (new folder)" if created else ""),

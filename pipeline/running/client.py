@@ -25,8 +25,6 @@ from urllib.parse import quote, quote_plus, urljoin, urlsplit, urlunsplit
 import aiohttp
 from PIL import Image, UnidentifiedImageError
 
-from pipeline import apispec
-from pipeline.config import DEFAULT_PORTS, REQUEST_TIMEOUT
 from pipeline.errors import (
     ApiError,
     AuthError,
@@ -35,8 +33,10 @@ from pipeline.errors import (
     UnreachableError,
     printable,
 )
-from pipeline.plan import Job
-from pipeline.retry import parse_duration, parse_retry_after
+from pipeline.planning import apispec
+from pipeline.planning.plan import Job
+from pipeline.running.config import DEFAULT_PORTS, REQUEST_TIMEOUT
+from pipeline.running.retry import parse_duration, parse_retry_after
 
 #: Largest response body read (JSON or a downloaded image); a longer one is refused unread
 #: past this point. The API's largest image (about one megapixel) is at worst a 4 MB PNG

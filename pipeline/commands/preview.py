@@ -12,10 +12,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from pipeline.config import DEFAULT_PREFIX
 from pipeline.errors import ManifestError, printable
-from pipeline.manifest import DEFAULT_MAX_JOBS, load_plans
-from pipeline.plan import Plan
+from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
+from pipeline.planning.plan import Plan
+from pipeline.running.config import DEFAULT_PREFIX
 
 MAX_SHOWN = 200  # problems printed; the count line still says how many there are
 
@@ -85,7 +85,7 @@ def plan_command(manifest: str, *, as_json: bool = False, shard: tuple[int, int]
 
 def schema_command(out: TextIO | None = None) -> int:
     """`imagebatch schema`: the manifest's JSON Schema, for editors."""
-    from pipeline.schema import schema_text
+    from pipeline.planning.schema import schema_text
 
     _write(schema_text(), out or sys.stdout)
     return 0

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline import apispec, fonts
-from pipeline.plan import Job
+from pipeline.pictures import fonts
+from pipeline.planning import apispec
+from pipeline.planning.plan import Job
 
 JPEG_QUALITY = 85
 #: Cells of a sheet when thumbnails are off: images are scaled into this box on the fly.

@@ -21,9 +21,9 @@ import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from pipeline import apispec, config
 from pipeline.errors import ManifestError, Problem, UsageError, text_problem
-from pipeline.plan import (
+from pipeline.planning import apispec
+from pipeline.planning.plan import (
     BUILTINS,
     DEFAULT_EXPORT_PATH,
     EXPORT_FORMATS,
@@ -40,6 +40,7 @@ from pipeline.plan import (
     in_shard,
     windows_problem,
 )
+from pipeline.running import config
 
 DEFAULT_MAX_JOBS = 5000
 MAX_FILE_BYTES = 8 * 1024 * 1024  # a manifest is text a person writes; refuse what is not
@@ -1200,7 +1201,7 @@ def load_plan(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
     manifest = load_manifest(path, max_jobs=max_jobs, default_model=default_model)
     if not manifest.exports:
         return expand(manifest, shard=shard)
-    from pipeline import exportplan
+    from pipeline.planning import exportplan
 
     plan = expand(manifest)
     exportplan.check(plan)  # the whole plan: a shard must not hide another's clash

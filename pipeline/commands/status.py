@@ -15,14 +15,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline import config, picks
+from pipeline.assets import picks
 from pipeline.errors import UsageError, printable
-from pipeline.manifest import DEFAULT_MAX_JOBS, load_plans
-from pipeline.metadata import MetadataError, read_request
-from pipeline.options import DEFAULT_OUT
-from pipeline.plan import canonical_json
-from pipeline.post import build_all, stop_on_signals
-from pipeline.store import job_states
+from pipeline.pictures.post import build_all, stop_on_signals
+from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
+from pipeline.planning.plan import canonical_json
+from pipeline.running import config
+from pipeline.running.options import DEFAULT_OUT
+from pipeline.storage.metadata import MetadataError, read_request
+from pipeline.storage.store import job_states
 
 
 def judged_backends(env: Mapping[str, str], env_prefixes: Sequence[str], local: bool

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from pipeline.apispec import DEFAULT_MODEL
 from pipeline.errors import ConfigError
+from pipeline.planning.apispec import DEFAULT_MODEL
 
 DEFAULT_PREFIX = "DIFFUSION"
 REQUEST_TIMEOUT = 120.0  # seconds per request, whole response included (--timeout)

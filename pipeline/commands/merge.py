@@ -20,13 +20,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline import version
-from pipeline.config import DEFAULT_PREFIX
+from pipeline.assets.picks import load_picks, picks_path
 from pipeline.errors import StoreError, UsageError
-from pipeline.manifest import DEFAULT_MAX_JOBS, load_plans
-from pipeline.picks import load_picks, picks_path
-from pipeline.plan import Job, Plan
-from pipeline.post import build_all, stop_on_signals
-from pipeline.store import (
+from pipeline.pictures.post import build_all, stop_on_signals
+from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
+from pipeline.planning.plan import Job, Plan
+from pipeline.running.config import DEFAULT_PREFIX
+from pipeline.running.summary import Failure, PlanReport, RunReport, summary_json
+from pipeline.storage.store import (
     DONE,
     FAILED,
     IMAGES,
@@ -40,7 +41,6 @@ from pipeline.store import (
     stamp,
     write_file,
 )
-from pipeline.summary import Failure, PlanReport, RunReport, summary_json
 
 
 def _shard_folders(sources: Sequence[Path]) -> dict[str, list[Path]]:

@@ -41,8 +41,8 @@ except ImportError:  # Windows: no advisory locks; one writer at a time is then 
     fcntl = None  # type: ignore[assignment]
 
 from pipeline.errors import ImagebatchError, Problem, StoreError, printable, text_problem
-from pipeline.plan import Plan
-from pipeline.store import write_error, write_file
+from pipeline.planning.plan import Plan
+from pipeline.storage.store import write_error, write_file
 
 PICK, REJECT = "pick", "reject"
 STATUSES: Final = (PICK, REJECT)

@@ -1,10 +1,10 @@
 """The embedded API server: api.md's `POST /v1/images/generations`, offline, on aiohttp.
 
 It validates bodies exactly as the hosted service does, renders a deterministic picture per
-request in a process pool (pipeline.render), and can play the service's bad days on demand: a
-sliding-window rate limit with OpenAI-style headers, added latency, and injected faults (429,
-5xx, dropped connections, bodies that lie) chosen deterministically from a seed, so a run
-against it is reproducible. `imagebatch run` starts it when no URL is configured;
+request in a process pool (pipeline.service.render), and can play the service's bad days on
+demand: a sliding-window rate limit with OpenAI-style headers, added latency, and injected
+faults (429, 5xx, dropped connections, bodies that lie) chosen deterministically from a seed,
+so a run against it is reproducible. `imagebatch run` starts it when no URL is configured;
 `imagebatch serve` runs it in the foreground.
 """
 
@@ -34,10 +34,10 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline import apispec
 from pipeline.errors import UsageError
-from pipeline.plan import job_key
-from pipeline.render import render
+from pipeline.planning import apispec
+from pipeline.planning.plan import job_key
+from pipeline.service.render import render
 
 FAULT_KINDS: tuple[str, ...] = (
     "429", "500", "503", "reset", "truncate", "bad-base64", "not-image",
@@ -284,7 +284,7 @@ def _mp_context() -> Any:
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
         # Workers start with Pillow and the renderer imported, not the caller's __main__.
-        ctx.set_forkserver_preload(["pipeline.render"])
+        ctx.set_forkserver_preload(["pipeline.service.render"])
         return ctx
     return multiprocessing.get_context("spawn")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline import apispec
+from pipeline.planning import apispec
 
 _TEXT = {"type": "string", "minLength": 1, "maxLength": apispec.MAX_PROMPT_CHARS}
 _SEED = {"type": "integer", "minimum": 1, "maximum": apispec.MAX_SEED,
@@ -26,8 +26,8 @@ def _fields() -> dict[str, Any]:
 
 
 def _export() -> dict[str, Any]:
-    from pipeline.manifest import MAX_EXPORT_SIDE, MAX_WIDTHS
-    from pipeline.plan import DEFAULT_EXPORT_PATH, EXPORT_FORMATS
+    from pipeline.planning.manifest import MAX_EXPORT_SIDE, MAX_WIDTHS
+    from pipeline.planning.plan import DEFAULT_EXPORT_PATH, EXPORT_FORMATS
 
     side = {"type": "integer", "minimum": 1, "maximum": MAX_EXPORT_SIDE}
     fmt = {"enum": list(EXPORT_FORMATS)}
@@ -72,7 +72,7 @@ def _export() -> dict[str, Any]:
 
 def manifest_schema() -> dict[str, Any]:
     """A JSON Schema of manifest version 1, as `imagebatch schema` prints it."""
-    from pipeline.manifest import MAX_EXPORTS
+    from pipeline.planning.manifest import MAX_EXPORTS
 
     seeds = {
         "description": "a seed, a list, {start, count} or {random: N}",

@@ -9,9 +9,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import DEFAULT_PREFIX, REQUEST_TIMEOUT
-from pipeline.manifest import DEFAULT_MAX_JOBS
-from pipeline.runner import RunSettings
+from pipeline.planning.manifest import DEFAULT_MAX_JOBS
+from pipeline.running.config import DEFAULT_PREFIX, REQUEST_TIMEOUT
+from pipeline.running.runner import RunSettings
 
 DEFAULT_OUT = Path("outputs")
 #: Starts a minute for a remote URL when --rpm is not given: the documented Stable Image

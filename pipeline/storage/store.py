@@ -28,9 +28,9 @@ try:
 except ImportError:  # Windows: no advisory locks; one run per folder is then the user's care
     fcntl = None  # type: ignore[assignment]
 
-from pipeline import metadata
 from pipeline.errors import StoreError
-from pipeline.plan import TMP_PREFIX, Job
+from pipeline.planning.plan import TMP_PREFIX, Job
+from pipeline.storage import metadata
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"

@@ -34,13 +34,16 @@ from typing import Any, TextIO
 
 from PIL import Image
 
-from pipeline import config, exportplan, imaging, metadata
-from pipeline.config import DEFAULT_PREFIX
 from pipeline.errors import ImagebatchError, StoreError, UsageError, printable
-from pipeline.exportplan import ASSETS_JSON, LOCK_FILE, STATE_FILE, Target
-from pipeline.manifest import DEFAULT_MAX_JOBS, load_plans
-from pipeline.plan import TMP_PREFIX, ExportSettings, Job, Plan
-from pipeline.store import IMAGES, write_error, write_file
+from pipeline.pictures import imaging
+from pipeline.planning import exportplan
+from pipeline.planning.exportplan import ASSETS_JSON, LOCK_FILE, STATE_FILE, Target
+from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
+from pipeline.planning.plan import TMP_PREFIX, ExportSettings, Job, Plan
+from pipeline.running import config
+from pipeline.running.config import DEFAULT_PREFIX
+from pipeline.storage import metadata
+from pipeline.storage.store import IMAGES, write_error, write_file
 
 try:
     import fcntl
@@ -98,7 +101,7 @@ JobState = Callable[[Job], tuple[str, str | None]]
 def job_states(plan: Plan, out_dir: Path, backends: frozenset[str]) -> JobState:
     """job -> ('done', None), or (state, why it has no usable image), by the store's one
     definition of done (`store.job_states`), against `backends` (what `status` judges by)."""
-    from pipeline import store
+    from pipeline.storage import store
 
     root = Path(out_dir) / plan.name
     judged = {st.job.key: st for st in store.job_states(plan.jobs, root, backends)}
@@ -125,7 +128,7 @@ def choose(plan: Plan, picks: Any, state: JobState
            ) -> tuple[list[tuple[ExportSettings, Job]], dict[str, tuple[list[str], str]]]:
     """(export, job) pairs to make files of, and image path -> (exports, reason) for chosen
     images that have no usable image (stale decisions, failed or pending jobs)."""
-    from pipeline.picks import PICK, REJECT
+    from pipeline.assets.picks import PICK, REJECT
 
     by_path = {job.path: job for job in plan.jobs}
     chosen: list[tuple[ExportSettings, Job]] = []
@@ -407,7 +410,7 @@ def make_files(task: Task) -> tuple[str, Any]:
 def _run_tasks(tasks: list[Task], workers: int) -> list[tuple[str, Any]]:
     if workers <= 1 or len(tasks) < PARALLEL_MIN:
         return [make_files(t) for t in tasks]
-    from pipeline.post import _context  # the start method safe beside threads
+    from pipeline.pictures.post import _context  # the start method safe beside threads
 
     workers = min(workers, len(tasks))
     with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
@@ -773,8 +776,8 @@ def export_command(manifest: str, *, out_dir: Path = Path("outputs"),
                    env: Mapping[str, str] | None = None, out: TextIO | None = None,
                    err: TextIO | None = None) -> int:
     """`imagebatch export`: write every export of a manifest from images on disk."""
-    from pipeline.picks import load_picks, picks_path
-    from pipeline.status import judged_backends
+    from pipeline.assets.picks import load_picks, picks_path
+    from pipeline.commands.status import judged_backends
 
     env = os.environ if env is None else env
     out = out or sys.stdout

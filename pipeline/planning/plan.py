@@ -13,8 +13,8 @@ import string
 from dataclasses import dataclass
 from typing import Any, cast
 
-from pipeline.apispec import MAX_PROMPT_CHARS, MAX_SEED, SIZE_ASPECTS
 from pipeline.errors import ManifestError, Problem
+from pipeline.planning.apispec import MAX_PROMPT_CHARS, MAX_SEED, SIZE_ASPECTS
 
 
 def canonical_json(body: dict[str, Any]) -> str:
@@ -81,7 +81,7 @@ class Plan:
 
 
 # --------------------------------------------------------------------------------------
-# The validated manifest, as pure values (pipeline.manifest builds these from YAML).
+# The validated manifest, as pure values (pipeline.planning.manifest builds these from YAML).
 
 Loc = tuple[int, int]  # (line, column), 1-based, of a value in the manifest file
 

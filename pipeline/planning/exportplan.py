@@ -11,9 +11,9 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pipeline import apispec
 from pipeline.errors import ManifestError, Problem
-from pipeline.plan import (
+from pipeline.planning import apispec
+from pipeline.planning.plan import (
     TMP_PREFIX,
     ExportSettings,
     Job,

@@ -1,0 +1,1 @@
+"""The last mile: the picks file, the review page and exports."""

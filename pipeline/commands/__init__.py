@@ -1,0 +1,1 @@
+"""Commands that send nothing: validate, plan, schema, status, show, sheet, init, merge."""

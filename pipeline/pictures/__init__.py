@@ -1,0 +1,1 @@
+"""Post-processing: thumbnails, contact sheets, fonts and the HTML index."""

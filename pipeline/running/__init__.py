@@ -1,0 +1,1 @@
+"""Running a plan: the run, its workers, retries, the HTTP client and the report."""

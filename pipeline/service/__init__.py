@@ -1,0 +1,1 @@
+"""The embedded server speaking the image API, and the images it renders."""
