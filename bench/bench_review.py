@@ -172,8 +172,8 @@ def _page_rows(manifest: Path, out: Path) -> list[dict]:
 def _put_rows(manifest: Path, out: Path) -> list[dict]:
     import aiohttp
 
-    from pipeline.assets import picks
     from pipeline.planning.manifest import load_plan
+    from pipeline.storage import picks
 
     plan = load_plan(str(manifest))
     file = WORK / "put.picks.json"

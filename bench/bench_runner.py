@@ -97,7 +97,7 @@ CLIENT = r"""
 import asyncio, io, json, os, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from pipeline.running import config
+from pipeline.planning import config
 from pipeline.running.options import RunOptions
 from pipeline.running.run import run_plans
 from pipeline.running.summary import plan_doc

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from pipeline.errors import ImagebatchError, ManifestError, UsageError
+from pipeline.planning.config import DEFAULT_PREFIX
 from pipeline.planning.manifest import DEFAULT_MAX_JOBS
-from pipeline.running.config import DEFAULT_PREFIX
 from pipeline.running.options import DEFAULT_OUT, REMOTE_DEFAULT_RPM, RunOptions, default
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def _prefixes(args: argparse.Namespace) -> tuple[str, ...]:
 def _prefix(args: argparse.Namespace) -> str:
     """The first prefix: the one whose MODEL_ID a manifest without `model:` takes (every
     member of a pool must name the same model)."""
-    from pipeline.running.config import split_prefixes
+    from pipeline.planning.config import split_prefixes
 
     return split_prefixes(_prefixes(args))[0][0]
 

@@ -350,8 +350,8 @@ exports:
 
 
 def _pick(manifest: Path, changes: dict) -> None:
-    from pipeline.assets.picks import picks_path, update_picks
     from pipeline.planning.manifest import load_plan
+    from pipeline.storage.picks import picks_path, update_picks
 
     update_picks(picks_path(manifest), load_plan(str(manifest)), changes)
 

@@ -14,7 +14,7 @@ from runner_helpers import KEY, make_plan
 from pipeline.cli import report_run
 from pipeline.commands.status import show_command
 from pipeline.errors import ConfigError
-from pipeline.running import config
+from pipeline.planning import config
 from pipeline.running.options import RunOptions
 from pipeline.running.run import run_plans
 from pipeline.running.summary import plan_doc

@@ -16,8 +16,8 @@ from PIL import Image
 from runner_helpers import KEY, image_bytes, make_job
 
 from pipeline.errors import AuthError, PermanentApiError, RetryableApiError
+from pipeline.planning.config import backend_name
 from pipeline.running.client import ApiClient, check_image
-from pipeline.running.config import backend_name
 
 BASE = "https://inference.example.test"
 URL = BASE + "/v1/images/generations"

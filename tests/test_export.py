@@ -21,10 +21,10 @@ import pytest
 from PIL import Image, ImageDraw, features
 
 from pipeline.assets import export as export_mod
-from pipeline.assets.picks import picks_path, update_picks
 from pipeline.cli import main
 from pipeline.planning.manifest import load_plan
 from pipeline.planning.plan import Plan
+from pipeline.storage.picks import picks_path, update_picks
 from pipeline.storage.store import Store
 
 JOBS = """\

@@ -17,7 +17,7 @@ from stress_helpers import leaks
 
 from pipeline.cli import main, report_run
 from pipeline.errors import AuthError, ConfigError, RetryableApiError, UnreachableError
-from pipeline.running import config
+from pipeline.planning import config
 from pipeline.running.client import GeneratedImage
 from pipeline.running.options import RunOptions
 from pipeline.running.retry import Pacer

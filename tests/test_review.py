@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from review_helpers import HOSTILE, Outputs, make_outputs, serving
 
-from pipeline.assets import picks
 from pipeline.assets.review import CSP, BadChange, has_display, merge_changes, parse_change
+from pipeline.storage import picks
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -37,7 +37,7 @@ import sys
 sys.path.insert(0, {str(TESTS)!r})
 from pathlib import Path
 import asyncio
-from pipeline.running import config
+from pipeline.planning import config
 from pipeline.cli import report_run
 from pipeline.running.options import RunOptions
 from pipeline.running.run import run_plans

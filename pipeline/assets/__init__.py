@@ -1,1 +1,1 @@
-"""The last mile: the picks file, the review page and exports."""
+"""The last mile: the pick command, the review page and exports."""

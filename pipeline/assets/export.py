@@ -36,12 +36,11 @@ from PIL import Image
 
 from pipeline.errors import ImagebatchError, StoreError, UsageError, printable
 from pipeline.pictures import imaging
-from pipeline.planning import exportplan
+from pipeline.planning import config, exportplan
+from pipeline.planning.config import DEFAULT_PREFIX
 from pipeline.planning.exportplan import ASSETS_JSON, LOCK_FILE, STATE_FILE, Target
 from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
 from pipeline.planning.plan import TMP_PREFIX, ExportSettings, Job, Plan
-from pipeline.running import config
-from pipeline.running.config import DEFAULT_PREFIX
 from pipeline.storage import metadata
 from pipeline.storage.store import IMAGES, write_error, write_file
 
@@ -128,7 +127,7 @@ def choose(plan: Plan, picks: Any, state: JobState
            ) -> tuple[list[tuple[ExportSettings, Job]], dict[str, tuple[list[str], str]]]:
     """(export, job) pairs to make files of, and image path -> (exports, reason) for chosen
     images that have no usable image (stale decisions, failed or pending jobs)."""
-    from pipeline.assets.picks import PICK, REJECT
+    from pipeline.storage.picks import PICK, REJECT
 
     by_path = {job.path: job for job in plan.jobs}
     chosen: list[tuple[ExportSettings, Job]] = []
@@ -776,8 +775,8 @@ def export_command(manifest: str, *, out_dir: Path = Path("outputs"),
                    env: Mapping[str, str] | None = None, out: TextIO | None = None,
                    err: TextIO | None = None) -> int:
     """`imagebatch export`: write every export of a manifest from images on disk."""
-    from pipeline.assets.picks import load_picks, picks_path
-    from pipeline.commands.status import judged_backends
+    from pipeline.planning.config import judged_backends
+    from pipeline.storage.picks import load_picks, picks_path
 
     env = os.environ if env is None else env
     out = out or sys.stdout

@@ -9,12 +9,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from pipeline.assets import picks
-from pipeline.assets.picks import PICK, REJECT, PickEntry
 from pipeline.errors import UsageError, printable
+from pipeline.planning.config import DEFAULT_PREFIX
 from pipeline.planning.manifest import load_plans
 from pipeline.planning.plan import Plan
-from pipeline.running.config import DEFAULT_PREFIX
+from pipeline.storage import picks
+from pipeline.storage.picks import PICK, REJECT, PickEntry
 from pipeline.storage.store import IMAGES
 
 

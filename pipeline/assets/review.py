@@ -2,7 +2,7 @@
 
 An aiohttp app on loopback serves one page (Jinja2, autoescaped), its script and style
 (files of this package, no outside URLs), the output folder's images and thumbnails, and a
-small JSON API over the picks file (pipeline.assets.picks). Every request needs the random token
+small JSON API over the picks file (pipeline.storage.picks). Every request needs the random token
 the URL carries, a Host naming this server and, when the browser sends one, an Origin of
 this server: a page elsewhere cannot read or change anything, DNS rebinding included.
 """
@@ -28,15 +28,14 @@ from urllib.parse import quote
 import jinja2
 from aiohttp import web
 
-from pipeline.assets import picks
 from pipeline.errors import StoreError, UsageError
 from pipeline.pictures import imaging
 from pipeline.pictures.imaging import OK, Entry
 from pipeline.pictures.post import entries_for, make_thumb, thumb_rel
-from pipeline.planning import apispec
+from pipeline.planning import apispec, config
 from pipeline.planning.plan import Job, Plan
-from pipeline.running import config
 from pipeline.signals import on_stop_signals
+from pipeline.storage import picks
 from pipeline.storage.store import IMAGES
 
 #: Request bodies of the API are a few dozen bytes; anything far larger is not ours.
@@ -614,7 +613,7 @@ def review_command(
                          shard=None)
     picks_file = picks.picks_path(opts.manifest, opts.picks)
     picks.load_picks(picks_file, plan)  # a broken file is an error now (exit 2), not on first save
-    from pipeline.commands.status import judged_backends
+    from pipeline.planning.config import judged_backends
 
     _name, backends = judged_backends(env, (opts.env_prefix,), False)  # as `status` judges
     review = Review(plan=plan, root=Path(opts.out) / plan.name, picks_file=picks_file,

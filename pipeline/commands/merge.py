@@ -20,13 +20,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline import version
-from pipeline.assets.picks import load_picks, picks_path
 from pipeline.errors import StoreError, UsageError
 from pipeline.pictures.post import build_all, stop_on_signals
+from pipeline.planning.config import DEFAULT_PREFIX
 from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
 from pipeline.planning.plan import Job, Plan
-from pipeline.running.config import DEFAULT_PREFIX
 from pipeline.running.summary import Failure, PlanReport, RunReport, summary_json
+from pipeline.storage.picks import load_picks, picks_path
 from pipeline.storage.store import (
     DONE,
     FAILED,

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from typing import TextIO
 
 from pipeline.errors import ManifestError, printable
+from pipeline.planning.config import DEFAULT_PREFIX
 from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
 from pipeline.planning.plan import Plan
-from pipeline.running.config import DEFAULT_PREFIX
 
 MAX_SHOWN = 200  # problems printed; the count line still says how many there are
 

@@ -15,24 +15,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.assets import picks
 from pipeline.errors import UsageError, printable
 from pipeline.pictures.post import build_all, stop_on_signals
+from pipeline.planning import config
 from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
 from pipeline.planning.plan import canonical_json
-from pipeline.running import config
 from pipeline.running.options import DEFAULT_OUT
+from pipeline.storage import picks
 from pipeline.storage.metadata import MetadataError, read_request
 from pipeline.storage.store import job_states
-
-
-def judged_backends(env: Mapping[str, str], env_prefixes: Sequence[str], local: bool
-                    ) -> tuple[str, frozenset[str]]:
-    """(the backend name `run` would record, the backends whose images count as done: a
-    pool's members, or that one), from the same variables `run` reads."""
-    prefixes, _repeats = config.split_prefixes(env_prefixes)
-    names = config.status_backends(env, prefixes, local)
-    return ",".join(sorted(set(names.values()))), frozenset(names.values())
 
 
 def status_command(
@@ -48,7 +39,7 @@ def status_command(
     one."""
     env = os.environ if env is None else env
     out = out or sys.stdout
-    backend, judged = judged_backends(env, env_prefixes, local)
+    backend, judged = config.judged_backends(env, env_prefixes, local)
     prefix = config.split_prefixes(env_prefixes)[0][0]
     (plan,) = load_plans([manifest], env, prefix, max_jobs=max_jobs, shard=shard)
     root = Path(out_dir) / plan.name
@@ -132,7 +123,7 @@ def sheet_command(
     as done what `status` (same options, same environment) counts done."""
     env = os.environ if env is None else env
     out = out or sys.stdout
-    _backend, judged = judged_backends(env, env_prefixes, local)
+    _backend, judged = config.judged_backends(env, env_prefixes, local)
     prefix = config.split_prefixes(env_prefixes)[0][0]
     (plan,) = load_plans([manifest], env, prefix, max_jobs=max_jobs, shard=None)
     root = Path(out_dir) / plan.name

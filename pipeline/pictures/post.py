@@ -25,11 +25,11 @@ from typing import Any, cast
 
 from PIL import Image
 
-from pipeline.assets import picks
 from pipeline.errors import Interrupted
 from pipeline.pictures import imaging, report
 from pipeline.pictures.imaging import FAILED, MISSING, OK, Entry
 from pipeline.planning.plan import TMP_PREFIX, Plan
+from pipeline.storage import picks
 from pipeline.storage.store import (
     DONE,
     IMAGES,

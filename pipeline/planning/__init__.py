@@ -1,1 +1,1 @@
-"""Manifests to plans: reading YAML, expanding jobs, the API's limits; pure values."""
+"""Manifests to plans: reading YAML and the environment, expanding jobs, the API's limits."""

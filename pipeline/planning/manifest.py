@@ -22,7 +22,7 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pipeline.errors import ManifestError, Problem, UsageError, text_problem
-from pipeline.planning import apispec
+from pipeline.planning import apispec, config
 from pipeline.planning.plan import (
     BUILTINS,
     DEFAULT_EXPORT_PATH,
@@ -40,7 +40,6 @@ from pipeline.planning.plan import (
     in_shard,
     windows_problem,
 )
-from pipeline.running import config
 
 DEFAULT_MAX_JOBS = 5000
 MAX_FILE_BYTES = 8 * 1024 * 1024  # a manifest is text a person writes; refuse what is not

@@ -34,8 +34,8 @@ from pipeline.errors import (
     printable,
 )
 from pipeline.planning import apispec
+from pipeline.planning.config import DEFAULT_PORTS, REQUEST_TIMEOUT
 from pipeline.planning.plan import Job
-from pipeline.running.config import DEFAULT_PORTS, REQUEST_TIMEOUT
 from pipeline.running.retry import parse_duration, parse_retry_after
 
 #: Largest response body read (JSON or a downloaded image); a longer one is refused unread

@@ -9,8 +9,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.planning.config import DEFAULT_PREFIX, REQUEST_TIMEOUT
 from pipeline.planning.manifest import DEFAULT_MAX_JOBS
-from pipeline.running.config import DEFAULT_PREFIX, REQUEST_TIMEOUT
 from pipeline.running.runner import RunSettings
 
 DEFAULT_OUT = Path("outputs")

@@ -22,12 +22,11 @@ from typing import TextIO
 import aiohttp
 
 from pipeline import version
-from pipeline.assets import picks
 from pipeline.errors import Interrupted, StoreError
 from pipeline.pictures.post import Stop, build_all
+from pipeline.planning import config
 from pipeline.planning.manifest import load_plans
 from pipeline.planning.plan import Job, Plan
-from pipeline.running import config
 from pipeline.running.client import ApiClient
 from pipeline.running.options import REMOTE_DEFAULT_RPM, RunOptions
 from pipeline.running.progress import Progress
@@ -43,6 +42,7 @@ from pipeline.running.summary import (
 )
 from pipeline.service.server import ServerOptions, running_server
 from pipeline.signals import on_stop_signals
+from pipeline.storage import picks
 from pipeline.storage.store import DONE, Store
 
 

@@ -1,1 +1,1 @@
-"""What is on disk: writing images and results, the request inside each image."""
+"""What is on disk: images and results, the request inside each image, the picks file."""
