@@ -313,6 +313,8 @@ class _Workers:
     def run(self, stop: Stop | None) -> list[ThumbResult]:
         """Every task's result, in order; raises what a worker raised, or Interrupted."""
         self.stop = stop
+        if stop is not None:
+            stop.check()  # a stop asked before the first chunk hands no worker any work
         for conn in self.procs:
             self._feed(conn)
         while self.busy:
