@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from collections.abc import Callable, Sequence
 
 #: The keys of every row, in the order the table and bench/results.json show them.
@@ -53,3 +56,20 @@ def clean_rss(cmd: list[str], report_fd: int = -1) -> list[str]:
     import sys
 
     return [sys.executable, "-S", "-c", _LAUNCHER, str(report_fd), *cmd]
+
+
+def measure(cmd: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB of the largest process, stdout) of one command."""
+    read_end, write_end = os.pipe()
+    started = time.perf_counter()
+    with subprocess.Popen(clean_rss(cmd, write_end), pass_fds=(write_end,),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        os.close(write_end)
+        out, err = proc.communicate()
+    wall = time.perf_counter() - started
+    with os.fdopen(read_end, "rb") as report:
+        maxrss_kib = report.read()
+    if proc.returncode != 0 or not maxrss_kib:
+        raise RuntimeError(f"{cmd[:3]} exited {proc.returncode}: "
+                           f"{(out + err).decode(errors='replace')[-500:]}")
+    return wall, int(maxrss_kib) / 1024, out.decode(errors="replace")

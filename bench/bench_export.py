@@ -17,12 +17,10 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from bench import clean_rss, row
+from bench import measure, row
 from bench.bench_post import _picture
 
 HERE = Path(__file__).resolve().parent
@@ -42,23 +40,6 @@ IMAGEBATCH = str(Path(sys.executable).parent / "imagebatch")
 def _row(metric: str, value: float, unit: str, target: str | None = None,
          ok: bool | None = None, note: str = "") -> dict:
     return row("export", metric, value, unit, target, ok, note)
-
-
-def _measure(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB of the largest process, stdout) of one command."""
-    read_end, write_end = os.pipe()
-    started = time.perf_counter()
-    with subprocess.Popen(clean_rss(cmd, write_end), pass_fds=(write_end,),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-        os.close(write_end)
-        out, err = proc.communicate()
-    wall = time.perf_counter() - started
-    with os.fdopen(read_end, "rb") as report:
-        maxrss_kib = report.read()
-    if proc.returncode != 0 or not maxrss_kib:
-        raise RuntimeError(f"{cmd[:3]} exited {proc.returncode}: "
-                           f"{(out + err).decode(errors='replace')[-500:]}")
-    return wall, int(maxrss_kib) / 1024, out.decode(errors="replace")
 
 
 def _manifest(folder: Path, name: str, count: int, exports: str) -> Path:
@@ -113,7 +94,7 @@ def _web_rows() -> list[dict]:
     out = WORK / "outputs"
     files = _sources(manifest, out, SIDE)
     assets = _fresh(WORK / "assets-web")
-    ours, ours_mb, _ = _measure([IMAGEBATCH, "export", str(manifest), "--out", str(out),
+    ours, ours_mb, _ = measure([IMAGEBATCH, "export", str(manifest), "--out", str(out),
                                  "--assets", str(assets)])
     made = len(json.loads((assets / "web" / "assets.json").read_text())["files"])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -136,7 +117,7 @@ def _web_rows() -> list[dict]:
     halves = _halves(files)
     cmd = ["sh", "-c", " & ".join(f"sh -c '{_quote(script)}' _ {' '.join(map(str, h))}"
                                   for h in halves) + " & wait"]
-    wall, mb, _ = _measure(cmd)
+    wall, mb, _ = measure(cmd)
     written = len(list(target.iterdir()))
     rows.append(_row("web export: vipsthumbnail, same work", wall, "s",
                      note=f"{written} files, 2 processes; peak {mb:.0f} MB"))
@@ -157,7 +138,7 @@ def _avif_rows() -> list[dict]:
     out = WORK / "outputs"
     files = _sources(manifest, out, SIDE)
     assets = _fresh(WORK / "assets-avif")
-    ours, ours_mb, _ = _measure([IMAGEBATCH, "export", str(manifest), "--out", str(out),
+    ours, ours_mb, _ = measure([IMAGEBATCH, "export", str(manifest), "--out", str(out),
                                  "--assets", str(assets)])
     ours_bytes = sum(p.stat().st_size for p in (assets / "avif").glob("*.avif"))
     rows.append(_row(f"AVIF {N_AVIF} x {SIDE}px, quality {AVIF_QUALITY}, speed 6: ours", ours,
@@ -176,7 +157,7 @@ def _avif_rows() -> list[dict]:
            f"\"{target}/$(basename \"$f\" .png).avif\" >/dev/null || exit 1; done")
     cmd = ["sh", "-c", " & ".join(f"sh -c '{_quote(one)}' _ {' '.join(map(str, h))}"
                                   for h in _halves(files)) + " & wait"]
-    wall, mb, _ = _measure(cmd)
+    wall, mb, _ = measure(cmd)
     theirs = sorted(target.glob("*.avif"))
     their_bytes = sum(p.stat().st_size for p in theirs)
     rows.append(_row("AVIF: avifenc, same settings", wall, "s",
@@ -217,9 +198,9 @@ def _reexport_rows() -> list[dict]:
     _sources(manifest, out, 128)
     assets = _fresh(WORK / "assets-again")
     cmd = [IMAGEBATCH, "export", str(manifest), "--out", str(out), "--assets", str(assets)]
-    _measure(cmd)  # the first export makes them all
+    measure(cmd)  # the first export makes them all
     count = len(json.loads((assets / "again" / "assets.json").read_text())["files"])
-    wall, mb, text = _measure(cmd)
+    wall, mb, text = measure(cmd)
     m = re.search(r"(\d+) files? written", text)
     written = int(m.group(1)) if m else -1
     rows.append(_row(f"re-export, nothing changed, {count:,} assets: wall (whole command)",

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from bench import clean_rss, row
+from bench import measure, row
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -67,19 +65,8 @@ def _row(metric: str, value: float, unit: str, target: str | None = None,
 
 def _measure(cmd: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one command run to completion."""
-    read_end, write_end = os.pipe()
-    started = time.perf_counter()
-    with subprocess.Popen(clean_rss(cmd, write_end), pass_fds=(write_end,),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
-        os.close(write_end)
-        _out, err = proc.communicate()
-    wall = time.perf_counter() - started
-    with os.fdopen(read_end, "rb") as report:
-        maxrss_kib = report.read()
-    if proc.returncode != 0 or not maxrss_kib:
-        raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: "
-                           f"{err.decode(errors='replace')[-500:]}")
-    return wall, int(maxrss_kib) / 1024
+    wall, mb, _out = measure(cmd)
+    return wall, mb
 
 
 def _picture(i: int, size: int):
