@@ -1014,10 +1014,7 @@ class _Loader:
             widths = self._widths(m["width"][1], f"{path}.width")
             if widths is not None:
                 kw["widths"] = widths
-                if len(widths) > 1 and not _uses(template, "width"):
-                    c.add(kw["path_loc"], f"{path}.path",
-                          f"{template!r}: {len(widths)} widths would write one file; add "
-                          "{width} to the path")
+                _one_file_each(c, kw["path_loc"], path, template, len(widths), "width")
         elif "size" in m:
             kw["size_loc"] = _loc(m["size"][1])
             kw["size"] = self._box(m["size"][1], f"{path}.size")
@@ -1037,10 +1034,7 @@ class _Loader:
             formats = self._formats(m["format"][1], f"{path}.format")
             if formats is not None:
                 kw["formats"] = formats
-                if len(formats) > 1 and not _uses(template, "format"):
-                    c.add(kw["path_loc"], f"{path}.path",
-                          f"{template!r}: {len(formats)} formats would write one file; add "
-                          "{format} to the path")
+                _one_file_each(c, kw["path_loc"], path, template, len(formats), "format")
         if "quality" in m:
             kw["quality"] = c.integer(m["quality"][1], f"{path}.quality", 1, 100)
         if "background" in m:
@@ -1163,6 +1157,15 @@ class _Loader:
                               "or a name such as white")
             return
         kw["background"] = rgb
+
+
+def _one_file_each(c: _Checker, loc: Loc, path: str, template: str, count: int,
+                   field: str) -> None:
+    """Several widths (or formats) need their placeholder in the export's path, else they
+    would all write one file: a located problem on the path when it is missing."""
+    if count > 1 and not _uses(template, field):
+        c.add(loc, f"{path}.path", f"{template!r}: {count} {field}s would write one file; add "
+                                   f"{{{field}}} to the path")
 
 
 def _uses(template: str, name: str) -> bool:
