@@ -184,6 +184,7 @@ async def _run(tmp_path: Path, server: ServerOptions, n: int, **kw):
     async with running_server(server) as srv:
         conn = config.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
         kw.setdefault("backoff_base", 0.01)
+        kw.setdefault("rpm", 0.0)  # no pacing of our own: the server is local
         opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, **kw)
         report = await run_plans([make_plan(n)], conn, opts, io.StringIO(), env={})
         return report, srv.stats
@@ -226,7 +227,7 @@ def test_a_rerun_finishes_and_pays_nothing_twice(tmp_path):
         async with running_server(server) as srv:
             conn = config.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
             base = RunOptions(manifests=(), out=tmp_path / "out", post=False,
-                              backoff_base=0.01, concurrency=2, price="0.08")
+                              backoff_base=0.01, concurrency=2, price="0.08", rpm=0.0)
             first = await run_plans([make_plan(8)], conn,
                                     RunOptions(**{**_fields(base), "budget": 3}),
                                     io.StringIO(), env={})
@@ -273,7 +274,7 @@ def test_a_pool_counts_the_attempts_it_moves(tmp_path):
             conns = [config.Connection(prefix=p, url=s.url, key=keys[p])
                      for p, s in (("POOLA", a), ("POOLB", b))]
             opts = RunOptions(manifests=(), out=tmp_path / "out", post=False,
-                              backoff_base=0.01, concurrency=2, budget=6)
+                              backoff_base=0.01, concurrency=2, budget=6, rpm=0.0)
             report = await run_plans([make_plan(10)], conns, opts, io.StringIO(), env={})
             return report, a.stats, b.stats
 
