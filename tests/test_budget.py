@@ -381,3 +381,23 @@ def test_the_workflow_takes_its_budget_from_a_variable(tmp_path, source, budget,
 def test_price_is_a_decimal_so_costs_are_exact():
     price = parse_amount("0.1", "--price")
     assert price.of(3) == Decimal("0.3")
+
+
+def test_a_budget_that_covers_the_work_exactly_exits_0(tmp_path):
+    report, stats = asyncio.run(_run(tmp_path, ServerOptions(key=KEY, workers=1), 4, budget=4))
+    assert stats.requests == 4 and report.budget_reached and not report.stopped_by_budget
+    assert report_run(report, as_json=False, out=io.StringIO(), err=io.StringIO()) == 0
+    assert _summary(tmp_path)["stopped_by_budget"] is False
+
+
+def test_failed_jobs_outrank_a_spent_budget(tmp_path):
+    # no retries: the first request's fault fails its job; the budget then leaves jobs pending
+    report, stats = asyncio.run(_run(
+        tmp_path, ServerOptions(key=KEY, workers=1, script={1: "html"}), 6, budget=3,
+        retries=0))
+    (plan,) = report.plans
+    assert stats.requests == 3 and plan.failed == 1 and plan.pending == 3
+    assert report.stopped_by_budget
+    out = io.StringIO()
+    assert report_run(report, as_json=False, out=out, err=io.StringIO()) == 1
+    assert "budget reached" in out.getvalue()
