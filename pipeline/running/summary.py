@@ -252,9 +252,9 @@ def markdown(report: RunReport) -> str:
                   f"{_cell(m.dropped or '')} |" for m in report.members]
     lines += ["", f"**Spend**: {_cell(spend_text(report.sent, report.succeeded, report.price))}"]
     budget = budget_text(report)
-    if budget:
-        lines += ["", f"**{'Budget reached' if report.stopped_by_budget else 'Budget'}**: "
-                      f"{_cell(budget)}"]
+    if budget:  # "**Budget reached** (--budget 3): 3 of 3 image requests sent; ..."
+        head, paren, rest = budget.partition(" (")
+        lines += ["", f"**{_cell(head[:1].upper() + head[1:])}**{_cell(paren + rest)}"]
     for p in report.plans:
         lines += _markdown_details(p)
     return "\n".join(lines) + "\n"
