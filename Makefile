@@ -72,8 +72,8 @@ $(ASSETS)/%/assets.json: $(OUT)/%/summary.json $(MANIFEST_DIR)/%.yaml \
 export: $(STAMP) ## export MANIFEST's picked images (sizes, formats, assets.json) from disk
 	$(BIN)/imagebatch export $(MANIFEST) --out $(OUT) --assets $(ASSETS)
 
-plan: $(STAMP) ## print MANIFEST's job list (sends nothing)
-	$(BIN)/imagebatch plan $(MANIFEST)
+plan: $(STAMP) ## print MANIFEST's job list and what a run would send (sends nothing)
+	$(BIN)/imagebatch plan $(MANIFEST) --out $(OUT)
 
 sheet: $(STAMP) ## rebuild thumbnails, contact sheets and index.html of MANIFEST from disk
 	$(BIN)/imagebatch sheet $(MANIFEST) --out $(OUT)

@@ -18,6 +18,7 @@ from pipeline.planning.manifest import DEFAULT_MAX_JOBS
 from pipeline.running.options import DEFAULT_OUT, REMOTE_DEFAULT_RPM, RunOptions, default
 
 if TYPE_CHECKING:
+    from pipeline.planning.select import Selection
     from pipeline.running.summary import RunReport
 
 # Errors of writing standard output itself (redirected to a full disk or /dev/full).
@@ -44,9 +45,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "init": ("imagebatch init                 write what is missing in the current folder",
              "imagebatch init --diff          how existing files differ; change nothing"),
     "validate": ("imagebatch validate manifests/*.yaml",),
-    "plan": ("imagebatch plan manifests/example.yaml --json --shard 1/3",),
+    "plan": ("imagebatch plan manifests/example.yaml --json --shard 1/3",
+             "imagebatch plan manifests/example.yaml --price 0.08 --only 'fox*'"),
     "schema": ("imagebatch schema > imagebatch.schema.json",),
-    "run": ("DIFFUSION_URL=... DIFFUSION_KEY=... imagebatch run manifests/*.yaml --rpm 20",),
+    "run": ("DIFFUSION_URL=... DIFFUSION_KEY=... imagebatch run manifests/*.yaml --rpm 20",
+            "imagebatch run manifests/example.yaml --first-seeds 1 --budget 20 --price 0.08"),
     "status": ("imagebatch status manifests/example.yaml -v",),
     "show": ("imagebatch show outputs/example/images/fox/watercolor/1.png",),
     "sheet": ("imagebatch sheet manifests/example.yaml --out outputs",),
@@ -137,6 +140,28 @@ def _prefix(args: argparse.Namespace) -> str:
     return split_prefixes(_prefixes(args))[0][0]
 
 
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    """--only and --first-seeds: a subset of the plan (planning/select.py), defined once."""
+    p.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                   help="only jobs whose id or image path matches this glob ('fox*', "
+                        "'fox/*/1.png'); repeat for more")
+    p.add_argument("--first-seeds", type=_positive_int, default=None, metavar="N",
+                   help="only the first N seeds of each variant (a job id with its variable "
+                        "values), in plan order")
+
+
+def _selection(args: argparse.Namespace) -> Selection:
+    from pipeline.planning.select import Selection
+
+    return Selection(only=tuple(args.only), first_seeds=args.first_seeds)
+
+
+def _add_price(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--price", default=None, metavar="AMOUNT",
+                   help="what one image request costs, e.g. 0.08 or $0.08 (default: "
+                        "$IMAGEBATCH_PRICE; without either the cost is unknown)")
+
+
 def _add_out(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR",
                    help=f"output root (default {DEFAULT_OUT})")
@@ -179,12 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_max_jobs(p)
     _add_env_prefix(p)
 
-    p = sub.add_parser("plan", help="print the job list; send nothing")
+    p = sub.add_parser("plan", help="print the job list and what a run would send; send nothing")
     p.add_argument("manifest", metavar="MANIFEST")
-    p.add_argument("--json", action="store_true", help="only a JSON array on stdout")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="only a JSON array on stdout")
+    shape.add_argument("--counts-json", action="store_true",
+                       help="only the counts (jobs, done, restorable, to send, cost) as a "
+                            "JSON object on stdout")
     p.add_argument("--shard", type=_shard, metavar="K/N", help="only the jobs of shard K of N")
+    _add_selection(p)
+    _add_price(p)
+    _add_out(p)
+    p.add_argument("--local", action="store_true",
+                   help="count as done what the embedded server made, as `status --local`")
     _add_max_jobs(p)
-    _add_env_prefix(p)
+    _add_env_prefix(p, pool=True)
 
     sub.add_parser("schema", help="print the manifest's JSON Schema")
 
@@ -248,6 +282,7 @@ def _add_review_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help="address to listen on (default 127.0.0.1; the token is needed anyway)")
     p.add_argument("--port", type=_port, default=0, help="port (default: a free one)")
     p.add_argument("--no-open", action="store_true", help="do not open a browser")
+    _add_selection(p)
     _add_max_jobs(p)
     _add_env_prefix(p)
 
@@ -299,6 +334,13 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                    help="hash every image to tell what is done (default: only those whose "
                         "size or time changed)")
     p.add_argument("--shard", type=_shard, metavar="K/N", help="run only shard K of N")
+    _add_selection(p)
+    _add_price(p)
+    p.add_argument("--budget", type=_positive_int, default=None, metavar="N",
+                   help="send at most N image requests in this run, retries included; the "
+                        "rest stays pending (exit 3)")
+    p.add_argument("--budget-cost", default=None, metavar="AMOUNT",
+                   help="the same in money: at most AMOUNT's worth of requests at --price")
     _add_max_jobs(p)
     p.add_argument("--local", action="store_true",
                    help="use the embedded local server even when a URL is set")
@@ -315,6 +357,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     _add_out(p)
     p.add_argument("--local", action="store_true", help="judge against the embedded server")
     p.add_argument("--shard", type=_shard, metavar="K/N", help="only the jobs of shard K of N")
+    _add_selection(p)
     p.add_argument("--json", action="store_true", help="counts as JSON (jobs too with -v)")
     p.add_argument("--verify", action="store_true",
                    help="hash every image (default: only those whose size or time changed)")
@@ -344,6 +387,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     _add_out(p)
     p.add_argument("--local", action="store_true",
                    help="show as done what the embedded server made, as `status --local` counts")
+    _add_selection(p)
     _add_picks_option(p)
     _add_max_jobs(p)
     _add_env_prefix(p)
@@ -442,7 +486,7 @@ def _cmd_sheet(args: argparse.Namespace) -> int:
 
     return sheet_command(args.manifest, out_dir=Path(args.out), env_prefixes=_prefixes(args),
                          max_jobs=args.max_jobs, local=args.local,
-                         picks_file=args.picks)
+                         picks_file=args.picks, selection=_selection(args))
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
@@ -481,6 +525,7 @@ def _cmd_review(args: argparse.Namespace) -> int:
         manifest=args.manifest, out=Path(args.out),
         picks=Path(args.picks) if args.picks else None, host=args.host, port=args.port,
         open_browser=not args.no_open, env_prefix=_prefix(args), max_jobs=args.max_jobs,
+        selection=_selection(args),
     ))
 
 
@@ -494,7 +539,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from pipeline.commands.preview import plan_command
 
     return plan_command(args.manifest, as_json=args.json, shard=args.shard,
-                        max_jobs=args.max_jobs, env_prefix=_prefix(args))
+                        max_jobs=args.max_jobs, env_prefixes=_prefixes(args),
+                        counts_json=args.counts_json, selection=_selection(args),
+                        price=args.price, out_dir=Path(args.out), local=args.local)
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -518,6 +565,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         rpm=args.rpm, retries=args.retries, timeout=args.timeout, force=args.force,
         verify=args.verify, shard=args.shard, max_jobs=args.max_jobs, local=args.local,
         post=not args.no_post, env_prefixes=_prefixes(args), verbose=args.verbose,
+        price=args.price, budget=args.budget, budget_cost=args.budget_cost,
+        selection=_selection(args),
     ))
     return report_run(report, as_json=args.json, out=sys.stdout, err=sys.stderr)
 
@@ -525,7 +574,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def report_run(report: RunReport, *, as_json: bool, out: TextIO, err: TextIO) -> int:
     """Print a run's summary (JSON on `out` with --json, the text on `err` then) and return
     its exit code: 2 when the service cannot be used as set up, 130 when stopped, 1 when a
-    job failed, else 0. A write that failed is raised after the summary is printed."""
+    job failed, 3 when the budget left jobs pending, else 0. A write that failed is raised
+    after the summary is printed."""
+    from pipeline.planning.budget import BUDGET_EXIT
     from pipeline.running.summary import run_json, text
 
     if as_json:
@@ -541,7 +592,13 @@ def report_run(report: RunReport, *, as_json: bool, out: TextIO, err: TextIO) ->
     if report.interrupted:
         print("imagebatch: interrupted; run the same command again to finish", file=err)
         return 130
-    return 1 if report.failed else 0
+    if report.failed:
+        return 1  # failures first: a run both short of budget and failing must show red
+    if report.stopped_by_budget:
+        print(f"imagebatch: the budget is spent; {report.pending} job(s) left pending "
+              "(exit 3); run the same command again to go on", file=err)
+        return BUDGET_EXIT
+    return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -550,7 +607,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return status_command(
         args.manifest, out_dir=Path(args.out), local=args.local, env_prefixes=_prefixes(args),
         verbose=args.verbose, as_json=args.json, shard=args.shard, max_jobs=args.max_jobs,
-        verify=args.verify, picks_file=args.picks,
+        verify=args.verify, picks_file=args.picks, selection=_selection(args),
     )
 
 

@@ -223,7 +223,11 @@ def test_plan_json_writes_non_ascii_as_utf8(tmp_path: Path) -> None:
 def test_plan_table_lists_jobs_and_count(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["plan", str(ROOT / "manifests/seed-sweep.yaml")]) == 0
     out = capsys.readouterr().out
-    assert out.rstrip().splitlines()[-1] == "16 jobs (seed-sweep, model stable-image-ultra)"
+    lines = out.rstrip().splitlines()
+    assert lines[-3] == "16 jobs (seed-sweep, model stable-image-ultra)"
+    # then what a run would act on, and its cost: unknown without a price
+    assert lines[-2].startswith("a run would act on 16 jobs: ")
+    assert lines[-1] == "estimated cost: unknown (no price set: --price or IMAGEBATCH_PRICE)"
     assert "lighthouse/1000.png" in out and "lighthouse/1015.png" in out
 
 

@@ -39,7 +39,10 @@ def test_summary_json_keeps_its_keys_in_order():
     doc = plan_doc(_plan())
     assert list(doc) == ["name", "manifest", "backend", "shard", "out", "planned", "succeeded",
                          "skipped", "failed", "pending", "requests", "seconds", "interrupted",
-                         "failures"]
+                         "failures", "image_requests", "price", "cost", "budget",
+                         "stopped_by_budget", "selection"]
+    assert (doc["price"], doc["cost"], doc["budget"], doc["stopped_by_budget"]) == \
+        (None, None, None, False)  # no price: the cost is unknown (null), never 0
     assert doc["failures"] == [{"key": "k1", "path": "fox/2.png", "reason": "prompt refused"}]
     merged = plan_doc(_plan(merged_from=("a", "b")), version="1.2.3")
     assert merged["merged_from"] == ["a", "b"] and merged["version"] == "1.2.3"
@@ -58,6 +61,8 @@ def test_text_and_markdown_say_the_same_counts():
     assert text(report).splitlines() == [
         ("demo: 2 made, 1 already done, 1 failed, 1 not run of 4 in 1.2 s "
          "(5 requests, backend local)"),
+        "  0 image requests sent, 2 images made, cost unknown (no price set: --price or "
+        "IMAGEBATCH_PRICE)",
         "  FAILED fox/2.png: prompt refused",
         "  outputs: outputs/demo",
     ]

@@ -34,6 +34,7 @@ from pipeline.pictures.imaging import OK, Entry
 from pipeline.pictures.post import entries_for, make_thumb, thumb_rel
 from pipeline.planning import apispec, config
 from pipeline.planning.plan import Job, Plan
+from pipeline.planning.select import ALL, Selection, narrow_all
 from pipeline.signals import on_stop_signals
 from pipeline.storage import picks
 from pipeline.storage.store import IMAGES
@@ -116,6 +117,13 @@ class Review:
     port: int = 0
     # the backends whose images count as done, as `status` judges; None: any backend
     backends: frozenset[str] | None = None
+    # the jobs shown (--only, --first-seeds); None: every job. Picks are the whole plan's.
+    shown: Plan | None = None
+
+    @property
+    def view(self) -> Plan:
+        """The plan narrowed to the jobs the page shows."""
+        return self.shown if self.shown is not None else self.plan
 
     def __post_init__(self) -> None:
         self.jobs: dict[str, Job] = {j.path: j for j in self.plan.jobs}
@@ -143,7 +151,7 @@ class Review:
     def items(self, current: picks.Picks) -> list[dict[str, Any]]:
         """GET /api/items: every planned image with its decision, in plan order."""
         out = []
-        for e in entries_for(self.plan, self.root, self.backends):
+        for e in entries_for(self.view, self.root, self.backends):
             job = e.job
             entry = current.entries.get(job.path)
             out.append({
@@ -366,7 +374,7 @@ def render_page(review: Review) -> str:
     except picks.PicksError as exc:
         problem = f"The picks file cannot be read, so nothing can be saved: {exc}"
         current = picks.make_picks(review.plan.name, {})
-    entries = entries_for(review.plan, review.root, review.backends)
+    entries = entries_for(review.view, review.root, review.backends)
     return _JINJA.get_template("review.html").render(
         name=review.plan.name, manifest=review.manifest, root=str(review.root),
         picks_file=str(review.picks_file), token=review.token,
@@ -570,6 +578,7 @@ class ReviewOptions:
     open_browser: bool = True
     env_prefix: str = config.DEFAULT_PREFIX
     max_jobs: int = 5000
+    selection: Selection = ALL  # the jobs shown (--only, --first-seeds); picks stay whole
 
 
 def has_display(env: Mapping[str, str], platform: str = sys.platform) -> bool:
@@ -616,8 +625,9 @@ def review_command(
     from pipeline.planning.config import judged_backends
 
     _name, backends = judged_backends(env, (opts.env_prefix,), False)  # as `status` judges
+    shown = narrow_all([plan], opts.selection)[0] if opts.selection.active else None
     review = Review(plan=plan, root=Path(opts.out) / plan.name, picks_file=picks_file,
-                    manifest=opts.manifest, backends=backends)
+                    manifest=opts.manifest, backends=backends, shown=shown)
     # Ctrl-C is the way to stop the server, so it ends with 0, the same as SIGTERM.
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(review, opts, env, out, err, ready))

@@ -1,5 +1,9 @@
 """`validate`, `plan` and `schema`: read manifests, print what a run would do, send nothing.
 
+`plan` ends with the counts a run would act on (planning/counts.py): jobs, already done
+(the store's one definition of done, judged against the backend(s) `run` would use),
+restorable from a cache, to send, and their estimated cost at the price.
+
 Loading imports no HTTP code: these commands start fast and need no network library.
 """
 
@@ -10,12 +14,21 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TextIO
+from collections.abc import Set as AbstractSet
+from pathlib import Path
+from typing import Any, TextIO
 
 from pipeline.errors import ManifestError, printable
+from pipeline.planning import config
 from pipeline.planning.config import DEFAULT_PREFIX
+from pipeline.planning.costs import price_from
+from pipeline.planning.counts import PlanCounts, count_plan
 from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
 from pipeline.planning.plan import Plan
+from pipeline.planning.select import ALL, Selection, narrow_all
+from pipeline.storage.store import DONE, job_states
+
+DEFAULT_OUT = Path("outputs")  # as `run --out` (running.options, not imported: no HTTP code)
 
 MAX_SHOWN = 200  # problems printed; the count line still says how many there are
 
@@ -69,17 +82,65 @@ def _write(text: str, out: TextIO) -> None:
         out.write(text)
 
 
+def restorable_keys(plan: Plan, env: Mapping[str, str]) -> AbstractSet[str] | None:
+    """The keys of `plan`'s jobs a cache can restore, or None when no cache is set.
+
+    No cache exists yet: always None, and `plan` says "no cache set". A cache lookup
+    returns the set of keys it holds an image for (done jobs among them are counted done).
+    """
+    return None
+
+
+def plan_counts(plan: Plan, *, out_dir: Path, env: Mapping[str, str],
+                env_prefixes: Sequence[str], local: bool, price: str | None) -> tuple[
+                    PlanCounts, str]:
+    """What a run of `plan` would act on, judged as `status` judges (same backends, same
+    outputs folder); (the counts, the backend name)."""
+    cost = price_from(price, env)
+    backend, judged = config.judged_backends(env, env_prefixes, local)
+    states = job_states(plan.jobs, Path(out_dir) / plan.name, judged)
+    done = {st.job.key for st in states if st.state == DONE}
+    return count_plan(plan.jobs, done, restorable_keys(plan, env), cost), backend
+
+
 def plan_command(manifest: str, *, as_json: bool = False, shard: tuple[int, int] | None = None,
-                 max_jobs: int = DEFAULT_MAX_JOBS, env_prefix: str = DEFAULT_PREFIX,
-                 env: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
-    """`imagebatch plan`: the job list (table or JSON); sends nothing, writes nothing."""
+                 max_jobs: int = DEFAULT_MAX_JOBS, env_prefix: str | None = None,
+                 env_prefixes: Sequence[str] = (DEFAULT_PREFIX,),
+                 env: Mapping[str, str] | None = None, out: TextIO | None = None,
+                 counts_json: bool = False, selection: Selection = ALL,
+                 price: str | None = None, out_dir: Path = DEFAULT_OUT,
+                 local: bool = False) -> int:
+    """`imagebatch plan`: the job list (table or JSON), the table ending with what a run
+    would send and cost (or only those counts, as JSON); sends nothing, writes nothing."""
     out = out or sys.stdout
     env = os.environ if env is None else env
-    (plan,) = load_plans([manifest], env, env_prefix, max_jobs=max_jobs, shard=shard)
-    if as_json:
+    prefixes = (env_prefix,) if env_prefix is not None else tuple(env_prefixes)
+    prefix = config.split_prefixes(prefixes)[0][0]
+    if not as_json:
+        price_from(price, env)  # a price that is not one: exit 2 before any output
+    whole = selection.active
+    (plan,) = load_plans([manifest], env, prefix, max_jobs=max_jobs,
+                         shard=None if whole else shard)
+    if whole:
+        (plan,) = narrow_all([plan], selection, shard)
+    if as_json:  # the contract: this array and nothing else, whatever is on disk
         _write(plan_json(plan), out)
-    else:
-        _write(plan_table(plan, shutil.get_terminal_size((100, 20)).columns), out)
+        return 0
+    counts, backend = plan_counts(plan, out_dir=out_dir, env=env, env_prefixes=prefixes,
+                                  local=local, price=price)
+    if counts_json:
+        doc: dict[str, Any] = {
+            "name": plan.name, "manifest": plan.source, "backend": backend,
+            "out": str(Path(out_dir) / plan.name),
+            "shard": f"{plan.shard[0]}/{plan.shard[1]}" if plan.shard else None,
+            "selection": selection.as_dict() if selection.active else None,
+            **counts.as_dict()}
+        _write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", out)
+        return 0
+    table = plan_table(plan, shutil.get_terminal_size((100, 20)).columns)
+    if selection.active:
+        table += f"a subset ({selection.describe()}): {len(plan.jobs)} jobs\n"
+    _write(table + "\n".join(counts.lines()) + "\n", out)
     return 0
 
 

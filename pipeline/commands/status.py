@@ -19,7 +19,8 @@ from pipeline.errors import UsageError, printable
 from pipeline.pictures.post import build_all, stop_on_signals
 from pipeline.planning import config
 from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
-from pipeline.planning.plan import canonical_json
+from pipeline.planning.plan import Plan, canonical_json
+from pipeline.planning.select import ALL, Selection, narrow_all
 from pipeline.running.options import DEFAULT_OUT
 from pipeline.storage import picks
 from pipeline.storage.metadata import MetadataError, read_request
@@ -32,23 +33,23 @@ def status_command(
     as_json: bool = False, shard: tuple[int, int] | None = None,
     max_jobs: int = DEFAULT_MAX_JOBS, verify: bool = False,
     env: Mapping[str, str] | None = None, out: TextIO | None = None,
-    picks_file: str | Path | None = None,
+    picks_file: str | Path | None = None, selection: Selection = ALL,
 ) -> int:
     """`imagebatch status`: done / failed / pending against the backend `run` would use
     (for a pool, done by any of its members), and the picks file's counts when there is
-    one."""
+    one; of the jobs `selection` keeps, when given."""
     env = os.environ if env is None else env
     out = out or sys.stdout
     backend, judged = config.judged_backends(env, env_prefixes, local)
     prefix = config.split_prefixes(env_prefixes)[0][0]
-    (plan,) = load_plans([manifest], env, prefix, max_jobs=max_jobs, shard=shard)
+    plan = _selected(manifest, env, prefix, max_jobs, shard, selection)
     root = Path(out_dir) / plan.name
     picks_at = picks.picks_path(manifest, picks_file)
     pick_counts = None
     if picks_at.exists():
         # decisions belong to the whole plan, whatever shard is asked about
-        whole = plan if shard is None else load_plans([manifest], env, prefix,
-                                                      max_jobs=max_jobs, shard=None)[0]
+        whole = plan if shard is None and not selection.active else load_plans(
+            [manifest], env, prefix, max_jobs=max_jobs, shard=None)[0]
         pick_counts = picks.counts(picks.load_picks(picks_at, whole), whole)
     counts = {"done": 0, "failed": 0, "pending": 0}
     rows: list[dict[str, str | None]] = []
@@ -59,13 +60,16 @@ def status_command(
     if as_json:
         doc: dict[str, Any] = {"name": plan.name, "backend": backend, "planned": len(plan.jobs),
                                **counts,
+                               **({"selection": selection.as_dict()} if selection.active
+                                  else {}),
                                "picks": pick_counts.as_dict() if pick_counts is not None else None}
         if verbose:
             doc["jobs"] = rows
         print(json.dumps(doc, indent=2, ensure_ascii=False), file=out)
         return 0
+    subset = f", a subset: {selection.describe()}" if selection.active else ""
     print(f"{plan.name}: {len(plan.jobs)} jobs: {counts['done']} done, {counts['failed']} failed, "
-          f"{counts['pending']} pending (backend {backend}, {root})", file=out)
+          f"{counts['pending']} pending (backend {backend}, {root}{subset})", file=out)
     if pick_counts is not None:
         print(f"picks: {pick_counts} ({picks_at})", file=out)
     if verbose:
@@ -74,6 +78,16 @@ def status_command(
             print(f"  {row['state']:<7} {str(row['key'])[:12]}  {printable(str(row['path']))}"
                   f"{reason}", file=out)
     return 0
+
+
+def _selected(manifest: str, env: Mapping[str, str], prefix: str, max_jobs: int,
+              shard: tuple[int, int] | None, selection: Selection) -> Plan:
+    """The plan of `manifest`, narrowed to `selection` (made on the whole plan) and `shard`."""
+    (plan,) = load_plans([manifest], env, prefix, max_jobs=max_jobs,
+                         shard=None if selection.active else shard)
+    if selection.active:
+        (plan,) = narrow_all([plan], selection, shard)
+    return plan
 
 
 #: What a path that is not a regular file is, by its stat mode's type bits.
@@ -117,15 +131,16 @@ def sheet_command(
     manifest: str, *, out_dir: Path = DEFAULT_OUT,
     env_prefixes: Sequence[str] = (config.DEFAULT_PREFIX,), max_jobs: int = DEFAULT_MAX_JOBS,
     local: bool = False, env: Mapping[str, str] | None = None, out: TextIO | None = None,
-    picks_file: str | Path | None = None,
+    picks_file: str | Path | None = None, selection: Selection = ALL,
 ) -> int:
     """`imagebatch sheet`: rebuild thumbnails, contact sheets and index.html from disk, showing
-    as done what `status` (same options, same environment) counts done."""
+    as done what `status` (same options, same environment) counts done; with a selection,
+    of its jobs only (a preview; the next full `sheet` or `run` shows them all again)."""
     env = os.environ if env is None else env
     out = out or sys.stdout
     _backend, judged = config.judged_backends(env, env_prefixes, local)
     prefix = config.split_prefixes(env_prefixes)[0][0]
-    (plan,) = load_plans([manifest], env, prefix, max_jobs=max_jobs, shard=None)
+    plan = _selected(manifest, env, prefix, max_jobs, None, selection)
     root = Path(out_dir) / plan.name
     if not root.is_dir():
         raise UsageError(f"{root}: nothing to post-process yet; run `imagebatch run {manifest}`")

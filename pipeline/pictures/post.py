@@ -537,8 +537,10 @@ def build_all(
     started = time.perf_counter()
     root = Path(root)
     # Read first: a broken picks file is reported before anything is written. A shard's
-    # plan lacks the other shards' paths, so only the whole plan checks them.
-    chosen = (picks.load_picks(picks_file, plan if plan.shard is None else None)
+    # plan (or a subset's: `sheet --only`) lacks the other paths, so only the whole plan
+    # checks them.
+    whole = plan.shard is None and len(plan.jobs) == plan.total
+    chosen = (picks.load_picks(picks_file, plan if whole else None)
               if picks_file is not None else None)
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -5,12 +5,16 @@ The command line takes its defaults from here, and `run` reads nothing else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.planning.budget import Budget, budget_from
 from pipeline.planning.config import DEFAULT_PREFIX, REQUEST_TIMEOUT
+from pipeline.planning.costs import Price, price_from
 from pipeline.planning.manifest import DEFAULT_MAX_JOBS
+from pipeline.planning.select import ALL, Selection
 from pipeline.running.runner import RunSettings
 
 DEFAULT_OUT = Path("outputs")
@@ -42,11 +46,21 @@ class RunOptions:
     env_prefixes: tuple[str, ...] = (DEFAULT_PREFIX,)
     verbose: int = 0
     backoff_base: float = _RUN.backoff_base  # seconds; first retry waits up to this
+    price: str | None = None  # --price as given; None: $IMAGEBATCH_PRICE, or unknown
+    budget: int | None = None  # --budget: image requests this run may send
+    budget_cost: str | None = None  # --budget-cost: the same in money, at the price
+    selection: Selection = field(default=ALL)  # --only, --first-seeds
 
     def settings(self) -> RunSettings:
         """The runner's part of these options."""
         return RunSettings(concurrency=self.concurrency, retries=self.retries,
                            backoff_base=self.backoff_base)
+
+    def spending(self, env: Mapping[str, str]) -> tuple[Price | None, Budget | None]:
+        """The price per image (or None) and the budget (or None) these options and `env`
+        ask for; UsageError for a price or budget that is not one."""
+        price = price_from(self.price, env)
+        return price, budget_from(self.budget, self.budget_cost, price)
 
 
 def default(name: str) -> Any:

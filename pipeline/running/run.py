@@ -27,6 +27,7 @@ from pipeline.pictures.post import Stop, build_all
 from pipeline.planning import config
 from pipeline.planning.manifest import load_plans
 from pipeline.planning.plan import Job, Plan
+from pipeline.planning.select import ALL, narrow, narrow_all
 from pipeline.running.client import ApiClient
 from pipeline.running.options import REMOTE_DEFAULT_RPM, RunOptions
 from pipeline.running.progress import Progress
@@ -55,15 +56,20 @@ def run(opts: RunOptions, env: Mapping[str, str] | None = None,
     """
     env = os.environ if env is None else env
     err = err or sys.stderr
+    opts.spending(env)  # a price or budget that is not one: exit 2 before anything is read
     prefixes, notes = config.split_prefixes(opts.env_prefixes)
+    # With a selection the whole plans are loaded: it is made, and its patterns checked, on
+    # them (run_plans applies the shard after it).
     plans = load_plans(opts.manifests, env, prefixes[0], max_jobs=opts.max_jobs,
-                       shard=opts.shard)
+                       shard=None if opts.selection.active else opts.shard)
+    narrow_all(plans, opts.selection, opts.shard)  # a pattern matching nothing: exit 2
     for plan in plans:  # the sheets mark the picks: a broken picks file stops us here
-        picks.load_picks(picks.picks_path(plan.source), plan if plan.shard is None else None)
+        picks.load_picks(picks.picks_path(plan.source),
+                         plan if plan.shard is None else None)
     conns, more = config.pool(env, prefixes, local=opts.local)
     for note in (*notes, *more):
         print(f"note: {note}", file=err)
-    report = asyncio.run(run_plans(plans, conns, opts, err))
+    report = asyncio.run(run_plans(plans, conns, opts, err, env=env))
     write_step_summary(report, env)
     return report
 
@@ -92,11 +98,21 @@ async def _backends(
 
 async def run_plans(
     plans: Sequence[Plan], conn: config.Connection | Sequence[config.Connection],
-    opts: RunOptions, err: TextIO, reason: str = "",
+    opts: RunOptions, err: TextIO, reason: str = "", *, env: Mapping[str, str] | None = None,
 ) -> RunReport:
     """Run validated plans against `conn` (the embedded server for a local one), or against
     a pool of connections; write each summary.json, post-process unless stopped or told
-    not to; the report."""
+    not to; the report.
+
+    With a selection (`opts.selection`), `plans` are the whole plans: the jobs run are the
+    selected ones of shard `opts.shard`, and post-processing shows that shard's every job.
+    The price and budget are `opts.spending(env)` (env: the process's by default).
+    """
+    price, budget = opts.spending(os.environ if env is None else env)
+    chosen = list(plans)
+    if opts.selection.active:
+        chosen = narrow_all(plans, opts.selection, opts.shard)
+        plans = [narrow(p, ALL, opts.shard) for p in plans]
     conns = [conn] if isinstance(conn, config.Connection) else list(conn)
     reason = reason or ("--local given" if opts.local else f"no {conns[0].prefix}_URL set")
     started = time.monotonic()
@@ -106,23 +122,29 @@ async def run_plans(
         members = {b.prefix: b.name for b in backends} if pooled else None
         stores = [Store(opts.out, plan.name, name, members=members) for plan in plans]
         try:
-            work, skipped = await _todo(plans, stores, opts, err)
-            runner = await _run_jobs(work, backends, opts, err)
+            work, skipped = await _todo(chosen, stores, opts, err)
+            runner = await _run_jobs(work, backends, opts, err,
+                                     budget=None if budget is None else budget.requests)
             state = runner.state
         finally:
             for store in stores:
                 store.close()
         seconds = time.monotonic() - started
-        reports = [_plan_report(plan, store, state.by_store.get(store, StoreTally()), done,
-                                seconds, state.interrupted)
-                   for plan, store, done in zip(plans, stores, skipped, strict=True)]
+        reports = [_plan_report(sub, store, state.by_store.get(store, StoreTally()), done,
+                                seconds, state.interrupted,
+                                whole=len(plan.jobs) if opts.selection.active else None)
+                   for plan, sub, store, done in zip(plans, chosen, stores, skipped,
+                                                     strict=True)]
         pool = tuple(MemberReport(m.prefix, m.requests, m.images, m.throttled, m.dropped)
                      for m in runner.members) if pooled else ()
         store_error = state.store_error
+        spend = RunReport(tuple(reports), members=pool, price=price, budget=budget,
+                          budget_reached=state.budget_reached,
+                          selection=opts.selection if opts.selection.active else None)
         for store, report in zip(stores, reports, strict=True):
             try:
                 await asyncio.to_thread(store.write_summary,
-                                        plan_doc(report, version(), members=pool))
+                                        plan_doc(report, version(), members=pool, run=spend))
             except StoreError as exc:
                 # A full or read-only disk: still report what was made, and the first
                 # write that failed (an image, usually) rather than this one.
@@ -144,15 +166,17 @@ async def run_plans(
                     # run finishes the sheets.
                     interrupted = True
                     reports = [replace(r, interrupted=True) for r in reports]
+                    spend = replace(spend, plans=tuple(reports))
                     for st, report in zip(stores, reports, strict=True):
                         with contextlib.suppress(StoreError):
-                            await asyncio.to_thread(st.write_summary,
-                                                    plan_doc(report, version(), members=pool))
+                            await asyncio.to_thread(
+                                st.write_summary,
+                                plan_doc(report, version(), members=pool, run=spend))
                     break
     reports = [_with_post_outputs(r) for r in reports]
-    return RunReport(tuple(reports), members=pool, interrupted=interrupted,
-                     config_error=state.config_error, store_error=store_error,
-                     version=version())
+    return replace(spend, plans=tuple(reports), interrupted=interrupted,
+                   config_error=state.config_error, store_error=store_error,
+                   version=version())
 
 
 @contextlib.contextmanager
@@ -184,9 +208,9 @@ async def _todo(
 
 
 async def _run_jobs(work: list[tuple[Store, Job]], backends: Sequence[_Backend],
-                    opts: RunOptions, err: TextIO) -> Runner:
+                    opts: RunOptions, err: TextIO, *, budget: int | None = None) -> Runner:
     """The session, and a pacer and client per backend, run by one runner (stopped by
-    SIGINT / SIGTERM); the runner, done."""
+    SIGINT / SIGTERM, and sending at most `budget` image requests); the runner, done."""
     # One clock and one sleep for pacing and backoff alike.
     clock, sleep = time.monotonic, asyncio.sleep
     settings = opts.settings()
@@ -210,7 +234,8 @@ async def _run_jobs(work: list[tuple[Store, Job]], backends: Sequence[_Backend],
                    prefix=b.prefix)
             for b in backends]
         runner = Runner(members, settings, sleep=sleep, clock=clock, on_drop=dropped,
-                        on_change=lambda st: progress.update(st.ok, st.failed))
+                        on_change=lambda st: progress.update(st.ok, st.failed),
+                        budget=budget)
         try:
             with _stopped_by_signals(runner, err):
                 await runner.run(work)
@@ -240,7 +265,7 @@ def _stopped_by_signals(runner: Runner, err: TextIO) -> Iterator[None]:
 
 
 def _plan_report(plan: Plan, store: Store, tally: StoreTally, skipped: int, seconds: float,
-                 interrupted: bool) -> PlanReport:
+                 interrupted: bool, whole: int | None = None) -> PlanReport:
     failures = sorted(tally.failures, key=lambda o: o.job.index)
     return PlanReport(
         name=plan.name, manifest=plan.source, backend=store.backend,
@@ -249,6 +274,7 @@ def _plan_report(plan: Plan, store: Store, tally: StoreTally, skipped: int, seco
         pending=len(plan.jobs) - tally.made - skipped - len(failures), requests=tally.requests,
         seconds=round(seconds, 3), interrupted=interrupted,
         failures=tuple(Failure(o.job.key, o.job.path, o.error) for o in failures),
+        sent=tally.sent, selected_of=whole,
     )
 
 

@@ -15,6 +15,11 @@ is dropped does the run stop.
 
 A stop reaches every waiting worker through one event, `stop`, which both the retry waits
 and the pacers' waits end on.
+
+A budget (`budget`: image requests this run may send) is spent at the moment a request is
+sent, retries and attempts a pool moves to another member included: each was sent. Once it
+is spent no request starts; requests in flight settle, and jobs that would need another
+request stay pending (`RunState.budget_reached`), as after a stop but not an interruption.
 """
 
 from __future__ import annotations
@@ -156,6 +161,7 @@ class StoreTally:
 
     made: int = 0
     requests: int = 0
+    sent: int = 0  # image requests (POSTs) sent: what a budget and a price count
     failures: list[Outcome] = field(default_factory=list)  # successes are counted, not kept
 
 
@@ -171,6 +177,8 @@ class RunState:
     config_error: ServiceConfigError | None = None
     store_error: StoreError | None = None
     interrupted: bool = False
+    sent: int = 0  # image requests sent in this run, over every store
+    budget_reached: bool = False  # the budget was spent: no request starts any more
 
     def tally(self, store: JobStore) -> StoreTally:
         """The counters of `store` (made on first use)."""
@@ -202,6 +210,7 @@ class Runner:
         on_drop: Callable[[Member], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] | None = None,
+        budget: int | None = None,
     ) -> None:
         if isinstance(backend, Sequence):
             self.members = list(backend)
@@ -214,6 +223,7 @@ class Runner:
         self._on_drop = on_drop
         self._clock = clock
         self._rng = rng
+        self.budget = budget  # image requests this run may send; None for no limit
         self._stop: asyncio.Event | None = None
         # Workers waiting to start take turns in the order they came, so a job back for a
         # retry queues behind jobs already waiting.
@@ -313,13 +323,34 @@ class Runner:
         self, store: JobStore, job: Job, counter: list[int], last: list[Member]
     ) -> GeneratedImage:
         while True:
+            if self.stopping:
+                raise Stopped
             member, ticket = await self._start()
+            self._spend(store)  # counted here, as it is sent
             counter[0] += 1
             last[:] = [member]
             try:
                 return await self._send(member, ticket, store, job)
             except _Moved:
                 continue
+
+    def _spend(self, store: JobStore) -> None:
+        """Count one image request about to be sent; Stopped (it is not sent) when the budget
+        is spent. Nothing awaits between this and the send, so the count is exact."""
+        if self.budget is not None and self.state.sent >= self.budget:
+            self._budget_spent()
+            raise Stopped
+        self.state.sent += 1
+        self.state.tally(store).sent += 1
+        if self.budget is not None and self.state.sent >= self.budget:
+            self._budget_spent()  # this one is the last: the others stop waiting now
+
+    def _budget_spent(self) -> None:
+        """Start no more requests; unlike stop(), the run is not interrupted, and
+        post-processing still happens."""
+        self.state.budget_reached = True
+        if self._stop is not None:
+            self._stop.set()
 
     async def _send(self, member: Member, ticket: int, store: JobStore, job: Job) -> GeneratedImage:
         tally = self.state.tally(store)

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import ServiceConfigError, StoreError
+from pipeline.planning.budget import Budget
+from pipeline.planning.costs import Price, cost_text, cost_value
+from pipeline.planning.select import Selection
 
 MAX_FAILURES_MD = 50  # failures listed per manifest in Markdown; the count says how many
 
@@ -47,6 +50,8 @@ class PlanReport:
     # What post-processing left in `out`, named for the step summary (not in the JSON).
     sheets: tuple[str, ...] = ()
     index: str | None = None
+    sent: int = 0  # image requests (POSTs) sent: what a budget and the price count
+    selected_of: int | None = None  # with --only / --first-seeds: the jobs of the whole plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,20 @@ class RunReport:
     config_error: ServiceConfigError | None = None  # the service cannot be used as set up
     store_error: StoreError | None = None  # the first write that failed
     version: str | None = None  # of imagebatch, recorded in summary.json when known
+    price: Price | None = None  # per image request, when one is set (else cost "unknown")
+    budget: Budget | None = None  # the run's budget, if it had one
+    budget_reached: bool = False  # the budget was spent: no request started after
+    selection: Selection | None = None  # the subset asked for (--only, --first-seeds)
+
+    @property
+    def sent(self) -> int:
+        """Image requests sent, over every plan."""
+        return sum(p.sent for p in self.plans)
+
+    @property
+    def stopped_by_budget(self) -> bool:
+        """True when the budget left jobs pending (a run to go on with, not a failure)."""
+        return self.budget_reached and self.pending > 0
 
     @property
     def succeeded(self) -> int:
@@ -88,9 +107,14 @@ class RunReport:
 
 
 def plan_doc(plan: PlanReport, version: str | None = None,
-             members: tuple[MemberReport, ...] = ()) -> dict[str, Any]:
+             members: tuple[MemberReport, ...] = (), *, run: RunReport | None = None,
+             ) -> dict[str, Any]:
     """One plan as summary.json holds it (keys in their documented order); a pool's
-    `members` are the whole run's, the same in every plan's summary."""
+    `members`, and the price, budget and selection of `run`, are the whole run's, the same
+    in every plan's summary."""
+    price = run.price if run is not None else None
+    budget = run.budget if run is not None else None
+    selection = run.selection if run is not None else None
     doc: dict[str, Any] = {
         "name": plan.name,
         "manifest": plan.manifest,
@@ -106,6 +130,15 @@ def plan_doc(plan: PlanReport, version: str | None = None,
         "seconds": round(plan.seconds, 3),
         "interrupted": plan.interrupted,
         "failures": [{"key": f.key, "path": f.path, "reason": f.reason} for f in plan.failures],
+        "image_requests": plan.sent,
+        "price": cost_value(price, 1),
+        "cost": cost_value(price, plan.sent),
+        "budget": None if budget is None else {
+            **budget.as_dict(), "sent": run.sent if run is not None else plan.sent,
+            "reached": bool(run and run.budget_reached)},
+        "stopped_by_budget": bool(run and run.stopped_by_budget and plan.pending),
+        "selection": None if selection is None or not selection.active else {
+            **selection.as_dict(), "of": plan.selected_of},
     }
     if members:
         doc["members"] = {m.prefix: {"requests": m.requests, "images": m.images,
@@ -125,7 +158,7 @@ def summary_json(plan: PlanReport, version: str | None = None) -> str:
 
 def docs(report: RunReport) -> list[dict[str, Any]]:
     """Each plan's summary.json document."""
-    return [plan_doc(p, report.version, report.members) for p in report.plans]
+    return [plan_doc(p, report.version, report.members, run=report) for p in report.plans]
 
 
 def run_json(report: RunReport) -> str:
@@ -134,17 +167,39 @@ def run_json(report: RunReport) -> str:
     return json.dumps(each[0] if len(each) == 1 else each, indent=2, ensure_ascii=False)
 
 
-def plan_text(plan: PlanReport) -> str:
-    """One plan's outcome as a person reads it: counts, each failure, where the outputs are."""
+def spend_text(sent: int, made: int, price: Price | None) -> str:
+    """Requests sent, images made, and their cost at the price, on one line."""
+    at = f" at {price.format(price.amount)} an image" if price is not None else ""
+    return (f"{sent} image request{'s' if sent != 1 else ''} sent, {made} image"
+            f"{'s' if made != 1 else ''} made, cost {cost_text(price, sent)}{at}")
+
+
+def plan_text(plan: PlanReport, price: Price | None = None) -> str:
+    """One plan's outcome as a person reads it: counts, spend, each failure, where the
+    outputs are."""
     lines = [
         f"{plan.name}: {plan.succeeded} made, {plan.skipped} already done, {plan.failed} failed"
         + (f", {plan.pending} not run" if plan.pending else "")
         + f" of {plan.planned} in {plan.seconds:.1f} s "
         f"({plan.requests} requests, backend {plan.backend})",
     ]
+    if plan.selected_of is not None:
+        lines.append(f"  a subset: {plan.planned} of the plan's {plan.selected_of} jobs")
+    lines.append(f"  {spend_text(plan.sent, plan.succeeded, price)}")
     lines.extend(f"  FAILED {f.path}: {f.reason}" for f in plan.failures)
     lines.append(f"  outputs: {plan.out}")
     return "\n".join(lines)
+
+
+def budget_text(report: RunReport) -> str | None:
+    """What the budget did, on one line, or None when the run had none."""
+    if report.budget is None:
+        return None
+    spent = f"{report.sent} of {report.budget.requests} image requests"
+    if report.stopped_by_budget:
+        return (f"budget reached ({report.budget.describe()}): {spent} sent; "
+                f"{report.pending} job(s) left pending; run the same command again to go on")
+    return f"budget: {spent} sent ({report.budget.describe()})"
 
 
 def member_text(member: MemberReport) -> str:
@@ -157,10 +212,15 @@ def member_text(member: MemberReport) -> str:
 def text(report: RunReport) -> str:
     """The summary of a run as a person reads it, one block per manifest, then a line per
     pool member."""
-    lines = [plan_text(p) for p in report.plans]
+    lines = [plan_text(p, report.price) for p in report.plans]
     if report.members:
         lines.append("pool:")
         lines.extend(member_text(m) for m in report.members)
+    if len(report.plans) > 1:
+        lines.append(f"in all: {spend_text(report.sent, report.succeeded, report.price)}")
+    budget = budget_text(report)
+    if budget:
+        lines.append(budget)
     return "\n".join(lines)
 
 
@@ -190,6 +250,11 @@ def markdown(report: RunReport) -> str:
                   "| --- | ---: | ---: | ---: | --- |"]
         lines += [f"| `{_cell(m.prefix)}` | {m.images} | {m.requests} | {m.throttled} | "
                   f"{_cell(m.dropped or '')} |" for m in report.members]
+    lines += ["", f"**Spend**: {_cell(spend_text(report.sent, report.succeeded, report.price))}"]
+    budget = budget_text(report)
+    if budget:  # "**Budget reached** (--budget 3): 3 of 3 image requests sent; ..."
+        head, paren, rest = budget.partition(" (")
+        lines += ["", f"**{_cell(head[:1].upper() + head[1:])}**{_cell(paren + rest)}"]
     for p in report.plans:
         lines += _markdown_details(p)
     return "\n".join(lines) + "\n"

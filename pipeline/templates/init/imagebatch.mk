@@ -20,8 +20,8 @@ assets: $(IMAGEBATCH_SUMMARIES) ## run every manifest in MANIFEST_DIR whose outp
 $(OUT)/%/summary.json: $(MANIFEST_DIR)/%.yaml
 	$(IMAGEBATCH) run $< --out $(OUT) $(RUN_ARGS) || { rc=$$?; rm -f $@; exit $$rc; }
 
-plan: ## print MANIFEST's job list (sends nothing)
-	$(IMAGEBATCH) plan $(MANIFEST)
+plan: ## print MANIFEST's job list and what a run would send (sends nothing)
+	$(IMAGEBATCH) plan $(MANIFEST) --out $(OUT)
 
 status: ## count done, failed and pending jobs of MANIFEST (sends nothing)
 	$(IMAGEBATCH) status $(MANIFEST) --out $(OUT)
