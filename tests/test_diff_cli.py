@@ -227,7 +227,7 @@ def test_a_renamed_job_shows_as_moved_and_its_pick_goes_stale(repo, capsys, monk
         ("fox/clay/2.png", None, 4, "changed", None),
         ("fox/ink/1.png", "pick", None, "changed", None)]
     code, md, _ = diff(capsys, "manifests/launch.yaml", "--against", "HEAD", "--markdown")
-    assert code == 0 and "**3 pick(s) go stale** in `manifests/launch.picks.json`:" in md
+    assert code == 0 and "**3 picks go stale** in `manifests/launch.picks.json`:" in md
     assert "- `fox/ink/1.png`: pick; its job changed" in md
     assert "- `boat/5.png`: pick; its job moved to `paper-boat/5.png`" in md
 

@@ -272,7 +272,7 @@ def test_markdown_renders_a_table_per_manifest_and_the_prompts_old_and_new():
     assert "- A paper boat\n" in block.group(1)
     assert "+ A fox | with `ticks` and ``two``, &lt;script&gt;" in block.group(1)
     assert "<script" not in html and "<a " not in html
-    assert "@octocat" in html and "<strong>1 pick(s) go stale</strong>" in html
+    assert "@octocat" in html and "<strong>1 pick goes stale</strong>" in html
     assert "<code>boat/5.png</code>: pick, rated 5; its job changed" in html
     assert "Price per image: $0.08 (an estimate)" in html
 

@@ -156,7 +156,8 @@ def text(report: DiffReport) -> str:
                   for mv in d.moved]
         if d.stale_picks:
             where = printable(m.picks_file or "")
-            lines.append(f"  {len(d.stale_picks)} pick(s) go stale ({where}):")
+            n = len(d.stale_picks)
+            lines.append(f"  {n} pick{' goes' if n == 1 else 's go'} stale ({where}):")
             for s in d.stale_picks:
                 to = f" to {printable(s.moved_to)}" if s.moved_to else ""
                 lines.append(f"    {printable(s.path)} ({s.what}; its job {s.why}{to})")
@@ -269,6 +270,12 @@ def _md_section(m: ManifestDiff, price: Price | None) -> list[str]:
         if len(rows) > MAX_ROWS:
             lines.append(f"| … | {len(rows) - MAX_ROWS} more rows | | | `imagebatch diff` "
                          "lists every job |")
+        legend = [text for kinds, text in (
+            (d.changed, "*changed*: the same image path with another request, made again"),
+            (d.moved, "*moved*: the same request at another path (a renamed job), made "
+                      "again there")) if kinds]
+        if legend:
+            lines += ["", "; ".join(legend) + "."]
     groups = [g for g in change_groups(d.changed) if g.fields]
     if groups:
         lines += ["", "<details open><summary>Changed requests, old and new</summary>"]
@@ -279,7 +286,8 @@ def _md_section(m: ManifestDiff, price: Price | None) -> list[str]:
         lines += ["", "</details>"]
     if d.stale_picks:
         where = f" in {_code(m.picks_file, table=False)}" if m.picks_file else ""
-        lines += ["", f"**{len(d.stale_picks)} pick(s) go stale**{where}:", ""]
+        n = len(d.stale_picks)
+        lines += ["", f"**{n} pick{' goes' if n == 1 else 's go'} stale**{where}:", ""]
         for s in d.stale_picks[:MAX_STALE_SHOWN]:
             to = f" to {_code(s.moved_to, table=False)}" if s.moved_to else ""
             lines.append(f"- {_code(s.path, table=False)}: {s.what}; its job {s.why}{to}")
