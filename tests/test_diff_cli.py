@@ -508,3 +508,64 @@ def test_the_workflow_step_with_no_manifest_changed(tmp_path):
     root, base = _pull_request(tmp_path)
     code, md = _run_step(root, git(root, "rev-parse", "HEAD"), tmp_path)
     assert code == 0 and "No manifest changed." in md
+
+
+# --- git, bounded --------------------------------------------------------------------------
+
+
+def test_git_output_past_its_bound_is_refused(repo):
+    from pipeline.commands.diff import GitError, run_git
+
+    code, out, _ = run_git(repo, ["log", "--format=%H"])
+    assert code == 0 and len(out) == 41
+    with pytest.raises(GitError, match="answered more than 10 bytes"):
+        run_git(repo, ["log", "--format=%H"], limit=10)
+
+
+def test_a_git_that_hangs_is_stopped(tmp_path, monkeypatch):
+    from pipeline.commands import diff as diff_module
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    sleep = shutil.which("sleep")
+    if sleep is None:
+        pytest.skip("sleep is not installed")
+    (fake / "git").write_text(f"#!/bin/sh\nexec {sleep} 30\n")
+    (fake / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake))
+    monkeypatch.setattr(diff_module, "GIT_TIMEOUT", 0.5)
+    with pytest.raises(diff_module.GitError, match="was stopped"):
+        diff_module.run_git(tmp_path, ["rev-parse", "--show-toplevel"])
+
+
+def test_no_git_installed_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("launch.yaml").write_text(LAUNCH)
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    code, out, err = diff(capsys, "launch.yaml")
+    assert code == 2 and out == "" and err.startswith("imagebatch: git is not installed")
+
+
+def test_a_manifest_too_big_at_the_revision_is_not_read(repo, capsys, monkeypatch):
+    from pipeline.commands import diff as diff_module
+
+    monkeypatch.setattr(diff_module, "MAX_FILE_BYTES", 100)
+    monkeypatch.chdir(repo)
+    doc = diff_json(capsys, "manifests/launch.yaml", "--against", "HEAD")
+    m = doc["manifests"][0]
+    assert m["old"]["state"] == "invalid" and counts(doc)["added"] == 7
+    assert m["old"]["problems"] == [
+        f"HEAD:manifests/launch.yaml: is {len(LAUNCH)} bytes there; a manifest may be at most "
+        "100"]
+
+
+def test_a_folder_at_the_revision_is_not_a_manifest(repo, capsys, monkeypatch):
+    commit(repo, {"manifests/launch.yaml": None, "manifests/launch.yaml/inner.txt": "x"},
+           "a folder")
+    (repo / "manifests" / "launch.yaml" / "inner.txt").unlink()
+    (repo / "manifests" / "launch.yaml").rmdir()
+    (repo / "manifests" / "launch.yaml").write_text(LAUNCH)
+    monkeypatch.chdir(repo)
+    doc = diff_json(capsys, "manifests/launch.yaml", "--against", "HEAD")
+    assert doc["manifests"][0]["old"]["problems"] == [
+        "HEAD:manifests/launch.yaml: is a folder there, not a file"]

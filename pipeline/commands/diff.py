@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -78,6 +79,16 @@ def run_git(cwd: Path, args: Sequence[str], *, limit: int = MAX_GIT_OUTPUT
         assert proc.stdout is not None
         chunks: list[bytes] = []
         total = 0
+        # a git that hangs (a lock, a stalled network filesystem) is stopped: reading its
+        # output would otherwise wait for ever
+        killed = threading.Event()
+
+        def stop() -> None:
+            killed.set()
+            proc.kill()
+
+        timer = threading.Timer(GIT_TIMEOUT, stop)
+        timer.start()
         try:
             while total <= limit:
                 chunk = proc.stdout.read(min(1 << 16, limit + 1 - total))
@@ -93,12 +104,15 @@ def run_git(cwd: Path, args: Sequence[str], *, limit: int = MAX_GIT_OUTPUT
             proc.kill()
             raise GitError(f"git {args[0]} took more than {GIT_TIMEOUT:g} s") from None
         finally:
+            timer.cancel()
             proc.stdout.close()
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
         err.seek(0)
         first = err.read(4096).decode("utf-8", "replace").strip().splitlines()
+    if killed.is_set():
+        raise GitError(f"git {args[0]} took more than {GIT_TIMEOUT:g} s and was stopped")
     return code, b"".join(chunks), printable(first[0]) if first else ""
 
 
@@ -281,7 +295,11 @@ def diff_command(
                 against_doc = {"kind": "revision", "revision": against, "commit": commit,
                                "merge_base": against is None, "text": shown}
             repo, commit, name = repos[repo.top]
-            rel = (folder.relative_to(repo.top) / rest).as_posix()
+            try:
+                rel = (folder.relative_to(repo.top) / rest).as_posix()
+            except ValueError:  # git names another top than the folder's real path
+                raise GitError(f"{printable(m)}: cannot tell its path inside "
+                               f"{printable(str(repo.top))}") from None
             olds[m] = _old_plan(read_at(repo, commit, rel), f"{name}:{rel}", model, max_jobs)
 
     results = []
