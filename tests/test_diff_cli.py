@@ -569,3 +569,16 @@ def test_a_folder_at_the_revision_is_not_a_manifest(repo, capsys, monkeypatch):
     doc = diff_json(capsys, "manifests/launch.yaml", "--against", "HEAD")
     assert doc["manifests"][0]["old"]["problems"] == [
         "HEAD:manifests/launch.yaml: is a folder there, not a file"]
+
+
+def test_the_init_workflow_runs_the_same_steps_as_the_repositorys():
+    mine = yaml.safe_load(scaffold.diff_workflow_text("imagebatch==0.1.0"))
+    ours = yaml.safe_load(WORKFLOW.read_text())
+    for job in ("diff", "comment"):
+        for a, b in zip(mine["jobs"][job]["steps"], ours["jobs"][job]["steps"], strict=True):
+            if a.get("name") == "Install imagebatch":
+                assert a["run"] == 'python -m pip install "$IMAGEBATCH_REQUIREMENT"'
+                continue
+            if "setup-python" in a.get("uses", ""):
+                continue
+            assert a == b  # the step tested above is the step init writes

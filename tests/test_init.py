@@ -572,3 +572,14 @@ def test_the_wheel_works_in_a_fresh_venv_outside_the_repository(tmp_path):
     assert _files(repo) == written
     _check_workflow(repo / scaffold.WORKFLOW)
     _check_workflow(repo / scaffold.DIFF_WORKFLOW)
+
+    # `imagebatch diff` in the user's own repository, from a subfolder, on main or master
+    who = ["-c", "user.name=Test", "-c", "user.email=test@example.com"]
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", *who, "commit", "-q", "-m", "init"], repo, env)
+    manifest = repo / scaffold.MANIFEST
+    manifest.write_text(manifest.read_text().replace("seeds: [1, 2]", "seeds: [1, 2, 3]", 1))
+    shown = _run(["imagebatch", "diff", "example.yaml", "--price", "0.05"], repo / "manifests",
+                 env)
+    assert "example.yaml (example): 9 -> " in shown.stdout and " added, 0 removed" in shown.stdout
+    assert "a run would send" in shown.stdout and shown.stderr == ""
