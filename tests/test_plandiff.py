@@ -262,7 +262,9 @@ def test_markdown_renders_a_table_per_manifest_and_the_prompts_old_and_new():
     assert cells == ["<code>manifests/launch.yaml</code>", "7 → 9", "2", "0", "1", "0", "6",
                      "3", "$0.24", "1"]
     rows = re.findall(r"<tr>\s*<td>(.*?)</td>", tables[1])
-    assert rows == ["added", "added", "changed"]
+    assert rows == ["added", "changed"]  # a row per manifest entry and kind of change
+    assert "<td><code>fox</code></td>\n<td>4</td>\n<td style=\"text-align:right\">2</td>" in \
+        tables[1]
     # every row of the manifest's table has its five cells: the | in the prompt split none
     assert all(len(re.findall(r"<td", row)) == 5
                for row in re.findall(r"<tr>.*?</tr>", tables[1], re.DOTALL)[1:])
@@ -318,13 +320,16 @@ def test_markdown_too_long_for_a_comment_keeps_the_counts():
 
 
 def test_large_diffs_are_cut_to_a_bounded_table():
-    old = BASE.replace("seeds: [5]", "seeds: [5]\n  - id: many\n    prompt: \"p {n}\"\n"
-                                     "    matrix:\n      n: [" + ", ".join(
-                                         f"v{i}" for i in range(60)) + "]\n    seeds: [1]")
-    new = old.replace('prompt: "p {n}"', 'prompt: "q {n}"')
+    entries = "".join(f'  - id: job{i}\n    prompt: "p {i}"\n    seeds: [1]\n' for i in range(45))
+    old = BASE + entries
+    new = old.replace('prompt: "p ', 'prompt: "q ')
     md = diffreport.markdown(_report(old, new))
-    assert "more rows" in md and "more changes" in md
+    assert "| … | 5 more rows |" in md and "… and 33 more changes" in md
     assert md.count("\n| changed |") == diffreport.MAX_ROWS
+    # a sweep is one row, however many variants and seeds it has
+    sweep = BASE.replace("[ink, clay]", "[" + ", ".join(f"s{i}" for i in range(30)) + "]")
+    md = diffreport.markdown(_report(sweep, sweep.replace("in the snow", "in the rain")))
+    assert md.count("\n| changed |") == 1 and "| 1, 2, 3 | 90 |" in md
 
 
 def test_json_lists_every_job_and_the_cost():

@@ -217,13 +217,15 @@ def _md_cost(price: Price | None, n: int) -> str:
 
 
 def _rows(m: ManifestDiff) -> list[tuple[str, str, list[Job], str]]:
-    """(change, variant, jobs, details) rows: jobs of one variant with one kind of change."""
+    """(change, job id, jobs, details) rows: the jobs of one manifest entry with one kind of
+    change (for a changed job: the same fields changed), so a sweep is a row, not a row per
+    variant; the exact old and new values are in the blocks below the table."""
     d = m.diff
     rows: dict[tuple[str, str, str], list[Job]] = {}
     details: dict[tuple[str, str, str], str] = {}
 
     def add(kind: str, job: Job, detail: str, sig: str = "") -> None:
-        k = (kind, job.variant, sig)
+        k = (kind, job.id, sig)
         rows.setdefault(k, []).append(job)
         details.setdefault(k, detail)
 
@@ -231,19 +233,17 @@ def _rows(m: ManifestDiff) -> list[tuple[str, str, list[Job], str]]:
         add("added", j, _code(j.path))
     for j in d.removed:
         add("removed", j, _code(j.path))
-    for group in change_groups(d.changed):
-        names = ", ".join(f.field for f in group.fields) or "seed"
-        sig = json.dumps([[f.field, f.old, f.new] for f in group.fields], ensure_ascii=False)
-        for c in group.jobs:
-            add("changed", c.new, f"{names}: {_code(c.path)}", sig)
+    for c in d.changed:
+        names = ", ".join(f.field for f in c.fields)
+        add("changed", c.new, f"{names}: {_code(c.path)}", names)
     for mv in d.moved:
         add("moved", mv.new, f"{_code(mv.old.path)} → {_code(mv.new.path)}")
-    return [(kind, variant, jobs, details[(kind, variant, sig)])
-            for (kind, variant, sig), jobs in rows.items()]
+    return [(kind, job_id, jobs, details[(kind, job_id, sig)])
+            for (kind, job_id, sig), jobs in rows.items()]
 
 
 def _seeds(jobs: list[Job]) -> str:
-    seeds = [str(j.seed) for j in jobs]
+    seeds = list(dict.fromkeys(str(j.seed) for j in jobs))  # each once, in plan order
     return ", ".join(seeds) if len(seeds) <= 8 else ", ".join(seeds[:8]) + f", … ({len(seeds)})"
 
 
@@ -261,11 +261,11 @@ def _md_section(m: ManifestDiff, price: Price | None) -> list[str]:
         lines += _md_block(m.problems)
     rows = _rows(m)
     if rows:
-        lines += ["", "| change | job | seeds | images | details |",
+        lines += ["", "| change | job | seeds | images | for example |",
                   "| --- | --- | --- | ---: | --- |"]
-        for kind, variant, jobs, detail in rows[:MAX_ROWS]:
+        for kind, job_id, jobs, detail in rows[:MAX_ROWS]:
             more = f" (+{len(jobs) - 1} more)" if len(jobs) > 1 else ""
-            lines.append(f"| {kind} | {_code(variant)} | {_seeds(jobs)} | {len(jobs)} | "
+            lines.append(f"| {kind} | {_code(job_id)} | {_seeds(jobs)} | {len(jobs)} | "
                          f"{detail}{more} |")
         if len(rows) > MAX_ROWS:
             lines.append(f"| … | {len(rows) - MAX_ROWS} more rows | | | `imagebatch diff` "
