@@ -498,10 +498,13 @@ def test_the_workflow_step_writes_the_diff_of_the_changed_manifests(tmp_path):
 
 def test_the_workflow_step_reports_a_broken_manifest_and_fails(tmp_path):
     root, base = _pull_request(tmp_path)
-    commit(root, {"manifests/launch.yaml": "version: 1\njobs: 3\n"}, "break it")
+    commit(root, {"manifests/launch.yaml": "version: 1\njobs: 3\nx````y: 1\n"}, "break it")
     code, md = _run_step(root, base, tmp_path)
     assert code == 2
     assert "`imagebatch diff` failed:" in md and "manifests/launch.yaml:2:7: jobs:" in md
+    # the message quotes the key, but cannot close the fence around it
+    assert "unknown key \"x''''y\"" in md or "unknown key 'x''''y'" in md, md
+    assert md.count("````") == 2
 
 
 def test_the_workflow_step_with_no_manifest_changed(tmp_path):
