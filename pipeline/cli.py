@@ -58,6 +58,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "review": ("imagebatch review manifests/example.yaml",),
     "pick": ("imagebatch pick manifests/example.yaml fox/watercolor/1.png --rating 5",),
     "export": ("imagebatch export manifests/example.yaml",),
+    "diff": ("imagebatch diff manifests/example.yaml            against the merge base with main",
+             "imagebatch diff manifests/*.yaml --against v1.2 --price 0.08",
+             "imagebatch diff manifests/example.yaml --against old.yaml --markdown"),
 }
 
 
@@ -222,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the manifest's JSON Schema")
 
+    _add_diff_parser(sub)
+
     _add_run_parsers(sub)
     _add_pick_parser(sub)
     _add_review_parser(sub)
@@ -236,6 +241,29 @@ def build_parser() -> argparse.ArgumentParser:
             command.epilog = (f"example{'s' if len(examples) > 1 else ''}:\n  "
                               + "\n  ".join(examples))
     return parser
+
+
+def _add_diff_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """diff."""
+    p = sub.add_parser("diff", help="what a manifest change does to the plan (added, removed, "
+                                    "changed jobs, cost, stale picks); send nothing")
+    p.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    p.add_argument("--against", metavar="REV|FILE",
+                   help="a git revision (branch, tag, commit) or another manifest file "
+                        "(default: the merge base of HEAD with origin/HEAD, else main, else "
+                        "master)")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="the diff as JSON")
+    form.add_argument("--markdown", action="store_true",
+                      help="the diff as Markdown, for a pull request or a CI step summary")
+    p.add_argument("--price", metavar="AMOUNT",
+                   help="the price of one image (e.g. 0.08), for the cost (default "
+                        "$IMAGEBATCH_PRICE; without either the cost is unknown)")
+    _add_out(p)
+    p.add_argument("--local", action="store_true",
+                   help="judge what is done against the embedded server, as `status --local`")
+    _add_max_jobs(p)
+    _add_env_prefix(p, pool=True)
 
 
 def _rating(text: str) -> int:
@@ -633,6 +661,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
                           max_jobs=args.max_jobs)
 
 
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from pipeline.commands.diff import diff_command
+
+    return diff_command(args.manifests, against=args.against, as_json=args.json,
+                        as_markdown=args.markdown, price=args.price, out_dir=Path(args.out),
+                        local=args.local, env_prefixes=_prefixes(args), max_jobs=args.max_jobs)
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     from pipeline.commands.status import show_command
 
@@ -653,6 +689,7 @@ COMMANDS = {
     "pick": _cmd_pick,
     "serve": _cmd_serve,
     "review": _cmd_review,
+    "diff": _cmd_diff,
 }
 
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SCHEMA_FILE = ROOT / "imagebatch.schema.json"
 WRITTEN = [scaffold.MANIFEST, scaffold.SCHEMA, scaffold.MAKEFILE, scaffold.WORKFLOW,
-           scaffold.GITIGNORE]
+           scaffold.DIFF_WORKFLOW, scaffold.GITIGNORE]
 
 
 def _files(root: Path) -> dict[str, tuple[str, int]]:
@@ -353,6 +353,14 @@ def test_the_workflow_is_valid_and_clean_under_zizmor(tmp_path, capsys, requirem
                 if step.get("name") == "Install imagebatch"]
     assert installs == ['python -m pip install "$IMAGEBATCH_REQUIREMENT"'] * 2
     _check_workflow(path)
+    # the pull-request workflow installs the same imagebatch, and is as clean
+    diff_path = tmp_path / scaffold.DIFF_WORKFLOW
+    diff_doc = yaml.safe_load(diff_path.read_text())
+    assert diff_doc["env"]["IMAGEBATCH_REQUIREMENT"] == spec
+    assert [step["run"] for job in diff_doc["jobs"].values() for step in job["steps"]
+            if step.get("name") == "Install imagebatch"] == [
+        'python -m pip install "$IMAGEBATCH_REQUIREMENT"']
+    _check_workflow(diff_path)
 
 
 def test_the_workflow_template_keeps_the_repositorys_pinned_actions():
@@ -362,6 +370,10 @@ def test_the_workflow_template_keeps_the_repositorys_pinned_actions():
     mine = uses(scaffold.workflow_text("imagebatch==0"))
     assert mine and mine == uses((ROOT / ".github" / "workflows" / "imagebatch.yml").read_text())
     assert all(len(u.split("@")[1].split()[0]) == 40 for u in mine)
+    diff = uses(scaffold.diff_workflow_text("imagebatch==0"))
+    assert diff and diff == uses((ROOT / ".github" / "workflows" / "imagebatch-diff.yml")
+                                 .read_text())
+    assert all(len(u.split("@")[1].split()[0]) == 40 for u in diff)
 
 
 # --- the front door -----------------------------------------------------------------------
@@ -559,3 +571,15 @@ def test_the_wheel_works_in_a_fresh_venv_outside_the_repository(tmp_path):
     assert "Everything is in place; nothing was written." in again.stdout
     assert _files(repo) == written
     _check_workflow(repo / scaffold.WORKFLOW)
+    _check_workflow(repo / scaffold.DIFF_WORKFLOW)
+
+    # `imagebatch diff` in the user's own repository, from a subfolder, on main or master
+    who = ["-c", "user.name=Test", "-c", "user.email=test@example.com"]
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", *who, "commit", "-q", "-m", "init"], repo, env)
+    manifest = repo / scaffold.MANIFEST
+    manifest.write_text(manifest.read_text().replace("seeds: [1, 2]", "seeds: [1, 2, 3]", 1))
+    shown = _run(["imagebatch", "diff", "example.yaml", "--price", "0.05"], repo / "manifests",
+                 env)
+    assert "example.yaml (example): 9 -> " in shown.stdout and " added, 0 removed" in shown.stdout
+    assert "a run would send" in shown.stdout and shown.stderr == ""

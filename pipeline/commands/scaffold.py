@@ -32,6 +32,7 @@ SCHEMA = "imagebatch.schema.json"
 MAKEFILE = "Makefile"
 MAKE_INCLUDE = "imagebatch.mk"
 WORKFLOW = ".github/workflows/imagebatch.yml"
+DIFF_WORKFLOW = ".github/workflows/imagebatch-diff.yml"  # the plan diff of a pull request
 GITIGNORE = ".gitignore"
 PICKS = "manifests/example.picks.json"  # where the example's picks file goes (beside it)
 
@@ -108,6 +109,12 @@ def workflow_text(requirement: str) -> str:
                                                                       ensure_ascii=False))
 
 
+def diff_workflow_text(requirement: str) -> str:
+    """The pull-request workflow (`imagebatch diff --markdown`), installing `requirement`."""
+    return _template("diff-workflow.yml").replace(_PLACEHOLDER, json.dumps(
+        requirement, ensure_ascii=False))
+
+
 def gitignore_text(current: str | None) -> str:
     """`.gitignore` as init leaves it: `current` with an outputs/ rule added if it has none."""
     if current is None:
@@ -127,6 +134,7 @@ def templates(requirement: str | None = None) -> dict[str, str]:
         MAKEFILE: makefile_text(),
         MAKE_INCLUDE: include_text(),
         WORKFLOW: workflow_text(requirement or default_requirement()),
+        DIFF_WORKFLOW: diff_workflow_text(requirement or default_requirement()),
         GITIGNORE: GITIGNORE_BLOCK,
     }
 
@@ -186,6 +194,7 @@ def survey(root: Path, requirement: str) -> tuple[list[Item], str | None]:
         (SCHEMA, schema_text(), ""),
         (*make, ""),
         (WORKFLOW, workflow_text(requirement), f"installs {requirement}"),
+        (DIFF_WORKFLOW, diff_workflow_text(requirement), "the plan diff of pull requests"),
     ]
     items = []
     for rel, text, note in wanted:
@@ -314,7 +323,8 @@ def _write_all(root: Path, directory: str, items: list[Item], own_make: str | No
         _say(out, f"Next: {where}make assets{after}",
              "  makes the images of every manifest in manifests/ into outputs/, offline on the",
              f"  embedded server until DIFFUSION_URL is set. {WORKFLOW}",
-             "  names the repository secrets the nightly run needs.")
+             "  names the repository secrets the nightly run needs;",
+             f"  {DIFF_WORKFLOW} puts `imagebatch diff` on pull requests.")
     return 0
 
 

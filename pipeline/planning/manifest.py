@@ -451,7 +451,12 @@ def _read(path: str) -> str:
         raise UsageError(f"{path}: cannot read the file (permission denied)") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the file ({exc.strerror})") from None
-    text, problem = text_problem(data, path, MAX_FILE_BYTES, "a manifest")
+    return _decode(data, path)
+
+
+def _decode(data: bytes, source: str) -> str:
+    """A manifest's bytes as text, or a located ManifestError (too big, not UTF-8)."""
+    text, problem = text_problem(data, source, MAX_FILE_BYTES, "a manifest")
     if problem is not None:
         raise ManifestError([problem])
     return text
@@ -1183,7 +1188,11 @@ class _Any(set):  # type: ignore[type-arg]
 def load_manifest(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
                   default_model: str = apispec.DEFAULT_MODEL) -> Manifest:
     """Read and validate a manifest file; ManifestError lists every problem in it."""
-    text = _read(path)
+    return _validate(_read(path), path, max_jobs, default_model)
+
+
+def _validate(text: str, path: str, max_jobs: int, default_model: str) -> Manifest:
+    """A manifest's text, named `path` in every problem, validated into a Manifest."""
     root, aliases = _compose(text, path)
     loader = _Loader(path, default_model, max_jobs)
     try:
@@ -1201,6 +1210,22 @@ def load_plan(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
               shard: tuple[int, int] | None = None) -> Plan:
     """Load, validate and expand a manifest: the Plan `run` and `plan` share."""
     manifest = load_manifest(path, max_jobs=max_jobs, default_model=default_model)
+    return _plan_of(manifest, shard)
+
+
+def load_plan_bytes(data: bytes, source: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
+                    default_model: str = apispec.DEFAULT_MODEL) -> Plan:
+    """The Plan of a manifest given as bytes (a file at a git revision), checked exactly as
+    `load_plan` checks a file; every problem is located in `source` (e.g. `main:m.yaml`)."""
+    if len(data) > MAX_FILE_BYTES:  # said like a file on disk that is too big
+        raise ManifestError([Problem(source, 1, 1, "", f"is {len(data):,} bytes; a manifest "
+                                                       f"may be at most {MAX_FILE_BYTES:,}")])
+    manifest = _validate(_decode(data, source), source, max_jobs, default_model)
+    return _plan_of(manifest, None)
+
+
+def _plan_of(manifest: Manifest, shard: tuple[int, int] | None) -> Plan:
+    """A validated manifest expanded (and its exports checked), then cut to `shard`."""
     if not manifest.exports:
         return expand(manifest, shard=shard)
     from pipeline.planning import exportplan

@@ -1,0 +1,352 @@
+"""`imagebatch diff`: what a manifest change does to its plan, against a git revision or a
+file; sends nothing, writes nothing.
+
+The manifest as it is on disk is compared with the same path at a revision (by default the
+merge base of HEAD with the default branch) read through `git` (a subprocess with no shell,
+its output bounded), or with another manifest file. The pure comparison is
+`pipeline.planning.plandiff`; the renderings are `pipeline.commands.diffreport`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, TextIO
+
+from pipeline.commands import diffreport
+from pipeline.commands.diffreport import FROM_CHANGE, FROM_OUTPUTS, DiffReport, ManifestDiff
+from pipeline.errors import ImagebatchError, ManifestError, UsageError, printable
+from pipeline.planning import config, costs
+from pipeline.planning.manifest import (
+    DEFAULT_MAX_JOBS,
+    MAX_FILE_BYTES,
+    load_plan,
+    load_plan_bytes,
+    load_plans,
+)
+from pipeline.planning.plan import Plan
+from pipeline.planning.plandiff import Decision, diff_plans
+from pipeline.running.options import DEFAULT_OUT
+from pipeline.storage import picks
+from pipeline.storage.store import DONE, job_states
+
+GIT_TIMEOUT = 60.0  # seconds for one git command: they read a few objects, nothing more
+MAX_GIT_OUTPUT = 64 * 1024  # of a git command's answer other than a file's contents
+#: Where the default revision is looked for, in order: the remote's default branch, then
+#: main and master (local, then origin's).
+DEFAULT_BRANCHES = ("refs/heads/main", "refs/remotes/origin/main", "refs/heads/master",
+                    "refs/remotes/origin/master")
+
+
+class GitError(UsageError):
+    """git is missing, or cannot answer about this repository or revision (exit 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Repo:
+    """A git work tree: its top folder, resolved."""
+
+    top: Path
+
+    def git(self, *args: str, limit: int = MAX_GIT_OUTPUT) -> tuple[int, bytes, str]:
+        """(exit status, stdout, stderr's first line) of `git args` in the top folder."""
+        return run_git(self.top, args, limit=limit)
+
+
+def run_git(cwd: Path, args: Sequence[str], *, limit: int = MAX_GIT_OUTPUT
+            ) -> tuple[int, bytes, str]:
+    """Run git with no shell, no prompt and no pager; stdout is read up to `limit` bytes
+    (past it the process is stopped and GitError raised), stderr kept to its first line."""
+    git = shutil.which("git")
+    if git is None:
+        raise GitError("git is not installed; `imagebatch diff` reads old revisions through "
+                       "git (or give --against FILE)")
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0",
+           "GIT_LITERAL_PATHSPECS": "1", "GIT_PAGER": "cat", "LC_ALL": "C"}
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen([git, *args], cwd=cwd, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=err, env=env)
+        except OSError as exc:
+            raise GitError(f"cannot run git: {exc.strerror or exc}") from None
+        assert proc.stdout is not None
+        chunks: list[bytes] = []
+        total = 0
+        # a git that hangs (a lock, a stalled network filesystem) is stopped: reading its
+        # output would otherwise wait for ever
+        killed = threading.Event()
+
+        def stop() -> None:
+            killed.set()
+            proc.kill()
+
+        timer = threading.Timer(GIT_TIMEOUT, stop)
+        timer.start()
+        try:
+            while total <= limit:
+                chunk = proc.stdout.read(min(1 << 16, limit + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+            if total > limit:
+                proc.kill()
+                raise GitError(f"git {args[0]} answered more than {limit:,} bytes")
+            code = proc.wait(timeout=GIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise GitError(f"git {args[0]} took more than {GIT_TIMEOUT:g} s") from None
+        finally:
+            timer.cancel()
+            proc.stdout.close()
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        err.seek(0)
+        first = err.read(4096).decode("utf-8", "replace").strip().splitlines()
+    if killed.is_set():
+        raise GitError(f"git {args[0]} took more than {GIT_TIMEOUT:g} s and was stopped")
+    return code, b"".join(chunks), printable(first[0]) if first else ""
+
+
+def find_repo(folder: Path) -> Repo:
+    """The git work tree `folder` is in; GitError (exit 2) when it is in none."""
+    code, out, err = run_git(folder, ["rev-parse", "--show-toplevel"])
+    if code != 0:
+        why = f" ({err})" if err and "not a git repository" not in err else ""
+        raise GitError(f"{printable(str(folder))} is not in a git repository{why}; "
+                       "`imagebatch diff --against FILE` compares with another manifest file")
+    return Repo(Path(os.fsdecode(out.rstrip(b"\n"))).resolve())
+
+
+def resolve(repo: Repo, rev: str) -> str:
+    """The commit `rev` names (a full hash); GitError (exit 2) when it names none."""
+    if not rev or rev.startswith("-") or any(ord(c) < 32 for c in rev):
+        raise GitError(f"--against {printable(rev)!r}: not a revision (nor a file)")
+    code, out, _err = repo.git("rev-parse", "--verify", "--quiet", "--end-of-options",
+                               f"{rev}^{{commit}}")
+    if code != 0:
+        raise GitError(f"--against {printable(rev)!r}: no such revision in "
+                       f"{printable(str(repo.top))} (nor a file); fetch it first "
+                       "(`git fetch origin BRANCH`), or name a branch, tag or commit")
+    return out.decode().strip()
+
+
+def default_base(repo: Repo) -> tuple[str, str]:
+    """(how to say it, the commit) of the default comparison: the merge base of HEAD with the
+    default branch (origin/HEAD when set, else main, else master)."""
+    code, head, _ = repo.git("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    if code != 0:
+        raise GitError(f"{printable(str(repo.top))} has no commit yet; commit first, or give "
+                       "--against REV or --against FILE")
+    candidates = []
+    code, ref, _ = repo.git("symbolic-ref", "--quiet", "refs/remotes/origin/HEAD")
+    if code == 0 and ref.strip():
+        candidates.append(ref.decode().strip())
+    candidates += DEFAULT_BRANCHES
+    for ref_name in candidates:
+        code, _, _ = repo.git("rev-parse", "--verify", "--quiet", f"{ref_name}^{{commit}}")
+        if code != 0:
+            continue
+        short = ref_name.removeprefix("refs/heads/").removeprefix("refs/remotes/")
+        code, base, _ = repo.git("merge-base", "HEAD", ref_name)
+        if code != 0:
+            raise GitError(f"HEAD and {short} have no common history in "
+                           f"{printable(str(repo.top))}; give --against REV")
+        sha = base.decode().strip()
+        return f"{short} (merge base {sha[:12]})", sha
+    raise GitError(f"{printable(str(repo.top))} has no default branch to compare with (no "
+                   "origin/HEAD, main or master); give --against REV (a branch, tag or "
+                   "commit) or --against FILE")
+
+
+def read_at(repo: Repo, commit: str, rel: str) -> bytes | str | None:
+    """The bytes of `rel` (a path from the top, with /) at `commit`; None when it is not
+    there; a str saying why when it is there but is not a file (a folder, a link)."""
+    code, out, err = repo.git("ls-tree", "-z", "--full-tree", commit, "--", rel)
+    if code != 0:
+        raise GitError(f"git ls-tree failed at {commit[:12]}: {err or code}")
+    entry = out.split(b"\0", 1)[0]
+    if not entry:
+        return None
+    meta, _tab, _name = entry.partition(b"\t")
+    mode, kind, obj = meta.decode().split(" ")[:3]
+    if kind != "blob":
+        return "is a folder there, not a file" if kind == "tree" else f"is a {kind} there"
+    if mode == "120000":
+        return "is a symbolic link there (not followed)"
+    code, size, _ = repo.git("cat-file", "-s", obj)
+    if code == 0 and int(size.strip() or 0) > MAX_FILE_BYTES:
+        return f"is {int(size.strip()):,} bytes there; a manifest may be at most {MAX_FILE_BYTES:,}"
+    code, data, err = repo.git("cat-file", "blob", obj, limit=MAX_FILE_BYTES)
+    if code != 0:
+        raise GitError(f"git cat-file failed at {commit[:12]}: {err or code}")
+    return data
+
+
+def _repo_path(manifest: str) -> tuple[Path, PurePosixPath]:
+    """(an existing folder the manifest is in or under, the rest of its path from there)."""
+    path = Path(manifest).absolute()
+    folder, rest = path.parent, [path.name]
+    while not folder.is_dir() and folder != folder.parent:
+        rest.insert(0, folder.name)
+        folder = folder.parent
+    return folder.resolve(), PurePosixPath(*rest)
+
+
+@dataclass(frozen=True, slots=True)
+class _Old:
+    """The old side of one manifest: where it was read, what was there."""
+
+    source: str
+    state: str  # ok | missing | invalid
+    plan: Plan | None
+    problems: tuple[str, ...] = ()
+
+
+def _old_plan(data: bytes | str | None, source: str, model: str, max_jobs: int) -> _Old:
+    if data is None:
+        return _Old(source, "missing", None)
+    if isinstance(data, str):
+        return _Old(source, "invalid", None, (f"{source}: {data}",))
+    try:
+        return _Old(source, "ok", load_plan_bytes(data, source, max_jobs=max_jobs,
+                                                  default_model=model))
+    except ManifestError as exc:
+        return _Old(source, "invalid", None,
+                    tuple([*exc.unreadable, *(str(p) for p in exc.problems)]))
+
+
+def _old_file(path: str, model: str, max_jobs: int) -> _Old:
+    try:
+        return _Old(path, "ok", load_plan(path, max_jobs=max_jobs, default_model=model))
+    except ManifestError as exc:
+        return _Old(path, "invalid", None,
+                    tuple([*exc.unreadable, *(str(p) for p in exc.problems)]))
+
+
+def _decisions(manifest: str) -> tuple[Mapping[str, Decision], str | None, str | None]:
+    """(the picks file's entries, its path when it exists, a note when it cannot be read).
+
+    The picks file read is the one beside the manifest now (the working tree): it is the
+    one the new plan will be judged against once the change is merged."""
+    at = picks.picks_path(manifest)
+    if not at.exists():
+        return {}, None, None
+    try:
+        return picks.load_picks(at).entries, str(at), None
+    except ImagebatchError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return {}, str(at), (f"the picks file {at} cannot be read, so no stale pick is "
+                             f"named: {first}")
+
+
+def diff_command(
+    manifests: Sequence[str], *, against: str | None = None, as_json: bool = False,
+    as_markdown: bool = False, price: str | None = None, out_dir: Path = DEFAULT_OUT,
+    local: bool = False, env_prefixes: Sequence[str] = (config.DEFAULT_PREFIX,),
+    max_jobs: int = DEFAULT_MAX_JOBS, env: Mapping[str, str] | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """`imagebatch diff`: each manifest's plan now against its plan at a revision or in a
+    file; what a run would send and cost; the picks that go stale. Sends nothing."""
+    env = os.environ if env is None else env
+    out = out or sys.stdout
+    per_image = costs.price_from(price, env)  # a bad price is refused before anything is read
+    prefix = config.check_prefix(config.split_prefixes(env_prefixes)[0][0])
+    model = config.default_model(env, prefix)
+    _backend, judged = config.judged_backends(env, env_prefixes, local)
+    against_file = against if against is not None and os.path.isfile(against) else None
+    if against_file is not None and len(manifests) > 1:
+        raise UsageError(f"--against {printable(against_file)}: a file is compared with one "
+                         f"manifest, not {len(manifests)}")
+    present = [m for m in manifests if os.path.exists(m)]
+    # the manifests as they are: checked as `run` checks them, every problem at once
+    plans = dict(zip(present, load_plans(present, env, prefix, max_jobs=max_jobs),
+                     strict=True)) if present else {}
+
+    olds: dict[str, _Old] = {}
+    against_doc: dict[str, Any]
+    if against_file is not None:
+        olds[manifests[0]] = _old_file(against_file, model, max_jobs)
+        label, against_doc = against_file, {"kind": "file", "path": against_file}
+    else:
+        repos: dict[Path, tuple[Repo, str, str]] = {}
+        label, against_doc = "", {}
+        for m in manifests:
+            folder, rest = _repo_path(m)
+            repo = find_repo(folder)
+            if repo.top not in repos:
+                if against is not None:
+                    commit = resolve(repo, against)
+                    shown, name = against, against
+                else:
+                    shown, commit = default_base(repo)
+                    name = commit[:12]
+                repos[repo.top] = (repo, commit, name)
+                label = shown if not label else f"{label}; {shown}"
+                against_doc = {"kind": "revision", "revision": against, "commit": commit,
+                               "merge_base": against is None, "text": shown}
+            repo, commit, name = repos[repo.top]
+            try:
+                rel = (folder.relative_to(repo.top) / rest).as_posix()
+            except ValueError:  # git names another top than the folder's real path
+                raise GitError(f"{printable(m)}: cannot tell its path inside "
+                               f"{printable(str(repo.top))}") from None
+            olds[m] = _old_plan(read_at(repo, commit, rel), f"{name}:{rel}", model, max_jobs)
+
+    results = []
+    for m in manifests:
+        old = olds[m]
+        new = plans.get(m)
+        if new is None and old.state != "ok":
+            raise UsageError(f"{printable(m)}: no such manifest file, now or in "
+                             f"{printable(old.source)}")
+        entries, picks_file, picks_note = _decisions(m)
+        d = diff_plans(old.plan, new, entries)
+        name = (new or old.plan).name  # type: ignore[union-attr]
+        root = Path(out_dir) / name
+        notes = [picks_note] if picks_note else []
+        if new is None:
+            to_send, basis = 0, FROM_CHANGE
+        elif root.is_dir():
+            # the one definition of done, against the backends `run` would use
+            states = job_states(new.jobs, root, judged)
+            to_send, basis = sum(1 for s in states if s.state != DONE), FROM_OUTPUTS
+        else:
+            to_send, basis = len(d.regenerated), FROM_CHANGE
+        if old.state == "invalid":
+            notes.append(f"{old.source} has the problems above; its jobs cannot be compared, "
+                         "so every job of the plan now is shown as added")
+        results.append(ManifestDiff(
+            manifest=m, name=name, old_source=old.source, old_state=old.state,
+            new_state="ok" if new is not None else "missing", diff=d, to_send=to_send,
+            to_send_from=basis, outputs=str(root), picks_file=picks_file, notes=tuple(notes),
+            problems=old.problems))
+    report = DiffReport(against=label, against_doc=against_doc, price=per_image,
+                        manifests=tuple(results))
+    if as_json:
+        _write(diffreport.json_text(report), out)
+    elif as_markdown:
+        _write(diffreport.markdown(report), out)
+    else:
+        _write(diffreport.text(report), out)
+    return 0
+
+
+def _write(text: str, out: TextIO) -> None:
+    # UTF-8 whatever the locale: the Markdown goes into files CI reads as UTF-8
+    buffer = getattr(out, "buffer", None)
+    if buffer is not None:
+        out.flush()
+        buffer.write(text.encode("utf-8"))
+        buffer.flush()
+    else:
+        out.write(text)
