@@ -114,6 +114,8 @@ class Member:
         self.client = client
         self.pacer = pacer
         self.prefix = prefix  # the environment prefix naming its variables ("" for none)
+        # whose request shape it speaks: the job recorded is the one sent to it
+        self.provider: str = getattr(client, "provider", apispec.HEROKU)
         self.requests = 0  # HTTP requests sent to it
         self.images = 0  # images it delivered
         self.throttled = 0  # 429s it answered
@@ -362,7 +364,8 @@ class Runner:
         others = any(m.dropped is None for m in self.members if m is not member)
         if isinstance(exc, AuthError):
             self._drop(member, exc.message)
-        elif isinstance(exc, PermanentApiError) and exc.status == 403:
+        elif isinstance(exc, PermanentApiError) and exc.status == 403 \
+                and exc.kind != "moderation":  # Stability's 403 is about the prompt
             self._drop(member, f"the service refused its key (403: {exc.message}): check "
                                f"{member.key_variable}")
         elif isinstance(exc, UnreachableError):
@@ -456,19 +459,21 @@ class Runner:
             if isinstance(exc, RetryableApiError) and counter[0] > 1:
                 reason = f"{reason} (gave up after {counter[0]} attempts)"
             await asyncio.to_thread(
-                store.fail, job, reason, attempts=counter[0], seconds=self._clock() - started,
-                member=self._name(last),
+                store.fail, _sent(job, last), reason, attempts=counter[0],
+                seconds=self._clock() - started, member=self._name(last),
             )
             self._finish(store, Outcome(job, "failed", counter[0], reason))
             return
         data, created = image.data, image.created
+        # the seed the provider says it used (Stability's `seed` header), when it says one
+        extra = {"seed": image.seed} if image.seed is not None else {}
         del image  # hand the bytes to the store and keep nothing after
         # Once an image is in hand, a second Ctrl-C must not leave it written but unrecorded
         # (or recorded after the summary): the save runs shielded, and a cancelled job still
         # waits for it and counts it before giving up.
         save = asyncio.ensure_future(asyncio.to_thread(
-            store.save, job, data, attempts=counter[0], seconds=self._clock() - started,
-            created=created, member=self._name(last),
+            store.save, _sent(job, last), data, attempts=counter[0],
+            seconds=self._clock() - started, created=created, member=self._name(last), **extra,
         ))
         del data
         try:
@@ -493,3 +498,10 @@ class Runner:
             tally.failures.append(outcome)
         if self._on_change is not None:
             self._on_change(self.state)
+
+
+def _sent(job: Job, last: list[Member]) -> Job:
+    """The job as its last member was sent it (its provider's key and body): what is recorded."""
+    if not last or not job.variants:
+        return job
+    return job.for_provider(last[0].provider)
