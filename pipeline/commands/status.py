@@ -40,7 +40,8 @@ def status_command(
     env = os.environ if env is None else env
     out = out or sys.stdout
     backend, judged = config.judged_backends(env, env_prefixes, local)
-    prefix = config.split_prefixes(env_prefixes)[0][0]
+    # every prefix: a mixed pool's jobs are done under either provider's key
+    prefix = config.split_prefixes(env_prefixes)[0]
     (plan,) = load_plans([manifest], env, prefix, max_jobs=max_jobs, shard=shard)
     root = Path(out_dir) / plan.name
     picks_at = picks.picks_path(manifest, picks_file)
@@ -124,7 +125,7 @@ def sheet_command(
     env = os.environ if env is None else env
     out = out or sys.stdout
     _backend, judged = config.judged_backends(env, env_prefixes, local)
-    prefix = config.split_prefixes(env_prefixes)[0][0]
+    prefix = config.split_prefixes(env_prefixes)[0]  # every prefix, as for status
     (plan,) = load_plans([manifest], env, prefix, max_jobs=max_jobs, shard=None)
     root = Path(out_dir) / plan.name
     if not root.is_dir():

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus, urljoin, urlsplit, urlunsplit
 
 import aiohttp
+from multidict import CIMultiDict
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.errors import (
@@ -611,7 +612,9 @@ def _with_lockout(headers: Mapping[str, str], status: int) -> Mapping[str, str]:
     lockout its documentation promises (a request sooner would only extend it)."""
     if status != 429 or headers.get("Retry-After") is not None:
         return headers
-    return {**headers, "Retry-After": f"{apispec.STABILITY_LOCKOUT:g}"}
+    out = CIMultiDict(headers)  # header names stay case-insensitive, as the pacer reads them
+    out["Retry-After"] = f"{apispec.STABILITY_LOCKOUT:g}"
+    return out
 
 
 def _check_finish(reason: str | None) -> None:
