@@ -548,6 +548,7 @@ class _Loader:
         self.formats = tuple(f for f in apispec.ALL_OUTPUT_FORMATS
                              if all(f in apispec.PROVIDER_FORMATS[p] for p in providers))
         self.image_files: dict[str, str] = {}  # "sha256:..." -> the input image's file
+        self.default_keys: set[str] = set()  # the fields written under defaults:
         self.default_model = default_model
         self.max_jobs = max_jobs
         self.export_paths: list[tuple[str, str, Loc]] = []  # (template, field, loc) to check
@@ -847,11 +848,12 @@ class _Loader:
                         texts.extend((v, a.loc) for v in a.values)
             for text, loc in texts if not broken else ():
                 self._placeholders(text, loc, f"{path}.{name}", variables)
-        if "image" in fields and "strength" not in fields:
+        written = set(m) | self.default_keys  # a field written but invalid is reported once
+        if "image" in fields and "strength" not in written:
             c.add(m["image"][0] if "image" in m else node, f"{path}.image",
                   "an image-to-image job needs strength too (0..1: how far from the image "
                   "to go; 0 keeps it, 1 ignores it)")
-        elif "strength" in fields and "image" not in fields:
+        elif "strength" in fields and "image" not in written:
             c.add(m["strength"][0] if "strength" in m else node, f"{path}.strength",
                   "strength goes with an input image: set image too")
         if len(c.problems) > ok or job_id is None or seeds is None:
@@ -924,6 +926,7 @@ class _Loader:
         if "defaults" in top:
             dm = c.mapping(top["defaults"][1], "defaults", DEFAULT_FIELDS)
             if dm is not None:
+                self.default_keys = set(dm)
                 defaults, default_seeds, _ = self.fields(dm, "defaults", None)
         if "seeds" in top:
             if default_seeds is not None:
