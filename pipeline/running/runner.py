@@ -379,7 +379,8 @@ class Runner:
                 return
         elif (isinstance(exc, PermanentApiError) and exc.status == 404
               and member.images == 0):
-            self._drop(member, f"it answered 404 ({exc.message}) to POST {apispec.ENDPOINT}: "
+            self._drop(member, f"it answered 404 ({exc.message}) to POST "
+                               f"{apispec.endpoint(member.provider)}: "
                                f"check {member.url_variable} and the model id")
         elif exc.status == 429 and others:
             member.pacer.pause(exc.retry_after if isinstance(exc, RetryableApiError)
@@ -415,7 +416,8 @@ class Runner:
             # The endpoint itself is missing: every job would get the same 404. (Not an image
             # download's 404, which is retried: that file may just have expired.)
             raise ServiceConfigError(
-                f"the service answered 404 ({exc.message}) to POST {apispec.ENDPOINT}: check "
+                f"the service answered 404 ({exc.message}) to POST "
+                f"{apispec.endpoint(member.provider)}: check "
                 f"{member.url_variable} (the base URL of the inference service) and the "
                 f"model id", status=404) from None
 
