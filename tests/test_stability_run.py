@@ -502,6 +502,9 @@ def test_keys_never_show_in_a_stability_runs_output(tmp_path, capsys, monkeypatc
     code = asyncio.run(scenario())
     captured = capsys.readouterr()
     assert code == 1 and "invalid_request: the request was rejected" in captured.out
+    # a paid API implied by STABILITY_API_KEY is said, with the way to stay offline
+    assert re.search(r"note: STABILITY: sending to http://127\.0\.0\.1:\d+ with "
+                     r"STABILITY_API_KEY .*--local", captured.err)
     assert not leaks(SKEY, {"out": captured.out, "err": captured.err}, under=tmp_path)
     with contextlib.suppress(FileNotFoundError):
         assert SKEY not in (tmp_path / "out" / "g" / "results.jsonl").read_text()

@@ -179,6 +179,15 @@ def providers(env: Mapping[str, str], prefixes: Sequence[str]) -> tuple[str, ...
     return tuple(found)
 
 
+def _implied(conn: Connection) -> str:
+    """A note when a connection's service was implied by STABILITY_API_KEY alone (a paid
+    API, where the embedded server would otherwise have been used), else ""."""
+    if conn.url is None or conn.key_name != STABILITY_KEY_VARIABLE:
+        return ""
+    return (f"{conn.prefix}: sending to {conn.url} with {STABILITY_KEY_VARIABLE} "
+            f"(Stability AI's API); --local uses the embedded server")
+
+
 def split_prefixes(values: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
     """`--env-prefix` values, each one prefix or a comma-separated list, as prefixes in the
     order given with repeats left out; (prefixes, a note per repeat)."""
@@ -208,7 +217,8 @@ def pool(
     hash and never printed.
     """
     if local or len(prefixes) == 1:
-        return [connection(env, prefixes[0], local=local)], []
+        conn = connection(env, prefixes[0], local=local)
+        return [conn], [_implied(conn)] if _implied(conn) else []
     members: list[Connection] = []
     notes = []
     seen: dict[str, str] = {}  # SHA-256 of a key -> the prefix it came under first
@@ -228,6 +238,8 @@ def pool(
             continue
         seen[digest] = prefix
         members.append(conn)
+        if _implied(conn):
+            notes.append(_implied(conn))
     models = {prefix: default_model(env, prefix) for prefix in prefixes}
     if len(set(models.values())) > 1:
         named = ", ".join(f"{p}_MODEL_ID is {m!r}" for p, m in models.items())
