@@ -453,6 +453,12 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                    help="answer request number N with fault KIND, e.g. 2:500,5:reset")
     p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                    help="render processes (default: one per core)")
+    p.add_argument("--stability-limit", type=_positive_int, default=None, metavar="N",
+                   help="the Stability path's limit: N requests per 10 s, then a lockout "
+                        "(default: no limit; Stability's own is 150)")
+    p.add_argument("--stability-lockout", type=_nonneg_float, default=60.0, metavar="S",
+                   help="seconds every Stability request is refused once over the limit "
+                        "(default 60)")
 
 
 def _port(text: str) -> int:
@@ -484,13 +490,15 @@ def _fraction(text: str) -> float:
 
 def _faults(text: str) -> tuple[str, ...]:
     from pipeline.service.server import FAULT_KINDS
+    from pipeline.service.stability import STABILITY_FAULTS
 
+    known = (*FAULT_KINDS, *STABILITY_FAULTS)
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    unknown = [k for k in kinds if k not in known]
     if unknown or not kinds:
         raise argparse.ArgumentTypeError(
             f"unknown fault kind(s) {', '.join(unknown) or '(none)'}; "
-            f"choose from {','.join(FAULT_KINDS)}")
+            f"choose from {','.join(known)}")
     return kinds
 
 
@@ -539,7 +547,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         key=args.key, latency_ms=args.latency, rpm=args.rpm, window=args.window,
         retry_after=not args.no_retry_after, fail_rate=args.fail_rate,
         faults=args.faults or FAULT_KINDS, fault_seed=args.fault_seed, script=args.fault_at,
-        workers=args.workers,
+        workers=args.workers, stability_limit=args.stability_limit,
+        stability_lockout=args.stability_lockout,
     ), host=args.host, port=args.port)
     return 0
 

@@ -371,3 +371,33 @@ async def test_an_empty_output_folder(browser, tmp_path: Path) -> None:
         text = await tab.page.inner_text("main")
     assert "No images yet" in text and f"imagebatch run {outputs.manifest}" in text
     assert tab.errors == []
+
+
+async def test_more_like_this_shows_and_copies_a_variations_job_and_writes_nothing(
+        browser, outputs: Outputs) -> None:
+    job = outputs.plan.jobs[1]
+    before = sorted((p, p.stat().st_mtime_ns) for p in outputs.manifest.parent.rglob("*")
+                    if p.is_file())
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv, permissions=["clipboard-read", "clipboard-write"])
+        page = tab.page
+        await page.locator(f"figure[data-cell='{job.path}'] .pic").click()
+        await page.wait_for_selector("#viewer:not([hidden])")
+        assert await page.locator("#v-more").is_hidden()
+        await page.click("#v-more-open")
+        await page.wait_for_selector("#v-more:not([hidden])")
+        snippet = await page.inner_text("#v-snippet")
+        assert snippet.startswith(f"  # more like {job.path}")
+        assert f"image: outputs/{outputs.plan.name}/images/{job.path}" in snippet
+        assert "strength: 0.35" in snippet and "random: 4" in snippet
+        await page.wait_for_function(
+            "() => Array.from(document.querySelectorAll('.toast')).some("
+            "(t) => t.textContent.startsWith('Copied'))")
+        copied = await page.evaluate("() => navigator.clipboard.readText()")
+        assert copied == snippet
+        await page.keyboard.press("ArrowRight")  # another picture: its own snippet, when asked
+        assert await page.locator("#v-more").is_hidden()
+        assert tab.errors == []
+    after = sorted((p, p.stat().st_mtime_ns) for p in outputs.manifest.parent.rglob("*")
+                   if p.is_file())
+    assert after == before  # the manifest, the picks file, the outputs: nothing written

@@ -28,6 +28,7 @@ from urllib.parse import quote
 import jinja2
 from aiohttp import web
 
+from pipeline.assets.variations import variation_snippet
 from pipeline.errors import StoreError, UsageError
 from pipeline.pictures import imaging
 from pipeline.pictures.imaging import OK, Entry
@@ -164,6 +165,9 @@ class Review:
                 "request": job.request, "vars": dict(job.vars), "seed": job.seed,
                 "id": job.id, "label": job.label, "state": e.state, "reason": e.reason,
                 "params": params_text(job.request),
+                # "more like this": shown and copied by the page, never written anywhere
+                "variation": variation_snippet(job, self.root / "images" / job.path,
+                                               self.manifest) if e.state == OK else None,
             })
         return out
 

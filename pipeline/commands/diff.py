@@ -211,22 +211,24 @@ class _Old:
     problems: tuple[str, ...] = ()
 
 
-def _old_plan(data: bytes | str | None, source: str, model: str, max_jobs: int) -> _Old:
+def _old_plan(data: bytes | str | None, source: str, model: str, max_jobs: int,
+              providers: tuple[str, ...]) -> _Old:
     if data is None:
         return _Old(source, "missing", None)
     if isinstance(data, str):
         return _Old(source, "invalid", None, (f"{source}: {data}",))
     try:
         return _Old(source, "ok", load_plan_bytes(data, source, max_jobs=max_jobs,
-                                                  default_model=model))
+                                                  default_model=model, providers=providers))
     except ManifestError as exc:
         return _Old(source, "invalid", None,
                     tuple([*exc.unreadable, *(str(p) for p in exc.problems)]))
 
 
-def _old_file(path: str, model: str, max_jobs: int) -> _Old:
+def _old_file(path: str, model: str, max_jobs: int, providers: tuple[str, ...]) -> _Old:
     try:
-        return _Old(path, "ok", load_plan(path, max_jobs=max_jobs, default_model=model))
+        return _Old(path, "ok", load_plan(path, max_jobs=max_jobs, default_model=model,
+                                          providers=providers))
     except ManifestError as exc:
         return _Old(path, "invalid", None,
                     tuple([*exc.unreadable, *(str(p) for p in exc.problems)]))
@@ -260,8 +262,10 @@ def diff_command(
     env = os.environ if env is None else env
     out = out or sys.stdout
     per_image = costs.price_from(price, env)  # a bad price is refused before anything is read
-    prefix = config.check_prefix(config.split_prefixes(env_prefixes)[0][0])
-    model = config.default_model(env, prefix)
+    prefixes = config.split_prefixes(env_prefixes)[0]
+    model = config.default_model(env, prefixes[0])
+    # both sides planned for the providers `run` would send to: the same keys as a run's
+    providers = config.providers(env, prefixes)
     _backend, judged = config.judged_backends(env, env_prefixes, local)
     against_file = against if against is not None and os.path.isfile(against) else None
     if against_file is not None and len(manifests) > 1:
@@ -269,13 +273,13 @@ def diff_command(
                          f"manifest, not {len(manifests)}")
     present = [m for m in manifests if os.path.exists(m)]
     # the manifests as they are: checked as `run` checks them, every problem at once
-    plans = dict(zip(present, load_plans(present, env, prefix, max_jobs=max_jobs),
+    plans = dict(zip(present, load_plans(present, env, prefixes, max_jobs=max_jobs),
                      strict=True)) if present else {}
 
     olds: dict[str, _Old] = {}
     against_doc: dict[str, Any]
     if against_file is not None:
-        olds[manifests[0]] = _old_file(against_file, model, max_jobs)
+        olds[manifests[0]] = _old_file(against_file, model, max_jobs, providers)
         label, against_doc = against_file, {"kind": "file", "path": against_file}
     else:
         repos: dict[Path, tuple[Repo, str, str]] = {}
@@ -300,7 +304,8 @@ def diff_command(
             except ValueError:  # git names another top than the folder's real path
                 raise GitError(f"{printable(m)}: cannot tell its path inside "
                                f"{printable(str(repo.top))}") from None
-            olds[m] = _old_plan(read_at(repo, commit, rel), f"{name}:{rel}", model, max_jobs)
+            olds[m] = _old_plan(read_at(repo, commit, rel), f"{name}:{rel}", model, max_jobs,
+                                providers)
 
     results = []
     for m in manifests:

@@ -115,11 +115,11 @@ def plan_command(manifest: str, *, as_json: bool = False, shard: tuple[int, int]
     out = out or sys.stdout
     env = os.environ if env is None else env
     prefixes = (env_prefix,) if env_prefix is not None else tuple(env_prefixes)
-    prefix = config.split_prefixes(prefixes)[0][0]
+    pool = config.split_prefixes(prefixes)[0]  # every prefix: their providers make the keys
     if not as_json:
         price_from(price, env)  # a price that is not one: exit 2 before any output
     whole = selection.active
-    (plan,) = load_plans([manifest], env, prefix, max_jobs=max_jobs,
+    (plan,) = load_plans([manifest], env, pool, max_jobs=max_jobs,
                          shard=None if whole else shard)
     if whole:
         (plan,) = narrow_all([plan], selection, shard)

@@ -41,15 +41,16 @@ def status_command(
     env = os.environ if env is None else env
     out = out or sys.stdout
     backend, judged = config.judged_backends(env, env_prefixes, local)
-    prefix = config.split_prefixes(env_prefixes)[0][0]
-    plan = _selected(manifest, env, prefix, max_jobs, shard, selection)
+    # every prefix: a mixed pool's jobs are done under either provider's key
+    prefixes = config.split_prefixes(env_prefixes)[0]
+    plan = _selected(manifest, env, prefixes, max_jobs, shard, selection)
     root = Path(out_dir) / plan.name
     picks_at = picks.picks_path(manifest, picks_file)
     pick_counts = None
     if picks_at.exists():
         # decisions belong to the whole plan, whatever shard is asked about
         whole = plan if shard is None and not selection.active else load_plans(
-            [manifest], env, prefix, max_jobs=max_jobs, shard=None)[0]
+            [manifest], env, prefixes, max_jobs=max_jobs, shard=None)[0]
         pick_counts = picks.counts(picks.load_picks(picks_at, whole), whole)
     counts = {"done": 0, "failed": 0, "pending": 0}
     rows: list[dict[str, str | None]] = []
@@ -80,7 +81,7 @@ def status_command(
     return 0
 
 
-def _selected(manifest: str, env: Mapping[str, str], prefix: str, max_jobs: int,
+def _selected(manifest: str, env: Mapping[str, str], prefix: str | Sequence[str], max_jobs: int,
               shard: tuple[int, int] | None, selection: Selection) -> Plan:
     """The plan of `manifest`, narrowed to `selection` (made on the whole plan) and `shard`."""
     (plan,) = load_plans([manifest], env, prefix, max_jobs=max_jobs,
@@ -139,8 +140,8 @@ def sheet_command(
     env = os.environ if env is None else env
     out = out or sys.stdout
     _backend, judged = config.judged_backends(env, env_prefixes, local)
-    prefix = config.split_prefixes(env_prefixes)[0][0]
-    plan = _selected(manifest, env, prefix, max_jobs, None, selection)
+    prefixes = config.split_prefixes(env_prefixes)[0]  # every prefix, as for status
+    plan = _selected(manifest, env, prefixes, max_jobs, None, selection)
     root = Path(out_dir) / plan.name
     if not root.is_dir():
         raise UsageError(f"{root}: nothing to post-process yet; run `imagebatch run {manifest}`")

@@ -45,3 +45,55 @@ def pixel_size(request: dict[str, Any]) -> tuple[int, int]:
 def image_format(request: dict[str, Any]) -> str:
     """The output format of a request: 'png' or 'jpeg'."""
     return request.get("output_format") or DEFAULT_FORMAT
+
+
+# -- providers ---------------------------------------------------------------------------
+# The same model is sold by two providers with two request shapes. "heroku" is the API above
+# (JSON in, base64 out); "stability" is Stability AI's own (multipart form in, image bytes
+# out). A backend is a provider plus its URL and key.
+
+HEROKU = "heroku"
+STABILITY = "stability"
+PROVIDERS: tuple[str, ...] = (HEROKU, STABILITY)
+#: Stability AI's endpoint for Stable Image Ultra, and its public base URL.
+STABILITY_ENDPOINT = "/v2beta/stable-image/generate/ultra"
+STABILITY_BASE_URL = "https://api.stability.ai"
+STABILITY_OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
+STABILITY_MAX_SEED = 4_294_967_294  # one less than Heroku's
+#: Stability's rate limit: 150 requests in 10 s, beyond which every request is refused for
+#: 60 s. Paced at 600 a minute (100 in any 10 s: well under the limit, bursts included).
+STABILITY_LIMIT = 150
+STABILITY_WINDOW = 10.0
+STABILITY_LOCKOUT = 60.0
+STABILITY_DEFAULT_RPM = 600
+#: The largest input image Stability takes for image-to-image (its pixel count), and the
+#: smallest side; larger inputs are refused before sending.
+STABILITY_MAX_INPUT_PIXELS = 9_437_184
+STABILITY_MIN_INPUT_SIDE = 64
+INPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
+#: Every output format any provider makes: what a manifest may ask for before the provider
+#: check narrows it.
+ALL_OUTPUT_FORMATS: tuple[str, ...] = STABILITY_OUTPUT_FORMATS
+
+#: Manifest request fields each provider has. A manifest setting a field its provider lacks
+#: is refused before sending, at the field's location.
+PROVIDER_FIELDS: dict[str, frozenset[str]] = {
+    HEROKU: frozenset({"prompt", "negative_prompt", "aspect_ratio", "size", "output_format",
+                       "seed"}),
+    STABILITY: frozenset({"prompt", "negative_prompt", "aspect_ratio", "output_format", "seed",
+                          "image", "strength"}),
+}
+PROVIDER_FORMATS: dict[str, tuple[str, ...]] = {
+    HEROKU: OUTPUT_FORMATS, STABILITY: STABILITY_OUTPUT_FORMATS,
+}
+PROVIDER_MAX_SEED: dict[str, int] = {HEROKU: MAX_SEED, STABILITY: STABILITY_MAX_SEED}
+
+
+def endpoint(provider: str) -> str:
+    """The path a provider's generation requests go to, below its base URL."""
+    return STABILITY_ENDPOINT if provider == STABILITY else ENDPOINT
+
+
+def extension(output_format: str | None) -> str:
+    """The file extension of an output format: png, jpg or webp."""
+    return {"jpeg": "jpg", "webp": "webp"}.get(output_format or DEFAULT_FORMAT, "png")

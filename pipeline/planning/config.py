@@ -1,7 +1,15 @@
-"""Settings from the environment: `{PREFIX}_URL`, `{PREFIX}_KEY`, `{PREFIX}_MODEL_ID`.
+"""Settings from the environment: `{PREFIX}_URL`, `{PREFIX}_KEY`, `{PREFIX}_MODEL_ID`,
+`{PREFIX}_PROVIDER`.
 
 The prefix is the alias chosen when the model was attached (`--as DIFFUSION`), changeable
 with `--env-prefix`. The key is kept out of every repr and message.
+
+Each prefix names one provider (`heroku`, the default, or `stability`): `{PREFIX}_PROVIDER`
+when set; else `stability` for a URL on stability.ai; else `stability` when the prefix is
+DIFFUSION or STABILITY, none of its own variables is set and `STABILITY_API_KEY` is (the
+Stability API at its public base URL, with that key); else `heroku`. A Stability prefix
+without a URL goes to the public base URL once it has a key (`{PREFIX}_KEY`, else
+`STABILITY_API_KEY`), and to the embedded server without one.
 """
 
 from __future__ import annotations
@@ -13,9 +21,19 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.errors import ConfigError
-from pipeline.planning.apispec import DEFAULT_MODEL
+from pipeline.planning.apispec import (
+    DEFAULT_MODEL,
+    HEROKU,
+    PROVIDERS,
+    STABILITY,
+    STABILITY_BASE_URL,
+    STABILITY_ENDPOINT,
+)
 
 DEFAULT_PREFIX = "DIFFUSION"
+STABILITY_PREFIX = "STABILITY"
+#: Stability AI's own name for its key, read for a Stability prefix without a key of its own.
+STABILITY_KEY_VARIABLE = "STABILITY_API_KEY"
 REQUEST_TIMEOUT = 120.0  # seconds per request, whole response included (--timeout)
 LOCAL_BACKEND = "local"  # the backend name of the embedded server, whatever its port
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -43,6 +61,8 @@ class Connection:
     prefix: str
     url: str | None
     key: str | None = field(default=None, repr=False)  # never printed, never stored
+    provider: str = HEROKU  # heroku | stability: the request shape its URL speaks
+    key_name: str | None = None  # the variable the key came from, when not {prefix}_KEY
 
     @property
     def local(self) -> bool:
@@ -52,7 +72,68 @@ class Connection:
     @property
     def key_variable(self) -> str:
         """The variable a user fixes when the key is refused."""
-        return f"{self.prefix}_KEY"
+        return self.key_name or f"{self.prefix}_KEY"
+
+
+def _host(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def provider_of(env: Mapping[str, str], prefix: str = DEFAULT_PREFIX) -> str:
+    """The provider a prefix names (see the module's docstring); ConfigError for a
+    `{prefix}_PROVIDER` that is neither heroku nor stability."""
+    check_prefix(prefix)
+    chosen = (env.get(f"{prefix}_PROVIDER") or "").strip().lower()
+    if chosen:
+        if chosen not in PROVIDERS:
+            raise ConfigError(f"{prefix}_PROVIDER is {chosen[:40]!r}: use one of "
+                              f"{', '.join(PROVIDERS)}")
+        return chosen
+    url = (env.get(f"{prefix}_URL") or "").strip()
+    if url:
+        host = _host(url)
+        return STABILITY if host == "stability.ai" or host.endswith(".stability.ai") else HEROKU
+    if _stability_key_alone(env, prefix):
+        return STABILITY
+    return HEROKU
+
+
+def _stability_key_alone(env: Mapping[str, str], prefix: str) -> bool:
+    """Whether `STABILITY_API_KEY` alone says "the Stability API" for this prefix."""
+    own = any((env.get(f"{prefix}_{n}") or "").strip() for n in ("URL", "KEY", "PROVIDER"))
+    return (prefix in (DEFAULT_PREFIX, STABILITY_PREFIX) and not own
+            and bool((env.get(STABILITY_KEY_VARIABLE) or "").strip()))
+
+
+def _key_of(env: Mapping[str, str], prefix: str, provider: str) -> tuple[str, str | None]:
+    """(the prefix's key, the variable it came from when not {prefix}_KEY)."""
+    key = (env.get(f"{prefix}_KEY") or "").strip()
+    if key or provider != STABILITY:
+        return key, None
+    fallback = (env.get(STABILITY_KEY_VARIABLE) or "").strip()
+    return fallback, (STABILITY_KEY_VARIABLE if fallback else None)
+
+
+def url_of(env: Mapping[str, str], prefix: str) -> str:
+    """The URL a prefix sends to, as set ("" for the embedded server): `{prefix}_URL`, or
+    Stability's public base URL for a Stability prefix with a key and no URL."""
+    url = (env.get(f"{prefix}_URL") or "").strip()
+    if url:
+        return url
+    provider = provider_of(env, prefix)
+    if provider == STABILITY and _key_of(env, prefix, provider)[0]:
+        return STABILITY_BASE_URL
+    return ""
+
+
+def _how_key(prefix: str, provider: str) -> str:
+    if provider == STABILITY:
+        return (f"export {prefix}_KEY=sk-... (your Stability AI API key; "
+                f"{STABILITY_KEY_VARIABLE} is read too)")
+    return f"export {prefix}_KEY=$(heroku config:get -a APP {prefix}_KEY)"
 
 
 def connection(
@@ -60,25 +141,51 @@ def connection(
 ) -> Connection:
     """The connection the environment asks for; ConfigError when a URL comes without a key."""
     check_prefix(prefix)
-    url = (env.get(f"{prefix}_URL") or "").strip()
+    provider = provider_of(env, prefix)
+    url = url_of(env, prefix)
     if local or not url:
-        return Connection(prefix=prefix, url=None)
-    url = base_url(url, prefix)
-    key = (env.get(f"{prefix}_KEY") or "").strip()
+        return Connection(prefix=prefix, url=None, provider=provider)
+    url = base_url(url, prefix, provider)
+    key, key_name = _key_of(env, prefix, provider)
     if not key:
         raise ConfigError(
             f"{prefix}_URL is set but {prefix}_KEY is not; set it with: "
-            f"export {prefix}_KEY=$(heroku config:get -a APP {prefix}_KEY)"
+            f"{_how_key(prefix, provider)}"
         )
+    variable = key_name or f"{prefix}_KEY"
     if not _KEY.match(key):
         # A line break or a non-ASCII character cannot go in an HTTP header: every request
         # would fail in the library (as 'unexpected error'), after being counted as sent.
         raise ConfigError(
-            f"{prefix}_KEY has a character an API key cannot have (a space, line break, "
+            f"{variable} has a character an API key cannot have (a space, line break, "
             f"control or non-ASCII character); copy it again with: "
-            f"export {prefix}_KEY=$(heroku config:get -a APP {prefix}_KEY)"
+            f"{_how_key(prefix, provider)}"
         )
-    return Connection(prefix=prefix, url=url, key=key)
+    model = default_model(env, prefix)
+    if provider == STABILITY and model != DEFAULT_MODEL:
+        # The endpoint is the model: /generate/ultra serves Stable Image Ultra alone.
+        raise ConfigError(f"{prefix}_MODEL_ID is {model[:60]!r}, but the stability provider's "
+                          f"{STABILITY_ENDPOINT} serves {DEFAULT_MODEL} only")
+    return Connection(prefix=prefix, url=url, key=key, provider=provider, key_name=key_name)
+
+
+def providers(env: Mapping[str, str], prefixes: Sequence[str]) -> tuple[str, ...]:
+    """The providers of the prefixes (each once, in the order first named)."""
+    found: list[str] = []
+    for prefix in prefixes:
+        provider = provider_of(env, prefix)
+        if provider not in found:
+            found.append(provider)
+    return tuple(found)
+
+
+def _implied(conn: Connection) -> str:
+    """A note when a connection's service was implied by STABILITY_API_KEY alone (a paid
+    API, where the embedded server would otherwise have been used), else ""."""
+    if conn.url is None or conn.key_name != STABILITY_KEY_VARIABLE:
+        return ""
+    return (f"{conn.prefix}: sending to {conn.url} with {STABILITY_KEY_VARIABLE} "
+            f"(Stability AI's API); --local uses the embedded server")
 
 
 def split_prefixes(values: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
@@ -110,13 +217,14 @@ def pool(
     hash and never printed.
     """
     if local or len(prefixes) == 1:
-        return [connection(env, prefixes[0], local=local)], []
+        conn = connection(env, prefixes[0], local=local)
+        return [conn], [_implied(conn)] if _implied(conn) else []
     members: list[Connection] = []
     notes = []
     seen: dict[str, str] = {}  # SHA-256 of a key -> the prefix it came under first
     for prefix in prefixes:
         check_prefix(prefix)
-        if not (env.get(f"{prefix}_URL") or "").strip():
+        if not url_of(env, prefix):
             raise ConfigError(
                 f"{prefix}_URL is not set: every member of a pool (--env-prefix "
                 f"{','.join(prefixes)}) needs its URL and key; set it with: "
@@ -130,6 +238,8 @@ def pool(
             continue
         seen[digest] = prefix
         members.append(conn)
+        if _implied(conn):
+            notes.append(_implied(conn))
     models = {prefix: default_model(env, prefix) for prefix in prefixes}
     if len(set(models.values())) > 1:
         named = ", ".join(f"{p}_MODEL_ID is {m!r}" for p, m in models.items())
@@ -138,9 +248,10 @@ def pool(
     return members, notes
 
 
-def base_url(url: str, prefix: str = DEFAULT_PREFIX) -> str:
+def base_url(url: str, prefix: str = DEFAULT_PREFIX, provider: str = HEROKU) -> str:
     """`{prefix}_URL`'s value checked and reduced to the service's base URL; else ConfigError."""
-    how = f"export {prefix}_URL=$(heroku config:get -a APP {prefix}_URL)"
+    how = (f"export {prefix}_URL={STABILITY_BASE_URL}" if provider == STABILITY else
+           f"export {prefix}_URL=$(heroku config:get -a APP {prefix}_URL)")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
@@ -158,7 +269,9 @@ def base_url(url: str, prefix: str = DEFAULT_PREFIX) -> str:
                           f"of the service (e.g. https://us.inference.heroku.com): {how}")
     # Without a trailing /v1 or the endpoint a user may have copied from the API docs.
     path = parts.path.rstrip("/")
-    for tail in ("/v1/images/generations", "/v1"):
+    tails = ((STABILITY_ENDPOINT, "/v2beta") if provider == STABILITY else
+             ("/v1/images/generations", "/v1"))
+    for tail in tails:
         if path.endswith(tail):
             path = path[: -len(tail)]
             break
@@ -182,8 +295,9 @@ def backend_name(url: str) -> str:
 def status_backend(env: Mapping[str, str], prefix: str, local: bool) -> str:
     """The backend name `run` would record, from the same checks and base URL as `run`."""
     check_prefix(prefix)
-    url = (env.get(f"{prefix}_URL") or "").strip()
-    return LOCAL_BACKEND if local or not url else backend_name(base_url(url, prefix))
+    url = url_of(env, prefix)
+    return LOCAL_BACKEND if local or not url else backend_name(
+        base_url(url, prefix, provider_of(env, prefix)))
 
 
 def status_backends(env: Mapping[str, str], prefixes: Sequence[str], local: bool
@@ -194,7 +308,7 @@ def status_backends(env: Mapping[str, str], prefixes: Sequence[str], local: bool
         return {prefixes[0]: status_backend(env, prefixes[0], local)}
     for prefix in prefixes:
         check_prefix(prefix)
-        if not (env.get(f"{prefix}_URL") or "").strip():
+        if not url_of(env, prefix):
             raise ConfigError(f"{prefix}_URL is not set: every member of a pool needs its URL")
     return {p: status_backend(env, p, False) for p in prefixes}
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import io
 import re
 import string
 import unicodedata
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,7 +72,8 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
     "size": apispec.SIZES,
     "output_format": apispec.OUTPUT_FORMATS,
 }
-DEFAULT_FIELDS = ("prompt", "negative_prompt", "aspect_ratio", "size", "output_format", "seed")
+DEFAULT_FIELDS = ("prompt", "negative_prompt", "aspect_ratio", "size", "output_format", "seed",
+                  "image", "strength")
 JOB_KEYS = ("id", *DEFAULT_FIELDS, "seeds", "matrix", "zip")
 AXIS_FIELDS = ("prompt", "negative_prompt", "aspect_ratio", "size", "output_format")
 EXPORT_KEYS = ("name", "from", "path", "width", "size", "fit", "focus", "format", "quality",
@@ -315,12 +319,13 @@ class _Checker:
             return None
         return value
 
-    def enum(self, node: Node, path: str, field: str) -> str | None:
+    def enum(self, node: Node, path: str, field: str,
+             allowed: tuple[str, ...] | None = None) -> str | None:
         """One of a request field's allowed values, with a hint for YAML's number traps."""
         value = self.text(node, path)
         if value is None:
             return None
-        allowed = ENUM_FIELDS[field]
+        allowed = allowed or ENUM_FIELDS[field]
         if value not in allowed:
             close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -539,9 +544,16 @@ def _sent_length(text: str) -> int:
 class _Loader:
     """Builds a Manifest from nodes, collecting all problems."""
 
-    def __init__(self, source: str, default_model: str, max_jobs: int) -> None:
+    def __init__(self, source: str, default_model: str, max_jobs: int,
+                 providers: tuple[str, ...] = (apispec.HEROKU,)) -> None:
         self.c = _Checker(source)
         self.source = source
+        self.providers = providers
+        # the output formats every provider of the run makes
+        self.formats = tuple(f for f in apispec.ALL_OUTPUT_FORMATS
+                             if all(f in apispec.PROVIDER_FORMATS[p] for p in providers))
+        self.image_files: dict[str, str] = {}  # "sha256:..." -> the input image's file
+        self.default_keys: set[str] = set()  # the fields written under defaults:
         self.default_model = default_model
         self.max_jobs = max_jobs
         self.export_paths: list[tuple[str, str, Loc]] = []  # (template, field, loc) to check
@@ -604,9 +616,56 @@ class _Loader:
                           f"{{random: N}}, got {_kind(node)}")
         return None
 
+    def lacking(self, name: str) -> str | None:
+        """The first provider of the run without the request field `name`, or None."""
+        return next((p for p in self.providers if name not in apispec.PROVIDER_FIELDS[p]), None)
+
+    def provider_field(self, name: str, node: Node, path: str) -> bool:
+        """Whether every provider of the run has `name`; else a problem at `node`."""
+        provider = self.lacking(name)
+        if provider is None:
+            return True
+        hint = {"size": "; set aspect_ratio instead (the same nine shapes)",
+                "image": "; image-to-image needs a stability backend",
+                "strength": "; image-to-image needs a stability backend"}.get(name, "")
+        self.c.add(node, path, f"the {provider} provider has no `{name}` field, and this run "
+                               f"sends to it{hint}")
+        return False
+
+    def image(self, node: Node, path: str) -> str | None:
+        """An input image, a file relative to the manifest: "sha256:<hex>" of its bytes."""
+        c = self.c
+        value = c.text(node, path)
+        if value is None:
+            return None
+        file = Path(self.source).parent / value
+        try:
+            with open(file, "rb") as fh:
+                data = fh.read(MAX_INPUT_BYTES + 1)
+        except OSError as exc:
+            c.add(node, path, f"cannot read the input image {value!r} (relative to the "
+                              f"manifest): {exc.strerror or exc}")
+            return None
+        if len(data) > MAX_INPUT_BYTES:
+            c.add(node, path, f"the input image {value!r} is over {MAX_INPUT_BYTES:,} bytes")
+            return None
+        problem = _input_image_problem(data)
+        if problem:
+            c.add(node, path, f"the input image {value!r} {problem}")
+            return None
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        self.image_files[digest] = str(file)
+        return digest
+
     def field(self, name: str, node: Node, path: str) -> Any:
         """One request field's value, validated like the API would."""
         c = self.c
+        if name == "output_format":
+            return c.enum(node, path, name, self.formats)
+        if name == "strength":
+            return c.number(node, path, 0.0, 1.0)
+        if name == "image":
+            return self.image(node, path)
         if name in ENUM_FIELDS:
             return c.enum(node, path, name)
         value = c.text(node, path, empty_ok=(name == "negative_prompt"))
@@ -626,6 +685,8 @@ class _Loader:
         out: dict[str, Any] = {}
         for name in DEFAULT_FIELDS:
             if name == "seed" or name not in m:
+                continue
+            if not self.provider_field(name, m[name][0], f"{path}.{name}" if path else name):
                 continue
             value = self.field(name, m[name][1], f"{path}.{name}" if path else name)
             if value is not None:
@@ -666,6 +727,13 @@ class _Loader:
                 ok = False
                 continue
             is_field = name in AXIS_FIELDS
+            if is_field and not self.provider_field(name, knode, where):
+                ok = False
+                continue
+            if name in ("image", "strength"):
+                c.add(knode, where, f"{name} is set on the job (or in defaults), not swept")
+                ok = False
+                continue
             if not is_field:
                 if not _VARIABLE.match(name):
                     c.add(knode, where, f"{name!r} is not a valid variable name "
@@ -785,10 +853,19 @@ class _Loader:
                         texts.extend((v, a.loc) for v in a.values)
             for text, loc in texts if not broken else ():
                 self._placeholders(text, loc, f"{path}.{name}", variables)
+        written = set(m) | self.default_keys  # a field written but invalid is reported once
+        if "image" in fields and "strength" not in written:
+            c.add(m["image"][0] if "image" in m else node, f"{path}.image",
+                  "an image-to-image job needs strength too (0..1: how far from the image "
+                  "to go; 0 keeps it, 1 ignores it)")
+        elif "strength" in fields and "image" not in written:
+            c.add(m["strength"][0] if "strength" in m else node, f"{path}.strength",
+                  "strength goes with an input image: set image too")
         if len(c.problems) > ok or job_id is None or seeds is None:
             return None
+        image_path = self.image_files.get(fields.get("image") or "")
         return JobSpec(job_id, path, tuple(sorted(fields.items())), tuple(groups), seeds,
-                       _loc(m["id"][1]), prompt_loc)
+                       _loc(m["id"][1]), prompt_loc, image_path)
 
     def _placeholders(self, text: str, loc: Loc, path: str, variables: set[str]) -> None:
         if "{" not in text and "}" not in text:
@@ -854,6 +931,7 @@ class _Loader:
         if "defaults" in top:
             dm = c.mapping(top["defaults"][1], "defaults", DEFAULT_FIELDS)
             if dm is not None:
+                self.default_keys = set(dm)
                 defaults, default_seeds, _ = self.fields(dm, "defaults", None)
         if "seeds" in top:
             if default_seeds is not None:
@@ -1185,16 +1263,43 @@ class _Any(set):  # type: ignore[type-arg]
         return True
 
 
+MAX_INPUT_BYTES = 16 * 1024 * 1024  # an input image read for image-to-image, at most
+
+
+def _input_image_problem(data: bytes) -> str | None:
+    """Why `data` cannot be an input image of image-to-image, or None."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=("PNG", "JPEG", "WEBP"))
+        with img:
+            w, h = img.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return "is not a PNG, JPEG or WebP image"
+    if min(w, h) < apispec.STABILITY_MIN_INPUT_SIDE:
+        return f"is {w}x{h}: each side needs at least {apispec.STABILITY_MIN_INPUT_SIDE} pixels"
+    if w * h > apispec.STABILITY_MAX_INPUT_PIXELS:
+        return (f"is {w}x{h}, over the {apispec.STABILITY_MAX_INPUT_PIXELS:,} pixels an input "
+                "image may have")
+    return None
+
+
 def load_manifest(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
-                  default_model: str = apispec.DEFAULT_MODEL) -> Manifest:
-    """Read and validate a manifest file; ManifestError lists every problem in it."""
-    return _validate(_read(path), path, max_jobs, default_model)
+                  default_model: str = apispec.DEFAULT_MODEL,
+                  providers: tuple[str, ...] = (apispec.HEROKU,)) -> Manifest:
+    """Read and validate a manifest file for the providers it is sent to; ManifestError
+    lists every problem in it."""
+    return _validate(_read(path), path, max_jobs, default_model, providers)
 
 
-def _validate(text: str, path: str, max_jobs: int, default_model: str) -> Manifest:
-    """A manifest's text, named `path` in every problem, validated into a Manifest."""
+def _validate(text: str, path: str, max_jobs: int, default_model: str,
+              providers: tuple[str, ...]) -> Manifest:
+    """A manifest's text, named `path` in every problem, validated into a Manifest for the
+    providers it is sent to."""
     root, aliases = _compose(text, path)
-    loader = _Loader(path, default_model, max_jobs)
+    loader = _Loader(path, default_model, max_jobs, providers)
     try:
         return loader.load(root)
     except _Budget:
@@ -1207,30 +1312,35 @@ def _validate(text: str, path: str, max_jobs: int, default_model: str) -> Manife
 
 def load_plan(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
               default_model: str = apispec.DEFAULT_MODEL,
-              shard: tuple[int, int] | None = None) -> Plan:
+              shard: tuple[int, int] | None = None,
+              providers: tuple[str, ...] = (apispec.HEROKU,)) -> Plan:
     """Load, validate and expand a manifest: the Plan `run` and `plan` share."""
-    manifest = load_manifest(path, max_jobs=max_jobs, default_model=default_model)
-    return _plan_of(manifest, shard)
+    manifest = load_manifest(path, max_jobs=max_jobs, default_model=default_model,
+                             providers=providers)
+    return _plan_of(manifest, shard, providers)
 
 
 def load_plan_bytes(data: bytes, source: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
-                    default_model: str = apispec.DEFAULT_MODEL) -> Plan:
+                    default_model: str = apispec.DEFAULT_MODEL,
+                    providers: tuple[str, ...] = (apispec.HEROKU,)) -> Plan:
     """The Plan of a manifest given as bytes (a file at a git revision), checked exactly as
     `load_plan` checks a file; every problem is located in `source` (e.g. `main:m.yaml`)."""
     if len(data) > MAX_FILE_BYTES:  # said like a file on disk that is too big
         raise ManifestError([Problem(source, 1, 1, "", f"is {len(data):,} bytes; a manifest "
                                                        f"may be at most {MAX_FILE_BYTES:,}")])
-    manifest = _validate(_decode(data, source), source, max_jobs, default_model)
-    return _plan_of(manifest, None)
+    manifest = _validate(_decode(data, source), source, max_jobs, default_model, providers)
+    return _plan_of(manifest, None, providers)
 
 
-def _plan_of(manifest: Manifest, shard: tuple[int, int] | None) -> Plan:
-    """A validated manifest expanded (and its exports checked), then cut to `shard`."""
+def _plan_of(manifest: Manifest, shard: tuple[int, int] | None,
+             providers: tuple[str, ...]) -> Plan:
+    """A validated manifest expanded for `providers` (and its exports checked), then cut to
+    `shard`."""
     if not manifest.exports:
-        return expand(manifest, shard=shard)
+        return expand(manifest, shard=shard, providers=providers)
     from pipeline.planning import exportplan
 
-    plan = expand(manifest)
+    plan = expand(manifest, providers=providers)
     exportplan.check(plan)  # the whole plan: a shard must not hide another's clash
     if shard is None:
         return plan
@@ -1239,22 +1349,29 @@ def _plan_of(manifest: Manifest, shard: tuple[int, int] | None) -> Plan:
 
 
 def load_plans(
-    manifests: Sequence[str], env: Mapping[str, str], prefix: str, *,
+    manifests: Sequence[str], env: Mapping[str, str], prefix: str | Sequence[str], *,
     max_jobs: int = DEFAULT_MAX_JOBS, shard: tuple[int, int] | None = None,
 ) -> list[Plan]:
     """Load and validate every manifest before anything is sent; all errors at once.
 
-    The model a manifest leaves unset is `{prefix}_MODEL_ID`'s. Two plans of one name would
-    write to one folder: refused.
+    `prefix` is the environment prefix, or a pool's prefixes: their providers decide the
+    request fields allowed and the keys (config.provider_of). The model a manifest leaves
+    unset is the first prefix's `{prefix}_MODEL_ID`. Two plans of one name would write to
+    one folder: refused.
     """
-    config.check_prefix(prefix)
+    prefixes = (prefix,) if isinstance(prefix, str) else tuple(prefix)
+    for each in prefixes:
+        config.check_prefix(each)
+    prefix = prefixes[0]
     model = config.default_model(env, prefix)
+    providers = config.providers(env, prefixes)
     plans: list[Plan] = []
     problems: list[Problem] = []
     unreadable = []  # a missing file must not hide the problems of the others
     for path in manifests:
         try:
-            plans.append(load_plan(path, max_jobs=max_jobs, default_model=model, shard=shard))
+            plans.append(load_plan(path, max_jobs=max_jobs, default_model=model, shard=shard,
+                                   providers=providers))
         except ManifestError as exc:
             problems.extend(exc.problems)
         except UsageError as exc:

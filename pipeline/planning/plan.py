@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from pipeline.errors import ManifestError, Problem
-from pipeline.planning.apispec import MAX_PROMPT_CHARS, MAX_SEED, SIZE_ASPECTS
+from pipeline.planning.apispec import (
+    HEROKU,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    PROVIDER_MAX_SEED,
+    SIZE_ASPECTS,
+    STABILITY,
+    extension,
+)
 
 
 def canonical_json(body: dict[str, Any]) -> str:
@@ -49,6 +57,13 @@ class Job:
     seed: int
     vars: tuple[tuple[str, str], ...]  # matrix and zip values, manifest order
     label: str  # caption for contact sheets
+    provider: str = HEROKU  # whose request shape `body` is (see request_body)
+    # The input image of an image-to-image job: its file, read when sending. Its SHA-256 is
+    # in the body (`image`), so the key changes with the file's bytes, not with its path.
+    image: str | None = None
+    # The same job as sent to the other providers of a mixed pool: each its own key and
+    # body, one path. A job recorded ok under any of them is done.
+    variants: tuple[Job, ...] = ()
 
     @property
     def request(self) -> dict[str, Any]:
@@ -57,8 +72,22 @@ class Job:
 
     @property
     def ext(self) -> str:
-        """File extension of the image: png or jpg."""
-        return "jpg" if self.request.get("output_format") == "jpeg" else "png"
+        """File extension of the image: png, jpg or webp."""
+        return extension(self.request.get("output_format"))
+
+    def for_provider(self, provider: str) -> Job:
+        """This job as sent to `provider` (itself, or the variant of that provider)."""
+        if provider == self.provider:
+            return self
+        for variant in self.variants:
+            if variant.provider == provider:
+                return variant
+        raise ValueError(f"job {self.path} was not planned for the {provider} provider")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Its key and its variants' keys: every request that makes this job's image."""
+        return (self.key, *(v.key for v in self.variants))
 
     @property
     def variant(self) -> str:
@@ -178,6 +207,7 @@ class JobSpec:
     seeds: Seeds
     loc: Loc  # of the job's id
     prompt_loc: Loc
+    image_path: str | None = None  # the input image's file, for an image-to-image job
 
     @property
     def count(self) -> int:
@@ -237,12 +267,30 @@ def _problem(m: Manifest, loc: Loc, path: str, message: str) -> Problem:
     return Problem(m.source, loc[0], loc[1], path, message)
 
 
-def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
+def request_body(request: dict[str, Any], provider: str) -> dict[str, Any]:
+    """The body a job's key is the hash of, for `provider`.
+
+    Heroku's is the JSON sent, exactly as before providers existed (so every Heroku key
+    stays what it was). Stability's is the form's fields as JSON, plus `provider` (so the
+    same manifest sent to both makes two keys: their images differ) and `model` (what the
+    endpoint serves); neither of those two is sent as a form field. An input image is in
+    it by its SHA-256 (`image`: "sha256:...").
+    """
+    if provider == STABILITY:
+        return {**request, "provider": STABILITY}
+    return request
+
+
+def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
+           providers: tuple[str, ...] = (HEROKU,)) -> Plan:
     """Manifest -> Plan: jobs in manifest order, canonical bodies, keys, safe unique paths.
 
-    Raises ManifestError for what only expansion can find: rendered prompts over the
-    limit, paths that climb out, two jobs with one path or one request.
+    Each job is planned for `providers[0]`, with a variant for each other provider (a
+    mixed pool). Raises ManifestError for what only expansion can find: rendered prompts
+    over the limit, paths that climb out, two jobs with one path or one request.
     """
+    others = tuple(p for p in providers[1:] if p != providers[0])
+    max_seed = min(PROVIDER_MAX_SEED.get(p, MAX_SEED) for p in providers)
     m = manifest
     out = m.output
     problems: list[Problem] = []
@@ -281,12 +329,18 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
             request["model"] = m.model
             vars_raw = "-".join(v for _, v in names)
             aspect = aspect_of(request)
-            ext = "jpg" if request.get("output_format") == "jpeg" else "png"
+            ext = extension(request.get("output_format"))
             # only the seed differs between this combination's bodies: encode the rest once
             # ("seed" is a key of ours, so '"seed":0' cannot occur inside an escaped string)
             request["seed"] = 0
-            head, tail = canonical_json(request).split('"seed":0', 1)
+            head, tail = canonical_json(request_body(request, providers[0])).split(
+                '"seed":0', 1)
             head += '"seed":'
+            other_parts = []
+            for provider in others:
+                o_head, o_tail = canonical_json(request_body(request, provider)).split(
+                    '"seed":0', 1)
+                other_parts.append((provider, o_head + '"seed":', o_tail))
             fixed = {"id": spec.id, "ext": ext, "aspect": aspect}
             path_map = {n: safe(v) for n, v in names} | fixed | {"vars": safe(vars_raw)}
             label_map = dict(names) | fixed | {"vars": vars_raw}
@@ -363,10 +417,21 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None) -> Plan:
                     for i in range(1, len(segments)):
                         folder = "/".join(segments[:i])
                         dirs.setdefault(folder.casefold(), folder)
+                if seed > max_seed:
+                    problems.append(_problem(
+                        m, spec.loc, where, f"{_what(spec.id, seed, vars_raw)}: seed {seed} is "
+                                            f"over the stability provider's maximum, "
+                                            f"{max_seed}"))
                 if problems:  # keep indexing; build nothing more once something is wrong
                     index += 1
                     continue
-                jobs.append(Job(index, spec.id, key, path, body, seed, frozen_vars, label))
+                variants = tuple(
+                    Job(index, spec.id, hashlib.sha256(f"{oh}{seed}{ot}".encode()).hexdigest(),
+                        path, f"{oh}{seed}{ot}", seed, frozen_vars, label, provider,
+                        spec.image_path)
+                    for provider, oh, ot in other_parts)
+                jobs.append(Job(index, spec.id, key, path, body, seed, frozen_vars, label,
+                                providers[0], spec.image_path, variants))
                 index += 1
     if problems:
         raise ManifestError(problems)

@@ -20,8 +20,14 @@ def _fields() -> dict[str, Any]:
         "aspect_ratio": {"enum": list(apispec.ASPECT_RATIOS),
                          "description": "quote it: unquoted 16:9 is a number in YAML 1.1"},
         "size": {"enum": list(apispec.SIZES)},
-        "output_format": {"enum": list(apispec.OUTPUT_FORMATS)},
+        "output_format": {"enum": list(apispec.ALL_OUTPUT_FORMATS),
+                          "description": "webp: the stability provider only"},
         "seed": _SEED,
+        "image": {"type": "string", "minLength": 1,
+                  "description": "input image for image-to-image (stability provider), a file "
+                                 "relative to the manifest; its SHA-256 is part of the key"},
+        "strength": {"type": "number", "minimum": 0, "maximum": 1,
+                     "description": "with image: 0 keeps the image, 1 ignores it"},
     }
 
 

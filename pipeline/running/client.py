@@ -3,6 +3,11 @@
 Every response is checked before it is kept: JSON parsed, base64 decoded strictly (or the
 URL downloaded), the bytes opened with Pillow under a pixel limit, integrity checked, and
 format and size compared with the request. Anything that lies is a RetryableApiError.
+
+Two providers, one client: `heroku` (JSON in, `data[0].b64_json` out) and `stability`
+(Stability AI's own API: a multipart form in, the image's bytes out with `finish-reason`
+and `seed` headers, or JSON when the server prefers it). Their answers are made into the
+same typed errors, so the runner, the retries and the pool treat both alike.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import io
 import json
 import os
@@ -23,6 +29,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus, urljoin, urlsplit, urlunsplit
 
 import aiohttp
+from multidict import CIMultiDict
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.errors import (
@@ -53,7 +60,12 @@ MAX_PIXELS = 2 * max(w * h for w, h in (map(int, s.split("x")) for s in apispec.
 PERMANENT_STATUSES = frozenset({400, 403, 404, 405, 410, 413, 414, 415, 422})
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 
-_PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg"}
+_PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp"}
+#: How far (relative) a Stability image's aspect may be from the ratio asked: its sizes are
+#: "about one megapixel" at the ratio, not a documented table like Heroku's.
+ASPECT_TOLERANCE = 0.03
+#: Stability's finish-reason for an image its moderation withheld (still a 200).
+CONTENT_FILTERED = "CONTENT_FILTERED"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every PNG
 
 
@@ -68,16 +80,35 @@ class GeneratedImage:
     height: int
     created: int | None = None
     requests: int = 1
+    seed: int | None = None  # the seed the provider says it used (Stability's `seed` header)
+
+
+def _size_problem(w: int, h: int, request: Mapping[str, Any]) -> str | None:
+    """Why a w x h image does not fit `request`, or None.
+
+    Heroku's sizes are exact (api.md's table). Stability's are checked by shape: the ratio
+    asked within ASPECT_TOLERANCE; an image-to-image answer keeps its input's shape, so
+    only its pixel limit applies.
+    """
+    if request.get("provider") != apispec.STABILITY:
+        want = apispec.pixel_size(dict(request))
+        return None if (w, h) == want else f"image is {w}x{h}, asked for {want[0]}x{want[1]}"
+    if request.get("image"):
+        return None
+    ratio = str(request.get("aspect_ratio") or apispec.DEFAULT_ASPECT)
+    rw, rh = (int(x) for x in ratio.split(":"))
+    if abs((w / h) / (rw / rh) - 1) > ASPECT_TOLERANCE:
+        return f"image is {w}x{h}, not the {ratio} asked for"
+    return None
 
 
 def check_image(data: bytes, request: Mapping[str, Any]) -> GeneratedImage:
     """Open `data` under a pixel limit, check integrity, format and size against `request`."""
     want_fmt = apispec.image_format(dict(request))
-    want_size = apispec.pixel_size(dict(request))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
+            img = Image.open(io.BytesIO(data), formats=("PNG", "JPEG", "WEBP"))
         with img:
             fmt = _PIL_FORMATS.get(img.format or "", "")
             w, h = img.size
@@ -88,11 +119,12 @@ def check_image(data: bytes, request: Mapping[str, Any]) -> GeneratedImage:
                 raise RetryableApiError(
                     f"image is {img.format}, asked for {want_fmt}", kind="wrong_format"
                 )
-            if (w, h) != want_size:
-                raise RetryableApiError(
-                    f"image is {w}x{h}, asked for {want_size[0]}x{want_size[1]}", kind="wrong_size"
-                )
-            if fmt == "png":
+            wrong = _size_problem(w, h, request)
+            if wrong:
+                raise RetryableApiError(wrong, kind="wrong_size")
+            if fmt == "webp":
+                img.load()  # every chunk decoded: a truncated WebP fails here
+            elif fmt == "png":
                 img.verify()  # walks every chunk to IEND checking CRCs; no pixel decoding
                 # Bytes after IEND are not part of the image (decoders ignore them) but would
                 # be saved with it: a server padding an image with megabytes of something else
@@ -115,7 +147,7 @@ def check_image(data: bytes, request: Mapping[str, Any]) -> GeneratedImage:
     except Image.DecompressionBombError as exc:
         raise RetryableApiError(f"image refused: {exc}", kind="bad_image") from None
     except UnidentifiedImageError:
-        raise RetryableApiError("response bytes are not a PNG or JPEG image",
+        raise RetryableApiError("response bytes are not a PNG, JPEG or WebP image",
                                 kind="not_image") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise RetryableApiError(f"image is corrupt or truncated ({exc})",
@@ -134,6 +166,15 @@ def _error_field(raw: bytes) -> str | None:
         doc = json.loads(raw[:65536])
     except (ValueError, RecursionError):
         return None
+    if isinstance(doc, dict) and isinstance(doc.get("errors"), list):
+        # Stability's shape: {"id", "name", "errors": ["...", ...]}
+        said = [e for e in doc["errors"] if isinstance(e, str)][:10]
+        name = doc.get("name") if isinstance(doc.get("name"), str) else None
+        text = "; ".join(said)
+        if name and text:
+            return f"{name}: {text}"[:2000]
+        if text or name:
+            return (text or name or "")[:2000]
     if isinstance(doc, dict):
         err = doc.get("error")
         if isinstance(err, dict) and isinstance(message := err.get("message"), str):
@@ -275,6 +316,8 @@ class ApiClient:
         timeout: float = REQUEST_TIMEOUT,
         key_variable: str = "DIFFUSION_KEY",
         max_body: int = MAX_BODY_BYTES,
+        provider: str = apispec.HEROKU,
+        accept: str = "image/*",
     ) -> None:
         self._session = session
         parts = urlsplit(base_url)
@@ -283,7 +326,10 @@ class ApiClient:
             # with them aiohttp refuses to send our Authorization header at all (ValueError).
             # They are never sent nor shown (backend_name() drops them too).
             base_url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-        self._endpoint = base_url.rstrip("/") + apispec.ENDPOINT
+        self.provider = provider
+        self._endpoint = base_url.rstrip("/") + apispec.endpoint(provider)
+        # Stability answers with the image's bytes (image/*) or JSON (application/json).
+        self._accept = accept
         self._key = key
         # A host that drops packets would otherwise cost the whole --timeout per attempt
         # before the run can tell it is unreachable.
@@ -308,6 +354,9 @@ class ApiClient:
         as soon as they arrive."""
         call = _Call(observe)
         try:
+            job = job.for_provider(self.provider)
+            if self.provider == apispec.STABILITY:
+                return await self._generate_stability(job, call)
             return await self._generate(job, call)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an ApiError
             # Raised without a local name: a local holding the error would tie it to its own
@@ -369,6 +418,38 @@ class ApiClient:
             image = await self._download(urljoin(self._endpoint, url), job.request, call)
         return GeneratedImage(image.data, image.format, image.width, image.height, created,
                               requests=call.requests)
+
+    async def _generate_stability(self, job: Job, call: _Call) -> GeneratedImage:
+        request = job.request
+        form = await asyncio.to_thread(stability_form, job)
+        headers = {"Authorization": f"Bearer {self._key}", "Accept": self._accept,
+                   **PLAIN_BODY}
+        self._sent(call)
+        async with self._session.post(
+            self._endpoint, data=form, headers=headers, timeout=self._timeout,
+            auto_decompress=False,
+        ) as resp:
+            if call.observe is not None:
+                call.observe(_with_lockout(resp.headers, resp.status), resp.status)
+            raw = await self._read(resp)
+            status, ctype, resp_headers = resp.status, resp.content_type or "", resp.headers
+        if status != 200:
+            raise self._status_error(status, raw, resp_headers)
+        if "json" in ctype:
+            b64, reason, seed = await asyncio.to_thread(parse_stability_json, raw)
+            del raw
+            _check_finish(reason)
+            image = await asyncio.to_thread(_decode_and_check, b64, request)
+        else:
+            _check_finish(resp_headers.get("finish-reason"))
+            seed = _seed_header(resp_headers.get("seed"))
+            if "html" in ctype:
+                raise RetryableApiError("an HTML page came back instead of an image",
+                                        status=200, kind="html")
+            image = await asyncio.to_thread(check_image, raw, request)
+            del raw
+        return GeneratedImage(image.data, image.format, image.width, image.height, None,
+                              requests=call.requests, seed=seed)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
@@ -442,10 +523,17 @@ class ApiClient:
                 status=status, kind="auth",
             )
         if status in PERMANENT_STATUSES or (400 <= status < 500 and status not in RETRYABLE_4XX):
-            return PermanentApiError(message or f"HTTP {status}", status=status, kind="permanent")
+            kind = "permanent"
+            if self.provider == apispec.STABILITY and status == 403:
+                # Stability's 403 is its moderation flagging the prompt (content_moderation),
+                # not a refused key: this job fails, the member stays.
+                kind = "moderation"
+            return PermanentApiError(message or f"HTTP {status}", status=status, kind=kind)
         retry_after = parse_retry_after(headers.get("Retry-After"))
         if retry_after is None and status == 429:
             retry_after = parse_duration(headers.get("x-ratelimit-reset-requests"))
+        if retry_after is None and status == 429 and self.provider == apispec.STABILITY:
+            retry_after = apispec.STABILITY_LOCKOUT  # its 429 is a 60 s lockout
         return RetryableApiError(
             f"HTTP {status}{said}", status=status, kind="http", retry_after=retry_after
         )
@@ -463,3 +551,111 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 def _decode_and_check(b64: str, request: dict[str, Any]) -> GeneratedImage:
     return check_image(decode_b64(b64), request)
+
+
+# -- Stability ---------------------------------------------------------------------------
+
+_INPUT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+#: Body fields that name the request and are not form fields (plan.request_body).
+_NOT_SENT = frozenset({"provider", "model"})
+
+
+def stability_form(job: Job) -> aiohttp.MultipartWriter:
+    """The multipart/form-data body of a Stability request (always multipart, file or not).
+
+    Every field of the body but `provider` and `model`, as text parts; an input image as a
+    file part, read now and checked against the SHA-256 its key was made from (a file
+    changed since planning would make an image under the wrong key: refused).
+    """
+    request = job.request
+    form = aiohttp.MultipartWriter("form-data")
+    for name in sorted(request):
+        if name in _NOT_SENT or name == "image":
+            continue
+        value = request[name]
+        part = form.append(value if isinstance(value, str) else json.dumps(value),
+                           {"Content-Type": "text/plain; charset=utf-8"})
+        part.set_content_disposition("form-data", name=name)
+    if request.get("image"):
+        if job.image is None:
+            raise PermanentApiError("image-to-image job without its input image file",
+                                    kind="input_image")
+        try:
+            with open(job.image, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise PermanentApiError(f"cannot read the input image {job.image}: "
+                                    f"{exc.strerror or exc}", kind="input_image") from None
+        if "sha256:" + hashlib.sha256(data).hexdigest() != request["image"]:
+            raise PermanentApiError(f"the input image {job.image} changed since the plan was "
+                                    "made; run again to plan it anew", kind="input_image")
+        kind = _input_format(data)
+        ctype = _INPUT_TYPES.get(kind, "application/octet-stream")
+        part = form.append(data, {"Content-Type": ctype})
+        part.set_content_disposition("form-data", name="image",
+                                     filename=os.path.basename(job.image))
+    return form
+
+
+def _input_format(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "png"
+    if data.startswith(b"\xff\xd8"):
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return ""
+
+
+def _with_lockout(headers: Mapping[str, str], status: int) -> Mapping[str, str]:
+    """A Stability 429's headers for the pacer: without a Retry-After of its own, the 60 s
+    lockout its documentation promises (a request sooner would only extend it)."""
+    if status != 429 or headers.get("Retry-After") is not None:
+        return headers
+    out = CIMultiDict(headers)  # header names stay case-insensitive, as the pacer reads them
+    out["Retry-After"] = f"{apispec.STABILITY_LOCKOUT:g}"
+    return out
+
+
+def _check_finish(reason: str | None) -> None:
+    """A 200 whose finish reason is not SUCCESS: CONTENT_FILTERED fails the job for good
+    (the same request would be filtered again; no image is saved), another is retried."""
+    if reason is None or reason.strip().upper() in ("", "SUCCESS"):
+        return
+    if reason.strip().upper() == CONTENT_FILTERED:
+        raise PermanentApiError(
+            "content filtered: the provider's moderation withheld this image "
+            "(finish-reason CONTENT_FILTERED); change the prompt, or the seed",
+            status=200, kind="content_filtered")
+    raise RetryableApiError(f"finish-reason {printable(reason)[:40]}", status=200,
+                            kind="finish_reason")
+
+
+def _seed_header(text: str | None) -> int | None:
+    try:
+        value = int(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 <= value <= apispec.MAX_SEED else None
+
+
+def parse_stability_json(raw: bytes) -> tuple[str, str | None, int | None]:
+    """(base64 image, finish_reason, seed) from a Stability JSON answer; RetryableApiError
+    for one that lies."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise RetryableApiError("response is not valid JSON", status=200, kind="bad_json") from None
+    if not isinstance(doc, dict):
+        raise RetryableApiError("unexpected response format", status=200, kind="format")
+    reason = doc.get("finish_reason")
+    reason = reason if isinstance(reason, str) else None
+    seed = doc.get("seed")
+    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    image = doc.get("image")
+    if reason is not None and reason.upper() == CONTENT_FILTERED:
+        _check_finish(reason)
+    if not isinstance(image, str) or not image:
+        raise RetryableApiError("unexpected response format (no image)", status=200,
+                                kind="format")
+    return image, reason, seed

@@ -24,14 +24,14 @@ import aiohttp
 from pipeline import version
 from pipeline.errors import Interrupted, StoreError
 from pipeline.pictures.post import Stop, build_all
-from pipeline.planning import config
+from pipeline.planning import apispec, config
 from pipeline.planning.manifest import load_plans
 from pipeline.planning.plan import Job, Plan
 from pipeline.planning.select import ALL, narrow, narrow_all
 from pipeline.running.client import ApiClient
 from pipeline.running.options import REMOTE_DEFAULT_RPM, RunOptions
 from pipeline.running.progress import Progress
-from pipeline.running.retry import Pacer
+from pipeline.running.retry import Pacer, provider_rpm
 from pipeline.running.runner import Member, Runner, StoreTally
 from pipeline.running.summary import (
     Failure,
@@ -60,7 +60,7 @@ def run(opts: RunOptions, env: Mapping[str, str] | None = None,
     prefixes, notes = config.split_prefixes(opts.env_prefixes)
     # With a selection the whole plans are loaded: it is made, and its patterns checked, on
     # them (run_plans applies the shard after it).
-    plans = load_plans(opts.manifests, env, prefixes[0], max_jobs=opts.max_jobs,
+    plans = load_plans(opts.manifests, env, prefixes, max_jobs=opts.max_jobs,
                        shard=None if opts.selection.active else opts.shard)
     narrow_all(plans, opts.selection, opts.shard)  # a pattern matching nothing: exit 2
     for plan in plans:  # the sheets mark the picks: a broken picks file stops us here
@@ -80,6 +80,7 @@ class _Backend:
     url: str
     key: str = field(repr=False)
     name: str  # what results.jsonl records
+    provider: str = apispec.HEROKU  # the request shape its URL speaks
 
 
 @contextlib.asynccontextmanager
@@ -88,12 +89,13 @@ async def _backends(
 ) -> AsyncIterator[list[_Backend]]:
     """The remote service(s), or the embedded server started here for the run's duration."""
     if not conns[0].local:
-        yield [_Backend(c.prefix, c.url, c.key, config.backend_name(c.url))
+        yield [_Backend(c.prefix, c.url, c.key, config.backend_name(c.url), c.provider)
                for c in conns if c.url is not None and c.key is not None]
         return
     async with running_server(ServerOptions(), host="127.0.0.1", port=0) as srv:
         print(f"{reason}: using the embedded local server at {srv.url}", file=err, flush=True)
-        yield [_Backend(conns[0].prefix, srv.url, "local", config.LOCAL_BACKEND)]
+        yield [_Backend(conns[0].prefix, srv.url, "local", config.LOCAL_BACKEND,
+                        conns[0].provider)]
 
 
 async def run_plans(
@@ -124,6 +126,7 @@ async def run_plans(
         try:
             work, skipped = await _todo(chosen, stores, opts, err)
             runner = await _run_jobs(work, backends, opts, err,
+                                     {c.prefix: c.key_variable for c in conns},
                                      budget=None if budget is None else budget.requests)
             state = runner.state
         finally:
@@ -208,7 +211,9 @@ async def _todo(
 
 
 async def _run_jobs(work: list[tuple[Store, Job]], backends: Sequence[_Backend],
-                    opts: RunOptions, err: TextIO, *, budget: int | None = None) -> Runner:
+                    opts: RunOptions, err: TextIO,
+                    key_variables: Mapping[str, str] | None = None, *,
+                    budget: int | None = None) -> Runner:
     """The session, and a pacer and client per backend, run by one runner (stopped by
     SIGINT / SIGTERM, and sending at most `budget` image requests); the runner, done."""
     # One clock and one sleep for pacing and backoff alike.
@@ -218,6 +223,7 @@ async def _run_jobs(work: list[tuple[Store, Job]], backends: Sequence[_Backend],
     if rpm is None and backends[0].name != config.LOCAL_BACKEND:
         rpm, auto = REMOTE_DEFAULT_RPM, True  # per backend: a pool of N goes N times as fast
     progress = Progress(len(work), stream=err)
+    key_variables = key_variables or {}
 
     def dropped(member: Member) -> None:
         print(f"\nwarning: pool member {member.prefix} dropped, its jobs go to the others: "
@@ -226,13 +232,15 @@ async def _run_jobs(work: list[tuple[Store, Job]], backends: Sequence[_Backend],
     # --concurrency caps the requests in flight over every backend together.
     connector = aiohttp.TCPConnector(limit=opts.concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
+        paces = [provider_rpm(b.provider, b.name, opts.rpm, rpm, auto) for b in backends]
         members = [
             Member(ApiClient(session, b.url, b.key, timeout=opts.timeout,
-                             key_variable=f"{b.prefix}_KEY"),
-                   Pacer(rpm or None, auto_rpm=auto, clock=clock, sleep=sleep,
+                             key_variable=key_variables.get(b.prefix, f"{b.prefix}_KEY"),
+                             provider=b.provider),
+                   Pacer(pace, auto_rpm=pace_auto, clock=clock, sleep=sleep,
                          pause_cap=settings.retry_after_cap),
                    prefix=b.prefix)
-            for b in backends]
+            for b, (pace, pace_auto) in zip(backends, paces, strict=True)]
         runner = Runner(members, settings, sleep=sleep, clock=clock, on_drop=dropped,
                         on_change=lambda st: progress.update(st.ok, st.failed),
                         budget=budget)

@@ -119,6 +119,8 @@ class Member:
         self.client = client
         self.pacer = pacer
         self.prefix = prefix  # the environment prefix naming its variables ("" for none)
+        # whose request shape it speaks: the job recorded is the one sent to it
+        self.provider: str = getattr(client, "provider", apispec.HEROKU)
         self.requests = 0  # HTTP requests sent to it
         self.images = 0  # images it delivered
         self.throttled = 0  # 429s it answered
@@ -393,7 +395,8 @@ class Runner:
         others = any(m.dropped is None for m in self.members if m is not member)
         if isinstance(exc, AuthError):
             self._drop(member, exc.message)
-        elif isinstance(exc, PermanentApiError) and exc.status == 403:
+        elif isinstance(exc, PermanentApiError) and exc.status == 403 \
+                and exc.kind != "moderation":  # Stability's 403 is about the prompt
             self._drop(member, f"the service refused its key (403: {exc.message}): check "
                                f"{member.key_variable}")
         elif isinstance(exc, UnreachableError):
@@ -407,7 +410,8 @@ class Runner:
                 return
         elif (isinstance(exc, PermanentApiError) and exc.status == 404
               and member.images == 0):
-            self._drop(member, f"it answered 404 ({exc.message}) to POST {apispec.ENDPOINT}: "
+            self._drop(member, f"it answered 404 ({exc.message}) to POST "
+                               f"{apispec.endpoint(member.provider)}: "
                                f"check {member.url_variable} and the model id")
         elif exc.status == 429 and others:
             member.pacer.pause(exc.retry_after if isinstance(exc, RetryableApiError)
@@ -443,7 +447,8 @@ class Runner:
             # The endpoint itself is missing: every job would get the same 404. (Not an image
             # download's 404, which is retried: that file may just have expired.)
             raise ServiceConfigError(
-                f"the service answered 404 ({exc.message}) to POST {apispec.ENDPOINT}: check "
+                f"the service answered 404 ({exc.message}) to POST "
+                f"{apispec.endpoint(member.provider)}: check "
                 f"{member.url_variable} (the base URL of the inference service) and the "
                 f"model id", status=404) from None
 
@@ -487,19 +492,21 @@ class Runner:
             if isinstance(exc, RetryableApiError) and counter[0] > 1:
                 reason = f"{reason} (gave up after {counter[0]} attempts)"
             await asyncio.to_thread(
-                store.fail, job, reason, attempts=counter[0], seconds=self._clock() - started,
-                member=self._name(last),
+                store.fail, _sent(job, last), reason, attempts=counter[0],
+                seconds=self._clock() - started, member=self._name(last),
             )
             self._finish(store, Outcome(job, "failed", counter[0], reason))
             return
         data, created = image.data, image.created
+        # the seed the provider says it used (Stability's `seed` header), when it says one
+        extra = {"seed": image.seed} if image.seed is not None else {}
         del image  # hand the bytes to the store and keep nothing after
         # Once an image is in hand, a second Ctrl-C must not leave it written but unrecorded
         # (or recorded after the summary): the save runs shielded, and a cancelled job still
         # waits for it and counts it before giving up.
         save = asyncio.ensure_future(asyncio.to_thread(
-            store.save, job, data, attempts=counter[0], seconds=self._clock() - started,
-            created=created, member=self._name(last),
+            store.save, _sent(job, last), data, attempts=counter[0],
+            seconds=self._clock() - started, created=created, member=self._name(last), **extra,
         ))
         del data
         try:
@@ -524,3 +531,10 @@ class Runner:
             tally.failures.append(outcome)
         if self._on_change is not None:
             self._on_change(self.state)
+
+
+def _sent(job: Job, last: list[Member]) -> Job:
+    """The job as its last member was sent it (its provider's key and body): what is recorded."""
+    if not last or not job.variants:
+        return job
+    return job.for_provider(last[0].provider)

@@ -233,10 +233,13 @@ def render_image(request: dict[str, Any], seed: int) -> Image.Image:
 
 
 def encode(img: Image.Image, fmt: str) -> bytes:
-    """PNG (fast compression) or JPEG bytes of an RGB image, with no time-dependent metadata."""
+    """PNG (fast compression), JPEG or WebP bytes of an RGB image, with no time-dependent
+    metadata."""
     buf = io.BytesIO()
     if fmt == "jpeg":
         img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    elif fmt == "webp":
+        img.save(buf, format="WEBP", quality=JPEG_QUALITY, method=0)  # method 0: fastest
     else:
         img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()

@@ -1,4 +1,6 @@
-"""The embedded API server: api.md's `POST /v1/images/generations`, offline, on aiohttp.
+"""The embedded API server: api.md's `POST /v1/images/generations`, offline, on aiohttp,
+and Stability AI's `POST /v2beta/stable-image/generate/ultra` beside it
+(pipeline.service.stability).
 
 It validates bodies exactly as the hosted service does, renders a deterministic picture per
 request in a process pool (pipeline.service.render), and can play the service's bad days on
@@ -100,15 +102,28 @@ class ServerOptions:
     keep_bodies: bool = False  # record every POST body in stats.bodies (for tests)
     stall_seconds: float = 30.0  # how long the `stall` fault holds the response
     workers: int | None = None  # render process pool size; None = os.cpu_count()
+    # The Stability path's limit: beyond `stability_limit` requests in `stability_window`
+    # seconds, every request is refused (429) for `stability_lockout` seconds. None: no limit
+    # (the lockout fault still locks out).
+    stability_limit: int | None = None
+    stability_window: float = apispec.STABILITY_WINDOW
+    stability_lockout: float = apispec.STABILITY_LOCKOUT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "faults", tuple(self.faults))
         object.__setattr__(self, "script", dict(self.script))
-        unknown = [f for f in (*self.faults, *self.script.values()) if f not in FAULT_KINDS]
+        from pipeline.service.stability import STABILITY_FAULTS
+
+        known = (*FAULT_KINDS, *STABILITY_FAULTS)
+        unknown = [f for f in (*self.faults, *self.script.values()) if f not in known]
         if unknown:
             raise ValueError(
-                f"unknown fault kind(s) {', '.join(unknown)}; known: {', '.join(FAULT_KINDS)}"
+                f"unknown fault kind(s) {', '.join(unknown)}; known: {', '.join(known)}"
             )
+        if self.stability_limit is not None and self.stability_limit < 1:
+            raise ValueError("stability_limit must be at least 1 (or None for no limit)")
+        if self.stability_window <= 0 or self.stability_lockout < 0:
+            raise ValueError("stability_window must be positive, stability_lockout not negative")
         if not 0.0 <= self.fail_rate <= 1.0:
             raise ValueError(f"fail_rate must be between 0 and 1, got {self.fail_rate}")
         if self.fail_rate > 0 and not self.faults:
@@ -301,6 +316,10 @@ class _Service:
         self._inflight: dict[tuple[Any, ...], asyncio.Future[bytes]] = {}
         self.files = _BoundedStore(FILE_STORE_ENTRIES, FILE_STORE_BYTES)
         self._attempts: collections.OrderedDict[str, int] = collections.OrderedDict()
+        from pipeline.service.stability import Lockout
+
+        self.lockout = Lockout(options.stability_limit, options.stability_window,
+                               options.stability_lockout)
 
     # -- faults -----------------------------------------------------------------------------
 
@@ -467,6 +486,12 @@ class _Service:
             text = text[: len(text) // 2]
         return web.Response(status=200, body=text.encode("ascii"), content_type="application/json")
 
+    async def stability(self, request: web.Request) -> web.StreamResponse:
+        """POST /v2beta/stable-image/generate/ultra: Stability AI's shape."""
+        from pipeline.service import stability
+
+        return await stability.generate(self, request)
+
     async def file(self, request: web.Request) -> web.StreamResponse:
         """GET /v1/images/files/<id>.<ext>: an image made with response_format url."""
         item = self.files.get(request.match_info["name"])
@@ -521,7 +546,7 @@ async def _middleware(
             message = f"{request.method} is not allowed on {request.path}"
         elif exc.status == 404:
             message = f"No route {request.method} {request.path}; images are made by " \
-                      f"POST {apispec.ENDPOINT}"
+                      f"POST {apispec.ENDPOINT} (or {apispec.STABILITY_ENDPOINT})"
         response = error_response(exc.status, message, headers=headers)
     transport = request.transport
     if transport is None or transport.is_closing():
@@ -542,6 +567,7 @@ def make_app(options: ServerOptions) -> web.Application:
     app[STATS_KEY] = stats
     app[SERVICE_KEY] = service
     app.router.add_post(apispec.ENDPOINT, service.generations)
+    app.router.add_post(apispec.STABILITY_ENDPOINT, service.stability)
     app.router.add_get(FILES_PREFIX + "{name}", service.file)
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
@@ -600,7 +626,7 @@ async def _serve(options: ServerOptions, host: str, port: int) -> None:
 
 
 def _describe(options: ServerOptions) -> str:
-    parts = [f"POST {apispec.ENDPOINT}",
+    parts = [f"POST {apispec.ENDPOINT} (heroku), POST {apispec.STABILITY_ENDPOINT} (stability)",
              "key required" if options.key is not None else "any bearer token accepted"]
     if options.rpm:
         parts.append(f"limit {options.rpm} requests per {options.window:g} s")
@@ -609,6 +635,10 @@ def _describe(options: ServerOptions) -> str:
     if options.fail_rate:
         parts.append(f"faults {options.fail_rate:.0%} of {', '.join(options.faults)} "
                      f"(seed {options.fault_seed})")
+    if options.stability_limit:
+        parts.append(f"stability limit {options.stability_limit} per "
+                     f"{options.stability_window:g} s, then {options.stability_lockout:g} s "
+                     "locked out")
     if options.script:
         parts.append("scripted faults " + ",".join(f"{n}:{k}" for n, k in
                                                    sorted(options.script.items())))

@@ -11,6 +11,7 @@ The text is the request body exactly as sent (canonical JSON): no key, no URL.
 from __future__ import annotations
 
 import html
+import io
 import json
 import re
 import struct
@@ -54,7 +55,8 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def embed(data: bytes, body: str) -> bytes:
-    """Return `data` (PNG or JPEG) with the request `body` embedded; raises MetadataError."""
+    """Return `data` (PNG, JPEG or WebP) with the request `body` embedded; raises
+    MetadataError."""
     text = body.encode("utf-8")
     if data.startswith(PNG_SIGNATURE):
         # IHDR is always the first chunk: 8 signature + 4 length + 4 type + 13 data + 4 crc.
@@ -70,7 +72,54 @@ def embed(data: bytes, body: str) -> bytes:
             payload = _JPEG_PREFIX + text[i : i + _JPEG_MAX_PAYLOAD]
             segments.append(b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload)
         return data[:2] + b"".join(segments) + data[2:]
-    raise MetadataError("not a PNG or JPEG")
+    if _is_webp(data):
+        return _embed_webp(data, body)
+    raise MetadataError("not a PNG, JPEG or WebP")
+
+
+def _riff_chunk(kind: bytes, payload: bytes) -> bytes:
+    return kind + struct.pack("<I", len(payload)) + payload + (b"\x00" if len(payload) % 2 else b"")
+
+
+def _embed_webp(data: bytes, body: str) -> bytes:
+    """`data` (a WebP) with an `XMP ` chunk holding the request, its pixels untouched.
+
+    A simple WebP (one VP8 or VP8L chunk) becomes an extended one: a VP8X chunk first, with
+    the XMP flag and the canvas size, then its chunks, then the XMP chunk (the order the
+    container's specification asks). An extended one gets the flag set and the chunk added.
+    """
+    from PIL import Image
+
+    chunks: list[tuple[bytes, bytes]] = []
+    pos = 12
+    end = min(len(data), 8 + struct.unpack("<I", data[4:8])[0])
+    while pos + 8 <= end:
+        kind = data[pos:pos + 4]
+        length = struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        payload = data[pos + 8:pos + 8 + length]
+        if len(payload) < length:
+            raise MetadataError("WebP chunk is cut short (a truncated file)")
+        if kind != b"XMP ":  # an older request of ours is replaced, never doubled
+            chunks.append((kind, payload))
+        pos += 8 + length + (length % 2)
+    if not chunks:
+        raise MetadataError("WebP without chunks")
+    xmp_flag, alpha_flag = 0x04, 0x10
+    if chunks[0][0] == b"VP8X":
+        head = bytearray(chunks[0][1])
+        head[0] |= xmp_flag
+        chunks[0] = (b"VP8X", bytes(head))
+    else:
+        with Image.open(io.BytesIO(data), formats=("WEBP",)) as img:
+            w, h = img.size
+            alpha = "A" in img.mode
+        flags = xmp_flag | (alpha_flag if alpha else 0)
+        vp8x = bytes([flags, 0, 0, 0]) + (w - 1).to_bytes(3, "little") + \
+            (h - 1).to_bytes(3, "little")
+        chunks.insert(0, (b"VP8X", vp8x))
+    chunks.append((b"XMP ", xmp_packet(body)))
+    riff = b"WEBP" + b"".join(_riff_chunk(k, p) for k, p in chunks)
+    return b"RIFF" + struct.pack("<I", len(riff)) + riff
 
 
 def xmp_packet(body: str) -> bytes:

@@ -62,12 +62,14 @@ class Record:
     # with `bytes`, what a done check compares before it reads the file.
     mtime_ns: int | None = None
     member: str | None = None  # the pool member's prefix (DIFFUSION2), for a pool's runs
+    seed: int | None = None  # the seed the provider said it used (Stability's `seed` header)
 
     def to_line(self) -> builtins.bytes:
-        """The JSON line, newline included (`member` only when there is one)."""
+        """The JSON line, newline included (`member` and `seed` only when there is one)."""
         doc = asdict(self)
-        if doc["member"] is None:
-            del doc["member"]
+        for optional in ("member", "seed"):
+            if doc[optional] is None:
+                del doc[optional]
         return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
     @classmethod
@@ -81,6 +83,7 @@ class Record:
                 seconds=float(doc.get("seconds") or 0.0), created=doc.get("created"),
                 mtime_ns=_int_or_none(doc.get("mtime_ns")),
                 member=doc.get("member") if isinstance(doc.get("member"), str) else None,
+                seed=_int_or_none(doc.get("seed")),
             )
         except (KeyError, TypeError, ValueError, OverflowError):  # e.g. "attempts": 1e400
             return None
@@ -252,7 +255,19 @@ class Ledger:
             self._latest_fail[rec.key] = rec
 
     def state(self, job: Job, *, verify: bool = False) -> JobState:
-        """`job`'s state: the definition of done.
+        """`job`'s state: the definition of done; a job planned for several providers (a
+        mixed pool) is done when any of its keys is (see _state), else failed or pending by
+        its first key that says so.
+        """
+        if not job.variants:
+            return self._state(job, verify)
+        found = [self._state(j, verify) for j in (job, *job.variants)]
+        best = next((st for st in found if st.state == DONE),
+                    next((st for st in found if st.state == FAILED), found[0]))
+        return JobState(job, best.state, best.record, any(st.hashed for st in found))
+
+    def _state(self, job: Job, verify: bool) -> JobState:
+        """One key's state: the definition of done.
 
         DONE: the latest ok record of the job's key names this backend and the job's path;
         it is also the last ok record written to that path; and the file there is, inside
@@ -477,10 +492,10 @@ class Store:
 
     def save(
         self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None,
-        member: str | None = None,
+        member: str | None = None, seed: int | None = None,
     ) -> Record:
         """Embed the request, write the image atomically, then record it ok (in that order);
-        `member` is the pool member that made it."""
+        `member` is the pool member that made it, `seed` the seed its provider said it used."""
         try:
             blob = metadata.embed(data, job.body)
             path = self.image_path(job)
@@ -489,7 +504,7 @@ class Store:
                 key=job.key, path=job.path, status="ok", backend=self._backend_of(member),
                 attempts=attempts, error=None, sha256=hashlib.sha256(blob).hexdigest(),
                 bytes=len(blob), seconds=round(seconds, 3), created=created, mtime_ns=stamp(path),
-                member=member,
+                member=member, seed=seed,
             )
             self._append(rec)
         except OSError as exc:

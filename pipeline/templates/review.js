@@ -299,6 +299,11 @@
       full.onload = () => { if (viewer.path === path) big.src = url; };
       full.src = url;
     }
+    if ($('#v-snippet').dataset.path !== path) {
+      $('#v-more').hidden = true; // another image: its own snippet, when asked
+      $('#v-snippet').dataset.path = path;
+      $('#v-snippet').textContent = '';
+    }
     const req = (item && item.request) || {};
     $('#v-prompt').textContent = req.prompt || (item ? '' : 'loading…');
     $('#v-negative').textContent = req.negative_prompt || '(none)';
@@ -320,6 +325,25 @@
       flag.textContent = 'Stale: decided on an earlier prompt for this path; decide again or clear it.';
       flag.classList.add('stale');
     } else flag.textContent = s.status === 'pick' ? 'Picked.' : s.status === 'reject' ? 'Rejected.' : '';
+  }
+
+  // "More like this": the snippet of a variations job, shown and copied; nothing is saved.
+  function showMore(path) {
+    const item = items.get(path);
+    const box = $('#v-more');
+    if (!item || !item.variation) { info('Not loaded yet; try again in a moment.'); return; }
+    $('#v-snippet').textContent = item.variation;
+    box.hidden = false;
+    copyMore();
+  }
+
+  function copyMore() {
+    const text = $('#v-snippet').textContent;
+    if (!text) return;
+    const clip = navigator.clipboard;
+    if (!clip || !clip.writeText) { info('Select the text to copy it.'); return; }
+    clip.writeText(text).then(() => info('Copied: paste it under jobs: in the manifest.'),
+      () => info('Select the text to copy it (the browser refused the clipboard).'));
   }
 
   function openViewer(cell) {
@@ -477,6 +501,8 @@
     const v = t.closest('[data-v]');
     if (v) {
       if (v.dataset.v === 'close') closeViewer();
+      else if (v.dataset.v === 'more') showMore(viewer.path);
+      else if (v.dataset.v === 'copy') copyMore();
       else viewerStep(v.dataset.v === 'next' ? 1 : -1);
       return;
     }
