@@ -55,6 +55,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "review": ("imagebatch review manifests/example.yaml",),
     "pick": ("imagebatch pick manifests/example.yaml fox/watercolor/1.png --rating 5",),
     "export": ("imagebatch export manifests/example.yaml",),
+    "pull": ("IMAGEBATCH_CACHE=s3://team-bucket/imagebatch imagebatch pull manifests/a.yaml",),
+    "push": ("imagebatch push manifests/example.yaml --cache /mnt/share/imagebatch-cache",),
 }
 
 
@@ -307,6 +309,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--json", action="store_true",
                    help="the summary as JSON on stdout; everything else on stderr")
     _add_env_prefix(p, pool=True)
+    _add_cache(p)
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="say more on stderr (temp files an interrupted run left and were removed)")
 
@@ -322,6 +325,27 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     _add_env_prefix(p, pool=True)
     p.add_argument("-v", "--verbose", action="count", default=0, help="one line per job")
     _add_picks_option(p)
+    p.add_argument("--cache", nargs="?", const="", default=None, metavar="URL",
+                   help="also count the pending jobs the shared cache can fill, by listing it "
+                        "(URL, or $IMAGEBATCH_CACHE when none is given); downloads nothing")
+
+    for command, what in (("pull", "restore a plan's images from the shared cache, then "
+                                    "rebuild sheets and index; send nothing"),
+                          ("push", "upload a plan's done images to the shared cache; send "
+                                   "nothing")):
+        p = sub.add_parser(command, help=what)
+        p.add_argument("manifest", metavar="MANIFEST")
+        _add_out(p)
+        _add_cache(p)
+        p.add_argument("--local", action="store_true",
+                       help="the embedded server's images (as `status --local` counts them)")
+        p.add_argument("--shard", type=_shard, metavar="K/N", help="only the jobs of shard K of N")
+        if command == "pull":
+            p.add_argument("--no-post", action="store_true",
+                           help="skip thumbnails, contact sheets and index.html")
+            _add_picks_option(p)
+        _add_max_jobs(p)
+        _add_env_prefix(p, pool=True)
 
     p = sub.add_parser("export", help="write the exports of a manifest (sizes, formats, "
                                       "assets.json) from images on disk; send nothing")
@@ -381,6 +405,12 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                    help="answer request number N with fault KIND, e.g. 2:500,5:reset")
     p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                    help="render processes (default: one per core)")
+
+
+def _add_cache(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", default=None, metavar="URL",
+                   help="the shared image cache: s3://BUCKET/PREFIX, file:///PATH or a folder "
+                        "(default $IMAGEBATCH_CACHE; none when unset)")
 
 
 def _port(text: str) -> int:
@@ -518,6 +548,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         rpm=args.rpm, retries=args.retries, timeout=args.timeout, force=args.force,
         verify=args.verify, shard=args.shard, max_jobs=args.max_jobs, local=args.local,
         post=not args.no_post, env_prefixes=_prefixes(args), verbose=args.verbose,
+        cache=args.cache,
     ))
     return report_run(report, as_json=args.json, out=sys.stdout, err=sys.stderr)
 
@@ -550,8 +581,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return status_command(
         args.manifest, out_dir=Path(args.out), local=args.local, env_prefixes=_prefixes(args),
         verbose=args.verbose, as_json=args.json, shard=args.shard, max_jobs=args.max_jobs,
-        verify=args.verify, picks_file=args.picks,
+        verify=args.verify, picks_file=args.picks, cache=args.cache,
     )
+
+
+def _cmd_share(args: argparse.Namespace) -> int:
+    from pipeline.commands.share import Share, pull_command, push_command
+
+    share = Share(manifest=args.manifest, out_dir=Path(args.out), cache=args.cache,
+                  env_prefixes=_prefixes(args), local=args.local, shard=args.shard,
+                  max_jobs=args.max_jobs, post=not getattr(args, "no_post", False),
+                  picks_file=getattr(args, "picks", None))
+    return (pull_command if args.command == "pull" else push_command)(share)
 
 
 def _cmd_pick(args: argparse.Namespace) -> int:
@@ -596,6 +637,8 @@ COMMANDS = {
     "pick": _cmd_pick,
     "serve": _cmd_serve,
     "review": _cmd_review,
+    "pull": _cmd_share,
+    "push": _cmd_share,
 }
 
 

@@ -47,6 +47,12 @@ class PlanReport:
     # What post-processing left in `out`, named for the step summary (not in the JSON).
     sheets: tuple[str, ...] = ()
     index: str | None = None
+    # The shared cache, when one was used (its URL, never a credential), and what it did:
+    # images restored from it (no request sent), uploaded to it, whose upload failed.
+    cache: str | None = None
+    restored: int = 0
+    uploaded: int = 0
+    upload_failed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +113,11 @@ def plan_doc(plan: PlanReport, version: str | None = None,
         "interrupted": plan.interrupted,
         "failures": [{"key": f.key, "path": f.path, "reason": f.reason} for f in plan.failures],
     }
+    if plan.cache is not None:
+        doc["cache"] = plan.cache
+        doc["restored"] = plan.restored
+        doc["uploaded"] = plan.uploaded
+        doc["upload_failed"] = plan.upload_failed
     if members:
         doc["members"] = {m.prefix: {"requests": m.requests, "images": m.images,
                                      "throttled": m.throttled, "dropped": m.dropped}
@@ -136,12 +147,17 @@ def run_json(report: RunReport) -> str:
 
 def plan_text(plan: PlanReport) -> str:
     """One plan's outcome as a person reads it: counts, each failure, where the outputs are."""
+    restored = f", {plan.restored} restored from the cache" if plan.cache is not None else ""
     lines = [
-        f"{plan.name}: {plan.succeeded} made, {plan.skipped} already done, {plan.failed} failed"
+        f"{plan.name}: {plan.succeeded} made{restored}, {plan.skipped} already done, "
+        f"{plan.failed} failed"
         + (f", {plan.pending} not run" if plan.pending else "")
         + f" of {plan.planned} in {plan.seconds:.1f} s "
         f"({plan.requests} requests, backend {plan.backend})",
     ]
+    if plan.cache is not None:
+        lines.append(f"  cache {plan.cache}: {plan.uploaded} uploaded, "
+                     f"{plan.upload_failed} failed to upload")
     lines.extend(f"  FAILED {f.path}: {f.reason}" for f in plan.failures)
     lines.append(f"  outputs: {plan.out}")
     return "\n".join(lines)
@@ -190,6 +206,12 @@ def markdown(report: RunReport) -> str:
                   "| --- | ---: | ---: | ---: | --- |"]
         lines += [f"| `{_cell(m.prefix)}` | {m.images} | {m.requests} | {m.throttled} | "
                   f"{_cell(m.dropped or '')} |" for m in report.members]
+    cached = [p for p in report.plans if p.cache is not None]
+    if cached:
+        lines += ["", "| manifest | cache | restored | uploaded | upload failed |",
+                  "| --- | --- | ---: | ---: | ---: |"]
+        lines += [f"| `{_cell(p.name)}` | `{_cell(p.cache)}` | {p.restored} | {p.uploaded} | "
+                  f"{p.upload_failed} |" for p in cached]
     for p in report.plans:
         lines += _markdown_details(p)
     return "\n".join(lines) + "\n"

@@ -62,12 +62,16 @@ class Record:
     # with `bytes`, what a done check compares before it reads the file.
     mtime_ns: int | None = None
     member: str | None = None  # the pool member's prefix (DIFFUSION2), for a pool's runs
+    # Where the image came from when it was not made here: "cache" for one restored from
+    # the shared cache (older lines, and images made by this run, have none).
+    source: str | None = None
 
     def to_line(self) -> builtins.bytes:
-        """The JSON line, newline included (`member` only when there is one)."""
+        """The JSON line, newline included (`member` and `source` only when set)."""
         doc = asdict(self)
-        if doc["member"] is None:
-            del doc["member"]
+        for optional in ("member", "source"):
+            if doc[optional] is None:
+                del doc[optional]
         return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
     @classmethod
@@ -81,6 +85,7 @@ class Record:
                 seconds=float(doc.get("seconds") or 0.0), created=doc.get("created"),
                 mtime_ns=_int_or_none(doc.get("mtime_ns")),
                 member=doc.get("member") if isinstance(doc.get("member"), str) else None,
+                source=doc.get("source") if isinstance(doc.get("source"), str) else None,
             )
         except (KeyError, TypeError, ValueError, OverflowError):  # e.g. "attempts": 1e400
             return None
@@ -490,6 +495,24 @@ class Store:
                 attempts=attempts, error=None, sha256=hashlib.sha256(blob).hexdigest(),
                 bytes=len(blob), seconds=round(seconds, 3), created=created, mtime_ns=stamp(path),
                 member=member,
+            )
+            self._append(rec)
+        except OSError as exc:
+            raise write_error(self.images / job.path, exc) from None
+        return rec
+
+    def restore(self, job: Job, blob: bytes, *, backend: str, seconds: float) -> Record:
+        """Write an image restored from the cache (already verified, request embedded) as
+        `backend` made it, atomically, then record it ok with source "cache"."""
+        if backend not in self._backends:
+            raise StoreError(f"an image by {backend} cannot be done here ({self.backend})")
+        try:
+            path = self.image_path(job)
+            atomic_write(path, blob)
+            rec = Record(
+                key=job.key, path=job.path, status="ok", backend=backend, attempts=0,
+                error=None, sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob),
+                seconds=round(seconds, 3), created=None, mtime_ns=stamp(path), source="cache",
             )
             self._append(rec)
         except OSError as exc:
