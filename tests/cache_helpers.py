@@ -3,6 +3,7 @@ runs against the embedded image server, and a look at what a bucket holds."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import itertools
@@ -66,8 +67,8 @@ class S3:
         self.server.start()
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3]:
+@pytest.fixture(scope="module", name="s3")
+def s3_fixture() -> Iterator[S3]:
     """One moto S3 endpoint on 127.0.0.1 for a test module; nothing reaches the internet."""
     from moto.server import ThreadedMotoServer
 
@@ -84,8 +85,8 @@ def s3() -> Iterator[S3]:
         holder.server.stop()  # type: ignore[attr-defined]
 
 
-@pytest.fixture
-def aws_env(s3: S3, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+@pytest.fixture(name="aws_env")
+def aws_env_fixture(s3: S3, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The S3 endpoint's variables in os.environ too (obstore reads them from there)."""
     for name in list(os.environ):
         if name.startswith("AWS_"):
@@ -124,6 +125,16 @@ def images(root: Path) -> dict[str, bytes]:
     base = root / "images"
     return {p.relative_to(base).as_posix(): p.read_bytes()
             for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+async def wait_for_lines(path: Path, lines: int) -> None:
+    """Until the file at `path` has at least `lines` lines (a run's results.jsonl)."""
+    def count() -> int:
+        return len(path.read_bytes().splitlines()) if path.exists() else 0
+
+    # a file another process (or thread) writes: there is no event to wait on
+    while await asyncio.to_thread(count) < lines:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
 
 
 def check_names(objects: dict[str, bytes], prefix: str = "") -> None:

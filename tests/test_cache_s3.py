@@ -15,20 +15,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from cache_helpers import (  # noqa: F401 - s3 and aws_env are fixtures
+from cache_helpers import (  # noqa: F401 - the fixtures s3 and aws_env
     api_options,
-    aws_env,
+    aws_env_fixture,
     check_names,
     images,
     opened,
     run_with_cache,
-    s3,
+    s3_fixture,
+    wait_for_lines,
 )
 from PIL import Image
 from runner_helpers import KEY, make_plan
 
 from pipeline.commands.share import Share, pull_command, push_command
-from pipeline.errors import ImagebatchError
 from pipeline.planning.manifest import load_plans
 from pipeline.running.options import RunOptions
 from pipeline.running.run import run
@@ -135,9 +135,7 @@ async def test_endpoint_stopped_mid_run_uploads_fail_run_finishes_push_fills_buc
         plans = load_plans([str(manifest)], env, "DIFFUSION")
 
         async def stop_after_two() -> None:
-            results = out / "team/results.jsonl"
-            while not results.exists() or len(results.read_bytes().splitlines()) < 2:
-                await asyncio.sleep(0.02)
+            await wait_for_lines(out / "team/results.jsonl", 2)
             await asyncio.to_thread(s3.stop)
 
         stopper = asyncio.ensure_future(stop_after_two())
@@ -249,14 +247,17 @@ async def test_a_refused_credential_exits_2_never_shows_it_and_sends_nothing(
         monkeypatch.setenv("IMAGEBATCH_CACHE", f"s3://{bucket}/x")
         import requests
 
-        requests.post(f"{s3.endpoint}/moto-api/reset-auth", data=b"0", timeout=10)
+        def auth(count: bytes) -> None:  # moto checks keys against its (empty) IAM, or not
+            requests.post(f"{s3.endpoint}/moto-api/reset-auth", data=count, timeout=10)
+
+        await asyncio.to_thread(auth, b"0")
         try:
             from pipeline.cli import main
 
             code = await asyncio.to_thread(main, ["run", str(manifest), "--out",
                                                   str(tmp_path / "out")])
         finally:
-            requests.post(f"{s3.endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
+            await asyncio.to_thread(auth, b"inf")
         captured = capsys.readouterr()
         assert code == 2
         assert "credentials were refused" in captured.err
@@ -281,8 +282,7 @@ async def test_killed_during_uploads_then_resumed_nothing_lost_nothing_paid_twic
         proc = await asyncio.create_subprocess_exec(
             *cmd, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         results = out / "team/results.jsonl"
-        while not results.exists() or len(results.read_bytes().splitlines()) < 5:
-            await asyncio.sleep(0.01)
+        await wait_for_lines(results, 5)
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         assert srv.stats.requests < 12
