@@ -256,3 +256,21 @@ async def test_status_counts_what_the_cache_fills_and_pull_push_move_it(tmp_path
         assert srv.stats.requests == 4
         with pytest.raises(Exception, match="no cache"):
             await asyncio.to_thread(pull_command, Share(manifest=str(manifest)), env)
+
+
+@pytest.mark.parametrize("path", [".github/workflows/imagebatch.yml",
+                                  "pipeline/templates/init/workflow.yml"])
+def test_the_scheduled_workflows_use_the_cache_when_the_variable_is_set(path):
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    doc = yaml.safe_load((root / path).read_text().replace("@IMAGEBATCH_REQUIREMENT@", "x"))
+    steps = doc["jobs"]["generate"]["steps"]
+    (generate,) = [s for s in steps if s.get("name") == "Generate"]
+    assert generate["env"]["IMAGEBATCH_CACHE"] == "${{ vars.IMAGEBATCH_CACHE }}"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert generate["env"][name] == f"${{{{ secrets.{name} }}}}"
+    # the Actions cache only stands in while there is no shared cache
+    actions_cache = [s for s in steps if str(s.get("uses", "")).startswith("actions/cache/")]
+    assert len(actions_cache) == 2
+    assert all("vars.IMAGEBATCH_CACHE == ''" in s["if"] for s in actions_cache)
