@@ -91,30 +91,37 @@ async def load_index(transfers: Transfers, stores: Iterable[Store]) -> None:
 async def restore(transfers: Transfers, store: Store, jobs: Sequence[Job],
                   stopping: Callable[[], bool] = lambda: False) -> set[str]:
     """Restore what the cache has of `jobs` into `store`; the keys restored."""
-    gate = asyncio.Semaphore(TRANSFERS)
+    gate = asyncio.Semaphore(TRANSFERS)  # downloads in flight
+    held = asyncio.Semaphore(2 * TRANSFERS)  # images between download and save: the memory
     restored: set[str] = set()
     tally = transfers.tally(store)
 
     async def one(job: Job) -> None:
+        async with held:
+            await first_good(job)
+
+    async def first_good(job: Job) -> None:
         entries = [e for e in transfers.index.get(job.key, ()) if e.backend in store.backends]
         for entry in entries:
             if stopping():
                 return
+            started = time.monotonic()
+            # Checking and saving run outside the download gate, so the next downloads
+            # start while this image is written (`held` bounds the images in memory).
             async with gate:
-                started = time.monotonic()
                 try:
                     data = await transfers.cache.get(entry)
                 except Exception as exc:  # noqa: BLE001 - a download that fails is skipped
                     transfers.warn(f"cache: cannot download {entry.name}: "
                                    f"{transfers.cache.describe(exc)}; generating {job.path}")
                     continue
-                problem = await asyncio.to_thread(verify, entry, data, job)
-                if problem is None:
-                    await asyncio.to_thread(store.restore, job, data, backend=entry.backend,
-                                            seconds=time.monotonic() - started)
-                    restored.add(job.key)
-                    tally.restored += 1
-                    return
+            problem = await asyncio.to_thread(verify, entry, data, job)
+            if problem is None:
+                await asyncio.to_thread(store.restore, job, data, backend=entry.backend,
+                                        seconds=time.monotonic() - started)
+                restored.add(job.key)
+                tally.restored += 1
+                return
             tally.rejected += 1
             transfers.warn(f"cache: {entry.name} is not the image of {job.path}: {problem}; "
                            "removed, the job is generated again")
