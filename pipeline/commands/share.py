@@ -23,9 +23,8 @@ from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
 from pipeline.planning.plan import Job, Plan
 from pipeline.running import cache as cached
 from pipeline.running.options import DEFAULT_OUT
-from pipeline.running.run import check_cache
 from pipeline.storage import picks
-from pipeline.storage.cache import CACHE_VARIABLE, Cache
+from pipeline.storage.cache import CACHE_VARIABLE, Cache, check_cache
 from pipeline.storage.store import DONE, Record, Store
 
 

@@ -22,7 +22,7 @@ from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
 from pipeline.planning.plan import canonical_json
 from pipeline.running.options import DEFAULT_OUT
 from pipeline.storage import picks
-from pipeline.storage.cache import CACHE_VARIABLE, restorable
+from pipeline.storage.cache import CACHE_VARIABLE, check_cache, restorable
 from pipeline.storage.metadata import MetadataError, read_request
 from pipeline.storage.store import DONE, job_states
 
@@ -54,8 +54,6 @@ def status_command(
         pick_counts = picks.counts(picks.load_picks(picks_at, whole), whole)
     shared = None
     if cache is not None:
-        from pipeline.running.run import check_cache
-
         shared = check_cache(cache or None, env)
         if shared is None:
             raise UsageError(f"--cache: give a URL or set {CACHE_VARIABLE}")

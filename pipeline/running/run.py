@@ -44,7 +44,7 @@ from pipeline.running.summary import (
 from pipeline.service.server import ServerOptions, running_server
 from pipeline.signals import on_stop_signals
 from pipeline.storage import picks
-from pipeline.storage.cache import Cache, cache_url, open_cache
+from pipeline.storage.cache import Cache, check_cache
 from pipeline.storage.store import DONE, Record, Store
 
 
@@ -69,17 +69,6 @@ def run(opts: RunOptions, env: Mapping[str, str] | None = None,
     report = asyncio.run(run_plans(plans, conns, opts, err, cache=cache))
     write_step_summary(report, env)
     return report
-
-
-def check_cache(given: str | None, env: Mapping[str, str]) -> Cache | None:
-    """The cache `--cache` or $IMAGEBATCH_CACHE names, opened and reached once; None when
-    neither is set. CacheError (exit 2) before anything is sent when it cannot be used."""
-    found = cache_url(given, env)
-    if found is None:
-        return None
-    cache = open_cache(found[0], env, found[1])
-    asyncio.run(cache.check())
-    return cache
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,10 @@ from pipeline.planning.plan import Job
 CACHE_VARIABLE = "IMAGEBATCH_CACHE"
 LAYOUT = "v1"  # the first path part: a later layout gets a new one, old objects stay readable
 
+# What a store says when it refuses the credentials (or finds none): S3's error codes, an
+# HTTP 401/403 (not a port or size that merely contains the digits), a credential error.
+_REFUSED = re.compile(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|ExpiredToken|"
+                      r"InvalidToken|(?<![\d:])40[13](?!\d)|[Cc]redential")
 _NAME = re.compile(r"^([0-9a-f]{64})\.([0-9a-f]{64})\.(png|jpg)$")
 # Credentials read from the environment: scrubbed from any message that could echo them.
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
@@ -129,9 +133,7 @@ class Cache:
         where = f"cache {self.url} ({self.source})"
         if "NoSuchBucket" in text:
             return f"{where}: the bucket does not exist; create it or fix the bucket name"
-        if any(word in text for word in ("InvalidAccessKeyId", "SignatureDoesNotMatch",
-                                          "AccessDenied", "403", "401", "ExpiredToken",
-                                          "credential", "Credential")):
+        if _REFUSED.search(text):
             return (f"{where}: the credentials were refused; check AWS_ACCESS_KEY_ID and "
                     "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
         if any(word in text for word in ("error sending request", "connect", "Connect",
@@ -209,6 +211,18 @@ def cache_url(given: str | None, env: Mapping[str, str]) -> tuple[str, str] | No
         return given, "--cache"
     value = env.get(CACHE_VARIABLE, "").strip()
     return (value, CACHE_VARIABLE) if value else None
+
+
+def check_cache(given: str | None, env: Mapping[str, str]) -> Cache | None:
+    """The cache `--cache` (`given`) or $IMAGEBATCH_CACHE names, opened and reached once;
+    None when neither is set. CacheError (exit 2) when it cannot be used: call it before
+    anything is sent."""
+    found = cache_url(given, env)
+    if found is None:
+        return None
+    cache = open_cache(found[0], env, found[1])
+    asyncio.run(cache.check())
+    return cache
 
 
 def open_cache(url: str, env: Mapping[str, str], source: str = "--cache") -> Cache:
