@@ -312,3 +312,13 @@ async def test_killed_during_uploads_then_resumed_nothing_lost_nothing_paid_twic
         summary = json.loads((out / "team/summary.json").read_text())
         assert summary["upload_failed"] == 0
         assert summary["uploaded"] == 12 - len(before)  # the cut-off uploads, caught up
+
+
+async def test_no_credentials_at_all_is_named_as_such(tmp_path, s3, aws_env, monkeypatch):
+    bucket = s3.bucket()
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    env = {"AWS_ENDPOINT_URL": s3.endpoint, "AWS_REGION": "us-east-1"}
+    cache = opened(f"s3://{bucket}/x", env)
+    with pytest.raises(CacheError, match="no credentials found; set AWS_ACCESS_KEY_ID"):
+        await cache.check()

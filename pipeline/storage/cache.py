@@ -102,6 +102,9 @@ class Cache:
     source: str  # what set it: "--cache" or IMAGEBATCH_CACHE, named in errors
     store: Any = field(repr=False)  # an obstore store
     secrets: tuple[str, ...] = field(default=(), repr=False)  # values to scrub from messages
+    # whether credentials were given (keys or a profile); without, the store looks for an
+    # instance role, and its failure means "none found" rather than "refused"
+    credentials: bool = True
 
     def describe(self, exc: BaseException) -> str:
         """An obstore error as one line with no credential in it."""
@@ -133,6 +136,9 @@ class Cache:
         where = f"cache {self.url} ({self.source})"
         if "NoSuchBucket" in text:
             return f"{where}: the bucket does not exist; create it or fix the bucket name"
+        if _REFUSED.search(text) and not self.credentials:
+            return (f"{where}: no credentials found; set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
         if _REFUSED.search(text):
             return (f"{where}: the credentials were refused; check AWS_ACCESS_KEY_ID and "
                     "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
@@ -292,7 +298,8 @@ def _s3(netloc: str, path: str, url: str, env: Mapping[str, str], source: str) -
         raise CacheError(f"cache {shown} ({source}): cannot be set up: "
                          f"{type(exc).__name__}") from None
     return Cache(url=shown, source=source, store=store,
-                 secrets=tuple(env.get(v, "") for v in _SECRET_VARIABLES))
+                 secrets=tuple(env.get(v, "") for v in _SECRET_VARIABLES),
+                 credentials="access_key_id" in config or provider is not None)
 
 
 def _profile_provider(profile: str, source: str) -> Any:
