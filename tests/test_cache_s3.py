@@ -322,3 +322,28 @@ async def test_no_credentials_at_all_is_named_as_such(tmp_path, s3, aws_env, mon
     cache = opened(f"s3://{bucket}/x", env)
     with pytest.raises(CacheError, match="no credentials found; set AWS_ACCESS_KEY_ID"):
         await cache.check()
+
+
+@pytest.mark.parametrize("kind", ["s3", "folder"])
+async def test_two_writers_of_one_key_at_once_leave_whole_objects_only(tmp_path, s3, aws_env,
+                                                                       kind):
+    from runner_helpers import image_bytes, make_job
+
+    from pipeline.storage import metadata
+
+    if kind == "s3":
+        bucket = s3.bucket()
+        cache = opened(f"s3://{bucket}/w", aws_env)
+    else:
+        cache = opened(str(tmp_path), {})
+    job = make_job()
+    same = metadata.embed(image_bytes(), job.body)
+    other = metadata.embed(image_bytes(color=(1, 2, 3)), job.body)
+    wrote = await asyncio.gather(*(cache.put(job.key, "local", same, "png") for _ in range(8)))
+    assert sorted(wrote) == [False] * 7 + [True]  # written once; the others found it there
+    assert await cache.put(job.key, "local", other, "png") is True  # another image: its own
+    found = (await cache.index(["local"]))[job.key]
+    assert len(found) == 2
+    for entry in found:
+        data = await cache.get(entry)
+        assert hashlib.sha256(data).hexdigest() == entry.sha256 and data in (same, other)
