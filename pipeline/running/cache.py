@@ -115,10 +115,8 @@ async def restore(transfers: Transfers, store: Store, jobs: Sequence[Job],
                     transfers.warn(f"cache: cannot download {entry.name}: "
                                    f"{transfers.cache.describe(exc)}; generating {job.path}")
                     continue
-            problem = await asyncio.to_thread(verify, entry, data, job)
+            problem = await asyncio.to_thread(_keep, store, entry, data, job, started)
             if problem is None:
-                await asyncio.to_thread(store.restore, job, data, backend=entry.backend,
-                                        seconds=time.monotonic() - started)
                 restored.add(job.key)
                 tally.restored += 1
                 return
@@ -129,6 +127,15 @@ async def restore(transfers: Transfers, store: Store, jobs: Sequence[Job],
 
     await asyncio.gather(*(one(j) for j in jobs if j.key in transfers.index))
     return restored
+
+
+def _keep(store: Store, entry: Entry, data: bytes, job: Job, started: float) -> str | None:
+    """Verify a downloaded object and, when it is the job's image, save it as done (one
+    thread hop for both); why it is not, or None once saved."""
+    problem = verify(entry, data, job)
+    if problem is None:
+        store.restore(job, data, backend=entry.backend, seconds=time.monotonic() - started)
+    return problem
 
 
 async def _discard(transfers: Transfers, entry: Entry) -> None:
