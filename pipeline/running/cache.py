@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -26,7 +26,7 @@ from pipeline.errors import ApiError, ImagebatchError, printable
 from pipeline.planning.plan import Job
 from pipeline.running.client import check_image
 from pipeline.storage import metadata
-from pipeline.storage.cache import Cache, CacheError, Entry
+from pipeline.storage.cache import Cache, Entry
 from pipeline.storage.store import DONE, Record, Store
 
 #: Transfers in flight at once (downloads or uploads); object stores serve many at a time.
@@ -88,8 +88,7 @@ async def load_index(transfers: Transfers, stores: Iterable[Store]) -> None:
     transfers.index = await transfers.cache.index(backends)
 
 
-async def restore(transfers: Transfers, store: Store, jobs: Sequence[Job],
-                  stopping: Callable[[], bool] = lambda: False) -> set[str]:
+async def restore(transfers: Transfers, store: Store, jobs: Sequence[Job]) -> set[str]:
     """Restore what the cache has of `jobs` into `store`; the keys restored."""
     gate = asyncio.Semaphore(TRANSFERS)  # downloads in flight
     held = asyncio.Semaphore(2 * TRANSFERS)  # images between download and save: the memory
@@ -103,8 +102,6 @@ async def restore(transfers: Transfers, store: Store, jobs: Sequence[Job],
     async def first_good(job: Job) -> None:
         entries = [e for e in transfers.index.get(job.key, ()) if e.backend in store.backends]
         for entry in entries:
-            if stopping():
-                return
             started = time.monotonic()
             # Checking and saving run outside the download gate, so the next downloads
             # start while this image is written (`held` bounds the images in memory).
@@ -224,7 +221,3 @@ def missing(transfers: Transfers, store: Store, jobs: Sequence[Job]
             continue
         out.append((st.job, st.record))
     return out
-
-
-__all__ = ["CacheError", "Transfers", "Tally", "Uploader", "load_index", "missing",
-           "restore", "upload", "verify"]
