@@ -61,6 +61,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "diff": ("imagebatch diff manifests/example.yaml            against the merge base with main",
              "imagebatch diff manifests/*.yaml --against v1.2 --price 0.08",
              "imagebatch diff manifests/example.yaml --against old.yaml --markdown"),
+    "pull": ("IMAGEBATCH_CACHE=s3://team-bucket/imagebatch imagebatch pull manifests/a.yaml",),
+    "push": ("imagebatch push manifests/example.yaml --cache /mnt/share/imagebatch-cache",),
 }
 
 
@@ -377,6 +379,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--json", action="store_true",
                    help="the summary as JSON on stdout; everything else on stderr")
     _add_env_prefix(p, pool=True)
+    _add_cache(p)
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="say more on stderr (temp files an interrupted run left and were removed)")
 
@@ -393,6 +396,27 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     _add_env_prefix(p, pool=True)
     p.add_argument("-v", "--verbose", action="count", default=0, help="one line per job")
     _add_picks_option(p)
+    p.add_argument("--cache", nargs="?", const="", default=None, metavar="URL",
+                   help="also count the pending jobs the shared cache can fill, by listing it "
+                        "(URL, or $IMAGEBATCH_CACHE when none is given); downloads nothing")
+
+    for command, what in (("pull", "restore a plan's images from the shared cache, then "
+                                    "rebuild sheets and index; send nothing"),
+                          ("push", "upload a plan's done images to the shared cache; send "
+                                   "nothing")):
+        p = sub.add_parser(command, help=what)
+        p.add_argument("manifest", metavar="MANIFEST")
+        _add_out(p)
+        _add_cache(p)
+        p.add_argument("--local", action="store_true",
+                       help="the embedded server's images (as `status --local` counts them)")
+        p.add_argument("--shard", type=_shard, metavar="K/N", help="only the jobs of shard K of N")
+        if command == "pull":
+            p.add_argument("--no-post", action="store_true",
+                           help="skip thumbnails, contact sheets and index.html")
+            _add_picks_option(p)
+        _add_max_jobs(p)
+        _add_env_prefix(p, pool=True)
 
     p = sub.add_parser("export", help="write the exports of a manifest (sizes, formats, "
                                       "assets.json) from images on disk; send nothing")
@@ -459,6 +483,12 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--stability-lockout", type=_nonneg_float, default=60.0, metavar="S",
                    help="seconds every Stability request is refused once over the limit "
                         "(default 60)")
+
+
+def _add_cache(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", default=None, metavar="URL",
+                   help="the shared image cache: s3://BUCKET/PREFIX, file:///PATH or a folder "
+                        "(default $IMAGEBATCH_CACHE; none when unset)")
 
 
 def _port(text: str) -> int:
@@ -604,6 +634,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         post=not args.no_post, env_prefixes=_prefixes(args), verbose=args.verbose,
         price=args.price, budget=args.budget, budget_cost=args.budget_cost,
         selection=_selection(args),
+        cache=args.cache,
     ))
     return report_run(report, as_json=args.json, out=sys.stdout, err=sys.stderr)
 
@@ -644,8 +675,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return status_command(
         args.manifest, out_dir=Path(args.out), local=args.local, env_prefixes=_prefixes(args),
         verbose=args.verbose, as_json=args.json, shard=args.shard, max_jobs=args.max_jobs,
-        verify=args.verify, picks_file=args.picks, selection=_selection(args),
+        verify=args.verify, picks_file=args.picks, selection=_selection(args), cache=args.cache,
     )
+
+
+def _cmd_share(args: argparse.Namespace) -> int:
+    from pipeline.commands.share import Share, pull_command, push_command
+
+    share = Share(manifest=args.manifest, out_dir=Path(args.out), cache=args.cache,
+                  env_prefixes=_prefixes(args), local=args.local, shard=args.shard,
+                  max_jobs=args.max_jobs, post=not getattr(args, "no_post", False),
+                  picks_file=getattr(args, "picks", None))
+    return (pull_command if args.command == "pull" else push_command)(share)
 
 
 def _cmd_pick(args: argparse.Namespace) -> int:
@@ -699,6 +740,8 @@ COMMANDS = {
     "serve": _cmd_serve,
     "review": _cmd_review,
     "diff": _cmd_diff,
+    "pull": _cmd_share,
+    "push": _cmd_share,
 }
 
 

@@ -23,8 +23,9 @@ from pipeline.planning.plan import Plan, canonical_json
 from pipeline.planning.select import ALL, Selection, narrow_all
 from pipeline.running.options import DEFAULT_OUT
 from pipeline.storage import picks
+from pipeline.storage.cache import CACHE_VARIABLE, check_cache, restorable
 from pipeline.storage.metadata import MetadataError, read_request
-from pipeline.storage.store import job_states
+from pipeline.storage.store import DONE, job_states
 
 
 def status_command(
@@ -34,10 +35,12 @@ def status_command(
     max_jobs: int = DEFAULT_MAX_JOBS, verify: bool = False,
     env: Mapping[str, str] | None = None, out: TextIO | None = None,
     picks_file: str | Path | None = None, selection: Selection = ALL,
+    cache: str | None = None,
 ) -> int:
     """`imagebatch status`: done / failed / pending against the backend `run` would use
     (for a pool, done by any of its members), and the picks file's counts when there is
-    one; of the jobs `selection` keeps, when given."""
+    one; of the jobs `selection` keeps, when given. With `cache` (a URL, or "" for
+    $IMAGEBATCH_CACHE), how many jobs not done the shared cache can fill, from a listing."""
     env = os.environ if env is None else env
     out = out or sys.stdout
     backend, judged = config.judged_backends(env, env_prefixes, local)
@@ -52,18 +55,29 @@ def status_command(
         whole = plan if shard is None and not selection.active else load_plans(
             [manifest], env, prefixes, max_jobs=max_jobs, shard=None)[0]
         pick_counts = picks.counts(picks.load_picks(picks_at, whole), whole)
+    shared = None
+    if cache is not None:
+        shared = check_cache(cache or None, env)
+        if shared is None:
+            raise UsageError(f"--cache: give a URL or set {CACHE_VARIABLE}")
     counts = {"done": 0, "failed": 0, "pending": 0}
     rows: list[dict[str, str | None]] = []
-    for st in job_states(plan.jobs, root, judged, verify=verify):
+    states = job_states(plan.jobs, root, judged, verify=verify)
+    for st in states:
         counts[st.state] += 1
         rows.append({"key": st.job.key, "path": st.job.path, "state": st.state,
                      "error": st.reason})
+    fills = None
+    if shared is not None:
+        fills = len(restorable(shared, [st.job for st in states if st.state != DONE], judged))
     if as_json:
         doc: dict[str, Any] = {"name": plan.name, "backend": backend, "planned": len(plan.jobs),
                                **counts,
                                **({"selection": selection.as_dict()} if selection.active
                                   else {}),
                                "picks": pick_counts.as_dict() if pick_counts is not None else None}
+        if shared is not None:
+            doc["cache"], doc["restorable"] = shared.url, fills
         if verbose:
             doc["jobs"] = rows
         print(json.dumps(doc, indent=2, ensure_ascii=False), file=out)
@@ -71,6 +85,9 @@ def status_command(
     subset = f", a subset: {selection.describe()}" if selection.active else ""
     print(f"{plan.name}: {len(plan.jobs)} jobs: {counts['done']} done, {counts['failed']} failed, "
           f"{counts['pending']} pending (backend {backend}, {root}{subset})", file=out)
+    if shared is not None:
+        print(f"cache {shared.url}: {fills} of the {len(plan.jobs) - counts['done']} jobs not "
+              "done can be restored from it (run or pull; nothing paid)", file=out)
     if pick_counts is not None:
         print(f"picks: {pick_counts} ({picks_at})", file=out)
     if verbose:

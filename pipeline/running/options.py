@@ -45,6 +45,8 @@ class RunOptions:
     # pool of backends.
     env_prefixes: tuple[str, ...] = (DEFAULT_PREFIX,)
     verbose: int = 0
+    # The shared image cache's URL (--cache); None: $IMAGEBATCH_CACHE, when it is set.
+    cache: str | None = None
     backoff_base: float = _RUN.backoff_base  # seconds; first retry waits up to this
     price: str | None = None  # --price as given; None: $IMAGEBATCH_PRICE, or unknown
     budget: int | None = None  # --budget: image requests this run may send

@@ -14,7 +14,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
@@ -28,6 +28,7 @@ from pipeline.planning import apispec, config
 from pipeline.planning.manifest import load_plans
 from pipeline.planning.plan import Job, Plan
 from pipeline.planning.select import ALL, narrow, narrow_all
+from pipeline.running import cache as cached
 from pipeline.running.client import ApiClient
 from pipeline.running.options import REMOTE_DEFAULT_RPM, RunOptions
 from pipeline.running.progress import Progress
@@ -44,7 +45,8 @@ from pipeline.running.summary import (
 from pipeline.service.server import ServerOptions, running_server
 from pipeline.signals import on_stop_signals
 from pipeline.storage import picks
-from pipeline.storage.store import DONE, Store
+from pipeline.storage.cache import Cache, check_cache
+from pipeline.storage.store import DONE, Record, Store
 
 
 def run(opts: RunOptions, env: Mapping[str, str] | None = None,
@@ -67,9 +69,10 @@ def run(opts: RunOptions, env: Mapping[str, str] | None = None,
         picks.load_picks(picks.picks_path(plan.source),
                          plan if plan.shard is None else None)
     conns, more = config.pool(env, prefixes, local=opts.local)
+    cache = check_cache(opts.cache, env)
     for note in (*notes, *more):
         print(f"note: {note}", file=err)
-    report = asyncio.run(run_plans(plans, conns, opts, err, env=env))
+    report = asyncio.run(run_plans(plans, conns, opts, err, env=env, cache=cache))
     write_step_summary(report, env)
     return report
 
@@ -101,6 +104,7 @@ async def _backends(
 async def run_plans(
     plans: Sequence[Plan], conn: config.Connection | Sequence[config.Connection],
     opts: RunOptions, err: TextIO, reason: str = "", *, env: Mapping[str, str] | None = None,
+    cache: Cache | None = None,
 ) -> RunReport:
     """Run validated plans against `conn` (the embedded server for a local one), or against
     a pool of connections; write each summary.json, post-process unless stopped or told
@@ -108,7 +112,9 @@ async def run_plans(
 
     With a selection (`opts.selection`), `plans` are the whole plans: the jobs run are the
     selected ones of shard `opts.shard`, and post-processing shows that shard's every job.
-    The price and budget are `opts.spending(env)` (env: the process's by default).
+    The price and budget are `opts.spending(env)` (env: the process's by default). With a
+    (checked) `cache`, jobs are restored from it first (no request, so nothing spent of the
+    budget) and what is made is uploaded to it.
     """
     price, budget = opts.spending(os.environ if env is None else env)
     chosen = list(plans)
@@ -123,18 +129,25 @@ async def run_plans(
         name = ",".join(sorted({b.name for b in backends}))
         members = {b.prefix: b.name for b in backends} if pooled else None
         stores = [Store(opts.out, plan.name, name, members=members) for plan in plans]
+        transfers = cached.Transfers(cache, err) if cache is not None else None
         try:
-            work, skipped = await _todo(chosen, stores, opts, err)
-            runner = await _run_jobs(work, backends, opts, err,
-                                     {c.prefix: c.key_variable for c in conns},
-                                     budget=None if budget is None else budget.requests)
+            uploader = cached.Uploader(transfers) if transfers is not None else None
+            try:
+                work, skipped = await _todo(chosen, stores, opts, err, transfers, uploader)
+                runner = await _run_jobs(work, backends, opts, err,
+                                         {c.prefix: c.key_variable for c in conns},
+                                         uploader.submit if uploader is not None else None,
+                                         budget=None if budget is None else budget.requests)
+            finally:
+                if uploader is not None:
+                    await uploader.close()  # write behind: every saved image, then the summary
             state = runner.state
         finally:
             for store in stores:
                 store.close()
         seconds = time.monotonic() - started
         reports = [_plan_report(sub, store, state.by_store.get(store, StoreTally()), done,
-                                seconds, state.interrupted,
+                                seconds, state.interrupted, transfers,
                                 whole=len(plan.jobs) if opts.selection.active else None)
                    for plan, sub, store, done in zip(plans, chosen, stores, skipped,
                                                      strict=True)]
@@ -192,10 +205,13 @@ def _stopping_post_on_signals() -> Iterator[Stop]:
 
 
 async def _todo(
-    plans: Sequence[Plan], stores: Sequence[Store], opts: RunOptions, err: TextIO
+    plans: Sequence[Plan], stores: Sequence[Store], opts: RunOptions, err: TextIO,
+    transfers: cached.Transfers | None = None, uploader: cached.Uploader | None = None,
 ) -> tuple[list[tuple[Store, Job]], list[int]]:
     """Open every store (sweeping a killed run's temp files): the jobs not done yet, and
-    how many of each plan's jobs are done already."""
+    how many of each plan's jobs are done already. With a cache: what it has is restored
+    first (not with --force), and what is done here but missing there is queued for upload
+    (an earlier run's failed or cut-off uploads)."""
     work: list[tuple[Store, Job]] = []
     skipped: list[int] = []
     for plan, store in zip(plans, stores, strict=True):
@@ -203,16 +219,27 @@ async def _todo(
         if removed and opts.verbose:
             print(f"{plan.name}: removed {removed} temp file(s) of an interrupted run", file=err)
         await asyncio.to_thread(store.load)
+    if transfers is not None:
+        await cached.load_index(transfers, stores)
+    for plan, store in zip(plans, stores, strict=True):
         states = await asyncio.to_thread(store.check, plan.jobs, verify=opts.verify)
         todo = [st.job for st in states if opts.force or st.state != DONE]
-        skipped.append(len(plan.jobs) - len(todo))
+        if transfers is not None and uploader is not None:
+            if not opts.force:
+                restored = await cached.restore(transfers, store, todo)
+                todo = [j for j in todo if j.key not in restored]
+            for job, rec in await asyncio.to_thread(cached.missing, transfers, store, plan.jobs):
+                uploader.submit(store, job, rec)
+        skipped.append(len(plan.jobs) - len(todo) - (
+            transfers.tally(store).restored if transfers is not None else 0))
         work.extend((store, j) for j in todo)
     return work, skipped
 
 
 async def _run_jobs(work: list[tuple[Store, Job]], backends: Sequence[_Backend],
                     opts: RunOptions, err: TextIO,
-                    key_variables: Mapping[str, str] | None = None, *,
+                    key_variables: Mapping[str, str] | None = None,
+                    on_saved: Callable[[Store, Job, Record], None] | None = None, *,
                     budget: int | None = None) -> Runner:
     """The session, and a pacer and client per backend, run by one runner (stopped by
     SIGINT / SIGTERM, and sending at most `budget` image requests); the runner, done."""
@@ -243,7 +270,7 @@ async def _run_jobs(work: list[tuple[Store, Job]], backends: Sequence[_Backend],
             for b, (pace, pace_auto) in zip(backends, paces, strict=True)]
         runner = Runner(members, settings, sleep=sleep, clock=clock, on_drop=dropped,
                         on_change=lambda st: progress.update(st.ok, st.failed),
-                        budget=budget)
+                        budget=budget, on_saved=on_saved)  # type: ignore[arg-type]
         try:
             with _stopped_by_signals(runner, err):
                 await runner.run(work)
@@ -273,16 +300,20 @@ def _stopped_by_signals(runner: Runner, err: TextIO) -> Iterator[None]:
 
 
 def _plan_report(plan: Plan, store: Store, tally: StoreTally, skipped: int, seconds: float,
-                 interrupted: bool, whole: int | None = None) -> PlanReport:
+                 interrupted: bool, transfers: cached.Transfers | None = None,
+                 whole: int | None = None) -> PlanReport:
     failures = sorted(tally.failures, key=lambda o: o.job.index)
+    moved = transfers.tally(store) if transfers is not None else cached.Tally()
     return PlanReport(
         name=plan.name, manifest=plan.source, backend=store.backend,
         shard=f"{plan.shard[0]}/{plan.shard[1]}" if plan.shard else None, out=str(store.root),
         planned=len(plan.jobs), succeeded=tally.made, skipped=skipped, failed=len(failures),
-        pending=len(plan.jobs) - tally.made - skipped - len(failures), requests=tally.requests,
-        seconds=round(seconds, 3), interrupted=interrupted,
+        pending=len(plan.jobs) - tally.made - skipped - moved.restored - len(failures),
+        requests=tally.requests, seconds=round(seconds, 3), interrupted=interrupted,
         failures=tuple(Failure(o.job.key, o.job.path, o.error) for o in failures),
         sent=tally.sent, selected_of=whole,
+        cache=transfers.cache.url if transfers is not None else None,
+        restored=moved.restored, uploaded=moved.uploaded, upload_failed=moved.upload_failed,
     )
 
 

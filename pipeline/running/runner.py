@@ -213,6 +213,7 @@ class Runner:
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] | None = None,
         budget: int | None = None,
+        on_saved: Callable[[JobStore, Job, Record], None] | None = None,
     ) -> None:
         if isinstance(backend, Sequence):
             self.members = list(backend)
@@ -226,6 +227,7 @@ class Runner:
         self._clock = clock
         self._rng = rng
         self.budget = budget  # image requests this run may send; None for no limit
+        self._on_saved = on_saved  # told of each image once it is saved (the cache's uploads)
         self._stop: asyncio.Event | None = None
         # Workers waiting to start take turns in the order they came, so a job back for a
         # retry queues behind jobs already waiting.
@@ -510,12 +512,16 @@ class Runner:
         ))
         del data
         try:
-            await asyncio.shield(save)
+            rec = await asyncio.shield(save)
         except asyncio.CancelledError:
-            await save
-            self._finish(store, Outcome(job, "ok", counter[0]))
+            self._saved(store, job, await save, counter[0])
             raise
-        self._finish(store, Outcome(job, "ok", counter[0]))
+        self._saved(store, job, rec, counter[0])
+
+    def _saved(self, store: JobStore, job: Job, rec: Record, attempts: int) -> None:
+        self._finish(store, Outcome(job, "ok", attempts))
+        if self._on_saved is not None:
+            self._on_saved(store, job, rec)
 
     def _name(self, last: list[Member]) -> str | None:
         """The prefix of the member of the latest attempt, recorded for a pool's jobs."""

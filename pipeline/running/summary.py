@@ -52,6 +52,12 @@ class PlanReport:
     index: str | None = None
     sent: int = 0  # image requests (POSTs) sent: what a budget and the price count
     selected_of: int | None = None  # with --only / --first-seeds: the jobs of the whole plan
+    # The shared cache, when one was used (its URL, never a credential), and what it did:
+    # images restored from it (no request sent), uploaded to it, whose upload failed.
+    cache: str | None = None
+    restored: int = 0
+    uploaded: int = 0
+    upload_failed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +146,11 @@ def plan_doc(plan: PlanReport, version: str | None = None,
         "selection": None if selection is None or not selection.active else {
             **selection.as_dict(), "of": plan.selected_of},
     }
+    if plan.cache is not None:
+        doc["cache"] = plan.cache
+        doc["restored"] = plan.restored
+        doc["uploaded"] = plan.uploaded
+        doc["upload_failed"] = plan.upload_failed
     if members:
         doc["members"] = {m.prefix: {"requests": m.requests, "images": m.images,
                                      "throttled": m.throttled, "dropped": m.dropped}
@@ -177,8 +188,10 @@ def spend_text(sent: int, made: int, price: Price | None) -> str:
 def plan_text(plan: PlanReport, price: Price | None = None) -> str:
     """One plan's outcome as a person reads it: counts, spend, each failure, where the
     outputs are."""
+    restored = f", {plan.restored} restored from the cache" if plan.cache is not None else ""
     lines = [
-        f"{plan.name}: {plan.succeeded} made, {plan.skipped} already done, {plan.failed} failed"
+        f"{plan.name}: {plan.succeeded} made{restored}, {plan.skipped} already done, "
+        f"{plan.failed} failed"
         + (f", {plan.pending} not run" if plan.pending else "")
         + f" of {plan.planned} in {plan.seconds:.1f} s "
         f"({plan.requests} requests, backend {plan.backend})",
@@ -186,6 +199,9 @@ def plan_text(plan: PlanReport, price: Price | None = None) -> str:
     if plan.selected_of is not None:
         lines.append(f"  a subset: {plan.planned} of the plan's {plan.selected_of} jobs")
     lines.append(f"  {spend_text(plan.sent, plan.succeeded, price)}")
+    if plan.cache is not None:
+        lines.append(f"  cache {plan.cache}: {plan.uploaded} uploaded, "
+                     f"{plan.upload_failed} failed to upload")
     lines.extend(f"  FAILED {f.path}: {f.reason}" for f in plan.failures)
     lines.append(f"  outputs: {plan.out}")
     return "\n".join(lines)
@@ -255,6 +271,12 @@ def markdown(report: RunReport) -> str:
     if budget:  # "**Budget reached** (--budget 3): 3 of 3 image requests sent; ..."
         head, paren, rest = budget.partition(" (")
         lines += ["", f"**{_cell(head[:1].upper() + head[1:])}**{_cell(paren + rest)}"]
+    cached = [p for p in report.plans if p.cache is not None]
+    if cached:
+        lines += ["", "| manifest | cache | restored | uploaded | upload failed |",
+                  "| --- | --- | ---: | ---: | ---: |"]
+        lines += [f"| `{_cell(p.name)}` | `{_cell(p.cache)}` | {p.restored} | {p.uploaded} | "
+                  f"{p.upload_failed} |" for p in cached]
     for p in report.plans:
         lines += _markdown_details(p)
     return "\n".join(lines) + "\n"

@@ -63,11 +63,14 @@ class Record:
     mtime_ns: int | None = None
     member: str | None = None  # the pool member's prefix (DIFFUSION2), for a pool's runs
     seed: int | None = None  # the seed the provider said it used (Stability's `seed` header)
+    # Where the image came from when it was not made here: "cache" for one restored from
+    # the shared cache (older lines, and images made by this run, have none).
+    source: str | None = None
 
     def to_line(self) -> builtins.bytes:
-        """The JSON line, newline included (`member` and `seed` only when there is one)."""
+        """The JSON line, newline included (`member`, `seed` and `source` only when set)."""
         doc = asdict(self)
-        for optional in ("member", "seed"):
+        for optional in ("member", "seed", "source"):
             if doc[optional] is None:
                 del doc[optional]
         return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
@@ -84,6 +87,7 @@ class Record:
                 mtime_ns=_int_or_none(doc.get("mtime_ns")),
                 member=doc.get("member") if isinstance(doc.get("member"), str) else None,
                 seed=_int_or_none(doc.get("seed")),
+                source=doc.get("source") if isinstance(doc.get("source"), str) else None,
             )
         except (KeyError, TypeError, ValueError, OverflowError):  # e.g. "attempts": 1e400
             return None
@@ -505,6 +509,24 @@ class Store:
                 attempts=attempts, error=None, sha256=hashlib.sha256(blob).hexdigest(),
                 bytes=len(blob), seconds=round(seconds, 3), created=created, mtime_ns=stamp(path),
                 member=member, seed=seed,
+            )
+            self._append(rec)
+        except OSError as exc:
+            raise write_error(self.images / job.path, exc) from None
+        return rec
+
+    def restore(self, job: Job, blob: bytes, *, backend: str, seconds: float) -> Record:
+        """Write an image restored from the cache (already verified, request embedded) as
+        `backend` made it, atomically, then record it ok with source "cache"."""
+        if backend not in self._backends:
+            raise StoreError(f"an image by {backend} cannot be done here ({self.backend})")
+        try:
+            path = self.image_path(job)
+            atomic_write(path, blob)
+            rec = Record(
+                key=job.key, path=job.path, status="ok", backend=backend, attempts=0,
+                error=None, sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob),
+                seconds=round(seconds, 3), created=None, mtime_ns=stamp(path), source="cache",
             )
             self._append(rec)
         except OSError as exc:

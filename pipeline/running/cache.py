@@ -1,0 +1,223 @@
+"""Moving images between an outputs folder and the shared cache: read through, write behind.
+
+Read through (`restore`): for each job not done locally, an object of the cache made by one
+of the store's backends is downloaded and verified before it is saved as done: its bytes
+hash to the SHA-256 its name records, it decodes as the format and size the request asks
+for (the same check a fresh image gets), and the request embedded in it is this job's.
+An object that fails is reported, deleted (so the regenerated image replaces it) and never
+saved; the job is then generated as if the cache had not had it.
+
+Write behind (`Uploader`): every image a run saves is uploaded once it is on local disk,
+read back from there and checked against its record first. An upload is retried; one that
+still fails is a warning and a count, and the image stays done locally (the next run, or
+`push`, uploads it). `push` and `pull` are the same two halves run on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from pipeline.errors import ApiError, ImagebatchError, printable
+from pipeline.planning.plan import Job
+from pipeline.running.client import check_image
+from pipeline.storage import metadata
+from pipeline.storage.cache import Cache, Entry
+from pipeline.storage.store import DONE, Record, Store
+
+#: Transfers in flight at once (downloads or uploads); object stores serve many at a time.
+TRANSFERS = 16
+UPLOAD_ATTEMPTS = 3  # an upload is tried this many times before it counts as failed
+_BACKOFF = 0.5  # seconds before the second attempt, doubled for each one after
+
+
+def verify(entry: Entry, data: bytes, job: Job) -> str | None:
+    """Why `data` (the object `entry`) is not job `job`'s image, or None when it is."""
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        return "its bytes do not match the SHA-256 recorded with it (corrupt or truncated)"
+    if entry.ext != job.ext:
+        return f"it is a .{entry.ext} image, the job asks for .{job.ext}"
+    try:
+        check_image(data, job.request)
+    except ApiError as exc:
+        return exc.message
+    try:
+        body = metadata.extract(data)
+    except metadata.MetadataError as exc:
+        return f"its embedded request cannot be read ({exc})"
+    if body != job.body:
+        return "it carries another job's request"
+    return None
+
+
+@dataclass
+class Tally:
+    """What the cache did for one store in a run."""
+
+    restored: int = 0
+    uploaded: int = 0
+    upload_failed: int = 0
+    rejected: int = 0  # objects found bad (corrupt, truncated, foreign), deleted
+
+
+@dataclass
+class Transfers:
+    """What the cache did over a whole run, store by store, and what it warned about."""
+
+    cache: Cache
+    err: TextIO
+    by_store: dict[Store, Tally] = field(default_factory=dict)
+    index: dict[str, list[Entry]] = field(default_factory=dict)
+
+    def tally(self, store: Store) -> Tally:
+        """The counters of `store` (made on first use)."""
+        return self.by_store.setdefault(store, Tally())
+
+    def warn(self, text: str) -> None:
+        """One warning line on stderr."""
+        print(f"warning: {printable(text)}", file=self.err, flush=True)
+
+
+async def load_index(transfers: Transfers, stores: Iterable[Store]) -> None:
+    """List the cache once for every backend the stores count as done."""
+    backends = {b for store in stores for b in store.backends}
+    transfers.index = await transfers.cache.index(backends)
+
+
+async def restore(transfers: Transfers, store: Store, jobs: Sequence[Job]) -> set[str]:
+    """Restore what the cache has of `jobs` into `store`; the keys restored."""
+    gate = asyncio.Semaphore(TRANSFERS)  # downloads in flight
+    held = asyncio.Semaphore(2 * TRANSFERS)  # images between download and save: the memory
+    restored: set[str] = set()
+    tally = transfers.tally(store)
+
+    async def one(job: Job) -> None:
+        async with held:
+            await first_good(job)
+
+    async def first_good(job: Job) -> None:
+        entries = [e for e in transfers.index.get(job.key, ()) if e.backend in store.backends]
+        for entry in entries:
+            started = time.monotonic()
+            # Checking and saving run outside the download gate, so the next downloads
+            # start while this image is written (`held` bounds the images in memory).
+            async with gate:
+                try:
+                    data = await transfers.cache.get(entry)
+                except Exception as exc:  # noqa: BLE001 - a download that fails is skipped
+                    transfers.warn(f"cache: cannot download {entry.name}: "
+                                   f"{transfers.cache.describe(exc)}; generating {job.path}")
+                    continue
+            problem = await asyncio.to_thread(_keep, store, entry, data, job, started)
+            if problem is None:
+                restored.add(job.key)
+                tally.restored += 1
+                return
+            tally.rejected += 1
+            transfers.warn(f"cache: {entry.name} is not the image of {job.path}: {problem}; "
+                           "removed, the job is generated again")
+            await _discard(transfers, entry)
+
+    await asyncio.gather(*(one(j) for j in jobs if j.key in transfers.index))
+    return restored
+
+
+def _keep(store: Store, entry: Entry, data: bytes, job: Job, started: float) -> str | None:
+    """Verify a downloaded object and, when it is the job's image, save it as done (one
+    thread hop for both); why it is not, or None once saved."""
+    problem = verify(entry, data, job)
+    if problem is None:
+        store.restore(job, data, backend=entry.backend, seconds=time.monotonic() - started)
+    return problem
+
+
+async def _discard(transfers: Transfers, entry: Entry) -> None:
+    with_key = transfers.index.get(entry.key, [])
+    if entry in with_key:
+        with_key.remove(entry)
+        if not with_key:
+            del transfers.index[entry.key]
+    try:
+        await transfers.cache.delete(entry)
+    except Exception as exc:  # noqa: BLE001 - a bad object left behind is verified again
+        transfers.warn(f"cache: cannot remove {entry.name}: {transfers.cache.describe(exc)}")
+
+
+class Uploader:
+    """Uploads saved images in the background: `submit` as each is saved, `close` to drain.
+
+    Bounded: at most TRANSFERS uploads in flight and a queue of jobs (never of bytes), so
+    memory does not grow with the run. Each image is read back from local disk and checked
+    against its record, so only what is safely saved is ever uploaded.
+    """
+
+    def __init__(self, transfers: Transfers) -> None:
+        self.transfers = transfers
+        self._queue: asyncio.Queue[tuple[Store, Job, Record] | None] = asyncio.Queue()
+        self._workers = [asyncio.ensure_future(self._work()) for _ in range(TRANSFERS)]
+
+    def submit(self, store: Store, job: Job, rec: Record) -> None:
+        """Upload `job`'s image, recorded by `rec`, once the workers get to it."""
+        self._queue.put_nowait((store, job, rec))
+
+    async def close(self) -> None:
+        """Wait until every submitted image is uploaded (or counted as failed)."""
+        for _ in self._workers:
+            self._queue.put_nowait(None)
+        await asyncio.gather(*self._workers)
+
+    async def _work(self) -> None:
+        while (item := await self._queue.get()) is not None:
+            store, job, rec = item
+            tally = self.transfers.tally(store)
+            ok = await upload(self.transfers, store, job, rec)
+            if ok is None:
+                continue
+            if ok:
+                tally.uploaded += 1
+            else:
+                tally.upload_failed += 1
+
+
+async def upload(transfers: Transfers, store: Store, job: Job, rec: Record) -> bool | None:
+    """Upload one saved image: True if uploaded, None when the cache had it already (or it
+    changed on disk since its record), False when every attempt failed (a warning)."""
+    try:
+        blob = await asyncio.to_thread(store.image_path(job).read_bytes)
+    except (OSError, ImagebatchError) as exc:
+        transfers.warn(f"cache: cannot read {job.path} to upload it: {exc}")
+        return False
+    if hashlib.sha256(blob).hexdigest() != rec.sha256:
+        return None  # replaced since (a later run's): that run uploads its own
+    reason = ""
+    for attempt in range(UPLOAD_ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(_BACKOFF * 2 ** (attempt - 1))
+        try:
+            written = await transfers.cache.put(job.key, rec.backend, blob, job.ext)
+        except Exception as exc:  # noqa: BLE001 - counted and named; the run goes on
+            reason = transfers.cache.describe(exc)
+            continue
+        return True if written else None
+    transfers.warn(f"cache: upload of {job.path} failed after {UPLOAD_ATTEMPTS} attempts "
+                   f"({reason}); it stays done here, `imagebatch push` uploads it later")
+    return False
+
+
+def missing(transfers: Transfers, store: Store, jobs: Sequence[Job]
+            ) -> list[tuple[Job, Record]]:
+    """The jobs done in `store` whose image the cache has none of (by any of its backends):
+    what a run or `push` uploads."""
+    out: list[tuple[Job, Record]] = []
+    for st in store.check(jobs):
+        if st.state != DONE or st.record is None or st.record.sha256 is None:
+            continue
+        have = transfers.index.get(st.job.key, ())
+        if any(e.backend in store.backends for e in have):
+            continue
+        out.append((st.job, st.record))
+    return out

@@ -1,0 +1,330 @@
+"""The shared image cache: where an image lives in a bucket or a folder, and how to reach it.
+
+A cache is an object store (an S3-compatible bucket, or a plain folder) that every machine
+running the same manifests shares, so that no image is paid for twice. This module knows
+the layout, opens the store from a URL, checks it before a run sends anything, and lists
+what it holds; verifying and moving images is `pipeline.running.cache`'s part.
+
+Layout, under the URL's prefix::
+
+    v1/<backend-id>/<key[:2]>/<key>.<sha256>.<ext>
+
+`key` is the job's content key (the SHA-256 of the exact request body), `backend-id` a
+path-safe form of the backend name (`local` for the embedded server, else the base URL's
+host and path plus a short hash of the whole name: never a credential), and `sha256` the
+SHA-256 of the object's bytes, so the hash is recorded with the object itself and needs no
+second object to keep in step with it. Objects are written once (a conditional put that
+fails when the name exists) and never changed; two machines writing the same image write
+the same name, and two different images of one key (a hosted service need not be
+deterministic) both stand, each whole. A put is atomic on S3 and, in a folder, a staging
+file renamed into place: no partial object ever carries a final name (a staging file's name
+does not parse as one, so a listing skips it).
+
+The library is obstore (the Rust `object_store` crate's Python binding): one small wheel
+with no Python dependencies, async calls, conditional puts on S3 and on local folders
+alike, and S3 / GCS / Azure / local behind one interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pipeline.errors import ImagebatchError
+from pipeline.planning.config import LOCAL_BACKEND
+from pipeline.planning.plan import Job
+
+#: The environment variable that sets the cache for every command that takes --cache.
+CACHE_VARIABLE = "IMAGEBATCH_CACHE"
+LAYOUT = "v1"  # the first path part: a later layout gets a new one, old objects stay readable
+
+# What a store says when it refuses the credentials (or finds none): S3's error codes, an
+# HTTP 401/403 (not a port or size that merely contains the digits), a credential error.
+_REFUSED = re.compile(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|ExpiredToken|"
+                      r"InvalidToken|(?<![\d:])40[13](?!\d)|[Cc]redential")
+_NAME = re.compile(r"^([0-9a-f]{64})\.([0-9a-f]{64})\.(png|jpg)$")
+# Credentials read from the environment: scrubbed from any message that could echo them.
+_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+# A cache check or transfer must fail in seconds, not retry for minutes: a cache that does
+# not answer is reported (at start) or counted (an upload), never waited on.
+_RETRY = {"max_retries": 2, "retry_timeout": timedelta(seconds=20),
+          "init_backoff": timedelta(milliseconds=200), "max_backoff": timedelta(seconds=2),
+          "backoff_base": 2.0}
+_CLIENT = {"connect_timeout": "5s", "timeout": "120s"}
+
+
+class CacheError(ImagebatchError):
+    """A cache that cannot be used as given (exit 2, before anything is sent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One object of the cache: an image of job `key` made by backend `backend`."""
+
+    key: str
+    sha256: str
+    ext: str
+    backend: str  # the backend name (as results.jsonl records it)
+    name: str  # the object's path inside the store
+
+
+def backend_id(backend: str) -> str:
+    """The path-safe folder of a backend's images: `local`, or host and path plus a hash.
+
+    The name it comes from is a base URL with no credentials (config.backend_name), and only
+    its host and path are kept in clear; the hash tells apart names that read alike.
+    """
+    if backend == LOCAL_BACKEND:
+        return LOCAL_BACKEND
+    parts = urlsplit(backend)
+    readable = re.sub(r"[^a-z0-9.-]+", "_", f"{parts.hostname or ''}{parts.path}".lower())
+    digest = hashlib.sha256(backend.encode()).hexdigest()[:12]
+    return f"{readable.strip('_') or 'backend'}-{digest}"
+
+
+def object_name(key: str, backend: str, sha256: str, ext: str) -> str:
+    """Where the image `sha256` of job `key` by `backend` lives in the store."""
+    return f"{LAYOUT}/{backend_id(backend)}/{key[:2]}/{key}.{sha256}.{ext}"
+
+
+@dataclass(eq=False)
+class Cache:
+    """An opened cache: its store, and the URL to name it by (never a credential)."""
+
+    url: str  # as a person gave it, credentials removed
+    source: str  # what set it: "--cache" or IMAGEBATCH_CACHE, named in errors
+    store: Any = field(repr=False)  # an obstore store
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # values to scrub from messages
+    # whether credentials were given (keys or a profile); without, the store looks for an
+    # instance role, and its failure means "none found" rather than "refused"
+    credentials: bool = True
+
+    def describe(self, exc: BaseException) -> str:
+        """An obstore error as one line with no credential in it."""
+        text = str(exc).split("\n", 1)[0].strip()
+        for secret in self.secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return text[:300] or type(exc).__name__
+
+    async def check(self) -> None:
+        """Reach the store once (a listing of one object); CacheError naming what to fix.
+
+        Run before a single image request, so that a misconfigured cache never turns into a
+        silent full-price run.
+        """
+        try:
+            import obstore
+
+            stream = obstore.list(self.store, LAYOUT, chunk_size=1)
+            await stream.__anext__()
+        except StopAsyncIteration:
+            return  # reachable and empty
+        except Exception as exc:  # noqa: BLE001 - obstore raises many kinds; each is named
+            raise CacheError(self.problem(exc)) from None
+
+    def problem(self, exc: BaseException) -> str:
+        """What a failed call to the store says to fix, naming the variable or URL."""
+        text = str(exc)
+        where = f"cache {self.url} ({self.source})"
+        if "NoSuchBucket" in text:
+            return f"{where}: the bucket does not exist; create it or fix the bucket name"
+        if _REFUSED.search(text) and not self.credentials:
+            return (f"{where}: no credentials found; set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
+        if _REFUSED.search(text):
+            return (f"{where}: the credentials were refused; check AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
+        if any(word in text for word in ("error sending request", "connect", "Connect",
+                                          "dns error", "timed out", "Timeout")):
+            return (f"{where}: the endpoint cannot be reached; check AWS_ENDPOINT_URL "
+                    "(or the network)")
+        if "NotFound" in type(exc).__name__ or "No such file" in text:
+            return f"{where}: the folder does not exist"
+        return f"{where}: {self.describe(exc)}"
+
+    async def index(self, backends: Iterable[str]) -> dict[str, list[Entry]]:
+        """Every object of `backends` in the store, by job key (a listing; nothing is read).
+
+        One listing per backend (a thousand names a request on S3): cheaper than a request
+        per job for any plan that is not tiny next to the cache.
+        """
+        import obstore
+
+        found: dict[str, list[Entry]] = {}
+        for backend in sorted(set(backends)):
+            prefix = f"{LAYOUT}/{backend_id(backend)}"
+            try:
+                async for chunk in obstore.list(self.store, prefix, chunk_size=1000):
+                    for meta in chunk:
+                        entry = _entry(str(meta["path"]), backend)
+                        if entry is not None:
+                            found.setdefault(entry.key, []).append(entry)
+            except Exception as exc:  # noqa: BLE001 - named for the user
+                raise CacheError(self.problem(exc)) from None
+        for entries in found.values():
+            entries.sort(key=lambda e: e.name)  # the same choice on every machine
+        return found
+
+    async def get(self, entry: Entry) -> bytes:
+        """The bytes of `entry` (obstore errors pass through, for the caller to count)."""
+        import obstore
+
+        result = await obstore.get_async(self.store, entry.name)
+        return bytes(await result.bytes_async())
+
+    async def put(self, key: str, backend: str, blob: bytes, ext: str) -> bool:
+        """Write `blob` as job `key`'s image by `backend`, once: True if written, False when
+        that very object (same name, so same bytes) was there already."""
+        import obstore
+        from obstore.exceptions import AlreadyExistsError
+
+        sha = hashlib.sha256(blob).hexdigest()
+        try:
+            await obstore.put_async(self.store, object_name(key, backend, sha, ext), blob,
+                                    mode="create")
+        except AlreadyExistsError:
+            return False
+        return True
+
+    async def delete(self, entry: Entry) -> None:
+        """Remove a bad object (a corrupt, truncated or foreign one)."""
+        import obstore
+
+        await obstore.delete_async(self.store, entry.name)
+
+
+def _entry(path: str, backend: str) -> Entry | None:
+    """The Entry a listed path names, or None for anything else (a staging file, a stray)."""
+    match = _NAME.match(path.rsplit("/", 1)[-1])
+    if match is None:
+        return None
+    key, sha, ext = match.groups()
+    return Entry(key, sha, ext, backend, path.removeprefix("/"))
+
+
+def cache_url(given: str | None, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """(the cache URL, what set it): `--cache` when given, else $IMAGEBATCH_CACHE; None
+    when neither is set (an empty variable is unset, as a CI variable left blank is)."""
+    if given:
+        return given, "--cache"
+    value = env.get(CACHE_VARIABLE, "").strip()
+    return (value, CACHE_VARIABLE) if value else None
+
+
+def check_cache(given: str | None, env: Mapping[str, str]) -> Cache | None:
+    """The cache `--cache` (`given`) or $IMAGEBATCH_CACHE names, opened and reached once;
+    None when neither is set. CacheError (exit 2) when it cannot be used: call it before
+    anything is sent."""
+    found = cache_url(given, env)
+    if found is None:
+        return None
+    cache = open_cache(found[0], env, found[1])
+    asyncio.run(cache.check())
+    return cache
+
+
+def open_cache(url: str, env: Mapping[str, str], source: str = "--cache") -> Cache:
+    """The cache at `url` (`s3://BUCKET/PREFIX`, `file:///PATH` or a folder); CacheError
+    for a URL that cannot name one. Nothing is sent: `Cache.check` reaches it."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if len(scheme) == 1 or not scheme:  # a plain path (a Windows drive letter too)
+        return _folder(Path(url), url, source)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise CacheError(f"{source}: a file:// URL names a folder on this machine "
+                             "(file:///PATH); mount the share and give its path")
+        return _folder(Path(unquote(parts.path)), url, source)
+    if scheme in ("s3", "s3a"):
+        return _s3(parts.netloc, parts.path, url, env, source)
+    raise CacheError(f"{source}: unknown cache scheme {scheme!r}: use s3://BUCKET/PREFIX "
+                     "(AWS S3 or any S3-compatible store), file:///PATH or a folder")
+
+
+def _folder(path: Path, url: str, source: str) -> Cache:
+    from obstore.store import LocalStore
+
+    if not path.is_dir():
+        # A missing share (not mounted, a typo) must not become a new empty folder.
+        raise CacheError(f"cache {url} ({source}): no such folder; create it (or mount the "
+                         "share) first")
+    return Cache(url=str(path), source=source, store=LocalStore(path.resolve()))
+
+
+def _s3(netloc: str, path: str, url: str, env: Mapping[str, str], source: str) -> Cache:
+    from obstore.store import S3Store
+
+    if "@" in netloc:
+        # Never echo it: it is most likely KEY:SECRET@bucket.
+        raise CacheError(f"{source}: credentials do not go in the cache URL; set "
+                         "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
+    bucket = netloc
+    if not bucket:
+        raise CacheError(f"{source}: {url!r} names no bucket; use s3://BUCKET/PREFIX")
+    prefix = path.strip("/")
+    shown = f"s3://{bucket}/{prefix}".rstrip("/")
+    config: dict[str, Any] = {}
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        if urlsplit(endpoint).scheme not in ("http", "https"):
+            raise CacheError("AWS_ENDPOINT_URL must be an http(s) URL, e.g. "
+                             "https://ACCOUNT.r2.cloudflarestorage.com")
+        config["endpoint"] = endpoint
+    config["region"] = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+    for variable, name in (("AWS_ACCESS_KEY_ID", "access_key_id"),
+                           ("AWS_SECRET_ACCESS_KEY", "secret_access_key"),
+                           ("AWS_SESSION_TOKEN", "token")):
+        if env.get(variable):
+            config[name] = env[variable]
+    provider = None
+    if "access_key_id" not in config and env.get("AWS_PROFILE"):
+        provider = _profile_provider(env["AWS_PROFILE"], source)
+    client: dict[str, Any] = dict(_CLIENT)
+    if endpoint and endpoint.startswith("http://"):
+        client["allow_http"] = True  # a local MinIO or test endpoint
+    try:
+        store = S3Store(bucket, prefix=prefix or None, config=config,  # type: ignore[arg-type]
+                        client_options=client, retry_config=_RETRY,  # type: ignore[arg-type]
+                        credential_provider=provider)
+    except Exception as exc:  # noqa: BLE001 - a bad setting, named without its value
+        raise CacheError(f"cache {shown} ({source}): cannot be set up: "
+                         f"{type(exc).__name__}") from None
+    return Cache(url=shown, source=source, store=store,
+                 secrets=tuple(env.get(v, "") for v in _SECRET_VARIABLES),
+                 credentials="access_key_id" in config or provider is not None)
+
+
+def _profile_provider(profile: str, source: str) -> Any:
+    """Credentials of an AWS profile, through boto3 when it is installed."""
+    try:
+        import boto3
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError:
+        raise CacheError(f"{source}: AWS_PROFILE needs boto3 (pip install boto3); or set "
+                         "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from None
+    return Boto3CredentialProvider(boto3.Session(profile_name=profile))
+
+
+async def restorable_async(cache: Cache, jobs: Sequence[Job],
+                           backends: Iterable[str]) -> frozenset[str]:
+    """The keys of `jobs` that the cache holds an image of, made by one of `backends`."""
+    found = await cache.index(backends)
+    return frozenset(j.key for j in jobs if j.key in found)
+
+
+def restorable(cache: Cache, jobs: Sequence[Job], backends: Iterable[str]) -> frozenset[str]:
+    """Which of `jobs` the cache can fill, by key, without downloading them (a listing).
+
+    `backends` are the names whose images count as done (config.judged_backends, or a
+    Store's `backends`): an image by another backend never stands in. Objects are verified
+    only when downloaded, so a corrupt one counts here and is regenerated by the run.
+    """
+    return asyncio.run(restorable_async(cache, jobs, backends))
