@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_out(p)
     p.add_argument("--local", action="store_true",
                    help="count as done what the embedded server made, as `status --local`")
+    _add_cache(p)
     _add_max_jobs(p)
     _add_env_prefix(p, pool=True)
 
@@ -608,7 +609,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return plan_command(args.manifest, as_json=args.json, shard=args.shard,
                         max_jobs=args.max_jobs, env_prefixes=_prefixes(args),
                         counts_json=args.counts_json, selection=_selection(args),
-                        price=args.price, out_dir=Path(args.out), local=args.local)
+                        price=args.price, out_dir=Path(args.out), local=args.local,
+                        cache=args.cache)
 
 
 def _cmd_init(args: argparse.Namespace) -> int:

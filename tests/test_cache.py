@@ -274,3 +274,41 @@ def test_the_scheduled_workflows_use_the_cache_when_the_variable_is_set(path):
     actions_cache = [s for s in steps if str(s.get("uses", "")).startswith("actions/cache/")]
     assert len(actions_cache) == 2
     assert all("vars.IMAGEBATCH_CACHE == ''" in s["if"] for s in actions_cache)
+
+
+async def test_plan_counts_what_the_cache_would_fill_and_prices_only_the_rest(tmp_path):
+    import asyncio
+    import dataclasses
+
+    from pipeline.commands.preview import plan_command
+    from pipeline.planning.manifest import load_plans
+
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST)
+    share = tmp_path / "share"
+    share.mkdir()
+    async with running_server(api_options()) as srv:
+        env = {"DIFFUSION_URL": srv.url, "DIFFUSION_KEY": KEY}
+        (plan,) = load_plans([str(manifest)], env, "DIFFUSION")
+        # another machine made two of the four jobs into the cache
+        await run_with_cache(dataclasses.replace(plan, jobs=plan.jobs[:2]), srv.url,
+                             tmp_path / "ci", opened(str(share), {}))
+        sent = srv.stats.requests
+
+        def plan_of(**kw: object) -> str:
+            out = io.StringIO()
+            assert plan_command(str(manifest), env=kw.pop("env", env), out=out,
+                                out_dir=tmp_path / "laptop", **kw) == 0  # type: ignore[arg-type]
+            return out.getvalue()
+
+        text_out = await asyncio.to_thread(plan_of, cache=str(share), price="0.08")
+        assert "2 restorable from the cache, 2 to send" in text_out
+        assert "estimated cost: $0.16 (2 requests" in text_out
+        # $IMAGEBATCH_CACHE is read as `run` reads it
+        counted = json.loads(await asyncio.to_thread(
+            plan_of, env={**env, "IMAGEBATCH_CACHE": str(share)}, counts_json=True))
+        assert (counted["restorable"], counted["to_send"], counted["done"]) == (2, 2, 0)
+        # without a cache, nothing is looked up: "no cache set", every job to send
+        assert "no cache set, 4 to send" in await asyncio.to_thread(plan_of)
+        assert srv.stats.requests == sent  # plan sent nothing
+        assert not (tmp_path / "laptop").exists()  # and downloaded nothing

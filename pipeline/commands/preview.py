@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, TextIO
@@ -82,25 +82,31 @@ def _write(text: str, out: TextIO) -> None:
         out.write(text)
 
 
-def restorable_keys(plan: Plan, env: Mapping[str, str]) -> AbstractSet[str] | None:
-    """The keys of `plan`'s jobs a cache can restore, or None when no cache is set.
-
-    No cache exists yet: always None, and `plan` says "no cache set". A cache lookup
-    returns the set of keys it holds an image for (done jobs among them are counted done).
+def restorable_keys(plan: Plan, judged: Iterable[str], env: Mapping[str, str],
+                    cache: str | None = None) -> AbstractSet[str] | None:
+    """The keys of `plan`'s jobs the shared cache (`cache`, else $IMAGEBATCH_CACHE) holds an
+    image of made by one of the `judged` backends, from a listing (nothing downloaded); None
+    when no cache is set. A cache that cannot be used is a CacheError (exit 2), as for `run`.
     """
-    return None
+    # imported here: the object-store library is only loaded when a cache is asked for
+    from pipeline.storage.cache import check_cache, restorable
+
+    shared = check_cache(cache, env)
+    return None if shared is None else restorable(shared, plan.jobs, judged)
 
 
 def plan_counts(plan: Plan, *, out_dir: Path, env: Mapping[str, str],
-                env_prefixes: Sequence[str], local: bool, price: str | None) -> tuple[
-                    PlanCounts, str]:
+                env_prefixes: Sequence[str], local: bool, price: str | None,
+                cache: str | None = None) -> tuple[PlanCounts, str]:
     """What a run of `plan` would act on, judged as `status` judges (same backends, same
-    outputs folder); (the counts, the backend name)."""
+    outputs folder, the same shared cache as `run`: `cache` or $IMAGEBATCH_CACHE); (the
+    counts, the backend name)."""
     cost = price_from(price, env)
     backend, judged = config.judged_backends(env, env_prefixes, local)
     states = job_states(plan.jobs, Path(out_dir) / plan.name, judged)
     done = {st.job.key for st in states if st.state == DONE}
-    return count_plan(plan.jobs, done, restorable_keys(plan, env), cost), backend
+    fills = restorable_keys(plan, judged, env, cache)
+    return count_plan(plan.jobs, done, fills, cost), backend
 
 
 def plan_command(manifest: str, *, as_json: bool = False, shard: tuple[int, int] | None = None,
@@ -109,7 +115,7 @@ def plan_command(manifest: str, *, as_json: bool = False, shard: tuple[int, int]
                  env: Mapping[str, str] | None = None, out: TextIO | None = None,
                  counts_json: bool = False, selection: Selection = ALL,
                  price: str | None = None, out_dir: Path = DEFAULT_OUT,
-                 local: bool = False) -> int:
+                 local: bool = False, cache: str | None = None) -> int:
     """`imagebatch plan`: the job list (table or JSON), the table ending with what a run
     would send and cost (or only those counts, as JSON); sends nothing, writes nothing."""
     out = out or sys.stdout
@@ -127,7 +133,7 @@ def plan_command(manifest: str, *, as_json: bool = False, shard: tuple[int, int]
         _write(plan_json(plan), out)
         return 0
     counts, backend = plan_counts(plan, out_dir=out_dir, env=env, env_prefixes=prefixes,
-                                  local=local, price=price)
+                                  local=local, price=price, cache=cache)
     if counts_json:
         doc: dict[str, Any] = {
             "name": plan.name, "manifest": plan.source, "backend": backend,
