@@ -508,3 +508,49 @@ def test_keys_never_show_in_a_stability_runs_output(tmp_path, capsys, monkeypatc
     assert not leaks(SKEY, {"out": captured.out, "err": captured.err}, under=tmp_path)
     with contextlib.suppress(FileNotFoundError):
         assert SKEY not in (tmp_path / "out" / "g" / "results.jsonl").read_text()
+
+
+def test_a_mixed_pools_images_go_to_the_cache_under_the_key_sent_and_come_back_whole(tmp_path):
+    import shutil
+
+    from pipeline.storage.cache import open_cache, restorable
+
+    path = write(tmp_path, "version: 1\nname: mixc\njobs:\n  - id: a\n    prompt: a fox\n"
+                           "    seeds: {start: 1, count: 8}\n")
+    share = tmp_path / "share"
+    share.mkdir()
+    keys = {"POOLH": HKEY, "POOLS": SKEY}
+    providers = {"POOLH": "heroku", "POOLS": "stability"}
+
+    async def scenario():
+        async with running_server(ServerOptions(key=HKEY, workers=1)) as h, \
+                running_server(ServerOptions(key=SKEY, workers=1)) as s:
+            conns = [config.Connection(p, srv.url, keys[p], provider=providers[p])
+                     for p, srv in (("POOLH", h), ("POOLS", s))]
+            (plan,) = [load_plan(str(path), providers=("heroku", "stability"))]
+            opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, rpm=6000,
+                              concurrency=4)
+            first = await run_plans([plan], conns, opts, io.StringIO(),
+                                    cache=open_cache(str(share), {}))
+            made = {p.relative_to(tmp_path / "out").as_posix(): p.read_bytes()
+                    for p in (tmp_path / "out").rglob("images/**/*.png")}
+            sent = h.stats.requests + s.stats.requests
+            backends = {config.backend_name(c.url) for c in conns if c.url}
+            fills = await asyncio.to_thread(restorable, open_cache(str(share), {}), plan.jobs,
+                                            backends)
+            shutil.rmtree(tmp_path / "out")
+            again = await run_plans([plan], conns, opts, io.StringIO(),
+                                    cache=open_cache(str(share), {}))
+            resent = h.stats.requests + s.stats.requests - sent
+            back = {p.relative_to(tmp_path / "out").as_posix(): p.read_bytes()
+                    for p in (tmp_path / "out").rglob("images/**/*.png")}
+            return plan, first, again, resent, made, back, fills, backends
+
+    plan, first, again, resent, made, back, fills, backends = asyncio.run(scenario())
+    recs = [r for r in records(tmp_path / "out", "mixc") if r["status"] == "ok"]
+    assert first.plans[0].uploaded == 8 and len(fills) == 8
+    # both providers made some, each restored under the key it was sent, byte for byte
+    assert {r["key"] for r in recs} - {j.key for j in plan.jobs}  # some are Stability keys
+    assert again.plans[0].restored == 8 and resent == 0 and back == made
+    assert all(st.state == DONE for st in job_states(plan.jobs, tmp_path / "out" / "mixc",
+                                                    backends))

@@ -100,8 +100,11 @@ async def restore(transfers: Transfers, store: Store, jobs: Sequence[Job]) -> se
             await first_good(job)
 
     async def first_good(job: Job) -> None:
-        entries = [e for e in transfers.index.get(job.key, ()) if e.backend in store.backends]
-        for entry in entries:
+        # a mixed pool's job is made by any of its requests (one per provider): each is
+        # verified against the request it names, and saved as that request
+        entries = [(sent, e) for sent in (job, *job.variants)
+                   for e in transfers.index.get(sent.key, ()) if e.backend in store.backends]
+        for sent, entry in entries:
             started = time.monotonic()
             # Checking and saving run outside the download gate, so the next downloads
             # start while this image is written (`held` bounds the images in memory).
@@ -112,7 +115,7 @@ async def restore(transfers: Transfers, store: Store, jobs: Sequence[Job]) -> se
                     transfers.warn(f"cache: cannot download {entry.name}: "
                                    f"{transfers.cache.describe(exc)}; generating {job.path}")
                     continue
-            problem = await asyncio.to_thread(_keep, store, entry, data, job, started)
+            problem = await asyncio.to_thread(_keep, store, entry, data, sent, started)
             if problem is None:
                 restored.add(job.key)
                 tally.restored += 1
@@ -122,7 +125,8 @@ async def restore(transfers: Transfers, store: Store, jobs: Sequence[Job]) -> se
                            "removed, the job is generated again")
             await _discard(transfers, entry)
 
-    await asyncio.gather(*(one(j) for j in jobs if j.key in transfers.index))
+    await asyncio.gather(*(one(j) for j in jobs
+                           if any(k in transfers.index for k in j.keys)))
     return restored
 
 
@@ -198,7 +202,7 @@ async def upload(transfers: Transfers, store: Store, job: Job, rec: Record) -> b
         if attempt:
             await asyncio.sleep(_BACKOFF * 2 ** (attempt - 1))
         try:
-            written = await transfers.cache.put(job.key, rec.backend, blob, job.ext)
+            written = await transfers.cache.put(rec.key, rec.backend, blob, job.ext)
         except Exception as exc:  # noqa: BLE001 - counted and named; the run goes on
             reason = transfers.cache.describe(exc)
             continue
@@ -216,7 +220,7 @@ def missing(transfers: Transfers, store: Store, jobs: Sequence[Job]
     for st in store.check(jobs):
         if st.state != DONE or st.record is None or st.record.sha256 is None:
             continue
-        have = transfers.index.get(st.job.key, ())
+        have = transfers.index.get(st.record.key, ())
         if any(e.backend in store.backends for e in have):
             continue
         out.append((st.job, st.record))

@@ -315,9 +315,10 @@ def _profile_provider(profile: str, source: str) -> Any:
 
 async def restorable_async(cache: Cache, jobs: Sequence[Job],
                            backends: Iterable[str]) -> frozenset[str]:
-    """The keys of `jobs` that the cache holds an image of, made by one of `backends`."""
+    """The keys of `jobs` that the cache holds an image of, made by one of `backends` (for a
+    mixed pool's job, under any of its requests' keys)."""
     found = await cache.index(backends)
-    return frozenset(j.key for j in jobs if j.key in found)
+    return frozenset(j.key for j in jobs if any(k in found for k in j.keys))
 
 
 def restorable(cache: Cache, jobs: Sequence[Job], backends: Iterable[str]) -> frozenset[str]:
