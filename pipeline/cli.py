@@ -263,6 +263,7 @@ def _add_diff_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                    help="the price of one image (e.g. 0.08), for the cost (default "
                         "$IMAGEBATCH_PRICE; without either the cost is unknown)")
     _add_out(p)
+    _add_cache(p)
     p.add_argument("--local", action="store_true",
                    help="judge what is done against the embedded server, as `status --local`")
     _add_max_jobs(p)
@@ -718,7 +719,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
     return diff_command(args.manifests, against=args.against, as_json=args.json,
                         as_markdown=args.markdown, price=args.price, out_dir=Path(args.out),
-                        local=args.local, env_prefixes=_prefixes(args), max_jobs=args.max_jobs)
+                        local=args.local, env_prefixes=_prefixes(args), max_jobs=args.max_jobs,
+                        cache=args.cache)
 
 
 def _cmd_show(args: argparse.Namespace) -> int:

@@ -585,3 +585,35 @@ def test_the_init_workflow_runs_the_same_steps_as_the_repositorys():
             if "setup-python" in a.get("uses", ""):
                 continue
             assert a == b  # the step tested above is the step init writes
+
+
+async def test_what_the_shared_cache_holds_is_not_counted_as_sent(repo, capsys, monkeypatch):
+    monkeypatch.chdir(repo)
+    share = repo.parent / "share"
+    share.mkdir()
+    commit(repo, {"manifests/launch.yaml": EDITED}, "edit")
+    async with running_server(ServerOptions(workers=1)) as srv:
+        monkeypatch.setenv("DIFFUSION_URL", srv.url)
+        monkeypatch.setenv("DIFFUSION_KEY", "test-key")
+        # CI made the edited plan into the shared cache from its own folder
+        code = await asyncio.to_thread(main, ["run", "manifests/launch.yaml", "--no-post",
+                                              "--out", str(repo.parent / "ci"),
+                                              "--cache", str(share)])
+        assert code == 0 and srv.stats.requests == 9
+        capsys.readouterr()
+        # here, with no outputs: the 3 jobs the change makes are all in the cache
+        doc = await asyncio.to_thread(diff_json, capsys, "manifests/launch.yaml",
+                                      "--against", "HEAD~1", "--cache", str(share))
+        m = doc["manifests"][0]
+        assert m["to_send"] == 0
+        assert any("3 of the jobs to make are in the shared cache" in n for n in m["notes"])
+        # $IMAGEBATCH_CACHE is read as `run` reads it; without a cache all 3 are to send
+        monkeypatch.setenv("IMAGEBATCH_CACHE", str(share))
+        doc = await asyncio.to_thread(diff_json, capsys, "manifests/launch.yaml",
+                                      "--against", "HEAD~1")
+        assert doc["manifests"][0]["to_send"] == 0
+        monkeypatch.delenv("IMAGEBATCH_CACHE")
+        doc = await asyncio.to_thread(diff_json, capsys, "manifests/launch.yaml",
+                                      "--against", "HEAD~1")
+        assert doc["manifests"][0]["to_send"] == 3
+        assert srv.stats.requests == 9  # diff sent nothing

@@ -554,3 +554,24 @@ def test_a_mixed_pools_images_go_to_the_cache_under_the_key_sent_and_come_back_w
     assert again.plans[0].restored == 8 and resent == 0 and back == made
     assert all(st.state == DONE for st in job_states(plan.jobs, tmp_path / "out" / "mixc",
                                                     backends))
+
+
+def test_stabilitys_webp_images_go_through_the_shared_cache(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    path = write(tmp_path, "version: 1\nname: stc\ndefaults:\n  output_format: webp\njobs:\n"
+                           "  - id: fox\n    prompt: a fox\n    seeds: [1, 2, 3]\n")
+    share = tmp_path / "share"
+    share.mkdir()
+    out = tmp_path / "out"
+    monkeypatch.setenv("DIFFUSION_PROVIDER", "stability")
+    args = ["run", str(path), "--out", str(out), "--cache", str(share), "--json"]
+    assert main(args) == 0
+    made = {p.name: p.read_bytes() for p in (out / "stc" / "images").rglob("*.webp")}
+    assert len(made) == 3 and json.loads(capsys.readouterr().out)["uploaded"] == 3
+    shutil.rmtree(out)
+    assert main(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    # every image restored whole, no request sent
+    assert (doc["restored"], doc["succeeded"], doc["requests"]) == (3, 0, 0)
+    assert {p.name: p.read_bytes() for p in (out / "stc" / "images").rglob("*.webp")} == made

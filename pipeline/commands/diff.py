@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from pipeline.commands import diffreport
 from pipeline.commands.diffreport import FROM_CHANGE, FROM_OUTPUTS, DiffReport, ManifestDiff
+from pipeline.commands.preview import restorable_keys
 from pipeline.errors import ImagebatchError, ManifestError, UsageError, printable
 from pipeline.planning import config, costs
 from pipeline.planning.manifest import (
@@ -255,7 +256,7 @@ def diff_command(
     as_markdown: bool = False, price: str | None = None, out_dir: Path = DEFAULT_OUT,
     local: bool = False, env_prefixes: Sequence[str] = (config.DEFAULT_PREFIX,),
     max_jobs: int = DEFAULT_MAX_JOBS, env: Mapping[str, str] | None = None,
-    out: TextIO | None = None,
+    out: TextIO | None = None, cache: str | None = None,
 ) -> int:
     """`imagebatch diff`: each manifest's plan now against its plan at a revision or in a
     file; what a run would send and cost; the picks that go stale. Sends nothing."""
@@ -327,6 +328,18 @@ def diff_command(
             to_send, basis = sum(1 for s in states if s.state != DONE), FROM_OUTPUTS
         else:
             to_send, basis = len(d.regenerated), FROM_CHANGE
+        if new is not None and to_send:
+            # what the shared cache holds is restored by a run, not paid for (as `plan`
+            # counts it: `cache`, else $IMAGEBATCH_CACHE; a listing, nothing downloaded)
+            fills = restorable_keys(new, judged, env, cache)
+            if fills:
+                sending = ({s.job.key for s in states if s.state != DONE}
+                           if basis == FROM_OUTPUTS else {j.key for j in d.regenerated})
+                restored = len(sending & fills)
+                if restored:
+                    to_send -= restored
+                    notes.append(f"{restored} of the jobs to make are in the shared cache: "
+                                 "a run restores them without a request (not counted)")
         if old.state == "invalid":
             notes.append(f"{old.source} has the problems above; its jobs cannot be compared, "
                          "so every job of the plan now is shown as added")

@@ -49,7 +49,7 @@ LAYOUT = "v1"  # the first path part: a later layout gets a new one, old objects
 # HTTP 401/403 (not a port or size that merely contains the digits), a credential error.
 _REFUSED = re.compile(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|ExpiredToken|"
                       r"InvalidToken|(?<![\d:])40[13](?!\d)|[Cc]redential")
-_NAME = re.compile(r"^([0-9a-f]{64})\.([0-9a-f]{64})\.(png|jpg)$")
+_NAME = re.compile(r"^([0-9a-f]{64})\.([0-9a-f]{64})\.(png|jpg|webp)$")
 # Credentials read from the environment: scrubbed from any message that could echo them.
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 # A cache check or transfer must fail in seconds, not retry for minutes: a cache that does
