@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from pipeline.commands import diffreport
 from pipeline.commands.diffreport import FROM_CHANGE, FROM_OUTPUTS, DiffReport, ManifestDiff
-from pipeline.commands.preview import restorable_keys
+from pipeline.commands.preview import restorable_keys, write_utf8
 from pipeline.errors import ImagebatchError, ManifestError, UsageError, printable
 from pipeline.planning import config, costs
 from pipeline.planning.manifest import (
@@ -351,20 +351,9 @@ def diff_command(
     report = DiffReport(against=label, against_doc=against_doc, price=per_image,
                         manifests=tuple(results))
     if as_json:
-        _write(diffreport.json_text(report), out)
+        write_utf8(diffreport.json_text(report), out)
     elif as_markdown:
-        _write(diffreport.markdown(report), out)
+        write_utf8(diffreport.markdown(report), out)
     else:
-        _write(diffreport.text(report), out)
+        write_utf8(diffreport.text(report), out)
     return 0
-
-
-def _write(text: str, out: TextIO) -> None:
-    # UTF-8 whatever the locale: the Markdown goes into files CI reads as UTF-8
-    buffer = getattr(out, "buffer", None)
-    if buffer is not None:
-        out.flush()
-        buffer.write(text.encode("utf-8"))
-        buffer.flush()
-    else:
-        out.write(text)

@@ -71,8 +71,9 @@ def plan_table(plan: Plan, width: int = 100) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(text: str, out: TextIO) -> None:
-    # UTF-8 whatever the locale, so `plan --json` is the same bytes on every machine
+def write_utf8(text: str, out: TextIO) -> None:
+    """Write `text` to `out` as UTF-8 whatever the locale: `plan --json` is the same bytes
+    on every machine, and the Markdown of `diff` goes into files CI reads as UTF-8."""
     buffer = getattr(out, "buffer", None)
     if buffer is not None:
         out.flush()
@@ -130,7 +131,7 @@ def plan_command(manifest: str, *, as_json: bool = False, shard: tuple[int, int]
     if whole:
         (plan,) = narrow_all([plan], selection, shard)
     if as_json:  # the contract: this array and nothing else, whatever is on disk
-        _write(plan_json(plan), out)
+        write_utf8(plan_json(plan), out)
         return 0
     counts, backend = plan_counts(plan, out_dir=out_dir, env=env, env_prefixes=prefixes,
                                   local=local, price=price, cache=cache)
@@ -141,12 +142,12 @@ def plan_command(manifest: str, *, as_json: bool = False, shard: tuple[int, int]
             "shard": f"{plan.shard[0]}/{plan.shard[1]}" if plan.shard else None,
             "selection": selection.as_dict() if selection.active else None,
             **counts.as_dict()}
-        _write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", out)
+        write_utf8(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", out)
         return 0
     table = plan_table(plan, shutil.get_terminal_size((100, 20)).columns)
     if selection.active:
         table += f"a subset ({selection.describe()}): {len(plan.jobs)} jobs\n"
-    _write(table + "\n".join(counts.lines()) + "\n", out)
+    write_utf8(table + "\n".join(counts.lines()) + "\n", out)
     return 0
 
 
@@ -154,7 +155,7 @@ def schema_command(out: TextIO | None = None) -> int:
     """`imagebatch schema`: the manifest's JSON Schema, for editors."""
     from pipeline.planning.schema import schema_text
 
-    _write(schema_text(), out or sys.stdout)
+    write_utf8(schema_text(), out or sys.stdout)
     return 0
 
 
