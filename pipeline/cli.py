@@ -452,6 +452,9 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--manifest", action="append", default=[], metavar="MANIFEST",
                    help="the manifest (default: the one named in the shards' summary.json)")
     p.add_argument("--no-post", action="store_true", help="skip thumbnails, sheets and index")
+    p.add_argument("--pending-ok", action="store_true",
+                   help="jobs in no shard's outputs are not an error (exit 0 with a note): for "
+                        "shards run with a budget, which leave the rest for the next run")
     _add_max_jobs(p)
     _add_env_prefix(p)
 
@@ -567,9 +570,11 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     print(merge_text(report), file=sys.stdout)
     for plan in report.plans:
         if plan.pending:
+            what = ("left for the next run (--pending-ok)" if args.pending_ok else
+                    "run the missing shard(s) and merge again")
             print(f"note: {plan.pending} job(s) of {plan.name} are in no shard's outputs; "
-                  "run the missing shard(s) and merge again", file=sys.stderr)
-    return 1 if report.failed or report.pending else 0
+                  f"{what}", file=sys.stderr)
+    return 1 if report.failed or (report.pending and not args.pending_ok) else 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -401,3 +401,39 @@ def test_failed_jobs_outrank_a_spent_budget(tmp_path):
     out = io.StringIO()
     assert report_run(report, as_json=False, out=out, err=io.StringIO()) == 1
     assert "budget reached" in out.getvalue()
+
+
+@pytest.mark.parametrize("source", ["repository", "init"])
+@pytest.mark.parametrize(("budget", "want"), [("300", True), ("", False)])
+def test_the_nightly_merge_leaves_a_budgets_pending_jobs_for_the_next_night(
+        tmp_path, source, budget, want):
+    text = ((ROOT / ".github/workflows/imagebatch.yml").read_text() if source == "repository"
+            else scaffold.workflow_text("imagebatch==0"))
+    doc = yaml.safe_load(text)
+    (step,) = [s for s in doc["jobs"]["merge"]["steps"]
+               if s.get("name") == "Merge shards, build sheets and index"]
+    assert step["env"]["BUDGET"] == "${{ vars.IMAGEBATCH_BUDGET }}"
+    assert "vars." not in step["run"]
+    stub = tmp_path / "bin" / "imagebatch"
+    stub.parent.mkdir()
+    stub.write_text(f'#!/bin/sh\necho "$@" > "{tmp_path}/args"\n')
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    proc = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=tmp_path, timeout=60,
+                          env={"PATH": f"{stub.parent}:{os.environ['PATH']}", "BUDGET": budget},
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    args = (tmp_path / "args").read_text()
+    assert args.startswith("merge ") and ("--pending-ok" in args) == want
+
+
+def test_merge_pending_ok_exits_0_for_jobs_no_shard_reached(tmp_path, capsys):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("version: 1\nname: m\njobs:\n  - id: a\n    prompt: p\n"
+                        "    seeds: [1, 2, 3, 4]\n")
+    shard = tmp_path / "shard1"
+    assert main(["run", str(manifest), "--out", str(shard), "--budget", "2", "--no-post"]) == 3
+    merged = ["merge", str(shard), "--out", str(tmp_path / "all"), "--manifest",
+              str(manifest), "--no-post"]
+    assert main(merged) == 1  # jobs missing: a failure, unless told they are expected
+    assert main([*merged, "--pending-ok"]) == 0
+    assert "left for the next run" in capsys.readouterr().err
