@@ -617,3 +617,38 @@ async def test_what_the_shared_cache_holds_is_not_counted_as_sent(repo, capsys, 
                                       "--against", "HEAD~1")
         assert doc["manifests"][0]["to_send"] == 3
         assert srv.stats.requests == 9  # diff sent nothing
+
+
+def test_an_input_image_is_read_at_the_old_revision_so_a_new_one_shows_as_changed(
+        repo, capsys, monkeypatch):
+    import io as _io
+
+    from PIL import Image
+
+    def png(color: tuple[int, int, int]) -> bytes:
+        buf = _io.BytesIO()
+        Image.new("RGB", (96, 128), color).save(buf, "PNG")
+        return buf.getvalue()
+
+    vary = ("version: 1\nname: vary\njobs:\n  - id: more\n    prompt: a fox\n"
+            "    image: picks/fox.png\n    strength: 0.4\n    seeds: [1, 2]\n")
+    (repo / "manifests" / "picks").mkdir()
+    (repo / "manifests" / "picks" / "fox.png").write_bytes(png((200, 40, 40)))
+    commit(repo, {"manifests/vary.yaml": vary}, "variations")
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("DIFFUSION_PROVIDER", "stability")
+    # unchanged: the old plan reads the image as it was then, and it is the same
+    assert counts(diff_json(capsys, "manifests/vary.yaml", "--against", "HEAD"))["unchanged"] == 2
+    # a new input image regenerates every job made from it
+    (repo / "manifests" / "picks" / "fox.png").write_bytes(png((40, 40, 200)))
+    got = counts(diff_json(capsys, "manifests/vary.yaml", "--against", "HEAD"))
+    assert (got["changed"], got["unchanged"], got["added"]) == (2, 0, 0)
+    # an input image not in the old revision: the old plan cannot be read, located
+    commit(repo, {"manifests/vary.yaml": vary.replace("picks/fox.png", "picks/new.png")},
+           "a new pick")
+    (repo / "manifests" / "picks" / "new.png").write_bytes(png((0, 200, 0)))
+    doc = diff_json(capsys, "manifests/vary.yaml", "--against", "HEAD")
+    m = doc["manifests"][0]
+    assert m["old"]["state"] == "invalid" and counts(doc)["added"] == 2
+    assert any("HEAD:manifests/vary.yaml:6:12: jobs[0].image" in p and "not in" in p
+               for p in m["old"]["problems"]), m["old"]["problems"]

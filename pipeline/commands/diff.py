@@ -10,12 +10,13 @@ its output bounded), or with another manifest file. The pure comparison is
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
@@ -28,6 +29,7 @@ from pipeline.planning import config, costs
 from pipeline.planning.manifest import (
     DEFAULT_MAX_JOBS,
     MAX_FILE_BYTES,
+    MAX_INPUT_BYTES,
     load_plan,
     load_plan_bytes,
     load_plans,
@@ -168,9 +170,11 @@ def default_base(repo: Repo) -> tuple[str, str]:
                    "commit) or --against FILE")
 
 
-def read_at(repo: Repo, commit: str, rel: str) -> bytes | str | None:
+def read_at(repo: Repo, commit: str, rel: str, *, limit: int = MAX_FILE_BYTES,
+            what: str = "a manifest") -> bytes | str | None:
     """The bytes of `rel` (a path from the top, with /) at `commit`; None when it is not
-    there; a str saying why when it is there but is not a file (a folder, a link)."""
+    there; a str saying why when it is there but is not a file (a folder, a link) or is over
+    `limit` bytes (`what` may be at most that)."""
     code, out, err = repo.git("ls-tree", "-z", "--full-tree", commit, "--", rel)
     if code != 0:
         raise GitError(f"git ls-tree failed at {commit[:12]}: {err or code}")
@@ -184,9 +188,9 @@ def read_at(repo: Repo, commit: str, rel: str) -> bytes | str | None:
     if mode == "120000":
         return "is a symbolic link there (not followed)"
     code, size, _ = repo.git("cat-file", "-s", obj)
-    if code == 0 and int(size.strip() or 0) > MAX_FILE_BYTES:
-        return f"is {int(size.strip()):,} bytes there; a manifest may be at most {MAX_FILE_BYTES:,}"
-    code, data, err = repo.git("cat-file", "blob", obj, limit=MAX_FILE_BYTES)
+    if code == 0 and int(size.strip() or 0) > limit:
+        return f"is {int(size.strip()):,} bytes there; {what} may be at most {limit:,}"
+    code, data, err = repo.git("cat-file", "blob", obj, limit=limit)
     if code != 0:
         raise GitError(f"git cat-file failed at {commit[:12]}: {err or code}")
     return data
@@ -212,15 +216,36 @@ class _Old:
     problems: tuple[str, ...] = ()
 
 
+def _inputs_at(repo: Repo, commit: str, manifest_rel: str) -> Callable[[str], bytes]:
+    """Reads an input image (`image:`, relative to the manifest) as it was at `commit`, so
+    that a changed input image shows as a changed job; OSError when it was not there."""
+    folder = posixpath.dirname(manifest_rel)
+
+    def read(value: str) -> bytes:
+        rel = posixpath.normpath(posixpath.join(folder, value))
+        if rel.startswith("../") or rel == ".." or posixpath.isabs(value):
+            raise OSError(f"{value!r} is outside the repository")
+        found = read_at(repo, commit, rel, limit=MAX_INPUT_BYTES, what="an input image")
+        if found is None:
+            raise OSError(f"not in {commit[:12]}")
+        if isinstance(found, str):
+            raise OSError(found)
+        return found
+
+    return read
+
+
 def _old_plan(data: bytes | str | None, source: str, model: str, max_jobs: int,
-              providers: tuple[str, ...]) -> _Old:
+              providers: tuple[str, ...],
+              read_input: Callable[[str], bytes] | None = None) -> _Old:
     if data is None:
         return _Old(source, "missing", None)
     if isinstance(data, str):
         return _Old(source, "invalid", None, (f"{source}: {data}",))
     try:
         return _Old(source, "ok", load_plan_bytes(data, source, max_jobs=max_jobs,
-                                                  default_model=model, providers=providers))
+                                                  default_model=model, providers=providers,
+                                                  read_input=read_input))
     except ManifestError as exc:
         return _Old(source, "invalid", None,
                     tuple([*exc.unreadable, *(str(p) for p in exc.problems)]))
@@ -306,7 +331,7 @@ def diff_command(
                 raise GitError(f"{printable(m)}: cannot tell its path inside "
                                f"{printable(str(repo.top))}") from None
             olds[m] = _old_plan(read_at(repo, commit, rel), f"{name}:{rel}", model, max_jobs,
-                                providers)
+                                providers, _inputs_at(repo, commit, rel))
 
     results = []
     for m in manifests:

@@ -545,9 +545,13 @@ class _Loader:
     """Builds a Manifest from nodes, collecting all problems."""
 
     def __init__(self, source: str, default_model: str, max_jobs: int,
-                 providers: tuple[str, ...] = (apispec.HEROKU,)) -> None:
+                 providers: tuple[str, ...] = (apispec.HEROKU,),
+                 read_input: Callable[[str], bytes] | None = None) -> None:
         self.c = _Checker(source)
         self.source = source
+        # reads an input image named relative to the manifest (a file at a git revision for
+        # `diff`); None: the file beside the manifest on disk
+        self.read_input = read_input
         self.providers = providers
         # the output formats every provider of the run makes
         self.formats = tuple(f for f in apispec.ALL_OUTPUT_FORMATS
@@ -640,8 +644,11 @@ class _Loader:
             return None
         file = Path(self.source).parent / value
         try:
-            with open(file, "rb") as fh:
-                data = fh.read(MAX_INPUT_BYTES + 1)
+            if self.read_input is not None:
+                data = self.read_input(value)
+            else:
+                with open(file, "rb") as fh:
+                    data = fh.read(MAX_INPUT_BYTES + 1)
         except OSError as exc:
             c.add(node, path, f"cannot read the input image {value!r} (relative to the "
                               f"manifest): {exc.strerror or exc}")
@@ -1295,11 +1302,12 @@ def load_manifest(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
 
 
 def _validate(text: str, path: str, max_jobs: int, default_model: str,
-              providers: tuple[str, ...]) -> Manifest:
+              providers: tuple[str, ...],
+              read_input: Callable[[str], bytes] | None = None) -> Manifest:
     """A manifest's text, named `path` in every problem, validated into a Manifest for the
     providers it is sent to."""
     root, aliases = _compose(text, path)
-    loader = _Loader(path, default_model, max_jobs, providers)
+    loader = _Loader(path, default_model, max_jobs, providers, read_input)
     try:
         return loader.load(root)
     except _Budget:
@@ -1322,13 +1330,16 @@ def load_plan(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
 
 def load_plan_bytes(data: bytes, source: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
                     default_model: str = apispec.DEFAULT_MODEL,
-                    providers: tuple[str, ...] = (apispec.HEROKU,)) -> Plan:
+                    providers: tuple[str, ...] = (apispec.HEROKU,),
+                    read_input: Callable[[str], bytes] | None = None) -> Plan:
     """The Plan of a manifest given as bytes (a file at a git revision), checked exactly as
-    `load_plan` checks a file; every problem is located in `source` (e.g. `main:m.yaml`)."""
+    `load_plan` checks a file; every problem is located in `source` (e.g. `main:m.yaml`).
+    `read_input` reads an input image named relative to it (at the same revision)."""
     if len(data) > MAX_FILE_BYTES:  # said like a file on disk that is too big
         raise ManifestError([Problem(source, 1, 1, "", f"is {len(data):,} bytes; a manifest "
                                                        f"may be at most {MAX_FILE_BYTES:,}")])
-    manifest = _validate(_decode(data, source), source, max_jobs, default_model, providers)
+    manifest = _validate(_decode(data, source), source, max_jobs, default_model, providers,
+                         read_input)
     return _plan_of(manifest, None, providers)
 
 
