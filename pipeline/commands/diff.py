@@ -170,11 +170,12 @@ def default_base(repo: Repo) -> tuple[str, str]:
                    "commit) or --against FILE")
 
 
-def read_at(repo: Repo, commit: str, rel: str, *, limit: int = MAX_FILE_BYTES,
+def read_at(repo: Repo, commit: str, rel: str, *, limit: int | None = None,
             what: str = "a manifest") -> bytes | str | None:
     """The bytes of `rel` (a path from the top, with /) at `commit`; None when it is not
     there; a str saying why when it is there but is not a file (a folder, a link) or is over
     `limit` bytes (`what` may be at most that)."""
+    limit = MAX_FILE_BYTES if limit is None else limit  # a manifest's, unless told
     code, out, err = repo.git("ls-tree", "-z", "--full-tree", commit, "--", rel)
     if code != 0:
         raise GitError(f"git ls-tree failed at {commit[:12]}: {err or code}")
