@@ -18,6 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 from runner_helpers import KEY, Clock, make_plan
+from sweep_helpers import MANIFEST
 
 from pipeline.cli import main, report_run
 from pipeline.commands import scaffold
@@ -34,26 +35,6 @@ from pipeline.running.summary import markdown, run_json, text
 from pipeline.service.server import ServerOptions, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
-MANIFEST = """\
-version: 1
-name: sweep
-defaults:
-  output_format: png
-jobs:
-  - id: fox
-    prompt: "A fox, {style}"
-    matrix:
-      style: [ink, clay]
-    seeds: [1, 2, 3]
-  - id: boat
-    prompt: "A paper boat"
-    seeds: [5, 6]
-"""
-
-
-@pytest.fixture(autouse=True)
-def _no_price(monkeypatch):
-    monkeypatch.delenv("IMAGEBATCH_PRICE", raising=False)
 
 
 # -- the budget itself ----------------------------------------------------------------------

@@ -9,33 +9,13 @@ from pathlib import Path
 
 import pytest
 from runner_helpers import make_plan
+from sweep_helpers import MANIFEST
 
 from pipeline.cli import main
 from pipeline.commands.preview import plan_json
 from pipeline.planning.costs import parse_amount
 from pipeline.planning.counts import count_plan
 from pipeline.planning.manifest import load_plan
-
-MANIFEST = """\
-version: 1
-name: sweep
-defaults:
-  output_format: png
-jobs:
-  - id: fox
-    prompt: "A fox, {style}"
-    matrix:
-      style: [ink, clay]
-    seeds: [1, 2, 3]
-  - id: boat
-    prompt: "A paper boat"
-    seeds: [5, 6]
-"""
-
-
-@pytest.fixture(autouse=True)
-def _no_price(monkeypatch):
-    monkeypatch.delenv("IMAGEBATCH_PRICE", raising=False)
 
 
 @pytest.fixture

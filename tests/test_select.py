@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sweep_helpers import MANIFEST
 
 from pipeline.assets.review import Review
 from pipeline.cli import main
@@ -14,27 +15,6 @@ from pipeline.errors import UsageError
 from pipeline.planning.manifest import load_plan
 from pipeline.planning.select import ALL, Selection, narrow, narrow_all, select_jobs
 from pipeline.storage import picks
-
-MANIFEST = """\
-version: 1
-name: sweep
-defaults:
-  output_format: png
-jobs:
-  - id: fox
-    prompt: "A fox, {style}"
-    matrix:
-      style: [ink, clay]
-    seeds: [1, 2, 3]
-  - id: boat
-    prompt: "A paper boat"
-    seeds: [5, 6]
-"""
-
-
-@pytest.fixture(autouse=True)
-def _no_price(monkeypatch):
-    monkeypatch.delenv("IMAGEBATCH_PRICE", raising=False)
 
 
 @pytest.fixture
