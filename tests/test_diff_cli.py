@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from diff_helpers import LAUNCH
 
 from pipeline.cli import main
 from pipeline.commands import scaffold
@@ -26,19 +27,6 @@ WORKFLOW = ROOT / ".github" / "workflows" / "imagebatch-diff.yml"
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
-LAUNCH = """\
-version: 1
-name: launch
-seeds: [1, 2, 3]
-jobs:
-  - id: fox
-    prompt: "A fox in the snow, {style}"
-    matrix:
-      style: [ink, clay]
-  - id: boat
-    prompt: "A paper boat"
-    seeds: [5]
-"""
 
 
 @pytest.fixture(autouse=True)

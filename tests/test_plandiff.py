@@ -8,6 +8,7 @@ import re
 from decimal import Decimal
 
 import pytest
+from diff_helpers import LAUNCH
 from markdown_it import MarkdownIt
 
 from pipeline.commands import diffreport
@@ -26,20 +27,6 @@ from pipeline.planning.plandiff import (
 )
 from pipeline.storage.picks import PickEntry
 
-BASE = """\
-version: 1
-name: launch
-seeds: [1, 2, 3]
-jobs:
-  - id: fox
-    prompt: "A fox in the snow, {style}"
-    matrix:
-      style: [ink, clay]
-  - id: boat
-    prompt: "A paper boat"
-    seeds: [5]
-"""
-
 
 def plan(text: str, source: str = "m.yaml") -> Plan:
     return load_plan_bytes(text.encode(), source)
@@ -57,13 +44,13 @@ def paths(jobs) -> list[str]:
 
 
 def test_the_same_manifest_is_no_change():
-    d = diff(BASE, BASE)
+    d = diff(LAUNCH, LAUNCH)
     assert d.is_empty and d.unchanged == 7 and d.old_total == d.new_total == 7
     assert d.regenerated == ()
 
 
 def test_a_prompt_edit_changes_every_job_of_that_entry_and_nothing_else():
-    d = diff(BASE, BASE.replace("A paper boat", "A paper boat at sea"))
+    d = diff(LAUNCH, LAUNCH.replace("A paper boat", "A paper boat at sea"))
     assert paths(c.new for c in d.changed) == ["boat/5.png"]
     (c,) = d.changed
     assert [(f.field, f.old, f.new) for f in c.fields] == [
@@ -74,9 +61,9 @@ def test_a_prompt_edit_changes_every_job_of_that_entry_and_nothing_else():
 
 
 def test_added_and_removed_jobs():
-    new = BASE.replace('  - id: boat\n    prompt: "A paper boat"\n    seeds: [5]\n',
+    new = LAUNCH.replace('  - id: boat\n    prompt: "A paper boat"\n    seeds: [5]\n',
                        '  - id: kite\n    prompt: "A red kite"\n    seeds: [7, 8]\n')
-    d = diff(BASE, new)
+    d = diff(LAUNCH, new)
     assert paths(d.added) == ["kite/7.png", "kite/8.png"]
     assert paths(d.removed) == ["boat/5.png"]
     assert not d.changed and not d.moved and d.unchanged == 6
@@ -84,34 +71,34 @@ def test_added_and_removed_jobs():
 
 
 def test_a_seed_list_grown_by_one_adds_one_job_per_variant():
-    d = diff(BASE, BASE.replace("seeds: [1, 2, 3]", "seeds: [1, 2, 3, 4]"))
+    d = diff(LAUNCH, LAUNCH.replace("seeds: [1, 2, 3]", "seeds: [1, 2, 3, 4]"))
     assert paths(d.added) == ["fox/ink/4.png", "fox/clay/4.png"]
     assert not d.removed and not d.changed and not d.moved and d.unchanged == 7
 
 
 def test_a_start_count_seed_range_grown_by_one_adds_one_job():
-    old = BASE.replace("seeds: [5]", "seeds: {start: 10, count: 3}")
+    old = LAUNCH.replace("seeds: [5]", "seeds: {start: 10, count: 3}")
     d = diff(old, old.replace("count: 3", "count: 4"))
     assert paths(d.added) == ["boat/13.png"] and d.unchanged == 9
 
 
 def test_a_matrix_axis_reordered_makes_the_same_jobs_so_no_change():
-    reordered = BASE.replace("[ink, clay]", "[clay, ink]")
-    assert [j.path for j in plan(reordered).jobs] != [j.path for j in plan(BASE).jobs]
-    d = diff(BASE, reordered)
+    reordered = LAUNCH.replace("[ink, clay]", "[clay, ink]")
+    assert [j.path for j in plan(reordered).jobs] != [j.path for j in plan(LAUNCH).jobs]
+    d = diff(LAUNCH, reordered)
     assert d.is_empty and d.unchanged == 7
 
 
 def test_jobs_listed_in_another_order_are_no_change():
-    fox, boat = BASE.split("  - id: boat\n")
+    fox, boat = LAUNCH.split("  - id: boat\n")
     head, fox_entry = fox.split("jobs:\n")
     swapped = f"{head}jobs:\n  - id: boat\n{boat}{fox_entry}"
     assert plan(swapped).jobs[0].id == "boat"
-    assert diff(BASE, swapped).is_empty
+    assert diff(LAUNCH, swapped).is_empty
 
 
 def test_a_renamed_job_is_moved_not_added_and_removed():
-    d = diff(BASE, BASE.replace("id: boat", "id: paper-boat"))
+    d = diff(LAUNCH, LAUNCH.replace("id: boat", "id: paper-boat"))
     assert [(m.old.path, m.new.path) for m in d.moved] == [("boat/5.png", "paper-boat/5.png")]
     assert d.moved[0].old.key == d.moved[0].new.key  # the same request
     assert not d.added and not d.removed and not d.changed
@@ -120,29 +107,29 @@ def test_a_renamed_job_is_moved_not_added_and_removed():
 
 
 def test_a_renamed_job_with_an_edited_prompt_is_removed_and_added():
-    new = BASE.replace("id: boat", "id: ship").replace("A paper boat", "A ship")
-    d = diff(BASE, new)
+    new = LAUNCH.replace("id: boat", "id: ship").replace("A paper boat", "A ship")
+    d = diff(LAUNCH, new)
     assert paths(d.added) == ["ship/5.png"] and paths(d.removed) == ["boat/5.png"]
     assert not d.moved
 
 
 def test_a_changed_model_changes_every_job():
-    new = BASE.replace("name: launch\n", "name: launch\nmodel: another-model\n")
-    d = diff(BASE, new)
+    new = LAUNCH.replace("name: launch\n", "name: launch\nmodel: another-model\n")
+    d = diff(LAUNCH, new)
     assert len(d.changed) == 7 and d.unchanged == 0
     assert {f.field for c in d.changed for f in c.fields} == {"model"}
 
 
 def test_no_old_plan_means_every_job_is_added_and_no_new_plan_every_job_removed():
-    d = diff(None, BASE)
+    d = diff(None, LAUNCH)
     assert d.old_total is None and len(d.added) == 7 and d.unchanged == 0
-    gone = diff(BASE, None)
+    gone = diff(LAUNCH, None)
     assert len(gone.removed) == 7 and gone.new_total == 0 and gone.regenerated == ()
 
 
 def test_change_groups_gather_one_edit_across_seeds():
-    new = BASE.replace("A fox in the snow, {style}", "A fox in the snow at dusk, {style}")
-    groups = change_groups(diff(BASE, new).changed)
+    new = LAUNCH.replace("A fox in the snow, {style}", "A fox in the snow at dusk, {style}")
+    groups = change_groups(diff(LAUNCH, new).changed)
     assert [len(g.jobs) for g in groups] == [3, 3]  # one group per style: the prompts differ
     assert [f.new for g in groups for f in g.fields] == [
         "A fox in the snow at dusk, ink", "A fox in the snow at dusk, clay"]
@@ -158,8 +145,8 @@ def _entries(p: Plan, **decided) -> dict[str, PickEntry]:
 
 
 def test_picks_on_changed_removed_and_moved_jobs_go_stale_and_the_others_do_not():
-    old = plan(BASE)
-    new_text = (BASE.replace("A fox in the snow, {style}", "A fox at dawn, {style}")
+    old = plan(LAUNCH)
+    new_text = (LAUNCH.replace("A fox in the snow, {style}", "A fox at dawn, {style}")
                 .replace("seeds: [1, 2, 3]", "seeds: [1, 2]"))
     renamed = plan(new_text.replace("id: boat", "id: paper-boat"))
     entries = {
@@ -176,9 +163,9 @@ def test_picks_on_changed_removed_and_moved_jobs_go_stale_and_the_others_do_not(
 
 
 def test_a_pick_that_was_stale_before_the_change_is_not_this_changes_doing():
-    old = plan(BASE)
+    old = plan(LAUNCH)
     entry = PickEntry("f" * 64, "pick", None)  # made on a picture no plan here has
-    new = plan(BASE.replace("A paper boat", "A paper boat at sea"))
+    new = plan(LAUNCH.replace("A paper boat", "A paper boat at sea"))
     assert diff_plans(old, new, {"boat/5.png": entry}).stale_picks == ()
     # a pick on an unchanged job stays, a decision with nothing in it is no pick
     keys = {j.path: j.key for j in old.jobs}
@@ -188,7 +175,7 @@ def test_a_pick_that_was_stale_before_the_change_is_not_this_changes_doing():
 
 
 def test_with_no_old_plan_every_pick_that_does_not_match_the_new_plan_is_named():
-    new = plan(BASE)
+    new = plan(LAUNCH)
     d = diff_plans(None, new, {"boat/5.png": PickEntry("f" * 64, "pick", None)})
     assert [(s.path, s.why) for s in d.stale_picks] == [("boat/5.png", CHANGED)]
 
@@ -198,17 +185,17 @@ def test_with_no_old_plan_every_pick_that_does_not_match_the_new_plan_is_named()
 
 def test_load_plan_bytes_is_load_plan(tmp_path):
     path = tmp_path / "launch.yaml"
-    path.write_text(BASE)
+    path.write_text(LAUNCH)
     from_file = load_plan(str(path))
-    from_bytes = load_plan_bytes(BASE.encode(), "main:art/launch.yaml")
+    from_bytes = load_plan_bytes(LAUNCH.encode(), "main:art/launch.yaml")
     assert [(j.path, j.key, j.body) for j in from_file.jobs] == \
         [(j.path, j.key, j.body) for j in from_bytes.jobs]
     assert from_bytes.source == "main:art/launch.yaml"
 
 
 @pytest.mark.parametrize(("data", "where", "what"), [
-    (BASE.replace("seeds: [5]", "seeds: [5, 5]").encode(), "main:m.yaml:11:", "already"),
-    (BASE.replace("prompt: \"A paper boat\"", "promt: x").encode(), "main:m.yaml:10:5:",
+    (LAUNCH.replace("seeds: [5]", "seeds: [5, 5]").encode(), "main:m.yaml:11:", "already"),
+    (LAUNCH.replace("prompt: \"A paper boat\"", "promt: x").encode(), "main:m.yaml:10:5:",
      "did you mean 'prompt'"),
     (b"version: 1\njobs:\n  - id: a\n    prompt: \"\xff\"\n", "main:m.yaml:4:14:", "UTF-8"),
     (b"version: 1\njobs: [\n", "main:m.yaml:3:1:", "YAML syntax"),
@@ -248,10 +235,10 @@ def _html(markdown: str) -> str:
 
 
 def test_markdown_renders_a_table_per_manifest_and_the_prompts_old_and_new():
-    new = BASE.replace("A paper boat", NASTY).replace("seeds: [1, 2, 3]", "seeds: [1, 2, 3, 4]")
-    old_plan = plan(BASE)
+    new = LAUNCH.replace("A paper boat", NASTY).replace("seeds: [1, 2, 3]", "seeds: [1, 2, 3, 4]")
+    old_plan = plan(LAUNCH)
     keys = {j.path: j.key for j in old_plan.jobs}
-    report = _report(BASE, new, Price(Decimal("0.08")),
+    report = _report(LAUNCH, new, Price(Decimal("0.08")),
                      decisions={"boat/5.png": PickEntry(keys["boat/5.png"], "pick", 5)})
     md = diffreport.markdown(report)
     html = _html(md)
@@ -291,13 +278,13 @@ def test_markdown_code_spans_hold_any_text():
 
 
 def test_markdown_without_a_price_says_unknown_never_zero():
-    md = diffreport.markdown(_report(BASE, BASE.replace("A paper boat", "A boat")))
+    md = diffreport.markdown(_report(LAUNCH, LAUNCH.replace("A paper boat", "A boat")))
     assert "unknown" in md and "$0" not in md
     assert "No price set" in md
 
 
 def test_markdown_of_an_invalid_old_manifest_shows_its_problems_and_every_job_added():
-    report = _report(None, BASE, old_state="invalid",
+    report = _report(None, LAUNCH, old_state="invalid",
                      problems=("main:manifests/launch.yaml:3:7: seeds: must be a list",),
                      notes=("main:manifests/launch.yaml has the problems above",))
     md = diffreport.markdown(report)
@@ -311,7 +298,7 @@ def test_markdown_of_an_invalid_old_manifest_shows_its_problems_and_every_job_ad
 
 def test_markdown_too_long_for_a_comment_keeps_the_counts():
     seeds = "seeds: {start: 1, count: 2000}"
-    old = BASE.replace("seeds: [1, 2, 3]", seeds)
+    old = LAUNCH.replace("seeds: [1, 2, 3]", seeds)
     new = old.replace("A fox in the snow, {style}", "A fox, " + "very " * 250 + "{style}")
     report = _report(old, new)
     md = diffreport.markdown(report)
@@ -321,20 +308,20 @@ def test_markdown_too_long_for_a_comment_keeps_the_counts():
 
 def test_large_diffs_are_cut_to_a_bounded_table():
     entries = "".join(f'  - id: job{i}\n    prompt: "p {i}"\n    seeds: [1]\n' for i in range(45))
-    old = BASE + entries
+    old = LAUNCH + entries
     new = old.replace('prompt: "p ', 'prompt: "q ')
     md = diffreport.markdown(_report(old, new))
     assert "| … | 5 more rows |" in md and "… and 33 more changes" in md
     assert md.count("\n| changed |") == diffreport.MAX_ROWS
     # a sweep is one row, however many variants and seeds it has
-    sweep = BASE.replace("[ink, clay]", "[" + ", ".join(f"s{i}" for i in range(30)) + "]")
+    sweep = LAUNCH.replace("[ink, clay]", "[" + ", ".join(f"s{i}" for i in range(30)) + "]")
     md = diffreport.markdown(_report(sweep, sweep.replace("in the snow", "in the rain")))
     assert md.count("\n| changed |") == 1 and "| 1, 2, 3 | 90 |" in md
 
 
 def test_json_lists_every_job_and_the_cost():
-    new = BASE.replace("A paper boat", "A boat").replace("id: fox", "id: vixen")
-    doc = json.loads(diffreport.json_text(_report(BASE, new, Price(Decimal("0.1")))))
+    new = LAUNCH.replace("A paper boat", "A boat").replace("id: fox", "id: vixen")
+    doc = json.loads(diffreport.json_text(_report(LAUNCH, new, Price(Decimal("0.1")))))
     (m,) = doc["manifests"]
     assert m["counts"] == {"added": 0, "removed": 0, "changed": 1, "moved": 6,
                            "unchanged": 0, "stale_picks": 0}
@@ -345,7 +332,7 @@ def test_json_lists_every_job_and_the_cost():
 
 
 def test_text_names_each_job_and_the_prompt_old_and_new():
-    text = diffreport.text(_report(BASE, BASE.replace("A paper boat", "A boat")))
+    text = diffreport.text(_report(LAUNCH, LAUNCH.replace("A paper boat", "A boat")))
     assert "7 -> 7 jobs: 0 added, 0 removed, 1 changed, 0 moved, 6 unchanged" in text
     assert "  changed  boat/5.png  (prompt)" in text
     assert "prompt: - A paper boat" in text and "+ A boat" in text
