@@ -137,14 +137,6 @@ def _prefixes(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(args.env_prefix or (DEFAULT_PREFIX,))
 
 
-def _prefix(args: argparse.Namespace) -> str:
-    """The first prefix: the one whose MODEL_ID a manifest without `model:` takes (every
-    member of a pool must name the same model)."""
-    from pipeline.planning.config import split_prefixes
-
-    return split_prefixes(_prefixes(args))[0][0]
-
-
 def _add_selection(p: argparse.ArgumentParser) -> None:
     """--only and --first-seeds: a subset of the plan (planning/select.py), defined once."""
     p.add_argument("--only", action="append", default=[], metavar="PATTERN",
@@ -565,7 +557,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from pipeline.running.summary import merge_text
 
     report = merge_command(args.sources, args.out, manifests=args.manifest,
-                           max_jobs=args.max_jobs, env_prefix=_prefix(args),
+                           max_jobs=args.max_jobs, env_prefixes=_prefixes(args),
                            post=not args.no_post)
     print(merge_text(report), file=sys.stdout)
     for plan in report.plans:
@@ -598,7 +590,7 @@ def _cmd_review(args: argparse.Namespace) -> int:
     return review_command(ReviewOptions(
         manifest=args.manifest, out=Path(args.out),
         picks=Path(args.picks) if args.picks else None, host=args.host, port=args.port,
-        open_browser=not args.no_open, env_prefix=_prefix(args), max_jobs=args.max_jobs,
+        open_browser=not args.no_open, env_prefixes=_prefixes(args), max_jobs=args.max_jobs,
         selection=_selection(args),
     ))
 
@@ -606,7 +598,8 @@ def _cmd_review(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.commands.preview import validate_command
 
-    return validate_command(args.manifests, max_jobs=args.max_jobs, env_prefix=_prefix(args))
+    return validate_command(args.manifests, max_jobs=args.max_jobs,
+                            env_prefixes=_prefixes(args))
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -706,7 +699,7 @@ def _cmd_pick(args: argparse.Namespace) -> int:
         "rate" if args.rating is not None else "pick"
     return pick_command(args.manifest, args.paths, action=action, rating=args.rating,
                         picks_file=args.picks, out_dir=Path(args.out), max_jobs=args.max_jobs,
-                        env_prefix=_prefix(args))
+                        env_prefixes=_prefixes(args))
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -36,10 +36,10 @@ from PIL import Image
 
 from pipeline.errors import ImagebatchError, StoreError, UsageError, printable
 from pipeline.pictures import imaging
-from pipeline.planning import config, exportplan
+from pipeline.planning import exportplan
 from pipeline.planning.config import DEFAULT_PREFIX
 from pipeline.planning.exportplan import ASSETS_JSON, LOCK_FILE, STATE_FILE, Target
-from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
+from pipeline.planning.manifest import DEFAULT_MAX_JOBS
 from pipeline.planning.plan import TMP_PREFIX, ExportSettings, Job, Plan
 from pipeline.storage import metadata
 from pipeline.storage.store import IMAGES, write_error, write_file
@@ -775,15 +775,15 @@ def export_command(manifest: str, *, out_dir: Path = Path("outputs"),
                    env: Mapping[str, str] | None = None, out: TextIO | None = None,
                    err: TextIO | None = None) -> int:
     """`imagebatch export`: write every export of a manifest from images on disk."""
-    from pipeline.planning.config import judged_backends
+    from pipeline.storage.context import resolve
     from pipeline.storage.picks import load_picks, picks_path
 
-    env = os.environ if env is None else env
     out = out or sys.stdout
     err = err or sys.stderr
-    _name, backends = judged_backends(env, env_prefixes, local)  # what `status` judges by
-    prefix = config.split_prefixes(env_prefixes)[0][0]
-    (plan,) = load_plans([manifest], env, prefix, max_jobs=max_jobs, shard=None)
+    # every prefix: a mixed pool's job is done (and exported) under any of its keys
+    ctx = resolve([manifest], env=env, env_prefixes=env_prefixes, local=local,
+                  out_dir=out_dir, max_jobs=max_jobs)
+    plan, backends = ctx.plan, ctx.judged
     path = picks_path(manifest, picks_file)
     if picks_file is not None and not path.exists():
         raise UsageError(f"{path}: no such picks file")

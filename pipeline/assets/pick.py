@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,9 +10,9 @@ from typing import TextIO
 
 from pipeline.errors import UsageError, printable
 from pipeline.planning.config import DEFAULT_PREFIX
-from pipeline.planning.manifest import load_plans
 from pipeline.planning.plan import Plan
 from pipeline.storage import picks
+from pipeline.storage.context import resolve
 from pipeline.storage.picks import PICK, REJECT, PickEntry
 from pipeline.storage.store import IMAGES
 
@@ -47,7 +46,8 @@ def image_path_of(plan: Plan, given: str, out_dir: Path) -> str | None:
 def pick_command(manifest: str, paths: Sequence[str], *, action: str = PICK,
                  rating: int | None = None, picks_file: str | Path | None = None,
                  out_dir: Path = Path("outputs"), max_jobs: int,
-                 env_prefix: str = DEFAULT_PREFIX, env: Mapping[str, str] | None = None,
+                 env_prefixes: Sequence[str] = (DEFAULT_PREFIX,),
+                 env: Mapping[str, str] | None = None,
                  out: TextIO | None = None) -> int:
     """`imagebatch pick`: pick (default), reject, rate or clear images in the picks file.
 
@@ -55,8 +55,9 @@ def pick_command(manifest: str, paths: Sequence[str], *, action: str = PICK,
     Every path is checked first: one unknown path changes nothing.
     """
     out = out or sys.stdout
-    env = os.environ if env is None else env
-    (plan,) = load_plans([manifest], env, env_prefix, max_jobs=max_jobs)
+    # every prefix, as `run` plans: a mixed pool's picks are tied to the same keys
+    plan = resolve([manifest], env=env, env_prefixes=env_prefixes, max_jobs=max_jobs,
+                   judge=False).plan
     file = picks.picks_path(manifest, picks_file)
     chosen: dict[str, str] = {}
     unknown = []

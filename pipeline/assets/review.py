@@ -18,7 +18,7 @@ import os
 import secrets
 import sys
 import webbrowser
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -580,7 +580,7 @@ class ReviewOptions:
     host: str = "127.0.0.1"
     port: int = 0
     open_browser: bool = True
-    env_prefix: str = config.DEFAULT_PREFIX
+    env_prefixes: Sequence[str] = (config.DEFAULT_PREFIX,)
     max_jobs: int = 5000
     selection: Selection = ALL  # the jobs shown (--only, --first-seeds); picks stay whole
 
@@ -616,19 +616,17 @@ def review_command(
     err: TextIO | None = None, ready: Callable[[RunningReview], None] | None = None,
 ) -> int:
     """`imagebatch review`: serve the page until Ctrl-C or SIGTERM; 0 once stopped."""
-    from pipeline.planning.manifest import load_plans
+    from pipeline.storage.context import resolve
 
     env = os.environ if env is None else env
     out = out or sys.stdout
     err = err or sys.stderr
-    config.check_prefix(opts.env_prefix)
-    (plan,) = load_plans([opts.manifest], env, opts.env_prefix, max_jobs=opts.max_jobs,
-                         shard=None)
+    # planned and judged as `run` does: every prefix, every member's images
+    ctx = resolve([opts.manifest], env=env, env_prefixes=opts.env_prefixes,
+                  out_dir=opts.out, max_jobs=opts.max_jobs)
+    plan, backends = ctx.plan, ctx.judged
     picks_file = picks.picks_path(opts.manifest, opts.picks)
     picks.load_picks(picks_file, plan)  # a broken file is an error now (exit 2), not on first save
-    from pipeline.planning.config import judged_backends
-
-    _name, backends = judged_backends(env, (opts.env_prefix,), False)  # as `status` judges
     shown = narrow_all([plan], opts.selection)[0] if opts.selection.active else None
     review = Review(plan=plan, root=Path(opts.out) / plan.name, picks_file=picks_file,
                     manifest=opts.manifest, backends=backends, shown=shown)

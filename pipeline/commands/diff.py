@@ -32,12 +32,13 @@ from pipeline.planning.manifest import (
     MAX_INPUT_BYTES,
     load_plan,
     load_plan_bytes,
-    load_plans,
 )
 from pipeline.planning.plan import Plan
 from pipeline.planning.plandiff import Decision, diff_plans
 from pipeline.running.options import DEFAULT_OUT
 from pipeline.storage import picks
+from pipeline.storage.context import CacheUse
+from pipeline.storage.context import resolve as resolve_context
 from pipeline.storage.store import DONE, job_states
 
 GIT_TIMEOUT = 60.0  # seconds for one git command: they read a few objects, nothing more
@@ -289,19 +290,21 @@ def diff_command(
     env = os.environ if env is None else env
     out = out or sys.stdout
     per_image = costs.price_from(price, env)  # a bad price is refused before anything is read
-    prefixes = config.split_prefixes(env_prefixes)[0]
-    model = config.default_model(env, prefixes[0])
-    # both sides planned for the providers `run` would send to: the same keys as a run's
-    providers = config.providers(env, prefixes)
-    _backend, judged = config.judged_backends(env, env_prefixes, local)
     against_file = against if against is not None and os.path.isfile(against) else None
     if against_file is not None and len(manifests) > 1:
         raise UsageError(f"--against {printable(against_file)}: a file is compared with one "
                          f"manifest, not {len(manifests)}")
     present = [m for m in manifests if os.path.exists(m)]
-    # the manifests as they are: checked as `run` checks them, every problem at once
-    plans = dict(zip(present, load_plans(present, env, prefixes, max_jobs=max_jobs),
-                     strict=True)) if present else {}
+    # the manifests as they are: checked as `run` checks them, every problem at once, and
+    # judged against the backends and shared cache `run` would use
+    ctx = resolve_context(present, env=env, env_prefixes=env_prefixes, local=local,
+                          out_dir=out_dir, max_jobs=max_jobs, cache=cache,
+                          use_cache=CacheUse.ON)
+    plans = dict(zip(present, ctx.plans, strict=True))
+    model = config.default_model(env, ctx.prefixes[0])
+    # both sides planned for the providers `run` would send to: the same keys as a run's
+    providers = ctx.providers
+    judged = ctx.judged
 
     olds: dict[str, _Old] = {}
     against_doc: dict[str, Any]
@@ -357,7 +360,7 @@ def diff_command(
         if new is not None and to_send:
             # what the shared cache holds is restored by a run, not paid for (as `plan`
             # counts it: `cache`, else $IMAGEBATCH_CACHE; a listing, nothing downloaded)
-            fills = restorable_keys(new, judged, env, cache)
+            fills = restorable_keys(new.jobs, ctx)
             if fills:
                 sending = ({s.job.key for s in states if s.state != DONE}
                            if basis == FROM_OUTPUTS else {j.key for j in d.regenerated})

@@ -23,9 +23,10 @@ from pipeline import version
 from pipeline.errors import StoreError, UsageError
 from pipeline.pictures.post import build_all, stop_on_signals
 from pipeline.planning.config import DEFAULT_PREFIX
-from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
+from pipeline.planning.manifest import DEFAULT_MAX_JOBS
 from pipeline.planning.plan import Job, Plan
 from pipeline.running.summary import Failure, PlanReport, RunReport, summary_json
+from pipeline.storage.context import resolve
 from pipeline.storage.picks import load_picks, picks_path
 from pipeline.storage.store import (
     DONE,
@@ -167,7 +168,8 @@ def _merge_locked(plan: Plan, folders: list[Path], dest: Path, has_own: bool) ->
 
 
 def merge_command(sources: Sequence[str], out: str, *, manifests: Sequence[str] = (),
-                  max_jobs: int = DEFAULT_MAX_JOBS, env_prefix: str = DEFAULT_PREFIX,
+                  max_jobs: int = DEFAULT_MAX_JOBS,
+                  env_prefixes: Sequence[str] = (DEFAULT_PREFIX,),
                   post: bool = True, env: Mapping[str, str] | None = None) -> RunReport:
     """`imagebatch merge OUT... --out DIR`: merge every plan's shard folders; the report."""
     env = os.environ if env is None else env
@@ -194,8 +196,9 @@ def merge_command(sources: Sequence[str], out: str, *, manifests: Sequence[str] 
             if found is None or not Path(found).is_file():
                 raise UsageError(f"cannot tell which manifest made {name!r}; pass --manifest")
             paths.append(found)
-    plans = {p.name: p for p in load_plans(paths, env, env_prefix, max_jobs=max_jobs,
-                                          shard=None)}
+    # every prefix, as `run` planned: a mixed pool's images are done under either key
+    plans = {p.name: p for p in resolve(paths, env=env, env_prefixes=env_prefixes,
+                                        max_jobs=max_jobs, judge=False).plans}
     for name in folders:
         if name not in plans:
             raise UsageError(f"no manifest given for {name!r} (names: {', '.join(plans)})")

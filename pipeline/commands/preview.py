@@ -13,19 +13,19 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, TextIO
 
 from pipeline.errors import ManifestError, printable
-from pipeline.planning import config
 from pipeline.planning.config import DEFAULT_PREFIX
 from pipeline.planning.costs import price_from
 from pipeline.planning.counts import PlanCounts, count_plan
-from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
-from pipeline.planning.plan import Plan
+from pipeline.planning.manifest import DEFAULT_MAX_JOBS
+from pipeline.planning.plan import Job, Plan
 from pipeline.planning.select import ALL, Selection, narrow_all
+from pipeline.storage.context import CacheUse, Context, resolve
 from pipeline.storage.store import DONE, job_states
 
 DEFAULT_OUT = Path("outputs")  # as `run --out` (running.options, not imported: no HTTP code)
@@ -34,12 +34,12 @@ MAX_SHOWN = 200  # problems printed; the count line still says how many there ar
 
 
 def validate_command(manifests: Sequence[str], *, max_jobs: int = DEFAULT_MAX_JOBS,
-                     env_prefix: str = DEFAULT_PREFIX, env: Mapping[str, str] | None = None,
-                     out: TextIO | None = None) -> int:
+                     env_prefixes: Sequence[str] = (DEFAULT_PREFIX,),
+                     env: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
     """Check every manifest as `run` would; print one line per good file; errors raise."""
     out = out or sys.stdout
-    env = os.environ if env is None else env
-    for plan in load_plans(manifests, env, env_prefix, max_jobs=max_jobs):
+    ctx = resolve(manifests, env=env, env_prefixes=env_prefixes, max_jobs=max_jobs, judge=False)
+    for plan in ctx.plans:
         print(f"{plan.source}: ok, {plan.total} jobs ({plan.name}, model {plan.model})", file=out)
     return 0
 
@@ -83,31 +83,21 @@ def write_utf8(text: str, out: TextIO) -> None:
         out.write(text)
 
 
-def restorable_keys(plan: Plan, judged: Iterable[str], env: Mapping[str, str],
-                    cache: str | None = None) -> AbstractSet[str] | None:
-    """The keys of `plan`'s jobs the shared cache (`cache`, else $IMAGEBATCH_CACHE) holds an
-    image of made by one of the `judged` backends, from a listing (nothing downloaded); None
-    when no cache is set. A cache that cannot be used is a CacheError (exit 2), as for `run`.
-    """
-    # imported here: the object-store library is only loaded when a cache is asked for
-    from pipeline.storage.cache import check_cache, restorable
+def restorable_keys(jobs: Sequence[Job], ctx: Context) -> AbstractSet[str] | None:
+    """The keys of `jobs` the context's shared cache holds an image of made by one of its
+    judged backends, from a listing (nothing downloaded); None when no cache is set."""
+    from pipeline.storage.cache import restorable
 
-    shared = check_cache(cache, env)
-    return None if shared is None else restorable(shared, plan.jobs, judged)
+    return None if ctx.cache is None else restorable(ctx.cache, jobs, ctx.judged)
 
 
-def plan_counts(plan: Plan, *, out_dir: Path, env: Mapping[str, str],
-                env_prefixes: Sequence[str], local: bool, price: str | None,
-                cache: str | None = None) -> tuple[PlanCounts, str]:
-    """What a run of `plan` would act on, judged as `status` judges (same backends, same
-    outputs folder, the same shared cache as `run`: `cache` or $IMAGEBATCH_CACHE); (the
-    counts, the backend name)."""
-    cost = price_from(price, env)
-    backend, judged = config.judged_backends(env, env_prefixes, local)
-    states = job_states(plan.jobs, Path(out_dir) / plan.name, judged)
+def plan_counts(plan: Plan, ctx: Context, price: str | None) -> PlanCounts:
+    """What a run of `plan` would act on, judged as `status` and `run` judge (the context's
+    backends, outputs folder and shared cache)."""
+    cost = price_from(price, ctx.env)
+    states = job_states(plan.jobs, ctx.root(plan), ctx.judged)
     done = {st.job.key for st in states if st.state == DONE}
-    fills = restorable_keys(plan, judged, env, cache)
-    return count_plan(plan.jobs, done, fills, cost), backend
+    return count_plan(plan.jobs, done, restorable_keys(plan.jobs, ctx), cost)
 
 
 def plan_command(manifest: str, *, as_json: bool = False, shard: tuple[int, int] | None = None,
@@ -122,19 +112,20 @@ def plan_command(manifest: str, *, as_json: bool = False, shard: tuple[int, int]
     out = out or sys.stdout
     env = os.environ if env is None else env
     prefixes = (env_prefix,) if env_prefix is not None else tuple(env_prefixes)
-    pool = config.split_prefixes(prefixes)[0]  # every prefix: their providers make the keys
     if not as_json:
         price_from(price, env)  # a price that is not one: exit 2 before any output
     whole = selection.active
-    (plan,) = load_plans([manifest], env, pool, max_jobs=max_jobs,
-                         shard=None if whole else shard)
+    # --json is the plan alone: no URL, key, outputs folder or cache is read for it
+    ctx = resolve([manifest], env=env, env_prefixes=prefixes, local=local, out_dir=out_dir,
+                  max_jobs=max_jobs, shard=None if whole else shard, cache=cache,
+                  use_cache=CacheUse.OFF if as_json else CacheUse.ON, judge=not as_json)
+    plan = ctx.plan
     if whole:
         (plan,) = narrow_all([plan], selection, shard)
     if as_json:  # the contract: this array and nothing else, whatever is on disk
         write_utf8(plan_json(plan), out)
         return 0
-    counts, backend = plan_counts(plan, out_dir=out_dir, env=env, env_prefixes=prefixes,
-                                  local=local, price=price, cache=cache)
+    counts, backend = plan_counts(plan, ctx, price), ctx.backend
     if counts_json:
         doc: dict[str, Any] = {
             "name": plan.name, "manifest": plan.source, "backend": backend,

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pipeline.errors import UsageError
 from pipeline.pictures.post import build_all, stop_on_signals
 from pipeline.planning import config
-from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
+from pipeline.planning.manifest import DEFAULT_MAX_JOBS
 from pipeline.planning.plan import Job, Plan
 from pipeline.running import cache as cached
 from pipeline.running.options import DEFAULT_OUT
 from pipeline.storage import picks
-from pipeline.storage.cache import CACHE_VARIABLE, Cache, check_cache
+from pipeline.storage.cache import Cache
+from pipeline.storage.context import CacheUse, Context, resolve
 from pipeline.storage.store import DONE, Record, Store
 
 
@@ -43,18 +43,14 @@ class Share:
     picks_file: str | Path | None = None
 
 
-def _open(share: Share, env: Mapping[str, str]) -> tuple[Plan, Store, Cache]:
-    """The plan, its store (judged as `status` judges it) and the checked cache."""
-    prefix = config.split_prefixes(share.env_prefixes)[0][0]
-    (plan,) = load_plans([share.manifest], env, prefix, max_jobs=share.max_jobs,
-                         shard=share.shard)
-    backend, judged = config.judged_backends(env, share.env_prefixes, share.local)
-    cache = check_cache(share.cache, env)
-    if cache is None:
-        raise UsageError(f"no cache: give --cache URL or set {CACHE_VARIABLE}")
-    # A pool's members all count; which prefix made an image does not matter here.
-    members = {name: name for name in judged} if len(judged) > 1 else None
-    return plan, Store(share.out_dir, plan.name, backend, members=members), cache
+def _open(share: Share, env: Mapping[str, str]) -> tuple[Context, Plan, Store, Cache]:
+    """The command's context, its plan, its store (judged as `run` judges it: every key of a
+    mixed pool's jobs, every member's images) and the checked cache."""
+    ctx = resolve([share.manifest], env=env, env_prefixes=share.env_prefixes,
+                  local=share.local, out_dir=share.out_dir, max_jobs=share.max_jobs,
+                  shard=share.shard, cache=share.cache, use_cache=CacheUse.REQUIRED)
+    assert ctx.cache is not None
+    return ctx, ctx.plan, ctx.store(ctx.plan), ctx.cache
 
 
 def pull_command(share: Share, env: Mapping[str, str] | None = None,
@@ -62,7 +58,7 @@ def pull_command(share: Share, env: Mapping[str, str] | None = None,
     """`imagebatch pull`: restore what the cache has of the plan, then post-process."""
     env = os.environ if env is None else env
     out, err = out or sys.stdout, err or sys.stderr
-    plan, store, cache = _open(share, env)
+    ctx, plan, store, cache = _open(share, env)
     transfers = cached.Transfers(cache, err)
 
     async def pull() -> tuple[int, int]:
@@ -83,9 +79,8 @@ def pull_command(share: Share, env: Mapping[str, str] | None = None,
     print(f"{plan.name}: pulled {tally.restored} image(s) from {cache.url}, {here} already "
           f"here, {absent} not in the cache{bad} ({store.root})", file=out)
     if share.post:
-        _backend, judged = config.judged_backends(env, share.env_prefixes, share.local)
         with stop_on_signals() as stop:
-            build_all(plan, store.root, backend=judged, stop=stop,
+            build_all(plan, store.root, backend=ctx.judged, stop=stop,
                       picks_file=picks.picks_path(plan.source, share.picks_file))
     return 0
 
@@ -96,7 +91,7 @@ def push_command(share: Share, env: Mapping[str, str] | None = None,
     an upload failed."""
     env = os.environ if env is None else env
     out, err = out or sys.stdout, err or sys.stderr
-    plan, store, cache = _open(share, env)
+    _ctx, plan, store, cache = _open(share, env)
     transfers = cached.Transfers(cache, err)
 
     async def push() -> tuple[int, int, int, int]:

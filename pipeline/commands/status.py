@@ -18,12 +18,13 @@ from typing import Any, TextIO
 from pipeline.errors import UsageError, printable
 from pipeline.pictures.post import build_all, stop_on_signals
 from pipeline.planning import config
-from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
+from pipeline.planning.manifest import DEFAULT_MAX_JOBS
 from pipeline.planning.plan import Plan, canonical_json
 from pipeline.planning.select import ALL, Selection, narrow_all
 from pipeline.running.options import DEFAULT_OUT
 from pipeline.storage import picks
-from pipeline.storage.cache import CACHE_VARIABLE, check_cache, restorable
+from pipeline.storage.cache import restorable
+from pipeline.storage.context import CacheUse, resolve
 from pipeline.storage.metadata import MetadataError, read_request
 from pipeline.storage.store import DONE, job_states
 
@@ -41,25 +42,21 @@ def status_command(
     (for a pool, done by any of its members), and the picks file's counts when there is
     one; of the jobs `selection` keeps, when given. With `cache` (a URL, or "" for
     $IMAGEBATCH_CACHE), how many jobs not done the shared cache can fill, from a listing."""
-    env = os.environ if env is None else env
     out = out or sys.stdout
-    backend, judged = config.judged_backends(env, env_prefixes, local)
-    # every prefix: a mixed pool's jobs are done under either provider's key
-    prefixes = config.split_prefixes(env_prefixes)[0]
-    plan = _selected(manifest, env, prefixes, max_jobs, shard, selection)
-    root = Path(out_dir) / plan.name
+    ctx = resolve([manifest], env=env, env_prefixes=env_prefixes, local=local, out_dir=out_dir,
+                  max_jobs=max_jobs, shard=None if selection.active else shard, cache=cache or None,
+                  use_cache=CacheUse.OFF if cache is None else CacheUse.REQUIRED)
+    backend, judged, shared = ctx.backend, ctx.judged, ctx.cache
+    plan = _narrowed(ctx.plan, shard, selection)
+    root = ctx.root(plan)
     picks_at = picks.picks_path(manifest, picks_file)
     pick_counts = None
     if picks_at.exists():
         # decisions belong to the whole plan, whatever shard is asked about
-        whole = plan if shard is None and not selection.active else load_plans(
-            [manifest], env, prefixes, max_jobs=max_jobs, shard=None)[0]
+        whole = plan if shard is None and not selection.active else resolve(
+            [manifest], env=ctx.env, env_prefixes=ctx.prefixes, local=local, out_dir=out_dir,
+            max_jobs=max_jobs, judge=False).plan
         pick_counts = picks.counts(picks.load_picks(picks_at, whole), whole)
-    shared = None
-    if cache is not None:
-        shared = check_cache(cache or None, env)
-        if shared is None:
-            raise UsageError(f"--cache: give a URL or set {CACHE_VARIABLE}")
     counts = {"done": 0, "failed": 0, "pending": 0}
     rows: list[dict[str, str | None]] = []
     states = job_states(plan.jobs, root, judged, verify=verify)
@@ -98,11 +95,9 @@ def status_command(
     return 0
 
 
-def _selected(manifest: str, env: Mapping[str, str], prefix: str | Sequence[str], max_jobs: int,
-              shard: tuple[int, int] | None, selection: Selection) -> Plan:
-    """The plan of `manifest`, narrowed to `selection` (made on the whole plan) and `shard`."""
-    (plan,) = load_plans([manifest], env, prefix, max_jobs=max_jobs,
-                         shard=None if selection.active else shard)
+def _narrowed(plan: Plan, shard: tuple[int, int] | None, selection: Selection) -> Plan:
+    """`plan` (loaded whole when there is a selection, else for `shard`) narrowed to
+    `selection`, made on the whole plan, and `shard`."""
     if selection.active:
         (plan,) = narrow_all([plan], selection, shard)
     return plan
@@ -154,12 +149,12 @@ def sheet_command(
     """`imagebatch sheet`: rebuild thumbnails, contact sheets and index.html from disk, showing
     as done what `status` (same options, same environment) counts done; with a selection,
     of its jobs only (a preview; the next full `sheet` or `run` shows them all again)."""
-    env = os.environ if env is None else env
     out = out or sys.stdout
-    _backend, judged = config.judged_backends(env, env_prefixes, local)
-    prefixes = config.split_prefixes(env_prefixes)[0]  # every prefix, as for status
-    plan = _selected(manifest, env, prefixes, max_jobs, None, selection)
-    root = Path(out_dir) / plan.name
+    ctx = resolve([manifest], env=env, env_prefixes=env_prefixes, local=local, out_dir=out_dir,
+                  max_jobs=max_jobs)
+    judged = ctx.judged
+    plan = _narrowed(ctx.plan, None, selection)
+    root = ctx.root(plan)
     if not root.is_dir():
         raise UsageError(f"{root}: nothing to post-process yet; run `imagebatch run {manifest}`")
     with stop_on_signals() as stop:  # Ctrl-C or SIGTERM: Interrupted, exit 130

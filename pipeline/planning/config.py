@@ -311,12 +311,3 @@ def status_backends(env: Mapping[str, str], prefixes: Sequence[str], local: bool
         if not url_of(env, prefix):
             raise ConfigError(f"{prefix}_URL is not set: every member of a pool needs its URL")
     return {p: status_backend(env, p, False) for p in prefixes}
-
-
-def judged_backends(env: Mapping[str, str], env_prefixes: Sequence[str], local: bool
-                    ) -> tuple[str, frozenset[str]]:
-    """(the backend name `run` would record, the backends whose images count as done: a
-    pool's members, or that one), from the same variables `run` reads."""
-    prefixes, _repeats = split_prefixes(env_prefixes)
-    names = status_backends(env, prefixes, local)
-    return ",".join(sorted(set(names.values()))), frozenset(names.values())

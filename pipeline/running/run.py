@@ -25,7 +25,6 @@ from pipeline import version
 from pipeline.errors import Interrupted, StoreError
 from pipeline.pictures.post import Stop, build_all
 from pipeline.planning import apispec, config
-from pipeline.planning.manifest import load_plans
 from pipeline.planning.plan import Job, Plan
 from pipeline.planning.select import ALL, narrow, narrow_all
 from pipeline.running import cache as cached
@@ -45,7 +44,8 @@ from pipeline.running.summary import (
 from pipeline.service.server import ServerOptions, running_server
 from pipeline.signals import on_stop_signals
 from pipeline.storage import picks
-from pipeline.storage.cache import Cache, check_cache
+from pipeline.storage.cache import Cache
+from pipeline.storage.context import CacheUse, resolve
 from pipeline.storage.store import DONE, Record, Store
 
 
@@ -59,18 +59,20 @@ def run(opts: RunOptions, env: Mapping[str, str] | None = None,
     env = os.environ if env is None else env
     err = err or sys.stderr
     opts.spending(env)  # a price or budget that is not one: exit 2 before anything is read
-    prefixes, notes = config.split_prefixes(opts.env_prefixes)
     # With a selection the whole plans are loaded: it is made, and its patterns checked, on
     # them (run_plans applies the shard after it).
-    plans = load_plans(opts.manifests, env, prefixes, max_jobs=opts.max_jobs,
-                       shard=None if opts.selection.active else opts.shard)
+    ctx = resolve(opts.manifests, env=env, env_prefixes=opts.env_prefixes, local=opts.local,
+                  out_dir=opts.out, max_jobs=opts.max_jobs,
+                  shard=None if opts.selection.active else opts.shard, cache=opts.cache,
+                  use_cache=CacheUse.ON)
+    plans = list(ctx.plans)
     narrow_all(plans, opts.selection, opts.shard)  # a pattern matching nothing: exit 2
     for plan in plans:  # the sheets mark the picks: a broken picks file stops us here
         picks.load_picks(picks.picks_path(plan.source),
                          plan if plan.shard is None else None)
-    conns, more = config.pool(env, prefixes, local=opts.local)
-    cache = check_cache(opts.cache, env)
-    for note in (*notes, *more):
+    conns, more = config.pool(env, ctx.prefixes, local=opts.local)
+    cache = ctx.cache
+    for note in (*ctx.notes, *more):
         print(f"note: {note}", file=err)
     report = asyncio.run(run_plans(plans, conns, opts, err, env=env, cache=cache))
     write_step_summary(report, env)
