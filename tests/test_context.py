@@ -19,6 +19,7 @@ from pipeline.assets.review import ReviewOptions
 from pipeline.cli import main
 from pipeline.service.server import ServerOptions, running_server
 from pipeline.storage.context import resolve
+from pipeline.storage.metadata import read_request
 
 HKEY = "inf-HEROKU-context-0a1b2c3d"
 SKEY = "sk-STABILITY-context-9f8e7d6c"
@@ -79,6 +80,17 @@ def test_every_command_sees_a_mixed_pools_jobs_done_as_run_does(pool_run, monkey
     for path in exported:
         with Image.open(path) as img:
             assert img.format == "JPEG" and img.width == 256
+    # each asset embeds and names the request that made its image: a Stability member's
+    # image its Stability request (with `provider`), not the Heroku one of the plan
+    sent_keys = {r["path"]: r["key"] for r in records if r["status"] == "ok"}
+    assets = json.loads((tmp / "assets" / "mixed" / "assets.json").read_text())
+    files = assets["files"] if isinstance(assets, dict) else assets
+    for entry in files:
+        src = entry["source"]
+        assert src["key"] == sent_keys[src["path"]], entry
+        request = read_request(tmp / "assets" / "mixed" / entry["file"])
+        member = next(r["member"] for r in records if r.get("key") == src["key"])
+        assert ("provider" in request) == (member == "POOLS"), request
 
     # pick: a Stability member's image is a known image of the plan
     stab = next(r["path"] for r in records if r.get("member") == "POOLS" and r["status"] == "ok")

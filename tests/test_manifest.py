@@ -251,17 +251,22 @@ def test_size_and_ratio_that_disagree_are_refused(tmp_path: Path) -> None:
     assert "16:9" in p.message
 
 
-@pytest.mark.parametrize(("block", "field", "loc"), [
-    ("defaults:\n  aspect_ratio: '4:3'\n", "defaults.aspect_ratio", (3, 17)),
-    ("defaults:\n  output_format: webp\n", "defaults.output_format", (3, 18)),
-    ("defaults:\n  size: 1x1\n", "defaults.size", (3, 9)),
+@pytest.mark.parametrize(("block", "field", "loc", "said"), [
+    ("defaults:\n  aspect_ratio: '4:3'\n", "defaults.aspect_ratio", (3, 17), "is not one of"),
+    # a format only Stability makes says which provider the run was planned for, and why
+    ("defaults:\n  output_format: webp\n", "defaults.output_format", (3, 18),
+     "the heroku provider makes only png, jpeg, and this run sends to it; 'webp' needs the "
+     "stability provider (the provider comes from the environment: set "
+     "DIFFUSION_PROVIDER=stability"),
+    ("defaults:\n  output_format: gif\n", "defaults.output_format", (3, 18), "is not one of"),
+    ("defaults:\n  size: 1x1\n", "defaults.size", (3, 9), "is not one of"),
 ])
 def test_bad_enums_in_defaults(tmp_path: Path, block: str, field: str,
-                               loc: tuple[int, int]) -> None:
+                               loc: tuple[int, int], said: str) -> None:
     path = write(tmp_path, f"version: 1\n{block}jobs:\n  - {{id: a, prompt: x}}\n")
     p = only(problems_of(path))
     assert (p.line, p.column, p.path) == (*loc, field)
-    assert "is not one of" in p.message
+    assert said in p.message
 
 
 @pytest.mark.parametrize(("text", "field"), [

@@ -177,8 +177,11 @@ def test_a_field_the_provider_lacks_is_refused_at_its_location(tmp_path):
     assert found[0].startswith(f"{path}:5:5: jobs[0].image: the heroku provider has no "
                                "`image` field")
     assert found[1].startswith(f"{path}:6:5: jobs[0].strength: the heroku provider")
-    assert found[2].startswith(f"{path}:7:20: jobs[0].output_format: 'webp' is not one of "
-                               "png, jpeg")
+    assert found[2].startswith(f"{path}:7:20: jobs[0].output_format: the heroku provider "
+                               "makes only png, jpeg, and this run sends to it; 'webp' needs "
+                               "the stability provider (the provider comes from the "
+                               "environment: set DIFFUSION_PROVIDER=stability")
+    assert "set DIFFUSION_PROVIDER=stability" in found[0]  # image-to-image says it too
     # a mixed pool allows only what both providers have
     assert len(problems(path, ("heroku", "stability"))) == 3
 

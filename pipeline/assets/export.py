@@ -97,13 +97,23 @@ class ExportResult:
 JobState = Callable[[Job], tuple[str, str | None]]
 
 
-def job_states(plan: Plan, out_dir: Path, backends: frozenset[str]) -> JobState:
+def job_states(plan: Plan, out_dir: Path, backends: frozenset[str],
+               made: dict[str, Job] | None = None) -> JobState:
     """job -> ('done', None), or (state, why it has no usable image), by the store's one
-    definition of done (`store.job_states`), against `backends` (what `status` judges by)."""
+    definition of done (`store.job_states`), against `backends` (what `status` judges by).
+
+    `made`, when given, is filled with image path -> the job as it was sent, for a mixed
+    pool's images made under another provider's key than the plan's (their assets embed and
+    name that request: the one that made them)."""
     from pipeline.storage import store
 
     root = Path(out_dir) / plan.name
     judged = {st.job.key: st for st in store.job_states(plan.jobs, root, backends)}
+    if made is not None:
+        for job in plan.jobs:
+            rec = judged[job.key].record
+            if judged[job.key].state == store.DONE and rec is not None and rec.key != job.key:
+                made[job.path] = next(v for v in job.variants if v.key == rec.key)
 
     def state(job: Job) -> tuple[str, str | None]:
         st = judged[job.key]
@@ -582,7 +592,8 @@ def _record(t: Target, sha: str, size: int, mtime_ns: int, source: Source) -> di
 
 
 def export_plan(plan: Plan, *, out_dir: Path, assets_dir: Path, picks: Any,
-                state_of: JobState, workers: int | None = None) -> ExportResult:
+                state_of: JobState, workers: int | None = None,
+                made: Mapping[str, Job] | None = None) -> ExportResult:
     """Bring `assets_dir/<name>/` up to date with the plan's exports; see the module doc."""
     started = time.perf_counter()
     root = Path(assets_dir) / plan.name
@@ -606,7 +617,8 @@ def export_plan(plan: Plan, *, out_dir: Path, assets_dir: Path, picks: Any,
             if job.path in failed:
                 failed[job.path][0].append(spec.name)
                 continue
-            ready.append((spec, job, sources[job.path].size))
+            # the request that made the image (a mixed pool's other provider's, maybe)
+            ready.append((spec, (made or {}).get(job.path, job), sources[job.path].size))
         targets = exportplan.plan_targets(plan, ready)  # a clash raises: nothing written yet
         wanted = {t.file for t in targets}
         todo: list[Target] = []
@@ -792,8 +804,9 @@ def export_command(manifest: str, *, out_dir: Path = Path("outputs"),
     if not path.exists() and any(e.source != "all" for e in plan.exports):
         note = (f"no picks file {path}: exports from picks choose nothing yet "
                 "(choose with `imagebatch review` or `imagebatch pick`)")
+    made: dict[str, Job] = {}
     result = export_plan(plan, out_dir=Path(out_dir), assets_dir=Path(assets_dir), picks=picks,
-                         state_of=job_states(plan, Path(out_dir), backends))
+                         state_of=job_states(plan, Path(out_dir), backends, made), made=made)
     return report(result, note, out, err)
 
 

@@ -48,6 +48,11 @@ DEFAULT_MAX_JOBS = 5000
 MAX_FILE_BYTES = 8 * 1024 * 1024  # a manifest is text a person writes; refuse what is not
 MAX_NODES = 300_000  # node visits; stops alias bombs ("billion laughs") in milliseconds
 MAX_DEPTH = 100  # nesting of lists and mappings; a manifest needs 6, Python's stack ~500
+#: How a run is sent to Stability, said wherever a manifest asks for what only it takes: the
+#: provider comes from the environment, so a manifest planned without it is Heroku's.
+CHOOSE_PROVIDER = ("the provider comes from the environment: set DIFFUSION_PROVIDER=stability "
+                   "(or STABILITY_API_KEY, or a URL on stability.ai) for every command, CI's "
+                   "included")
 MAX_MERGE_DEPTH = 100  # merge keys (`<<: *a`) that merge mappings that merge...
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
@@ -630,11 +635,25 @@ class _Loader:
         if provider is None:
             return True
         hint = {"size": "; set aspect_ratio instead (the same nine shapes)",
-                "image": "; image-to-image needs a stability backend",
-                "strength": "; image-to-image needs a stability backend"}.get(name, "")
+                "image": f"; image-to-image needs a stability backend ({CHOOSE_PROVIDER})",
+                "strength": f"; image-to-image needs a stability backend ({CHOOSE_PROVIDER})",
+                }.get(name, "")
         self.c.add(node, path, f"the {provider} provider has no `{name}` field, and this run "
                                f"sends to it{hint}")
         return False
+
+    def output_format(self, node: Node, path: str) -> str | None:
+        """`output_format`: one every provider of the run makes; a format only another
+        provider makes says which provider this run was planned for, and why."""
+        value = self.c.text(node, path)
+        if value in apispec.ALL_OUTPUT_FORMATS and value not in self.formats:
+            lacking = next(p for p in self.providers if value not in apispec.PROVIDER_FORMATS[p])
+            self.c.add(node, path, f"the {lacking} provider makes only "
+                                   f"{', '.join(apispec.PROVIDER_FORMATS[lacking])}, and this "
+                                   f"run sends to it; {value!r} needs the stability provider "
+                                   f"({CHOOSE_PROVIDER})")
+            return None
+        return self.c.enum(node, path, "output_format", self.formats)
 
     def image(self, node: Node, path: str) -> str | None:
         """An input image, a file relative to the manifest: "sha256:<hex>" of its bytes."""
@@ -668,7 +687,7 @@ class _Loader:
         """One request field's value, validated like the API would."""
         c = self.c
         if name == "output_format":
-            return c.enum(node, path, name, self.formats)
+            return self.output_format(node, path)
         if name == "strength":
             return c.number(node, path, 0.0, 1.0)
         if name == "image":
