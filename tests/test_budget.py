@@ -62,6 +62,16 @@ def test_both_budgets_the_smaller_wins():
     assert budget_from(40, "1", price).requests == 10
 
 
+@pytest.mark.parametrize(("cost", "price"), [
+    ("USD 1", "$0.08"), ("1 USD", "$0.08"), ("$1", "0.08 USD"), ("€1", "0.08 EUR"),
+    ("1", "£0.08"),
+])
+def test_one_currency_written_two_ways_is_one_currency(cost, price):
+    # `$` and `USD` are one currency: the budget is the price's, 12 images of $0.08 in $1
+    budget = budget_from(None, cost, parse_amount(price, "--price"))
+    assert budget.requests == 12
+
+
 @pytest.mark.parametrize(("requests", "cost", "price", "message"), [
     (0, None, None, "at least 1"),
     (-3, None, None, "at least 1"),

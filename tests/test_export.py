@@ -610,8 +610,8 @@ def test_two_picked_images_writing_one_file_are_refused_before_writing(tmp_path,
     code, _, err = shop.export(capsys)
     assert code == 2
     assert f"{shop.manifest}:14:11: exports[0].path: 'one.png' would be written for both " \
-           "a/1.png and b/1.png; both are picked: pick one, or add {seed} or {vars} to the " \
-           "path" in err
+           "a/1.png and b/1.png; both are picked: pick one, or add {id} to the " \
+           "path" in err  # the one placeholder that tells them apart
     assert not (shop.root / "one.png").exists()
 
 

@@ -196,7 +196,7 @@ def test_files_written_twice_are_refused_at_validation(tmp_path):
     assert f"{path}:12:11: exports[1].path: 'x/fox-1.png' is also written by exports[0] " \
            "('export-1'); two exports cannot write one file" in text
     assert f"{path}:15:11: exports[2].path: 'y/fox.png' would be written for both " \
-           "fox/ink/1.png and fox/ink/2.png; add {seed} or {vars} to the path" in text
+           "fox/ink/1.png and fox/ink/2.png; add {seed} to the path" in text
     assert f"{path}:18:11: exports[3].path: 'assets.json': for fox/ink/1.png the path " \
            "'assets.json' is a file the export keeps for itself" in text
     # two widths above the images' 1024 both give 1024: one file, not a clash; but another
@@ -278,3 +278,20 @@ def test_contain_fits_inside_and_centres_in_the_box():
     assert (g.scaled, g.canvas, g.offset) == ((300, 150), (300, 300), (0, 75))
     small = geometry(ExportSettings(name="c", size=(300, 300), fit="contain"), (100, 50), None)
     assert (small.scaled, small.canvas, small.offset) == ((100, 50), (300, 300), (100, 125))
+
+
+def test_a_clash_hint_names_only_placeholders_that_tell_the_jobs_apart_and_are_missing():
+    from pipeline.planning.exportplan import _telling_apart
+    from pipeline.planning.plan import Job
+
+    def job(id_: str, seed: int, vars_: tuple[tuple[str, str], ...] = ()) -> Job:
+        return Job(index=0, id=id_, key="0" * 64, path=f"{id_}/{seed}.png", body="{}",
+                   seed=seed, vars=vars_, label="")
+
+    a, b = job("fox", 1, (("style", "ink"),)), job("fox", 2, (("style", "oil"),))
+    assert _telling_apart("{id}.{format}", a, b) == "{seed} or {vars}"
+    assert _telling_apart("{id}/{seed}.{format}", a, b) == "{vars}"  # {seed} is there already
+    c = job("fox", 1, (("style", "oil"),))
+    assert _telling_apart("{id}/{seed}.{format}", a, c) == "{vars}"
+    assert _telling_apart("{vars}/{seed}.{format}", a, job("cat", 1, (("style", "ink"),))) \
+        == "{id}"

@@ -82,7 +82,7 @@ def budget_from(requests: int | None, cost: str | None, price: Price | None) -> 
     if price.amount == 0:
         raise UsageError(f"--budget-cost: at a price of {price.format(Decimal(0))} an image "
                          "it caps nothing; give --budget N to cap the requests")
-    if not _PLAIN.match(cost) and (asked.prefix, asked.suffix) != (price.prefix, price.suffix):
+    if not _PLAIN.match(cost) and asked.currency != price.currency:
         raise UsageError(f"--budget-cost {cost!r} is not in the currency of the price "
                          f"({price.format(price.amount)}); write both in one currency")
     asked = Price(asked.amount, price.prefix, price.suffix)

@@ -29,6 +29,11 @@ class Price:
     prefix: str = "$"  # a currency sign written before the amount ("" for none)
     suffix: str = ""  # a currency code written after it (" EUR")
 
+    @property
+    def currency(self) -> str:
+        """The currency as an ISO code: `$0.08`, `USD 0.08` and `0.08 USD` are all USD."""
+        return _SIGNS.get(self.prefix, self.prefix) or self.suffix.strip()
+
     def of(self, requests: int) -> Decimal:
         """The cost of `requests` image requests."""
         return self.amount * requests
@@ -36,6 +41,10 @@ class Price:
     def format(self, amount: Decimal) -> str:
         """`amount` written as the price was: `$1.36`, `1.36 EUR`."""
         return f"{self.prefix}{_money(amount)}{self.suffix}"
+
+
+#: Currency signs as the codes a person may write instead (`$` is taken as US dollars).
+_SIGNS = {"$": "USD", "€": "EUR", "£": "GBP", "¥": "JPY"}
 
 
 def parse_amount(text: str, what: str) -> Price:

@@ -246,7 +246,7 @@ class _Collector:
             self.add_problem(spec, "path", "clash",
                              f"{new.file!r} would be written for both {old.job.path} and "
                              f"{new.job.path}{same_case}; {how.get(spec.source, '')}add "
-                             "{seed} or {vars} to the path")
+                             f"{_telling_apart(spec.path, old.job, new.job)} to the path")
         else:
             self.add_problem(spec, "path", "clash",
                              f"{new.file!r} would be written twice for {new.job.path} "
@@ -254,6 +254,16 @@ class _Collector:
                              f"{old.geometry.canvas[1]} and {new.format} "
                              f"{new.geometry.canvas[0]}x{new.geometry.canvas[1]}){same_case}; "
                              "add {width} and {format} to the path")
+
+
+def _telling_apart(template: str, a: Job, b: Job) -> str:
+    """The placeholders a path template lacks that would give jobs `a` and `b` two names:
+    only ones that differ between them and are not in the template already."""
+    telling = [name for name, differs in (("{seed}", a.seed != b.seed),
+                                          ("{vars}", a.vars != b.vars),
+                                          ("{id}", a.id != b.id))
+               if differs and name not in template]
+    return " or ".join(telling) if telling else "{index}"
 
 
 def widths_of(spec: ExportSettings) -> Sequence[int | None]:
