@@ -220,6 +220,28 @@ def test_a_renamed_job_shows_as_moved_and_its_pick_goes_stale(repo, capsys, monk
     assert "- `boat/5.png`: pick; its job moved to `paper-boat/5.png`" in md
 
 
+def test_a_renamed_manifest_with_the_same_name_is_compared_with_its_old_file(
+        repo, capsys, monkeypatch):
+    # the workflow lists a rename as a deletion and an addition (--no-renames): both given
+    base = git(repo, "rev-parse", "HEAD")
+    git(repo, "mv", "manifests/launch.yaml", "manifests/spring-launch.yaml")  # name: launch
+    commit(repo, {"manifests/spring-launch.yaml": EDITED}, "rename and edit")
+    monkeypatch.chdir(repo)
+    doc = diff_json(capsys, "manifests/spring-launch.yaml", "manifests/launch.yaml",
+                    "--against", base)
+    (m,) = doc["manifests"]  # the old file is not shown again as all removed
+    assert m["old"]["source"] == f"{base}:manifests/launch.yaml"
+    assert counts(doc) == {"added": 2, "removed": 0, "changed": 1, "moved": 0,
+                           "unchanged": 6, "stale_picks": 0}
+    assert m["to_send"] == 3  # what the edit adds or changes, not 9 jobs as all new
+    assert any("renamed from manifests/launch.yaml" in n for n in m["notes"]), m["notes"]
+    # a rename that changes `name:` is another outputs folder: all new work, as before
+    commit(repo, {"manifests/spring-launch.yaml": EDITED.replace("name: launch",
+                                                                 "name: spring")}, "rename")
+    doc = diff_json(capsys, "manifests/spring-launch.yaml", "--against", base)
+    assert counts(doc)["added"] == 9 and doc["manifests"][0]["old"]["state"] == "missing"
+
+
 def test_several_manifests_one_table(repo, capsys, monkeypatch):
     commit(repo, {"manifests/other.yaml": LAUNCH.replace("name: launch", "name: other")},
            "other")

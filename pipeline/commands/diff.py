@@ -278,6 +278,37 @@ def _decisions(manifest: str) -> tuple[Mapping[str, Decision], str | None, str |
                              f"named: {first}")
 
 
+def _renamed_from(repo: Repo, commit: str, label: str, rel: str, name: str, model: str,
+                  max_jobs: int, providers: tuple[str, ...]) -> tuple[_Old, str] | None:
+    """The old side of a manifest that was not at `rel` at `commit`: a manifest of the same
+    folder there, gone from the work tree now, whose plan has the same `name:` (so the same
+    outputs folder and images): (its old plan, its path); None when there is none."""
+    folder = posixpath.dirname(rel)
+    code, out, _err = repo.git("ls-tree", "-z", "--name-only", "--full-tree", commit, "--",
+                               f"{folder}/" if folder else ".")
+    if code != 0:
+        return None
+    for candidate in out.decode("utf-8", "surrogateescape").split("\0"):
+        if not candidate.endswith((".yaml", ".yml")) or candidate == rel or \
+                (repo.top / candidate).exists():
+            continue
+        old = _old_plan(read_at(repo, commit, candidate), f"{label}:{candidate}", model,
+                        max_jobs, providers, _inputs_at(repo, commit, candidate))
+        if old.state == "ok" and old.plan is not None and old.plan.name == name:
+            return old, candidate
+    return None
+
+
+def _same_file(manifest: str, repo_rel: str) -> bool:
+    """Whether a manifest given on the command line is the repository path `repo_rel`."""
+    folder, rest = _repo_path(manifest)
+    try:
+        top = find_repo(folder).top
+        return (folder.relative_to(top) / rest).as_posix() == repo_rel
+    except (ImagebatchError, ValueError):
+        return False
+
+
 def diff_command(
     manifests: Sequence[str], *, against: str | None = None, as_json: bool = False,
     as_markdown: bool = False, price: str | None = None, out_dir: Path = DEFAULT_OUT,
@@ -307,6 +338,7 @@ def diff_command(
     judged = ctx.judged
 
     olds: dict[str, _Old] = {}
+    renamed: dict[str, str] = {}  # manifest -> the old file it was renamed from (repo path)
     against_doc: dict[str, Any]
     if against_file is not None:
         olds[manifests[0]] = _old_file(against_file, model, max_jobs, providers)
@@ -336,11 +368,22 @@ def diff_command(
                                f"{printable(str(repo.top))}") from None
             olds[m] = _old_plan(read_at(repo, commit, rel), f"{name}:{rel}", model, max_jobs,
                                 providers, _inputs_at(repo, commit, rel))
+            new_plan = plans.get(m)
+            if olds[m].state == "missing" and new_plan is not None:
+                found = _renamed_from(repo, commit, name, rel, new_plan.name, model, max_jobs,
+                                      providers)
+                if found is not None:
+                    olds[m], renamed[m] = found
+    # the old file of a rename, given too (a diff without rename detection names both): its
+    # jobs are compared under the new file's name, not shown all removed
+    gone = set(renamed.values())
 
     results = []
     for m in manifests:
         old = olds[m]
         new = plans.get(m)
+        if new is None and any(_same_file(m, g) for g in gone):
+            continue
         if new is None and old.state != "ok":
             raise UsageError(f"{printable(m)}: no such manifest file, now or in "
                              f"{printable(old.source)}")
@@ -349,6 +392,9 @@ def diff_command(
         name = (new or old.plan).name  # type: ignore[union-attr]
         root = Path(out_dir) / name
         notes = [picks_note] if picks_note else []
+        if m in renamed:
+            notes.append(f"renamed from {renamed[m]} (the same `name:`, so the same outputs "
+                         "folder): compared with it")
         if new is None:
             to_send, basis = 0, FROM_CHANGE
         elif root.is_dir():
