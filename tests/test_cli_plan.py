@@ -301,3 +301,18 @@ def test_schema_refuses_what_the_loader_refuses() -> None:
         {"version": 1, "name": "../x", "jobs": [{"id": "a", "prompt": "x"}]},
     ):
         assert not validator.is_valid(bad), bad
+
+
+def test_a_shortened_prompt_keeps_its_matrix_values_in_sight():
+    from pipeline.commands.preview import fit_prompt
+
+    prompt = "A city skyline at dawn, cyberpunk style"
+    # at 80 columns the prompt has 15 characters: both values of the variant still show
+    shown = fit_prompt(prompt, ["cyberpunk", "dawn"], 15)
+    assert len(shown) <= 15 and "dawn" in shown and shown.startswith("A c"), shown
+    assert fit_prompt(prompt, ["cyberpunk", "dawn"], 35) == "A city skylin…dawn, cyberpunk style"
+    assert fit_prompt(prompt, ["x"], 100) == prompt  # fits: unchanged
+    # no values: the end is cut, as before
+    assert fit_prompt("A surreal landscape with glowing mushrooms", [], 15) == "A surreal land…"
+    fox = "A red fox in a snowy birch forest, golden hour, watercolor"
+    assert fit_prompt(fox, ["watercolor"], 15).endswith("watercolor")

@@ -54,13 +54,44 @@ def plan_json(plan: Plan) -> str:
     return "[\n" + ",\n".join(rows) + "\n]\n" if rows else "[]\n"
 
 
+def fit_prompt(prompt: str, values: Sequence[str], width: int) -> str:
+    """`prompt` in at most `width` characters, keeping its matrix values in sight: the fixed
+    text around them is shortened first (the longest first), so the part that tells two
+    variants apart is what stays; then the end is cut."""
+    if len(prompt) <= width:
+        return prompt
+    spans = sorted((prompt.find(v), prompt.find(v) + len(v)) for v in values
+                   if v and prompt.find(v) >= 0)
+    parts: list[list[Any]] = []  # [text, is a value], in the prompt's order
+    at = 0
+    for start, end in spans:
+        if start >= at:  # a value inside another is already in sight
+            parts += [[prompt[at:start], False], [prompt[start:end], True]]
+            at = end
+    parts.append([prompt[at:], False])
+    fixed = sorted((i for i, (text, is_value) in enumerate(parts) if not is_value and text),
+                   key=lambda i: -len(parts[i][0]))
+    for i in fixed:
+        excess = sum(len(t) for t, _ in parts) - width
+        if excess <= 0:
+            break
+        text = parts[i][0]
+        short = text[:max(len(text) - excess - 1, 3 if i == 0 else 0)] + "…"
+        if len(short) < len(text):
+            parts[i][0] = short
+    shown = "".join(t for t, _ in parts)
+    return shown if len(shown) <= width else shown[: max(width - 1, 0)] + "…"
+
+
 def plan_table(plan: Plan, width: int = 100) -> str:
-    """The plan as a table a person reads: index, key, seed, path, prompt."""
+    """The plan as a table a person reads: index, key, seed, path, prompt (its matrix
+    values kept in sight when it must be shortened to fit `width`)."""
     lines = [f"{'#':>5}  {'key':12}  {'seed':>10}  {'path':30}  prompt"]
     for job in plan.jobs:
         prompt = printable(str(job.request.get("prompt", "")).replace("\n", " "))
-        line = (f"{job.index:>5}  {job.key[:12]}  {job.seed:>10}  {printable(job.path):30}  "
-                f"{prompt}")
+        head = f"{job.index:>5}  {job.key[:12]}  {job.seed:>10}  {printable(job.path):30}  "
+        room = max(width - len(head), 12)
+        line = head + fit_prompt(prompt, [printable(v) for _, v in job.vars], room)
         lines.append(line if len(line) <= width else line[: width - 1] + "…")
     if plan.shard:
         k, n = plan.shard
