@@ -26,9 +26,10 @@ _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT, errno.EBAD
 
 DESCRIPTION = """\
 imagebatch generates images in bulk from YAML manifests: prompts, seeds and parameter
-sweeps are checked, expanded into jobs and sent to a hosted text-to-image model (Heroku
-Managed Inference stable-image-ultra), or to its embedded server when no DIFFUSION_URL is
-set; runs resume where they stopped, and end in thumbnails, contact sheets and index.html."""
+sweeps are checked, expanded into jobs and sent to Stable Image Ultra through Heroku Managed
+Inference (DIFFUSION_URL, DIFFUSION_KEY) or Stability AI's API (STABILITY_API_KEY), or to
+its embedded offline server when neither is set; runs resume where they stopped and end in
+thumbnails, contact sheets and index.html; the images you pick become finished assets."""
 
 EPILOG = """\
 examples:
@@ -36,6 +37,8 @@ examples:
                                                manifest, make targets, a nightly workflow
   imagebatch plan manifests/example.yaml       list the jobs a manifest makes; sends nothing
   imagebatch run manifests/example.yaml        make them into outputs/example/
+  imagebatch review manifests/example.yaml     pick, reject and rate them in the browser
+  imagebatch export manifests/example.yaml     the picks as sized web assets in assets/example/
 
 `imagebatch COMMAND --help` lists a command's options. Run with no command, imagebatch
 prints this help and exits 0."""
@@ -168,7 +171,32 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so every user mistake maps to exit 2 here."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if "invalid choice:" in message and self._subparsers is not None:
+            import difflib
+            import re
+
+            found = re.search(r"invalid choice: '([^']*)'", message)
+            sub = next(a for a in self._actions if isinstance(a, argparse._SubParsersAction))
+            close = difflib.get_close_matches(found[1] if found else "", list(sub.choices), n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
         raise UsageError(f"{self.prog}: {message}")
+
+
+def unrecognized(parser: argparse.ArgumentParser, command: str, extra: Sequence[str]) -> str:
+    """The message for arguments a command does not take, with a did-you-mean for each
+    mistyped option (`--concurency`: did you mean --concurrency?)."""
+    import difflib
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = list(sub.choices[command]._option_string_actions)
+    lines = [f"imagebatch {command}: unrecognized arguments: {' '.join(extra)}"]
+    for arg in extra:
+        if arg.startswith("-"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], options, n=1, cutoff=0.7)
+            if close:
+                lines.append(f"  {arg}: did you mean {close[0]}?")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -427,6 +455,11 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
     p = sub.add_parser("show", help="print the request embedded in an image")
     p.add_argument("image", metavar="IMAGE")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--compact", dest="pretty", action="store_false", default=None,
+                       help="one line of JSON (the default when the output is not a terminal)")
+    shape.add_argument("--pretty", dest="pretty", action="store_true",
+                       help="indented JSON (the default on a terminal)")
 
     p = sub.add_parser("sheet", help="rebuild thumbnails, contact sheets and index.html")
     p.add_argument("manifest", metavar="MANIFEST")
@@ -724,7 +757,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     from pipeline.commands.status import show_command
 
-    return show_command(args.image)
+    return show_command(args.image, pretty=args.pretty)
 
 
 COMMANDS = {
@@ -756,9 +789,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         try:
-            args = parser.parse_args(argv)
+            args, extra = parser.parse_known_args(argv)
         except SystemExit as exc:  # --help and --version print, then "exit" here
             return exc.code if isinstance(exc.code, int) else 0
+        if extra:
+            raise UsageError(unrecognized(parser, args.command, extra))
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a write error surfaces here, not as noise at interpreter exit
         return code

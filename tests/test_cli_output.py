@@ -62,3 +62,46 @@ def test_output_to_a_full_device_is_one_line_and_exit_2(tmp_path):
                              timeout=60, check=False)
     assert res.returncode == 2
     assert res.stderr == "imagebatch: cannot write the output: No space left on device\n"
+
+
+def test_mistyped_options_commands_and_manifests_get_a_did_you_mean(tmp_path, capsys):
+    from pipeline.cli import main
+
+    (tmp_path / "example.yaml").write_text("version: 1\njobs:\n  - {id: a, prompt: p}\n")
+    assert main(["run", "--concurency", "3", str(tmp_path / "example.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --concurency" in err
+    assert "--concurency: did you mean --concurrency?" in err
+    assert main(["rnu", "x"]) == 2
+    assert "did you mean 'run'?" in capsys.readouterr().err
+    assert main(["plan", str(tmp_path / "exampel.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"no such manifest file (did you mean {str(tmp_path / 'example.yaml')!r}?)" in err
+    assert main(["plan", str(tmp_path / "zzz.yaml")]) == 2
+    assert "did you mean" not in capsys.readouterr().err  # nothing close: no guess
+
+
+def test_show_is_indented_on_a_terminal_and_one_line_for_a_script(tmp_path, capsys):
+    import io
+    import json
+
+    from PIL import Image
+
+    from pipeline.commands.status import show_command
+    from pipeline.storage.metadata import embed
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    body = '{"model":"stable-image-ultra","prompt":"a fox","seed":3}'
+    (tmp_path / "a.png").write_bytes(embed(buf.getvalue(), body))
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    piped, tty = io.StringIO(), Tty()
+    show_command(str(tmp_path / "a.png"), out=piped)
+    show_command(str(tmp_path / "a.png"), out=tty)
+    assert piped.getvalue() == body + "\n"  # the body to send again, as one line
+    assert tty.getvalue().startswith("{\n  \"model\"") and json.loads(tty.getvalue()) == \
+        json.loads(body)

@@ -60,7 +60,9 @@ def test_error_names_file_line_column_path_and_value(tmp_path: Path) -> None:
     p = only(problems_of(path))
     assert (p.file, p.line, p.column) == (path, 6, 30)
     assert p.path == "jobs[0].matrix.aspect_ratio[1]"
-    assert p.message.startswith("'4:3' is not one of 16:9, 1:1, 21:9")
+    # the ratios from wide to tall, and the nearest shape named
+    assert p.message == ("'4:3' is not one of 21:9, 16:9, 3:2, 5:4, 1:1, 4:5, 2:3, 9:16, 9:21 "
+                         "(the nearest is '5:4')")
     assert str(p) == f"{path}:6:30: jobs[0].matrix.aspect_ratio[1]: {p.message}"
 
 
@@ -868,3 +870,14 @@ def test_names_windows_cannot_hold_are_refused(tmp_path: Path, name: str) -> Non
     p = only(problems_of(path))
     assert (p.line, p.path) == (2, "name")
     assert "Windows" in p.message
+
+
+@pytest.mark.parametrize(("ratio", "nearest"), [
+    ("16:10", "3:2"), ("1:2", "9:16"), ("4:3", "5:4"), ("3:4", "4:5"), ("32:9", "21:9"),
+    ("1x1", "1:1"), ("l:1", "1:1"),
+])
+def test_an_unknown_aspect_ratio_suggests_the_nearest_shape(tmp_path, ratio, nearest):
+    path = write(tmp_path, f'version: 1\njobs:\n  - id: a\n    prompt: p\n'
+                           f'    aspect_ratio: "{ratio}"\n')
+    p = only(problems_of(path))
+    assert p.message.endswith(f"(the nearest is {nearest!r})"), p.message

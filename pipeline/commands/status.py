@@ -126,9 +126,12 @@ def _not_a_file(path: str) -> str | None:
     return f"not a regular file ({kind}); give one image file"
 
 
-def show_command(image: str, out: TextIO | None = None) -> int:
-    """`imagebatch show`: the request embedded in an image, as the JSON body to send again."""
+def show_command(image: str, out: TextIO | None = None, pretty: bool | None = None) -> int:
+    """`imagebatch show`: the request embedded in an image, as the JSON body to send again:
+    indented for a person on a terminal (or `pretty`), one compact line for a script."""
     out = out or sys.stdout
+    if pretty is None:
+        pretty = out.isatty()
     kind = _not_a_file(image)
     if kind:
         raise UsageError(f"{image}: {kind}")
@@ -136,7 +139,8 @@ def show_command(image: str, out: TextIO | None = None) -> int:
         body = read_request(Path(image))
     except (MetadataError, OSError) as exc:
         raise UsageError(str(exc)) from None
-    print(canonical_json(body), file=out)
+    print(json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False) if pretty
+          else canonical_json(body), file=out)
     return 0
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import io
+import math
 import re
 import string
 import unicodedata
@@ -148,6 +149,26 @@ def _kind(node: Node) -> str:
         _INT_TAG: "an integer", _BOOL_TAG: "a boolean", _NULL_TAG: "empty (null)",
         _FLOAT_TAG: "a number",
     }.get(node.tag, "text")
+
+
+def _ratio(text: str) -> float:
+    """`W:H` (or `WxH`) as width / height; 0.0 when it is not two positive numbers."""
+    parts = re.split(r"[:x/]", text.strip(), maxsplit=1)
+    try:
+        w, h = float(parts[0]), float(parts[1])
+    except (ValueError, IndexError):
+        return 0.0
+    return w / h if w > 0 and h > 0 and math.isfinite(w / h) else 0.0
+
+
+def _nearest_ratio(text: str, allowed: Sequence[str]) -> str | None:
+    """The allowed aspect ratio closest in shape to `text` (`16:10` -> `16:9`), or a close
+    spelling when `text` is no ratio at all."""
+    wanted = _ratio(text)
+    if wanted <= 0:
+        close = difflib.get_close_matches(text, allowed, n=1, cutoff=0.6)
+        return close[0] if close else None
+    return min(allowed, key=lambda r: abs(math.log(_ratio(r) / wanted)))
 
 
 class _Checker:
@@ -332,9 +353,16 @@ class _Checker:
             return None
         allowed = allowed or ENUM_FIELDS[field]
         if value not in allowed:
-            close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            self.add(node, path, f"{value!r} is not one of {', '.join(allowed)}{hint}")
+            if field == "aspect_ratio":
+                # ratios read best from wide to tall, and the nearest shape is the one meant
+                shown = sorted(allowed, key=lambda r: -_ratio(r))
+                near = _nearest_ratio(value, allowed)
+                hint = f" (the nearest is {near!r})" if near else ""
+            else:
+                shown = list(allowed)
+                close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.add(node, path, f"{value!r} is not one of {', '.join(shown)}{hint}")
             return None
         return value
 
@@ -456,7 +484,7 @@ def _read(path: str) -> str:
                 total += len(chunk)
         data = b"".join(chunks)
     except FileNotFoundError:
-        raise UsageError(f"{path}: no such manifest file") from None
+        raise UsageError(f"{path}: no such manifest file{_nearby_manifest(p)}") from None
     except PermissionError:
         raise UsageError(f"{path}: cannot read the file (permission denied)") from None
     except OSError as exc:
@@ -1335,6 +1363,16 @@ def _validate(text: str, path: str, max_jobs: int, default_model: str,
         raise ManifestError([Problem(
             path, 1, 1, "", f"the document expands to more than {MAX_NODES:,} values {how}; "
                             f"a manifest may hold at most that many")]) from None
+
+
+def _nearby_manifest(path: Path) -> str:
+    """' (did you mean ...?)' naming a manifest of the same folder with a close name, or ""."""
+    try:
+        names = [p.name for p in path.parent.iterdir() if p.suffix in (".yaml", ".yml")]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    return f" (did you mean {str(path.parent / close[0])!r}?)" if close else ""
 
 
 def load_plan(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
