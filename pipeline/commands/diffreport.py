@@ -235,7 +235,9 @@ def _rows(m: ManifestDiff) -> list[tuple[str, str, list[Job], str]]:
         add("removed", j, _code(j.path))
     for c in d.changed:
         names = ", ".join(f.field for f in c.fields)
-        add("changed", c.new, f"{names}: {_code(c.path)}", names)
+        # the fields that changed, then the first image they change (not "prompt: path",
+        # which reads as if the prompt were the path)
+        add("changed", c.new, f"{names or 'request'} changed, e.g. {_code(c.path)}", names)
     for mv in d.moved:
         add("moved", mv.new, f"{_code(mv.old.path)} → {_code(mv.new.path)}")
     return [(kind, job_id, jobs, details[(kind, job_id, sig)])
@@ -272,8 +274,9 @@ def _md_section(m: ManifestDiff, price: Price | None) -> list[str]:
                          "lists every job |")
         legend = [text for kinds, text in (
             (d.changed, "*changed*: the same image path with another request, made again"),
-            (d.moved, "*moved*: the same request at another path (a renamed job), made "
-                      "again there")) if kinds]
+            (d.moved, "*moved*: the same request at a new image path (its job was renamed "
+                      "or its path template changed); the image is made again there, and a "
+                      "pick of the old path goes stale")) if kinds]
         if legend:
             lines += ["", "; ".join(legend) + "."]
     groups = [g for g in change_groups(d.changed) if g.fields]
