@@ -48,7 +48,9 @@ class FakeClient:
             self._began.clear()
             await self._began.wait()
 
-    async def generate(self, job, observe=None):
+    async def generate(self, job, observe=None, sending=None):
+        if sending is not None:
+            sending()  # as the client does, just before its request goes out
         self.requests += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)

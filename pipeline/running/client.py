@@ -43,7 +43,7 @@ from pipeline.errors import (
 from pipeline.planning import apispec
 from pipeline.planning.config import DEFAULT_PORTS, REQUEST_TIMEOUT
 from pipeline.planning.plan import Job
-from pipeline.running.retry import parse_duration, parse_retry_after
+from pipeline.running.retry import Stopped, parse_duration, parse_retry_after
 
 #: Largest response body read (JSON or a downloaded image); a longer one is refused unread
 #: past this point. The API's largest image (about one megapixel) is at worst a 4 MB PNG
@@ -295,13 +295,16 @@ class _Inflater:
 
 
 class _Call:
-    """One generate() call: the HTTP requests it has sent, and who hears of each response."""
+    """One generate() call: the HTTP requests it has sent, who hears of each response, and
+    who is told just before the image request goes out."""
 
-    __slots__ = ("observe", "requests")
+    __slots__ = ("observe", "requests", "sending")
 
-    def __init__(self, observe: Callable[[Mapping[str, str], int], None] | None) -> None:
+    def __init__(self, observe: Callable[[Mapping[str, str], int], None] | None,
+                 sending: Callable[[], None] | None = None) -> None:
         self.observe = observe
         self.requests = 0
+        self.sending = sending
 
 
 class ApiClient:
@@ -343,31 +346,49 @@ class ApiClient:
         return f"ApiClient({self._endpoint!r})"
 
     def _sent(self, call: _Call) -> None:
+        if call.requests == 0 and call.sending is not None:
+            # A call's first request is its image request, the one a budget counts: the
+            # caller may still hold it back here (raising Stopped), once everything before
+            # it (an input image read and checked) is done.
+            call.sending()
         self.requests += 1
         call.requests += 1
 
+    def _unsent(self, call: _Call) -> None:
+        """The request just counted never reached the wire: its connection was refused or
+        never made, so nothing was sent (or billed)."""
+        self.requests -= 1
+        call.requests -= 1
+
     async def generate(
-        self, job: Job, observe: Callable[[Mapping[str, str], int], None] | None = None
+        self, job: Job, observe: Callable[[Mapping[str, str], int], None] | None = None,
+        sending: Callable[[], None] | None = None,
     ) -> GeneratedImage:
         """Send `job.body` as is; the checked image, or an ApiError subclass. Either carries
-        the HTTP requests the call sent; `observe` hears each response's headers and status
-        as soon as they arrive."""
-        call = _Call(observe)
+        the HTTP requests the call sent (a request whose connection could not be made is not
+        one); `observe` hears each response's headers and status as soon as they arrive;
+        `sending` is called just before the image request goes out (not when the call fails
+        before it), and what it raises (Stopped) is raised as is, with nothing sent."""
+        call = _Call(observe, sending)
         try:
             job = job.for_provider(self.provider)
             if self.provider == apispec.STABILITY:
                 return await self._generate_stability(job, call)
             return await self._generate(job, call)
+        except Stopped:
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes an ApiError
             # Raised without a local name: a local holding the error would tie it to its own
             # traceback, keeping the failed body's buffers alive until a garbage collection.
-            raise self._api_error(exc, call.requests) from None
+            raise self._api_error(exc, call) from None
 
-    def _api_error(self, exc: Exception, requests: int) -> ApiError:
+    def _api_error(self, exc: Exception, call: _Call) -> ApiError:
         """`exc` as the ApiError the runner acts on (with the requests its call sent), the key
         scrubbed from its text."""
+        if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+            self._unsent(call)
         error = self._as_api_error(exc)
-        error.requests = requests
+        error.requests = call.requests
         return error
 
     def _as_api_error(self, exc: Exception) -> ApiError:
@@ -509,6 +530,7 @@ class ApiClient:
         except aiohttp.ClientConnectorError as exc:
             # The service answered; only its image host did not. This job's failure, retried,
             # not the "wrong URL" that stops a run.
+            self._unsent(call)
             raise RetryableApiError(
                 f"image download: cannot connect to {exc.host}:{exc.port} "
                 f"({_os_reason(exc.os_error)})", kind="download") from None

@@ -65,8 +65,11 @@ _RETRY = RetrySettings()
 class ImageClient(Protocol):
     """What the runner needs from a client."""
 
-    async def generate(self, job: Job, observe: Observe | None = None) -> GeneratedImage:
-        """One checked image for `job` (with the HTTP requests it took), or an ApiError."""
+    async def generate(self, job: Job, observe: Observe | None = None,
+                       sending: Callable[[], None] | None = None) -> GeneratedImage:
+        """One checked image for `job` (with the HTTP requests it took), or an ApiError;
+        `sending` is called just before the image request goes out (it may raise Stopped:
+        then nothing is sent)."""
         ...
 
 
@@ -330,7 +333,6 @@ class Runner:
             if self.stopping:
                 raise Stopped
             member, ticket = await self._start()
-            self._spend(store)  # counted here, as it is sent
             counter[0] += 1
             last[:] = [member]
             try:
@@ -340,7 +342,8 @@ class Runner:
 
     def _spend(self, store: JobStore) -> None:
         """Count one image request about to be sent; Stopped (it is not sent) when the budget
-        is spent. Nothing awaits between this and the send, so the count is exact."""
+        is spent. Called by the client just before the request goes out, with nothing
+        awaited in between, so the count is exact."""
         if self.budget is not None and self.state.sent >= self.budget:
             self._budget_spent()
             raise Stopped
@@ -348,6 +351,13 @@ class Runner:
         self.state.tally(store).sent += 1
         if self.budget is not None and self.state.sent >= self.budget:
             self._budget_spent()  # this one is the last: the others stop waiting now
+
+    def _unspend(self, store: JobStore) -> None:
+        """Give back the count of a request that never reached the wire (its connection was
+        refused or never made): nothing was sent, so nothing is billed or spent. (Should it
+        have been the budget's last, the run has already stopped starting requests.)"""
+        self.state.sent -= 1
+        self.state.tally(store).sent -= 1
 
     def _budget_spent(self) -> None:
         """Start no more requests; unlike stop(), the run is not interrupted, and
@@ -362,10 +372,19 @@ class Runner:
         def observe(headers: Mapping[str, str], status: int) -> None:
             member.pacer.observe(headers, status, ticket)
 
+        spent = False
+
+        def sending() -> None:
+            nonlocal spent
+            self._spend(store)
+            spent = True
+
         member.in_flight += 1
         try:
-            image = await member.client.generate(job, observe)
+            image = await member.client.generate(job, observe, sending)
         except ApiError as exc:
+            if spent and exc.requests == 0:
+                self._unspend(store)  # counted as it went, but it never reached the wire
             tally.requests += exc.requests
             member.requests += exc.requests
             if exc.status is not None:
