@@ -7,6 +7,7 @@ member; and only requests that reached the wire are counted, spent and priced.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline.cli import report_run
 from pipeline.commands.status import status_command
 from pipeline.planning import config
 from pipeline.planning.manifest import load_plan
@@ -55,6 +57,55 @@ async def _run(tmp_path: Path, path: Path, conns, *, providers=("stability",), *
 
 def _stability(srv) -> config.Connection:
     return config.Connection("DIFFUSION", srv.url, SKEY, provider="stability")
+
+
+# -- 402: the key's account is out of credits -------------------------------------------------
+
+def test_a_402_stops_the_run_after_one_request_naming_the_key_variable(tmp_path):
+    path = _manifest(tmp_path, "  - id: a\n    prompt: a fox\n    seeds: {start: 1, count: 5}\n")
+
+    async def scenario():
+        options = ServerOptions(key=SKEY, workers=1, fail_rate=1.0, faults=("402",))
+        async with running_server(options) as srv:
+            conn = config.Connection("STABILITY", srv.url, SKEY, provider="stability",
+                                     key_name="STABILITY_API_KEY")
+            report = await _run(tmp_path, path, [conn], concurrency=1)
+            return report, srv.stats
+
+    report, stats = asyncio.run(scenario())
+    assert stats.requests == 1 and stats.by_status[402] == 1
+    (plan,) = report.plans
+    assert (plan.failed, plan.pending, plan.sent) == (0, 5, 1)  # pending, not failed
+    err = io.StringIO()
+    assert report_run(report, as_json=False, out=io.StringIO(), err=err) == 2
+    assert "out of credits (402" in err.getvalue() and "STABILITY_API_KEY" in err.getvalue()
+    assert SKEY not in err.getvalue()
+    assert not (tmp_path / "out/o/results.jsonl").read_text()  # nothing recorded failed
+
+
+def test_a_402_drops_that_member_of_a_pool_and_the_others_go_on(tmp_path):
+    path = _manifest(tmp_path, "  - id: a\n    prompt: a fox\n    seeds: {start: 1, count: 6}\n")
+    keys = {"POOLA": SKEY, "POOLB": SKEY.replace("OUTCOMES", "SECONDKEY")}
+
+    async def scenario():
+        async with contextlib.AsyncExitStack() as stack:
+            broke = await stack.enter_async_context(running_server(ServerOptions(
+                key=keys["POOLA"], workers=1, fail_rate=1.0, faults=("402",))))
+            good = await stack.enter_async_context(running_server(ServerOptions(
+                key=keys["POOLB"], workers=1)))
+            conns = [config.Connection(p, s.url, keys[p], provider="stability")
+                     for p, s in (("POOLA", broke), ("POOLB", good))]
+            report = await _run(tmp_path, path, conns, concurrency=1)
+            return report, broke.stats, good.stats
+
+    report, broke, good = asyncio.run(scenario())
+    assert broke.requests == 1 and good.requests == 6
+    (plan,) = report.plans
+    assert (plan.succeeded, plan.failed, plan.pending) == (6, 0, 0)
+    assert report.config_error is None
+    (dropped,) = [m for m in report.members if m.dropped]
+    assert dropped.prefix == "POOLA" and "out of credits" in dropped.dropped
+    assert "POOLA_KEY" in dropped.dropped
 
 
 # -- only what reaches the wire is counted, spent and priced ---------------------------------

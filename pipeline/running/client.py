@@ -544,6 +544,13 @@ class ApiClient:
                 f"the service rejected the key (401{said}): check {self._key_variable}",
                 status=status, kind="auth",
             )
+        if status == 402:
+            # Stability's payment_required: the key's account is out of credits. Like a 401
+            # it is the key's problem, not the job's: every other job would get it too.
+            return AuthError(
+                f"the service refused the key: its account is out of credits (402{said}): "
+                f"add credits, or check {self._key_variable}", status=status, kind="payment",
+            )
         if status in PERMANENT_STATUSES or (400 <= status < 500 and status not in RETRYABLE_4XX):
             kind = "permanent"
             if self.provider == apispec.STABILITY and status == 403:

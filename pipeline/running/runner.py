@@ -177,7 +177,7 @@ class RunState:
     ok: int = 0
     failed: int = 0
     by_store: dict[JobStore, StoreTally] = field(default_factory=dict)
-    # What stopped the run as a configuration problem: a 401 (AuthError), or a service that
+    # What stopped the run as a configuration problem: a 401 or 402 (AuthError), or a service that
     # never answered or is not the image API (ServiceConfigError); reported with exit 2.
     config_error: ServiceConfigError | None = None
     store_error: StoreError | None = None
