@@ -64,6 +64,13 @@ _PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp"}
 #: How far (relative) a Stability image's aspect may be from the ratio asked: its sizes are
 #: "about one megapixel" at the ratio, not a documented table like Heroku's.
 ASPECT_TOLERANCE = 0.03
+#: Pixel counts of an image the model could have chosen to make: about one megapixel, as all
+#: its sizes are (two thirds of the smallest to half again the largest). An image of another
+#: size than asked but in this range is the provider's answer, which the same request and seed
+#: would get again: it is kept and flagged, not retried (a retry would pay for it twice). Far
+#: outside it (a thumbnail, a placeholder) it is a body that lies, and retried.
+_API_PIXELS = sorted(w * h for w, h in (map(int, s.split("x")) for s in apispec.SIZES))
+PLAUSIBLE_PIXELS = (_API_PIXELS[0] * 2 // 3, _API_PIXELS[-1] * 3 // 2)
 #: Stability's finish-reason for an image its moderation withheld (still a 200).
 CONTENT_FILTERED = "CONTENT_FILTERED"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every PNG
@@ -81,6 +88,8 @@ class GeneratedImage:
     created: int | None = None
     requests: int = 1
     seed: int | None = None  # the seed the provider says it used (Stability's `seed` header)
+    # What is off about a kept image: another size than asked, within PLAUSIBLE_PIXELS
+    flag: str | None = None
 
 
 def _size_problem(w: int, h: int, request: Mapping[str, Any]) -> str | None:
@@ -120,7 +129,7 @@ def check_image(data: bytes, request: Mapping[str, Any]) -> GeneratedImage:
                     f"image is {img.format}, asked for {want_fmt}", kind="wrong_format"
                 )
             wrong = _size_problem(w, h, request)
-            if wrong:
+            if wrong and not PLAUSIBLE_PIXELS[0] <= w * h <= PLAUSIBLE_PIXELS[1]:
                 raise RetryableApiError(wrong, kind="wrong_size")
             if fmt == "webp":
                 img.load()  # every chunk decoded: a truncated WebP fails here
@@ -152,7 +161,7 @@ def check_image(data: bytes, request: Mapping[str, Any]) -> GeneratedImage:
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise RetryableApiError(f"image is corrupt or truncated ({exc})",
                                 kind="truncated") from None
-    return GeneratedImage(data=data, format=fmt, width=w, height=h)
+    return GeneratedImage(data=data, format=fmt, width=w, height=h, flag=wrong)
 
 
 def _error_message(raw: bytes) -> str | None:
@@ -438,7 +447,7 @@ class ApiClient:
             assert url is not None
             image = await self._download(urljoin(self._endpoint, url), job.request, call)
         return GeneratedImage(image.data, image.format, image.width, image.height, created,
-                              requests=call.requests)
+                              requests=call.requests, flag=image.flag)
 
     async def _generate_stability(self, job: Job, call: _Call) -> GeneratedImage:
         request = job.request
@@ -470,7 +479,7 @@ class ApiClient:
             image = await asyncio.to_thread(check_image, raw, request)
             del raw
         return GeneratedImage(image.data, image.format, image.width, image.height, None,
-                              requests=call.requests, seed=seed)
+                              requests=call.requests, seed=seed, flag=image.flag)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
