@@ -382,6 +382,9 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                    help="seconds per request, whole response included "
                         f"(default {default('timeout'):g})")
     p.add_argument("--force", action="store_true", help="regenerate even what is done")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="send again the failed jobs whose answer a retry cannot change "
+                        "(content filtered, refused as asked), which runs otherwise leave alone")
     p.add_argument("--verify", action="store_true",
                    help="hash every image to tell what is done (default: only those whose "
                         "size or time changed)")
@@ -667,7 +670,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         verify=args.verify, shard=args.shard, max_jobs=args.max_jobs, local=args.local,
         post=not args.no_post, env_prefixes=_prefixes(args), verbose=args.verbose,
         price=args.price, budget=args.budget, budget_cost=args.budget_cost,
-        selection=_selection(args),
+        selection=_selection(args), retry_failed=args.retry_failed,
         cache=args.cache,
     ))
     return report_run(report, as_json=args.json, out=sys.stdout, err=sys.stderr)
@@ -694,8 +697,10 @@ def report_run(report: RunReport, *, as_json: bool, out: TextIO, err: TextIO) ->
     if report.interrupted:
         print("imagebatch: interrupted; run the same command again to finish", file=err)
         return 130
-    if report.failed:
-        return 1  # failures first: a run both short of budget and failing must show red
+    if report.failed or report.held:
+        # failures first: a run both short of budget and failing must show red; jobs held
+        # back are failed too, until their request changes or --retry-failed
+        return 1
     if report.stopped_by_budget:
         print(f"imagebatch: the budget is spent; {report.pending} job(s) left pending "
               "(exit 3); run the same command again to go on", file=err)

@@ -95,7 +95,9 @@ class FlakyClient:
     def __init__(self, fail: set[int]) -> None:
         self.fail, self.requests = fail, 0
 
-    async def generate(self, job, observe=None):
+    async def generate(self, job, observe=None, sending=None):
+        if sending is not None:
+            sending()  # as the client does, just before its request goes out
         self.requests += 1
         number = self.requests
         await asyncio.sleep(0)
@@ -152,7 +154,9 @@ def test_attempts_a_pool_moves_to_another_member_count_against_the_budget():
         def __init__(self) -> None:
             self.requests = 0
 
-        async def generate(self, job, observe=None):
+        async def generate(self, job, observe=None, sending=None):
+            if sending is not None:
+                sending()
             self.requests += 1
             await asyncio.sleep(0)
             raise RetryableApiError("too many requests (429)", status=429, retry_after=30.0)

@@ -374,4 +374,5 @@ async def test_a_connection_refused_is_an_unreachable_error():
         SimpleNamespace(host="inference.example.test", port=443, ssl=True),
         ConnectionRefusedError(111, "Connection refused"))
     result, *_ = await call(lambda m: m.post(URL, exception=refused))
-    assert isinstance(result, UnreachableError) and result.requests == 1
+    # refused: the request never reached the wire, so it is not counted as sent
+    assert isinstance(result, UnreachableError) and result.requests == 0

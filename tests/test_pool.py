@@ -56,7 +56,9 @@ class MemberClient:
         self.requests = 0
         self.images = 0
 
-    async def generate(self, job, observe=None):
+    async def generate(self, job, observe=None, sending=None):
+        if sending is not None:
+            sending()  # as the client does, just before its request goes out
         self.requests += 1
         await asyncio.sleep(0)
         if self.fail_from is not None and self.images >= self.fail_from:

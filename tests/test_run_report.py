@@ -40,7 +40,7 @@ def test_summary_json_keeps_its_keys_in_order():
     assert list(doc) == ["name", "manifest", "backend", "shard", "out", "planned", "succeeded",
                          "skipped", "failed", "pending", "requests", "seconds", "interrupted",
                          "failures", "image_requests", "price", "cost", "budget",
-                         "stopped_by_budget", "selection"]
+                         "stopped_by_budget", "selection", "held", "flagged"]
     assert (doc["price"], doc["cost"], doc["budget"], doc["stopped_by_budget"]) == \
         (None, None, None, False)  # no price: the cost is unknown (null), never 0
     assert doc["failures"] == [{"key": "k1", "path": "fox/2.png", "reason": "prompt refused"}]

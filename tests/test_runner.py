@@ -18,6 +18,7 @@ class FakeStore:
     def __init__(self, refuse: frozenset[int] = frozenset()) -> None:
         self.saved: dict[str, tuple[bytes, int]] = {}
         self.failed: dict[str, str] = {}
+        self.final: set[str] = set()  # keys failed with an answer a retry cannot change
         self.refuse = refuse  # job indexes whose image could not be saved
 
     def cannot_write(self, job):
@@ -26,8 +27,10 @@ class FakeStore:
     def save(self, job, data, *, attempts, seconds, created, member=None):
         self.saved[job.key] = (data, attempts)
 
-    def fail(self, job, error, *, attempts, seconds, member=None):
+    def fail(self, job, error, *, attempts, seconds, member=None, final=False):
         self.failed[job.key] = error
+        if final:
+            self.final.add(job.key)
 
 
 class FakeClient:
@@ -48,7 +51,9 @@ class FakeClient:
             self._began.clear()
             await self._began.wait()
 
-    async def generate(self, job, observe=None):
+    async def generate(self, job, observe=None, sending=None):
+        if sending is not None:
+            sending()  # as the client does, just before its request goes out
         self.requests += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -167,6 +172,7 @@ async def test_permanent_error_fails_at_once():
     state = await runner.run(_work(store, 2))
     assert (state.ok, state.failed) == (1, 1)
     assert list(store.failed.values()) == ["prompt too long"]
+    assert store.final == set(store.failed)  # a 400 is the request's: the same again
     assert sleep.waits == [] and client.requests == 2
 
 

@@ -254,14 +254,24 @@ def test_webp_is_accepted_and_a_stability_image_is_checked_by_its_shape():
                "output_format": "webp"}
     assert check_image(encoded("webp", (1344, 768)), request).format == "webp"
     assert check_image(encoded("webp", (1360, 765)), request).width == 1360  # about 16:9
+    assert check_image(encoded("webp", (1360, 765)), request).flag is None
+    # another shape at about one megapixel: the provider's choice, which a retry would only
+    # buy again; kept, and flagged
+    square = check_image(encoded("webp", (1024, 1024)), request)
+    assert (square.width, square.height) == (1024, 1024)
+    assert square.flag == "image is 1024x1024, not the 16:9 asked for"
+    # far from a megapixel (a thumbnail, a placeholder): a body that lies, retried
     with pytest.raises(RetryableApiError, match="not the 16:9"):
-        check_image(encoded("webp", (1024, 1024)), request)
+        check_image(encoded("webp", (512, 512)), request)
     truncated = encoded("webp", (1344, 768))
     with pytest.raises(RetryableApiError):
         check_image(truncated[: len(truncated) // 2], request)
-    # Heroku's sizes stay exact
+    # Heroku's sizes are exact: any other is flagged (kept when about a megapixel)
+    heroku = {"prompt": "p", "aspect_ratio": "16:9"}
+    assert check_image(encoded("png", (1360, 765)), heroku).flag == \
+        "image is 1360x765, asked for 1344x768"
     with pytest.raises(RetryableApiError, match="asked for 1344x768"):
-        check_image(encoded("png", (1360, 765)), {"prompt": "p", "aspect_ratio": "16:9"})
+        check_image(encoded("png", (672, 384)), heroku)
 
 
 def test_stability_is_paced_under_150_requests_in_any_10_seconds():

@@ -251,11 +251,15 @@ def test_a_stability_run_offline_makes_webp_records_the_seed_and_reruns_nothing(
     monkeypatch.delenv("DIFFUSION_PROVIDER")
     assert main(["validate", str(path)]) == 2
     capsys.readouterr()
-    # a rerun for Stability sends only the filtered job again (a failure is not done)
+    # a rerun for Stability sends nothing: the filtered job (seed 13) would be filtered
+    # again; it stays failed (exit 1) and is sent again only when asked
     monkeypatch.setenv("DIFFUSION_PROVIDER", "stability")
     assert main(["run", str(path), "--out", str(out), "--json"]) == 1
     again = json.loads(capsys.readouterr().out)
-    assert again["skipped"] == 2 and again["requests"] == 1
+    assert (again["skipped"], again["held"], again["requests"]) == (2, 1, 0)
+    assert main(["run", str(path), "--out", str(out), "--json", "--retry-failed"]) == 1
+    asked = json.loads(capsys.readouterr().out)
+    assert (asked["skipped"], asked["held"], asked["requests"]) == (2, 0, 1)
 
 
 def test_the_same_manifest_on_heroku_then_stability_makes_each_its_own_images(

@@ -108,7 +108,8 @@ async def test_an_unexpected_error_in_a_worker_is_not_a_finished_run() -> None:
     class Broken:
         requests = 0
 
-        async def generate(self, job: object, observe: object = None) -> object:
+        async def generate(self, job: object, observe: object = None,
+                           sending: object = None) -> object:
             raise RuntimeError("a bug")
 
     class NoStore:

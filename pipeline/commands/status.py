@@ -64,6 +64,11 @@ def status_command(
         counts[st.state] += 1
         rows.append({"key": st.job.key, "path": st.job.path, "state": st.state,
                      "error": st.reason})
+    # failed for good (run sends them again only when asked) and kept at another size
+    held: list[dict[str, str | None]] = [{"path": st.job.path, "reason": st.reason}
+                                         for st in states if st.final]
+    flagged: list[dict[str, str | None]] = [{"path": st.job.path, "flag": st.flag}
+                                            for st in states if st.flag]
     fills = None
     if shared is not None:
         fills = len(restorable(shared, [st.job for st in states if st.state != DONE], judged))
@@ -72,7 +77,8 @@ def status_command(
                                **counts,
                                **({"selection": selection.as_dict()} if selection.active
                                   else {}),
-                               "picks": pick_counts.as_dict() if pick_counts is not None else None}
+                               "picks": pick_counts.as_dict() if pick_counts is not None else None,
+                               "held": held, "flagged": flagged}
         if shared is not None:
             doc["cache"], doc["restorable"] = shared.url, fills
         if verbose:
@@ -87,6 +93,15 @@ def status_command(
               "done can be restored from it (run or pull; nothing paid)", file=out)
     if pick_counts is not None:
         print(f"picks: {pick_counts} ({picks_at})", file=out)
+    if held:
+        print(f"{len(held)} failed job(s) that run does not send again, the same request would "
+              "get the same answer (change the request, or run --retry-failed):", file=out)
+    for item in held:
+        print(f"  {printable(str(item['path']))}: {printable(str(item['reason']))}", file=out)
+    if flagged:
+        print(f"{len(flagged)} image(s) made at another size than asked, kept:", file=out)
+    for item in flagged:
+        print(f"  {printable(str(item['path']))}: {printable(str(item['flag']))}", file=out)
     if verbose:
         for row in rows:
             reason = f"  {printable(str(row['error']))}" if row["error"] else ""

@@ -43,7 +43,7 @@ from pipeline.errors import (
 from pipeline.planning import apispec
 from pipeline.planning.config import DEFAULT_PORTS, REQUEST_TIMEOUT
 from pipeline.planning.plan import Job
-from pipeline.running.retry import parse_duration, parse_retry_after
+from pipeline.running.retry import Stopped, parse_duration, parse_retry_after
 
 #: Largest response body read (JSON or a downloaded image); a longer one is refused unread
 #: past this point. The API's largest image (about one megapixel) is at worst a 4 MB PNG
@@ -64,6 +64,13 @@ _PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp"}
 #: How far (relative) a Stability image's aspect may be from the ratio asked: its sizes are
 #: "about one megapixel" at the ratio, not a documented table like Heroku's.
 ASPECT_TOLERANCE = 0.03
+#: Pixel counts of an image the model could have chosen to make: about one megapixel, as all
+#: its sizes are (two thirds of the smallest to half again the largest). An image of another
+#: size than asked but in this range is the provider's answer, which the same request and seed
+#: would get again: it is kept and flagged, not retried (a retry would pay for it twice). Far
+#: outside it (a thumbnail, a placeholder) it is a body that lies, and retried.
+_API_PIXELS = sorted(w * h for w, h in (map(int, s.split("x")) for s in apispec.SIZES))
+PLAUSIBLE_PIXELS = (_API_PIXELS[0] * 2 // 3, _API_PIXELS[-1] * 3 // 2)
 #: Stability's finish-reason for an image its moderation withheld (still a 200).
 CONTENT_FILTERED = "CONTENT_FILTERED"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every PNG
@@ -81,6 +88,8 @@ class GeneratedImage:
     created: int | None = None
     requests: int = 1
     seed: int | None = None  # the seed the provider says it used (Stability's `seed` header)
+    # What is off about a kept image: another size than asked, within PLAUSIBLE_PIXELS
+    flag: str | None = None
 
 
 def _size_problem(w: int, h: int, request: Mapping[str, Any]) -> str | None:
@@ -120,7 +129,7 @@ def check_image(data: bytes, request: Mapping[str, Any]) -> GeneratedImage:
                     f"image is {img.format}, asked for {want_fmt}", kind="wrong_format"
                 )
             wrong = _size_problem(w, h, request)
-            if wrong:
+            if wrong and not PLAUSIBLE_PIXELS[0] <= w * h <= PLAUSIBLE_PIXELS[1]:
                 raise RetryableApiError(wrong, kind="wrong_size")
             if fmt == "webp":
                 img.load()  # every chunk decoded: a truncated WebP fails here
@@ -152,7 +161,7 @@ def check_image(data: bytes, request: Mapping[str, Any]) -> GeneratedImage:
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise RetryableApiError(f"image is corrupt or truncated ({exc})",
                                 kind="truncated") from None
-    return GeneratedImage(data=data, format=fmt, width=w, height=h)
+    return GeneratedImage(data=data, format=fmt, width=w, height=h, flag=wrong)
 
 
 def _error_message(raw: bytes) -> str | None:
@@ -295,13 +304,16 @@ class _Inflater:
 
 
 class _Call:
-    """One generate() call: the HTTP requests it has sent, and who hears of each response."""
+    """One generate() call: the HTTP requests it has sent, who hears of each response, and
+    who is told just before the image request goes out."""
 
-    __slots__ = ("observe", "requests")
+    __slots__ = ("observe", "requests", "sending")
 
-    def __init__(self, observe: Callable[[Mapping[str, str], int], None] | None) -> None:
+    def __init__(self, observe: Callable[[Mapping[str, str], int], None] | None,
+                 sending: Callable[[], None] | None = None) -> None:
         self.observe = observe
         self.requests = 0
+        self.sending = sending
 
 
 class ApiClient:
@@ -343,31 +355,49 @@ class ApiClient:
         return f"ApiClient({self._endpoint!r})"
 
     def _sent(self, call: _Call) -> None:
+        if call.requests == 0 and call.sending is not None:
+            # A call's first request is its image request, the one a budget counts: the
+            # caller may still hold it back here (raising Stopped), once everything before
+            # it (an input image read and checked) is done.
+            call.sending()
         self.requests += 1
         call.requests += 1
 
+    def _unsent(self, call: _Call) -> None:
+        """The request just counted never reached the wire: its connection was refused or
+        never made, so nothing was sent (or billed)."""
+        self.requests -= 1
+        call.requests -= 1
+
     async def generate(
-        self, job: Job, observe: Callable[[Mapping[str, str], int], None] | None = None
+        self, job: Job, observe: Callable[[Mapping[str, str], int], None] | None = None,
+        sending: Callable[[], None] | None = None,
     ) -> GeneratedImage:
         """Send `job.body` as is; the checked image, or an ApiError subclass. Either carries
-        the HTTP requests the call sent; `observe` hears each response's headers and status
-        as soon as they arrive."""
-        call = _Call(observe)
+        the HTTP requests the call sent (a request whose connection could not be made is not
+        one); `observe` hears each response's headers and status as soon as they arrive;
+        `sending` is called just before the image request goes out (not when the call fails
+        before it), and what it raises (Stopped) is raised as is, with nothing sent."""
+        call = _Call(observe, sending)
         try:
             job = job.for_provider(self.provider)
             if self.provider == apispec.STABILITY:
                 return await self._generate_stability(job, call)
             return await self._generate(job, call)
+        except Stopped:
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes an ApiError
             # Raised without a local name: a local holding the error would tie it to its own
             # traceback, keeping the failed body's buffers alive until a garbage collection.
-            raise self._api_error(exc, call.requests) from None
+            raise self._api_error(exc, call) from None
 
-    def _api_error(self, exc: Exception, requests: int) -> ApiError:
+    def _api_error(self, exc: Exception, call: _Call) -> ApiError:
         """`exc` as the ApiError the runner acts on (with the requests its call sent), the key
         scrubbed from its text."""
+        if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+            self._unsent(call)
         error = self._as_api_error(exc)
-        error.requests = requests
+        error.requests = call.requests
         return error
 
     def _as_api_error(self, exc: Exception) -> ApiError:
@@ -417,7 +447,7 @@ class ApiClient:
             assert url is not None
             image = await self._download(urljoin(self._endpoint, url), job.request, call)
         return GeneratedImage(image.data, image.format, image.width, image.height, created,
-                              requests=call.requests)
+                              requests=call.requests, flag=image.flag)
 
     async def _generate_stability(self, job: Job, call: _Call) -> GeneratedImage:
         request = job.request
@@ -449,7 +479,7 @@ class ApiClient:
             image = await asyncio.to_thread(check_image, raw, request)
             del raw
         return GeneratedImage(image.data, image.format, image.width, image.height, None,
-                              requests=call.requests, seed=seed)
+                              requests=call.requests, seed=seed, flag=image.flag)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
@@ -509,6 +539,7 @@ class ApiClient:
         except aiohttp.ClientConnectorError as exc:
             # The service answered; only its image host did not. This job's failure, retried,
             # not the "wrong URL" that stops a run.
+            self._unsent(call)
             raise RetryableApiError(
                 f"image download: cannot connect to {exc.host}:{exc.port} "
                 f"({_os_reason(exc.os_error)})", kind="download") from None
@@ -521,6 +552,13 @@ class ApiClient:
             return AuthError(
                 f"the service rejected the key (401{said}): check {self._key_variable}",
                 status=status, kind="auth",
+            )
+        if status == 402:
+            # Stability's payment_required: the key's account is out of credits. Like a 401
+            # it is the key's problem, not the job's: every other job would get it too.
+            return AuthError(
+                f"the service refused the key: its account is out of credits (402{said}): "
+                f"add credits, or check {self._key_variable}", status=status, kind="payment",
             )
         if status in PERMANENT_STATUSES or (400 <= status < 500 and status not in RETRYABLE_4XX):
             kind = "permanent"

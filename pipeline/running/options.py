@@ -36,6 +36,9 @@ class RunOptions:
     retries: int = _RUN.retries
     timeout: float = REQUEST_TIMEOUT
     force: bool = False
+    # send again the jobs whose last answer was final (content filtered, refused as asked):
+    # a run leaves them alone otherwise, since the same request would get the same answer
+    retry_failed: bool = False
     verify: bool = False  # hash every image in the done check, not only changed-looking ones
     shard: tuple[int, int] | None = None
     max_jobs: int = DEFAULT_MAX_JOBS

@@ -135,7 +135,8 @@ async def run_plans(
         try:
             uploader = cached.Uploader(transfers) if transfers is not None else None
             try:
-                work, skipped = await _todo(chosen, stores, opts, err, transfers, uploader)
+                work, skipped, held = await _todo(chosen, stores, opts, err, transfers,
+                                                  uploader)
                 runner = await _run_jobs(work, backends, opts, err,
                                          {c.prefix: c.key_variable for c in conns},
                                          uploader.submit if uploader is not None else None,
@@ -150,9 +151,10 @@ async def run_plans(
         seconds = time.monotonic() - started
         reports = [_plan_report(sub, store, state.by_store.get(store, StoreTally()), done,
                                 seconds, state.interrupted, transfers,
-                                whole=len(plan.jobs) if opts.selection.active else None)
-                   for plan, sub, store, done in zip(plans, chosen, stores, skipped,
-                                                     strict=True)]
+                                whole=len(plan.jobs) if opts.selection.active else None,
+                                held=kept)
+                   for plan, sub, store, done, kept in zip(plans, chosen, stores, skipped, held,
+                                                           strict=True)]
         pool = tuple(MemberReport(m.prefix, m.requests, m.images, m.throttled, m.dropped)
                      for m in runner.members) if pooled else ()
         store_error = state.store_error
@@ -209,13 +211,15 @@ def _stopping_post_on_signals() -> Iterator[Stop]:
 async def _todo(
     plans: Sequence[Plan], stores: Sequence[Store], opts: RunOptions, err: TextIO,
     transfers: cached.Transfers | None = None, uploader: cached.Uploader | None = None,
-) -> tuple[list[tuple[Store, Job]], list[int]]:
-    """Open every store (sweeping a killed run's temp files): the jobs not done yet, and
-    how many of each plan's jobs are done already. With a cache: what it has is restored
-    first (not with --force), and what is done here but missing there is queued for upload
-    (an earlier run's failed or cut-off uploads)."""
+) -> tuple[list[tuple[Store, Job]], list[int], list[int]]:
+    """Open every store (sweeping a killed run's temp files): the jobs not done yet, how
+    many of each plan's jobs are done already, and how many are held back: failed with an
+    answer a retry cannot change (not with --retry-failed or --force). With a cache: what it
+    has is restored first (not with --force), and what is done here but missing there is
+    queued for upload (an earlier run's failed or cut-off uploads)."""
     work: list[tuple[Store, Job]] = []
     skipped: list[int] = []
+    held: list[int] = []
     for plan, store in zip(plans, stores, strict=True):
         removed = await asyncio.to_thread(store.prepare)
         if removed and opts.verbose:
@@ -232,10 +236,16 @@ async def _todo(
                 todo = [j for j in todo if j.key not in restored]
             for job, rec in await asyncio.to_thread(cached.missing, transfers, store, plan.jobs):
                 uploader.submit(store, job, rec)
-        skipped.append(len(plan.jobs) - len(todo) - (
+        # The same request would get the same answer, paid for again: left alone until the
+        # request changes (a new key, so a new state) or the user asks.
+        final = set() if opts.force or opts.retry_failed else {
+            st.job.key for st in states if st.final}
+        held.append(sum(j.key in final for j in todo))
+        todo = [j for j in todo if j.key not in final]
+        skipped.append(len(plan.jobs) - len(todo) - held[-1] - (
             transfers.tally(store).restored if transfers is not None else 0))
         work.extend((store, j) for j in todo)
-    return work, skipped
+    return work, skipped, held
 
 
 async def _run_jobs(work: list[tuple[Store, Job]], backends: Sequence[_Backend],
@@ -303,19 +313,20 @@ def _stopped_by_signals(runner: Runner, err: TextIO) -> Iterator[None]:
 
 def _plan_report(plan: Plan, store: Store, tally: StoreTally, skipped: int, seconds: float,
                  interrupted: bool, transfers: cached.Transfers | None = None,
-                 whole: int | None = None) -> PlanReport:
+                 whole: int | None = None, held: int = 0) -> PlanReport:
     failures = sorted(tally.failures, key=lambda o: o.job.index)
     moved = transfers.tally(store) if transfers is not None else cached.Tally()
     return PlanReport(
         name=plan.name, manifest=plan.source, backend=store.backend,
         shard=f"{plan.shard[0]}/{plan.shard[1]}" if plan.shard else None, out=str(store.root),
         planned=len(plan.jobs), succeeded=tally.made, skipped=skipped, failed=len(failures),
-        pending=len(plan.jobs) - tally.made - skipped - moved.restored - len(failures),
+        pending=len(plan.jobs) - tally.made - skipped - moved.restored - len(failures) - held,
         requests=tally.requests, seconds=round(seconds, 3), interrupted=interrupted,
         failures=tuple(Failure(o.job.key, o.job.path, o.error) for o in failures),
         sent=tally.sent, selected_of=whole,
         cache=transfers.cache.url if transfers is not None else None,
         restored=moved.restored, uploaded=moved.uploaded, upload_failed=moved.upload_failed,
+        held=held, flagged=tally.flagged,
     )
 
 

@@ -1,25 +1,32 @@
 """Plan + client + store -> results: concurrency, pacing, retries, stopping.
 
 The runner talks to small interfaces so tests can fake each: a client
-(`async generate(job, observe) -> GeneratedImage`), a store (`cannot_write`, `save`, `fail`),
-a `sleep` and a `clock`. A fixed pool of `concurrency` workers pulls jobs in plan order, so
+(`async generate(job, observe, sending) -> GeneratedImage`), a store (`cannot_write`, `save`,
+`fail`), a `sleep` and a `clock`. A fixed pool of `concurrency` workers pulls jobs in plan order, so
 memory does not grow with the plan and nothing holds an image after it is written. Requests go to a
 `Member`: a client with its own pacer (one for a single backend).
 
 With several members (a pool), each attempt starts on the member that can start it
-soonest. A member whose key is refused (401, 403), whose URL cannot be reached, or that
-has no image endpoint is dropped for the rest of the run, and the job goes on at once on
-another member, as does a job a member answered 429 (that member cools on its own); none
-of these counts against the job's retries, since nothing was made. Only when every member
-is dropped does the run stop.
+soonest. A member whose key is refused (401, 403) or out of credits (402), whose URL cannot
+be reached, or that has no image endpoint is dropped for the rest of the run, and the job
+goes on at once on another member, as does a job a member answered 429 (that member cools
+on its own); none of these counts against the job's retries, since nothing was made. Only
+when every member is dropped does the run stop.
 
 A stop reaches every waiting worker through one event, `stop`, which both the retry waits
 and the pacers' waits end on.
 
 A budget (`budget`: image requests this run may send) is spent at the moment a request is
-sent, retries and attempts a pool moves to another member included: each was sent. Once it
-is spent no request starts; requests in flight settle, and jobs that would need another
-request stay pending (`RunState.budget_reached`), as after a stop but not an interruption.
+sent, retries and attempts a pool moves to another member included: each was sent. The
+client says when that moment is (its `sending` callback, just before the request goes out),
+so a job refused before it (an input image changed since planning) spends nothing, and a
+request whose connection was refused gives its slot back. Once it is spent no request starts;
+requests in flight settle, and jobs that would need another request stay pending
+(`RunState.budget_reached`), as after a stop but not an interruption.
+
+A failure that a retry of the same request cannot change (`final`: the request refused as it
+is, or an image withheld by the provider's filter for a fixed seed) is recorded as such, and
+later runs do not send it again until the request changes or `run --retry-failed` asks.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.errors import (
     ApiError,
@@ -65,8 +72,11 @@ _RETRY = RetrySettings()
 class ImageClient(Protocol):
     """What the runner needs from a client."""
 
-    async def generate(self, job: Job, observe: Observe | None = None) -> GeneratedImage:
-        """One checked image for `job` (with the HTTP requests it took), or an ApiError."""
+    async def generate(self, job: Job, observe: Observe | None = None,
+                       sending: Callable[[], None] | None = None) -> GeneratedImage:
+        """One checked image for `job` (with the HTTP requests it took), or an ApiError;
+        `sending` is called just before the image request goes out (it may raise Stopped:
+        then nothing is sent)."""
         ...
 
 
@@ -87,7 +97,8 @@ class JobStore(Protocol):
     def fail(
         self, job: Job, error: str, *, attempts: int, seconds: float, member: str | None = None
     ) -> Record:
-        """Record a failure (its last attempt on pool member `member`, if a pool's)."""
+        """Record a failure (its last attempt on pool member `member`, if a pool's); given
+        `final=True`, one that later runs do not send again (see `final`)."""
         ...
 
 
@@ -155,6 +166,7 @@ class Outcome:
     status: str  # ok | failed
     attempts: int
     error: str | None = None
+    flag: str | None = None  # what is off about an image kept anyway (another size)
 
 
 @dataclass
@@ -164,6 +176,7 @@ class StoreTally:
     made: int = 0
     requests: int = 0
     sent: int = 0  # image requests (POSTs) sent: what a budget and a price count
+    flagged: int = 0  # images made and kept at another size than asked
     failures: list[Outcome] = field(default_factory=list)  # successes are counted, not kept
 
 
@@ -174,7 +187,7 @@ class RunState:
     ok: int = 0
     failed: int = 0
     by_store: dict[JobStore, StoreTally] = field(default_factory=dict)
-    # What stopped the run as a configuration problem: a 401 (AuthError), or a service that
+    # What stopped the run as a configuration problem: a 401 or 402 (AuthError), or a service that
     # never answered or is not the image API (ServiceConfigError); reported with exit 2.
     config_error: ServiceConfigError | None = None
     store_error: StoreError | None = None
@@ -330,7 +343,6 @@ class Runner:
             if self.stopping:
                 raise Stopped
             member, ticket = await self._start()
-            self._spend(store)  # counted here, as it is sent
             counter[0] += 1
             last[:] = [member]
             try:
@@ -340,7 +352,8 @@ class Runner:
 
     def _spend(self, store: JobStore) -> None:
         """Count one image request about to be sent; Stopped (it is not sent) when the budget
-        is spent. Nothing awaits between this and the send, so the count is exact."""
+        is spent. Called by the client just before the request goes out, with nothing
+        awaited in between, so the count is exact."""
         if self.budget is not None and self.state.sent >= self.budget:
             self._budget_spent()
             raise Stopped
@@ -348,6 +361,13 @@ class Runner:
         self.state.tally(store).sent += 1
         if self.budget is not None and self.state.sent >= self.budget:
             self._budget_spent()  # this one is the last: the others stop waiting now
+
+    def _unspend(self, store: JobStore) -> None:
+        """Give back the count of a request that never reached the wire (its connection was
+        refused or never made): nothing was sent, so nothing is billed or spent. (Should it
+        have been the budget's last, the run has already stopped starting requests.)"""
+        self.state.sent -= 1
+        self.state.tally(store).sent -= 1
 
     def _budget_spent(self) -> None:
         """Start no more requests; unlike stop(), the run is not interrupted, and
@@ -362,10 +382,19 @@ class Runner:
         def observe(headers: Mapping[str, str], status: int) -> None:
             member.pacer.observe(headers, status, ticket)
 
+        spent = False
+
+        def sending() -> None:
+            nonlocal spent
+            self._spend(store)
+            spent = True
+
         member.in_flight += 1
         try:
-            image = await member.client.generate(job, observe)
+            image = await member.client.generate(job, observe, sending)
         except ApiError as exc:
+            if spent and exc.requests == 0:
+                self._unspend(store)  # counted as it went, but it never reached the wire
             tally.requests += exc.requests
             member.requests += exc.requests
             if exc.status is not None:
@@ -493,15 +522,20 @@ class Runner:
             reason = exc.message
             if isinstance(exc, RetryableApiError) and counter[0] > 1:
                 reason = f"{reason} (gave up after {counter[0]} attempts)"
+            # only when set: a store need not know of final failures to record failures
+            held = {"final": True} if final(job, exc) else {}
             await asyncio.to_thread(
                 store.fail, _sent(job, last), reason, attempts=counter[0],
-                seconds=self._clock() - started, member=self._name(last),
+                seconds=self._clock() - started, member=self._name(last), **held,
             )
             self._finish(store, Outcome(job, "failed", counter[0], reason))
             return
-        data, created = image.data, image.created
-        # the seed the provider says it used (Stability's `seed` header), when it says one
-        extra = {"seed": image.seed} if image.seed is not None else {}
+        data, created, flag = image.data, image.created, image.flag
+        # the seed the provider says it used (Stability's `seed` header), when it says one,
+        # and what is off about an image kept anyway (another size than asked)
+        extra: dict[str, Any] = {"seed": image.seed} if image.seed is not None else {}
+        if flag is not None:
+            extra["flag"] = flag
         del image  # hand the bytes to the store and keep nothing after
         # Once an image is in hand, a second Ctrl-C must not leave it written but unrecorded
         # (or recorded after the summary): the save runs shielded, and a cancelled job still
@@ -514,12 +548,13 @@ class Runner:
         try:
             rec = await asyncio.shield(save)
         except asyncio.CancelledError:
-            self._saved(store, job, await save, counter[0])
+            self._saved(store, job, await save, counter[0], flag)
             raise
-        self._saved(store, job, rec, counter[0])
+        self._saved(store, job, rec, counter[0], flag)
 
-    def _saved(self, store: JobStore, job: Job, rec: Record, attempts: int) -> None:
-        self._finish(store, Outcome(job, "ok", attempts))
+    def _saved(self, store: JobStore, job: Job, rec: Record, attempts: int,
+               flag: str | None = None) -> None:
+        self._finish(store, Outcome(job, "ok", attempts, flag=flag))
         if self._on_saved is not None:
             self._on_saved(store, job, rec)
 
@@ -532,11 +567,31 @@ class Runner:
         if outcome.status == "ok":
             self.state.ok += 1
             tally.made += 1
+            tally.flagged += outcome.flag is not None
         else:
             self.state.failed += 1
             tally.failures.append(outcome)
         if self._on_change is not None:
             self._on_change(self.state)
+
+
+#: Statuses that refuse the request as it is (400 bad request, 413 too large, 422 rejected):
+#: the same request gets them again.
+FINAL_STATUSES = frozenset({400, 413, 422})
+
+
+def final(job: Job, exc: ApiError) -> bool:
+    """Whether `exc` is an answer a retry of the same request cannot change, so that later
+    runs do not pay for it again: a refusal of the request itself (FINAL_STATUSES, and
+    Stability's 403 content_moderation, the prompt flagged), or an image its filter withheld
+    (CONTENT_FILTERED, billed) for a fixed seed. A seed of 0 asks for a new random seed each
+    time, and another draw may pass the filter: that failure is sent again by the next run.
+    Faults of the service, the key or the URL are never final."""
+    if not isinstance(exc, PermanentApiError) or isinstance(exc, ServiceConfigError):
+        return False
+    if exc.kind == "content_filtered":
+        return job.seed != 0
+    return exc.kind == "moderation" or exc.status in FINAL_STATUSES
 
 
 def _sent(job: Job, last: list[Member]) -> Job:

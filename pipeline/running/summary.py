@@ -58,6 +58,10 @@ class PlanReport:
     restored: int = 0
     uploaded: int = 0
     upload_failed: int = 0
+    # Jobs not sent: failed before with an answer a retry cannot change (run --retry-failed
+    # sends them); and images made at another size than asked, kept (status lists both).
+    held: int = 0
+    flagged: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,11 @@ class RunReport:
         """Jobs neither done nor failed, over every plan."""
         return sum(p.pending for p in self.plans)
 
+    @property
+    def held(self) -> int:
+        """Jobs not sent because their last answer cannot change, over every plan."""
+        return sum(p.held for p in self.plans)
+
 
 def plan_doc(plan: PlanReport, version: str | None = None,
              members: tuple[MemberReport, ...] = (), *, run: RunReport | None = None,
@@ -145,6 +154,8 @@ def plan_doc(plan: PlanReport, version: str | None = None,
         "stopped_by_budget": bool(run and run.stopped_by_budget and plan.pending),
         "selection": None if selection is None or not selection.active else {
             **selection.as_dict(), "of": plan.selected_of},
+        "held": plan.held,
+        "flagged": plan.flagged,
     }
     if plan.cache is not None:
         doc["cache"] = plan.cache
@@ -192,6 +203,7 @@ def plan_text(plan: PlanReport, price: Price | None = None) -> str:
     lines = [
         f"{plan.name}: {plan.succeeded} made{restored}, {plan.skipped} already done, "
         f"{plan.failed} failed"
+        + (f", {plan.held} not sent again" if plan.held else "")
         + (f", {plan.pending} not run" if plan.pending else "")
         + f" of {plan.planned} in {plan.seconds:.1f} s "
         f"({plan.requests} requests, backend {plan.backend})",
@@ -199,12 +211,24 @@ def plan_text(plan: PlanReport, price: Price | None = None) -> str:
     if plan.selected_of is not None:
         lines.append(f"  a subset: {plan.planned} of the plan's {plan.selected_of} jobs")
     lines.append(f"  {spend_text(plan.sent, plan.succeeded, price)}")
+    if plan.held:
+        lines.append(f"  {held_text(plan.held)}")
+    if plan.flagged:
+        lines.append(f"  {plan.flagged} image(s) made at another size than asked, kept "
+                     "(`imagebatch status` lists them)")
     if plan.cache is not None:
         lines.append(f"  cache {plan.cache}: {plan.uploaded} uploaded, "
                      f"{plan.upload_failed} failed to upload")
     lines.extend(f"  FAILED {f.path}: {f.reason}" for f in plan.failures)
     lines.append(f"  outputs: {plan.out}")
     return "\n".join(lines)
+
+
+def held_text(held: int) -> str:
+    """What a run says of the jobs it held back, and how to send them."""
+    return (f"{held} failed job(s) not sent again: the same request would get the same "
+            "answer (`imagebatch status` lists them); change the request, or run "
+            "--retry-failed to send them")
 
 
 def budget_text(report: RunReport) -> str | None:
@@ -267,6 +291,8 @@ def markdown(report: RunReport) -> str:
         lines += [f"| `{_cell(m.prefix)}` | {m.images} | {m.requests} | {m.throttled} | "
                   f"{_cell(m.dropped or '')} |" for m in report.members]
     lines += ["", f"**Spend**: {_cell(spend_text(report.sent, report.succeeded, report.price))}"]
+    if report.held:
+        lines += ["", f"**Not sent again**: {_cell(held_text(report.held))}"]
     budget = budget_text(report)
     if budget:  # "**Budget reached** (--budget 3): 3 of 3 image requests sent; ..."
         head, paren, rest = budget.partition(" (")

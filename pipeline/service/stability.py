@@ -7,8 +7,9 @@ image/*` answered with the image's bytes and `finish-reason` / `seed` headers, o
 `stability_limit` requests in `stability_window` seconds, every request is answered 429 for
 `stability_lockout` seconds. Faults (scripted or drawn): `content-filtered` (a 200 whose
 finish-reason is CONTENT_FILTERED, with a blurred image, as Stability sends), `lockout` (a
-429 that starts the lockout), `moderation` (403 content_moderation), `422`, and the
-server's common ones (500, 503, reset, truncate, not-image, wrong-format, html, stall).
+429 that starts the lockout), `moderation` (403 content_moderation), `422`, `402` (out of
+credits), and the server's common ones (500, 503, reset, truncate, not-image, wrong-format,
+html, stall).
 `[[filtered]]` in a prompt asks for content-filtered; `[[fail:NNN]]` for a status.
 """
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from pipeline.service.server import _Service
 
 #: Faults only this side plays (the server's common kinds apply here too).
-STABILITY_FAULTS: tuple[str, ...] = ("content-filtered", "lockout", "moderation", "422")
+STABILITY_FAULTS: tuple[str, ...] = ("content-filtered", "lockout", "moderation", "422", "402")
 _FIELDS = frozenset({"prompt", "negative_prompt", "aspect_ratio", "seed", "output_format",
                      "strength", "image", "style_preset"})
 _FILTERED = "[[filtered]]"
@@ -229,6 +230,9 @@ async def generate(service: _Service, request: web.Request) -> web.StreamRespons
                                 "as a result your request was denied and you were not charged."])
     if fault == "422":
         return error_body(422, ["the request was rejected (injected fault)"])
+    if fault == "402":  # payment_required: the account is out of credits (injected fault)
+        return error_body(402, ["you lack sufficient credits to make this request; add "
+                                "credits to your account (injected fault)"])
     if fault in ("500", "503"):
         return error_body(int(fault), ["injected fault"])
     if fault == "reset":

@@ -66,13 +66,23 @@ class Record:
     # Where the image came from when it was not made here: "cache" for one restored from
     # the shared cache (older lines, and images made by this run, have none).
     source: str | None = None
+    # A failure that a retry of the same request cannot change (the request refused as it
+    # is, or its image withheld by the provider's filter for a fixed seed): later runs do
+    # not send it again until the request changes (a new key) or `run --retry-failed`.
+    final: bool = False
+    # What is off about an image kept anyway: made at another size than asked, one the
+    # provider chose (about one megapixel); `status` lists these.
+    flag: str | None = None
 
     def to_line(self) -> builtins.bytes:
-        """The JSON line, newline included (`member`, `seed` and `source` only when set)."""
+        """The JSON line, newline included (`member`, `seed`, `source`, `final` and `flag`
+        only when set)."""
         doc = asdict(self)
-        for optional in ("member", "seed", "source"):
+        for optional in ("member", "seed", "source", "flag"):
             if doc[optional] is None:
                 del doc[optional]
+        if not doc["final"]:
+            del doc["final"]
         return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
     @classmethod
@@ -88,6 +98,8 @@ class Record:
                 member=doc.get("member") if isinstance(doc.get("member"), str) else None,
                 seed=_int_or_none(doc.get("seed")),
                 source=doc.get("source") if isinstance(doc.get("source"), str) else None,
+                final=doc.get("final") is True,
+                flag=doc.get("flag") if isinstance(doc.get("flag"), str) else None,
             )
         except (KeyError, TypeError, ValueError, OverflowError):  # e.g. "attempts": 1e400
             return None
@@ -219,6 +231,9 @@ class JobState:
     # whether deciding read and hashed the image (its size matched but its mtime did not,
     # it was never recorded, or verify was asked): what a check cost
     hashed: bool = False
+    # failed with an answer a retry cannot change (under every key it has): `run` does not
+    # send it again unless asked (--retry-failed, --force)
+    final: bool = False
 
     @property
     def reason(self) -> str | None:
@@ -226,6 +241,11 @@ class JobState:
         if self.state != FAILED or self.record is None:
             return None
         return self.record.error or "failed"
+
+    @property
+    def flag(self) -> str | None:
+        """What is off about a done job's image, kept anyway (another size than asked)."""
+        return self.record.flag if self.state == DONE and self.record is not None else None
 
 
 class Ledger:
@@ -268,7 +288,9 @@ class Ledger:
         found = [self._state(j, verify) for j in (job, *job.variants)]
         best = next((st for st in found if st.state == DONE),
                     next((st for st in found if st.state == FAILED), found[0]))
-        return JobState(job, best.state, best.record, any(st.hashed for st in found))
+        # held back only when every provider's request got an answer that cannot change
+        return JobState(job, best.state, best.record, any(st.hashed for st in found),
+                        final=all(st.final for st in found))
 
     def _state(self, job: Job, verify: bool) -> JobState:
         """One key's state: the definition of done.
@@ -281,7 +303,7 @@ class Ledger:
         `verify`, the SHA-256 is compared whatever the mtime. An older ok record stands even
         after later failures (a failed --force leaves the image it would have replaced).
         FAILED: not done, and this backend's latest record of the key after its last ok is a
-        failure. PENDING: neither.
+        failure (`final` when that record is). PENDING: neither.
         """
         rec = self._latest_ok.get(job.key)
         hashed = False
@@ -293,7 +315,7 @@ class Ledger:
                 return JobState(job, DONE, rec, hashed)
         fail = self._latest_fail.get(job.key)
         if fail is not None:
-            return JobState(job, FAILED, fail, hashed)
+            return JobState(job, FAILED, fail, hashed, final=fail.final)
         return JobState(job, PENDING, None, hashed)
 
     def _file(self, rel: str) -> tuple[str, os.stat_result] | None:
@@ -496,10 +518,11 @@ class Store:
 
     def save(
         self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None,
-        member: str | None = None, seed: int | None = None,
+        member: str | None = None, seed: int | None = None, flag: str | None = None,
     ) -> Record:
         """Embed the request, write the image atomically, then record it ok (in that order);
-        `member` is the pool member that made it, `seed` the seed its provider said it used."""
+        `member` is the pool member that made it, `seed` the seed its provider said it used,
+        `flag` what is off about it (another size than asked)."""
         try:
             blob = metadata.embed(data, job.body)
             path = self.image_path(job)
@@ -508,7 +531,7 @@ class Store:
                 key=job.key, path=job.path, status="ok", backend=self._backend_of(member),
                 attempts=attempts, error=None, sha256=hashlib.sha256(blob).hexdigest(),
                 bytes=len(blob), seconds=round(seconds, 3), created=created, mtime_ns=stamp(path),
-                member=member, seed=seed,
+                member=member, seed=seed, flag=flag,
             )
             self._append(rec)
         except OSError as exc:
@@ -534,14 +557,15 @@ class Store:
         return rec
 
     def fail(
-        self, job: Job, error: str, *, attempts: int, seconds: float, member: str | None = None
+        self, job: Job, error: str, *, attempts: int, seconds: float, member: str | None = None,
+        final: bool = False,
     ) -> Record:
         """Record that `job` failed (its old image, if any, is left alone); `member` is the
-        pool member of its last attempt."""
+        pool member of its last attempt; `final` when a retry could not change the answer."""
         rec = Record(
             key=job.key, path=job.path, status="failed", backend=self._backend_of(member),
             attempts=attempts, error=error, sha256=None, bytes=None, seconds=round(seconds, 3),
-            created=None, member=member,
+            created=None, member=member, final=final,
         )
         try:
             self._append(rec)
