@@ -50,6 +50,17 @@ def _status(tmp_path: Path, path: Path, url: str, *, as_json: bool = False) -> s
     return out.getvalue()
 
 
+def _counts(tmp_path: Path, path: Path, url: str) -> dict:
+    """`plan --counts-json` as the environment of `_status` sees the outputs."""
+    from pipeline.commands.preview import plan_command
+
+    env = {"DIFFUSION_URL": url, "DIFFUSION_KEY": SKEY, "DIFFUSION_PROVIDER": "stability"}
+    out = io.StringIO()
+    assert plan_command(str(path), out_dir=tmp_path / "out", env=env, out=out,
+                        counts_json=True, price="0.08") == 0
+    return json.loads(out.getvalue())
+
+
 async def _run(tmp_path: Path, path: Path, conns, *, providers=("stability",), **kw):
     plan = load_plan(str(path), providers=providers)
     kw.setdefault("rpm", 0.0)
@@ -79,9 +90,11 @@ def test_a_content_filtered_job_is_sent_once_across_runs_and_again_when_asked(tm
                 seen.append((report, srv.stats.requests))
             status = _status(tmp_path, path, srv.url)
             as_json = json.loads(_status(tmp_path, path, srv.url, as_json=True))
-            return seen, status, as_json
+            return seen, status, as_json, _counts(tmp_path, path, srv.url)
 
-    [(first, n1), (second, n2), (asked, n3)], status, as_json = asyncio.run(scenario())
+    [(first, n1), (second, n2), (asked, n3)], status, as_json, counts = asyncio.run(scenario())
+    # plan counts what run sends: the held-back job is neither to send nor priced
+    assert (counts["done"], counts["held"], counts["to_send"]) == (2, 1, 0), counts
     assert (n1, n2, n3) == (3, 3, 4)  # sent, not sent again, sent again when asked
     (p1,), (p2,), (p3,) = first.plans, second.plans, asked.plans
     assert (p1.succeeded, p1.failed, p1.held, p1.sent) == (2, 1, 0, 3)

@@ -32,7 +32,7 @@ def test_counts_without_a_cache_or_a_price():
     counts = count_plan(jobs, {jobs[0].key, jobs[3].key}, None, None)
     assert (counts.jobs, counts.done, counts.restorable, counts.to_send) == (5, 2, None, 3)
     assert counts.cost == "unknown (no price set: --price or IMAGEBATCH_PRICE)"
-    assert counts.as_dict() == {"jobs": 5, "done": 2, "restorable": None, "to_send": 3,
+    assert counts.as_dict() == {"jobs": 5, "done": 2, "restorable": None, "to_send": 3, "held": 0,
                                 "price": None, "cost": None}
     assert counts.lines() == [
         "a run would act on 5 jobs: 2 already done, no cache set, 3 to send",
@@ -92,7 +92,7 @@ def test_counts_json_is_one_object(manifest, tmp_path, capsys, monkeypatch):
     assert doc == {"name": "sweep", "manifest": str(manifest), "backend": "local",
                    "out": str(tmp_path / "o" / "sweep"), "shard": "1/1",
                    "selection": {"only": [], "first_seeds": 1},
-                   "jobs": 3, "done": 0, "restorable": None, "to_send": 3,
+                   "jobs": 3, "done": 0, "restorable": None, "to_send": 3, "held": 0,
                    "price": "0.05", "cost": "0.15"}
 
 

@@ -400,7 +400,9 @@ def diff_command(
         elif root.is_dir():
             # the one definition of done, against the backends `run` would use
             states = job_states(new.jobs, root, judged)
-            to_send, basis = sum(1 for s in states if s.state != DONE), FROM_OUTPUTS
+            # a final failure is held back by `run`: not sent, not paid for
+            sending_states = [s for s in states if s.state != DONE and not s.final]
+            to_send, basis = len(sending_states), FROM_OUTPUTS
         else:
             to_send, basis = len(d.regenerated), FROM_CHANGE
         if new is not None and to_send:
@@ -408,7 +410,7 @@ def diff_command(
             # counts it: `cache`, else $IMAGEBATCH_CACHE; a listing, nothing downloaded)
             fills = restorable_keys(new.jobs, ctx)
             if fills:
-                sending = ({s.job.key for s in states if s.state != DONE}
+                sending = ({s.job.key for s in sending_states}
                            if basis == FROM_OUTPUTS else {j.key for j in d.regenerated})
                 restored = len(sending & fills)
                 if restored:

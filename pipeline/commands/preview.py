@@ -128,7 +128,8 @@ def plan_counts(plan: Plan, ctx: Context, price: str | None) -> PlanCounts:
     cost = price_from(price, ctx.env)
     states = job_states(plan.jobs, ctx.root(plan), ctx.judged)
     done = {st.job.key for st in states if st.state == DONE}
-    return count_plan(plan.jobs, done, restorable_keys(plan.jobs, ctx), cost)
+    held = {st.job.key for st in states if st.final}  # as `run` holds them back
+    return count_plan(plan.jobs, done, restorable_keys(plan.jobs, ctx), cost, held)
 
 
 def plan_command(manifest: str, *, as_json: bool = False, shard: tuple[int, int] | None = None,

@@ -26,6 +26,7 @@ class PlanCounts:
     restorable: int | None  # None: no cache is set (not 0: nothing was looked up)
     to_send: int
     price: Price | None
+    held: int = 0  # failed with an answer a retry cannot change: not sent (--retry-failed)
 
     @property
     def cost(self) -> str:
@@ -39,6 +40,7 @@ class PlanCounts:
             "done": self.done,
             "restorable": self.restorable,
             "to_send": self.to_send,
+            "held": self.held,
             "price": cost_value(self.price, 1),
             "cost": cost_value(self.price, self.to_send),
         }
@@ -52,25 +54,31 @@ class PlanCounts:
         else:
             cost = (f"estimated cost: {self.cost} ({self.to_send} requests at "
                     f"{self.price.format(self.price.amount)} an image; retries cost more)")
+        held = (f", {self.held} held back (an answer a retry cannot change; "
+                "run --retry-failed sends them)" if self.held else "")
         return [f"a run would act on {self.jobs} jobs: {self.done} already done, {cache}, "
-                f"{self.to_send} to send", cost]
+                f"{self.to_send} to send{held}", cost]
 
 
 def count_plan(
     jobs: Iterable[Job], done_keys: AbstractSet[str], restorable_keys: AbstractSet[str] | None,
-    price: Price | None,
+    price: Price | None, held_keys: AbstractSet[str] = frozenset(),
 ) -> PlanCounts:
     """The counts of `jobs`: a job is done when its key is in `done_keys` (the store's DONE
     states), restorable when not done and its key is in `restorable_keys` (what a cache can
-    restore; None when no cache is set), and to send otherwise: one request each, at `price`.
+    restore; None when no cache is set), held back when its key is in `held_keys` (a final
+    failure, which `run` does not send again), and to send otherwise: one request each, at
+    `price`.
     """
-    total = done = restorable = 0
+    total = done = restorable = held = 0
     for job in jobs:
         total += 1
         if job.key in done_keys:
             done += 1
         elif restorable_keys is not None and job.key in restorable_keys:
             restorable += 1
+        elif job.key in held_keys:
+            held += 1
     return PlanCounts(
         jobs=total, done=done, restorable=None if restorable_keys is None else restorable,
-        to_send=total - done - restorable, price=price)
+        to_send=total - done - restorable - held, price=price, held=held)
