@@ -32,6 +32,7 @@ import aiohttp
 from multidict import CIMultiDict
 from PIL import Image, UnidentifiedImageError
 
+from pipeline import version
 from pipeline.errors import (
     ApiError,
     AuthError,
@@ -67,6 +68,10 @@ ASPECT_TOLERANCE = 0.03
 #: Stability's finish-reason for an image its moderation withheld (still a 200).
 CONTENT_FILTERED = "CONTENT_FILTERED"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every PNG
+#: Sent on every Stability request: Stability asks clients to name themselves and their
+#: version so that it can reach their users about moderation (its API's optional headers).
+STABILITY_CLIENT_HEADERS = {"stability-client-id": "imagebatch",
+                            "stability-client-version": version()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,7 +428,7 @@ class ApiClient:
         request = job.request
         form = await asyncio.to_thread(stability_form, job)
         headers = {"Authorization": f"Bearer {self._key}", "Accept": self._accept,
-                   **PLAIN_BODY}
+                   **STABILITY_CLIENT_HEADERS, **PLAIN_BODY}
         self._sent(call)
         async with self._session.post(
             self._endpoint, data=form, headers=headers, timeout=self._timeout,

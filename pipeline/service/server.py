@@ -99,7 +99,7 @@ class ServerOptions:
     # request gets exactly that fault, whatever fail_rate draws, so a test can assert
     # exact behaviour ("the second request fails with a 500").
     script: Mapping[int, str] = field(default_factory=dict)
-    keep_bodies: bool = False  # record every POST body in stats.bodies (for tests)
+    keep_bodies: bool = False  # record every POST body and its headers in stats (for tests)
     stall_seconds: float = 30.0  # how long the `stall` fault holds the response
     workers: int | None = None  # render process pool size; None = os.cpu_count()
     # The Stability path's limit: beyond `stability_limit` requests in `stability_window`
@@ -153,6 +153,8 @@ class ServerStats:
     by_status: collections.Counter[int] = field(default_factory=collections.Counter)
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
     bodies: list[bytes] = field(default_factory=list)  # with ServerOptions.keep_bodies
+    # Every POST's headers, with keep_bodies too; never Authorization (keys are kept nowhere).
+    headers: list[dict[str, str]] = field(default_factory=list)
 
 
 STATS_KEY = web.AppKey("imagebatch_server_stats", ServerStats)
@@ -533,6 +535,9 @@ async def _middleware(
     post = request.method == "POST"
     if post:
         stats.requests += 1
+        if service.options.keep_bodies:
+            stats.headers.append({name: value for name, value in request.headers.items()
+                                  if name.lower() != "authorization"})
     if service.options.latency_ms:
         await asyncio.sleep(service.options.latency_ms / 1000.0)
     try:
