@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from PIL import Image
+from runner_helpers import Clock
 
 from pipeline import version
 from pipeline.errors import RetryableApiError
@@ -20,6 +21,7 @@ from pipeline.planning import apispec
 from pipeline.planning.manifest import load_plan
 from pipeline.planning.plan import Job
 from pipeline.running.client import ApiClient
+from pipeline.running.runner import Runner, RunSettings
 from pipeline.service.server import ServerOptions, running_server
 
 KEY = "sk-STAB-server-0123456789-test"
@@ -86,3 +88,133 @@ def test_every_stability_request_names_imagebatch_and_its_version(tmp_path):
         assert not any(name.lower() == "authorization" for name in headers)  # never kept
         assert KEY not in json.dumps(headers)
 
+
+
+# -- item 9: the server answers as Stability does -------------------------------------------
+
+def test_unknown_parts_are_ignored_as_stability_ignores_them():
+    async def scenario():
+        async with running_server(ServerOptions(key=KEY, workers=1, keep_bodies=True)) as srv:
+            # Stability's own Python sample and litellm force multipart with an empty file
+            # part named `none`; `mode` belongs to another endpoint
+            answer = await post(srv.url, form(prompt="a fox", seed="3", none=b"", mode="x"))
+            return answer, srv.stats.bodies
+
+    (status, headers, body), bodies = asyncio.run(scenario())
+    assert status == 200, body
+    assert headers["finish-reason"] == "SUCCESS" and headers["seed"] == "3"
+    with Image.open(io.BytesIO(body)) as img:
+        img.load()
+        assert (img.format, img.size) == ("PNG", (1024, 1024))
+    assert json.loads(bodies[0]) == {"prompt": "a fox", "seed": "3"}  # what it knows, only
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_answers_carry_a_request_id_and_json_names_the_image_type(fmt):
+    async def scenario():
+        async with running_server(ServerOptions(key=KEY, workers=1)) as srv:
+            data = await post(srv.url, form(prompt="p", seed="9", output_format=fmt),
+                              accept="application/json")
+            raw = await post(srv.url, form(prompt="p", seed="9", output_format=fmt))
+            bad = await post(srv.url, form(prompt="p", seed="-1"))
+            return data, raw, bad
+
+    (status, headers, body), raw, bad = asyncio.run(scenario())
+    assert status == 200 and headers["Content-Type"] == f"application/json; type=image/{fmt}"
+    doc = json.loads(body)
+    assert set(doc) == {"image", "finish_reason", "seed"} and doc["seed"] == 9
+    assert len(headers["x-request-id"]) >= 16
+    assert raw[0] == 200 and raw[1]["Content-Type"] == f"image/{fmt}"
+    assert len(raw[1]["x-request-id"]) >= 16 and raw[1]["x-request-id"] != headers["x-request-id"]
+    assert bad[0] == 400 and bad[1]["x-request-id"] == json.loads(bad[2])["id"]
+
+
+def test_a_429_has_no_retry_after_unless_asked_for():
+    async def scenario(**kw):
+        options = ServerOptions(key=KEY, workers=1, script={1: "lockout"}, **kw)
+        async with running_server(options) as srv:
+            return await post(srv.url, form(prompt="p"))
+
+    status, headers, body = asyncio.run(scenario())
+    assert status == 429 and "Retry-After" not in headers
+    doc = json.loads(body)
+    assert doc["name"] == "rate_limit_exceeded" and "150 requests" in doc["errors"][0]
+    status, headers, _ = asyncio.run(scenario(stability_retry_after=True))
+    assert status == 429 and headers["Retry-After"] == "60"
+
+
+@pytest.mark.parametrize(("prompt", "key", "status", "name"), [
+    ("p", "sk-wrong", 401, "unauthorized"),
+    ("p [[fail:400]]", KEY, 400, "bad_request"),
+    ("p [[fail:402]]", KEY, 402, "payment_required"),
+    ("p [[fail:403]]", KEY, 403, "content_moderation"),
+    ("p [[fail:413]]", KEY, 413, "payload_too_large"),
+    ("p [[fail:422]]", KEY, 422, "invalid_language"),
+    ("p [[fail:429]]", KEY, 429, "rate_limit_exceeded"),
+    ("p [[fail:500]]", KEY, 500, "internal_error"),
+])
+def test_errors_are_named_as_stabilitys_reference_names_them(prompt, key, status, name):
+    async def scenario():
+        async with running_server(ServerOptions(key=KEY, workers=1)) as srv:
+            return await post(srv.url, form(prompt=prompt),
+                              headers={"Authorization": f"Bearer {key}"})
+
+    got, headers, body = asyncio.run(scenario())
+    doc = json.loads(body)
+    assert (got, doc["name"]) == (status, name) and set(doc) == {"id", "name", "errors"}
+    assert headers["Content-Type"].startswith("application/json")
+
+
+def test_the_422_fault_is_stabilitys_invalid_language():
+    async def scenario():
+        async with running_server(ServerOptions(key=KEY, workers=1, script={1: "422"})) as srv:
+            return await post(srv.url, form(prompt="p"))
+
+    status, _, body = asyncio.run(scenario())
+    doc = json.loads(body)
+    assert status == 422 and doc["name"] == "invalid_language"
+    assert "English is the only supported language" in doc["errors"][0]
+
+
+class _Store:
+    """Keeps what the runner saves, in memory."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, bytes] = {}
+        self.failed: dict[str, str] = {}
+
+    def cannot_write(self, job: Job) -> None:
+        return None
+
+    def save(self, job: Job, data: bytes, **_: object) -> None:
+        self.saved[job.path] = data
+
+    def fail(self, job: Job, error: str, **_: object) -> None:
+        self.failed[job.path] = error
+
+
+@pytest.mark.parametrize("accept", ["image/*", "application/json"])
+def test_the_client_reads_the_answers_and_waits_60_s_after_a_bare_429(tmp_path, accept):
+    (job,) = plan_jobs(tmp_path, "version: 1\nname: w\njobs:\n  - id: a\n    prompt: a fox\n"
+                                 "    aspect_ratio: \"3:2\"\n    output_format: webp\n"
+                                 "    seeds: [4]\n")
+    clock, store = Clock(), _Store()
+
+    async def scenario():
+        # the first request starts a lockout (of no real time: the test's clock is its own)
+        options = ServerOptions(key=KEY, workers=1, script={1: "lockout"},
+                                stability_lockout=0.0)
+        async with running_server(options) as srv, aiohttp.ClientSession() as session:
+            client = ApiClient(session, srv.url, KEY, provider=apispec.STABILITY, accept=accept)
+            runner = Runner(client, RunSettings(concurrency=1, retries=3), sleep=clock.sleep,
+                            clock=clock, rng=lambda: 0.0)
+            state = await runner.run([(store, job)])
+            return state, srv.stats
+
+    state, stats = asyncio.run(scenario())
+    assert stats.requests == 2 and stats.by_status == {429: 1, 200: 1}
+    assert state.ok == 1 and store.failed == {}
+    assert 60.0 <= clock.now < 61.0  # Stability's documented lockout, assumed: no sooner
+    with Image.open(io.BytesIO(store.saved[job.path])) as img:
+        img.load()
+        assert (img.format, img.size) == ("WEBP", (1216, 832))

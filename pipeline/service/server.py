@@ -108,6 +108,9 @@ class ServerOptions:
     stability_limit: int | None = None
     stability_window: float = apispec.STABILITY_WINDOW
     stability_lockout: float = apispec.STABILITY_LOCKOUT
+    # Stability documents no Retry-After on its 429s: none unless asked for (then the
+    # lockout's remaining seconds, rounded up)
+    stability_retry_after: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "faults", tuple(self.faults))
@@ -644,6 +647,8 @@ def _describe(options: ServerOptions) -> str:
         parts.append(f"stability limit {options.stability_limit} per "
                      f"{options.stability_window:g} s, then {options.stability_lockout:g} s "
                      "locked out")
+    if options.stability_retry_after:
+        parts.append("Retry-After on the stability path's 429s")
     if options.script:
         parts.append("scripted faults " + ",".join(f"{n}:{k}" for n, k in
                                                    sorted(options.script.items())))

@@ -1,9 +1,11 @@
 """The embedded server's Stability AI side: `POST /v2beta/stable-image/generate/ultra`.
 
-Stability's shape, offline: a multipart/form-data body (refused otherwise), `Accept:
-image/*` answered with the image's bytes and `finish-reason` / `seed` headers, or
-`application/json` with `{"image", "finish_reason", "seed"}`; errors as
-`{"id", "name", "errors": [...]}`. Its limit is played as documented: beyond
+Stability's shape, offline: a multipart/form-data body (refused otherwise; parts it does not
+know are ignored, as Stability ignores them), `Accept: image/*` answered with the image's
+bytes and `finish-reason` / `seed` headers, or `application/json` with `{"image",
+"finish_reason", "seed"}` as `application/json; type=image/{fmt}`; errors as `{"id", "name",
+"errors": [...]}` named as Stability's reference names them; every answer carries an
+`x-request-id`. Its limit is played as documented: beyond
 `stability_limit` requests in `stability_window` seconds, every request is answered 429 for
 `stability_lockout` seconds. Faults (scripted or drawn): `content-filtered` (a 200 whose
 finish-reason is CONTENT_FILTERED, with a blurred image, as Stability sends), `lockout` (a
@@ -38,9 +40,12 @@ _FIELDS = frozenset({"prompt", "negative_prompt", "aspect_ratio", "seed", "outpu
                      "strength", "image", "style_preset"})
 _FILTERED = "[[filtered]]"
 _FAIL_TRIGGER = re.compile(r"\[\[fail:(\d{3})\]\]")
-_NAMES = {400: "bad_request", 401: "unauthorized", 403: "content_moderation",
-          404: "not_found", 413: "payload_too_large", 422: "invalid_request",
-          429: "rate_limit_exceeded", 500: "internal_error", 503: "service_unavailable"}
+#: Error names as Stability's reference spells them (422 has several: `invalid_language`
+#: is the one played here); statuses it does not list keep a name of their own.
+_NAMES = {400: "bad_request", 401: "unauthorized", 402: "payment_required",
+          403: "content_moderation", 404: "not_found", 413: "payload_too_large",
+          422: "invalid_language", 429: "rate_limit_exceeded", 500: "internal_error",
+          503: "service_unavailable"}
 MAX_FORM_BYTES = 12 * 1024 * 1024  # an input image (Stability takes up to ~10 MB) and text
 _TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
@@ -53,10 +58,10 @@ class _Invalid(Exception):
 
 
 def error_body(status: int, errors: list[str]) -> web.Response:
-    """Stability's error shape: {"id", "name", "errors": [...]}."""
-    doc = {"id": secrets.token_hex(16), "name": _NAMES.get(status, f"http_{status}"),
-           "errors": errors}
-    return web.json_response(doc, status=status)
+    """Stability's error shape: {"id", "name", "errors": [...]}; the id is its x-request-id."""
+    request_id = secrets.token_hex(16)
+    doc = {"id": request_id, "name": _NAMES.get(status, f"http_{status}"), "errors": errors}
+    return web.json_response(doc, status=status, headers={"x-request-id": request_id})
 
 
 class Lockout:
@@ -103,6 +108,10 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]
         size += len(data)
         if size > MAX_FORM_BYTES:
             raise _Invalid(413, [f"payload is over {MAX_FORM_BYTES} bytes"])
+        if name not in _FIELDS:
+            # Stability ignores parts it does not know: its own Python sample and litellm
+            # send an empty file part named `none` to force a multipart body.
+            continue
         if name == "image":
             image = bytes(data)
         elif name in fields:
@@ -117,7 +126,7 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]
 
 def validate_form(fields: dict[str, str], image: bytes | None) -> dict[str, Any]:
     """The request as values, when it follows Stability's rules; _Invalid naming each problem."""
-    errors = [f"{name}: unknown field" for name in sorted(set(fields) - _FIELDS)]
+    errors: list[str] = []
     prompt = fields.get("prompt", "")
     if not prompt.strip():
         errors.append("prompt: cannot be empty")
@@ -184,7 +193,13 @@ def _blurred(data: bytes, fmt: str) -> bytes:
 
 
 async def generate(service: _Service, request: web.Request) -> web.StreamResponse:
-    """POST /v2beta/stable-image/generate/ultra."""
+    """POST /v2beta/stable-image/generate/ultra; every answer has an x-request-id."""
+    response = await _answer(service, request)
+    response.headers.setdefault("x-request-id", secrets.token_hex(16))
+    return response
+
+
+async def _answer(service: _Service, request: web.Request) -> web.StreamResponse:
     from pipeline.service.server import _HTML_PAGE, _NOT_IMAGE, _reset
 
     options = service.options
@@ -213,10 +228,13 @@ async def generate(service: _Service, request: web.Request) -> web.StreamRespons
     if fault == "lockout":
         lockout.lock(now)
     if fault in ("lockout", "429") or not lockout.admit(now):
+        # Stability documents no Retry-After: sent only when asked for (a client must then
+        # assume the 60 s lockout, as imagebatch's does)
         headers = ({"Retry-After": str(max(1, math.ceil(lockout.until - now)))}
-                   if options.retry_after and lockout.until > now else {})
-        response = error_body(429, ["rate limit exceeded: 150 requests in 10 seconds; "
-                                    f"locked out for {options.stability_lockout:g} s"])
+                   if options.stability_retry_after and lockout.until > now else {})
+        response = error_body(429, ["You have exceeded the rate limit of 150 requests within "
+                                    "a 10 second period, and have been timed out for "
+                                    f"{options.stability_lockout:g} seconds."])
         response.headers.update(headers)
         return response
     trigger = _FAIL_TRIGGER.search(body["prompt"])
@@ -228,7 +246,8 @@ async def generate(service: _Service, request: web.Request) -> web.StreamRespons
         return error_body(403, ["Your request was flagged by our content moderation system, "
                                 "as a result your request was denied and you were not charged."])
     if fault == "422":
-        return error_body(422, ["the request was rejected (injected fault)"])
+        return error_body(422, ["English is the only supported language for this service "
+                                "(injected fault)."])
     if fault in ("500", "503"):
         return error_body(int(fault), ["injected fault"])
     if fault == "reset":
@@ -268,7 +287,9 @@ async def generate(service: _Service, request: web.Request) -> web.StreamRespons
     if "application/json" in accept:
         doc = {"image": base64.b64encode(data).decode("ascii"), "finish_reason": reason,
                "seed": seed}
-        return web.json_response(doc)
+        # Stability names the image's format in the JSON answer's content type
+        return web.Response(status=200, body=json.dumps(doc).encode("ascii"), headers={
+            "Content-Type": f"application/json; type={_TYPES.get(fmt, 'image/png')}"})
     if not ("image/" in accept or "*/*" in accept):
         return error_body(400, ["accept: must be image/* or application/json"])
     return web.Response(status=200, body=data, content_type=_TYPES.get(fmt, "image/png"),
