@@ -6,6 +6,8 @@ assumption), error names, Ultra's input-image rules and its 10 MiB request limit
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -16,10 +18,10 @@ from PIL import Image
 from runner_helpers import Clock
 
 from pipeline import version
-from pipeline.errors import RetryableApiError
+from pipeline.errors import PermanentApiError, RetryableApiError
 from pipeline.planning import apispec
 from pipeline.planning.manifest import load_plan
-from pipeline.planning.plan import Job
+from pipeline.planning.plan import Job, canonical_json, job_key
 from pipeline.running.client import ApiClient
 from pipeline.running.runner import Runner, RunSettings
 from pipeline.service.server import ServerOptions, running_server
@@ -218,3 +220,90 @@ def test_the_client_reads_the_answers_and_waits_60_s_after_a_bare_429(tmp_path, 
     with Image.open(io.BytesIO(store.saved[job.path])) as img:
         img.load()
         assert (img.format, img.size) == ("WEBP", (1216, 832))
+
+
+# -- item 6: Ultra's input images and its 10 MiB ------------------------------------------------
+
+def test_the_server_takes_ultras_input_images_by_ultras_rules():
+    photo = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (90, 120, 60)).save(photo, format="JPEG", quality=90)
+
+    async def scenario():
+        async with running_server(ServerOptions(key=KEY, workers=1)) as srv:
+            taken = await post(srv.url, form(prompt="p", strength="0.4", seed="2",
+                                             image=photo.getvalue()))
+            long = await post(srv.url, form(prompt="p", strength="0.4",
+                                            image=encoded(size=(16385, 64))))
+            return taken, long
+
+    (status, _, body), long = asyncio.run(scenario())
+    assert status == 200, body  # a 12 MP photo: Ultra has no pixel cap
+    with Image.open(io.BytesIO(body)) as img:
+        img.load()
+        assert img.size == (1088, 896)  # 5:4, the nearest of the nine to the photo's 4:3
+    assert long[0] == 400
+    assert json.loads(long[2])["errors"] == [
+        "image: is 16385x64: each side needs 64 to 16,384 pixels"]
+
+
+def _multipart(boundary: str, image: bytes) -> bytes:
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\np\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"strength\"\r\n\r\n0.5\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+            f"filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + image + \
+        f"\r\n--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_over_10_mib_is_payload_too_large(chunked):
+    limit = 10 * 1024 * 1024
+    boundary = "b0und4ry"
+    small = _multipart(boundary, encoded())
+    body = _multipart(boundary, encoded() + bytes(limit - len(small) + 1))  # one byte over
+    assert len(body) == limit + 1
+
+    async def pieces():
+        for at in range(0, len(body), 1024 * 1024):
+            yield body[at:at + 1024 * 1024]
+
+    async def scenario():
+        async with running_server(ServerOptions(key=KEY, workers=1)) as srv:
+            headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+            answer = await post(srv.url, pieces() if chunked else body, headers=headers)
+            return answer, srv.stats
+
+    (status, headers, raw), stats = asyncio.run(scenario())
+    doc = json.loads(raw)
+    assert status == 413 and doc["name"] == "payload_too_large" and set(doc) == {
+        "id", "name", "errors"}
+    assert doc["errors"] == ["payloads cannot be larger than 10MiB in size"]
+    assert stats.requests == 1 and stats.renders == 0
+
+
+@pytest.mark.parametrize(("short_by", "said"), [
+    (-1, "the input image"),  # the file alone is over
+    (100, "the request is 10,48"),  # the file fits, the request with it does not
+])
+def test_a_request_over_10_mib_is_never_sent_even_unplanned(tmp_path, short_by, said):
+    (tmp_path / "small.png").write_bytes(encoded())
+    (job,) = plan_jobs(tmp_path, "version: 1\nname: u\njobs:\n  - id: a\n    prompt: p\n"
+                                 "    image: small.png\n    strength: 0.5\n    seeds: [1]\n")
+    # a job made by hand, not through planning (which refuses it first)
+    big = tmp_path / "big.png"
+    big.write_bytes(encoded() + bytes(10 * 1024 * 1024 - short_by - len(encoded())))
+    request = {**job.request, "image": "sha256:" + hashlib.sha256(big.read_bytes()).hexdigest()}
+    job = dataclasses.replace(job, body=canonical_json(request), key=job_key(request),
+                              image=str(big))
+
+    async def scenario():
+        async with running_server(ServerOptions(key=KEY, workers=1)) as srv, \
+                aiohttp.ClientSession() as session:
+            client = ApiClient(session, srv.url, KEY, provider=apispec.STABILITY)
+            with pytest.raises(PermanentApiError) as info:
+                await client.generate(job)
+            return info.value, srv.stats.requests
+
+    error, received = asyncio.run(scenario())
+    assert received == 0 and error.kind == "too_large" and error.requests == 0
+    assert error.message.startswith(said), error.message
+    assert "over the 10,485,760 (10 MiB) a Stability request may be" in error.message

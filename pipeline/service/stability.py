@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import BodyPartReader, web
 from PIL import Image, ImageFilter
 
-from pipeline.planning import apispec
+from pipeline.planning import apispec, stabilityform
 
 if TYPE_CHECKING:
     from pipeline.service.server import _Service
@@ -46,7 +46,9 @@ _NAMES = {400: "bad_request", 401: "unauthorized", 402: "payment_required",
           403: "content_moderation", 404: "not_found", 413: "payload_too_large",
           422: "invalid_language", 429: "rate_limit_exceeded", 500: "internal_error",
           503: "service_unavailable"}
-MAX_FORM_BYTES = 12 * 1024 * 1024  # an input image (Stability takes up to ~10 MB) and text
+#: The whole body, as Stability counts it (413 payload_too_large beyond).
+MAX_FORM_BYTES = apispec.STABILITY_MAX_REQUEST_BYTES
+_TOO_LARGE = "payloads cannot be larger than 10MiB in size"
 _TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
@@ -96,7 +98,11 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]
     fields: dict[str, str] = {}
     image: bytes | None = None
     reader = await request.multipart()
-    size = 0
+    received = request.content  # counts the body's bytes as they arrive, framing included
+
+    def too_large() -> bool:
+        return received.total_bytes > MAX_FORM_BYTES
+
     while True:
         part = await reader.next()
         if part is None:
@@ -104,10 +110,11 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]
         if not isinstance(part, BodyPartReader):
             raise _Invalid(400, ["nested multipart parts are not accepted"])
         name = part.name or ""
-        data = await part.read(decode=False)
-        size += len(data)
-        if size > MAX_FORM_BYTES:
-            raise _Invalid(413, [f"payload is over {MAX_FORM_BYTES} bytes"])
+        data = bytearray()
+        while chunk := await part.read_chunk(256 * 1024):
+            data += chunk
+            if too_large():  # a body without Content-Length is refused once it is over
+                raise _Invalid(413, [_TOO_LARGE])
         if name not in _FIELDS:
             # Stability ignores parts it does not know: its own Python sample and litellm
             # send an empty file part named `none` to force a multipart body.
@@ -121,6 +128,11 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]
                 fields[name] = bytes(data).decode("utf-8")
             except UnicodeDecodeError:
                 raise _Invalid(400, [f"{name}: not UTF-8 text"]) from None
+    while await received.readany():  # the epilogue, if any, counts too
+        if too_large():
+            raise _Invalid(413, [_TOO_LARGE])
+    if too_large():
+        raise _Invalid(413, [_TOO_LARGE])
     return fields, image
 
 
@@ -160,15 +172,11 @@ def validate_form(fields: dict[str, str], image: bytes | None) -> dict[str, Any]
         errors.append("strength: required when an image is given")
     size = (0, 0)
     if image is not None:
-        try:
-            with Image.open(io.BytesIO(image), formats=("PNG", "JPEG", "WEBP")) as img:
-                size = img.size
-        except (OSError, ValueError, Image.DecompressionBombError):
-            errors.append("image: not a PNG, JPEG or WebP image")
+        problem = stabilityform.input_image_problem(image)  # Ultra's rules, from the header
+        if problem:
+            errors.append(f"image: {problem}")
         else:
-            if min(size) < apispec.STABILITY_MIN_INPUT_SIDE or \
-                    size[0] * size[1] > apispec.STABILITY_MAX_INPUT_PIXELS:
-                errors.append("image: each side at least 64 pixels, at most 9,437,184 in all")
+            size = stabilityform.input_image_size(image) or size
     if errors:
         raise _Invalid(400, errors)
     out: dict[str, Any] = {"prompt": prompt, "negative_prompt": fields.get("negative_prompt", ""),
@@ -209,7 +217,7 @@ async def _answer(service: _Service, request: web.Request) -> web.StreamResponse
         return error_body(401, ["authorization: missing or invalid API key"])
     number = stats.requests
     if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
-        return error_body(413, [f"payload is over {MAX_FORM_BYTES} bytes"])
+        return error_body(413, [_TOO_LARGE])
     try:
         fields, image = await read_form(request)
         if options.keep_bodies:
