@@ -516,6 +516,9 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--stability-lockout", type=_nonneg_float, default=60.0, metavar="S",
                    help="seconds every Stability request is refused once over the limit "
                         "(default 60)")
+    p.add_argument("--stability-retry-after", action="store_true",
+                   help="send Retry-After on the Stability path's 429s (Stability documents "
+                        "none, so by default there is none)")
 
 
 def _add_cache(p: argparse.ArgumentParser) -> None:
@@ -614,6 +617,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         faults=args.faults or FAULT_KINDS, fault_seed=args.fault_seed, script=args.fault_at,
         workers=args.workers, stability_limit=args.stability_limit,
         stability_lockout=args.stability_lockout,
+        stability_retry_after=args.stability_retry_after,
     ), host=args.host, port=args.port)
     return 0
 

@@ -188,6 +188,74 @@ def test_openai_client_sees_typed_errors(keyed):
         right.images.generate(model="stable-image-ultra", prompt="no [[fail:403]]")
 
 
+# -- Stability's shape: the sample in Stability's own API reference, and litellm -------------
+
+STABILITY_URL = "/v2beta/stable-image/generate/ultra"
+
+
+def test_requests_multipart_as_in_stabilitys_api_reference(keyed, tmp_path):
+    requests = pytest.importorskip("requests")
+    # Stability's Python sample forces a multipart body with an empty file part named
+    # `none`; the real service ignores it, and so must the embedded server
+    response = requests.post(
+        keyed.url + STABILITY_URL,
+        headers={"authorization": f"Bearer {KEY}", "accept": "image/*"},
+        files={"none": ""},
+        data={"prompt": "Lighthouse on a cliff overlooking the ocean", "output_format": "webp",
+              "aspect_ratio": "9:16", "seed": 8},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["finish-reason"] == "SUCCESS" and response.headers["seed"] == "8"
+    img = decode_png(response.content)
+    assert (img.format, img.size) == ("WEBP", (768, 1344))
+
+    # image-to-image: the file goes as `image`, with its strength
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    response = requests.post(
+        keyed.url + STABILITY_URL,
+        headers={"authorization": f"Bearer {KEY}", "accept": "application/json"},
+        files={"image": ("lighthouse.png", buf.getvalue(), "image/png")},
+        data={"prompt": "the same lighthouse at night", "strength": 0.6, "seed": 8},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "application/json; type=image/png"
+    doc = response.json()
+    assert doc["finish_reason"] == "SUCCESS" and doc["seed"] == 8
+    assert decode_png(base64.b64decode(doc["image"])).size == (768, 1344)  # the input's shape
+
+
+@pytest.fixture(scope="module")
+def litellm() -> Any:
+    # offline: litellm reads its model prices from its own copy, not from the network
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    return pytest.importorskip("litellm")
+
+
+def test_litellm_stability_provider(keyed, litellm):
+    result = litellm.image_generation(model="stability/stable-image-ultra", prompt="a red fox",
+                                      api_base=keyed.url, api_key=KEY, size="1024x1024")
+    (item,) = result.data
+    img = decode_png(base64.b64decode(item.b64_json))
+    assert (img.format, img.size) == ("PNG", (1024, 1024))
+    # a refused key comes back as Stability's error (litellm picks the exception class)
+    with pytest.raises(Exception) as info:  # noqa: B017
+        litellm.image_generation(model="stability/stable-image-ultra", prompt="x",
+                                 api_base=keyed.url, api_key="sk-wrong")
+    assert "unauthorized" in str(info.value) and "sk-wrong" not in str(info.value)
+
+
+def test_litellm_openai_compatible_shape_for_heroku(keyed, litellm):
+    result = litellm.image_generation(model="openai/stable-image-ultra",
+                                      prompt="a lighthouse in a storm",
+                                      api_base=keyed.url + "/v1", api_key=KEY)
+    (item,) = result.data
+    img = decode_png(base64.b64decode(item.b64_json))
+    assert (img.format, img.size) == ("PNG", (1024, 1024))
+
+
 SERVE = ("from pipeline.service.server import ServerOptions, serve\n"
          "if __name__ == '__main__':\n"
          "    serve(ServerOptions(key={key!r}, workers=1, rpm=5), '127.0.0.1', 0)\n")

@@ -12,8 +12,10 @@ import hashlib
 import io
 import json
 import re
+import struct
 import subprocess
 import sys
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from pipeline.errors import ConfigError, ManifestError
 from pipeline.planning import apispec, config
 from pipeline.planning.manifest import load_plan, load_plans
 from pipeline.planning.plan import canonical_json, job_key
+from pipeline.running.client import ApiClient
 from pipeline.running.options import RunOptions
 from pipeline.running.run import run_plans
 from pipeline.service.server import ServerOptions, running_server
@@ -205,6 +208,80 @@ def test_image_to_image_inputs_are_checked_before_anything_is_sent(tmp_path):
     assert len(found) == 5
 
 
+def png_of_exactly(size: int, pixels: tuple[int, int] = (640, 512)) -> bytes:
+    """A valid PNG of exactly `size` bytes: a picture, padded by a private ancillary chunk
+    (which readers skip) before its end."""
+    base = png(pixels)
+    pad = size - len(base) - 12
+    assert pad >= 0
+    end = base.rindex(b"IEND") - 4
+    chunk = struct.pack(">I", pad) + b"prIv" + bytes(pad)
+    return base[:end] + chunk + struct.pack(">I", zlib.crc32(chunk[4:])) + base[end:]
+
+
+def test_ultras_own_input_image_rules_are_checked_at_planning(tmp_path):
+    photo = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (90, 120, 60)).save(photo, format="JPEG", quality=90)
+    (tmp_path / "photo.jpg").write_bytes(photo.getvalue())  # 12 MP: Ultra has no pixel cap
+    huge = io.BytesIO()
+    # 196,608,000 pixels: past Pillow's decompression-bomb guard, which guards decoding
+    Image.new("1", (16384, 12000)).save(huge, format="PNG")
+    (tmp_path / "huge.png").write_bytes(huge.getvalue())
+    (tmp_path / "long.png").write_bytes(png((16385, 64)))
+    (tmp_path / "short.png").write_bytes(png((64, 63)))
+    jobs = "".join(f"  - id: {name}\n    prompt: p\n    image: {file}\n    strength: 0.5\n"
+                   for name, file in (("photo", "photo.jpg"), ("huge", "huge.png"),
+                                      ("long", "long.png"), ("short", "short.png")))
+    path = write(tmp_path, "version: 1\njobs:\n" + jobs)
+    assert problems(path, ("stability",)) == [
+        f"{path}:13:12: jobs[2].image: the input image 'long.png' is 16385x64: each side "
+        "needs 64 to 16,384 pixels",
+        f"{path}:17:12: jobs[3].image: the input image 'short.png' is 64x63: each side "
+        "needs 64 to 16,384 pixels"]
+    path = write(tmp_path, "version: 1\njobs:\n" + jobs.split("  - id: long")[0])
+    photo_job, huge_job = load_plan(str(path), providers=("stability",)).jobs
+    assert photo_job.image == str(tmp_path / "photo.jpg")
+    assert huge_job.image == str(tmp_path / "huge.png")
+
+
+def test_a_request_over_10_mib_as_sent_is_refused_at_planning_one_of_10_mib_is_sent(
+        tmp_path, capsys, monkeypatch):
+    source = tmp_path / "in.png"
+    path = write(tmp_path, "version: 1\nname: big\njobs:\n  - id: more\n    prompt: a fox\n"
+                           "    image: in.png\n    strength: 0.5\n    seeds: [7]\n")
+
+    async def send() -> tuple[int, dict[int, int]]:
+        (job,) = load_plan(str(path), providers=("stability",)).jobs
+        async with running_server(ServerOptions(key=SKEY, workers=1, keep_bodies=True)) as s, \
+                aiohttp.ClientSession() as session:
+            await ApiClient(session, s.url, SKEY, provider="stability").generate(job)
+            return int(s.stats.headers[0]["Content-Length"]), dict(s.stats.by_status)
+
+    # the form's fields and the multipart framing around the image, as the server got them
+    source.write_bytes(png_of_exactly(5000))
+    received, _ = asyncio.run(send())
+    framing = received - 5000
+    limit = 10 * 1024 * 1024
+    source.write_bytes(png_of_exactly(limit - framing))
+    assert asyncio.run(send()) == (limit, {200: 1})  # exactly 10 MiB: planned, sent, made
+
+    source.write_bytes(png_of_exactly(limit - framing + 1))  # one byte more: refused unsent
+    assert problems(path, ("stability",)) == [
+        f"{path}:6:12: jobs[0].image: more seed 7: the request is 10,485,761 bytes as sent, "
+        "over the 10,485,760 (10 MiB) Stability takes in one request, input image included: "
+        "shrink the input image 'in.png' (fewer pixels, or JPEG or WebP at a lower quality)"]
+    source.write_bytes(png_of_exactly(11_000_000))  # an 11 MB file can never be sent
+    assert problems(path, ("stability",)) == [
+        f"{path}:6:12: jobs[0].image: the input image 'in.png' is over 10,485,760 bytes, more "
+        "than a whole Stability request may be (10 MiB, the image in it): shrink it (fewer "
+        "pixels, or JPEG or WebP at a lower quality)"]
+    monkeypatch.setenv("DIFFUSION_PROVIDER", "stability")
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:6:12: jobs[0].image" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing sent, nothing written
+
+
 def test_validate_refuses_size_for_stability_from_the_command_line(tmp_path, capsys, monkeypatch):
     path = write(tmp_path, "version: 1\njobs:\n  - id: a\n    prompt: p\n    size: 1024x1024\n")
     monkeypatch.setenv("STABILITY_API_KEY", SKEY)
@@ -294,8 +371,10 @@ def test_the_lockout_is_waited_out_and_every_image_still_made_once(tmp_path):
                            "    seeds: {start: 1, count: 8}\n")
 
     async def scenario():
+        # a lockout of one second, said in Retry-After (else the client assumes Stability's
+        # documented 60 s)
         opts = ServerOptions(key=SKEY, workers=1, stability_limit=3, stability_window=1.0,
-                             stability_lockout=1.0)
+                             stability_lockout=1.0, stability_retry_after=True)
         async with running_server(opts) as srv:
             conn = config.Connection("STABILITY", srv.url, SKEY, provider="stability")
             plan, report = await _serve_run(tmp_path, path, [conn], ("stability",), rpm=0,
@@ -508,7 +587,7 @@ def test_keys_never_show_in_a_stability_runs_output(tmp_path, capsys, monkeypatc
 
     code = asyncio.run(scenario())
     captured = capsys.readouterr()
-    assert code == 1 and "invalid_request: the request was rejected" in captured.out
+    assert code == 1 and "invalid_language: English is the only supported" in captured.out
     # a paid API implied by STABILITY_API_KEY is said, with the way to stay offline
     assert re.search(r"note: STABILITY: sending to http://127\.0\.0\.1:\d+ with "
                      r"STABILITY_API_KEY .*--local", captured.err)

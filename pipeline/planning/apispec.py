@@ -66,10 +66,14 @@ STABILITY_LIMIT = 150
 STABILITY_WINDOW = 10.0
 STABILITY_LOCKOUT = 60.0
 STABILITY_DEFAULT_RPM = 600
-#: The largest input image Stability takes for image-to-image (its pixel count), and the
-#: smallest side; larger inputs are refused before sending.
-STABILITY_MAX_INPUT_PIXELS = 9_437_184
+#: Ultra's input image for image-to-image: each side from 64 to 16,384 pixels (so at least
+#: 4,096 pixels in all), with no upper pixel count (the 9,437,184-pixel cap belongs to the
+#: edit endpoints). Others are refused before sending.
 STABILITY_MIN_INPUT_SIDE = 64
+STABILITY_MAX_INPUT_SIDE = 16_384
+#: The largest request Stability takes: the whole multipart body, input image included
+#: ("payloads cannot be larger than 10MiB"; 413 payload_too_large beyond).
+STABILITY_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 INPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
 #: Every output format any provider makes: what a manifest may ask for before the provider
 #: check narrows it.

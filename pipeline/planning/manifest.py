@@ -11,12 +11,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import io
 import math
 import re
 import string
 import unicodedata
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pipeline.errors import ManifestError, Problem, UsageError, text_problem
-from pipeline.planning import apispec, config
+from pipeline.planning import apispec, config, stabilityform
 from pipeline.planning.plan import (
     BUILTINS,
     DEFAULT_EXPORT_PATH,
@@ -590,6 +588,8 @@ class _Loader:
         self.formats = tuple(f for f in apispec.ALL_OUTPUT_FORMATS
                              if all(f in apispec.PROVIDER_FORMATS[p] for p in providers))
         self.image_files: dict[str, str] = {}  # "sha256:..." -> the input image's file
+        # "sha256:..." -> (its size in bytes, its format, where it was last written)
+        self.image_info: dict[str, tuple[int, str, Loc]] = {}
         self.default_keys: set[str] = set()  # the fields written under defaults:
         self.default_model = default_model
         self.max_jobs = max_jobs
@@ -701,14 +701,17 @@ class _Loader:
                               f"manifest): {exc.strerror or exc}")
             return None
         if len(data) > MAX_INPUT_BYTES:
-            c.add(node, path, f"the input image {value!r} is over {MAX_INPUT_BYTES:,} bytes")
+            c.add(node, path, f"the input image {value!r} is over {MAX_INPUT_BYTES:,} bytes, "
+                              "more than a whole Stability request may be (10 MiB, the image "
+                              f"in it): shrink it ({stabilityform.SHRINK})")
             return None
-        problem = _input_image_problem(data)
+        problem = stabilityform.input_image_problem(data)
         if problem:
             c.add(node, path, f"the input image {value!r} {problem}")
             return None
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         self.image_files[digest] = str(file)
+        self.image_info[digest] = (len(data), stabilityform.input_format(data), _loc(node))
         return digest
 
     def field(self, name: str, node: Node, path: str) -> Any:
@@ -917,9 +920,14 @@ class _Loader:
                   "strength goes with an input image: set image too")
         if len(c.problems) > ok or job_id is None or seeds is None:
             return None
-        image_path = self.image_files.get(fields.get("image") or "")
+        digest = fields.get("image") or ""
+        image_path = self.image_files.get(digest)
+        image_bytes, image_format, image_loc = self.image_info.get(digest, (0, "", None))
+        if "image" in m:  # where this job writes it (else where defaults do)
+            image_loc = _loc(m["image"][1])
         return JobSpec(job_id, path, tuple(sorted(fields.items())), tuple(groups), seeds,
-                       _loc(m["id"][1]), prompt_loc, image_path)
+                       _loc(m["id"][1]), prompt_loc, image_path, image_bytes, image_format,
+                       image_loc)
 
     def _placeholders(self, text: str, loc: Loc, path: str, variables: set[str]) -> None:
         if "{" not in text and "}" not in text:
@@ -1317,27 +1325,9 @@ class _Any(set):  # type: ignore[type-arg]
         return True
 
 
-MAX_INPUT_BYTES = 16 * 1024 * 1024  # an input image read for image-to-image, at most
-
-
-def _input_image_problem(data: bytes) -> str | None:
-    """Why `data` cannot be an input image of image-to-image, or None."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=("PNG", "JPEG", "WEBP"))
-        with img:
-            w, h = img.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return "is not a PNG, JPEG or WebP image"
-    if min(w, h) < apispec.STABILITY_MIN_INPUT_SIDE:
-        return f"is {w}x{h}: each side needs at least {apispec.STABILITY_MIN_INPUT_SIDE} pixels"
-    if w * h > apispec.STABILITY_MAX_INPUT_PIXELS:
-        return (f"is {w}x{h}, over the {apispec.STABILITY_MAX_INPUT_PIXELS:,} pixels an input "
-                "image may have")
-    return None
+#: An input image read for image-to-image, at most: a larger one could never be sent, as
+#: Stability takes at most 10 MiB in one request with the image in it.
+MAX_INPUT_BYTES = apispec.STABILITY_MAX_REQUEST_BYTES
 
 
 def load_manifest(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,

@@ -8,12 +8,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 import string
 from dataclasses import dataclass
 from typing import Any, cast
 
 from pipeline.errors import ManifestError, Problem
+from pipeline.planning import stabilityform
 from pipeline.planning.apispec import (
     HEROKU,
     MAX_PROMPT_CHARS,
@@ -21,6 +23,7 @@ from pipeline.planning.apispec import (
     PROVIDER_MAX_SEED,
     SIZE_ASPECTS,
     STABILITY,
+    STABILITY_MAX_REQUEST_BYTES,
     extension,
 )
 
@@ -208,6 +211,11 @@ class JobSpec:
     loc: Loc  # of the job's id
     prompt_loc: Loc
     image_path: str | None = None  # the input image's file, for an image-to-image job
+    # The input image's size in bytes, its format and where `image:` is written: expansion
+    # measures each Stability request as it will be sent against Stability's limit.
+    image_bytes: int = 0
+    image_format: str = ""
+    image_loc: Loc | None = None
 
     @property
     def count(self) -> int:
@@ -287,7 +295,8 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
 
     Each job is planned for `providers[0]`, with a variant for each other provider (a
     mixed pool). Raises ManifestError for what only expansion can find: rendered prompts
-    over the limit, paths that climb out, two jobs with one path or one request.
+    over the limit, Stability requests over its 10 MiB as sent, paths that climb out, two
+    jobs with one path or one request.
     """
     others = tuple(p for p in providers[1:] if p != providers[0])
     max_seed = min(PROVIDER_MAX_SEED.get(p, MAX_SEED) for p in providers)
@@ -328,6 +337,13 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
                 continue
             request["model"] = m.model
             vars_raw = "-".join(v for _, v in names)
+            too_big = _stability_too_big(spec, request, seeds) if STABILITY in providers else None
+            if too_big:
+                problems.append(_problem(m, spec.image_loc or spec.prompt_loc,
+                                         f"{spec.where}.{'image' if spec.image_path else 'prompt'}",
+                                         f"{_what(spec.id, max(seeds), vars_raw)}: {too_big}"))
+                index += len(seeds)
+                continue
             aspect = aspect_of(request)
             ext = extension(request.get("output_format"))
             # only the seed differs between this combination's bodies: encode the rest once
@@ -445,6 +461,27 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
     total = len(jobs)
     chosen = tuple(j for j in jobs if in_shard(j.key, shard)) if shard else tuple(jobs)
     return Plan(m.name, m.model, m.source, out, chosen, total, shard, m.exports)
+
+
+def _stability_too_big(spec: JobSpec, request: dict[str, Any],
+                       seeds: tuple[int, ...]) -> str | None:
+    """Why the Stability requests of one combination are over Stability's limit, or None.
+
+    Measured as sent (the multipart body, input image included) with the longest of the
+    seeds, so no seed of it can be refused with 413 after it was paid for in waiting.
+    """
+    fields = {**request, "seed": max(seeds)}
+    if spec.image_path is None:
+        size = stabilityform.encoded_size(fields)
+    else:
+        size = stabilityform.encoded_size(fields, spec.image_bytes,
+                                          os.path.basename(spec.image_path), spec.image_format)
+    if size <= STABILITY_MAX_REQUEST_BYTES:
+        return None
+    shrink = (f"shrink the input image {os.path.basename(spec.image_path)!r} "
+              f"({stabilityform.SHRINK})" if spec.image_path else "shorten its prompts")
+    return (f"the request is {size:,} bytes as sent, over the {STABILITY_MAX_REQUEST_BYTES:,} "
+            f"(10 MiB) Stability takes in one request, input image included: {shrink}")
 
 
 def _case_note(image: str, folder: str) -> str:

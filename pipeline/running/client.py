@@ -32,6 +32,7 @@ import aiohttp
 from multidict import CIMultiDict
 from PIL import Image, UnidentifiedImageError
 
+from pipeline import version
 from pipeline.errors import (
     ApiError,
     AuthError,
@@ -40,7 +41,7 @@ from pipeline.errors import (
     UnreachableError,
     printable,
 )
-from pipeline.planning import apispec
+from pipeline.planning import apispec, stabilityform
 from pipeline.planning.config import DEFAULT_PORTS, REQUEST_TIMEOUT
 from pipeline.planning.plan import Job
 from pipeline.running.retry import Stopped, parse_duration, parse_retry_after
@@ -74,6 +75,10 @@ PLAUSIBLE_PIXELS = (_API_PIXELS[0] * 2 // 3, _API_PIXELS[-1] * 3 // 2)
 #: Stability's finish-reason for an image its moderation withheld (still a 200).
 CONTENT_FILTERED = "CONTENT_FILTERED"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every PNG
+#: Sent on every Stability request: Stability asks clients to name themselves and their
+#: version so that it can reach their users about moderation (its API's optional headers).
+STABILITY_CLIENT_HEADERS = {"stability-client-id": "imagebatch",
+                            "stability-client-version": version()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,9 +456,9 @@ class ApiClient:
 
     async def _generate_stability(self, job: Job, call: _Call) -> GeneratedImage:
         request = job.request
-        form = await asyncio.to_thread(stability_form, job)
+        form, form_type = await asyncio.to_thread(stability_form, job)
         headers = {"Authorization": f"Bearer {self._key}", "Accept": self._accept,
-                   **PLAIN_BODY}
+                   "Content-Type": form_type, **STABILITY_CLIENT_HEADERS, **PLAIN_BODY}
         self._sent(call)
         async with self._session.post(
             self._endpoint, data=form, headers=headers, timeout=self._timeout,
@@ -593,56 +598,47 @@ def _decode_and_check(b64: str, request: dict[str, Any]) -> GeneratedImage:
 
 # -- Stability ---------------------------------------------------------------------------
 
-_INPUT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-#: Body fields that name the request and are not form fields (plan.request_body).
-_NOT_SENT = frozenset({"provider", "model"})
+def stability_form(job: Job) -> tuple[bytes, str]:
+    """The multipart/form-data body of a Stability request (always multipart, file or not)
+    and its Content-Type: stabilityform.encode's bytes, the very body planning measured.
 
-
-def stability_form(job: Job) -> aiohttp.MultipartWriter:
-    """The multipart/form-data body of a Stability request (always multipart, file or not).
-
-    Every field of the body but `provider` and `model`, as text parts; an input image as a
-    file part, read now and checked against the SHA-256 its key was made from (a file
-    changed since planning would make an image under the wrong key: refused).
+    An input image is read now and checked against the SHA-256 its key was made from (a
+    file changed since planning would make an image under the wrong key: refused). A body
+    over Stability's 10 MiB is refused unsent (planning refuses it first; this is for jobs
+    that did not come through it).
     """
     request = job.request
-    form = aiohttp.MultipartWriter("form-data")
-    for name in sorted(request):
-        if name in _NOT_SENT or name == "image":
-            continue
-        value = request[name]
-        part = form.append(value if isinstance(value, str) else json.dumps(value),
-                           {"Content-Type": "text/plain; charset=utf-8"})
-        part.set_content_disposition("form-data", name=name)
+    image: bytes | None = None
     if request.get("image"):
         if job.image is None:
             raise PermanentApiError("image-to-image job without its input image file",
                                     kind="input_image")
         try:
             with open(job.image, "rb") as fh:
-                data = fh.read()
+                # a file that cannot fit is not read whole to find out
+                size = os.fstat(fh.fileno()).st_size
+                if size > apispec.STABILITY_MAX_REQUEST_BYTES:
+                    raise _too_large(f"the input image {job.image} is {size:,} bytes")
+                image = fh.read()
         except OSError as exc:
             raise PermanentApiError(f"cannot read the input image {job.image}: "
                                     f"{exc.strerror or exc}", kind="input_image") from None
-        if "sha256:" + hashlib.sha256(data).hexdigest() != request["image"]:
+        if "sha256:" + hashlib.sha256(image).hexdigest() != request["image"]:
             raise PermanentApiError(f"the input image {job.image} changed since the plan was "
                                     "made; run again to plan it anew", kind="input_image")
-        kind = _input_format(data)
-        ctype = _INPUT_TYPES.get(kind, "application/octet-stream")
-        part = form.append(data, {"Content-Type": ctype})
-        part.set_content_disposition("form-data", name="image",
-                                     filename=os.path.basename(job.image))
-    return form
+    boundary = stabilityform.new_boundary()
+    body = stabilityform.encode(request, boundary, image,
+                                os.path.basename(job.image) if job.image else "image")
+    if len(body) > apispec.STABILITY_MAX_REQUEST_BYTES:
+        raise _too_large(f"the request is {len(body):,} bytes")
+    return body, stabilityform.content_type(boundary)
 
 
-def _input_format(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "png"
-    if data.startswith(b"\xff\xd8"):
-        return "jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return ""
+def _too_large(what: str) -> PermanentApiError:
+    return PermanentApiError(
+        f"{what}, over the {apispec.STABILITY_MAX_REQUEST_BYTES:,} (10 MiB) a Stability "
+        f"request may be: shrink the input image ({stabilityform.SHRINK}); nothing was sent",
+        kind="too_large")
 
 
 def _with_lockout(headers: Mapping[str, str], status: int) -> Mapping[str, str]:

@@ -99,7 +99,7 @@ class ServerOptions:
     # request gets exactly that fault, whatever fail_rate draws, so a test can assert
     # exact behaviour ("the second request fails with a 500").
     script: Mapping[int, str] = field(default_factory=dict)
-    keep_bodies: bool = False  # record every POST body in stats.bodies (for tests)
+    keep_bodies: bool = False  # record every POST body and its headers in stats (for tests)
     stall_seconds: float = 30.0  # how long the `stall` fault holds the response
     workers: int | None = None  # render process pool size; None = os.cpu_count()
     # The Stability path's limit: beyond `stability_limit` requests in `stability_window`
@@ -108,6 +108,9 @@ class ServerOptions:
     stability_limit: int | None = None
     stability_window: float = apispec.STABILITY_WINDOW
     stability_lockout: float = apispec.STABILITY_LOCKOUT
+    # Stability documents no Retry-After on its 429s: none unless asked for (then the
+    # lockout's remaining seconds, rounded up)
+    stability_retry_after: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "faults", tuple(self.faults))
@@ -153,6 +156,8 @@ class ServerStats:
     by_status: collections.Counter[int] = field(default_factory=collections.Counter)
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
     bodies: list[bytes] = field(default_factory=list)  # with ServerOptions.keep_bodies
+    # Every POST's headers, with keep_bodies too; never Authorization (keys are kept nowhere).
+    headers: list[dict[str, str]] = field(default_factory=list)
 
 
 STATS_KEY = web.AppKey("imagebatch_server_stats", ServerStats)
@@ -533,6 +538,9 @@ async def _middleware(
     post = request.method == "POST"
     if post:
         stats.requests += 1
+        if service.options.keep_bodies:
+            stats.headers.append({name: value for name, value in request.headers.items()
+                                  if name.lower() != "authorization"})
     if service.options.latency_ms:
         await asyncio.sleep(service.options.latency_ms / 1000.0)
     try:
@@ -639,6 +647,8 @@ def _describe(options: ServerOptions) -> str:
         parts.append(f"stability limit {options.stability_limit} per "
                      f"{options.stability_window:g} s, then {options.stability_lockout:g} s "
                      "locked out")
+    if options.stability_retry_after:
+        parts.append("Retry-After on the stability path's 429s")
     if options.script:
         parts.append("scripted faults " + ",".join(f"{n}:{k}" for n, k in
                                                    sorted(options.script.items())))

@@ -1,9 +1,11 @@
 """The embedded server's Stability AI side: `POST /v2beta/stable-image/generate/ultra`.
 
-Stability's shape, offline: a multipart/form-data body (refused otherwise), `Accept:
-image/*` answered with the image's bytes and `finish-reason` / `seed` headers, or
-`application/json` with `{"image", "finish_reason", "seed"}`; errors as
-`{"id", "name", "errors": [...]}`. Its limit is played as documented: beyond
+Stability's shape, offline: a multipart/form-data body (refused otherwise; parts it does not
+know are ignored, as Stability ignores them), `Accept: image/*` answered with the image's
+bytes and `finish-reason` / `seed` headers, or `application/json` with `{"image",
+"finish_reason", "seed"}` as `application/json; type=image/{fmt}`; errors as `{"id", "name",
+"errors": [...]}` named as Stability's reference names them; every answer carries an
+`x-request-id`. Its limit is played as documented: beyond
 `stability_limit` requests in `stability_window` seconds, every request is answered 429 for
 `stability_lockout` seconds. Faults (scripted or drawn): `content-filtered` (a 200 whose
 finish-reason is CONTENT_FILTERED, with a blurred image, as Stability sends), `lockout` (a
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import BodyPartReader, web
 from PIL import Image, ImageFilter
 
-from pipeline.planning import apispec
+from pipeline.planning import apispec, stabilityform
 
 if TYPE_CHECKING:
     from pipeline.service.server import _Service
@@ -39,10 +41,15 @@ _FIELDS = frozenset({"prompt", "negative_prompt", "aspect_ratio", "seed", "outpu
                      "strength", "image", "style_preset"})
 _FILTERED = "[[filtered]]"
 _FAIL_TRIGGER = re.compile(r"\[\[fail:(\d{3})\]\]")
-_NAMES = {400: "bad_request", 401: "unauthorized", 403: "content_moderation",
-          404: "not_found", 413: "payload_too_large", 422: "invalid_request",
-          429: "rate_limit_exceeded", 500: "internal_error", 503: "service_unavailable"}
-MAX_FORM_BYTES = 12 * 1024 * 1024  # an input image (Stability takes up to ~10 MB) and text
+#: Error names as Stability's reference spells them (422 has several: `invalid_language`
+#: is the one played here); statuses it does not list keep a name of their own.
+_NAMES = {400: "bad_request", 401: "unauthorized", 402: "payment_required",
+          403: "content_moderation", 404: "not_found", 413: "payload_too_large",
+          422: "invalid_language", 429: "rate_limit_exceeded", 500: "internal_error",
+          503: "service_unavailable"}
+#: The whole body, as Stability counts it (413 payload_too_large beyond).
+MAX_FORM_BYTES = apispec.STABILITY_MAX_REQUEST_BYTES
+_TOO_LARGE = "payloads cannot be larger than 10MiB in size"
 _TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
@@ -54,10 +61,10 @@ class _Invalid(Exception):
 
 
 def error_body(status: int, errors: list[str]) -> web.Response:
-    """Stability's error shape: {"id", "name", "errors": [...]}."""
-    doc = {"id": secrets.token_hex(16), "name": _NAMES.get(status, f"http_{status}"),
-           "errors": errors}
-    return web.json_response(doc, status=status)
+    """Stability's error shape: {"id", "name", "errors": [...]}; the id is its x-request-id."""
+    request_id = secrets.token_hex(16)
+    doc = {"id": request_id, "name": _NAMES.get(status, f"http_{status}"), "errors": errors}
+    return web.json_response(doc, status=status, headers={"x-request-id": request_id})
 
 
 class Lockout:
@@ -92,7 +99,11 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]
     fields: dict[str, str] = {}
     image: bytes | None = None
     reader = await request.multipart()
-    size = 0
+    received = request.content  # counts the body's bytes as they arrive, framing included
+
+    def too_large() -> bool:
+        return received.total_bytes > MAX_FORM_BYTES
+
     while True:
         part = await reader.next()
         if part is None:
@@ -100,10 +111,15 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]
         if not isinstance(part, BodyPartReader):
             raise _Invalid(400, ["nested multipart parts are not accepted"])
         name = part.name or ""
-        data = await part.read(decode=False)
-        size += len(data)
-        if size > MAX_FORM_BYTES:
-            raise _Invalid(413, [f"payload is over {MAX_FORM_BYTES} bytes"])
+        data = bytearray()
+        while chunk := await part.read_chunk(256 * 1024):
+            data += chunk
+            if too_large():  # a body without Content-Length is refused once it is over
+                raise _Invalid(413, [_TOO_LARGE])
+        if name not in _FIELDS:
+            # Stability ignores parts it does not know: its own Python sample and litellm
+            # send an empty file part named `none` to force a multipart body.
+            continue
         if name == "image":
             image = bytes(data)
         elif name in fields:
@@ -113,12 +129,17 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]
                 fields[name] = bytes(data).decode("utf-8")
             except UnicodeDecodeError:
                 raise _Invalid(400, [f"{name}: not UTF-8 text"]) from None
+    while await received.readany():  # the epilogue, if any, counts too
+        if too_large():
+            raise _Invalid(413, [_TOO_LARGE])
+    if too_large():
+        raise _Invalid(413, [_TOO_LARGE])
     return fields, image
 
 
 def validate_form(fields: dict[str, str], image: bytes | None) -> dict[str, Any]:
     """The request as values, when it follows Stability's rules; _Invalid naming each problem."""
-    errors = [f"{name}: unknown field" for name in sorted(set(fields) - _FIELDS)]
+    errors: list[str] = []
     prompt = fields.get("prompt", "")
     if not prompt.strip():
         errors.append("prompt: cannot be empty")
@@ -152,15 +173,11 @@ def validate_form(fields: dict[str, str], image: bytes | None) -> dict[str, Any]
         errors.append("strength: required when an image is given")
     size = (0, 0)
     if image is not None:
-        try:
-            with Image.open(io.BytesIO(image), formats=("PNG", "JPEG", "WEBP")) as img:
-                size = img.size
-        except (OSError, ValueError, Image.DecompressionBombError):
-            errors.append("image: not a PNG, JPEG or WebP image")
+        problem = stabilityform.input_image_problem(image)  # Ultra's rules, from the header
+        if problem:
+            errors.append(f"image: {problem}")
         else:
-            if min(size) < apispec.STABILITY_MIN_INPUT_SIDE or \
-                    size[0] * size[1] > apispec.STABILITY_MAX_INPUT_PIXELS:
-                errors.append("image: each side at least 64 pixels, at most 9,437,184 in all")
+            size = stabilityform.input_image_size(image) or size
     if errors:
         raise _Invalid(400, errors)
     out: dict[str, Any] = {"prompt": prompt, "negative_prompt": fields.get("negative_prompt", ""),
@@ -185,7 +202,13 @@ def _blurred(data: bytes, fmt: str) -> bytes:
 
 
 async def generate(service: _Service, request: web.Request) -> web.StreamResponse:
-    """POST /v2beta/stable-image/generate/ultra."""
+    """POST /v2beta/stable-image/generate/ultra; every answer has an x-request-id."""
+    response = await _answer(service, request)
+    response.headers.setdefault("x-request-id", secrets.token_hex(16))
+    return response
+
+
+async def _answer(service: _Service, request: web.Request) -> web.StreamResponse:
     from pipeline.service.server import _HTML_PAGE, _NOT_IMAGE, _reset
 
     options = service.options
@@ -195,7 +218,7 @@ async def generate(service: _Service, request: web.Request) -> web.StreamRespons
         return error_body(401, ["authorization: missing or invalid API key"])
     number = stats.requests
     if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
-        return error_body(413, [f"payload is over {MAX_FORM_BYTES} bytes"])
+        return error_body(413, [_TOO_LARGE])
     try:
         fields, image = await read_form(request)
         if options.keep_bodies:
@@ -214,10 +237,13 @@ async def generate(service: _Service, request: web.Request) -> web.StreamRespons
     if fault == "lockout":
         lockout.lock(now)
     if fault in ("lockout", "429") or not lockout.admit(now):
+        # Stability documents no Retry-After: sent only when asked for (a client must then
+        # assume the 60 s lockout, as imagebatch's does)
         headers = ({"Retry-After": str(max(1, math.ceil(lockout.until - now)))}
-                   if options.retry_after and lockout.until > now else {})
-        response = error_body(429, ["rate limit exceeded: 150 requests in 10 seconds; "
-                                    f"locked out for {options.stability_lockout:g} s"])
+                   if options.stability_retry_after and lockout.until > now else {})
+        response = error_body(429, ["You have exceeded the rate limit of 150 requests within "
+                                    "a 10 second period, and have been timed out for "
+                                    f"{options.stability_lockout:g} seconds."])
         response.headers.update(headers)
         return response
     trigger = _FAIL_TRIGGER.search(body["prompt"])
@@ -229,7 +255,8 @@ async def generate(service: _Service, request: web.Request) -> web.StreamRespons
         return error_body(403, ["Your request was flagged by our content moderation system, "
                                 "as a result your request was denied and you were not charged."])
     if fault == "422":
-        return error_body(422, ["the request was rejected (injected fault)"])
+        return error_body(422, ["English is the only supported language for this service "
+                                "(injected fault)."])
     if fault == "402":  # payment_required: the account is out of credits (injected fault)
         return error_body(402, ["you lack sufficient credits to make this request; add "
                                 "credits to your account (injected fault)"])
@@ -272,7 +299,9 @@ async def generate(service: _Service, request: web.Request) -> web.StreamRespons
     if "application/json" in accept:
         doc = {"image": base64.b64encode(data).decode("ascii"), "finish_reason": reason,
                "seed": seed}
-        return web.json_response(doc)
+        # Stability names the image's format in the JSON answer's content type
+        return web.Response(status=200, body=json.dumps(doc).encode("ascii"), headers={
+            "Content-Type": f"application/json; type={_TYPES.get(fmt, 'image/png')}"})
     if not ("image/" in accept or "*/*" in accept):
         return error_body(400, ["accept: must be image/* or application/json"])
     return web.Response(status=200, body=data, content_type=_TYPES.get(fmt, "image/png"),
