@@ -159,7 +159,7 @@ def test_which_answers_are_final():
 
 @pytest.mark.parametrize(("script", "prompt", "reason"), [
     ({1: "moderation"}, "a fox", "content moderation"),
-    ({1: "422"}, "a fox", "rejected"),
+    ({1: "422"}, "a fox", "English is the only supported language"),
     ({}, "a fox [[fail:400]]", "requested by [[fail:400]]"),
 ])
 def test_a_refusal_of_the_request_is_sent_once_across_runs(tmp_path, script, prompt, reason):
