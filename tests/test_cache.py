@@ -312,3 +312,31 @@ async def test_plan_counts_what_the_cache_would_fill_and_prices_only_the_rest(tm
         assert "no cache set, 4 to send" in await asyncio.to_thread(plan_of)
         assert srv.stats.requests == sent  # plan sent nothing
         assert not (tmp_path / "laptop").exists()  # and downloaded nothing
+
+
+def test_status_cache_before_or_after_the_manifest_reads_the_manifest_as_one(
+        tmp_path, capsys, monkeypatch):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST)
+    share, other = tmp_path / "share", tmp_path / "other"
+    share.mkdir()
+    other.mkdir()
+    monkeypatch.setenv("IMAGEBATCH_CACHE", str(share))
+    out = ["--out", str(tmp_path / "out")]
+    for argv in (["status", "--cache", str(manifest)], ["status", str(manifest), "--cache"],
+                 ["status", "--cache", "--json", str(manifest)]):
+        assert main([*argv, *out]) == 0, argv
+        printed = capsys.readouterr().out
+        assert "4 jobs" in printed or '"planned": 4' in printed, argv
+        assert str(share) in printed, argv  # the cache is $IMAGEBATCH_CACHE's
+    # a URL after --cache is still the cache's, the manifest after it the manifest
+    assert main(["status", "--cache", str(other), str(manifest), *out]) == 0
+    assert f"cache {other}: 0 of the 4 jobs" in capsys.readouterr().out
+    # a cache URL and no manifest: the manifest is missing, not a manifest named s3://...
+    assert main(["status", "--cache", "s3://team/x", *out]) == 2
+    assert "required: MANIFEST" in capsys.readouterr().err
+    assert main(["status", *out]) == 2
+    assert "required: MANIFEST" in capsys.readouterr().err
+    assert main(["status", "--help"]) == 0
+    assert "[MANIFEST]" not in capsys.readouterr().out  # required, as the usage says
+
