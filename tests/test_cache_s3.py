@@ -347,3 +347,38 @@ async def test_two_writers_of_one_key_at_once_leave_whole_objects_only(tmp_path,
     for entry in found:
         data = await cache.get(entry)
         assert hashlib.sha256(data).hexdigest() == entry.sha256 and data in (same, other)
+
+
+@pytest.mark.slow
+async def test_status_plan_and_diff_with_an_s3_cache_exit_0_every_time(tmp_path, s3, aws_env):
+    """They used to abort (SIGABRT, exit 134) about one run in four after printing: the
+    store's runtime thread still calling into Python as the interpreter shut down."""
+    bucket = s3.bucket()
+    url = f"s3://{bucket}/x"
+    manifest = _manifest(tmp_path, count=3)
+    older = _manifest(tmp_path, name="older", count=2)
+    older.write_text(older.read_text().replace("name: older", "name: team"))
+    env = {**os.environ, **aws_env, "IMAGEBATCH_CACHE": url}
+    out = str(tmp_path / "out")
+    commands = {
+        "status": ["status", str(manifest), "--cache", "--out", out],
+        "plan": ["plan", str(manifest), "--out", out],
+        "diff": ["diff", str(manifest), "--against", str(older), "--out", out],
+    }
+    gate = asyncio.Semaphore(8)  # processes at once
+
+    async def once(argv: list[str]) -> tuple[int | None, bytes]:
+        async with gate:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pipeline", *argv, env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdout, stderr = await proc.communicate()
+            return proc.returncode, stdout + stderr
+
+    runs = {name: [once(argv) for _ in range(50)] for name, argv in commands.items()}
+    results = {name: await asyncio.gather(*aws) for name, aws in runs.items()}
+    for name, done in results.items():
+        codes = [code for code, _ in done]
+        assert codes == [0] * 50, (name, codes, next(t for c, t in done if c)[-500:])
+        assert all(b"restorable from the cache" in t or b"cache s3://" in t
+                   or b"would send" in t for _, t in done), name

@@ -23,6 +23,16 @@ does not parse as one, so a listing skips it).
 The library is obstore (the Rust `object_store` crate's Python binding): one small wheel
 with no Python dependencies, async calls, conditional puts on S3 and on local folders
 alike, and S3 / GCS / Azure / local behind one interface.
+
+Checks and listings use obstore's synchronous calls (on a Python thread of ours when an
+event loop is running), never its async ones: an async call is completed by a thread of
+obstore's own runtime, which calls into the event loop after the result is handed over. A
+command that ends right after such a call (`status --cache`, `plan`, `diff`: one listing,
+then exit) lets the interpreter shut down while that thread still runs Python; the thread
+is then ended from inside Rust code and the process aborts (SIGABRT, exit 134) after its
+output was printed. A synchronous call runs on the thread that asked and leaves nothing
+behind. Transfers (`get`, `put`, `delete`) stay async: only a run, `pull` and `push` make
+them, inside an event loop that goes on long after them.
 """
 
 from __future__ import annotations
@@ -114,7 +124,7 @@ class Cache:
                 text = text.replace(secret, "***")
         return text[:300] or type(exc).__name__
 
-    async def check(self) -> None:
+    def reach(self) -> None:
         """Reach the store once (a listing of one object); CacheError naming what to fix.
 
         Run before a single image request, so that a misconfigured cache never turns into a
@@ -123,12 +133,14 @@ class Cache:
         try:
             import obstore
 
-            stream = obstore.list(self.store, LAYOUT, chunk_size=1)
-            await stream.__anext__()
-        except StopAsyncIteration:
-            return  # reachable and empty
+            next(iter(obstore.list(self.store, LAYOUT, chunk_size=1)), None)
         except Exception as exc:  # noqa: BLE001 - obstore raises many kinds; each is named
             raise CacheError(self.problem(exc)) from None
+
+    async def check(self) -> None:
+        """`reach` from an event loop (on a thread, so the loop goes on meanwhile)."""
+        await asyncio.to_thread(self.reach)
+
 
     def problem(self, exc: BaseException) -> str:
         """What a failed call to the store says to fix, naming the variable or URL."""
@@ -150,28 +162,35 @@ class Cache:
             return f"{where}: the folder does not exist"
         return f"{where}: {self.describe(exc)}"
 
-    async def index(self, backends: Iterable[str]) -> dict[str, list[Entry]]:
+    def scan(self, backends: Iterable[str]) -> dict[str, list[Entry]]:
         """Every object of `backends` in the store, by job key (a listing; nothing is read).
 
         One listing per backend (a thousand names a request on S3): cheaper than a request
         per job for any plan that is not tiny next to the cache.
         """
-        import obstore
-
         found: dict[str, list[Entry]] = {}
         for backend in sorted(set(backends)):
-            prefix = f"{LAYOUT}/{backend_id(backend)}"
-            try:
-                async for chunk in obstore.list(self.store, prefix, chunk_size=1000):
-                    for meta in chunk:
-                        entry = _entry(str(meta["path"]), backend)
-                        if entry is not None:
-                            found.setdefault(entry.key, []).append(entry)
-            except Exception as exc:  # noqa: BLE001 - named for the user
-                raise CacheError(self.problem(exc)) from None
+            for entry in self._listed(backend_id(backend), backend):
+                found.setdefault(entry.key, []).append(entry)
         for entries in found.values():
             entries.sort(key=lambda e: e.name)  # the same choice on every machine
         return found
+
+    async def index(self, backends: Iterable[str]) -> dict[str, list[Entry]]:
+        """`scan` from an event loop (on a thread, so the loop goes on meanwhile)."""
+        return await asyncio.to_thread(self.scan, backends)
+
+    def _listed(self, folder: str, backend: str) -> list[Entry]:
+        """The objects under one backend's folder, as made by `backend`."""
+        import obstore
+
+        try:
+            return [entry for chunk in obstore.list(self.store, f"{LAYOUT}/{folder}",
+                                                    chunk_size=1000)
+                    for meta in chunk
+                    if (entry := _entry(str(meta["path"]), backend)) is not None]
+        except Exception as exc:  # noqa: BLE001 - named for the user
+            raise CacheError(self.problem(exc)) from None
 
     async def get(self, entry: Entry) -> bytes:
         """The bytes of `entry` (obstore errors pass through, for the caller to count)."""
@@ -227,7 +246,7 @@ def check_cache(given: str | None, env: Mapping[str, str]) -> Cache | None:
     if found is None:
         return None
     cache = open_cache(found[0], env, found[1])
-    asyncio.run(cache.check())
+    cache.reach()
     return cache
 
 
@@ -313,19 +332,13 @@ def _profile_provider(profile: str, source: str) -> Any:
     return Boto3CredentialProvider(boto3.Session(profile_name=profile))
 
 
-async def restorable_async(cache: Cache, jobs: Sequence[Job],
-                           backends: Iterable[str]) -> frozenset[str]:
-    """The keys of `jobs` that the cache holds an image of, made by one of `backends` (for a
-    mixed pool's job, under any of its requests' keys)."""
-    found = await cache.index(backends)
-    return frozenset(j.key for j in jobs if any(k in found for k in j.keys))
-
-
 def restorable(cache: Cache, jobs: Sequence[Job], backends: Iterable[str]) -> frozenset[str]:
     """Which of `jobs` the cache can fill, by key, without downloading them (a listing).
 
     `backends` are the names whose images count as done (config.judged_backends, or a
     Store's `backends`): an image by another backend never stands in. Objects are verified
-    only when downloaded, so a corrupt one counts here and is regenerated by the run.
+    only when downloaded, so a corrupt one counts here and is regenerated by the run. For a
+    mixed pool's job, an image under any of its requests' keys counts.
     """
-    return asyncio.run(restorable_async(cache, jobs, backends))
+    found = cache.scan(backends)
+    return frozenset(j.key for j in jobs if any(k in found for k in j.keys))
