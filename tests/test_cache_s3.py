@@ -349,6 +349,87 @@ async def test_two_writers_of_one_key_at_once_leave_whole_objects_only(tmp_path,
         assert hashlib.sha256(data).hexdigest() == entry.sha256 and data in (same, other)
 
 
+SECRET = "p4ss-NOT-REAL-7f3e9a"  # distinctive, so a scan for it cannot miss
+
+
+def _everything_under(root: Path) -> bytes:
+    """Every file under `root` (summary.json, results.jsonl, images, pages) as one blob."""
+    return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()) \
+        if root.exists() else b""
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
+async def test_an_endpoint_with_credentials_in_it_is_refused_before_anything_is_sent(
+        tmp_path, s3, aws_env, monkeypatch, capsys, variable):
+    bucket = s3.bucket()
+    manifest = _manifest(tmp_path, count=2)
+    # moto would take it (the userinfo is sent along and ignored): refused anyway, since
+    # every error of the store would print it
+    monkeypatch.setenv(variable, s3.endpoint.replace("http://", f"http://ci-user:{SECRET}@"))
+    from pipeline.cli import main
+
+    async with running_server(api_options()) as srv:
+        monkeypatch.setenv("DIFFUSION_URL", srv.url)
+        monkeypatch.setenv("DIFFUSION_KEY", KEY)
+        out = tmp_path / "out"
+        for argv in (["run", str(manifest)], ["status", str(manifest), "--cache"],
+                     ["plan", str(manifest)], ["pull", str(manifest)],
+                     ["push", str(manifest)]):
+            monkeypatch.setenv("IMAGEBATCH_CACHE", f"s3://{bucket}/x")
+            code = await asyncio.to_thread(main, [*argv, "--out", str(out)])
+            captured = capsys.readouterr()
+            assert code == 2, argv
+            assert f"{variable} has credentials in it" in captured.err, argv
+            assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+            assert SECRET not in captured.out + captured.err and "ci-user" not in captured.err
+            assert SECRET.encode() not in _everything_under(out)
+        assert srv.stats.requests == 0
+    assert s3.objects(bucket) == {}  # nothing was sent to the store either
+
+
+async def test_a_store_error_carrying_the_endpoints_userinfo_never_shows_it(
+        tmp_path, s3, aws_env, monkeypatch):
+    """Defence in depth: should such an endpoint reach the store, its error texts (which
+    carry the request's URL) are scrubbed wherever they are shown."""
+    from moto.server import ThreadedMotoServer
+
+    import pipeline.storage.cache as cache_module
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    own = type(s3)(server, f"http://{host}:{port}", port, s3.env)
+    bucket = own.bucket()
+    monkeypatch.setattr(cache_module, "_check_endpoint", lambda *_: None, raising=False)
+    env = {**aws_env, "AWS_ENDPOINT_URL": f"http://ci-user:{SECRET}@{host}:{port}"}
+    cache = opened(f"s3://{bucket}/u", env)
+    plan = make_plan(4)
+    out = tmp_path / "out"
+    try:
+        async with running_server(api_options(latency_ms=100)) as srv:
+
+            async def stop_after_one() -> None:
+                await wait_for_lines(out / "demo/results.jsonl", 1)
+                await asyncio.to_thread(server.stop)
+
+            stopper = asyncio.ensure_future(stop_after_one())
+            try:
+                report, err = await run_with_cache(plan, srv.url, out, cache, concurrency=1)
+            finally:
+                await stopper
+    finally:
+        server.stop()
+    p = report.plans[0]
+    assert p.succeeded == 4 and p.upload_failed >= 1
+    assert SECRET not in err and "ci-user" not in err
+    assert SECRET.encode() not in _everything_under(out)  # summary.json, results.jsonl, ...
+    assert "upload of" in err and f"http://{host}:{port}/" in err  # the URL, without userinfo
+    assert (out / "demo/summary.json").is_file() and (out / "demo/results.jsonl").is_file()
+    with pytest.raises(CacheError) as caught:  # and at the check, the store unreachable
+        await cache.check()
+    assert SECRET not in str(caught.value)
+
+
 @pytest.mark.slow
 async def test_status_plan_and_diff_with_an_s3_cache_exit_0_every_time(tmp_path, s3, aws_env):
     """They used to abort (SIGABRT, exit 134) about one run in four after printing: the

@@ -78,8 +78,9 @@ class Transfers:
         return self.by_store.setdefault(store, Tally())
 
     def warn(self, text: str) -> None:
-        """One warning line on stderr."""
-        print(f"warning: {printable(text)}", file=self.err, flush=True)
+        """One warning line on stderr, with no credential in it (a URL's userinfo or a
+        secret's value, in a store's error text)."""
+        print(f"warning: {printable(self.cache.scrub(text))}", file=self.err, flush=True)
 
 
 async def load_index(transfers: Transfers, stores: Iterable[Store]) -> None:

@@ -60,6 +60,11 @@ LAYOUT = "v1"  # the first path part: a later layout gets a new one, old objects
 _REFUSED = re.compile(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|ExpiredToken|"
                       r"InvalidToken|(?<![\d:])40[13](?!\d)|[Cc]redential")
 _NAME = re.compile(r"^([0-9a-f]{64})\.([0-9a-f]{64})\.(png|jpg|webp)$")
+# The user:password@ of any URL in a text (up to the last @ before the path): obstore's
+# error texts carry the URL of the request, and so the endpoint's userinfo if it had one.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s?#]*@")
+# The variables that name an S3-compatible endpoint, the first one set wins.
+_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 # Credentials read from the environment: scrubbed from any message that could echo them.
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 # A cache check or transfer must fail in seconds, not retry for minutes: a cache that does
@@ -72,6 +77,11 @@ _CLIENT = {"connect_timeout": "5s", "timeout": "120s"}
 
 class CacheError(ImagebatchError):
     """A cache that cannot be used as given (exit 2, before anything is sent)."""
+
+
+def without_userinfo(text: str) -> str:
+    """`text` with the user:password@ part of every URL in it removed."""
+    return _USERINFO.sub(r"\1", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +126,18 @@ class Cache:
     # instance role, and its failure means "none found" rather than "refused"
     credentials: bool = True
 
-    def describe(self, exc: BaseException) -> str:
-        """An obstore error as one line with no credential in it."""
-        text = str(exc).split("\n", 1)[0].strip()
+    def scrub(self, text: str) -> str:
+        """`text` with no credential in it: no URL's userinfo, no secret's value. Every
+        text of the store's (an error, a warning) passes here before it is shown."""
+        text = without_userinfo(text)
         for secret in self.secrets:
             if secret:
                 text = text.replace(secret, "***")
+        return text
+
+    def describe(self, exc: BaseException) -> str:
+        """An obstore error as one line with no credential in it."""
+        text = self.scrub(str(exc).split("\n", 1)[0].strip())
         return text[:300] or type(exc).__name__
 
     def reach(self) -> None:
@@ -291,11 +307,10 @@ def _s3(netloc: str, path: str, url: str, env: Mapping[str, str], source: str) -
     prefix = path.strip("/")
     shown = f"s3://{bucket}/{prefix}".rstrip("/")
     config: dict[str, Any] = {}
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    named_by, endpoint = next(((v, env[v]) for v in _ENDPOINT_VARIABLES if env.get(v)),
+                              ("", ""))
     if endpoint:
-        if urlsplit(endpoint).scheme not in ("http", "https"):
-            raise CacheError("AWS_ENDPOINT_URL must be an http(s) URL, e.g. "
-                             "https://ACCOUNT.r2.cloudflarestorage.com")
+        _check_endpoint(named_by, endpoint)
         config["endpoint"] = endpoint
     config["region"] = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
     for variable, name in (("AWS_ACCESS_KEY_ID", "access_key_id"),
@@ -319,6 +334,25 @@ def _s3(netloc: str, path: str, url: str, env: Mapping[str, str], source: str) -
     return Cache(url=shown, source=source, store=store,
                  secrets=tuple(env.get(v, "") for v in _SECRET_VARIABLES),
                  credentials="access_key_id" in config or provider is not None)
+
+
+def _check_endpoint(variable: str, endpoint: str) -> None:
+    """CacheError for an endpoint URL that cannot be used, naming `variable` but never its
+    value: not a URL, not http(s), or with credentials in it."""
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError:
+        raise CacheError(f"{variable} is not a valid URL (check its host and port)") from None
+    if parts.scheme not in ("http", "https"):
+        raise CacheError(f"{variable} must be an http(s) URL, e.g. "
+                         "https://ACCOUNT.r2.cloudflarestorage.com")
+    if "@" in parts.netloc:
+        # user:password@ would be sent as is and printed in every error of the store (its
+        # texts carry the URL): refused before anything is sent, and never repeated.
+        raise CacheError(f"{variable} has credentials in it (user:password@ before the "
+                         "host); give the endpoint's URL alone and the keys in "
+                         "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 
 
 def _profile_provider(profile: str, source: str) -> Any:
