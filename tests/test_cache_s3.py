@@ -430,6 +430,106 @@ async def test_a_store_error_carrying_the_endpoints_userinfo_never_shows_it(
     assert SECRET not in str(caught.value)
 
 
+async def test_pull_from_a_read_only_cache_says_what_really_happened(tmp_path, s3, aws_env):
+    import requests
+
+    bucket = s3.bucket()
+    url = f"s3://{bucket}/ro"
+    manifest = _manifest(tmp_path, count=3)
+    client = s3.client()
+    async with running_server(api_options()) as srv:
+        env = {**aws_env, "DIFFUSION_URL": srv.url, "DIFFUSION_KEY": KEY}
+        plans = load_plans([str(manifest)], env, "DIFFUSION")
+        await run_with_cache(plans, srv.url, tmp_path / "ci", opened(url, aws_env))
+    # one object corrupted (a byte flipped, its name unchanged)
+    name, data = sorted(s3.objects(bucket).items())[0]
+    client.put_object(Bucket=bucket, Key=name, Body=data[:100] + bytes([data[100] ^ 0xFF])
+                      + data[101:])
+    # a key that may list and read, not delete: moto checks it once auth is on
+    iam = boto3_iam(s3)
+    iam.create_user(UserName=f"reader-{bucket}")
+    iam.put_user_policy(UserName=f"reader-{bucket}", PolicyName="read", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["s3:List*", "s3:GetObject"], "Resource": "*"}]}))
+    made = iam.create_access_key(UserName=f"reader-{bucket}")["AccessKey"]
+    reader = {**env, "AWS_ACCESS_KEY_ID": made["AccessKeyId"],
+              "AWS_SECRET_ACCESS_KEY": made["SecretAccessKey"]}
+    out, err = io.StringIO(), io.StringIO()
+    share = Share(manifest=str(manifest), out_dir=tmp_path / "laptop", cache=url, post=False)
+    await asyncio.to_thread(requests.post, f"{s3.endpoint}/moto-api/reset-auth", data=b"0",
+                            timeout=10)
+    try:
+        code = await asyncio.to_thread(pull_command, share, reader, out, err)
+    finally:
+        await asyncio.to_thread(requests.post, f"{s3.endpoint}/moto-api/reset-auth",
+                                data=b"inf", timeout=10)
+    assert code == 0
+    warning = err.getvalue()
+    assert "do not match the SHA-256" in warning
+    assert "left in the cache, which refused to delete it" in warning
+    assert "removed" not in warning and "cannot remove" not in warning
+    assert "stays missing here" in warning and "generat" not in warning  # pull makes nothing
+    assert made["SecretAccessKey"] not in warning
+    said = out.getvalue()
+    assert "pulled 2 image(s)" in said and "0 not in the cache" in said
+    assert "1 with no good object in it" in said
+    assert "1 bad object(s) skipped (0 removed from the cache)" in said
+    assert s3.objects(bucket)[name] != data  # still there, as the warning says
+    for blob in images(tmp_path / "laptop/team").values():
+        with Image.open(io.BytesIO(blob)) as image:
+            image.load()
+
+
+def boto3_iam(s3):  # noqa: ANN001, ANN201 - the fixture's holder, boto3's client
+    """An IAM client of the moto server (the same endpoint serves IAM and S3)."""
+    import boto3
+
+    return boto3.client("iam", endpoint_url=s3.endpoint, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+async def test_pull_with_no_images_for_this_backend_names_the_one_that_made_them(
+        tmp_path, s3, aws_env):
+    bucket = s3.bucket()
+    url = f"s3://{bucket}/h"
+    manifest = _manifest(tmp_path, count=3)
+    hosted = "https://us.inference.heroku.com"
+    async with running_server(api_options()) as srv:
+        env = {**aws_env, "DIFFUSION_URL": srv.url, "DIFFUSION_KEY": KEY}
+        (plan,) = load_plans([str(manifest)], env, "DIFFUSION")
+        await run_with_cache(plan, srv.url, tmp_path / "made", None)
+    # the bucket holds every image as the hosted service's (what CI made and uploaded)
+    cache = opened(url, aws_env)
+    for job in plan.jobs:
+        blob = (tmp_path / "made/team/images" / job.path).read_bytes()
+        assert await cache.put(job.key, hosted, blob, job.ext)
+    laptop = tmp_path / "laptop"
+    share = Share(manifest=str(manifest), out_dir=laptop, cache=url, post=False)
+    out, err = io.StringIO(), io.StringIO()
+    assert await asyncio.to_thread(pull_command, share, aws_env, out, err) == 0  # no URL
+    assert "pulled 0 image(s)" in out.getvalue() and "3 not in the cache" in out.getvalue()
+    assert err.getvalue() == (
+        f"note: the cache holds 3 of the 3 missing image(s) made by {hosted}, none by the "
+        f"embedded server; set DIFFUSION_URL={hosted} to pull them\n")
+    # doing what it says pulls them (pull sends nothing: no key needed, no server)
+    out, err = io.StringIO(), io.StringIO()
+    assert await asyncio.to_thread(pull_command, share, {**aws_env, "DIFFUSION_URL": hosted},
+                                   out, err) == 0
+    assert "pulled 3 image(s)" in out.getvalue() and err.getvalue() == ""
+    assert len(images(laptop / "team")) == 3
+    # and the other way round: images of the embedded server, a URL set here
+    local = f"s3://{bucket}/l"
+    cache = opened(local, aws_env)
+    for job in plan.jobs[:2]:
+        blob = (tmp_path / "made/team/images" / job.path).read_bytes()
+        await cache.put(job.key, "local", blob, job.ext)
+    out, err = io.StringIO(), io.StringIO()
+    share = Share(manifest=str(manifest), out_dir=tmp_path / "other", cache=local, post=False)
+    await asyncio.to_thread(pull_command, share, {**aws_env, "DIFFUSION_URL": hosted}, out, err)
+    assert "2 of the 3 missing image(s) made by the embedded server, none by " \
+           f"{hosted}; pull with --local to pull them" in err.getvalue()
+
+
 @pytest.mark.slow
 async def test_status_plan_and_diff_with_an_s3_cache_exit_0_every_time(tmp_path, s3, aws_env):
     """They used to abort (SIGABRT, exit 134) about one run in four after printing: the

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -114,6 +114,20 @@ def object_name(key: str, backend: str, sha256: str, ext: str) -> str:
     return f"{LAYOUT}/{backend_id(backend)}/{key[:2]}/{key}.{sha256}.{ext}"
 
 
+def backend_of(folder: str) -> str | None:
+    """The backend name a backend folder is for, when the folder tells it: `local`, or a
+    base URL with no port whose hash the folder's matches; else None (a port is not kept
+    in clear, so `http://127.0.0.1:8000` cannot be told back)."""
+    if folder == LOCAL_BACKEND:
+        return LOCAL_BACKEND
+    readable, _, _digest = folder.rpartition("-")
+    for path in {readable, readable.replace("_", "/")}:
+        for scheme in ("https", "http"):
+            if backend_id(f"{scheme}://{path}") == folder:
+                return f"{scheme}://{path}"
+    return None
+
+
 @dataclass(eq=False)
 class Cache:
     """An opened cache: its store, and the URL to name it by (never a credential)."""
@@ -156,7 +170,6 @@ class Cache:
     async def check(self) -> None:
         """`reach` from an event loop (on a thread, so the loop goes on meanwhile)."""
         await asyncio.to_thread(self.reach)
-
 
     def problem(self, exc: BaseException) -> str:
         """What a failed call to the store says to fix, naming the variable or URL."""
@@ -207,6 +220,31 @@ class Cache:
                     if (entry := _entry(str(meta["path"]), backend)) is not None]
         except Exception as exc:  # noqa: BLE001 - named for the user
             raise CacheError(self.problem(exc)) from None
+
+    def folders(self) -> list[str]:
+        """The backend folders the store holds (`local`, `HOST-HASH`): one listing."""
+        import obstore
+
+        try:
+            listed = obstore.list_with_delimiter(self.store, LAYOUT)
+        except Exception as exc:  # noqa: BLE001 - named for the user
+            raise CacheError(self.problem(exc)) from None
+        return sorted(str(p).removeprefix("/").rstrip("/").rsplit("/", 1)[-1]
+                      for p in listed["common_prefixes"])
+
+    def elsewhere(self, keys: Collection[str], backends: Iterable[str]
+                  ) -> dict[str, frozenset[str]]:
+        """The backend folders other than those of `backends` that hold images of `keys`:
+        folder -> the ones of `keys` it has (a listing of each; nothing is read)."""
+        skip = {backend_id(b) for b in backends}
+        wanted = set(keys)
+        held: dict[str, frozenset[str]] = {}
+        for folder in self.folders():
+            if folder not in skip:
+                have = frozenset(e.key for e in self._listed(folder, "")) & wanted
+                if have:
+                    held[folder] = have
+        return held
 
     async def get(self, entry: Entry) -> bytes:
         """The bytes of `entry` (obstore errors pass through, for the caller to count)."""
@@ -287,6 +325,9 @@ def open_cache(url: str, env: Mapping[str, str], source: str = "--cache") -> Cac
 def _folder(path: Path, url: str, source: str) -> Cache:
     from obstore.store import LocalStore
 
+    if path.exists() and not path.is_dir():
+        raise CacheError(f"cache {url} ({source}): is a file, not a folder; a folder cache "
+                         "is a directory (give the folder's path, or s3://BUCKET/PREFIX)")
     if not path.is_dir():
         # A missing share (not mounted, a typo) must not become a new empty folder.
         raise CacheError(f"cache {url} ({source}): no such folder; create it (or mount the "
@@ -304,7 +345,7 @@ def _s3(netloc: str, path: str, url: str, env: Mapping[str, str], source: str) -
     bucket = netloc
     if not bucket:
         raise CacheError(f"{source}: {url!r} names no bucket; use s3://BUCKET/PREFIX")
-    prefix = path.strip("/")
+    prefix = _prefix(path, url, source)
     shown = f"s3://{bucket}/{prefix}".rstrip("/")
     config: dict[str, Any] = {}
     named_by, endpoint = next(((v, env[v]) for v in _ENDPOINT_VARIABLES if env.get(v)),
@@ -334,6 +375,19 @@ def _s3(netloc: str, path: str, url: str, env: Mapping[str, str], source: str) -
     return Cache(url=shown, source=source, store=store,
                  secrets=tuple(env.get(v, "") for v in _SECRET_VARIABLES),
                  credentials="access_key_id" in config or provider is not None)
+
+
+def _prefix(path: str, url: str, source: str) -> str:
+    """The key prefix a URL's path names (no slash at either end); CacheError for one that
+    names no plain place in a bucket: an empty part (`//`), a `.` or a `..` part."""
+    prefix = path.removeprefix("/").rstrip("/")  # a trailing slash is what people write
+    for part in prefix.split("/") if prefix else ():
+        if part in ("", ".", ".."):
+            what = "an empty part (two slashes in a row)" if not part else f"a {part!r} part"
+            raise CacheError(f"{source}: the prefix of {without_userinfo(url)!r} has {what}; "
+                             "a prefix is a plain path inside the bucket: "
+                             "s3://BUCKET/NAME or s3://BUCKET/NAME/NAME")
+    return prefix
 
 
 def _check_endpoint(variable: str, endpoint: str) -> None:
