@@ -409,7 +409,8 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                    help="say more on stderr (temp files an interrupted run left and were removed)")
 
     p = sub.add_parser("status", help="count done, failed and pending jobs; send nothing")
-    p.add_argument("manifest", metavar="MANIFEST")
+    # required; optional here only so that `status --cache M` parses (see _status_manifest)
+    p.add_argument("manifest", metavar="MANIFEST", nargs="?")
     _add_out(p)
     p.add_argument("--local", action="store_true", help="judge against the embedded server")
     p.add_argument("--shard", type=_shard, metavar="K/N", help="only the jobs of shard K of N")
@@ -423,7 +424,9 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     _add_picks_option(p)
     p.add_argument("--cache", nargs="?", const="", default=None, metavar="URL",
                    help="also count the pending jobs the shared cache can fill, by listing it "
-                        "(URL, or $IMAGEBATCH_CACHE when none is given); downloads nothing")
+                        "(URL, or $IMAGEBATCH_CACHE when none is given: `status M --cache` "
+                        "and `status --cache M` alike); downloads nothing")
+    p.usage = p.format_usage().removeprefix("usage: ").replace("[MANIFEST]", "MANIFEST").strip()
 
     for command, what in (("pull", "restore a plan's images from the shared cache, then "
                                     "rebuild sheets and index; send nothing"),
@@ -712,13 +715,25 @@ def report_run(report: RunReport, *, as_json: bool, out: TextIO, err: TextIO) ->
     return 0
 
 
+def _status_manifest(args: argparse.Namespace) -> tuple[str, str | None]:
+    """status's (MANIFEST, --cache). `--cache` takes the next word when it can, so
+    `status --cache M` leaves M in --cache and no MANIFEST: since a MANIFEST is required,
+    that word is the manifest and the cache is $IMAGEBATCH_CACHE, as in `status M --cache`."""
+    if args.manifest is not None:
+        return args.manifest, args.cache
+    if args.cache and "://" not in args.cache:  # a cache URL alone: the manifest is missing
+        return args.cache, ""
+    raise UsageError("imagebatch status: the following arguments are required: MANIFEST")
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from pipeline.commands.status import status_command
 
+    manifest, cache = _status_manifest(args)
     return status_command(
-        args.manifest, out_dir=Path(args.out), local=args.local, env_prefixes=_prefixes(args),
+        manifest, out_dir=Path(args.out), local=args.local, env_prefixes=_prefixes(args),
         verbose=args.verbose, as_json=args.json, shard=args.shard, max_jobs=args.max_jobs,
-        verify=args.verify, picks_file=args.picks, selection=_selection(args), cache=args.cache,
+        verify=args.verify, picks_file=args.picks, selection=_selection(args), cache=cache,
     )
 
 

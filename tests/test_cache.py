@@ -121,8 +121,9 @@ def test_verify_takes_only_this_jobs_whole_image():
         _entry(job, cut), cut, job)
     foreign = metadata.embed(image_bytes(), other.body)
     assert verify(_entry(job, foreign), foreign, job) == "it carries another job's request"
-    bare = image_bytes()
-    assert verify(_entry(job, bare), bare, job) == "it carries another job's request"
+    bare = image_bytes()  # no request at all is not "another job's"
+    assert verify(_entry(job, bare), bare, job) == (
+        "it carries no embedded request (not an image imagebatch saved)")
     small = metadata.embed(image_bytes(size=(64, 64)), job.body)
     assert "64x64" in verify(_entry(job, small), small, job)
     assert "jpg" in verify(_entry(job, blob, ext="jpg"), blob, job)
@@ -312,3 +313,77 @@ async def test_plan_counts_what_the_cache_would_fill_and_prices_only_the_rest(tm
         assert "no cache set, 4 to send" in await asyncio.to_thread(plan_of)
         assert srv.stats.requests == sent  # plan sent nothing
         assert not (tmp_path / "laptop").exists()  # and downloaded nothing
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    ("s3://team//x", "has an empty part (two slashes in a row)"),
+    ("s3://team/a//b", "has an empty part (two slashes in a row)"),
+    ("s3://team/../x", "has a '..' part"),
+    ("s3://team/./x", "has a '.' part"),
+    ("s3://team/x/..", "has a '..' part"),
+])
+def test_a_prefix_with_an_empty_dot_or_dot_dot_part_is_named_exit_2(tmp_path, capsys, url,
+                                                                      words):
+    with pytest.raises(CacheError) as caught:
+        open_cache(url, {})
+    assert words in str(caught.value) and caught.value.exit_code == 2
+    (tmp_path / "m.yaml").write_text(MANIFEST)
+    code = main(["status", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "out"),
+                 "--cache", url])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and words in err and "--cache" in err
+    assert "ValueError" not in err and "Traceback" not in err
+    # a trailing slash is what people write: the same prefix as without it
+    assert open_cache("s3://team/x/", {}).url == open_cache("s3://team/x", {}).url == \
+        "s3://team/x"
+
+
+def test_a_file_given_as_the_cache_is_called_a_file_not_a_missing_folder(tmp_path, capsys):
+    (tmp_path / "m.yaml").write_text(MANIFEST)
+    for url in (str(tmp_path / "m.yaml"), f"file://{tmp_path / 'm.yaml'}"):
+        with pytest.raises(CacheError, match="is a file, not a folder") as caught:
+            open_cache(url, {})
+        assert "no such folder" not in str(caught.value)
+    code = main(["pull", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "out"),
+                 "--cache", str(tmp_path / "m.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file, not a folder" in err and err.count("\n") == 1
+
+
+def test_status_cache_before_or_after_the_manifest_reads_the_manifest_as_one(
+        tmp_path, capsys, monkeypatch):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST)
+    share, other = tmp_path / "share", tmp_path / "other"
+    share.mkdir()
+    other.mkdir()
+    monkeypatch.setenv("IMAGEBATCH_CACHE", str(share))
+    out = ["--out", str(tmp_path / "out")]
+    for argv in (["status", "--cache", str(manifest)], ["status", str(manifest), "--cache"],
+                 ["status", "--cache", "--json", str(manifest)]):
+        assert main([*argv, *out]) == 0, argv
+        printed = capsys.readouterr().out
+        assert "4 jobs" in printed or '"planned": 4' in printed, argv
+        assert str(share) in printed, argv  # the cache is $IMAGEBATCH_CACHE's
+    # a URL after --cache is still the cache's, the manifest after it the manifest
+    assert main(["status", "--cache", str(other), str(manifest), *out]) == 0
+    assert f"cache {other}: 0 of the 4 jobs" in capsys.readouterr().out
+    # a cache URL and no manifest: the manifest is missing, not a manifest named s3://...
+    assert main(["status", "--cache", "s3://team/x", *out]) == 2
+    assert "required: MANIFEST" in capsys.readouterr().err
+    assert main(["status", *out]) == 2
+    assert "required: MANIFEST" in capsys.readouterr().err
+    assert main(["status", "--help"]) == 0
+    assert "[MANIFEST]" not in capsys.readouterr().out  # required, as the usage says
+
+
+def test_a_backend_folder_tells_its_backend_when_it_can():
+    from pipeline.storage.cache import backend_of
+
+    for name in ("https://us.inference.heroku.com", "http://images.example/api/v2",
+                 "local"):
+        assert backend_of(backend_id(name)) == name
+    # a port is not kept in clear: the folder cannot tell the whole URL back
+    assert backend_of(backend_id("http://127.0.0.1:8000")) is None
+    assert backend_of("us.inference.heroku.com-000000000000") is None  # not its hash

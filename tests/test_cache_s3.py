@@ -347,3 +347,219 @@ async def test_two_writers_of_one_key_at_once_leave_whole_objects_only(tmp_path,
     for entry in found:
         data = await cache.get(entry)
         assert hashlib.sha256(data).hexdigest() == entry.sha256 and data in (same, other)
+
+
+SECRET = "p4ss-NOT-REAL-7f3e9a"  # distinctive, so a scan for it cannot miss
+
+
+def _everything_under(root: Path) -> bytes:
+    """Every file under `root` (summary.json, results.jsonl, images, pages) as one blob."""
+    return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()) \
+        if root.exists() else b""
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
+async def test_an_endpoint_with_credentials_in_it_is_refused_before_anything_is_sent(
+        tmp_path, s3, aws_env, monkeypatch, capsys, variable):
+    bucket = s3.bucket()
+    manifest = _manifest(tmp_path, count=2)
+    # moto would take it (the userinfo is sent along and ignored): refused anyway, since
+    # every error of the store would print it
+    monkeypatch.setenv(variable, s3.endpoint.replace("http://", f"http://ci-user:{SECRET}@"))
+    from pipeline.cli import main
+
+    async with running_server(api_options()) as srv:
+        monkeypatch.setenv("DIFFUSION_URL", srv.url)
+        monkeypatch.setenv("DIFFUSION_KEY", KEY)
+        out = tmp_path / "out"
+        for argv in (["run", str(manifest)], ["status", str(manifest), "--cache"],
+                     ["plan", str(manifest)], ["pull", str(manifest)],
+                     ["push", str(manifest)]):
+            monkeypatch.setenv("IMAGEBATCH_CACHE", f"s3://{bucket}/x")
+            code = await asyncio.to_thread(main, [*argv, "--out", str(out)])
+            captured = capsys.readouterr()
+            assert code == 2, argv
+            assert f"{variable} has credentials in it" in captured.err, argv
+            assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+            assert SECRET not in captured.out + captured.err and "ci-user" not in captured.err
+            assert SECRET.encode() not in _everything_under(out)
+        assert srv.stats.requests == 0
+    assert s3.objects(bucket) == {}  # nothing was sent to the store either
+
+
+async def test_a_store_error_carrying_the_endpoints_userinfo_never_shows_it(
+        tmp_path, s3, aws_env, monkeypatch):
+    """Defence in depth: should such an endpoint reach the store, its error texts (which
+    carry the request's URL) are scrubbed wherever they are shown."""
+    from moto.server import ThreadedMotoServer
+
+    import pipeline.storage.cache as cache_module
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    own = type(s3)(server, f"http://{host}:{port}", port, s3.env)
+    bucket = own.bucket()
+    monkeypatch.setattr(cache_module, "_check_endpoint", lambda *_: None, raising=False)
+    env = {**aws_env, "AWS_ENDPOINT_URL": f"http://ci-user:{SECRET}@{host}:{port}"}
+    cache = opened(f"s3://{bucket}/u", env)
+    plan = make_plan(4)
+    out = tmp_path / "out"
+    try:
+        async with running_server(api_options(latency_ms=100)) as srv:
+
+            async def stop_after_one() -> None:
+                await wait_for_lines(out / "demo/results.jsonl", 1)
+                await asyncio.to_thread(server.stop)
+
+            stopper = asyncio.ensure_future(stop_after_one())
+            try:
+                report, err = await run_with_cache(plan, srv.url, out, cache, concurrency=1)
+            finally:
+                await stopper
+    finally:
+        server.stop()
+    p = report.plans[0]
+    assert p.succeeded == 4 and p.upload_failed >= 1
+    assert SECRET not in err and "ci-user" not in err
+    assert SECRET.encode() not in _everything_under(out)  # summary.json, results.jsonl, ...
+    assert "upload of" in err and f"http://{host}:{port}/" in err  # the URL, without userinfo
+    assert (out / "demo/summary.json").is_file() and (out / "demo/results.jsonl").is_file()
+    with pytest.raises(CacheError) as caught:  # and at the check, the store unreachable
+        await cache.check()
+    assert SECRET not in str(caught.value)
+
+
+async def test_pull_from_a_read_only_cache_says_what_really_happened(tmp_path, s3, aws_env):
+    import requests
+
+    bucket = s3.bucket()
+    url = f"s3://{bucket}/ro"
+    manifest = _manifest(tmp_path, count=3)
+    client = s3.client()
+    async with running_server(api_options()) as srv:
+        env = {**aws_env, "DIFFUSION_URL": srv.url, "DIFFUSION_KEY": KEY}
+        plans = load_plans([str(manifest)], env, "DIFFUSION")
+        await run_with_cache(plans, srv.url, tmp_path / "ci", opened(url, aws_env))
+    # one object corrupted (a byte flipped, its name unchanged)
+    name, data = sorted(s3.objects(bucket).items())[0]
+    client.put_object(Bucket=bucket, Key=name, Body=data[:100] + bytes([data[100] ^ 0xFF])
+                      + data[101:])
+    # a key that may list and read, not delete: moto checks it once auth is on
+    iam = boto3_iam(s3)
+    iam.create_user(UserName=f"reader-{bucket}")
+    iam.put_user_policy(UserName=f"reader-{bucket}", PolicyName="read", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["s3:List*", "s3:GetObject"], "Resource": "*"}]}))
+    made = iam.create_access_key(UserName=f"reader-{bucket}")["AccessKey"]
+    reader = {**env, "AWS_ACCESS_KEY_ID": made["AccessKeyId"],
+              "AWS_SECRET_ACCESS_KEY": made["SecretAccessKey"]}
+    out, err = io.StringIO(), io.StringIO()
+    share = Share(manifest=str(manifest), out_dir=tmp_path / "laptop", cache=url, post=False)
+    await asyncio.to_thread(requests.post, f"{s3.endpoint}/moto-api/reset-auth", data=b"0",
+                            timeout=10)
+    try:
+        code = await asyncio.to_thread(pull_command, share, reader, out, err)
+    finally:
+        await asyncio.to_thread(requests.post, f"{s3.endpoint}/moto-api/reset-auth",
+                                data=b"inf", timeout=10)
+    assert code == 0
+    warning = err.getvalue()
+    assert "do not match the SHA-256" in warning
+    assert "left in the cache, which refused to delete it" in warning
+    assert "removed" not in warning and "cannot remove" not in warning
+    assert "stays missing here" in warning and "generat" not in warning  # pull makes nothing
+    assert made["SecretAccessKey"] not in warning
+    said = out.getvalue()
+    assert "pulled 2 image(s)" in said and "0 not in the cache" in said
+    assert "1 with no good object in it" in said
+    assert "1 bad object(s) skipped (0 removed from the cache)" in said
+    assert s3.objects(bucket)[name] != data  # still there, as the warning says
+    for blob in images(tmp_path / "laptop/team").values():
+        with Image.open(io.BytesIO(blob)) as image:
+            image.load()
+
+
+def boto3_iam(s3):  # noqa: ANN001, ANN201 - the fixture's holder, boto3's client
+    """An IAM client of the moto server (the same endpoint serves IAM and S3)."""
+    import boto3
+
+    return boto3.client("iam", endpoint_url=s3.endpoint, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+async def test_pull_with_no_images_for_this_backend_names_the_one_that_made_them(
+        tmp_path, s3, aws_env):
+    bucket = s3.bucket()
+    url = f"s3://{bucket}/h"
+    manifest = _manifest(tmp_path, count=3)
+    hosted = "https://us.inference.heroku.com"
+    async with running_server(api_options()) as srv:
+        env = {**aws_env, "DIFFUSION_URL": srv.url, "DIFFUSION_KEY": KEY}
+        (plan,) = load_plans([str(manifest)], env, "DIFFUSION")
+        await run_with_cache(plan, srv.url, tmp_path / "made", None)
+    # the bucket holds every image as the hosted service's (what CI made and uploaded)
+    cache = opened(url, aws_env)
+    for job in plan.jobs:
+        blob = (tmp_path / "made/team/images" / job.path).read_bytes()
+        assert await cache.put(job.key, hosted, blob, job.ext)
+    laptop = tmp_path / "laptop"
+    share = Share(manifest=str(manifest), out_dir=laptop, cache=url, post=False)
+    out, err = io.StringIO(), io.StringIO()
+    assert await asyncio.to_thread(pull_command, share, aws_env, out, err) == 0  # no URL
+    assert "pulled 0 image(s)" in out.getvalue() and "3 not in the cache" in out.getvalue()
+    assert err.getvalue() == (
+        f"note: the cache holds 3 of the 3 missing image(s) made by {hosted}, none by the "
+        f"embedded server; set DIFFUSION_URL={hosted} to pull them\n")
+    # doing what it says pulls them (pull sends nothing: no key needed, no server)
+    out, err = io.StringIO(), io.StringIO()
+    assert await asyncio.to_thread(pull_command, share, {**aws_env, "DIFFUSION_URL": hosted},
+                                   out, err) == 0
+    assert "pulled 3 image(s)" in out.getvalue() and err.getvalue() == ""
+    assert len(images(laptop / "team")) == 3
+    # and the other way round: images of the embedded server, a URL set here
+    local = f"s3://{bucket}/l"
+    cache = opened(local, aws_env)
+    for job in plan.jobs[:2]:
+        blob = (tmp_path / "made/team/images" / job.path).read_bytes()
+        await cache.put(job.key, "local", blob, job.ext)
+    out, err = io.StringIO(), io.StringIO()
+    share = Share(manifest=str(manifest), out_dir=tmp_path / "other", cache=local, post=False)
+    await asyncio.to_thread(pull_command, share, {**aws_env, "DIFFUSION_URL": hosted}, out, err)
+    assert "2 of the 3 missing image(s) made by the embedded server, none by " \
+           f"{hosted}; pull with --local to pull them" in err.getvalue()
+
+
+@pytest.mark.slow
+async def test_status_plan_and_diff_with_an_s3_cache_exit_0_every_time(tmp_path, s3, aws_env):
+    """They used to abort (SIGABRT, exit 134) about one run in four after printing: the
+    store's runtime thread still calling into Python as the interpreter shut down."""
+    bucket = s3.bucket()
+    url = f"s3://{bucket}/x"
+    manifest = _manifest(tmp_path, count=3)
+    older = _manifest(tmp_path, name="older", count=2)
+    older.write_text(older.read_text().replace("name: older", "name: team"))
+    env = {**os.environ, **aws_env, "IMAGEBATCH_CACHE": url}
+    out = str(tmp_path / "out")
+    commands = {
+        "status": ["status", str(manifest), "--cache", "--out", out],
+        "plan": ["plan", str(manifest), "--out", out],
+        "diff": ["diff", str(manifest), "--against", str(older), "--out", out],
+    }
+    gate = asyncio.Semaphore(8)  # processes at once
+
+    async def once(argv: list[str]) -> tuple[int | None, bytes]:
+        async with gate:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pipeline", *argv, env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdout, stderr = await proc.communicate()
+            return proc.returncode, stdout + stderr
+
+    runs = {name: [once(argv) for _ in range(50)] for name, argv in commands.items()}
+    results = {name: await asyncio.gather(*aws) for name, aws in runs.items()}
+    for name, done in results.items():
+        codes = [code for code, _ in done]
+        assert codes == [0] * 50, (name, codes, next(t for c, t in done if c)[-500:])
+        assert all(b"restorable from the cache" in t or b"cache s3://" in t
+                   or b"would send" in t for _, t in done), name

@@ -59,25 +59,35 @@ def pull_command(share: Share, env: Mapping[str, str] | None = None,
     env = os.environ if env is None else env
     out, err = out or sys.stdout, err or sys.stderr
     ctx, plan, store, cache = _open(share, env)
-    transfers = cached.Transfers(cache, err)
+    # pull sends nothing: a job the cache cannot fill is left for a run to make
+    transfers = cached.Transfers(cache, err, instead="stays missing here")
 
-    async def pull() -> tuple[int, int]:
+    async def pull() -> tuple[list[Job], int, set[str]]:
         await asyncio.to_thread(store.prepare)
         try:
             await asyncio.to_thread(store.load)
             await cached.load_index(transfers, [store])
             states = await asyncio.to_thread(store.check, plan.jobs)
             todo = [st.job for st in states if st.state != DONE]
+            listed = sum(1 for j in todo if any(k in transfers.index for k in j.keys))
             restored = await cached.restore(transfers, store, todo)
         finally:
             store.close()
-        return len(plan.jobs) - len(todo), len(todo) - len(restored)
+        return todo, listed, restored
 
-    here, absent = asyncio.run(pull())
+    todo, listed, restored = asyncio.run(pull())
     tally = transfers.tally(store)
-    bad = f", {tally.rejected} bad object(s) removed" if tally.rejected else ""
-    print(f"{plan.name}: pulled {tally.restored} image(s) from {cache.url}, {here} already "
-          f"here, {absent} not in the cache{bad} ({store.root})", file=out)
+    unfilled = listed - len(restored)
+    bad = (f", {unfilled} with no good object in it" if unfilled else "") + (
+        f", {tally.rejected} bad object(s) skipped ({tally.removed} removed from the cache)"
+        if tally.rejected else "")
+    print(f"{plan.name}: pulled {tally.restored} image(s) from {cache.url}, "
+          f"{len(plan.jobs) - len(todo)} already here, {len(todo) - listed} not in the "
+          f"cache{bad} ({store.root})", file=out)
+    if todo and not listed:  # none for this backend: perhaps the cache has another's
+        prefix = ctx.prefixes[0]
+        for line in cached.elsewhere(cache, todo, store.backends, prefix):
+            print(f"note: {line}", file=err)
     if share.post:
         with stop_on_signals() as stop:
             build_all(plan, store.root, backend=ctx.judged, stop=stop,

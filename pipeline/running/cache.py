@@ -4,8 +4,9 @@ Read through (`restore`): for each job not done locally, an object of the cache 
 of the store's backends is downloaded and verified before it is saved as done: its bytes
 hash to the SHA-256 its name records, it decodes as the format and size the request asks
 for (the same check a fresh image gets), and the request embedded in it is this job's.
-An object that fails is reported, deleted (so the regenerated image replaces it) and never
-saved; the job is then generated as if the cache had not had it.
+An object that fails is reported, deleted (so the regenerated image replaces it; a
+read-only cache keeps it, and the warning says so) and never saved; the job is then
+generated as if the cache had not had it (by a run: `pull` leaves it missing).
 
 Write behind (`Uploader`): every image a run saves is uploaded once it is on local disk,
 read back from there and checked against its record first. An upload is retried; one that
@@ -23,10 +24,11 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from pipeline.errors import ApiError, ImagebatchError, printable
+from pipeline.planning.config import LOCAL_BACKEND
 from pipeline.planning.plan import Job
 from pipeline.running.client import check_image
 from pipeline.storage import metadata
-from pipeline.storage.cache import Cache, Entry
+from pipeline.storage.cache import Cache, Entry, backend_of
 from pipeline.storage.store import DONE, Record, Store
 
 #: Transfers in flight at once (downloads or uploads); object stores serve many at a time.
@@ -49,6 +51,8 @@ def verify(entry: Entry, data: bytes, job: Job) -> str | None:
         body = metadata.extract(data)
     except metadata.MetadataError as exc:
         return f"its embedded request cannot be read ({exc})"
+    if body is None:
+        return "it carries no embedded request (not an image imagebatch saved)"
     if body != job.body:
         return "it carries another job's request"
     return None
@@ -61,7 +65,8 @@ class Tally:
     restored: int = 0
     uploaded: int = 0
     upload_failed: int = 0
-    rejected: int = 0  # objects found bad (corrupt, truncated, foreign), deleted
+    rejected: int = 0  # objects found bad (corrupt, truncated, foreign), never saved
+    removed: int = 0  # of those, the ones deleted from the cache (not on a read-only one)
 
 
 @dataclass
@@ -72,14 +77,18 @@ class Transfers:
     err: TextIO
     by_store: dict[Store, Tally] = field(default_factory=dict)
     index: dict[str, list[Entry]] = field(default_factory=dict)
+    # what becomes of a job none of whose objects is good, after its path: a run makes it,
+    # `pull` (which sends nothing) leaves it missing
+    instead: str = "is generated instead"
 
     def tally(self, store: Store) -> Tally:
         """The counters of `store` (made on first use)."""
         return self.by_store.setdefault(store, Tally())
 
     def warn(self, text: str) -> None:
-        """One warning line on stderr."""
-        print(f"warning: {printable(text)}", file=self.err, flush=True)
+        """One warning line on stderr, with no credential in it (a URL's userinfo or a
+        secret's value, in a store's error text)."""
+        print(f"warning: {printable(self.cache.scrub(text))}", file=self.err, flush=True)
 
 
 async def load_index(transfers: Transfers, stores: Iterable[Store]) -> None:
@@ -104,7 +113,11 @@ async def restore(transfers: Transfers, store: Store, jobs: Sequence[Job]) -> se
         # verified against the request it names, and saved as that request
         entries = [(sent, e) for sent in (job, *job.variants)
                    for e in transfers.index.get(sent.key, ()) if e.backend in store.backends]
-        for sent, entry in entries:
+        for number, (sent, entry) in enumerate(entries, 1):
+            # each warning ends with what comes next: another object of the job, or (after
+            # its last one) what becomes of the job
+            then = ("trying its next object" if number < len(entries) else
+                    f"{job.path} {transfers.instead}")
             started = time.monotonic()
             # Checking and saving run outside the download gate, so the next downloads
             # start while this image is written (`held` bounds the images in memory).
@@ -113,7 +126,7 @@ async def restore(transfers: Transfers, store: Store, jobs: Sequence[Job]) -> se
                     data = await transfers.cache.get(entry)
                 except Exception as exc:  # noqa: BLE001 - a download that fails is skipped
                     transfers.warn(f"cache: cannot download {entry.name}: "
-                                   f"{transfers.cache.describe(exc)}; generating {job.path}")
+                                   f"{transfers.cache.describe(exc)}; {then}")
                     continue
             problem = await asyncio.to_thread(_keep, store, entry, data, sent, started)
             if problem is None:
@@ -121,9 +134,14 @@ async def restore(transfers: Transfers, store: Store, jobs: Sequence[Job]) -> se
                 tally.restored += 1
                 return
             tally.rejected += 1
+            # deleted first, so that the warning says what really happened to it
+            failure = await _discard(transfers, entry)
+            if failure is None:
+                tally.removed += 1
+            fate = ("removed from the cache" if failure is None else
+                    f"left in the cache, which refused to delete it ({failure})")
             transfers.warn(f"cache: {entry.name} is not the image of {job.path}: {problem}; "
-                           "removed, the job is generated again")
-            await _discard(transfers, entry)
+                           f"{fate}; {then}")
 
     await asyncio.gather(*(one(j) for j in jobs
                            if any(k in transfers.index for k in j.keys)))
@@ -139,7 +157,8 @@ def _keep(store: Store, entry: Entry, data: bytes, job: Job, started: float) -> 
     return problem
 
 
-async def _discard(transfers: Transfers, entry: Entry) -> None:
+async def _discard(transfers: Transfers, entry: Entry) -> str | None:
+    """Forget a bad object and delete it from the cache: None once deleted, else why not."""
     with_key = transfers.index.get(entry.key, [])
     if entry in with_key:
         with_key.remove(entry)
@@ -148,7 +167,8 @@ async def _discard(transfers: Transfers, entry: Entry) -> None:
     try:
         await transfers.cache.delete(entry)
     except Exception as exc:  # noqa: BLE001 - a bad object left behind is verified again
-        transfers.warn(f"cache: cannot remove {entry.name}: {transfers.cache.describe(exc)}")
+        return transfers.cache.describe(exc)
+    return None
 
 
 class Uploader:
@@ -225,3 +245,27 @@ def missing(transfers: Transfers, store: Store, jobs: Sequence[Job]
             continue
         out.append((st.job, st.record))
     return out
+
+
+def elsewhere(cache: Cache, jobs: Sequence[Job], backends: Iterable[str],
+              prefix: str) -> list[str]:
+    """Where else the cache has images of `jobs` (ones it has none of by `backends`): one
+    line for each other backend that made some, saying how many and what to set to use
+    them (from a listing of its folder; nothing is read). `prefix` names the variable."""
+    keys = {k for j in jobs for k in j.keys}
+    here = ("the embedded server" if set(backends) == {LOCAL_BACKEND} else
+            ", ".join(sorted(backends)))
+    lines = []
+    for folder, held in cache.elsewhere(keys, backends).items():
+        count = sum(1 for j in jobs if any(k in held for k in j.keys))
+        name = backend_of(folder)
+        if name == LOCAL_BACKEND:
+            maker, then = "the embedded server", "pull with --local to pull them"
+        elif name is not None:
+            maker, then = name, f"set {prefix}_URL={name} to pull them"
+        else:  # a URL with a port: its host is in the folder's name, not the whole URL
+            maker = f"another service (cache folder {folder})"
+            then = f"set {prefix}_URL to that service's URL to pull them"
+        lines.append(f"the cache holds {count} of the {len(jobs)} missing image(s) made by "
+                     f"{maker}, none by {here}; {then}")
+    return lines

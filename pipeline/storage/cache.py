@@ -23,6 +23,16 @@ does not parse as one, so a listing skips it).
 The library is obstore (the Rust `object_store` crate's Python binding): one small wheel
 with no Python dependencies, async calls, conditional puts on S3 and on local folders
 alike, and S3 / GCS / Azure / local behind one interface.
+
+Checks and listings use obstore's synchronous calls (on a Python thread of ours when an
+event loop is running), never its async ones: an async call is completed by a thread of
+obstore's own runtime, which calls into the event loop after the result is handed over. A
+command that ends right after such a call (`status --cache`, `plan`, `diff`: one listing,
+then exit) lets the interpreter shut down while that thread still runs Python; the thread
+is then ended from inside Rust code and the process aborts (SIGABRT, exit 134) after its
+output was printed. A synchronous call runs on the thread that asked and leaves nothing
+behind. Transfers (`get`, `put`, `delete`) stay async: only a run, `pull` and `push` make
+them, inside an event loop that goes on long after them.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -50,6 +60,11 @@ LAYOUT = "v1"  # the first path part: a later layout gets a new one, old objects
 _REFUSED = re.compile(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|ExpiredToken|"
                       r"InvalidToken|(?<![\d:])40[13](?!\d)|[Cc]redential")
 _NAME = re.compile(r"^([0-9a-f]{64})\.([0-9a-f]{64})\.(png|jpg|webp)$")
+# The user:password@ of any URL in a text (up to the last @ before the path): obstore's
+# error texts carry the URL of the request, and so the endpoint's userinfo if it had one.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s?#]*@")
+# The variables that name an S3-compatible endpoint, the first one set wins.
+_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 # Credentials read from the environment: scrubbed from any message that could echo them.
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 # A cache check or transfer must fail in seconds, not retry for minutes: a cache that does
@@ -62,6 +77,11 @@ _CLIENT = {"connect_timeout": "5s", "timeout": "120s"}
 
 class CacheError(ImagebatchError):
     """A cache that cannot be used as given (exit 2, before anything is sent)."""
+
+
+def without_userinfo(text: str) -> str:
+    """`text` with the user:password@ part of every URL in it removed."""
+    return _USERINFO.sub(r"\1", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +114,20 @@ def object_name(key: str, backend: str, sha256: str, ext: str) -> str:
     return f"{LAYOUT}/{backend_id(backend)}/{key[:2]}/{key}.{sha256}.{ext}"
 
 
+def backend_of(folder: str) -> str | None:
+    """The backend name a backend folder is for, when the folder tells it: `local`, or a
+    base URL with no port whose hash the folder's matches; else None (a port is not kept
+    in clear, so `http://127.0.0.1:8000` cannot be told back)."""
+    if folder == LOCAL_BACKEND:
+        return LOCAL_BACKEND
+    readable, _, _digest = folder.rpartition("-")
+    for path in {readable, readable.replace("_", "/")}:
+        for scheme in ("https", "http"):
+            if backend_id(f"{scheme}://{path}") == folder:
+                return f"{scheme}://{path}"
+    return None
+
+
 @dataclass(eq=False)
 class Cache:
     """An opened cache: its store, and the URL to name it by (never a credential)."""
@@ -106,15 +140,21 @@ class Cache:
     # instance role, and its failure means "none found" rather than "refused"
     credentials: bool = True
 
-    def describe(self, exc: BaseException) -> str:
-        """An obstore error as one line with no credential in it."""
-        text = str(exc).split("\n", 1)[0].strip()
+    def scrub(self, text: str) -> str:
+        """`text` with no credential in it: no URL's userinfo, no secret's value. Every
+        text of the store's (an error, a warning) passes here before it is shown."""
+        text = without_userinfo(text)
         for secret in self.secrets:
             if secret:
                 text = text.replace(secret, "***")
+        return text
+
+    def describe(self, exc: BaseException) -> str:
+        """An obstore error as one line with no credential in it."""
+        text = self.scrub(str(exc).split("\n", 1)[0].strip())
         return text[:300] or type(exc).__name__
 
-    async def check(self) -> None:
+    def reach(self) -> None:
         """Reach the store once (a listing of one object); CacheError naming what to fix.
 
         Run before a single image request, so that a misconfigured cache never turns into a
@@ -123,12 +163,13 @@ class Cache:
         try:
             import obstore
 
-            stream = obstore.list(self.store, LAYOUT, chunk_size=1)
-            await stream.__anext__()
-        except StopAsyncIteration:
-            return  # reachable and empty
+            next(iter(obstore.list(self.store, LAYOUT, chunk_size=1)), None)
         except Exception as exc:  # noqa: BLE001 - obstore raises many kinds; each is named
             raise CacheError(self.problem(exc)) from None
+
+    async def check(self) -> None:
+        """`reach` from an event loop (on a thread, so the loop goes on meanwhile)."""
+        await asyncio.to_thread(self.reach)
 
     def problem(self, exc: BaseException) -> str:
         """What a failed call to the store says to fix, naming the variable or URL."""
@@ -150,28 +191,60 @@ class Cache:
             return f"{where}: the folder does not exist"
         return f"{where}: {self.describe(exc)}"
 
-    async def index(self, backends: Iterable[str]) -> dict[str, list[Entry]]:
+    def scan(self, backends: Iterable[str]) -> dict[str, list[Entry]]:
         """Every object of `backends` in the store, by job key (a listing; nothing is read).
 
         One listing per backend (a thousand names a request on S3): cheaper than a request
         per job for any plan that is not tiny next to the cache.
         """
-        import obstore
-
         found: dict[str, list[Entry]] = {}
         for backend in sorted(set(backends)):
-            prefix = f"{LAYOUT}/{backend_id(backend)}"
-            try:
-                async for chunk in obstore.list(self.store, prefix, chunk_size=1000):
-                    for meta in chunk:
-                        entry = _entry(str(meta["path"]), backend)
-                        if entry is not None:
-                            found.setdefault(entry.key, []).append(entry)
-            except Exception as exc:  # noqa: BLE001 - named for the user
-                raise CacheError(self.problem(exc)) from None
+            for entry in self._listed(backend_id(backend), backend):
+                found.setdefault(entry.key, []).append(entry)
         for entries in found.values():
             entries.sort(key=lambda e: e.name)  # the same choice on every machine
         return found
+
+    async def index(self, backends: Iterable[str]) -> dict[str, list[Entry]]:
+        """`scan` from an event loop (on a thread, so the loop goes on meanwhile)."""
+        return await asyncio.to_thread(self.scan, backends)
+
+    def _listed(self, folder: str, backend: str) -> list[Entry]:
+        """The objects under one backend's folder, as made by `backend`."""
+        import obstore
+
+        try:
+            return [entry for chunk in obstore.list(self.store, f"{LAYOUT}/{folder}",
+                                                    chunk_size=1000)
+                    for meta in chunk
+                    if (entry := _entry(str(meta["path"]), backend)) is not None]
+        except Exception as exc:  # noqa: BLE001 - named for the user
+            raise CacheError(self.problem(exc)) from None
+
+    def folders(self) -> list[str]:
+        """The backend folders the store holds (`local`, `HOST-HASH`): one listing."""
+        import obstore
+
+        try:
+            listed = obstore.list_with_delimiter(self.store, LAYOUT)
+        except Exception as exc:  # noqa: BLE001 - named for the user
+            raise CacheError(self.problem(exc)) from None
+        return sorted(str(p).removeprefix("/").rstrip("/").rsplit("/", 1)[-1]
+                      for p in listed["common_prefixes"])
+
+    def elsewhere(self, keys: Collection[str], backends: Iterable[str]
+                  ) -> dict[str, frozenset[str]]:
+        """The backend folders other than those of `backends` that hold images of `keys`:
+        folder -> the ones of `keys` it has (a listing of each; nothing is read)."""
+        skip = {backend_id(b) for b in backends}
+        wanted = set(keys)
+        held: dict[str, frozenset[str]] = {}
+        for folder in self.folders():
+            if folder not in skip:
+                have = frozenset(e.key for e in self._listed(folder, "")) & wanted
+                if have:
+                    held[folder] = have
+        return held
 
     async def get(self, entry: Entry) -> bytes:
         """The bytes of `entry` (obstore errors pass through, for the caller to count)."""
@@ -227,7 +300,7 @@ def check_cache(given: str | None, env: Mapping[str, str]) -> Cache | None:
     if found is None:
         return None
     cache = open_cache(found[0], env, found[1])
-    asyncio.run(cache.check())
+    cache.reach()
     return cache
 
 
@@ -252,6 +325,9 @@ def open_cache(url: str, env: Mapping[str, str], source: str = "--cache") -> Cac
 def _folder(path: Path, url: str, source: str) -> Cache:
     from obstore.store import LocalStore
 
+    if path.exists() and not path.is_dir():
+        raise CacheError(f"cache {url} ({source}): is a file, not a folder; a folder cache "
+                         "is a directory (give the folder's path, or s3://BUCKET/PREFIX)")
     if not path.is_dir():
         # A missing share (not mounted, a typo) must not become a new empty folder.
         raise CacheError(f"cache {url} ({source}): no such folder; create it (or mount the "
@@ -269,14 +345,13 @@ def _s3(netloc: str, path: str, url: str, env: Mapping[str, str], source: str) -
     bucket = netloc
     if not bucket:
         raise CacheError(f"{source}: {url!r} names no bucket; use s3://BUCKET/PREFIX")
-    prefix = path.strip("/")
+    prefix = _prefix(path, url, source)
     shown = f"s3://{bucket}/{prefix}".rstrip("/")
     config: dict[str, Any] = {}
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    named_by, endpoint = next(((v, env[v]) for v in _ENDPOINT_VARIABLES if env.get(v)),
+                              ("", ""))
     if endpoint:
-        if urlsplit(endpoint).scheme not in ("http", "https"):
-            raise CacheError("AWS_ENDPOINT_URL must be an http(s) URL, e.g. "
-                             "https://ACCOUNT.r2.cloudflarestorage.com")
+        _check_endpoint(named_by, endpoint)
         config["endpoint"] = endpoint
     config["region"] = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
     for variable, name in (("AWS_ACCESS_KEY_ID", "access_key_id"),
@@ -302,6 +377,38 @@ def _s3(netloc: str, path: str, url: str, env: Mapping[str, str], source: str) -
                  credentials="access_key_id" in config or provider is not None)
 
 
+def _prefix(path: str, url: str, source: str) -> str:
+    """The key prefix a URL's path names (no slash at either end); CacheError for one that
+    names no plain place in a bucket: an empty part (`//`), a `.` or a `..` part."""
+    prefix = path.removeprefix("/").rstrip("/")  # a trailing slash is what people write
+    for part in prefix.split("/") if prefix else ():
+        if part in ("", ".", ".."):
+            what = "an empty part (two slashes in a row)" if not part else f"a {part!r} part"
+            raise CacheError(f"{source}: the prefix of {without_userinfo(url)!r} has {what}; "
+                             "a prefix is a plain path inside the bucket: "
+                             "s3://BUCKET/NAME or s3://BUCKET/NAME/NAME")
+    return prefix
+
+
+def _check_endpoint(variable: str, endpoint: str) -> None:
+    """CacheError for an endpoint URL that cannot be used, naming `variable` but never its
+    value: not a URL, not http(s), or with credentials in it."""
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError:
+        raise CacheError(f"{variable} is not a valid URL (check its host and port)") from None
+    if parts.scheme not in ("http", "https"):
+        raise CacheError(f"{variable} must be an http(s) URL, e.g. "
+                         "https://ACCOUNT.r2.cloudflarestorage.com")
+    if "@" in parts.netloc:
+        # user:password@ would be sent as is and printed in every error of the store (its
+        # texts carry the URL): refused before anything is sent, and never repeated.
+        raise CacheError(f"{variable} has credentials in it (user:password@ before the "
+                         "host); give the endpoint's URL alone and the keys in "
+                         "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+
+
 def _profile_provider(profile: str, source: str) -> Any:
     """Credentials of an AWS profile, through boto3 when it is installed."""
     try:
@@ -313,19 +420,13 @@ def _profile_provider(profile: str, source: str) -> Any:
     return Boto3CredentialProvider(boto3.Session(profile_name=profile))
 
 
-async def restorable_async(cache: Cache, jobs: Sequence[Job],
-                           backends: Iterable[str]) -> frozenset[str]:
-    """The keys of `jobs` that the cache holds an image of, made by one of `backends` (for a
-    mixed pool's job, under any of its requests' keys)."""
-    found = await cache.index(backends)
-    return frozenset(j.key for j in jobs if any(k in found for k in j.keys))
-
-
 def restorable(cache: Cache, jobs: Sequence[Job], backends: Iterable[str]) -> frozenset[str]:
     """Which of `jobs` the cache can fill, by key, without downloading them (a listing).
 
     `backends` are the names whose images count as done (context.Context.judged, or a
     Store's `backends`): an image by another backend never stands in. Objects are verified
-    only when downloaded, so a corrupt one counts here and is regenerated by the run.
+    only when downloaded, so a corrupt one counts here and is regenerated by the run. For a
+    mixed pool's job, an image under any of its requests' keys counts.
     """
-    return asyncio.run(restorable_async(cache, jobs, backends))
+    found = cache.scan(backends)
+    return frozenset(j.key for j in jobs if any(k in found for k in j.keys))
