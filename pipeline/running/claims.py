@@ -151,20 +151,27 @@ class Claims:
     async def _claim(self, store: Store, job: Job) -> tuple[Claimed, float]:
         """Claim `job`: what came of it, and the other run's expiry when "theirs"."""
         key, backend = job.key, store.backend
-        try:
-            for _ in range(_TRIES):
+        failed = 0
+        for _ in range(_TRIES):
+            try:
                 held = await self._make(key, backend, store)
-                if isinstance(held, float):
-                    return "theirs", held
-                if held is None:
-                    continue  # it changed while read: look again
-                self._held[(backend, key)] = held
-                if await self._restore(store, job):
-                    await self.settle(store, job, in_cache=True)
-                    return "restored", 0.0
-                return "mine", 0.0
-        except Exception as exc:  # noqa: BLE001 - a cache that fails mid-run costs money, not the run
-            self._warn(exc)
+            except Exception as exc:  # noqa: BLE001 - a failing cache costs money, not the run
+                # Once more (a store may answer a conflict while another run writes the
+                # same claim), then the job is sent unclaimed, as without claims.
+                failed += 1
+                if failed == 2:
+                    self._warn(exc)
+                    return "mine", 0.0
+                await self._sleep(FIRST_POLL)
+                continue
+            if isinstance(held, float):
+                return "theirs", held
+            if held is None:
+                continue  # it changed while read: look again
+            self._held[(backend, key)] = held
+            if await self._restore(store, job):
+                await self.settle(store, job, in_cache=True)
+                return "restored", 0.0
             return "mine", 0.0
         # claims made and deleted faster than they can be read: wait a moment, then again
         return "theirs", self._clock() + FIRST_POLL
