@@ -33,7 +33,7 @@ from runner_helpers import KEY, make_plan
 from pipeline.cli import main
 from pipeline.planning import config
 from pipeline.running.cache import Transfers
-from pipeline.running.claims import Claims
+from pipeline.running.claims import Claims, _where
 from pipeline.running.progress import Progress
 from pipeline.running.summary import RunReport, markdown, text
 from pipeline.service.server import running_server
@@ -78,9 +78,14 @@ def _decoded(root: Path, count: int) -> None:
     assert len(done) == count
 
 
-@pytest.mark.parametrize("kind", ["folder", "s3"])
-async def test_two_runs_at_once_on_one_cache_pay_once_per_image(tmp_path, s3, aws_env, kind):
-    count = 20
+@pytest.mark.parametrize(("kind", "count", "latency", "lease"), [
+    ("folder", 20, 100, None),
+    ("s3", 20, 100, None),
+    # each request outlasts the lease: only its renewals keep the other run waiting
+    ("folder", 4, 2500, "1"),
+], ids=["folder", "s3", "renewed"])
+async def test_two_runs_at_once_on_one_cache_pay_once_per_image(tmp_path, s3, aws_env, kind,
+                                                                count, latency, lease):
     manifest = _manifest(tmp_path, count)
     if kind == "s3":
         bucket = s3.bucket()
@@ -100,10 +105,12 @@ async def test_two_runs_at_once_on_one_cache_pay_once_per_image(tmp_path, s3, aw
             both.set()
         await asyncio.wait_for(both.wait(), 60)
 
-    async with running_server(api_options(latency_ms=100)) as srv, \
+    async with running_server(api_options(latency_ms=latency)) as srv, \
             _proxy(srv.url, before=gate) as api:
         env = {**os.environ, **aws_env, "DIFFUSION_URL": api, "DIFFUSION_KEY": KEY,
                "IMAGEBATCH_CACHE": url}
+        if lease is not None:
+            env["IMAGEBATCH_CLAIM_LEASE"] = lease
 
         async def one(out: str) -> tuple[int, str]:
             proc = await asyncio.create_subprocess_exec(
@@ -145,8 +152,7 @@ async def _claim(cache: Cache, key: str, backend: str, *, run: str, expires: flo
     return name
 
 
-async def test_a_crashed_runs_lapsed_claims_are_taken_over_and_cleared(tmp_path,
-                                                                      monkeypatch):
+async def test_a_crashed_runs_lapsed_claims_are_taken_over_and_cleared(tmp_path):
     share = tmp_path / "share"
     share.mkdir()
     cache = opened(str(share), {})
@@ -182,6 +188,28 @@ async def test_a_live_claim_never_fulfilled_is_waited_out_then_made_last(tmp_pat
         # its other jobs first, the claimed one once the claim had lapsed
         assert srv.stats.bodies[-1] == held.body.encode()
     _decoded(tmp_path / "out/demo", 4)
+    assert _claims_in(share) == []
+
+
+async def test_a_killed_runs_live_claims_are_taken_over_by_its_next_run_in_that_folder(
+        tmp_path):
+    share = tmp_path / "share"
+    share.mkdir()
+    cache = opened(str(share), {})
+    plan = make_plan(3)
+    first = plan.jobs[0]
+    out = tmp_path / "out"
+    async with running_server(api_options()) as srv:
+        backend = config.backend_name(srv.url)
+        # a run killed a moment ago into this very folder, its claim on the first job
+        # still live for half a minute (the folder is locked to one run: it is dead)
+        where = _where(Store(out, "demo", backend))
+        assert await cache.create(claim_name(first.key, backend, 0),
+                                  claim_body("killed", time.time() + 30, where))
+        report, _ = await run_with_cache(plan, srv.url, out, cache, concurrency=1)
+        assert report.plans[0].succeeded == 3 and srv.stats.requests == 3
+        # taken over at once, in plan order: not left for last and waited out
+        assert srv.stats.bodies[0] == first.body.encode()
     assert _claims_in(share) == []
 
 

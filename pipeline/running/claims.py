@@ -135,11 +135,6 @@ class Claims:
         held, self._held = list(self._held.values()), {}
         await self._delete([h.name for h in held])
 
-    @property
-    def held(self) -> int:
-        """How many claims this run holds now."""
-        return len(self._held)
-
     # -- the protocol --------------------------------------------------------------------
     def _take(self, store: Store, job: Job) -> _Held | None:
         """The claim held on `job` for `store`, no longer counted as held."""
