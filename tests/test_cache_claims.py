@@ -79,11 +79,12 @@ def _decoded(root: Path, count: int) -> None:
 
 
 @pytest.mark.parametrize(("kind", "count", "latency", "lease"), [
-    ("folder", 20, 100, None),
-    ("s3", 20, 100, None),
+    pytest.param("folder", 20, 100, None, id="folder"),
+    # subprocesses take seconds: `make check` runs the folder case, `make test` all three
+    pytest.param("s3", 20, 100, None, id="s3", marks=pytest.mark.slow),
     # each request outlasts the lease: only its renewals keep the other run waiting
-    ("folder", 4, 2500, "1"),
-], ids=["folder", "s3", "renewed"])
+    pytest.param("folder", 4, 2500, "1", id="renewed", marks=pytest.mark.slow),
+])
 async def test_two_runs_at_once_on_one_cache_pay_once_per_image(tmp_path, s3, aws_env, kind,
                                                                 count, latency, lease):
     manifest = _manifest(tmp_path, count)
