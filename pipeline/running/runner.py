@@ -80,7 +80,7 @@ class JobClaims(Protocol):
     """What the runner needs from the shared cache's claims (None: no cache, no claims)."""
 
     async def claim(self, store: JobStore, job: Job) -> str:
-        """"mine" (send it), "theirs" (another run makes it) or "restored" (nothing to send)."""
+        """Claim a job: "mine" (send it), "theirs" (another run makes it), "restored"."""
         ...
 
     async def wait(self, store: JobStore, job: Job, sleep: Sleep) -> str:
