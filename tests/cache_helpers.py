@@ -25,6 +25,7 @@ from pipeline.service.server import ServerOptions
 from pipeline.storage.cache import Cache, open_cache
 
 NAME = re.compile(r"^v1/[^/]+/([0-9a-f]{2})/([0-9a-f]{64})\.([0-9a-f]{64})\.(png|jpg)$")
+CLAIM = re.compile(r"^(?:.+/)?claims/")
 _buckets = itertools.count(1)
 
 
@@ -49,11 +50,15 @@ class S3:
         self.client().create_bucket(Bucket=name)
         return name
 
-    def objects(self, bucket: str) -> dict[str, bytes]:
-        """Every object of `bucket`: name -> bytes."""
+    def objects(self, bucket: str, *, claims: bool = False) -> dict[str, bytes]:
+        """Every image object of `bucket` (and the claims too with `claims`): name -> bytes.
+
+        A run cut off from the bucket cannot delete its claims; they lapse, and are not
+        images."""
         s3 = self.client()
         keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-                for o in page.get("Contents", [])]
+                for o in page.get("Contents", [])
+                if claims or not CLAIM.match(o["Key"])]
         return {k: s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
 
     def stop(self) -> None:

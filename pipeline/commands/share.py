@@ -114,15 +114,15 @@ def push_command(share: Share, env: Mapping[str, str] | None = None,
             todo = await asyncio.to_thread(cached.missing, transfers, store, plan.jobs)
             gate = asyncio.Semaphore(cached.TRANSFERS)
 
-            async def one(job: Job, rec: Record) -> bool | None:
+            async def one(job: Job, rec: Record) -> cached.Uploaded:
                 async with gate:
                     return await cached.upload(transfers, store, job, rec)
 
             results = await asyncio.gather(*(one(job, rec) for job, rec in todo))
         finally:
             store.close()
-        uploaded = sum(1 for r in results if r is True)
-        failed = sum(1 for r in results if r is False)
+        uploaded = sum(1 for r in results if r == "uploaded")
+        failed = sum(1 for r in results if r == "failed")
         return uploaded, done - uploaded - failed, len(plan.jobs) - done, failed
 
     uploaded, there, not_done, failed = asyncio.run(push())

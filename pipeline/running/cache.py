@@ -11,7 +11,9 @@ generated as if the cache had not had it (by a run: `pull` leaves it missing).
 Write behind (`Uploader`): every image a run saves is uploaded once it is on local disk,
 read back from there and checked against its record first. An upload is retried; one that
 still fails is a warning and a count, and the image stays done locally (the next run, or
-`push`, uploads it). `push` and `pull` are the same two halves run on their own.
+`push`, uploads it). An image whose object is there already (another run made and uploaded
+the same one) is counted as such. Once an upload is settled, the run's claim on the job (if
+it holds one) is given up. `push` and `pull` are the same two halves run on their own.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import hashlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, Literal, TextIO
 
 from pipeline.errors import ApiError, ImagebatchError, printable
 from pipeline.planning.config import LOCAL_BACKEND
@@ -31,10 +33,16 @@ from pipeline.storage import metadata
 from pipeline.storage.cache import Cache, Entry, backend_of
 from pipeline.storage.store import DONE, Record, Store
 
+if TYPE_CHECKING:
+    from pipeline.running.claims import Claims
+
 #: Transfers in flight at once (downloads or uploads); object stores serve many at a time.
 TRANSFERS = 16
 UPLOAD_ATTEMPTS = 3  # an upload is tried this many times before it counts as failed
 _BACKOFF = 0.5  # seconds before the second attempt, doubled for each one after
+#: How an upload ended: written, found there already (the same bytes, by another run or
+#: machine), skipped (the file changed since its record), or failed after every attempt.
+Uploaded = Literal["uploaded", "there", "changed", "failed"]
 
 
 def verify(entry: Entry, data: bytes, job: Job) -> str | None:
@@ -65,6 +73,7 @@ class Tally:
     restored: int = 0
     uploaded: int = 0
     upload_failed: int = 0
+    already_there: int = 0  # uploads that found the very object there (another run's)
     rejected: int = 0  # objects found bad (corrupt, truncated, foreign), never saved
     removed: int = 0  # of those, the ones deleted from the cache (not on a read-only one)
 
@@ -179,8 +188,9 @@ class Uploader:
     against its record, so only what is safely saved is ever uploaded.
     """
 
-    def __init__(self, transfers: Transfers) -> None:
+    def __init__(self, transfers: Transfers, claims: Claims | None = None) -> None:
         self.transfers = transfers
+        self.claims = claims  # given up once each claimed image's upload is settled
         self._queue: asyncio.Queue[tuple[Store, Job, Record] | None] = asyncio.Queue()
         self._workers = [asyncio.ensure_future(self._work()) for _ in range(TRANSFERS)]
 
@@ -198,25 +208,30 @@ class Uploader:
         while (item := await self._queue.get()) is not None:
             store, job, rec = item
             tally = self.transfers.tally(store)
-            ok = await upload(self.transfers, store, job, rec)
-            if ok is None:
-                continue
-            if ok:
+            ended = await upload(self.transfers, store, job, rec)
+            if ended == "uploaded":
                 tally.uploaded += 1
-            else:
+            elif ended == "there":
+                tally.already_there += 1
+            elif ended == "failed":
                 tally.upload_failed += 1
+            if self.claims is not None:
+                # the image is in the cache now (or will not be from this run): a run
+                # waiting on the claim restores it, or claims the job and makes it
+                await self.claims.settle(store, job, in_cache=ended in ("uploaded", "there"))
 
 
-async def upload(transfers: Transfers, store: Store, job: Job, rec: Record) -> bool | None:
-    """Upload one saved image: True if uploaded, None when the cache had it already (or it
-    changed on disk since its record), False when every attempt failed (a warning)."""
+async def upload(transfers: Transfers, store: Store, job: Job, rec: Record) -> Uploaded:
+    """Upload one saved image: "uploaded", "there" when the cache had that very object
+    already, "changed" when the file changed on disk since its record (nothing sent),
+    "failed" when every attempt failed (a warning)."""
     try:
         blob = await asyncio.to_thread(store.image_path(job).read_bytes)
     except (OSError, ImagebatchError) as exc:
         transfers.warn(f"cache: cannot read {job.path} to upload it: {exc}")
-        return False
+        return "failed"
     if hashlib.sha256(blob).hexdigest() != rec.sha256:
-        return None  # replaced since (a later run's): that run uploads its own
+        return "changed"  # replaced since (a later run's): that run uploads its own
     reason = ""
     for attempt in range(UPLOAD_ATTEMPTS):
         if attempt:
@@ -226,10 +241,10 @@ async def upload(transfers: Transfers, store: Store, job: Job, rec: Record) -> b
         except Exception as exc:  # noqa: BLE001 - counted and named; the run goes on
             reason = transfers.cache.describe(exc)
             continue
-        return True if written else None
+        return "uploaded" if written else "there"
     transfers.warn(f"cache: upload of {job.path} failed after {UPLOAD_ATTEMPTS} attempts "
                    f"({reason}); it stays done here, `imagebatch push` uploads it later")
-    return False
+    return "failed"
 
 
 def missing(transfers: Transfers, store: Store, jobs: Sequence[Job]

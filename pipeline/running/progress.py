@@ -40,6 +40,7 @@ class Progress:
         self._last = self._start
         self._done = 0
         self._failed = 0
+        self._waiting = 0  # jobs another run (on the shared cache) is making
         self._drawn = False
 
     def line(self) -> str:
@@ -51,15 +52,19 @@ class Progress:
         pct = finished / self.total * 100 if self.total else 100.0
         text = (f"{finished}/{self.total} ({pct:.0f}%) done {self._done} failed {self._failed}"
                 f"  {rate:.1f}/min  ETA {_clock_text(eta) if eta is not None else '?'}")
+        if self._waiting:
+            text += (f"  waiting for {self._waiting} image{'s' if self._waiting != 1 else ''}"
+                     " another run is making")
         if self.tty:
             width = 24
             filled = int(width * finished / self.total) if self.total else width
             text = "[" + "#" * filled + "." * (width - filled) + "] " + text
         return text
 
-    def update(self, done: int, failed: int, *, force: bool = False) -> None:
-        """Record new counts; redraw if enough time has passed (or `force`)."""
-        self._done, self._failed = done, failed
+    def update(self, done: int, failed: int, *, waiting: int = 0, force: bool = False) -> None:
+        """Record new counts (`waiting`: jobs another run is making); redraw if enough time
+        has passed (or `force`)."""
+        self._done, self._failed, self._waiting = done, failed, waiting
         if not self.enabled:
             return
         now = self._clock()
@@ -77,7 +82,7 @@ class Progress:
         """Draw the final state and end the bar's line."""
         if not self.enabled:
             return
-        self.update(self._done, self._failed, force=True)
+        self.update(self._done, self._failed, waiting=self._waiting, force=True)
         if self.tty and self._drawn:
             self.stream.write("\n")
             self.stream.flush()

@@ -28,6 +28,7 @@ from pipeline.planning import apispec, config
 from pipeline.planning.plan import Job, Plan
 from pipeline.planning.select import ALL, narrow, narrow_all
 from pipeline.running import cache as cached
+from pipeline.running.claims import Claims
 from pipeline.running.client import ApiClient
 from pipeline.running.options import REMOTE_DEFAULT_RPM, RunOptions
 from pipeline.running.progress import Progress
@@ -44,7 +45,7 @@ from pipeline.running.summary import (
 from pipeline.service.server import ServerOptions, running_server
 from pipeline.signals import on_stop_signals
 from pipeline.storage import picks
-from pipeline.storage.cache import Cache
+from pipeline.storage.cache import Cache, claim_lease
 from pipeline.storage.context import CacheUse, resolve
 from pipeline.storage.store import DONE, Record, Store
 
@@ -71,6 +72,7 @@ def run(opts: RunOptions, env: Mapping[str, str] | None = None,
         picks.load_picks(picks.picks_path(plan.source),
                          plan if plan.shard is None else None)
     conns, more = config.pool(env, ctx.prefixes, local=opts.local)
+    claim_lease(env)  # a lease that is not a number of seconds: exit 2 before anything
     cache = ctx.cache
     for note in (*ctx.notes, *more):
         print(f"note: {note}", file=err)
@@ -116,7 +118,8 @@ async def run_plans(
     selected ones of shard `opts.shard`, and post-processing shows that shard's every job.
     The price and budget are `opts.spending(env)` (env: the process's by default). With a
     (checked) `cache`, jobs are restored from it first (no request, so nothing spent of the
-    budget) and what is made is uploaded to it.
+    budget) and what is made is uploaded to it; each job is claimed there before it is
+    sent (not with --force), so that runs at once on one cache pay for each image once.
     """
     price, budget = opts.spending(os.environ if env is None else env)
     chosen = list(plans)
@@ -133,17 +136,23 @@ async def run_plans(
         stores = [Store(opts.out, plan.name, name, members=members) for plan in plans]
         transfers = cached.Transfers(cache, err) if cache is not None else None
         try:
-            uploader = cached.Uploader(transfers) if transfers is not None else None
+            claims = None
+            if transfers is not None and not opts.force:
+                claims = await _claims(transfers, os.environ if env is None else env, err)
+            uploader = cached.Uploader(transfers, claims) if transfers is not None else None
             try:
                 work, skipped, held = await _todo(chosen, stores, opts, err, transfers,
                                                   uploader)
                 runner = await _run_jobs(work, backends, opts, err,
                                          {c.prefix: c.key_variable for c in conns},
                                          uploader.submit if uploader is not None else None,
-                                         budget=None if budget is None else budget.requests)
+                                         budget=None if budget is None else budget.requests,
+                                         claims=claims)
             finally:
                 if uploader is not None:
                     await uploader.close()  # write behind: every saved image, then the summary
+                if claims is not None:
+                    await claims.close()  # what this run did not make is free for others
             state = runner.state
         finally:
             for store in stores:
@@ -199,6 +208,20 @@ async def run_plans(
                    version=version())
 
 
+async def _claims(transfers: cached.Transfers, env: Mapping[str, str],
+                  err: TextIO) -> Claims | None:
+    """The run's claims on the cache, renewing; None (said once) when the store cannot
+    make them: it does not keep an object against a create-only put."""
+    claims = Claims(transfers, claim_lease(env))
+    why = await transfers.cache.conditional_puts(claims.run)
+    if why is not None:
+        print(f"note: cache {transfers.cache.url} cannot hold claims ({why}): runs at once "
+              "on it may each pay for the same images", file=err, flush=True)
+        return None
+    claims.start()
+    return claims
+
+
 @contextlib.contextmanager
 def _stopping_post_on_signals() -> Iterator[Stop]:
     """While post-processing: SIGINT / SIGTERM stop it (workers killed, Interrupted); once
@@ -252,7 +275,7 @@ async def _run_jobs(work: list[tuple[Store, Job]], backends: Sequence[_Backend],
                     opts: RunOptions, err: TextIO,
                     key_variables: Mapping[str, str] | None = None,
                     on_saved: Callable[[Store, Job, Record], None] | None = None, *,
-                    budget: int | None = None) -> Runner:
+                    budget: int | None = None, claims: Claims | None = None) -> Runner:
     """The session, and a pacer and client per backend, run by one runner (stopped by
     SIGINT / SIGTERM, and sending at most `budget` image requests); the runner, done."""
     # One clock and one sleep for pacing and backoff alike.
@@ -281,8 +304,10 @@ async def _run_jobs(work: list[tuple[Store, Job]], backends: Sequence[_Backend],
                    prefix=b.prefix)
             for b, (pace, pace_auto) in zip(backends, paces, strict=True)]
         runner = Runner(members, settings, sleep=sleep, clock=clock, on_drop=dropped,
-                        on_change=lambda st: progress.update(st.ok, st.failed),
-                        budget=budget, on_saved=on_saved)  # type: ignore[arg-type]
+                        on_change=lambda st: progress.update(st.ok + st.restored, st.failed,
+                                                             waiting=st.waiting),
+                        budget=budget, on_saved=on_saved,  # type: ignore[arg-type]
+                        claims=claims)  # type: ignore[arg-type]
         try:
             with _stopped_by_signals(runner, err):
                 await runner.run(work)
@@ -326,7 +351,7 @@ def _plan_report(plan: Plan, store: Store, tally: StoreTally, skipped: int, seco
         sent=tally.sent, selected_of=whole,
         cache=transfers.cache.url if transfers is not None else None,
         restored=moved.restored, uploaded=moved.uploaded, upload_failed=moved.upload_failed,
-        held=held, flagged=tally.flagged,
+        held=held, flagged=tally.flagged, already_there=moved.already_there,
     )
 
 

@@ -27,11 +27,17 @@ requests in flight settle, and jobs that would need another request stay pending
 A failure that a retry of the same request cannot change (`final`: the request refused as it
 is, or an image withheld by the provider's filter for a fixed seed) is recorded as such, and
 later runs do not send it again until the request changes or `run --retry-failed` asks.
+
+With claims (`claims`: the shared cache's, `pipeline.running.claims`), a job is claimed
+before its request is sent. A job another run has claimed is left for last: once the plan's
+other jobs are started, a worker waits for it (its image restored from the cache, or the
+job claimed and sent once that run's claim is gone); `RunState.waiting` counts them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
@@ -77,6 +83,22 @@ class ImageClient(Protocol):
         """One checked image for `job` (with the HTTP requests it took), or an ApiError;
         `sending` is called just before the image request goes out (it may raise Stopped:
         then nothing is sent)."""
+        ...
+
+
+class JobClaims(Protocol):
+    """What the runner needs from the shared cache's claims (None: no cache, no claims)."""
+
+    async def claim(self, store: JobStore, job: Job) -> str:
+        """Claim a job: "mine" (send it), "theirs" (another run makes it), "restored"."""
+        ...
+
+    async def wait(self, store: JobStore, job: Job, sleep: Sleep) -> str:
+        """Wait for another run's image: "restored", or "mine" once its claim is gone."""
+        ...
+
+    async def release(self, store: JobStore, job: Job) -> None:
+        """Give up the claim on a job that failed."""
         ...
 
 
@@ -194,6 +216,8 @@ class RunState:
     interrupted: bool = False
     sent: int = 0  # image requests sent in this run, over every store
     budget_reached: bool = False  # the budget was spent: no request starts any more
+    restored: int = 0  # jobs another run made: restored from the shared cache, not sent
+    waiting: int = 0  # jobs left for last: another run is making them
 
     def tally(self, store: JobStore) -> StoreTally:
         """The counters of `store` (made on first use)."""
@@ -227,6 +251,7 @@ class Runner:
         rng: Callable[[], float] | None = None,
         budget: int | None = None,
         on_saved: Callable[[JobStore, Job, Record], None] | None = None,
+        claims: JobClaims | None = None,
     ) -> None:
         if isinstance(backend, Sequence):
             self.members = list(backend)
@@ -241,6 +266,9 @@ class Runner:
         self._rng = rng
         self.budget = budget  # image requests this run may send; None for no limit
         self._on_saved = on_saved  # told of each image once it is saved (the cache's uploads)
+        self._claims = claims
+        # jobs another run has claimed, waited for once every other job has started
+        self._deferred: collections.deque[tuple[JobStore, Job]] = collections.deque()
         self._stop: asyncio.Event | None = None
         # Workers waiting to start take turns in the order they came, so a job back for a
         # retry queues behind jobs already waiting.
@@ -300,16 +328,28 @@ class Runner:
 
     async def _worker(self, items: Iterable[tuple[JobStore, Job]]) -> None:
         for store, job in items:
-            if self.stopping:
+            if not await self._run_one(store, job):
                 return
-            try:
-                await self._one(store, job)
-            except Stopped:
+        # Every job is started: now the ones other runs are making. The worker that
+        # leaves one for last comes here after it, so none is left behind.
+        while self._deferred:
+            store, job = self._deferred.popleft()
+            if not await self._run_one(store, job, waited=True):
                 return
-            except StoreError as exc:
-                self.state.store_error = exc
-                self.stop()
-                return
+
+    async def _run_one(self, store: JobStore, job: Job, *, waited: bool = False) -> bool:
+        """Run one job; False when the worker must stop (the run is stopping)."""
+        if self.stopping:
+            return False
+        try:
+            await self._one(store, job, waited=waited)
+        except Stopped:
+            return False
+        except StoreError as exc:
+            self.state.store_error = exc
+            self.stop()
+            return False
+        return True
 
     async def _start(self) -> tuple[Member, int]:
         """Wait until a member may start a request: (the member, its pacer's ticket).
@@ -496,7 +536,7 @@ class Runner:
                 f"between: the key's quota may be spent. Finished images are kept; run "
                 f"the same command later to go on", status=429) from None
 
-    async def _one(self, store: JobStore, job: Job) -> None:
+    async def _one(self, store: JobStore, job: Job, *, waited: bool = False) -> None:
         started = self._clock()
         counter = [0]
         # Nothing is sent that could not be saved: such a job fails here, at no cost.
@@ -504,6 +544,8 @@ class Runner:
         if refused is not None:
             await asyncio.to_thread(store.fail, job, refused, attempts=0, seconds=0.0)
             self._finish(store, Outcome(job, "failed", 0, refused))
+            return
+        if self._claims is not None and not await self._claimed(store, job, waited):
             return
         last: list[Member] = []  # the member of the latest attempt
         retrying = build_retrying(self.settings.retry, sleep=self.sleep,
@@ -529,6 +571,8 @@ class Runner:
                 seconds=self._clock() - started, member=self._name(last), **held,
             )
             self._finish(store, Outcome(job, "failed", counter[0], reason))
+            if self._claims is not None:
+                await self._claims.release(store, job)  # a waiting run may make it
             return
         data, created, flag = image.data, image.created, image.flag
         # the seed the provider says it used (Stability's `seed` header), when it says one,
@@ -551,6 +595,34 @@ class Runner:
             self._saved(store, job, await save, counter[0], flag)
             raise
         self._saved(store, job, rec, counter[0], flag)
+
+    async def _claimed(self, store: JobStore, job: Job, waited: bool) -> bool:
+        """Whether this run sends `job`: claimed, or another run's claim waited out. A job
+        another run claims is left for last (False); one restored from the cache, whether
+        it was there when claimed or appeared while waited for, is counted (False)."""
+        assert self._claims is not None
+        if waited:
+            try:
+                got = await self._claims.wait(store, job, self.sleep)
+            finally:
+                self.state.waiting -= 1
+                self._changed()
+        else:
+            got = await self._claims.claim(store, job)
+        if got == "theirs":
+            self.state.waiting += 1
+            self._deferred.append((store, job))
+            self._changed()
+            return False
+        if got == "restored":
+            self.state.restored += 1
+            self._changed()
+            return False
+        return True
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self.state)
 
     def _saved(self, store: JobStore, job: Job, rec: Record, attempts: int,
                flag: str | None = None) -> None:

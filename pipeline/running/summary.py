@@ -53,7 +53,8 @@ class PlanReport:
     sent: int = 0  # image requests (POSTs) sent: what a budget and the price count
     selected_of: int | None = None  # with --only / --first-seeds: the jobs of the whole plan
     # The shared cache, when one was used (its URL, never a credential), and what it did:
-    # images restored from it (no request sent), uploaded to it, whose upload failed.
+    # images restored from it (no request sent), uploaded to it, whose upload failed, and
+    # whose upload found the very object there already (another run made it too).
     cache: str | None = None
     restored: int = 0
     uploaded: int = 0
@@ -62,6 +63,7 @@ class PlanReport:
     # sends them); and images made at another size than asked, kept (status lists both).
     held: int = 0
     flagged: int = 0
+    already_there: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +164,7 @@ def plan_doc(plan: PlanReport, version: str | None = None,
         doc["restored"] = plan.restored
         doc["uploaded"] = plan.uploaded
         doc["upload_failed"] = plan.upload_failed
+        doc["already_there"] = plan.already_there
     if members:
         doc["members"] = {m.prefix: {"requests": m.requests, "images": m.images,
                                      "throttled": m.throttled, "dropped": m.dropped}
@@ -217,8 +220,9 @@ def plan_text(plan: PlanReport, price: Price | None = None) -> str:
         lines.append(f"  {plan.flagged} image(s) made at another size than asked, kept "
                      "(`imagebatch status` lists them)")
     if plan.cache is not None:
+        there = f", {plan.already_there} already there" if plan.already_there else ""
         lines.append(f"  cache {plan.cache}: {plan.uploaded} uploaded, "
-                     f"{plan.upload_failed} failed to upload")
+                     f"{plan.upload_failed} failed to upload{there}")
     lines.extend(f"  FAILED {f.path}: {f.reason}" for f in plan.failures)
     lines.append(f"  outputs: {plan.out}")
     return "\n".join(lines)
@@ -299,10 +303,11 @@ def markdown(report: RunReport) -> str:
         lines += ["", f"**{_cell(head[:1].upper() + head[1:])}**{_cell(paren + rest)}"]
     cached = [p for p in report.plans if p.cache is not None]
     if cached:
-        lines += ["", "| manifest | cache | restored | uploaded | upload failed |",
-                  "| --- | --- | ---: | ---: | ---: |"]
+        lines += ["", "| manifest | cache | restored | uploaded | upload failed | "
+                      "already there |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
         lines += [f"| `{_cell(p.name)}` | `{_cell(p.cache)}` | {p.restored} | {p.uploaded} | "
-                  f"{p.upload_failed} |" for p in cached]
+                  f"{p.upload_failed} | {p.already_there} |" for p in cached]
     for p in report.plans:
         lines += _markdown_details(p)
     return "\n".join(lines) + "\n"

@@ -20,6 +20,15 @@ deterministic) both stand, each whole. A put is atomic on S3 and, in a folder, a
 file renamed into place: no partial object ever carries a final name (a staging file's name
 does not parse as one, so a listing skips it).
 
+Claims, beside the images (`claims/<backend-id>/<key[:2]>/<key>.<generation>.json`): a run
+about to send a job's request first claims it, so that two runs at once on one cache pay
+for each image once (`pipeline.running.claims` uses them). A claim is a small JSON object
+(the claiming run's id and when the claim expires, nothing secret), made with the same
+create-only put as an image. Taking over a lapsed claim creates the next generation rather
+than replacing it, so that of two runs taking over at once only one succeeds: stores have
+no portable compare-and-swap (a folder has none), but every store we support has
+create-only puts. Claims are not images: listings of images never see them.
+
 The library is obstore (the Rust `object_store` crate's Python binding): one small wheel
 with no Python dependencies, async calls, conditional puts on S3 and on local folders
 alike, and S3 / GCS / Azure / local behind one interface.
@@ -38,11 +47,13 @@ them, inside an event loop that goes on long after them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -54,6 +65,10 @@ from pipeline.planning.plan import Job
 #: The environment variable that sets the cache for every command that takes --cache.
 CACHE_VARIABLE = "IMAGEBATCH_CACHE"
 LAYOUT = "v1"  # the first path part: a later layout gets a new one, old objects stay readable
+CLAIMS = "claims"  # the first path part of claims: beside the images, never listed with them
+#: The environment variable that sets how long a claim lasts unless renewed (seconds).
+LEASE_VARIABLE = "IMAGEBATCH_CLAIM_LEASE"
+LEASE = 300.0  # five minutes: many times a request's timeout, short enough to wait out
 
 # What a store says when it refuses the credentials (or finds none): S3's error codes, an
 # HTTP 401/403 (not a port or size that merely contains the digits), a credential error.
@@ -65,6 +80,7 @@ _NAME = re.compile(r"^([0-9a-f]{64})\.([0-9a-f]{64})\.(png|jpg|webp)$")
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s?#]*@")
 # The variables that name an S3-compatible endpoint, the first one set wins.
 _ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+_CLAIM = re.compile(r"^([0-9a-f]{64})\.([0-9]{6})\.json$")
 # Credentials read from the environment: scrubbed from any message that could echo them.
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 # A cache check or transfer must fail in seconds, not retry for minutes: a cache that does
@@ -126,6 +142,69 @@ def backend_of(folder: str) -> str | None:
             if backend_id(f"{scheme}://{path}") == folder:
                 return f"{scheme}://{path}"
     return None
+
+
+def claim_folder(key: str, backend: str) -> str:
+    """The folder of the claims on job `key` by `backend` (and of a few other keys')."""
+    return f"{CLAIMS}/{backend_id(backend)}/{key[:2]}"
+
+
+def claim_name(key: str, backend: str, generation: int) -> str:
+    """Where generation `generation` of the claim on job `key` by `backend` lives.
+
+    Zero-padded, so that names sort as their generations do.
+    """
+    return f"{claim_folder(key, backend)}/{key}.{generation:06d}.json"
+
+
+def claim_body(run: str, expires: float, where: str = "") -> bytes:
+    """A claim's bytes: the claiming run's id, when it expires (seconds since the epoch,
+    and the same as a UTC time for people reading the store), and `where` it runs (a hash
+    of the machine's name and the outputs folder: no name in clear)."""
+    when = datetime.fromtimestamp(expires, timezone.utc).isoformat(timespec="seconds")
+    return json.dumps({"run": run, "expires": round(expires, 3), "expires_at": when,
+                       "where": where}).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One generation of a claim on a job: who holds it and until when."""
+
+    name: str  # the object's path inside the store
+    generation: int
+    run: str | None  # the claiming run's id; None when the object cannot be read as a claim
+    expires: float  # seconds since the epoch; 0 for an unreadable claim (lapsed)
+    where: str = ""  # the hash of the machine and outputs folder it was made for
+
+    def live(self, now: float) -> bool:
+        """Whether it still holds at wall-clock time `now`."""
+        return self.run is not None and now < self.expires
+
+
+def read_claim(name: str, generation: int, data: bytes) -> Claim:
+    """The claim stored as `data`; an object that is not one counts as lapsed."""
+    try:
+        doc = json.loads(data)
+        return Claim(name, generation, str(doc["run"]), float(doc["expires"]),
+                     str(doc.get("where", "")))
+    except (ValueError, KeyError, TypeError):
+        return Claim(name, generation, None, 0.0)
+
+
+def claim_lease(env: Mapping[str, str]) -> float:
+    """How long a claim lasts unless renewed: $IMAGEBATCH_CLAIM_LEASE seconds, else five
+    minutes; CacheError (exit 2) for a value that is not a positive number."""
+    text = env.get(LEASE_VARIABLE, "").strip()
+    if not text:
+        return LEASE
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 86400:  # nan fails this too
+        raise CacheError(f"{LEASE_VARIABLE} must be a number of seconds above 0 (at most "
+                         f"a day), not {text[:40]!r}")
+    return value
 
 
 @dataclass(eq=False)
@@ -272,6 +351,97 @@ class Cache:
         import obstore
 
         await obstore.delete_async(self.store, entry.name)
+
+    async def entries(self, keys: Iterable[str], backends: Iterable[str]
+                      ) -> dict[str, list[Entry]]:
+        """The objects of jobs `keys` by `backends`, by key: a listing of the few folders
+        they are in, not of the whole cache (what a run looks at again mid-run)."""
+        import obstore
+
+        wanted = set(keys)
+        found: dict[str, list[Entry]] = {}
+        for backend in sorted(set(backends)):
+            for head in sorted({k[:2] for k in wanted}):
+                async for chunk in obstore.list(self.store, f"{LAYOUT}/{backend_id(backend)}/"
+                                                f"{head}", chunk_size=1000):
+                    for meta in chunk:
+                        entry = _entry(str(meta["path"]), backend)
+                        if entry is not None and entry.key in wanted:
+                            found.setdefault(entry.key, []).append(entry)
+        for with_key in found.values():
+            with_key.sort(key=lambda e: e.name)
+        return found
+
+    async def create(self, name: str, blob: bytes) -> bool:
+        """Write object `name` only if there is none: True if written, False if it was."""
+        import obstore
+        from obstore.exceptions import AlreadyExistsError
+
+        try:
+            await obstore.put_async(self.store, name, blob, mode="create")
+        except AlreadyExistsError:
+            return False
+        return True
+
+    async def overwrite(self, name: str, blob: bytes) -> None:
+        """Write object `name` whether or not it exists (a claim renewed)."""
+        import obstore
+
+        await obstore.put_async(self.store, name, blob, mode="overwrite")
+
+    async def remove(self, name: str) -> None:
+        """Delete object `name`; one already gone is no error."""
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        with contextlib.suppress(NotFoundError, FileNotFoundError):
+            await obstore.delete_async(self.store, name)
+
+    async def claims(self, key: str, backend: str) -> list[tuple[int, str]]:
+        """The generations of the claim on job `key` by `backend` in the store, lowest
+        first: (generation, object name)."""
+        import obstore
+
+        found: list[tuple[int, str]] = []
+        async for chunk in obstore.list(self.store, claim_folder(key, backend),
+                                        chunk_size=1000):
+            for meta in chunk:
+                path = str(meta["path"]).removeprefix("/")
+                match = _CLAIM.match(path.rsplit("/", 1)[-1])
+                if match is not None and match.group(1) == key:
+                    found.append((int(match.group(2)), path))
+        return sorted(found)
+
+    async def claim(self, name: str, generation: int) -> Claim | None:
+        """The claim stored at `name`, or None when it is gone."""
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        try:
+            result = await obstore.get_async(self.store, name)
+            data = bytes(await result.bytes_async())
+        except (NotFoundError, FileNotFoundError):
+            return None
+        return read_claim(name, generation, data)
+
+    async def conditional_puts(self, run: str) -> str | None:
+        """Why this store cannot make claims, or None when it can: a probe object is
+        created twice, create-only; the second must be refused. A store that ignores
+        `If-None-Match` (overwriting instead) fails this, as does one that refuses the
+        header or the write itself."""
+        name = f"{CLAIMS}/probe/{run}.json"
+        blob = claim_body(run, 0.0)
+        try:
+            if not await self.create(name, blob):
+                return None  # refused over an object there already: it keeps what exists
+            if await self.create(name, blob):
+                return "it overwrote an object that a create-only put must keep"
+        except Exception as exc:  # noqa: BLE001 - any refusal means no claims; named
+            return f"a create-only put failed: {self.describe(exc)}"
+        finally:
+            with contextlib.suppress(Exception):  # a probe left behind is harmless
+                await self.remove(name)
+        return None
 
 
 def _entry(path: str, backend: str) -> Entry | None:
