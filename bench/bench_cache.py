@@ -32,14 +32,14 @@ from pathlib import Path
 from PIL import Image
 
 from bench import row
-from pipeline.planning import config
-from pipeline.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
-from pipeline.running.cache import TRANSFERS
-from pipeline.running.options import RunOptions
-from pipeline.running.run import run_plans
-from pipeline.service.server import ServerOptions, running_server
-from pipeline.storage import metadata
-from pipeline.storage.cache import object_name, open_cache
+from imagebatch.planning import config
+from imagebatch.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
+from imagebatch.running.cache import TRANSFERS
+from imagebatch.running.options import RunOptions
+from imagebatch.running.run import run_plans
+from imagebatch.service.server import ServerOptions, running_server
+from imagebatch.storage import metadata
+from imagebatch.storage.cache import object_name, open_cache
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work" / "cache"

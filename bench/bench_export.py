@@ -54,9 +54,9 @@ def _manifest(folder: Path, name: str, count: int, exports: str) -> Path:
 def _sources(manifest: Path, out: Path, side: int) -> list[Path]:
     """Every job of the manifest stored as done, picked in its picks file; the image paths."""
     sys.path.insert(0, str(ROOT))
-    from pipeline.planning.manifest import load_plan
-    from pipeline.storage.picks import picks_path, update_picks
-    from pipeline.storage.store import Store
+    from imagebatch.planning.manifest import load_plan
+    from imagebatch.storage.picks import picks_path, update_picks
+    from imagebatch.storage.store import Store
 
     plan = load_plan(str(manifest))
     store = Store(out, plan.name, "local")

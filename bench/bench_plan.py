@@ -23,8 +23,8 @@ RUNS = 3
 CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from pipeline.errors import ManifestError
-from pipeline.planning.manifest import load_plan
+from imagebatch.errors import ManifestError
+from imagebatch.planning.manifest import load_plan
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.perf_counter()
 try:
@@ -59,7 +59,7 @@ def measure(path: Path, max_jobs: int) -> dict:
 def cli_seconds(path: Path, max_jobs: int) -> tuple[float, int]:
     """Wall time of `imagebatch plan --json` end to end (interpreter start included)."""
     started = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "pipeline", "plan", str(path), "--json",
+    res = subprocess.run([sys.executable, "-m", "imagebatch", "plan", str(path), "--json",
                           "--max-jobs", str(max_jobs)], cwd=ROOT, capture_output=True, check=True)
     return time.perf_counter() - started, len(res.stdout)
 

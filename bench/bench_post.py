@@ -28,7 +28,7 @@ MONTAGE_PAGE = 200
 OURS_THUMBS = r"""
 import os, sys
 sys.path.insert(0, sys.argv[1])
-from pipeline.pictures.post import make_thumbs
+from imagebatch.pictures.post import make_thumbs
 src, out = sys.argv[2], sys.argv[3]
 tasks = [(os.path.join(src, n), os.path.join(out, n + ".jpg"), int(sys.argv[4]))
          for n in sorted(os.listdir(src))]
@@ -40,9 +40,9 @@ OURS_SHEET = r"""
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from pipeline.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
-from pipeline.pictures.post import build_all
-from pipeline.storage.store import read_records
+from imagebatch.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
+from imagebatch.pictures.post import build_all
+from imagebatch.storage.store import read_records
 root = Path(sys.argv[2])
 jobs = []
 for rec in read_records(root / "results.jsonl"):
@@ -103,7 +103,7 @@ def _make_inputs() -> tuple[Path, Path]:
 
 def _make_sheet_outputs() -> Path:
     """An output folder of N_SHEET ok jobs whose thumbnails are already made and current."""
-    from pipeline.storage.store import Record
+    from imagebatch.storage.store import Record
 
     root = WORK / "sheet"
     if (root / "results.jsonl").is_file() and len(list((root / "thumbs").iterdir())) == N_SHEET:

@@ -19,7 +19,7 @@ ROUNDS = 2  # each provider runs this many times, alternating; the best of each 
 
 
 def _plan(provider: str, jobs: int, out: Path):  # noqa: ANN202 - a Plan
-    from pipeline.planning.manifest import load_plan
+    from imagebatch.planning.manifest import load_plan
 
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / "bench.yaml"
@@ -29,10 +29,10 @@ def _plan(provider: str, jobs: int, out: Path):  # noqa: ANN202 - a Plan
 
 
 async def _run(provider: str, jobs: int, out: Path) -> tuple[float, int]:
-    from pipeline.planning import config
-    from pipeline.running.options import RunOptions
-    from pipeline.running.run import run_plans
-    from pipeline.service.server import ServerOptions, running_server
+    from imagebatch.planning import config
+    from imagebatch.running.options import RunOptions
+    from imagebatch.running.run import run_plans
+    from imagebatch.service.server import ServerOptions, running_server
 
     plan = await asyncio.to_thread(_plan, provider, jobs, out)
     async with running_server(ServerOptions(key="bench-key", workers=2)) as srv:

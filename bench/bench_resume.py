@@ -18,8 +18,8 @@ from pathlib import Path
 from PIL import Image
 
 from bench import row
-from pipeline.planning.plan import Job, canonical_json, job_key
-from pipeline.storage.store import Store, job_states
+from imagebatch.planning.plan import Job, canonical_json, job_key
+from imagebatch.storage.store import Store, job_states
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work" / "resume"

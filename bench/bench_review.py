@@ -50,9 +50,9 @@ def _make_outputs() -> tuple[Path, Path]:
     """(manifest, out): the plan's images, current thumbnails and results.jsonl on disk."""
     from PIL import Image, ImageDraw
 
-    from pipeline.pictures.post import thumb_rel
-    from pipeline.planning.manifest import load_plan
-    from pipeline.storage.store import Record
+    from imagebatch.pictures.post import thumb_rel
+    from imagebatch.planning.manifest import load_plan
+    from imagebatch.storage.store import Record
 
     manifest = WORK / "review-bench.yaml"
     out = WORK / "outputs"
@@ -93,7 +93,7 @@ class _Server:
 
     def __init__(self, manifest: Path, out: Path, picks: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "review", str(manifest), "--out", str(out),
+            [sys.executable, "-m", "imagebatch", "review", str(manifest), "--out", str(out),
              "--picks", str(picks), "--no-open"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
@@ -172,8 +172,8 @@ def _page_rows(manifest: Path, out: Path) -> list[dict]:
 def _put_rows(manifest: Path, out: Path) -> list[dict]:
     import aiohttp
 
-    from pipeline.planning.manifest import load_plan
-    from pipeline.storage import picks
+    from imagebatch.planning.manifest import load_plan
+    from imagebatch.storage import picks
 
     plan = load_plan(str(manifest))
     file = WORK / "put.picks.json"

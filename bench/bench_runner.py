@@ -28,7 +28,7 @@ import asyncio, base64, io, json, struct, sys, time, zlib, collections
 from aiohttp import web
 from PIL import Image
 sys.path.insert(0, sys.argv[1])
-from pipeline.planning import apispec
+from imagebatch.planning import apispec
 latency, min_bytes = float(sys.argv[2]), int(sys.argv[3])
 rpm, window = int(sys.argv[4]), float(sys.argv[5])
 revoke = float(sys.argv[6])  # seconds after the first request the key is refused (0: never)
@@ -97,11 +97,11 @@ CLIENT = r"""
 import asyncio, io, json, os, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from pipeline.planning import config
-from pipeline.running.options import RunOptions
-from pipeline.running.run import run_plans
-from pipeline.running.summary import plan_doc
-from pipeline.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
+from imagebatch.planning import config
+from imagebatch.running.options import RunOptions
+from imagebatch.running.run import run_plans
+from imagebatch.running.summary import plan_doc
+from imagebatch.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
 out, n, conc, rpm = Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 prefixes = sys.argv[6].split(",")
 jobs = []

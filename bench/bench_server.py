@@ -1,7 +1,7 @@
 """The embedded server's figures: images per second it renders and serves, and how many
 concurrent requests it holds at a fixed added latency before that latency grows.
 
-The server runs as `python -m pipeline serve` in its own process (its render pool in further
+The server runs as `python -m imagebatch serve` in its own process (its render pool in further
 processes under it); the client runs in this process, over 127.0.0.1: aiohttp for the images,
 and for the concurrency steps a raw keep-alive HTTP/1.1 client whose cost per request is
 about half of aiohttp's, so its own CPU does not stand in for the server's. CPU is read per
@@ -102,11 +102,11 @@ def _self_cpu() -> float:
 
 
 class Server:
-    """`python -m pipeline serve` on a free port, until close()."""
+    """`python -m imagebatch serve` on a free port, until close()."""
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "serve", "--host", "127.0.0.1", "--port", "0",
+            [sys.executable, "-m", "imagebatch", "serve", "--host", "127.0.0.1", "--port", "0",
              *args], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True)
         self.log: list[str] = []
@@ -198,7 +198,7 @@ async def _throughput(url: str, first_seed: int, n: int, concurrency: int) -> tu
 def _bare_render_rate(k: int = 12) -> tuple[float, float]:
     """render() alone in this process: (images per second, CPU seconds per image)."""
     sys.path.insert(0, str(ROOT))
-    from pipeline.service.render import render
+    from imagebatch.service.render import render
 
     job = {"prompt": PROMPT, "negative_prompt": "", "size": "1024x1024", "output_format": "png"}
     render(job, 10_000_000)  # fonts and imports
@@ -223,7 +223,7 @@ def bench_throughput(rows: list[dict]) -> None:
     rows.append(_row(f"1024x1024 PNG images/s, {n} requests, C={conc} (2x cores)", rate,
                      "img/s", None, None if not bad else False,
                      f"{n - bad} of {n} valid in {wall:.1f}s; server in its own process "
-                     f"(`python -m pipeline serve`, {CORES} render workers), aiohttp client "
+                     f"(`python -m imagebatch serve`, {CORES} render workers), aiohttp client "
                      f"in the bench process; load average {load:.1f}"))
     ratio = rate / CORES / bare_rate
     rows.append(_row("1024x1024 PNG images/s per core", rate / CORES, "img/s/core",
@@ -404,7 +404,7 @@ def bench_concurrency(rows: list[dict]) -> None:
     rows.append(_row(f"concurrent requests held at p95 <= {bound:g} ms", held, "requests",
                      f">= {HOLD_TARGET}", held >= HOLD_TARGET,
                      f"largest of {', '.join(map(str, STEPS))} held with every smaller step; "
-                     "server in its own process (`python -m pipeline serve --latency "
+                     "server in its own process (`python -m imagebatch serve --latency "
                      f"{LATENCY_MS:g}`); client: closed loop over keep-alive connections, raw "
                      f"HTTP/1.1 in the bench process; open-file limit {limit}"))
     if COMPARE_STEP in ours and COMPARE_STEP in bare:

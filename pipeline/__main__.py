@@ -1,10 +1,10 @@
-"""`python -m pipeline` is the same program as `imagebatch`."""
+"""`python -m imagebatch` is the same program as `imagebatch`."""
 
 from __future__ import annotations
 
 import sys
 
-from pipeline.cli import main
+from .cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

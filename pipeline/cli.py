@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from pipeline.errors import ImagebatchError, ManifestError, UsageError
-from pipeline.planning.config import DEFAULT_PREFIX
-from pipeline.planning.manifest import DEFAULT_MAX_JOBS
-from pipeline.running.options import DEFAULT_OUT, REMOTE_DEFAULT_RPM, RunOptions, default
+from .errors import ImagebatchError, ManifestError, UsageError
+from .planning.config import DEFAULT_PREFIX
+from .planning.manifest import DEFAULT_MAX_JOBS
+from .running.options import DEFAULT_OUT, REMOTE_DEFAULT_RPM, RunOptions, default
 
 if TYPE_CHECKING:
-    from pipeline.planning.select import Selection
-    from pipeline.running.summary import RunReport
+    from .planning.select import Selection
+    from .running.summary import RunReport
 
 # Errors of writing standard output itself (redirected to a full disk or /dev/full).
 _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT, errno.EBADF}
@@ -129,7 +129,7 @@ class _Version(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: object, option_string: str | None = None) -> None:
-        from pipeline import version
+        from . import version
 
         print(f"imagebatch {version()}")
         parser.exit()
@@ -151,7 +151,7 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
 
 
 def _selection(args: argparse.Namespace) -> Selection:
-    from pipeline.planning.select import Selection
+    from .planning.select import Selection
 
     return Selection(only=tuple(args.only), first_seeds=args.first_seeds)
 
@@ -558,8 +558,8 @@ def _fraction(text: str) -> float:
 
 
 def _faults(text: str) -> tuple[str, ...]:
-    from pipeline.service.server import FAULT_KINDS
-    from pipeline.service.stability import STABILITY_FAULTS
+    from .service.server import FAULT_KINDS
+    from .service.stability import STABILITY_FAULTS
 
     known = (*FAULT_KINDS, *STABILITY_FAULTS)
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
@@ -587,7 +587,7 @@ def _script(text: str) -> dict[int, str]:
 
 
 def _cmd_sheet(args: argparse.Namespace) -> int:
-    from pipeline.commands.status import sheet_command
+    from .commands.status import sheet_command
 
     return sheet_command(args.manifest, out_dir=Path(args.out), env_prefixes=_prefixes(args),
                          max_jobs=args.max_jobs, local=args.local,
@@ -595,8 +595,8 @@ def _cmd_sheet(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from pipeline.commands.merge import merge_command
-    from pipeline.running.summary import merge_text
+    from .commands.merge import merge_command
+    from .running.summary import merge_text
 
     report = merge_command(args.sources, args.out, manifests=args.manifest,
                            max_jobs=args.max_jobs, env_prefixes=_prefixes(args),
@@ -612,7 +612,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from pipeline.service.server import FAULT_KINDS, ServerOptions, serve
+    from .service.server import FAULT_KINDS, ServerOptions, serve
 
     serve(ServerOptions(
         key=args.key, latency_ms=args.latency, rpm=args.rpm, window=args.window,
@@ -628,7 +628,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_review(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.assets.review import ReviewOptions, review_command
+    from .assets.review import ReviewOptions, review_command
 
     return review_command(ReviewOptions(
         manifest=args.manifest, out=Path(args.out),
@@ -639,14 +639,14 @@ def _cmd_review(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from pipeline.commands.preview import validate_command
+    from .commands.preview import validate_command
 
     return validate_command(args.manifests, max_jobs=args.max_jobs,
                             env_prefixes=_prefixes(args))
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from pipeline.commands.preview import plan_command
+    from .commands.preview import plan_command
 
     return plan_command(args.manifest, as_json=args.json, shard=args.shard,
                         max_jobs=args.max_jobs, env_prefixes=_prefixes(args),
@@ -656,20 +656,20 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from pipeline.commands.scaffold import init_command
+    from .commands.scaffold import init_command
 
     return init_command(args.directory, force=args.force, requirement=args.requirement,
                         diff=args.diff, print_file=args.print_file)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from pipeline.commands.preview import schema_command
+    from .commands.preview import schema_command
 
     return schema_command()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.running.run import run
+    from .running.run import run
 
     report = run(RunOptions(
         manifests=tuple(args.manifests), out=Path(args.out), concurrency=args.concurrency,
@@ -688,8 +688,8 @@ def report_run(report: RunReport, *, as_json: bool, out: TextIO, err: TextIO) ->
     its exit code: 2 when the service cannot be used as set up, 130 when stopped, 1 when a
     job failed, 3 when the budget left jobs pending, else 0. A write that failed is raised
     after the summary is printed."""
-    from pipeline.planning.budget import BUDGET_EXIT
-    from pipeline.running.summary import run_json, text
+    from .planning.budget import BUDGET_EXIT
+    from .running.summary import run_json, text
 
     if as_json:
         print(run_json(report), file=out)
@@ -727,7 +727,7 @@ def _status_manifest(args: argparse.Namespace) -> tuple[str, str | None]:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.commands.status import status_command
+    from .commands.status import status_command
 
     manifest, cache = _status_manifest(args)
     return status_command(
@@ -738,7 +738,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_share(args: argparse.Namespace) -> int:
-    from pipeline.commands.share import Share, pull_command, push_command
+    from .commands.share import Share, pull_command, push_command
 
     share = Share(manifest=args.manifest, out_dir=Path(args.out), cache=args.cache,
                   env_prefixes=_prefixes(args), local=args.local, shard=args.shard,
@@ -750,7 +750,7 @@ def _cmd_share(args: argparse.Namespace) -> int:
 def _cmd_pick(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.assets.pick import pick_command
+    from .assets.pick import pick_command
 
     action = "clear" if args.clear else "reject" if args.reject else \
         "rate" if args.rating is not None else "pick"
@@ -762,7 +762,7 @@ def _cmd_pick(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.assets.export import export_command
+    from .assets.export import export_command
 
     return export_command(args.manifest, out_dir=Path(args.out), assets_dir=Path(args.assets),
                           picks_file=args.picks, local=args.local, env_prefixes=_prefixes(args),
@@ -770,7 +770,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from pipeline.commands.diff import diff_command
+    from .commands.diff import diff_command
 
     return diff_command(args.manifests, against=args.against, as_json=args.json,
                         as_markdown=args.markdown, price=args.price, out_dir=Path(args.out),
@@ -779,7 +779,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from pipeline.commands.status import show_command
+    from .commands.status import show_command
 
     return show_command(args.image, pretty=args.pretty)
 
@@ -835,7 +835,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imagebatch: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except ManifestError as exc:
-        from pipeline.commands.preview import problem_report
+        from .commands.preview import problem_report
 
         print(problem_report(exc), file=sys.stderr)
         return exc.exit_code

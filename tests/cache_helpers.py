@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from runner_helpers import KEY
 
-from pipeline.planning import config
-from pipeline.planning.plan import Plan
-from pipeline.running.options import RunOptions
-from pipeline.running.run import run_plans
-from pipeline.running.summary import RunReport
-from pipeline.service.server import ServerOptions
-from pipeline.storage.cache import Cache, open_cache
+from imagebatch.planning import config
+from imagebatch.planning.plan import Plan
+from imagebatch.running.options import RunOptions
+from imagebatch.running.run import run_plans
+from imagebatch.running.summary import RunReport
+from imagebatch.service.server import ServerOptions
+from imagebatch.storage.cache import Cache, open_cache
 
 NAME = re.compile(r"^v1/[^/]+/([0-9a-f]{2})/([0-9a-f]{64})\.([0-9a-f]{64})\.(png|jpg)$")
 CLAIM = re.compile(r"^(?:.+/)?claims/")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from stress_helpers import SECRET_KEY, in_thread
 
-from pipeline.cli import main
-from pipeline.service.server import SERVICE_KEY, RunningServer, ServerOptions, running_server
+from imagebatch.cli import main
+from imagebatch.service.server import SERVICE_KEY, RunningServer, ServerOptions, running_server
 
 HEALTHY = ServerOptions(workers=1)
 FAILING = replace(HEALTHY, fail_rate=1.0, faults=("503",))  # every request answered 503

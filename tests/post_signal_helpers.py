@@ -1,7 +1,7 @@
 """Stopping post-processing with signals: the outputs to thumbnail, the commands, and a watch
 over the process table.
 
-A command runs as a user would (`python -m pipeline ...`) in its own session, so a signal can
+A command runs as a user would (`python -m imagebatch ...`) in its own session, so a signal can
 go to it alone (`kill PID`) or to its whole process group, as a terminal's Ctrl-C does. While
 it runs, every descendant it has is recorded (pid and start time, from
 /proc/<pid>/task/*/children), and each is tagged by an environment variable it inherits; after
@@ -66,7 +66,7 @@ def copy_outputs(out: Path, dest: Path) -> Path:
 def _pipeline(*args: str) -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "pipeline", *args]
+    return [sys.executable, "-m", "imagebatch", *args]
 
 
 def command(kind: str, manifest: Path, out: Path, merged: Path) -> tuple[list[str], Path]:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.assets.review import Review, RunningReview, running_review
-from pipeline.pictures.post import build_all
-from pipeline.planning.manifest import load_plan
-from pipeline.planning.plan import Plan
-from pipeline.storage.store import Store
+from imagebatch.assets.review import Review, RunningReview, running_review
+from imagebatch.pictures.post import build_all
+from imagebatch.planning.manifest import load_plan
+from imagebatch.planning.plan import Plan
+from imagebatch.storage.store import Store
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 

@@ -7,7 +7,7 @@ import io
 
 from PIL import Image
 
-from pipeline.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
+from imagebatch.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
 
 KEY = "inf-SECRETSECRET123"  # distinctive, so a scan for it cannot miss
 

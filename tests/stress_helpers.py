@@ -1,7 +1,7 @@
 """Shared pieces of the stress suite (tests/test_stress_*.py).
 
 Servers run in a background thread of the test process, so a run driven as a user would
-(`python -m pipeline run` in a subprocess, or `pipeline.cli.main` in-process) talks to them
+(`python -m imagebatch run` in a subprocess, or `imagebatch.cli.main` in-process) talks to them
 over real sockets while the test reads their live counters. Checks compare what a run says
 (results.jsonl, summary.json) with what is on disk, decoding every image with Pillow.
 """
@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from PIL import Image
 
-from pipeline.planning import apispec
-from pipeline.planning.plan import Plan, job_key
-from pipeline.service.server import STATS_KEY, RunningServer, ServerOptions, make_app
+from imagebatch.planning import apispec
+from imagebatch.planning.plan import Plan, job_key
+from imagebatch.service.server import STATS_KEY, RunningServer, ServerOptions, make_app
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -105,8 +105,8 @@ class Embedded:
 
 @contextlib.asynccontextmanager
 async def _embedded(options: ServerOptions) -> AsyncIterator[Embedded]:
-    # pipeline.service.server.running_server, plus an outer middleware that counts answers per body
-    # key: the server's own `renders` counter misses repeats served from its render cache.
+    # imagebatch.service.server.running_server, plus an outer middleware that counts answers
+    # per body key: the server's own `renders` counter misses repeats served from its render cache.
     app = make_app(options)
     served = Served()
 
@@ -171,7 +171,7 @@ def app_server(handler: Handler) -> contextlib.AbstractContextManager[str]:
 # -- running imagebatch -------------------------------------------------------------------
 
 def cli_env(url: str | None = None, key: str | None = SECRET_KEY, **extra: str) -> dict[str, str]:
-    """The environment of a `python -m pipeline` subprocess: no caller DIFFUSION_* leaks in."""
+    """The environment of a `python -m imagebatch` subprocess: no caller DIFFUSION_* leaks in."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DIFFUSION_", "INFERENCE_")) and k != "GITHUB_STEP_SUMMARY"}
     env["PYTHONPATH"] = str(ROOT)
@@ -184,8 +184,8 @@ def cli_env(url: str | None = None, key: str | None = SECRET_KEY, **extra: str) 
 
 
 def run_argv(manifest: Path, out: Path, *options: str) -> list[str]:
-    """argv of `python -m pipeline run MANIFEST --out OUT OPTIONS...`."""
-    return [sys.executable, "-m", "pipeline", "run", str(manifest), "--out", str(out), *options]
+    """argv of `python -m imagebatch run MANIFEST --out OUT OPTIONS...`."""
+    return [sys.executable, "-m", "imagebatch", "run", str(manifest), "--out", str(out), *options]
 
 
 def run_cli(argv: list[str], env: Mapping[str, str], cwd: Path,
@@ -197,7 +197,7 @@ def run_cli(argv: list[str], env: Mapping[str, str], cwd: Path,
 
 def load(manifest: Path) -> Plan:
     """The plan `run` makes of a manifest (the model default, as the CLI's with no env)."""
-    from pipeline.planning.manifest import load_plan
+    from imagebatch.planning.manifest import load_plan
 
     return load_plan(str(manifest))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops
 
-from pipeline.cli import main
+from imagebatch.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "imagebatch.yml"
@@ -319,7 +319,7 @@ def test_merge_copies_only_from_inside_a_shards_images(tmp_path, capsys):
 
 
 def test_merge_into_a_folder_a_run_is_writing_is_refused(tmp_path, capsys):
-    from pipeline.storage.store import Store
+    from imagebatch.storage.store import Store
 
     _shards(tmp_path)
     running = Store(tmp_path / "merged", "sweep", "local")
@@ -350,8 +350,8 @@ exports:
 
 
 def _pick(manifest: Path, changes: dict) -> None:
-    from pipeline.planning.manifest import load_plan
-    from pipeline.storage.picks import picks_path, update_picks
+    from imagebatch.planning.manifest import load_plan
+    from imagebatch.storage.picks import picks_path, update_picks
 
     update_picks(picks_path(manifest), load_plan(str(manifest)), changes)
 

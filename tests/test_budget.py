@@ -20,19 +20,19 @@ from PIL import Image
 from runner_helpers import KEY, Clock, make_plan
 from sweep_helpers import MANIFEST
 
-from pipeline.cli import main, report_run
-from pipeline.commands import scaffold
-from pipeline.errors import RetryableApiError, UsageError
-from pipeline.planning import config
-from pipeline.planning.budget import BUDGET_EXIT, budget_from
-from pipeline.planning.costs import parse_amount
-from pipeline.running.client import GeneratedImage
-from pipeline.running.options import RunOptions
-from pipeline.running.retry import Pacer
-from pipeline.running.run import run_plans
-from pipeline.running.runner import Member, Runner, RunSettings
-from pipeline.running.summary import markdown, run_json, text
-from pipeline.service.server import ServerOptions, running_server
+from imagebatch.cli import main, report_run
+from imagebatch.commands import scaffold
+from imagebatch.errors import RetryableApiError, UsageError
+from imagebatch.planning import config
+from imagebatch.planning.budget import BUDGET_EXIT, budget_from
+from imagebatch.planning.costs import parse_amount
+from imagebatch.running.client import GeneratedImage
+from imagebatch.running.options import RunOptions
+from imagebatch.running.retry import Pacer
+from imagebatch.running.run import run_plans
+from imagebatch.running.runner import Member, Runner, RunSettings
+from imagebatch.running.summary import markdown, run_json, text
+from imagebatch.service.server import ServerOptions, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

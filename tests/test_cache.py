@@ -13,15 +13,15 @@ import pytest
 from cache_helpers import api_options, check_names, images, opened, run_with_cache
 from runner_helpers import KEY, image_bytes, make_job, make_plan
 
-from pipeline.cli import main
-from pipeline.commands.share import Share, pull_command, push_command
-from pipeline.commands.status import status_command
-from pipeline.planning import config
-from pipeline.running.cache import Transfers, restore, verify
-from pipeline.running.summary import RunReport, markdown, plan_doc, text
-from pipeline.service.server import running_server
-from pipeline.storage import metadata
-from pipeline.storage.cache import (
+from imagebatch.cli import main
+from imagebatch.commands.share import Share, pull_command, push_command
+from imagebatch.commands.status import status_command
+from imagebatch.planning import config
+from imagebatch.running.cache import Transfers, restore, verify
+from imagebatch.running.summary import RunReport, markdown, plan_doc, text
+from imagebatch.service.server import running_server
+from imagebatch.storage import metadata
+from imagebatch.storage.cache import (
     CacheError,
     Entry,
     backend_id,
@@ -30,7 +30,7 @@ from pipeline.storage.cache import (
     open_cache,
     restorable,
 )
-from pipeline.storage.store import Record, Store, read_records
+from imagebatch.storage.store import Record, Store, read_records
 
 MANIFEST = """\
 version: 1
@@ -194,7 +194,7 @@ def test_records_say_when_an_image_came_from_the_cache_and_old_lines_still_read(
 
 
 def test_summaries_count_restored_uploaded_and_failed_uploads():
-    from pipeline.running.summary import PlanReport
+    from imagebatch.running.summary import PlanReport
 
     plan = PlanReport(name="n", manifest="m", backend="local", shard=None, out="o",
                       planned=5, succeeded=1, skipped=1, failed=0, pending=0, requests=1,
@@ -225,7 +225,7 @@ async def test_status_counts_what_the_cache_fills_and_pull_push_move_it(tmp_path
         # nothing done yet: nothing to push
         assert await asyncio.to_thread(push_command, push, env, out, io.StringIO()) == 0
         assert "pushed 0 image(s)" in out.getvalue() and "4 not done here" in out.getvalue()
-        from pipeline.planning.manifest import load_plans
+        from imagebatch.planning.manifest import load_plans
 
         (plan,) = load_plans([str(manifest)], env, "DIFFUSION")
         await run_with_cache(plan, srv.url, tmp_path / "ci", None)  # made without the cache
@@ -281,8 +281,8 @@ async def test_plan_counts_what_the_cache_would_fill_and_prices_only_the_rest(tm
     import asyncio
     import dataclasses
 
-    from pipeline.commands.preview import plan_command
-    from pipeline.planning.manifest import load_plans
+    from imagebatch.commands.preview import plan_command
+    from imagebatch.planning.manifest import load_plans
 
     manifest = tmp_path / "m.yaml"
     manifest.write_text(MANIFEST)
@@ -379,7 +379,7 @@ def test_status_cache_before_or_after_the_manifest_reads_the_manifest_as_one(
 
 
 def test_a_backend_folder_tells_its_backend_when_it_can():
-    from pipeline.storage.cache import backend_of
+    from imagebatch.storage.cache import backend_of
 
     for name in ("https://us.inference.heroku.com", "http://images.example/api/v2",
                  "local"):

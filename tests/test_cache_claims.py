@@ -30,15 +30,15 @@ from cache_helpers import (  # noqa: F401 - the fixtures s3 and aws_env
 from PIL import Image
 from runner_helpers import KEY, make_plan
 
-from pipeline.cli import main
-from pipeline.planning import config
-from pipeline.running.cache import Transfers
-from pipeline.running.claims import Claims, _where
-from pipeline.running.progress import Progress
-from pipeline.running.summary import RunReport, markdown, text
-from pipeline.service.server import running_server
-from pipeline.storage.cache import Cache, claim_body, claim_name
-from pipeline.storage.store import Store, read_records
+from imagebatch.cli import main
+from imagebatch.planning import config
+from imagebatch.running.cache import Transfers
+from imagebatch.running.claims import Claims, _where
+from imagebatch.running.progress import Progress
+from imagebatch.running.summary import RunReport, markdown, text
+from imagebatch.service.server import running_server
+from imagebatch.storage.cache import Cache, claim_body, claim_name
+from imagebatch.storage.store import Store, read_records
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -115,7 +115,7 @@ async def test_two_runs_at_once_on_one_cache_pay_once_per_image(tmp_path, s3, aw
 
         async def one(out: str) -> tuple[int, str]:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "pipeline", "run", str(manifest), "--out",
+                sys.executable, "-m", "imagebatch", "run", str(manifest), "--out",
                 str(tmp_path / out), "--no-post", "--rpm", "0", "--concurrency", "2",
                 env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
             _, err = await proc.communicate()

@@ -28,13 +28,13 @@ from cache_helpers import (  # noqa: F401 - the fixtures s3 and aws_env
 from PIL import Image
 from runner_helpers import KEY, make_plan
 
-from pipeline.commands.share import Share, pull_command, push_command
-from pipeline.planning.manifest import load_plans
-from pipeline.running.options import RunOptions
-from pipeline.running.run import run
-from pipeline.service.server import running_server
-from pipeline.storage.cache import CacheError, object_name
-from pipeline.storage.store import read_records
+from imagebatch.commands.share import Share, pull_command, push_command
+from imagebatch.planning.manifest import load_plans
+from imagebatch.running.options import RunOptions
+from imagebatch.running.run import run
+from imagebatch.service.server import running_server
+from imagebatch.storage.cache import CacheError, object_name
+from imagebatch.storage.store import read_records
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -252,7 +252,7 @@ async def test_a_refused_credential_exits_2_never_shows_it_and_sends_nothing(
 
         await asyncio.to_thread(auth, b"0")
         try:
-            from pipeline.cli import main
+            from imagebatch.cli import main
 
             code = await asyncio.to_thread(main, ["run", str(manifest), "--out",
                                                   str(tmp_path / "out")])
@@ -277,7 +277,7 @@ async def test_killed_during_uploads_then_resumed_nothing_lost_nothing_paid_twic
     async with running_server(api_options(latency_ms=100)) as srv:
         env = {**os.environ, **aws_env, "DIFFUSION_URL": srv.url, "DIFFUSION_KEY": KEY,
                "IMAGEBATCH_CACHE": url}
-        cmd = [sys.executable, "-m", "pipeline", "run", str(manifest), "--out", str(out),
+        cmd = [sys.executable, "-m", "imagebatch", "run", str(manifest), "--out", str(out),
                "--no-post", "--rpm", "0", "--concurrency", "3"]
         proc = await asyncio.create_subprocess_exec(
             *cmd, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
@@ -329,7 +329,7 @@ async def test_two_writers_of_one_key_at_once_leave_whole_objects_only(tmp_path,
                                                                        kind):
     from runner_helpers import image_bytes, make_job
 
-    from pipeline.storage import metadata
+    from imagebatch.storage import metadata
 
     if kind == "s3":
         bucket = s3.bucket()
@@ -366,7 +366,7 @@ async def test_an_endpoint_with_credentials_in_it_is_refused_before_anything_is_
     # moto would take it (the userinfo is sent along and ignored): refused anyway, since
     # every error of the store would print it
     monkeypatch.setenv(variable, s3.endpoint.replace("http://", f"http://ci-user:{SECRET}@"))
-    from pipeline.cli import main
+    from imagebatch.cli import main
 
     async with running_server(api_options()) as srv:
         monkeypatch.setenv("DIFFUSION_URL", srv.url)
@@ -393,7 +393,7 @@ async def test_a_store_error_carrying_the_endpoints_userinfo_never_shows_it(
     carry the request's URL) are scrubbed wherever they are shown."""
     from moto.server import ThreadedMotoServer
 
-    import pipeline.storage.cache as cache_module
+    import imagebatch.storage.cache as cache_module
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -551,7 +551,7 @@ async def test_status_plan_and_diff_with_an_s3_cache_exit_0_every_time(tmp_path,
     async def once(argv: list[str]) -> tuple[int | None, bytes]:
         async with gate:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "pipeline", *argv, env=env,
+                sys.executable, "-m", "imagebatch", *argv, env=env,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             stdout, stderr = await proc.communicate()
             return proc.returncode, stdout + stderr

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.commands.preview import plan_table
-from pipeline.errors import printable
-from pipeline.planning.manifest import load_plan
+from imagebatch.commands.preview import plan_table
+from imagebatch.errors import printable
+from imagebatch.planning.manifest import load_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = """version: 1
@@ -38,7 +38,7 @@ def test_plan_table_never_prints_an_escape_sequence(tmp_path):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "imagebatch", *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -57,7 +57,7 @@ def test_plan_into_a_closed_pipe_stops_quietly(tmp_path):
 def test_output_to_a_full_device_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "big.yaml").write_text(BIG)
     with open("/dev/full", "wb") as full:
-        res = subprocess.run([sys.executable, "-m", "pipeline", "plan", "big.yaml", "--json"],
+        res = subprocess.run([sys.executable, "-m", "imagebatch", "plan", "big.yaml", "--json"],
                              cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True,
                              timeout=60, check=False)
     assert res.returncode == 2
@@ -65,7 +65,7 @@ def test_output_to_a_full_device_is_one_line_and_exit_2(tmp_path):
 
 
 def test_mistyped_options_commands_and_manifests_get_a_did_you_mean(tmp_path, capsys):
-    from pipeline.cli import main
+    from imagebatch.cli import main
 
     (tmp_path / "example.yaml").write_text("version: 1\njobs:\n  - {id: a, prompt: p}\n")
     assert main(["run", "--concurency", "3", str(tmp_path / "example.yaml")]) == 2
@@ -87,8 +87,8 @@ def test_show_is_indented_on_a_terminal_and_one_line_for_a_script(tmp_path, caps
 
     from PIL import Image
 
-    from pipeline.commands.status import show_command
-    from pipeline.storage.metadata import embed
+    from imagebatch.commands.status import show_command
+    from imagebatch.storage.metadata import embed
 
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, format="PNG")

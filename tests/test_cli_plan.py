@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli
+from imagebatch import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "manifests"
@@ -147,7 +147,7 @@ def test_cap_is_changed_with_max_jobs(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_malformed_via_subprocess(tmp_path: Path, name: str) -> None:
     shutil.copy(CORPUS / name, tmp_path / name)
     exe = BIN / "imagebatch"
-    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline"]
+    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "imagebatch"]
     res = subprocess.run([*argv, "run", name], cwd=tmp_path, capture_output=True, text=True,
                          timeout=120, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 2
@@ -172,7 +172,7 @@ def test_validate_the_examples(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ok, 16 jobs (seed-sweep" in counts["seed-sweep.yaml"]
 
 
-PLAN_JSON = [sys.executable, "-m", "pipeline", "plan", "manifests/matrix.yaml", "--json"]
+PLAN_JSON = [sys.executable, "-m", "imagebatch", "plan", "manifests/matrix.yaml", "--json"]
 
 
 def test_plan_json_is_byte_identical_across_processes() -> None:
@@ -213,7 +213,7 @@ def test_plan_json_writes_non_ascii_as_utf8(tmp_path: Path) -> None:
     path.write_text('version: 1\njobs:\n  - {id: a, prompt: "Café ☕", seeds: 1}\n',
                     encoding="utf-8")
     env = {**os.environ, "LC_ALL": "C", "PYTHONIOENCODING": "ascii"}
-    res = subprocess.run([sys.executable, "-m", "pipeline", "plan", str(path), "--json"],
+    res = subprocess.run([sys.executable, "-m", "imagebatch", "plan", str(path), "--json"],
                          cwd=ROOT, env=env, capture_output=True, check=True)
     assert '"prompt":"Café ☕"'.encode() in res.stdout
     (row,) = json.loads(res.stdout.decode("utf-8"))
@@ -304,7 +304,7 @@ def test_schema_refuses_what_the_loader_refuses() -> None:
 
 
 def test_a_shortened_prompt_keeps_its_matrix_values_in_sight():
-    from pipeline.commands.preview import fit_prompt
+    from imagebatch.commands.preview import fit_prompt
 
     prompt = "A city skyline at dawn, cyberpunk style"
     # at 80 columns the prompt has 15 characters: both values of the variant still show

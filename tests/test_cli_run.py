@@ -11,14 +11,14 @@ import pytest
 from PIL import Image
 from runner_helpers import KEY, make_plan
 
-from pipeline.cli import report_run
-from pipeline.commands.status import show_command
-from pipeline.errors import ConfigError
-from pipeline.planning import config
-from pipeline.running.options import RunOptions
-from pipeline.running.run import run_plans
-from pipeline.running.summary import plan_doc
-from pipeline.service.server import ServerOptions, ServerStats, running_server
+from imagebatch.cli import report_run
+from imagebatch.commands.status import show_command
+from imagebatch.errors import ConfigError
+from imagebatch.planning import config
+from imagebatch.running.options import RunOptions
+from imagebatch.running.run import run_plans
+from imagebatch.running.summary import plan_doc
+from imagebatch.service.server import ServerOptions, ServerStats, running_server
 
 
 async def run_plans_async(plans, conn, opts, err):
@@ -146,7 +146,7 @@ async def test_changed_job_regenerates_alone_and_force_regenerates_all(tmp_path)
         (s,), _ = await run_plans_async([plan2], conn, replace(opts, force=True), err)
         assert api.requests == 9 and s["succeeded"] == 4
         # local results never stand in for this remote backend, nor the reverse
-        from pipeline.storage.store import Store
+        from imagebatch.storage.store import Store
         st = Store(tmp_path / "out", "demo", "local")
         st.load()
         assert not any(st.is_done(j) for j in plan2.jobs)
@@ -229,8 +229,8 @@ def test_default_model_from_env():
 def test_cli_show_and_bad_options(tmp_path, capsys):
     from runner_helpers import image_bytes, make_job
 
-    from pipeline.cli import main
-    from pipeline.storage.metadata import embed
+    from imagebatch.cli import main
+    from imagebatch.storage.metadata import embed
 
     job = make_job(fmt="jpeg")
     img = tmp_path / "x.jpg"
@@ -247,7 +247,7 @@ def test_cli_show_and_bad_options(tmp_path, capsys):
 
 
 def test_cli_show_names_what_a_path_is_when_it_is_not_an_image_file(tmp_path, capsys):
-    from pipeline.cli import main
+    from imagebatch.cli import main
 
     assert main(["show", "/dev/null"]) == 2
     err = capsys.readouterr().err
@@ -268,7 +268,7 @@ def test_cli_show_names_what_a_path_is_when_it_is_not_an_image_file(tmp_path, ca
 async def test_a_second_run_into_the_same_folder_is_refused_and_touches_nothing(tmp_path):
     import fcntl
 
-    from pipeline.errors import StoreError
+    from imagebatch.errors import StoreError
 
     folder = tmp_path / "out" / "demo"
     (folder / "images").mkdir(parents=True)
@@ -289,7 +289,7 @@ async def test_a_second_run_into_the_same_folder_is_refused_and_touches_nothing(
 
 
 def test_status_checks_the_url_as_run_does_and_names_the_same_backend(tmp_path, capsys):
-    from pipeline.commands.status import status_command
+    from imagebatch.commands.status import status_command
 
     manifest = tmp_path / "m.yaml"
     manifest.write_text("version: 1\nname: st\njobs:\n  - id: a\n    prompt: p\n    seeds: 1\n")
@@ -304,7 +304,7 @@ async def test_image_downloads_count_as_requests_in_the_summary(tmp_path):
     from aiohttp import web
     from runner_helpers import image_bytes
 
-    from pipeline.planning import apispec
+    from imagebatch.planning import apispec
 
     seen = {"POST": 0, "GET": 0}
 

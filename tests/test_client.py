@@ -15,9 +15,9 @@ from aioresponses import aioresponses
 from PIL import Image
 from runner_helpers import KEY, image_bytes, make_job
 
-from pipeline.errors import AuthError, PermanentApiError, RetryableApiError
-from pipeline.planning.config import backend_name
-from pipeline.running.client import ApiClient, check_image
+from imagebatch.errors import AuthError, PermanentApiError, RetryableApiError
+from imagebatch.planning.config import backend_name
+from imagebatch.running.client import ApiClient, check_image
 
 BASE = "https://inference.example.test"
 URL = BASE + "/v1/images/generations"
@@ -328,7 +328,7 @@ async def test_a_401_with_a_broken_gzip_body_is_still_a_401(body):
 
 
 def test_base64_variants_other_servers_send_decode_to_the_same_bytes():
-    from pipeline.running.client import decode_b64
+    from imagebatch.running.client import decode_b64
 
     data = image_bytes("png")
     plain = base64.b64encode(data).decode()
@@ -368,7 +368,7 @@ async def test_the_image_and_the_error_carry_the_requests_their_call_sent():
 async def test_a_connection_refused_is_an_unreachable_error():
     from types import SimpleNamespace
 
-    from pipeline.errors import UnreachableError
+    from imagebatch.errors import UnreachableError
 
     refused = aiohttp.ClientConnectorError(
         SimpleNamespace(host="inference.example.test", port=443, ssl=True),

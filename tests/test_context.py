@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 from stress_helpers import in_thread
 
-from pipeline.assets.review import ReviewOptions
-from pipeline.cli import main
-from pipeline.service.server import ServerOptions, running_server
-from pipeline.storage.context import resolve
-from pipeline.storage.metadata import read_request
+from imagebatch.assets.review import ReviewOptions
+from imagebatch.cli import main
+from imagebatch.service.server import ServerOptions, running_server
+from imagebatch.storage.context import resolve
+from imagebatch.storage.metadata import read_request
 
 HKEY = "inf-HEROKU-context-0a1b2c3d"
 SKEY = "sk-STABILITY-context-9f8e7d6c"
@@ -104,7 +104,7 @@ def test_every_command_sees_a_mixed_pools_jobs_done_as_run_does(pool_run, monkey
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     ctx = resolve([opts.manifest], env_prefixes=opts.env_prefixes, out_dir=opts.out)
-    from pipeline.storage.store import DONE, job_states
+    from imagebatch.storage.store import DONE, job_states
     assert all(st.state == DONE for st in job_states(ctx.plan.jobs, ctx.root(ctx.plan),
                                                      ctx.judged))
 

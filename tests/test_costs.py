@@ -1,4 +1,4 @@
-"""The price per image and what requests cost (pipeline.planning.costs)."""
+"""The price per image and what requests cost (imagebatch.planning.costs)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline.errors import UsageError
-from pipeline.planning.costs import cost_text, cost_value, parse_amount, price_from
+from imagebatch.errors import UsageError
+from imagebatch.planning.costs import cost_text, cost_value, parse_amount, price_from
 
 
 @pytest.mark.parametrize(("text", "amount", "written"), [

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from diff_helpers import LAUNCH
 
-from pipeline.cli import main
-from pipeline.commands import scaffold
-from pipeline.service.server import ServerOptions, running_server
+from imagebatch.cli import main
+from imagebatch.commands import scaffold
+from imagebatch.service.server import ServerOptions, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -527,7 +527,7 @@ def test_the_workflow_step_with_no_manifest_changed(tmp_path):
 
 
 def test_git_output_past_its_bound_is_refused(repo):
-    from pipeline.commands.diff import GitError, run_git
+    from imagebatch.commands.diff import GitError, run_git
 
     code, out, _ = run_git(repo, ["log", "--format=%H"])
     assert code == 0 and len(out) == 41
@@ -536,7 +536,7 @@ def test_git_output_past_its_bound_is_refused(repo):
 
 
 def test_a_git_that_hangs_is_stopped(tmp_path, monkeypatch):
-    from pipeline.commands import diff as diff_module
+    from imagebatch.commands import diff as diff_module
 
     fake = tmp_path / "bin"
     fake.mkdir()
@@ -560,7 +560,7 @@ def test_no_git_installed_exits_2(tmp_path, capsys, monkeypatch):
 
 
 def test_a_manifest_too_big_at_the_revision_is_not_read(repo, capsys, monkeypatch):
-    from pipeline.commands import diff as diff_module
+    from imagebatch.commands import diff as diff_module
 
     monkeypatch.setattr(diff_module, "MAX_FILE_BYTES", 100)
     monkeypatch.chdir(repo)

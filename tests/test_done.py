@@ -14,10 +14,10 @@ import pytest
 from done_helpers import assert_page_agrees, cli, index_states, status_states, switchable_server
 from PIL import Image
 
-from pipeline.pictures import imaging
-from pipeline.pictures.post import build_all
-from pipeline.planning.manifest import load_plan
-from pipeline.storage.store import RESULTS, job_states
+from imagebatch.pictures import imaging
+from imagebatch.pictures.post import build_all
+from imagebatch.planning.manifest import load_plan
+from imagebatch.storage.store import RESULTS, job_states
 
 RUN = ("--rpm", "0", "--retries", "0")
 

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, features
 
-from pipeline.assets import export as export_mod
-from pipeline.cli import main
-from pipeline.planning.manifest import load_plan
-from pipeline.planning.plan import Plan
-from pipeline.storage.picks import picks_path, update_picks
-from pipeline.storage.store import Store
+from imagebatch.assets import export as export_mod
+from imagebatch.cli import main
+from imagebatch.planning.manifest import load_plan
+from imagebatch.planning.plan import Plan
+from imagebatch.storage.picks import picks_path, update_picks
+from imagebatch.storage.store import Store
 
 JOBS = """\
 version: 1
@@ -318,7 +318,7 @@ def test_show_reads_the_request_from_every_format_unless_stripped(tmp_path, caps
 
 @pytest.mark.parametrize("fmt", ["WEBP", "AVIF"])
 def test_a_cut_or_forged_webp_or_avif_gives_a_clear_answer(tmp_path, fmt, capsys):
-    from pipeline.storage import metadata
+    from imagebatch.storage import metadata
 
     body = '{"prompt":"a \\"quoted\\" <fox> & \\u00e9\\n","seed":1}'
     buf = io.BytesIO()

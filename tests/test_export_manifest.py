@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.errors import ManifestError, Problem
-from pipeline.planning.exportplan import geometry
-from pipeline.planning.manifest import load_plan
-from pipeline.planning.plan import ExportSettings
+from imagebatch.cli import main
+from imagebatch.errors import ManifestError, Problem
+from imagebatch.planning.exportplan import geometry
+from imagebatch.planning.manifest import load_plan
+from imagebatch.planning.plan import ExportSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = """\
@@ -281,8 +281,8 @@ def test_contain_fits_inside_and_centres_in_the_box():
 
 
 def test_a_clash_hint_names_only_placeholders_that_tell_the_jobs_apart_and_are_missing():
-    from pipeline.planning.exportplan import _telling_apart
-    from pipeline.planning.plan import Job
+    from imagebatch.planning.exportplan import _telling_apart
+    from imagebatch.planning.plan import Job
 
     def job(id_: str, seed: int, vars_: tuple[tuple[str, str], ...] = ()) -> Job:
         return Job(index=0, id=id_, key="0" * 64, path=f"{id_}/{seed}.png", body="{}",

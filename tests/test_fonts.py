@@ -12,9 +12,9 @@ import os
 import pytest
 from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageStat
 
-from pipeline.pictures import fonts, imaging
-from pipeline.pictures.imaging import OK, Entry
-from pipeline.planning.plan import Job, canonical_json, job_key
+from imagebatch.pictures import fonts, imaging
+from imagebatch.pictures.imaging import OK, Entry
+from imagebatch.planning.plan import Job, canonical_json, job_key
 
 SAMPLES = {
     "japanese": "東京の夜景と桜",
@@ -323,7 +323,7 @@ def test_contact_sheet_captions_in_every_script_stay_in_their_cells():
 
 def test_the_embedded_server_draws_prompts_in_every_script(monkeypatch, tmp_path):
     _require(SAMPLES["japanese"] + SAMPLES["hebrew"])
-    from pipeline.service import render
+    from imagebatch.service import render
 
     prompt = f"{SAMPLES['japanese']} {SAMPLES['hebrew']} " * 4
     lines = render._wrap(prompt, 24, 300, 3)
@@ -358,8 +358,8 @@ jobs:
 
 def _sheet_of_a_run(tmp_path, name: str) -> tuple[Image.Image, imaging.Page]:
     """A real run of POLYGLOT on the embedded server: its contact sheet and its layout."""
-    from pipeline.cli import main
-    from pipeline.planning.manifest import load_plan
+    from imagebatch.cli import main
+    from imagebatch.planning.manifest import load_plan
 
     manifest = tmp_path / "polyglot.yaml"
     manifest.write_text(POLYGLOT, encoding="utf-8")

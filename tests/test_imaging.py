@@ -6,9 +6,9 @@ import io
 
 from PIL import Image, ImageChops
 
-from pipeline.pictures import imaging
-from pipeline.pictures.imaging import FAILED, MISSING, OK, Entry
-from pipeline.planning.plan import Job, canonical_json, job_key
+from imagebatch.pictures import imaging
+from imagebatch.pictures.imaging import FAILED, MISSING, OK, Entry
+from imagebatch.planning.plan import Job, canonical_json, job_key
 
 
 def job(index: int, seed: int, job_id: str = "fox", vars: tuple = (), ratio: str = "1:1",

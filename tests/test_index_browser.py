@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from pipeline.pictures.post import build_all
-from pipeline.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
-from pipeline.storage.store import Store
+from imagebatch.pictures.post import build_all
+from imagebatch.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
+from imagebatch.storage.store import Store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

@@ -18,10 +18,10 @@ import pytest
 import yaml
 from PIL import Image
 
-import pipeline
-from pipeline import cli
-from pipeline.cli import main
-from pipeline.commands import scaffold
+import imagebatch
+from imagebatch import cli
+from imagebatch.cli import main
+from imagebatch.commands import scaffold
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -81,7 +81,7 @@ def test_init_writes_everything_into_an_empty_folder(tmp_path, capsys):
     code, out, err = _init(capsys, str(tmp_path))
     assert code == 0, err
     assert _lines(out) == {path: "wrote" for path in WRITTEN}
-    assert f"installs imagebatch=={pipeline.version()}" in out
+    assert f"installs imagebatch=={imagebatch.version()}" in out
     assert "make assets" in out and err == ""
 
     manifest = (tmp_path / scaffold.MANIFEST).read_text()
@@ -93,7 +93,7 @@ def test_init_writes_everything_into_an_empty_folder(tmp_path, capsys):
         assert re.search(rf"^{target}:", makefile, re.MULTILINE), target
     assert "IMAGEBATCH ?= imagebatch" in makefile and ".venv" not in makefile
     workflow = yaml.safe_load((tmp_path / scaffold.WORKFLOW).read_text())
-    assert workflow["env"]["IMAGEBATCH_REQUIREMENT"] == f"imagebatch=={pipeline.version()}"
+    assert workflow["env"]["IMAGEBATCH_REQUIREMENT"] == f"imagebatch=={imagebatch.version()}"
     assert "pip install ." not in (tmp_path / scaffold.WORKFLOW).read_text()
     assert (tmp_path / ".gitignore").read_text().splitlines()[-1] == "outputs/"
 
@@ -197,13 +197,13 @@ def test_a_file_that_differs_is_listed_kept_and_diffable(tmp_path, capsys):
     assert workflow.read_text() == edited
 
     code, out, _ = _init(capsys, "--print", scaffold.WORKFLOW)
-    assert code == 0 and out == scaffold.workflow_text(f"imagebatch=={pipeline.version()}")
+    assert code == 0 and out == scaffold.workflow_text(f"imagebatch=={imagebatch.version()}")
 
     code, out, _ = _init(capsys, str(tmp_path), "--force")
     assert code == 0 and _lines(out)[scaffold.WORKFLOW] == "replaced"
     assert _lines(out)[scaffold.MANIFEST] == "unchanged"
-    assert workflow.read_text() == scaffold.workflow_text(f"imagebatch=={pipeline.version()}")
-    same = (f"{tmp_path.resolve()}: every file is as imagebatch init {pipeline.version()} "
+    assert workflow.read_text() == scaffold.workflow_text(f"imagebatch=={imagebatch.version()}")
+    same = (f"{tmp_path.resolve()}: every file is as imagebatch init {imagebatch.version()} "
             "writes it\n")
     assert _init(capsys, str(tmp_path), "--diff")[:2] == (0, same)
 
@@ -344,7 +344,7 @@ def test_a_repository_that_cannot_be_written_exits_2(tmp_path, capsys, monkeypat
 def test_the_workflow_is_valid_and_clean_under_zizmor(tmp_path, capsys, requirement):
     args = [str(tmp_path)] + (["--requirement", requirement] if requirement else [])
     code, out, _ = _init(capsys, *args)
-    spec = requirement or f"imagebatch=={pipeline.version()}"
+    spec = requirement or f"imagebatch=={imagebatch.version()}"
     assert code == 0 and f"(installs {spec})" in out
     path = tmp_path / scaffold.WORKFLOW
     doc = yaml.safe_load(path.read_text())
@@ -387,7 +387,10 @@ def test_imagebatch_alone_prints_what_it_is_and_its_commands(capsys):
     for command in cli.COMMANDS:
         assert re.search(rf"^    {command} ", out, re.MULTILINE), command
     examples = out.split("examples:\n")[1].split("\n\n")[0].splitlines()
-    assert sum(1 for line in examples if line.startswith("  imagebatch ")) == 3
+    # the whole way: set up, plan, run, review, export
+    assert [line.split()[1] for line in examples if line.startswith("  imagebatch ")] == \
+        ["init", "plan", "run", "review", "export"]
+    assert "Stability AI" in out and "Heroku" in out  # both providers, not Heroku alone
 
 
 def test_help_is_the_same_as_no_command(capsys):
@@ -403,7 +406,7 @@ def test_version(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"imagebatch {version('imagebatch')}\n"
-    assert pipeline.version() == version("imagebatch") == pipeline.__version__
+    assert imagebatch.version() == version("imagebatch") == imagebatch.__version__
 
 
 def test_version_falls_back_to_the_source_tree(monkeypatch):
@@ -413,7 +416,7 @@ def test_version_falls_back_to_the_source_tree(monkeypatch):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "version", missing)
-    assert pipeline.version() == pipeline.__version__
+    assert imagebatch.version() == imagebatch.__version__
 
 
 def test_summary_records_the_version(tmp_path, capsys):
@@ -421,7 +424,7 @@ def test_summary_records_the_version(tmp_path, capsys):
     manifest.write_text("version: 1\njobs:\n  - {id: a, prompt: a small test, seeds: 1}\n")
     assert main(["run", str(manifest), "--out", str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out" / "m" / "summary.json").read_text())
-    assert summary["version"] == pipeline.version()
+    assert summary["version"] == imagebatch.version()
 
 
 @pytest.mark.parametrize("command", sorted(cli.COMMANDS))
@@ -449,7 +452,7 @@ def test_schema_is_built_from_code_not_read_from_a_file(capsys):
             opened.append(os.fsdecode(args[0]))
 
     sys.addaudithook(hook)  # hooks cannot be removed: this one stops recording below
-    control = Path(pipeline.__file__).parent / "planning" / "schema.py"
+    control = Path(imagebatch.__file__).parent / "planning" / "schema.py"
     try:
         control.read_bytes()  # the hook sees opens: this one must be recorded
         assert main(["schema"]) == 0
@@ -506,8 +509,14 @@ def test_the_wheel_works_in_a_fresh_venv_outside_the_repository(tmp_path):
          tmp_path, env)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
 
-    # the installed package is the wheel's, and carries every file of pipeline/ in the sources
-    where = _run([str(py), "-c", "import pipeline; print(pipeline.__file__)"], tmp_path, env)
+    # the installed package is the wheel's, named imagebatch (no top-level `pipeline`, a name
+    # another project owns), and carries every file of pipeline/ in the sources
+    where = _run([str(py), "-c", "import imagebatch; print(imagebatch.__file__)"], tmp_path, env)
+    taken = subprocess.run([str(py), "-c", "import pipeline"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, check=False)
+    assert taken.returncode != 0 and "No module named 'pipeline'" in taken.stderr
+    assert _run([str(py), "-m", "imagebatch", "--version"], tmp_path, env).stdout.startswith(
+        "imagebatch ")
     installed = Path(where.stdout.strip()).parent
     assert venv in installed.parents
     data = {p.relative_to(src / "pipeline") for p in (src / "pipeline").rglob("*")
@@ -518,7 +527,7 @@ def test_the_wheel_works_in_a_fresh_venv_outside_the_repository(tmp_path):
     repo.mkdir()
     _run(["git", "init", "-q"], repo, env)
     assert _run(["imagebatch", "--version"], repo, env).stdout == \
-        f"imagebatch {pipeline.__version__}\n"
+        f"imagebatch {imagebatch.__version__}\n"
     first = _run(["imagebatch", "init"], repo, env)
     assert _lines(first.stdout) == {path: "wrote" for path in WRITTEN}
     written = _files(repo)
@@ -542,7 +551,7 @@ def test_the_wheel_works_in_a_fresh_venv_outside_the_repository(tmp_path):
         assert sheet.width > 256
     assert len(list((out / "thumbs").rglob("*.jpg"))) == 9
     assert 'src="thumbs/' in (out / "index.html").read_text()
-    assert json.loads((out / "summary.json").read_text())["version"] == pipeline.__version__
+    assert json.loads((out / "summary.json").read_text())["version"] == imagebatch.__version__
     assert "Nothing to be done" in _run(["make", "assets"], repo, env).stdout
     assert "9 done, 0 failed, 0 pending" in _run(["make", "status"], repo, env).stdout
     _run(["make", "sheet"], repo, env)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.errors import ManifestError, Problem, UsageError
-from pipeline.planning.manifest import MAX_NODES, load_manifest, load_plan
+from imagebatch.errors import ManifestError, Problem, UsageError
+from imagebatch.planning.manifest import MAX_NODES, load_manifest, load_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -558,7 +558,7 @@ def test_merge_bomb_is_named_as_such(tmp_path: Path) -> None:
 def test_alias_bomb_via_the_cli_exits_2_promptly(tmp_path: Path) -> None:
     path = write(tmp_path, merge_bomb(60))
     # the timeout only guards against a hang; it is far above what this takes
-    res = subprocess.run([sys.executable, "-m", "pipeline", "validate", path], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "imagebatch", "validate", path], cwd=ROOT,
                          capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 2
     assert f"{path}:1:1: the document expands to more than" in res.stderr
@@ -776,8 +776,8 @@ def test_an_endless_file_is_refused_after_the_cap(tmp_path: Path) -> None:
 
 def test_a_plain_document_over_the_value_cap_does_not_blame_aliases(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.planning.manifest
-    monkeypatch.setattr(pipeline.planning.manifest, "MAX_NODES", 1000)
+    import imagebatch.planning.manifest
+    monkeypatch.setattr(imagebatch.planning.manifest, "MAX_NODES", 1000)
     seeds = ", ".join(str(i) for i in range(1, 1002))
     path = write(tmp_path, f"version: 1\njobs:\n  - id: a\n    prompt: x\n    seeds: [{seeds}]\n")
     p = only(problems_of(path, max_jobs=5000))

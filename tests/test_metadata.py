@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from runner_helpers import image_bytes, make_job
 
-from pipeline.cli import main
-from pipeline.planning.plan import canonical_json
-from pipeline.storage import metadata
+from imagebatch.cli import main
+from imagebatch.planning.plan import canonical_json
+from imagebatch.storage import metadata
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg"])

@@ -17,15 +17,15 @@ import pytest
 from PIL import Image
 from runner_helpers import make_job
 
-from pipeline.cli import report_run
-from pipeline.commands.status import status_command
-from pipeline.errors import AuthError, PermanentApiError, RetryableApiError
-from pipeline.planning import config
-from pipeline.planning.manifest import load_plan
-from pipeline.running.options import RunOptions
-from pipeline.running.run import run_plans
-from pipeline.running.summary import markdown, text
-from pipeline.service.server import ServerOptions, running_server
+from imagebatch.cli import report_run
+from imagebatch.commands.status import status_command
+from imagebatch.errors import AuthError, PermanentApiError, RetryableApiError
+from imagebatch.planning import config
+from imagebatch.planning.manifest import load_plan
+from imagebatch.running.options import RunOptions
+from imagebatch.running.run import run_plans
+from imagebatch.running.summary import markdown, text
+from imagebatch.service.server import ServerOptions, running_server
 
 SKEY = "sk-OUTCOMES-5e4d3c2b1a-test"
 HKEY = "inf-OUTCOMES-1a2b3c4d5e-test"
@@ -52,7 +52,7 @@ def _status(tmp_path: Path, path: Path, url: str, *, as_json: bool = False) -> s
 
 def _counts(tmp_path: Path, path: Path, url: str) -> dict:
     """`plan --counts-json` as the environment of `_status` sees the outputs."""
-    from pipeline.commands.preview import plan_command
+    from imagebatch.commands.preview import plan_command
 
     env = {"DIFFUSION_URL": url, "DIFFUSION_KEY": SKEY, "DIFFUSION_PROVIDER": "stability"}
     out = io.StringIO()
@@ -137,7 +137,7 @@ def test_a_changed_request_is_a_new_key_and_is_sent(tmp_path):
 
 
 def test_which_answers_are_final():
-    from pipeline.running.runner import final
+    from imagebatch.running.runner import final
 
     filtered = PermanentApiError("content filtered", status=200, kind="content_filtered")
     assert final(make_job(seed=5), filtered)

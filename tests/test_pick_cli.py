@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from test_post import colour, make_plan, run_jobs
 
-from pipeline.cli import main
-from pipeline.pictures import imaging
-from pipeline.pictures.post import build_all
-from pipeline.planning.manifest import load_plan
-from pipeline.storage.picks import PicksError, load_picks, update_picks
+from imagebatch.cli import main
+from imagebatch.pictures import imaging
+from imagebatch.pictures.post import build_all
+from imagebatch.planning.manifest import load_plan
+from imagebatch.storage.picks import PicksError, load_picks, update_picks
 
 MANIFEST = """\
 version: 1

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.planning.manifest import load_plan
-from pipeline.planning.plan import Plan
-from pipeline.storage import picks
-from pipeline.storage.picks import KEEP, PickEntry, PicksError, load_picks, update_picks
+from imagebatch.planning.manifest import load_plan
+from imagebatch.planning.plan import Plan
+from imagebatch.storage import picks
+from imagebatch.storage.picks import KEEP, PickEntry, PicksError, load_picks, update_picks
 
 MANIFEST = """\
 version: 1

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import ManifestError
-from pipeline.planning.manifest import load_plan
-from pipeline.planning.plan import (
+from imagebatch.errors import ManifestError
+from imagebatch.planning.manifest import load_plan
+from imagebatch.planning.plan import (
     TMP_PREFIX,
     Axis,
     JobSpec,
@@ -79,7 +79,7 @@ def canonical_key(request: dict) -> str:
 
 
 def derived_seed(name: str, job_id: str, index: int) -> int:
-    """The `{random: N}` derivation, written out independently of pipeline.planning.plan."""
+    """The `{random: N}` derivation, written out independently of imagebatch.planning.plan."""
     message = b"imagebatch-seed\x00" + name.encode() + b"\x00" + job_id.encode() + b"\x00" + \
         str(index).encode()
     (first8,) = struct.unpack(">Q", hashlib.sha256(message).digest()[:8])
@@ -278,7 +278,7 @@ def test_a_job_without_seeds_gets_one_random_seed(tmp_path: Path) -> None:
 
 RANDOM_SNIPPET = """
 import json, sys
-from pipeline.planning.manifest import load_plan
+from imagebatch.planning.manifest import load_plan
 plan = load_plan(sys.argv[1])
 print(json.dumps([[j.seed, j.key, j.path] for j in plan.jobs]))
 """

@@ -11,11 +11,11 @@ import pytest
 from runner_helpers import make_plan
 from sweep_helpers import MANIFEST
 
-from pipeline.cli import main
-from pipeline.commands.preview import plan_json
-from pipeline.planning.costs import parse_amount
-from pipeline.planning.counts import count_plan
-from pipeline.planning.manifest import load_plan
+from imagebatch.cli import main
+from imagebatch.commands.preview import plan_json
+from imagebatch.planning.costs import parse_amount
+from imagebatch.planning.counts import count_plan
+from imagebatch.planning.manifest import load_plan
 
 
 @pytest.fixture

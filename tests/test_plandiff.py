@@ -1,5 +1,5 @@
-"""The pure plan diff (pipeline.planning.plandiff), loading a manifest from bytes, and the
-diff's renderings (pipeline.commands.diffreport), the Markdown rendered to HTML."""
+"""The pure plan diff (imagebatch.planning.plandiff), loading a manifest from bytes, and the
+diff's renderings (imagebatch.commands.diffreport), the Markdown rendered to HTML."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 from diff_helpers import LAUNCH
 from markdown_it import MarkdownIt
 
-from pipeline.commands import diffreport
-from pipeline.commands.diffreport import FROM_CHANGE, DiffReport, ManifestDiff
-from pipeline.errors import ManifestError
-from pipeline.planning.costs import Price
-from pipeline.planning.manifest import load_plan, load_plan_bytes
-from pipeline.planning.plan import Plan
-from pipeline.planning.plandiff import (
+from imagebatch.commands import diffreport
+from imagebatch.commands.diffreport import FROM_CHANGE, DiffReport, ManifestDiff
+from imagebatch.errors import ManifestError
+from imagebatch.planning.costs import Price
+from imagebatch.planning.manifest import load_plan, load_plan_bytes
+from imagebatch.planning.plan import Plan
+from imagebatch.planning.plandiff import (
     CHANGED,
     MOVED,
     REMOVED,
@@ -25,7 +25,7 @@ from pipeline.planning.plandiff import (
     change_groups,
     diff_plans,
 )
-from pipeline.storage.picks import PickEntry
+from imagebatch.storage.picks import PickEntry
 
 
 def plan(text: str, source: str = "m.yaml") -> Plan:

@@ -15,15 +15,15 @@ from PIL import Image
 from runner_helpers import Clock, make_plan
 from stress_helpers import leaks
 
-from pipeline.cli import main, report_run
-from pipeline.errors import AuthError, ConfigError, RetryableApiError, UnreachableError
-from pipeline.planning import config
-from pipeline.running.client import GeneratedImage
-from pipeline.running.options import RunOptions
-from pipeline.running.retry import Pacer
-from pipeline.running.run import run_plans
-from pipeline.running.runner import Member, Runner, RunSettings
-from pipeline.service.server import ServerOptions, running_server
+from imagebatch.cli import main, report_run
+from imagebatch.errors import AuthError, ConfigError, RetryableApiError, UnreachableError
+from imagebatch.planning import config
+from imagebatch.running.client import GeneratedImage
+from imagebatch.running.options import RunOptions
+from imagebatch.running.retry import Pacer
+from imagebatch.running.run import run_plans
+from imagebatch.running.runner import Member, Runner, RunSettings
+from imagebatch.service.server import ServerOptions, running_server
 
 KEYS = {"POOLA": "inf-POOL-a1b2c3d4e5-first", "POOLB": "inf-POOL-f6e7d8c9b0-second",
         "POOLC": "inf-POOL-0a9b8c7d6e-third"}

@@ -15,11 +15,11 @@ from urllib.parse import unquote
 import pytest
 from PIL import Image
 
-from pipeline.errors import StoreError
-from pipeline.pictures import imaging
-from pipeline.pictures.post import build_all
-from pipeline.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
-from pipeline.storage.store import Store
+from imagebatch.errors import StoreError
+from imagebatch.pictures import imaging
+from imagebatch.pictures.post import build_all
+from imagebatch.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
+from imagebatch.storage.store import Store
 
 
 def colour(i: int) -> tuple[int, int, int]:

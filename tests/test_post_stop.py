@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.errors import Interrupted
-from pipeline.pictures import post
-from pipeline.pictures.post import Stop, make_thumbs, stop_on_signals
+from imagebatch.errors import Interrupted
+from imagebatch.pictures import post
+from imagebatch.pictures.post import Stop, make_thumbs, stop_on_signals
 
 N = 24
 

@@ -6,8 +6,8 @@ import email.utils
 
 import pytest
 
-from pipeline.errors import AuthError, PermanentApiError, RetryableApiError
-from pipeline.running.retry import (
+from imagebatch.errors import AuthError, PermanentApiError, RetryableApiError
+from imagebatch.running.retry import (
     Pacer,
     RetrySettings,
     build_retrying,
@@ -188,7 +188,7 @@ async def test_pacer_observe_takes_off_the_requests_started_after_the_ticket():
 async def test_a_stop_ends_a_pacer_wait_at_once():
     import asyncio
 
-    from pipeline.running.retry import Stopped
+    from imagebatch.running.retry import Stopped
 
     forever = asyncio.Event()
 

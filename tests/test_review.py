@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from review_helpers import HOSTILE, Outputs, make_outputs, serving
 
-from pipeline.assets.review import CSP, BadChange, has_display, merge_changes, parse_change
-from pipeline.storage import picks
+from imagebatch.assets.review import CSP, BadChange, has_display, merge_changes, parse_change
+from imagebatch.storage import picks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -402,7 +402,7 @@ async def test_failed_and_missing_jobs_keep_their_place(tmp_path: Path) -> None:
 def _review(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     full = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     full.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "review", *args], cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "imagebatch", "review", *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full)
 
 

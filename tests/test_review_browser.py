@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageStat
 from review_helpers import HOSTILE, MANIFEST, Outputs, make_outputs, serving
 
-from pipeline.storage import picks
+from imagebatch.storage import picks
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",

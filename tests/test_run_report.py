@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import report_run
-from pipeline.errors import AuthError, StoreError
-from pipeline.running.summary import (
+from imagebatch.cli import report_run
+from imagebatch.errors import AuthError, StoreError
+from imagebatch.running.summary import (
     Failure,
     PlanReport,
     RunReport,
@@ -99,12 +99,12 @@ def test_a_failed_write_is_raised_after_the_summary_is_printed():
 def test_validate_and_plan_load_no_http_code(tmp_path):
     manifest = tmp_path / "m.yaml"
     manifest.write_text("version: 1\njobs:\n  - id: a\n    prompt: p\n    seeds: 1\n")
-    script = ("import sys\nfrom pipeline.cli import main\n"
+    script = ("import sys\nfrom imagebatch.cli import main\n"
               f"assert main(['validate', {str(manifest)!r}]) == 0\n"
               f"assert main(['plan', {str(manifest)!r}, '--json']) == 0\n"
               "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-              "('aiohttp', 'pipeline') and m in ('aiohttp', 'pipeline.service.server', "
-              "'pipeline.running.client', 'pipeline.running.run')))\n")
+              "('aiohttp', 'imagebatch') and m in ('aiohttp', 'imagebatch.service.server', "
+              "'imagebatch.running.client', 'imagebatch.running.run')))\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -112,7 +112,7 @@ def test_validate_and_plan_load_no_http_code(tmp_path):
 
 
 def test_metadata_errors_are_under_the_one_root_and_still_value_errors():
-    from pipeline.errors import ImagebatchError
-    from pipeline.storage.metadata import MetadataError
+    from imagebatch.errors import ImagebatchError
+    from imagebatch.storage.metadata import MetadataError
 
     assert issubclass(MetadataError, ImagebatchError) and issubclass(MetadataError, ValueError)

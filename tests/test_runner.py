@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from runner_helpers import Clock, make_plan
 
-from pipeline.errors import AuthError, PermanentApiError, RetryableApiError, StoreError
-from pipeline.running.client import GeneratedImage
-from pipeline.running.runner import Runner, RunSettings
+from imagebatch.errors import AuthError, PermanentApiError, RetryableApiError, StoreError
+from imagebatch.running.client import GeneratedImage
+from imagebatch.running.runner import Runner, RunSettings
 
 
 class FakeStore:
@@ -257,7 +257,7 @@ async def test_progress_callback_sees_every_job(concurrency):
 def test_progress_bar_on_a_tty_redraws_one_line():
     import io
 
-    from pipeline.running.progress import Progress
+    from imagebatch.running.progress import Progress
 
     now = [0.0]
     buf = io.StringIO()
@@ -277,7 +277,7 @@ def test_progress_bar_on_a_tty_redraws_one_line():
 def test_progress_off_a_tty_prints_plain_lines_every_few_seconds():
     import io
 
-    from pipeline.running.progress import Progress
+    from imagebatch.running.progress import Progress
 
     now = [0.0]
     buf = io.StringIO()
@@ -291,8 +291,8 @@ def test_progress_off_a_tty_prints_plain_lines_every_few_seconds():
 
 
 async def test_pacing_and_backoff_run_on_one_injected_clock():
-    from pipeline.running.retry import Pacer
-    from pipeline.running.runner import Member
+    from imagebatch.running.retry import Pacer
+    from imagebatch.running.runner import Member
 
     clock, store = Clock(), FakeStore()
     client = FakeClient({1: [RetryableApiError("HTTP 503", status=503)]})

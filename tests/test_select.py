@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from sweep_helpers import MANIFEST
 
-from pipeline.assets.review import Review
-from pipeline.cli import main
-from pipeline.errors import UsageError
-from pipeline.planning.manifest import load_plan
-from pipeline.planning.select import ALL, Selection, narrow, narrow_all, select_jobs
-from pipeline.storage import picks
+from imagebatch.assets.review import Review
+from imagebatch.cli import main
+from imagebatch.errors import UsageError
+from imagebatch.planning.manifest import load_plan
+from imagebatch.planning.select import ALL, Selection, narrow, narrow_all, select_jobs
+from imagebatch.storage import picks
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ import aiohttp
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from pipeline.errors import AuthError, PermanentApiError, RetryableApiError
-from pipeline.planning import apispec
-from pipeline.planning.plan import Job, canonical_json, job_key
-from pipeline.running.client import ApiClient
-from pipeline.running.retry import parse_duration
-from pipeline.service.render import render
-from pipeline.service.server import (
+from imagebatch.errors import AuthError, PermanentApiError, RetryableApiError
+from imagebatch.planning import apispec
+from imagebatch.planning.plan import Job, canonical_json, job_key
+from imagebatch.running.client import ApiClient
+from imagebatch.running.retry import parse_duration
+from imagebatch.service.render import render
+from imagebatch.service.server import (
     FAULT_KINDS,
     MAX_REQUEST_BYTES,
     STATS_KEY,

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from pipeline.service.server import RunningServer, ServerOptions, running_server
+from imagebatch.service.server import RunningServer, ServerOptions, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "inf-test-key"
@@ -256,7 +256,7 @@ def test_litellm_openai_compatible_shape_for_heroku(keyed, litellm):
     assert (img.format, img.size) == ("PNG", (1024, 1024))
 
 
-SERVE = ("from pipeline.service.server import ServerOptions, serve\n"
+SERVE = ("from imagebatch.service.server import ServerOptions, serve\n"
          "if __name__ == '__main__':\n"
          "    serve(ServerOptions(key={key!r}, workers=1, rpm=5), '127.0.0.1', 0)\n")
 

@@ -22,7 +22,7 @@ N = 40
 
 SERVER = f"""
 import asyncio, sys
-from pipeline.service.server import ServerOptions, running_server
+from imagebatch.service.server import ServerOptions, running_server
 async def main():
     options = ServerOptions(key={KEY!r}, latency_ms=1000 * float(sys.argv[1]), workers=1)
     async with running_server(options) as srv:
@@ -37,10 +37,10 @@ import sys
 sys.path.insert(0, {str(TESTS)!r})
 from pathlib import Path
 import asyncio
-from pipeline.planning import config
-from pipeline.cli import report_run
-from pipeline.running.options import RunOptions
-from pipeline.running.run import run_plans
+from imagebatch.planning import config
+from imagebatch.cli import report_run
+from imagebatch.running.options import RunOptions
+from imagebatch.running.run import run_plans
 from runner_helpers import make_plan
 import os
 conn = config.connection(os.environ, "DIFFUSION")
@@ -78,10 +78,10 @@ def server():
 
 def _run_argv(tmp_path: Path) -> list[str]:
     out = str(tmp_path / "out")
-    if importlib.util.find_spec("pipeline.planning.manifest") is not None:
+    if importlib.util.find_spec("imagebatch.planning.manifest") is not None:
         manifest = tmp_path / "demo.yaml"
         manifest.write_text(MANIFEST)
-        return [sys.executable, "-m", "pipeline", "run", str(manifest), "--out", out,
+        return [sys.executable, "-m", "imagebatch", "run", str(manifest), "--out", out,
                 "--concurrency", "4", "--rpm", "6000", "--no-post"]
     return [sys.executable, "-c", DRIVER, out]
 

@@ -20,12 +20,12 @@ from aioresponses import aioresponses
 from PIL import Image
 from runner_helpers import Clock
 
-from pipeline.errors import AuthError, PermanentApiError, RetryableApiError
-from pipeline.planning import apispec
-from pipeline.planning.manifest import load_plan
-from pipeline.planning.plan import Job
-from pipeline.running.client import ApiClient, check_image
-from pipeline.running.retry import STABILITY_MAX_RPM, Pacer, provider_rpm
+from imagebatch.errors import AuthError, PermanentApiError, RetryableApiError
+from imagebatch.planning import apispec
+from imagebatch.planning.manifest import load_plan
+from imagebatch.planning.plan import Job
+from imagebatch.running.client import ApiClient, check_image
+from imagebatch.running.retry import STABILITY_MAX_RPM, Pacer, provider_rpm
 
 KEY = "sk-STAB-0123456789abcdef-test"
 BASE = "https://api.stability.example.test"

@@ -25,18 +25,18 @@ import yaml
 from PIL import Image
 from stress_helpers import leaks
 
-from pipeline.assets.variations import variation_job, variation_snippet
-from pipeline.cli import main
-from pipeline.errors import ConfigError, ManifestError
-from pipeline.planning import apispec, config
-from pipeline.planning.manifest import load_plan, load_plans
-from pipeline.planning.plan import canonical_json, job_key
-from pipeline.running.client import ApiClient
-from pipeline.running.options import RunOptions
-from pipeline.running.run import run_plans
-from pipeline.service.server import ServerOptions, running_server
-from pipeline.storage.metadata import read_request
-from pipeline.storage.store import DONE, job_states
+from imagebatch.assets.variations import variation_job, variation_snippet
+from imagebatch.cli import main
+from imagebatch.errors import ConfigError, ManifestError
+from imagebatch.planning import apispec, config
+from imagebatch.planning.manifest import load_plan, load_plans
+from imagebatch.planning.plan import canonical_json, job_key
+from imagebatch.running.client import ApiClient
+from imagebatch.running.options import RunOptions
+from imagebatch.running.run import run_plans
+from imagebatch.service.server import ServerOptions, running_server
+from imagebatch.storage.metadata import read_request
+from imagebatch.storage.store import DONE, job_states
 
 ROOT = Path(__file__).resolve().parent.parent
 HKEY = "inf-HEROKU-0a1b2c3d4e5f-test"
@@ -498,7 +498,7 @@ def _form(**fields: str) -> aiohttp.FormData:
 
 @pytest.mark.slow
 def test_serve_serves_both_providers(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "imagebatch", "serve", "--port", "0",
                              "--workers", "1"], stderr=subprocess.PIPE, text=True,
                             cwd=ROOT)
     try:
@@ -554,8 +554,8 @@ def test_the_variation_snippet_pasted_into_the_manifest_plans_a_variations_job(t
 
 
 def test_review_items_carry_the_snippet_and_nothing_is_written(tmp_path, monkeypatch):
-    from pipeline.assets.review import Review
-    from pipeline.storage import picks
+    from imagebatch.assets.review import Review
+    from imagebatch.storage import picks
 
     manifest = write(tmp_path, SIMPLE)
     out = tmp_path / "out"
@@ -599,7 +599,7 @@ def test_keys_never_show_in_a_stability_runs_output(tmp_path, capsys, monkeypatc
 def test_a_mixed_pools_images_go_to_the_cache_under_the_key_sent_and_come_back_whole(tmp_path):
     import shutil
 
-    from pipeline.storage.cache import open_cache, restorable
+    from imagebatch.storage.cache import open_cache, restorable
 
     path = write(tmp_path, "version: 1\nname: mixc\njobs:\n  - id: a\n    prompt: a fox\n"
                            "    seeds: {start: 1, count: 8}\n")

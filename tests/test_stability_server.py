@@ -17,14 +17,14 @@ import pytest
 from PIL import Image
 from runner_helpers import Clock
 
-from pipeline import version
-from pipeline.errors import PermanentApiError, RetryableApiError
-from pipeline.planning import apispec
-from pipeline.planning.manifest import load_plan
-from pipeline.planning.plan import Job, canonical_json, job_key
-from pipeline.running.client import ApiClient
-from pipeline.running.runner import Runner, RunSettings
-from pipeline.service.server import ServerOptions, running_server
+from imagebatch import version
+from imagebatch.errors import PermanentApiError, RetryableApiError
+from imagebatch.planning import apispec
+from imagebatch.planning.manifest import load_plan
+from imagebatch.planning.plan import Job, canonical_json, job_key
+from imagebatch.running.client import ApiClient
+from imagebatch.running.runner import Runner, RunSettings
+from imagebatch.service.server import ServerOptions, running_server
 
 KEY = "sk-STAB-server-0123456789-test"
 

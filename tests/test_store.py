@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 from runner_helpers import image_bytes, make_job
 
-import pipeline.storage.store
-from pipeline.errors import StoreError
-from pipeline.storage import metadata
-from pipeline.storage.store import RESULTS, Store, atomic_write, job_states, read_records
+import imagebatch.storage.store
+from imagebatch.errors import StoreError
+from imagebatch.storage import metadata
+from imagebatch.storage.store import RESULTS, Store, atomic_write, job_states, read_records
 
 
 def _store(tmp_path, backend="local"):
@@ -189,7 +189,7 @@ def test_a_same_size_change_in_the_same_clock_tick_as_the_save_is_seen(tmp_path,
         atomic_write(path, data)
         written.append(os.stat(path).st_mtime_ns)
 
-    monkeypatch.setattr(pipeline.storage.store, "atomic_write", spy)
+    monkeypatch.setattr(imagebatch.storage.store, "atomic_write", spy)
     job = make_job()
     s = _store(tmp_path)
     rec = s.save(job, image_bytes(), attempts=1, seconds=0, created=None)

@@ -1,4 +1,4 @@
-"""Chaos: 2,000 jobs through `python -m pipeline run` against the embedded server while it
+"""Chaos: 2,000 jobs through `python -m imagebatch run` against the embedded server while it
 injects every fault kind it has into 30% of first attempts. Every job must end with the image
 it asked for, and what the run recorded must match the files on disk exactly.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from stress_helpers import check_run, cli_env, embedded_server, load, run_argv, run_cli
 
-from pipeline.service.server import FAULT_KINDS, ServerOptions
+from imagebatch.service.server import FAULT_KINDS, ServerOptions
 
 pytestmark = pytest.mark.stress
 

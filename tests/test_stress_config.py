@@ -103,7 +103,7 @@ async def test_an_unexpected_error_in_a_worker_is_not_a_finished_run() -> None:
     # run and the run exiting 0.
     from runner_helpers import make_plan
 
-    from pipeline.running.runner import Runner, RunSettings
+    from imagebatch.running.runner import Runner, RunSettings
 
     class Broken:
         requests = 0

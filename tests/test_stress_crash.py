@@ -1,4 +1,4 @@
-"""Crashes: `python -m pipeline run` killed with SIGKILL at five seeded random moments, resumed
+"""Crashes: `python -m imagebatch run` killed with SIGKILL at five seeded random moments, resumed
 each time, then finished; and stopped with SIGINT (once, and twice to abort).
 
 The server runs in the test process, so it counts what it answered per request body: a job
@@ -30,7 +30,7 @@ from stress_helpers import (
     temp_files,
 )
 
-from pipeline.service.server import ServerOptions
+from imagebatch.service.server import ServerOptions
 
 pytestmark = pytest.mark.stress
 

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from stress_helpers import SECRET_KEY, Embedded, check_run, decode, embedded_server, load, results
 
-import pipeline.storage.store
-from pipeline.cli import main
-from pipeline.service.server import ServerOptions
+import imagebatch.storage.store
+from imagebatch.cli import main
+from imagebatch.service.server import ServerOptions
 
 pytestmark = pytest.mark.stress
 
@@ -125,7 +125,7 @@ def _faulty_disk(root: Path, fault: Fault, *, after_images: int = 0,
         real_replace(src, dst, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:  # undone on leaving, the rest left alone
-        patch.setattr(pipeline.storage.store, "open", fake_open, raising=False)
+        patch.setattr(imagebatch.storage.store, "open", fake_open, raising=False)
         patch.setattr(os, "replace", fake_replace)
         yield
 

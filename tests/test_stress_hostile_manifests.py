@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from stress_helpers import load, snapshot_tree
 
-from pipeline.cli import main
+from imagebatch.cli import main
 
 pytestmark = pytest.mark.stress
 

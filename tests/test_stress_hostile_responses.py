@@ -1,5 +1,5 @@
 """Hostile responses: a tiny aiohttp server per case answers every request with something a
-real service must never send, and `python -m pipeline run` must refuse it with a clear reason,
+real service must never send, and `python -m imagebatch run` must refuse it with a clear reason,
 retry as the spec says (transient: `--retries` more times), fail the job, keep its memory
 bounded, and save nothing under outputs.
 """
@@ -23,7 +23,7 @@ from aiohttp import web
 from PIL import Image
 from stress_helpers import app_server, cli_env, run_cli, temp_files
 
-from pipeline.running.client import MAX_BODY_BYTES
+from imagebatch.running.client import MAX_BODY_BYTES
 
 pytestmark = pytest.mark.stress
 
@@ -41,12 +41,12 @@ jobs:
 """
 WANT = (1536, 640)  # 21:9
 
-# Runs `imagebatch run` as `python -m pipeline` would, then reports the process's peak RSS.
+# Runs `imagebatch run` as `python -m imagebatch` would, then reports the process's peak RSS.
 # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the forked copy
 # of the test process, which is large after the 50 MB cases.
 PEAK_RSS = """\
 import re, sys
-from pipeline.cli import main
+from imagebatch.cli import main
 code = main(sys.argv[1:])
 hwm = re.search(r"VmHWM:\\s*(\\d+)", open("/proc/self/status").read()).group(1)
 print(f"peak_rss_kb={hwm}", file=sys.stderr)

@@ -43,7 +43,7 @@ def _sheet(manifest: Path, out: Path, cwd: Path) -> tuple[float, str]:
 
     tag = uuid.uuid4().hex
     root = out / "big"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "sheet", str(manifest),
+    proc = subprocess.Popen([sys.executable, "-m", "imagebatch", "sheet", str(manifest),
                              "--out", str(out)], env=tagged_env(tag), cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     first = None

@@ -28,7 +28,7 @@ from stress_helpers import (
     secret_forms,
 )
 
-from pipeline.service.server import FAULT_KINDS, ServerOptions
+from imagebatch.service.server import FAULT_KINDS, ServerOptions
 
 pytestmark = pytest.mark.stress
 
@@ -86,7 +86,7 @@ def test_faulty_run_status_sheet_show_never_show_the_key(tmp_path: Path) -> None
         "sheet": ["sheet", str(manifest), "--out", str(out)],
         "show": ["show", str(image)],
     }.items():
-        proc = run_cli([sys.executable, "-m", "pipeline", *argv],
+        proc = run_cli([sys.executable, "-m", "imagebatch", *argv],
                        cli_env("http://127.0.0.1:9", GITHUB_STEP_SUMMARY=str(step)),
                        cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr

@@ -34,15 +34,15 @@ from typing import Any, TextIO
 
 from PIL import Image
 
-from pipeline.errors import ImagebatchError, StoreError, UsageError, printable
-from pipeline.pictures import imaging
-from pipeline.planning import exportplan
-from pipeline.planning.config import DEFAULT_PREFIX
-from pipeline.planning.exportplan import ASSETS_JSON, LOCK_FILE, STATE_FILE, Target
-from pipeline.planning.manifest import DEFAULT_MAX_JOBS
-from pipeline.planning.plan import TMP_PREFIX, ExportSettings, Job, Plan
-from pipeline.storage import metadata
-from pipeline.storage.store import IMAGES, write_error, write_file
+from ..errors import ImagebatchError, StoreError, UsageError, printable
+from ..pictures import imaging
+from ..planning import exportplan
+from ..planning.config import DEFAULT_PREFIX
+from ..planning.exportplan import ASSETS_JSON, LOCK_FILE, STATE_FILE, Target
+from ..planning.manifest import DEFAULT_MAX_JOBS
+from ..planning.plan import TMP_PREFIX, ExportSettings, Job, Plan
+from ..storage import metadata
+from ..storage.store import IMAGES, write_error, write_file
 
 try:
     import fcntl
@@ -105,7 +105,7 @@ def job_states(plan: Plan, out_dir: Path, backends: frozenset[str],
     `made`, when given, is filled with image path -> the job as it was sent, for a mixed
     pool's images made under another provider's key than the plan's (their assets embed and
     name that request: the one that made them)."""
-    from pipeline.storage import store
+    from ..storage import store
 
     root = Path(out_dir) / plan.name
     judged = {st.job.key: st for st in store.job_states(plan.jobs, root, backends)}
@@ -137,7 +137,7 @@ def choose(plan: Plan, picks: Any, state: JobState
            ) -> tuple[list[tuple[ExportSettings, Job]], dict[str, tuple[list[str], str]]]:
     """(export, job) pairs to make files of, and image path -> (exports, reason) for chosen
     images that have no usable image (stale decisions, failed or pending jobs)."""
-    from pipeline.storage.picks import PICK, REJECT
+    from ..storage.picks import PICK, REJECT
 
     by_path = {job.path: job for job in plan.jobs}
     chosen: list[tuple[ExportSettings, Job]] = []
@@ -419,7 +419,7 @@ def make_files(task: Task) -> tuple[str, Any]:
 def _run_tasks(tasks: list[Task], workers: int) -> list[tuple[str, Any]]:
     if workers <= 1 or len(tasks) < PARALLEL_MIN:
         return [make_files(t) for t in tasks]
-    from pipeline.pictures.post import _context  # the start method safe beside threads
+    from ..pictures.post import _context  # the start method safe beside threads
 
     workers = min(workers, len(tasks))
     with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
@@ -787,8 +787,8 @@ def export_command(manifest: str, *, out_dir: Path = Path("outputs"),
                    env: Mapping[str, str] | None = None, out: TextIO | None = None,
                    err: TextIO | None = None) -> int:
     """`imagebatch export`: write every export of a manifest from images on disk."""
-    from pipeline.storage.context import resolve
-    from pipeline.storage.picks import load_picks, picks_path
+    from ..storage.context import resolve
+    from ..storage.picks import load_picks, picks_path
 
     out = out or sys.stdout
     err = err or sys.stderr

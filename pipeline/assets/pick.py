@@ -8,13 +8,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from pipeline.errors import UsageError, printable
-from pipeline.planning.config import DEFAULT_PREFIX
-from pipeline.planning.plan import Plan
-from pipeline.storage import picks
-from pipeline.storage.context import resolve
-from pipeline.storage.picks import PICK, REJECT, PickEntry
-from pipeline.storage.store import IMAGES
+from ..errors import UsageError, printable
+from ..planning.config import DEFAULT_PREFIX
+from ..planning.plan import Plan
+from ..storage import picks
+from ..storage.context import resolve
+from ..storage.picks import PICK, REJECT, PickEntry
+from ..storage.store import IMAGES
 
 
 def _describe(entry: PickEntry | None, stale: bool) -> str:

@@ -2,7 +2,7 @@
 
 An aiohttp app on loopback serves one page (Jinja2, autoescaped), its script and style
 (files of this package, no outside URLs), the output folder's images and thumbnails, and a
-small JSON API over the picks file (pipeline.storage.picks). Every request needs the random token
+small JSON API over the picks file (imagebatch.storage.picks). Every request needs the random token
 the URL carries, a Host naming this server and, when the browser sends one, an Origin of
 this server: a page elsewhere cannot read or change anything, DNS rebinding included.
 """
@@ -28,17 +28,17 @@ from urllib.parse import quote
 import jinja2
 from aiohttp import web
 
-from pipeline.assets.variations import variation_snippet
-from pipeline.errors import StoreError, UsageError
-from pipeline.pictures import imaging
-from pipeline.pictures.imaging import OK, Entry
-from pipeline.pictures.post import entries_for, make_thumb, thumb_rel
-from pipeline.planning import apispec, config
-from pipeline.planning.plan import Job, Plan
-from pipeline.planning.select import ALL, Selection, narrow_all
-from pipeline.signals import on_stop_signals
-from pipeline.storage import picks
-from pipeline.storage.store import IMAGES
+from ..errors import StoreError, UsageError
+from ..pictures import imaging
+from ..pictures.imaging import OK, Entry
+from ..pictures.post import entries_for, make_thumb, thumb_rel
+from ..planning import apispec, config
+from ..planning.plan import Job, Plan
+from ..planning.select import ALL, Selection, narrow_all
+from ..signals import on_stop_signals
+from ..storage import picks
+from ..storage.store import IMAGES
+from .variations import variation_snippet
 
 #: Request bodies of the API are a few dozen bytes; anything far larger is not ours.
 MAX_BODY_BYTES = 16 * 1024
@@ -296,7 +296,7 @@ def merge_changes(batch: list[tuple[str, dict[str, Any]]]) -> dict[str, picks.Ch
 
 REVIEW_KEY = web.AppKey("imagebatch_review", Review)
 _JINJA = jinja2.Environment(
-    loader=jinja2.PackageLoader("pipeline", "templates"), autoescape=True,
+    loader=jinja2.PackageLoader("imagebatch", "templates"), autoescape=True,
     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
@@ -398,7 +398,7 @@ async def static(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     if name not in STATIC:
         raise web.HTTPNotFound(reason="no such file")
-    data = (resources.files("pipeline") / "templates" / name).read_bytes()
+    data = (resources.files("imagebatch") / "templates" / name).read_bytes()
     return web.Response(body=data, content_type=STATIC[name], charset="utf-8")
 
 
@@ -616,7 +616,7 @@ def review_command(
     err: TextIO | None = None, ready: Callable[[RunningReview], None] | None = None,
 ) -> int:
     """`imagebatch review`: serve the page until Ctrl-C or SIGTERM; 0 once stopped."""
-    from pipeline.storage.context import resolve
+    from ..storage.context import resolve
 
     env = os.environ if env is None else env
     out = out or sys.stdout

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.planning.plan import Job, safe
+from ..planning.plan import Job, safe
 
 DEFAULT_STRENGTH = 0.35  # near the picked image: its composition kept, its details varied
 DEFAULT_COUNT = 4  # variations asked for: {random: 4}

@@ -4,7 +4,7 @@ file; sends nothing, writes nothing.
 The manifest as it is on disk is compared with the same path at a revision (by default the
 merge base of HEAD with the default branch) read through `git` (a subprocess with no shell,
 its output bounded), or with another manifest file. The pure comparison is
-`pipeline.planning.plandiff`; the renderings are `pipeline.commands.diffreport`.
+`imagebatch.planning.plandiff`; the renderings are `imagebatch.commands.diffreport`.
 """
 
 from __future__ import annotations
@@ -21,25 +21,25 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
-from pipeline.commands import diffreport
-from pipeline.commands.diffreport import FROM_CHANGE, FROM_OUTPUTS, DiffReport, ManifestDiff
-from pipeline.commands.preview import restorable_keys, write_utf8
-from pipeline.errors import ImagebatchError, ManifestError, UsageError, printable
-from pipeline.planning import config, costs
-from pipeline.planning.manifest import (
+from ..errors import ImagebatchError, ManifestError, UsageError, printable
+from ..planning import config, costs
+from ..planning.manifest import (
     DEFAULT_MAX_JOBS,
     MAX_FILE_BYTES,
     MAX_INPUT_BYTES,
     load_plan,
     load_plan_bytes,
 )
-from pipeline.planning.plan import Plan
-from pipeline.planning.plandiff import Decision, diff_plans
-from pipeline.running.options import DEFAULT_OUT
-from pipeline.storage import picks
-from pipeline.storage.context import CacheUse
-from pipeline.storage.context import resolve as resolve_context
-from pipeline.storage.store import DONE, job_states
+from ..planning.plan import Plan
+from ..planning.plandiff import Decision, diff_plans
+from ..running.options import DEFAULT_OUT
+from ..storage import picks
+from ..storage.context import CacheUse
+from ..storage.context import resolve as resolve_context
+from ..storage.store import DONE, job_states
+from . import diffreport
+from .diffreport import FROM_CHANGE, FROM_OUTPUTS, DiffReport, ManifestDiff
+from .preview import restorable_keys, write_utf8
 
 GIT_TIMEOUT = 60.0  # seconds for one git command: they read a few objects, nothing more
 MAX_GIT_OUTPUT = 64 * 1024  # of a git command's answer other than a file's contents

@@ -12,10 +12,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import printable
-from pipeline.planning.costs import Price, cost_text, cost_value
-from pipeline.planning.plan import Job
-from pipeline.planning.plandiff import ChangeGroup, FieldChange, PlanDiff, change_groups, job_doc
+from ..errors import printable
+from ..planning.costs import Price, cost_text, cost_value
+from ..planning.plan import Job
+from ..planning.plandiff import ChangeGroup, FieldChange, PlanDiff, change_groups, job_doc
 
 MAX_ROWS = 40  # table rows per manifest in Markdown; the counts still say how many there are
 MAX_PROMPT_GROUPS = 12  # changed prompts shown old and new per manifest in Markdown

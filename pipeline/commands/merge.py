@@ -19,16 +19,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline import version
-from pipeline.errors import StoreError, UsageError
-from pipeline.pictures.post import build_all, stop_on_signals
-from pipeline.planning.config import DEFAULT_PREFIX
-from pipeline.planning.manifest import DEFAULT_MAX_JOBS
-from pipeline.planning.plan import Job, Plan
-from pipeline.running.summary import Failure, PlanReport, RunReport, summary_json
-from pipeline.storage.context import resolve
-from pipeline.storage.picks import load_picks, picks_path
-from pipeline.storage.store import (
+from .. import version
+from ..errors import StoreError, UsageError
+from ..pictures.post import build_all, stop_on_signals
+from ..planning.config import DEFAULT_PREFIX
+from ..planning.manifest import DEFAULT_MAX_JOBS
+from ..planning.plan import Job, Plan
+from ..running.summary import Failure, PlanReport, RunReport, summary_json
+from ..storage.context import resolve
+from ..storage.picks import load_picks, picks_path
+from ..storage.store import (
     DONE,
     FAILED,
     IMAGES,

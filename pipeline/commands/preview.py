@@ -18,15 +18,15 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.errors import ManifestError, printable
-from pipeline.planning.config import DEFAULT_PREFIX
-from pipeline.planning.costs import price_from
-from pipeline.planning.counts import PlanCounts, count_plan
-from pipeline.planning.manifest import DEFAULT_MAX_JOBS
-from pipeline.planning.plan import Job, Plan
-from pipeline.planning.select import ALL, Selection, narrow_all
-from pipeline.storage.context import CacheUse, Context, resolve
-from pipeline.storage.store import DONE, job_states
+from ..errors import ManifestError, printable
+from ..planning.config import DEFAULT_PREFIX
+from ..planning.costs import price_from
+from ..planning.counts import PlanCounts, count_plan
+from ..planning.manifest import DEFAULT_MAX_JOBS
+from ..planning.plan import Job, Plan
+from ..planning.select import ALL, Selection, narrow_all
+from ..storage.context import CacheUse, Context, resolve
+from ..storage.store import DONE, job_states
 
 DEFAULT_OUT = Path("outputs")  # as `run --out` (running.options, not imported: no HTTP code)
 
@@ -117,7 +117,7 @@ def write_utf8(text: str, out: TextIO) -> None:
 def restorable_keys(jobs: Sequence[Job], ctx: Context) -> AbstractSet[str] | None:
     """The keys of `jobs` the context's shared cache holds an image of made by one of its
     judged backends, from a listing (nothing downloaded); None when no cache is set."""
-    from pipeline.storage.cache import restorable
+    from ..storage.cache import restorable
 
     return None if ctx.cache is None else restorable(ctx.cache, jobs, ctx.judged)
 
@@ -176,7 +176,7 @@ def plan_command(manifest: str, *, as_json: bool = False, shard: tuple[int, int]
 
 def schema_command(out: TextIO | None = None) -> int:
     """`imagebatch schema`: the manifest's JSON Schema, for editors."""
-    from pipeline.planning.schema import schema_text
+    from ..planning.schema import schema_text
 
     write_utf8(schema_text(), out or sys.stdout)
     return 0

@@ -24,8 +24,8 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
-from pipeline import version
-from pipeline.errors import ManifestError, UsageError, printable
+from .. import version
+from ..errors import ManifestError, UsageError, printable
 
 MANIFEST = "manifests/example.yaml"
 SCHEMA = "imagebatch.schema.json"
@@ -48,12 +48,12 @@ _PLACEHOLDER = "@IMAGEBATCH_REQUIREMENT@"
 
 
 def _template(name: str) -> str:
-    return (resources.files("pipeline") / "templates" / "init" / name).read_text(
+    return (resources.files("imagebatch") / "templates" / "init" / name).read_text(
         encoding="utf-8")
 
 
 def _validates(text: str) -> bool:
-    from pipeline.planning.manifest import load_plan
+    from ..planning.manifest import load_plan
 
     with tempfile.TemporaryDirectory(prefix="imagebatch-init-") as tmp:
         path = Path(tmp) / PurePosixPath(MANIFEST).name
@@ -126,7 +126,7 @@ def gitignore_text(current: str | None) -> str:
 
 def templates(requirement: str | None = None) -> dict[str, str]:
     """Every file init can write, by path, as it writes it into a new repository."""
-    from pipeline.planning.schema import schema_text
+    from ..planning.schema import schema_text
 
     return {
         MANIFEST: manifest_text(),
@@ -185,7 +185,7 @@ def _own_makefile(root: Path) -> str | None:
 
 def survey(root: Path, requirement: str) -> tuple[list[Item], str | None]:
     """Every managed file of `root` and the repository's own make file (None if none)."""
-    from pipeline.planning.schema import schema_text
+    from ..planning.schema import schema_text
 
     own_make = _own_makefile(root)
     make = (MAKE_INCLUDE, include_text()) if own_make else (MAKEFILE, makefile_text())
@@ -274,7 +274,7 @@ def _shown(root: Path) -> str:
 
 def _write_all(root: Path, directory: str, items: list[Item], own_make: str | None,
                force: bool, out: TextIO) -> int:
-    from pipeline.storage.store import write_file
+    from ..storage.store import write_file
 
     created = not root.exists()
     print(f"imagebatch init {version()} in {_shown(root)}" + (" (new folder)" if created else ""),

@@ -16,16 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pipeline.pictures.post import build_all, stop_on_signals
-from pipeline.planning import config
-from pipeline.planning.manifest import DEFAULT_MAX_JOBS
-from pipeline.planning.plan import Job, Plan
-from pipeline.running import cache as cached
-from pipeline.running.options import DEFAULT_OUT
-from pipeline.storage import picks
-from pipeline.storage.cache import Cache
-from pipeline.storage.context import CacheUse, Context, resolve
-from pipeline.storage.store import DONE, Record, Store
+from ..pictures.post import build_all, stop_on_signals
+from ..planning import config
+from ..planning.manifest import DEFAULT_MAX_JOBS
+from ..planning.plan import Job, Plan
+from ..running import cache as cached
+from ..running.options import DEFAULT_OUT
+from ..storage import picks
+from ..storage.cache import Cache
+from ..storage.context import CacheUse, Context, resolve
+from ..storage.store import DONE, Record, Store
 
 
 @dataclass(frozen=True, slots=True)

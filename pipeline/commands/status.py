@@ -15,18 +15,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.errors import UsageError, printable
-from pipeline.pictures.post import build_all, stop_on_signals
-from pipeline.planning import config
-from pipeline.planning.manifest import DEFAULT_MAX_JOBS
-from pipeline.planning.plan import Plan, canonical_json
-from pipeline.planning.select import ALL, Selection, narrow_all
-from pipeline.running.options import DEFAULT_OUT
-from pipeline.storage import picks
-from pipeline.storage.cache import restorable
-from pipeline.storage.context import CacheUse, resolve
-from pipeline.storage.metadata import MetadataError, read_request
-from pipeline.storage.store import DONE, job_states
+from ..errors import UsageError, printable
+from ..pictures.post import build_all, stop_on_signals
+from ..planning import config
+from ..planning.manifest import DEFAULT_MAX_JOBS
+from ..planning.plan import Plan, canonical_json
+from ..planning.select import ALL, Selection, narrow_all
+from ..running.options import DEFAULT_OUT
+from ..storage import picks
+from ..storage.cache import restorable
+from ..storage.context import CacheUse, resolve
+from ..storage.metadata import MetadataError, read_request
+from ..storage.store import DONE, job_states
 
 
 def status_command(

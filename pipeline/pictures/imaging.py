@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.pictures import fonts
-from pipeline.planning import apispec
-from pipeline.planning.plan import Job
+from ..planning import apispec
+from ..planning.plan import Job
+from . import fonts
 
 JPEG_QUALITY = 85
 #: Cells of a sheet when thumbnails are off: images are scaled into this box on the fly.

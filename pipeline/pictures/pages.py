@@ -24,7 +24,7 @@ def url_path(path: str) -> str:
 def environment() -> Environment:
     """The shared Jinja2 environment: templates of pipeline/templates, autoescaped, strict."""
     env = Environment(
-        loader=PackageLoader("pipeline", "templates"),
+        loader=PackageLoader("imagebatch", "templates"),
         autoescape=True,  # every template, .html or not: user text never becomes markup
         undefined=StrictUndefined,
         trim_blocks=True,

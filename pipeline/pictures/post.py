@@ -25,12 +25,10 @@ from typing import Any, cast
 
 from PIL import Image
 
-from pipeline.errors import Interrupted
-from pipeline.pictures import imaging, report
-from pipeline.pictures.imaging import FAILED, MISSING, OK, Entry
-from pipeline.planning.plan import TMP_PREFIX, Plan
-from pipeline.storage import picks
-from pipeline.storage.store import (
+from ..errors import Interrupted
+from ..planning.plan import TMP_PREFIX, Plan
+from ..storage import picks
+from ..storage.store import (
     DONE,
     IMAGES,
     PENDING,
@@ -38,6 +36,8 @@ from pipeline.storage.store import (
     write_error,
     write_file,
 )
+from . import imaging, report
+from .imaging import FAILED, MISSING, OK, Entry
 
 THUMBS = "thumbs"
 INDEX = "index.html"

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from pipeline.pictures.imaging import FAILED, MISSING, OK, PICK, REJECT, STALE, Entry
-from pipeline.pictures.pages import render_template
-from pipeline.planning import apispec
-from pipeline.planning.plan import Plan
+from ..planning import apispec
+from ..planning.plan import Plan
+from .imaging import FAILED, MISSING, OK, PICK, REJECT, STALE, Entry
+from .pages import render_template
 
 
 def _e(text: object) -> str:

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 
-from pipeline.errors import UsageError
-from pipeline.planning.costs import PRICE_VARIABLE, Price, parse_amount
+from ..errors import UsageError
+from .costs import PRICE_VARIABLE, Price, parse_amount
 
 #: A distinct exit status for a run that stopped because its budget was spent (0, 1, 2,
 #: 130 and 141 are taken: done, jobs failed, bad input or setup, interrupted, broken pipe).

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from pipeline.errors import ConfigError
-from pipeline.planning.apispec import (
+from ..errors import ConfigError
+from .apispec import (
     DEFAULT_MODEL,
     HEROKU,
     PROVIDERS,

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from pipeline.errors import UsageError
+from ..errors import UsageError
 
 PRICE_VARIABLE = "IMAGEBATCH_PRICE"
 #: An amount as a person writes it: an optional currency sign or code around a plain number.

@@ -13,8 +13,8 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.planning.costs import Price, cost_text, cost_value
-from pipeline.planning.plan import Job
+from .costs import Price, cost_text, cost_value
+from .plan import Job
 
 
 @dataclass(frozen=True, slots=True)

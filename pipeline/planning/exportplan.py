@@ -11,9 +11,9 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pipeline.errors import ManifestError, Problem
-from pipeline.planning import apispec
-from pipeline.planning.plan import (
+from ..errors import ManifestError, Problem
+from . import apispec
+from .plan import (
     TMP_PREFIX,
     ExportSettings,
     Job,

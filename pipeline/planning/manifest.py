@@ -23,9 +23,9 @@ import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from pipeline.errors import ManifestError, Problem, UsageError, text_problem
-from pipeline.planning import apispec, config, stabilityform
-from pipeline.planning.plan import (
+from ..errors import ManifestError, Problem, UsageError, text_problem
+from . import apispec, config, stabilityform
+from .plan import (
     BUILTINS,
     DEFAULT_EXPORT_PATH,
     EXPORT_FORMATS,
@@ -1396,7 +1396,7 @@ def _plan_of(manifest: Manifest, shard: tuple[int, int] | None,
     `shard`."""
     if not manifest.exports:
         return expand(manifest, shard=shard, providers=providers)
-    from pipeline.planning import exportplan
+    from . import exportplan
 
     plan = expand(manifest, providers=providers)
     exportplan.check(plan)  # the whole plan: a shard must not hide another's clash

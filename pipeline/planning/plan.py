@@ -14,9 +14,9 @@ import string
 from dataclasses import dataclass
 from typing import Any, cast
 
-from pipeline.errors import ManifestError, Problem
-from pipeline.planning import stabilityform
-from pipeline.planning.apispec import (
+from ..errors import ManifestError, Problem
+from . import stabilityform
+from .apispec import (
     HEROKU,
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -113,7 +113,7 @@ class Plan:
 
 
 # --------------------------------------------------------------------------------------
-# The validated manifest, as pure values (pipeline.planning.manifest builds these from YAML).
+# The validated manifest, as pure values (imagebatch.planning.manifest builds these from YAML).
 
 Loc = tuple[int, int]  # (line, column), 1-based, of a value in the manifest file
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pipeline.planning.plan import Job, Plan
+from .plan import Job, Plan
 
 #: Why a decision goes stale: its image is made again from another request, its path has no
 #: job any more, or its request moved to another path (the decision stays on the old one).
@@ -25,7 +25,7 @@ CHANGED, REMOVED, MOVED = "changed", "removed", "moved"
 
 
 class Decision(Protocol):
-    """An entry of a picks file, as pipeline.storage.picks.PickEntry holds it."""
+    """An entry of a picks file, as imagebatch.storage.picks.PickEntry holds it."""
 
     @property
     def key(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.planning import apispec
+from . import apispec
 
 _TEXT = {"type": "string", "minLength": 1, "maxLength": apispec.MAX_PROMPT_CHARS}
 _SEED = {"type": "integer", "minimum": 1, "maximum": apispec.MAX_SEED,
@@ -32,8 +32,8 @@ def _fields() -> dict[str, Any]:
 
 
 def _export() -> dict[str, Any]:
-    from pipeline.planning.manifest import MAX_EXPORT_SIDE, MAX_WIDTHS
-    from pipeline.planning.plan import DEFAULT_EXPORT_PATH, EXPORT_FORMATS
+    from .manifest import MAX_EXPORT_SIDE, MAX_WIDTHS
+    from .plan import DEFAULT_EXPORT_PATH, EXPORT_FORMATS
 
     side = {"type": "integer", "minimum": 1, "maximum": MAX_EXPORT_SIDE}
     fmt = {"enum": list(EXPORT_FORMATS)}
@@ -78,7 +78,7 @@ def _export() -> dict[str, Any]:
 
 def manifest_schema() -> dict[str, Any]:
     """A JSON Schema of manifest version 1, as `imagebatch schema` prints it."""
-    from pipeline.planning.manifest import MAX_EXPORTS
+    from .manifest import MAX_EXPORTS
 
     seeds = {
         "description": "a seed, a list, {start, count} or {random: N}",

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from pipeline.errors import UsageError
-from pipeline.planning.plan import Job, Plan, in_shard
+from ..errors import UsageError
+from .plan import Job, Plan, in_shard
 
 MAX_SUGGESTIONS = 5  # close ids named when a pattern matches nothing
 

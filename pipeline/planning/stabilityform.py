@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from pipeline.planning import apispec
+from . import apispec
 
 #: Request fields that are not form fields: `provider` and `model` name the request (the
 #: endpoint is the model), `image` is its SHA-256 (the file itself goes as the file part).

@@ -25,16 +25,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TextIO
 
-from pipeline.errors import ApiError, ImagebatchError, printable
-from pipeline.planning.config import LOCAL_BACKEND
-from pipeline.planning.plan import Job
-from pipeline.running.client import check_image
-from pipeline.storage import metadata
-from pipeline.storage.cache import Cache, Entry, backend_of
-from pipeline.storage.store import DONE, Record, Store
+from ..errors import ApiError, ImagebatchError, printable
+from ..planning.config import LOCAL_BACKEND
+from ..planning.plan import Job
+from ..storage import metadata
+from ..storage.cache import Cache, Entry, backend_of
+from ..storage.store import DONE, Record, Store
+from .client import check_image
 
 if TYPE_CHECKING:
-    from pipeline.running.claims import Claims
+    from .claims import Claims
 
 #: Transfers in flight at once (downloads or uploads); object stores serve many at a time.
 TRANSFERS = 16

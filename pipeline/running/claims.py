@@ -37,11 +37,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from pipeline.planning.plan import Job
-from pipeline.running import cache as cached
-from pipeline.running.retry import Sleep
-from pipeline.storage.cache import claim_body, claim_name
-from pipeline.storage.store import Store
+from ..planning.plan import Job
+from ..storage.cache import claim_body, claim_name
+from ..storage.store import Store
+from . import cache as cached
+from .retry import Sleep
 
 #: What claiming a job came to: this run holds it (send the request), another run holds it
 #: (wait), or its image was in the cache after all and has been restored (nothing to send).

@@ -32,8 +32,8 @@ import aiohttp
 from multidict import CIMultiDict
 from PIL import Image, UnidentifiedImageError
 
-from pipeline import version
-from pipeline.errors import (
+from .. import version
+from ..errors import (
     ApiError,
     AuthError,
     PermanentApiError,
@@ -41,10 +41,10 @@ from pipeline.errors import (
     UnreachableError,
     printable,
 )
-from pipeline.planning import apispec, stabilityform
-from pipeline.planning.config import DEFAULT_PORTS, REQUEST_TIMEOUT
-from pipeline.planning.plan import Job
-from pipeline.running.retry import Stopped, parse_duration, parse_retry_after
+from ..planning import apispec, stabilityform
+from ..planning.config import DEFAULT_PORTS, REQUEST_TIMEOUT
+from ..planning.plan import Job
+from .retry import Stopped, parse_duration, parse_retry_after
 
 #: Largest response body read (JSON or a downloaded image); a longer one is refused unread
 #: past this point. The API's largest image (about one megapixel) is at worst a 4 MB PNG

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.planning.budget import Budget, budget_from
-from pipeline.planning.config import DEFAULT_PREFIX, REQUEST_TIMEOUT
-from pipeline.planning.costs import Price, price_from
-from pipeline.planning.manifest import DEFAULT_MAX_JOBS
-from pipeline.planning.select import ALL, Selection
-from pipeline.running.runner import RunSettings
+from ..planning.budget import Budget, budget_from
+from ..planning.config import DEFAULT_PREFIX, REQUEST_TIMEOUT
+from ..planning.costs import Price, price_from
+from ..planning.manifest import DEFAULT_MAX_JOBS
+from ..planning.select import ALL, Selection
+from .runner import RunSettings
 
 DEFAULT_OUT = Path("outputs")
 #: Starts a minute for a remote URL when --rpm is not given: the documented Stable Image

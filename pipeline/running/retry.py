@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from pipeline.errors import RetryableApiError
-from pipeline.planning import apispec
+from ..errors import RetryableApiError
+from ..planning import apispec
 
 Sleep = Callable[[float], Awaitable[None]]
 

@@ -21,20 +21,26 @@ from typing import TextIO
 
 import aiohttp
 
-from pipeline import version
-from pipeline.errors import Interrupted, StoreError
-from pipeline.pictures.post import Stop, build_all
-from pipeline.planning import apispec, config
-from pipeline.planning.plan import Job, Plan
-from pipeline.planning.select import ALL, narrow, narrow_all
-from pipeline.running import cache as cached
-from pipeline.running.claims import Claims
-from pipeline.running.client import ApiClient
-from pipeline.running.options import REMOTE_DEFAULT_RPM, RunOptions
-from pipeline.running.progress import Progress
-from pipeline.running.retry import Pacer, provider_rpm
-from pipeline.running.runner import Member, Runner, StoreTally
-from pipeline.running.summary import (
+from .. import version
+from ..errors import Interrupted, StoreError
+from ..pictures.post import Stop, build_all
+from ..planning import apispec, config
+from ..planning.plan import Job, Plan
+from ..planning.select import ALL, narrow, narrow_all
+from ..service.server import ServerOptions, running_server
+from ..signals import on_stop_signals
+from ..storage import picks
+from ..storage.cache import Cache, claim_lease
+from ..storage.context import CacheUse, resolve
+from ..storage.store import DONE, Record, Store
+from . import cache as cached
+from .claims import Claims
+from .client import ApiClient
+from .options import REMOTE_DEFAULT_RPM, RunOptions
+from .progress import Progress
+from .retry import Pacer, provider_rpm
+from .runner import Member, Runner, StoreTally
+from .summary import (
     Failure,
     MemberReport,
     PlanReport,
@@ -42,12 +48,6 @@ from pipeline.running.summary import (
     markdown,
     plan_doc,
 )
-from pipeline.service.server import ServerOptions, running_server
-from pipeline.signals import on_stop_signals
-from pipeline.storage import picks
-from pipeline.storage.cache import Cache, claim_lease
-from pipeline.storage.context import CacheUse, resolve
-from pipeline.storage.store import DONE, Record, Store
 
 
 def run(opts: RunOptions, env: Mapping[str, str] | None = None,

@@ -28,7 +28,7 @@ A failure that a retry of the same request cannot change (`final`: the request r
 is, or an image withheld by the provider's filter for a fixed seed) is recorded as such, and
 later runs do not send it again until the request changes or `run --retry-failed` asks.
 
-With claims (`claims`: the shared cache's, `pipeline.running.claims`), a job is claimed
+With claims (`claims`: the shared cache's, `imagebatch.running.claims`), a job is claimed
 before its request is sent. A job another run has claimed is left for last: once the plan's
 other jobs are started, a worker waits for it (its image restored from the cache, or the
 job claimed and sent once that run's claim is gone); `RunState.waiting` counts them.
@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pipeline.errors import (
+from ..errors import (
     ApiError,
     AuthError,
     PermanentApiError,
@@ -53,9 +53,9 @@ from pipeline.errors import (
     StoreError,
     UnreachableError,
 )
-from pipeline.planning import apispec
-from pipeline.planning.plan import Job
-from pipeline.running.retry import (
+from ..planning import apispec
+from ..planning.plan import Job
+from .retry import (
     Pacer,
     RetrySettings,
     Sleep,
@@ -66,8 +66,8 @@ from pipeline.running.retry import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.running.client import GeneratedImage
-    from pipeline.storage.store import Record
+    from ..storage.store import Record
+    from .client import GeneratedImage
 
 #: Called with each response's headers and status as it arrives (for the pacer).
 Observe = Callable[[Mapping[str, str], int], None]

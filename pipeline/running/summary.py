@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import ServiceConfigError, StoreError
-from pipeline.planning.budget import Budget
-from pipeline.planning.costs import Price, cost_text, cost_value
-from pipeline.planning.select import Selection
+from ..errors import ServiceConfigError, StoreError
+from ..planning.budget import Budget
+from ..planning.costs import Price, cost_text, cost_value
+from ..planning.select import Selection
 
 MAX_FAILURES_MD = 50  # failures listed per manifest in Markdown; the count says how many
 

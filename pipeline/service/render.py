@@ -18,8 +18,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.pictures import fonts
-from pipeline.planning import apispec
+from ..pictures import fonts
+from ..planning import apispec
 
 RGB = tuple[int, int, int]
 

@@ -1,9 +1,9 @@
 """The embedded API server: api.md's `POST /v1/images/generations`, offline, on aiohttp,
 and Stability AI's `POST /v2beta/stable-image/generate/ultra` beside it
-(pipeline.service.stability).
+(imagebatch.service.stability).
 
 It validates bodies exactly as the hosted service does, renders a deterministic picture per
-request in a process pool (pipeline.service.render), and can play the service's bad days on
+request in a process pool (imagebatch.service.render), and can play the service's bad days on
 demand: a sliding-window rate limit with OpenAI-style headers, added latency, and injected
 faults (429, 5xx, dropped connections, bodies that lie) chosen deterministically from a seed,
 so a run against it is reproducible. `imagebatch run` starts it when no URL is configured;
@@ -36,10 +36,10 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.errors import UsageError
-from pipeline.planning import apispec
-from pipeline.planning.plan import job_key
-from pipeline.service.render import render
+from ..errors import UsageError
+from ..planning import apispec
+from ..planning.plan import job_key
+from .render import render
 
 FAULT_KINDS: tuple[str, ...] = (
     "429", "500", "503", "reset", "truncate", "bad-base64", "not-image",
@@ -115,7 +115,7 @@ class ServerOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "faults", tuple(self.faults))
         object.__setattr__(self, "script", dict(self.script))
-        from pipeline.service.stability import STABILITY_FAULTS
+        from .stability import STABILITY_FAULTS
 
         known = (*FAULT_KINDS, *STABILITY_FAULTS)
         unknown = [f for f in (*self.faults, *self.script.values()) if f not in known]
@@ -304,7 +304,7 @@ def _mp_context() -> Any:
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
         # Workers start with Pillow and the renderer imported, not the caller's __main__.
-        ctx.set_forkserver_preload(["pipeline.service.render"])
+        ctx.set_forkserver_preload(["imagebatch.service.render"])
         return ctx
     return multiprocessing.get_context("spawn")
 
@@ -321,7 +321,7 @@ class _Service:
         self._inflight: dict[tuple[Any, ...], asyncio.Future[bytes]] = {}
         self.files = _BoundedStore(FILE_STORE_ENTRIES, FILE_STORE_BYTES)
         self._attempts: collections.OrderedDict[str, int] = collections.OrderedDict()
-        from pipeline.service.stability import Lockout
+        from .stability import Lockout
 
         self.lockout = Lockout(options.stability_limit, options.stability_window,
                                options.stability_lockout)
@@ -493,7 +493,7 @@ class _Service:
 
     async def stability(self, request: web.Request) -> web.StreamResponse:
         """POST /v2beta/stable-image/generate/ultra: Stability AI's shape."""
-        from pipeline.service import stability
+        from . import stability
 
         return await stability.generate(self, request)
 

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import BodyPartReader, web
 from PIL import Image, ImageFilter
 
-from pipeline.planning import apispec, stabilityform
+from ..planning import apispec, stabilityform
 
 if TYPE_CHECKING:
-    from pipeline.service.server import _Service
+    from .server import _Service
 
 #: Faults only this side plays (the server's common kinds apply here too).
 STABILITY_FAULTS: tuple[str, ...] = ("content-filtered", "lockout", "moderation", "422", "402")
@@ -209,7 +209,7 @@ async def generate(service: _Service, request: web.Request) -> web.StreamRespons
 
 
 async def _answer(service: _Service, request: web.Request) -> web.StreamResponse:
-    from pipeline.service.server import _HTML_PAGE, _NOT_IMAGE, _reset
+    from .server import _HTML_PAGE, _NOT_IMAGE, _reset
 
     options = service.options
     loop = asyncio.get_running_loop()

@@ -3,7 +3,7 @@
 A cache is an object store (an S3-compatible bucket, or a plain folder) that every machine
 running the same manifests shares, so that no image is paid for twice. This module knows
 the layout, opens the store from a URL, checks it before a run sends anything, and lists
-what it holds; verifying and moving images is `pipeline.running.cache`'s part.
+what it holds; verifying and moving images is `imagebatch.running.cache`'s part.
 
 Layout, under the URL's prefix::
 
@@ -22,7 +22,7 @@ does not parse as one, so a listing skips it).
 
 Claims, beside the images (`claims/<backend-id>/<key[:2]>/<key>.<generation>.json`): a run
 about to send a job's request first claims it, so that two runs at once on one cache pay
-for each image once (`pipeline.running.claims` uses them). A claim is a small JSON object
+for each image once (`imagebatch.running.claims` uses them). A claim is a small JSON object
 (the claiming run's id and when the claim expires, nothing secret), made with the same
 create-only put as an image. Taking over a lapsed claim creates the next generation rather
 than replacing it, so that of two runs taking over at once only one succeeds: stores have
@@ -58,9 +58,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pipeline.errors import ImagebatchError
-from pipeline.planning.config import LOCAL_BACKEND
-from pipeline.planning.plan import Job
+from ..errors import ImagebatchError
+from ..planning.config import LOCAL_BACKEND
+from ..planning.plan import Job
 
 #: The environment variable that sets the cache for every command that takes --cache.
 CACHE_VARIABLE = "IMAGEBATCH_CACHE"

@@ -16,12 +16,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import UsageError
-from pipeline.planning import config
-from pipeline.planning.manifest import DEFAULT_MAX_JOBS, load_plans
-from pipeline.planning.plan import Plan
-from pipeline.storage.cache import CACHE_VARIABLE, Cache, check_cache
-from pipeline.storage.store import Store
+from ..errors import UsageError
+from ..planning import config
+from ..planning.manifest import DEFAULT_MAX_JOBS, load_plans
+from ..planning.plan import Plan
+from .cache import CACHE_VARIABLE, Cache, check_cache
+from .store import Store
 
 
 class CacheUse(enum.Enum):

@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ImagebatchError
+from ..errors import ImagebatchError
 
 #: The PNG text keyword / JPEG comment prefix that marks our metadata.
 KEYWORD = "imagebatch-request"

@@ -40,9 +40,9 @@ try:
 except ImportError:  # Windows: no advisory locks; one writer at a time is then the user's care
     fcntl = None  # type: ignore[assignment]
 
-from pipeline.errors import ImagebatchError, Problem, StoreError, printable, text_problem
-from pipeline.planning.plan import Plan
-from pipeline.storage.store import write_error, write_file
+from ..errors import ImagebatchError, Problem, StoreError, printable, text_problem
+from ..planning.plan import Plan
+from .store import write_error, write_file
 
 PICK, REJECT = "pick", "reject"
 STATUSES: Final = (PICK, REJECT)

@@ -28,9 +28,9 @@ try:
 except ImportError:  # Windows: no advisory locks; one run per folder is then the user's care
     fcntl = None  # type: ignore[assignment]
 
-from pipeline.errors import StoreError
-from pipeline.planning.plan import TMP_PREFIX, Job
-from pipeline.storage import metadata
+from ..errors import StoreError
+from ..planning.plan import TMP_PREFIX, Job
+from . import metadata
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
