@@ -3,26 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-MANIFEST ?= manifests/example.yaml
-MANIFEST_DIR ?= manifests
-OUT ?= outputs
-ASSETS ?= assets
 PYTEST_ARGS ?=
-RUN_ARGS ?=
-# every manifest in MANIFEST_DIR; `make assets` keeps each one's outputs up to date
-MANIFESTS ?= $(wildcard $(MANIFEST_DIR)/*.yaml)
-SUMMARIES := $(patsubst $(MANIFEST_DIR)/%.yaml,$(OUT)/%/summary.json,$(MANIFESTS))
-EXPORTS := $(patsubst $(MANIFEST_DIR)/%.yaml,$(ASSETS)/%/assets.json,$(MANIFESTS))
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' pipeline/__init__.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test check bench lint clean test-deps bench-deps assets plan sheet serve status \
-	review export
-# a run that fails (some jobs failed, or it was stopped) leaves no summary behind, so the
-# next `make assets` runs that manifest again; done jobs are skipped, failed ones retried
-.DELETE_ON_ERROR:
+.PHONY: help install wheel test check bench lint clean test-deps bench-deps serve
+
+# The imagebatch targets (assets, run, plan, status, sheet, review, export) are the ones
+# `imagebatch init` writes into a team's repository: one file, included here, so the two
+# cannot drift. Here they run .venv's imagebatch, installing it first.
+IMAGEBATCH := $(BIN)/imagebatch
+IMAGEBATCH_DEPS := $(STAMP)
+include pipeline/templates/init/imagebatch.mk
 
 help: ## list the targets
-	@grep -E '^[a-z%/.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+	@grep -hE '^[a-z%/.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
 # Set-up does only what is asked: `make run` installs imagebatch and what running needs;
 # `make test` adds the test tools; `make check`/`lint` add ruff and mypy. Each stamp is
@@ -48,41 +43,13 @@ $(DEV_STAMP): $(TEST_STAMP)
 
 install: $(STAMP) ## create .venv and install imagebatch (leaves .venv/bin/imagebatch)
 
-run: $(STAMP) ## run MANIFEST (default manifests/example.yaml); offline unless DIFFUSION_URL is set
-	$(BIN)/imagebatch run $(MANIFEST) --out $(OUT) $(RUN_ARGS)
-
-assets: $(SUMMARIES) $(EXPORTS) ## run, then export, every manifest in MANIFEST_DIR that is out of date
-
-# make's own dependency tracking: a manifest newer than its summary is run again (the
-# manifest's `name:` must be its file stem, the default, for the rule to match)
-$(OUT)/%/summary.json: $(MANIFEST_DIR)/%.yaml | $(STAMP)
-	$(BIN)/imagebatch run $< --out $(OUT) $(RUN_ARGS)
-
-# An export is out of date when its run, its manifest or its picks file (if there is one:
-# $$(wildcard ...) is expanded a second time, once the stem is known) is newer. assets.json
-# is precious: a failed export (a picked image not generated yet) leaves the previous one,
-# still true, in place, dated long ago so that the next `make assets` tries again.
-.SECONDEXPANSION:
-.PRECIOUS: $(ASSETS)/%/assets.json
-$(ASSETS)/%/assets.json: $(OUT)/%/summary.json $(MANIFEST_DIR)/%.yaml \
-		$$(wildcard $(MANIFEST_DIR)/$$*.picks.json) | $(STAMP)
-	$(BIN)/imagebatch export $(MANIFEST_DIR)/$*.yaml --out $(OUT) --assets $(ASSETS) || \
-	  { status=$$?; touch -c -t 200001010000 $@; exit $$status; }
-
-export: $(STAMP) ## export MANIFEST's picked images (sizes, formats, assets.json) from disk
-	$(BIN)/imagebatch export $(MANIFEST) --out $(OUT) --assets $(ASSETS)
-
-plan: $(STAMP) ## print MANIFEST's job list and what a run would send (sends nothing)
-	$(BIN)/imagebatch plan $(MANIFEST) --out $(OUT)
-
-sheet: $(STAMP) ## rebuild thumbnails, contact sheets and index.html of MANIFEST from disk
-	$(BIN)/imagebatch sheet $(MANIFEST) --out $(OUT)
-
-status: $(STAMP) ## count done, failed and pending jobs of MANIFEST (sends nothing)
-	$(BIN)/imagebatch status $(MANIFEST) --out $(OUT)
-
-review: $(STAMP) ## the review page of MANIFEST in the browser: pick, reject, rate (Ctrl-C stops)
-	$(BIN)/imagebatch review $(MANIFEST) --out $(OUT)
+# The wheel pip installs anywhere: what a team keeps (`imagebatch init --vendor-wheel`) or
+# hands around while imagebatch is on no package index. Built from this checkout alone.
+wheel: ## build dist/imagebatch-VERSION-py3-none-any.whl from this checkout
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@rm -rf build  # setuptools would pack files left there by an older build
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip wheel -q --disable-pip-version-check --no-deps -w dist .
+	@echo "dist/imagebatch-$(VERSION)-py3-none-any.whl"
 
 HOST ?= 127.0.0.1
 PORT ?= 8000

@@ -220,9 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--print", dest="print_file", metavar="FILE",
                       help="print FILE as init writes it (e.g. Makefile, imagebatch.mk, "
                            ".github/workflows/imagebatch.yml); change nothing")
-    p.add_argument("--requirement", metavar="SPEC",
-                   help="what the workflow pip-installs (default: imagebatch==THIS VERSION); "
-                        "e.g. 'imagebatch @ git+https://github.com/ORG/imagebatch@v0.1.0'")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--requirement", metavar="SPEC",
+                        help="what the workflows pip-install (default: where this imagebatch "
+                             "was installed from: its git commit, or imagebatch==THIS VERSION "
+                             "from the package index); e.g. 'imagebatch @ "
+                             "git+https://HOST/OWNER/imagebatch.git@v0.1.0'")
+    source.add_argument("--vendor-wheel", metavar="WHEEL",
+                        help="keep WHEEL (this version's, from `make wheel`) in ci/ and have "
+                             "the workflows install it from the repository")
 
     p = sub.add_parser("validate", help="check manifests; change nothing")
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
@@ -659,7 +665,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from .commands.scaffold import init_command
 
     return init_command(args.directory, force=args.force, requirement=args.requirement,
-                        diff=args.diff, print_file=args.print_file)
+                        diff=args.diff, print_file=args.print_file,
+                        vendor_wheel=args.vendor_wheel)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:

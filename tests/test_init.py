@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import io
 import json
@@ -12,6 +13,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,13 +32,22 @@ SCHEMA_FILE = ROOT / "imagebatch.schema.json"
 WRITTEN = [scaffold.MANIFEST, scaffold.SCHEMA, scaffold.MAKEFILE, scaffold.WORKFLOW,
            scaffold.DIFF_WORKFLOW, scaffold.GITIGNORE]
 
+@pytest.fixture(autouse=True)
+def _installed_from_an_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process imagebatch is this checkout's editable install, which no CI runner
+    can reach; the tests here see an install from a package index instead, unless they set
+    where it came from themselves (the wheel tests use the real record)."""
+    monkeypatch.setattr(scaffold, "installed_origin",
+                        lambda: scaffold.origin_of(None, imagebatch.version()), raising=False)
+
 
 def _files(root: Path) -> dict[str, tuple[str, int]]:
-    """relative path -> (sha256, mtime_ns) of every file under root, outside .git and outputs."""
+    """relative path -> (sha256, mtime_ns) of every file under root, outside .git and what
+    make assets writes (outputs, assets)."""
     return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(),
                                        p.stat().st_mtime_ns)
             for p in sorted(root.rglob("*"))
-            if p.is_file() and p.relative_to(root).parts[0] not in (".git", "outputs")}
+            if p.is_file() and p.relative_to(root).parts[0] not in (".git", "outputs", "assets")}
 
 
 def _init(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -95,7 +107,8 @@ def test_init_writes_everything_into_an_empty_folder(tmp_path, capsys):
     workflow = yaml.safe_load((tmp_path / scaffold.WORKFLOW).read_text())
     assert workflow["env"]["IMAGEBATCH_REQUIREMENT"] == f"imagebatch=={imagebatch.version()}"
     assert "pip install ." not in (tmp_path / scaffold.WORKFLOW).read_text()
-    assert (tmp_path / ".gitignore").read_text().splitlines()[-1] == "outputs/"
+    ignored = (tmp_path / ".gitignore").read_text().splitlines()
+    assert ignored[-len(scaffold.ignore_rules()):] == list(scaffold.ignore_rules())
 
 
 def test_the_written_manifest_validates(tmp_path, capsys):
@@ -240,22 +253,34 @@ def test_print_of_every_file_is_what_init_writes(tmp_path, capsys):
 # --- .gitignore ---------------------------------------------------------------------------
 
 
-def test_gitignore_gains_outputs_once_and_keeps_its_lines(tmp_path, capsys):
+def test_gitignore_gains_its_rules_once_and_keeps_its_lines(tmp_path, capsys):
     (tmp_path / ".gitignore").write_text("node_modules/\n*.log")  # no final newline
     code, out, _ = _init(capsys, str(tmp_path))
     assert code == 0 and _lines(out)[".gitignore"] == "added to"
     lines = (tmp_path / ".gitignore").read_text().splitlines()
-    assert lines[:2] == ["node_modules/", "*.log"] and lines[-1] == "outputs/"
+    assert lines[:2] == ["node_modules/", "*.log"]
+    assert lines[-len(scaffold.ignore_rules()):] == list(scaffold.ignore_rules())
     assert _init(capsys, str(tmp_path))[0] == 0
-    assert (tmp_path / ".gitignore").read_text().count("outputs/") == 1
+    assert (tmp_path / ".gitignore").read_text().splitlines().count("outputs/") == 1
 
 
 @pytest.mark.parametrize("rule", ["outputs", "/outputs/", "outputs/*"])
-def test_gitignore_that_already_ignores_outputs_is_left_alone(tmp_path, capsys, rule):
+def test_gitignore_that_already_ignores_outputs_gains_only_the_rest(tmp_path, capsys, rule):
     (tmp_path / ".gitignore").write_text(f"{rule}\n")
     code, out, _ = _init(capsys, str(tmp_path))
+    assert code == 0 and _lines(out)[".gitignore"] == "added to"
+    lines = (tmp_path / ".gitignore").read_text().splitlines()
+    assert lines[0] == rule and "outputs/" not in lines
+    assert lines[-4:] == list(scaffold.ignore_rules())[1:]
+    assert _lines(_init(capsys, str(tmp_path))[1])[".gitignore"] == "unchanged"
+
+
+def test_gitignore_that_already_ignores_everything_is_left_alone(tmp_path, capsys):
+    mine = "/outputs/\n*.lock\n.imagebatch-export.json\n.tmp-*\n"
+    (tmp_path / ".gitignore").write_text(mine)
+    code, out, _ = _init(capsys, str(tmp_path))
     assert code == 0 and _lines(out)[".gitignore"] == "unchanged"
-    assert (tmp_path / ".gitignore").read_text() == f"{rule}\n"
+    assert (tmp_path / ".gitignore").read_text() == mine
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -281,6 +306,34 @@ def test_a_rule_that_would_ignore_picks_files_is_pointed_out(tmp_path, capsys):
     assert code == 0
     assert "Note: git ignores manifests/example.picks.json (.gitignore:1:*.json)" in out
     assert "!*.picks.json" in out
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_ignores_imagebatchs_locks_and_temp_files_but_not_what_is_committed(tmp_path,
+                                                                              capsys):
+    from imagebatch.planning.exportplan import ASSETS_JSON, LOCK_FILE, STATE_FILE
+    from imagebatch.planning.plan import TMP_PREFIX
+    from imagebatch.storage.picks import lock_path
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert _init(capsys, str(tmp_path))[0] == 0
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "-C", str(tmp_path), "check-ignore", "-q", "--no-index",
+                               path], check=False).returncode == 0
+
+    # the names the code writes: the picks file's lock, an export folder's lock and record,
+    # and temp files beside a picks file and beside an exported file
+    picks_lock = lock_path(Path(scaffold.PICKS)).as_posix()
+    assert picks_lock == "manifests/.example.picks.json.lock"
+    for path in (picks_lock, f"assets/example/{LOCK_FILE}", f"assets/example/{STATE_FILE}",
+                 f"manifests/{TMP_PREFIX}example.picks.json.41.42",
+                 f"assets/example/fox/watercolor/{TMP_PREFIX}1-512w.webp.41"):
+        assert ignored(path), path
+    for path in (scaffold.PICKS, scaffold.MANIFEST, f"assets/example/{ASSETS_JSON}",
+                 "assets/example/fox/watercolor/1-512w.webp",
+                 f"ci/imagebatch-{imagebatch.version()}-py3-none-any.whl"):
+        assert not ignored(path), path
 
 
 # --- mistakes -----------------------------------------------------------------------------
@@ -331,6 +384,332 @@ def test_a_repository_that_cannot_be_written_exits_2(tmp_path, capsys, monkeypat
     assert code == 2 and err.startswith("imagebatch: cannot write ") and "Traceback" not in err
     assert "No space left" in err
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no half-written file left
+
+
+# --- where CI installs imagebatch from -----------------------------------------------------
+
+V = imagebatch.version()
+COMMIT = "4f2c" + "0" * 36
+GIT = {"vcs": "git", "commit_id": COMMIT, "requested_revision": "v0.1.0"}
+WHEEL_SHA = "ab" * 32
+
+
+@pytest.mark.parametrize("record, requirement, reachable, source", [
+    (None, f"imagebatch=={V}", True, "a package index"),
+    ({"url": "https://git.example.com/tools/imagebatch.git", "vcs_info": GIT},
+     f"imagebatch @ git+https://git.example.com/tools/imagebatch.git@{COMMIT}", True,
+     "https://git.example.com/tools/imagebatch.git"),
+    # a token or password in the URL never reaches a workflow (nor the note)
+    ({"url": "https://x-token:s3cr3t@git.example.com/tools/imagebatch.git", "vcs_info": GIT},
+     f"imagebatch @ git+https://git.example.com/tools/imagebatch.git@{COMMIT}", True,
+     "https://git.example.com/tools/imagebatch.git"),
+    ({"url": "https://ghp_s3cr3t@github.com/acme/imagebatch", "vcs_info": GIT},
+     f"imagebatch @ git+https://github.com/acme/imagebatch@{COMMIT}", True,
+     "https://github.com/acme/imagebatch"),
+    ({"url": "ssh://git@git.example.com:2222/tools/imagebatch.git", "vcs_info": GIT,
+      "subdirectory": "py"},
+     f"imagebatch @ git+ssh://git@git.example.com:2222/tools/imagebatch.git@{COMMIT}"
+     "#subdirectory=py", True, "ssh://git@git.example.com:2222/tools/imagebatch.git"),
+    ({"url": f"https://pkgs.example.com/imagebatch-{V}-py3-none-any.whl",
+      "archive_info": {"hashes": {"sha256": WHEEL_SHA}}},
+     f"imagebatch @ https://pkgs.example.com/imagebatch-{V}-py3-none-any.whl"
+     f"#sha256={WHEEL_SHA}", True, f"https://pkgs.example.com/imagebatch-{V}-py3-none-any.whl"),
+    ({"url": "file:///home/me/imagebatch", "dir_info": {"editable": True}},
+     f"imagebatch=={V}", False, "the folder /home/me/imagebatch (editable)"),
+    ({"url": "file:///home/me/imagebatch", "dir_info": {}},
+     f"imagebatch=={V}", False, "the folder /home/me/imagebatch"),
+    ({"url": f"file:///home/me/dist/imagebatch-{V}-py3-none-any.whl", "archive_info": {}},
+     f"imagebatch=={V}", False, f"the file /home/me/dist/imagebatch-{V}-py3-none-any.whl"),
+    ({"url": "file:///srv/git/imagebatch", "vcs_info": GIT},
+     f"imagebatch=={V}", False, "the repository /srv/git/imagebatch"),
+    ({"url": f"https://bucket.example.com/imagebatch-{V}-py3-none-any.whl?X-Sig=s3cr3t",
+      "archive_info": {}}, f"imagebatch=={V}", False,
+     f"https://bucket.example.com/imagebatch-{V}-py3-none-any.whl (a URL with a query, not "
+     "written anywhere)"),
+    ("{not json", f"imagebatch=={V}", False, "an install record that cannot be read"),
+])
+def test_where_imagebatch_was_installed_from_is_what_ci_installs(record, requirement,
+                                                                  reachable, source):
+    text = record if isinstance(record, str) or record is None else json.dumps(record)
+    origin = scaffold.origin_of(text, V)
+    assert (origin.requirement, origin.reachable, origin.source) == (requirement, reachable,
+                                                                     source)
+    assert "s3cr3t" not in repr(origin)
+    assert origin.wheel == (f"/home/me/dist/imagebatch-{V}-py3-none-any.whl"
+                            if source.startswith("the file") else None)
+    if reachable:
+        assert scaffold.check_requirement(origin.requirement) == origin.requirement
+
+
+def _installed_from(monkeypatch: pytest.MonkeyPatch, record: dict[str, object]) -> None:
+    monkeypatch.setattr(scaffold, "installed_origin",
+                        lambda: scaffold.origin_of(json.dumps(record), V))
+
+
+def test_the_workflows_install_the_git_commit_init_was_installed_from(tmp_path, capsys,
+                                                                       monkeypatch):
+    _installed_from(monkeypatch, {"url": "https://git.example.com/tools/imagebatch.git",
+                                  "vcs_info": GIT})
+    code, out, err = _init(capsys, str(tmp_path))
+    spec = f"imagebatch @ git+https://git.example.com/tools/imagebatch.git@{COMMIT}"
+    assert code == 0 and f"(installs {spec})" in out and err == ""
+    for name in (scaffold.WORKFLOW, scaffold.DIFF_WORKFLOW):
+        doc = yaml.safe_load((tmp_path / name).read_text())
+        assert doc["env"]["IMAGEBATCH_REQUIREMENT"] == spec
+        _check_workflow(tmp_path / name)
+    code, out, err = _init(capsys, "--print", scaffold.WORKFLOW)
+    assert code == 0 and out == scaffold.workflow_text(spec) and err == ""
+    assert "Everything is in place" in _init(capsys, str(tmp_path))[1]
+
+
+@pytest.mark.parametrize("record, vendor", [
+    ({"url": "file:///home/me/imagebatch", "dir_info": {"editable": True}},
+     f"dist/imagebatch-{V}-py3-none-any.whl"),
+    ({"url": f"file:///home/me/dist/imagebatch-{V}-py3-none-any.whl", "archive_info": {}},
+     f"/home/me/dist/imagebatch-{V}-py3-none-any.whl"),
+])
+def test_init_says_when_no_ci_runner_can_reach_the_imagebatch_it_runs(tmp_path, capsys,
+                                                                       monkeypatch, record,
+                                                                       vendor):
+    _installed_from(monkeypatch, record)
+    code, out, err = _init(capsys, str(tmp_path))
+    assert code == 0 and _lines(out) == {path: "wrote" for path in WRITTEN}
+    assert "note:" not in out  # the report is as ever; the note is on stderr, at the end
+    said = " ".join(err.split())
+    assert "which a CI runner cannot reach" in said and "/home/me/" in said
+    assert f"the workflows install imagebatch=={V} from the package index" in said
+    assert f"imagebatch init {tmp_path} --force --requirement 'imagebatch @ git+https://" in err
+    assert f"imagebatch init {tmp_path} --force --vendor-wheel {vendor}\n" in err
+    # an explicit requirement is the user's answer: no note
+    code, _, err = _init(capsys, str(tmp_path / "other"), "--requirement",
+                         f"imagebatch @ https://pkgs.example.com/imagebatch-{V}.tar.gz")
+    assert code == 0 and err == ""
+
+
+def _wheel(folder: Path, version: str = V, name: str | None = None) -> Path:
+    """A file with a wheel's name and the metadata init checks (enough to be kept in ci/)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (name or f"imagebatch-{version}-py3-none-any.whl")
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"imagebatch-{version}.dist-info/METADATA",
+                    f"Metadata-Version: 2.1\nName: imagebatch\nVersion: {version}\n")
+        zf.writestr("pipeline/__init__.py", f'__version__ = "{version}"\n')
+    return path
+
+
+def test_vendor_wheel_keeps_the_wheel_and_the_workflows_install_it(tmp_path, capsys,
+                                                                   monkeypatch):
+    _installed_from(monkeypatch, {"url": "file:///home/me/imagebatch", "dir_info": {}})
+    wheel = _wheel(tmp_path / "dist")
+    repo = tmp_path / "repo"
+    code, out, err = _init(capsys, str(repo), "--vendor-wheel", str(wheel))
+    kept = f"ci/{wheel.name}"
+    assert code == 0 and err == ""
+    assert _lines(out) == {**{path: "wrote" for path in WRITTEN}, kept: "wrote"}
+    assert (repo / kept).read_bytes() == wheel.read_bytes()
+    for name in (scaffold.WORKFLOW, scaffold.DIFF_WORKFLOW):
+        doc = yaml.safe_load((repo / name).read_text())
+        assert doc["env"]["IMAGEBATCH_REQUIREMENT"] == f"./{kept}"
+
+    # a later init, without the option, keeps installing the wheel kept there: no note
+    code, out, err = _init(capsys, str(repo))
+    assert code == 0 and err == "" and "Everything is in place" in out
+    assert _init(capsys, str(repo), "--diff")[0] == 0
+
+    # a wheel that differs is named, never printed
+    wheel.write_bytes(wheel.read_bytes() + b"\xff\x00")
+    code, out, _ = _init(capsys, str(repo), "--diff", "--vendor-wheel", str(wheel))
+    assert code == 1 and out == f"{kept}: differs from the wheel given (binary; not shown)\n"
+    code, out, _ = _init(capsys, str(repo), "--force", "--vendor-wheel", str(wheel))
+    assert code == 0 and _lines(out)[kept] == "replaced"
+    assert (repo / kept).read_bytes() == wheel.read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_rule_that_would_ignore_the_kept_wheel_is_pointed_out(tmp_path, capsys):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("*.whl\n")
+    code, out, _ = _init(capsys, str(tmp_path), "--vendor-wheel", str(_wheel(tmp_path / "d")))
+    assert code == 0
+    assert f"Note: git ignores ci/imagebatch-{V}-py3-none-any.whl (.gitignore:1:*.whl)" in out
+    assert "!ci/*.whl" in out
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: _wheel(d, "0.0.1"), "is not named as a wheel of imagebatch"),
+    (lambda d: _wheel(d, name=f"imagebatch-{V}.tar.gz"), "is not named as a wheel"),
+    (lambda d: _wheel(d, "0.0.1", name=f"imagebatch-{V}-py3-none-any.whl"),
+     "cannot read"),  # its metadata is another version's
+    (lambda d: d / f"imagebatch-{V}-py3-none-any.whl", "cannot read"),  # missing
+])
+def test_a_wheel_that_is_not_this_version_is_refused(tmp_path, capsys, make, message):
+    wheel = make(tmp_path / "dist")
+    code, _, err = _init(capsys, str(tmp_path / "repo"), "--vendor-wheel", str(wheel))
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "repo").exists()
+
+
+def test_requirement_and_vendor_wheel_are_one_choice(tmp_path, capsys):
+    code, _, err = _init(capsys, str(tmp_path), "--requirement", "imagebatch",
+                         "--vendor-wheel", str(_wheel(tmp_path)))
+    assert code == 2 and "not allowed with argument" in err
+
+
+# --- make assets: the same targets here and in a repository init sets up -------------------
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_this_repositorys_makefile_includes_the_targets_init_writes(tmp_path, capsys):
+    fragment = "pipeline/templates/init/imagebatch.mk"
+    ours = (ROOT / "Makefile").read_text()
+    assert f"include {fragment}\n" in ours.splitlines(keepends=True)
+    assert (ROOT / fragment).read_text() == scaffold.include_text()
+    # no target of the fragment is defined a second time here
+    for target in ("assets", "run", "plan", "status", "sheet", "review", "export"):
+        assert not re.search(rf"^{target}:", ours, re.MULTILINE), target
+
+    assert _init(capsys, str(tmp_path))[0] == 0
+    where = {"MANIFEST_DIR": str(tmp_path / "manifests"), "OUT": str(tmp_path / "outputs"),
+             "ASSETS": str(tmp_path / "assets")}
+    here = subprocess.run(["make", "-n", "-C", str(ROOT), "assets",
+                           *(f"{k}={v}" for k, v in where.items())],
+                          capture_output=True, text=True, timeout=60, check=False)
+    there = subprocess.run(["make", "-n", "-C", str(tmp_path), "assets"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert here.returncode == 0 and there.returncode == 0, here.stderr + there.stderr
+    assert f".venv/bin/imagebatch export {where['MANIFEST_DIR']}/example.yaml --out " \
+        f"{where['OUT']} --assets {where['ASSETS']}" in here.stdout
+    assert "imagebatch run manifests/example.yaml --out outputs" in there.stdout
+    assert "imagebatch export manifests/example.yaml --out outputs --assets assets" in \
+        there.stdout
+
+
+def _picked_files(root: Path) -> list[dict[str, object]]:
+    """assets.json's files, each decoded: its size and format are what the entry says."""
+    files = json.loads((root / "assets.json").read_text())["files"]
+    for entry in files:
+        with Image.open(root / entry["file"]) as im:
+            im.load()
+            assert im.size == (entry["width"], entry["height"]), entry
+            assert im.format == {"jpeg": "JPEG", "webp": "WEBP"}[entry["format"]], entry
+    return files
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("git") and shutil.which("make")),
+                    reason="needs git and make")
+def test_make_assets_runs_then_exports_the_picks_at_sizes_the_images_have(tmp_path, capsys):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert _init(capsys, str(tmp_path))[0] == 0
+    env = {**os.environ, "IMAGEBATCH": str(BIN / "imagebatch")}
+
+    def make() -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["make", "assets", f"IMAGEBATCH={BIN / 'imagebatch'}"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    first = make()
+    assert "imagebatch run manifests/example.yaml" in first.stdout
+    assert "imagebatch export manifests/example.yaml" in first.stdout
+    root = tmp_path / "assets" / "example"
+    assert _picked_files(root) == []  # nothing picked yet: an empty, true assets.json
+
+    # a pick makes the picks file newer than assets.json: the next make exports, only
+    assert main(["pick", str(tmp_path / scaffold.MANIFEST), "fox/watercolor/1.png",
+                 "mushrooms/123.png"]) == 0
+    second = make()
+    assert "imagebatch run" not in second.stdout and "imagebatch export" in second.stdout
+    files = _picked_files(root)
+    asked = yaml.safe_load((tmp_path / scaffold.MANIFEST).read_text())["exports"][0]["width"]
+    # every width asked for is made, for the 1:1 fox (1024 px) and the 16:9 mushrooms (1344)
+    for source in ("fox/watercolor/1.png", "mushrooms/123.png"):
+        made = [f for f in files if f["source"]["path"] == source]  # type: ignore[index]
+        assert sorted({f["width"] for f in made}) == sorted(asked), made
+        assert all(f"-{f['width']}w." in str(f["file"]) for f in made)
+    assert "Nothing to be done" in make().stdout
+
+
+# --- the first run ----------------------------------------------------------------------------
+
+SMALL = "version: 1\njobs:\n  - {id: a, prompt: a small test, seeds: [1, 2]}\n"
+
+
+def test_a_first_run_on_the_embedded_server_says_what_to_open_next(tmp_path, capsys,
+                                                                    monkeypatch):
+    import imagebatch.running.run as running
+
+    started: list[str] = []
+    real = running.running_server
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        started.append("server")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(running, "running_server", counted)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(SMALL)
+    out = tmp_path / "out"
+    assert main(["run", str(manifest), "--out", str(out)]) == 0
+    first = capsys.readouterr()
+    assert started == ["server"] and "using the embedded local server" in first.err
+    tail = first.out.splitlines()[-5:]
+    assert tail[:3] == ["next:", f"  open {out}/m/index.html in a browser",
+                        f"  imagebatch review {manifest}   to pick, reject and rate its images"]
+    assert "placeholder pictures" in tail[3] and "DIFFUSION_URL" in tail[4]
+
+    # nothing left to send: no server is started, and nothing is said about one
+    assert main(["run", str(manifest), "--out", str(out)]) == 0
+    second = capsys.readouterr()
+    assert started == ["server"]
+    assert "embedded local server" not in second.err + second.out and "next:" not in second.out
+    assert json.loads((out / "m" / "summary.json").read_text())["skipped"] == 2
+
+
+def test_a_run_on_a_hosted_service_has_no_placeholder_note(tmp_path):
+    from imagebatch.planning import config
+    from imagebatch.planning.manifest import load_plan
+    from imagebatch.running.options import RunOptions
+    from imagebatch.running.run import run_plans
+    from imagebatch.running.summary import text
+    from imagebatch.service.server import ServerOptions, running_server
+
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(SMALL)
+
+    async def hosted() -> tuple[str, int]:
+        async with running_server(ServerOptions(workers=1)) as srv:
+            conn = config.Connection(prefix="DIFFUSION", url=srv.url, key="k-test")
+            opts = RunOptions(manifests=(), out=tmp_path / "out", rpm=0, post=False)
+            report = await run_plans([load_plan(str(manifest))], conn, opts, io.StringIO())
+            return text(report), srv.stats.requests
+
+    said, received = asyncio.run(hosted())
+    assert received == 2  # as the server counted them: the run did send
+    assert "next:" not in said and "placeholder" not in said
+
+
+def test_a_key_without_its_url_is_pointed_out(tmp_path, capsys, monkeypatch):
+    from imagebatch.planning import config
+
+    secret = "inf-k3y-that-must-not-show"
+    conns, notes = config.pool({"DIFFUSION_KEY": secret}, ["DIFFUSION"])
+    assert conns[0].local and len(notes) == 1
+    assert notes[0].startswith("DIFFUSION_KEY is set but DIFFUSION_URL is not, so the key is "
+                               "unused")
+    # --local asks for the embedded server; a URL uses the key: nothing to say
+    assert config.pool({"DIFFUSION_KEY": secret}, ["DIFFUSION"], local=True)[1] == []
+    assert config.pool({"DIFFUSION_KEY": secret, "DIFFUSION_URL": "https://x.example.com"},
+                       ["DIFFUSION"])[1] == []
+
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(SMALL)
+    monkeypatch.setenv("DIFFUSION_KEY", secret)
+    assert main(["run", str(manifest), "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "note: DIFFUSION_KEY is set but DIFFUSION_URL is not" in captured.err
+    assert secret not in captured.err + captured.out
 
 
 # --- the workflow it writes ---------------------------------------------------------------
@@ -482,46 +861,77 @@ def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: int = 600,
     return proc
 
 
-@pytest.mark.slow
-@pytest.mark.wheel
-@pytest.mark.skipif(not (shutil.which("git") and shutil.which("make")),
-                    reason="needs git and make")
-def test_the_wheel_works_in_a_fresh_venv_outside_the_repository(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DIFFUSION_", "INFERENCE_", "MAKE", "PYTHON", "GIT_"))
-           and k not in ("VIRTUAL_ENV", "MFLAGS")}
-    # a copy of the sources: the build writes nothing into the repository
+def _process_env() -> dict[str, str]:
+    """This process's environment without what would steer a build, make, git or a run."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("DIFFUSION_", "INFERENCE_", "MAKE", "PYTHON", "GIT_"))
+            and k not in ("VIRTUAL_ENV", "MFLAGS")}
+
+
+def _copy_sources(dest: Path) -> Path:
+    """A copy of the sources, as a clone has them: a build writes nothing into ROOT."""
     listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard",
                              "-z"], capture_output=True, check=True).stdout.decode()
-    src = tmp_path / "src"
     for rel in filter(None, listed.split("\0")):
         if (ROOT / rel).is_file():
-            (src / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, src / rel)
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"),
-          str(src)], tmp_path, env)
-    (wheel,) = (tmp_path / "dist").glob("imagebatch-*.whl")
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    return dest
 
-    venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)], tmp_path, env)
-    py = venv / "bin" / "python"
-    _run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
-         tmp_path, env)
+
+def _venv(path: Path, env: dict[str, str]) -> Path:
+    """A fresh virtual environment at `path`: its bin folder."""
+    _run([sys.executable, "-m", "venv", str(path)], path.parent, env)
+    return path / "bin"
+
+
+@dataclass(frozen=True)
+class Installed:
+    """The wheel `make wheel` built from a copy of the sources, installed in a fresh venv."""
+
+    src: Path
+    wheel: Path
+    venv: Path
+    env: dict[str, str]  # PATH starts at the venv's bin
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """One build and one install for every test of the wheel (each takes half a minute)."""
+    if not (shutil.which("git") and shutil.which("make")):
+        pytest.skip("needs git and make")
+    base = tmp_path_factory.mktemp("wheel")
+    env = _process_env()
+    src = _copy_sources(base / "src")
+    built = _run(["make", "wheel", f"PYTHON={sys.executable}"], src, env)
+    wheel = src / "dist" / f"imagebatch-{imagebatch.__version__}-py3-none-any.whl"
+    assert built.stdout.splitlines()[-1] == f"dist/{wheel.name}" and wheel.is_file()
+    venv = base / "venv"
+    _run([str(_venv(venv, env) / "python"), "-m", "pip", "install", "-q",
+          "--disable-pip-version-check", str(wheel)], base, env)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    return Installed(src, wheel, venv, env)
+
+
+@pytest.mark.slow
+@pytest.mark.wheel
+def test_the_wheel_works_in_a_fresh_venv_outside_the_repository(tmp_path, installed):
+    env, src, venv = dict(installed.env), installed.src, installed.venv
+    py = venv / "bin" / "python"
 
     # the installed package is the wheel's, named imagebatch (no top-level `pipeline`, a name
     # another project owns), and carries every file of pipeline/ in the sources
     where = _run([str(py), "-c", "import imagebatch; print(imagebatch.__file__)"], tmp_path, env)
     taken = subprocess.run([str(py), "-c", "import pipeline"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, check=False)
-    assert taken.returncode != 0 and "No module named 'pipeline'" in taken.stderr
+    assert taken.returncode != 0 and "No module named 'imagebatch'" in taken.stderr
     assert _run([str(py), "-m", "imagebatch", "--version"], tmp_path, env).stdout.startswith(
         "imagebatch ")
-    installed = Path(where.stdout.strip()).parent
-    assert venv in installed.parents
+    installed_at = Path(where.stdout.strip()).parent
+    assert venv in installed_at.parents
     data = {p.relative_to(src / "pipeline") for p in (src / "pipeline").rglob("*")
             if p.is_file() and p.suffix not in (".py", ".pyc")}
-    assert data and all((installed / rel).is_file() for rel in data), data
+    assert data and all((installed_at / rel).is_file() for rel in data), data
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -592,3 +1002,145 @@ def test_the_wheel_works_in_a_fresh_venv_outside_the_repository(tmp_path):
                  env)
     assert "example.yaml (example): 9 -> " in shown.stdout and " added, 0 removed" in shown.stdout
     assert "a run would send" in shown.stdout and shown.stderr == ""
+
+
+def _install_step(workflows: list[Path]) -> tuple[str, str]:
+    """(the `run:` of the workflows' "Install imagebatch" steps, IMAGEBATCH_REQUIREMENT):
+    one script and one requirement, the same in every job of both workflows."""
+    runs, specs = set(), set()
+    for path in workflows:
+        doc = yaml.safe_load(path.read_text())
+        specs.add(doc["env"]["IMAGEBATCH_REQUIREMENT"])
+        runs |= {step["run"] for job in doc["jobs"].values() for step in job["steps"]
+                 if step.get("name") == "Install imagebatch"}
+    (run,), (spec,) = runs, specs
+    return run, spec
+
+
+@pytest.mark.slow
+@pytest.mark.wheel
+def test_a_newcomer_goes_from_the_wheel_to_committed_assets(tmp_path, installed):
+    from imagebatch.planning.exportplan import LOCK_FILE, STATE_FILE
+    from imagebatch.planning.plan import TMP_PREFIX
+
+    env = dict(installed.env)
+    repo = tmp_path / "site"
+    repo.mkdir()
+    _run(["git", "init", "-q"], repo, env)
+
+    # installed from a wheel file: init says no runner can reach it, and how to keep it
+    first = _run(["imagebatch", "init"], repo, env)
+    assert _lines(first.stdout) == {path: "wrote" for path in WRITTEN}
+    assert "which a CI runner cannot reach" in " ".join(first.stderr.split())
+    assert f"imagebatch init --force --vendor-wheel {installed.wheel}\n" in first.stderr
+    kept = f"ci/{installed.wheel.name}"
+    vendored = _run(["imagebatch", "init", "--force", "--vendor-wheel", str(installed.wheel)],
+                    repo, env)
+    assert vendored.stderr == "" and _lines(vendored.stdout)[kept] == "wrote"
+    assert (repo / kept).read_bytes() == installed.wheel.read_bytes()
+
+    # make assets: the images, then the exports (nothing picked yet)
+    made = _run(["make", "assets"], repo, env)
+    assert "imagebatch export manifests/example.yaml" in made.stdout
+    said = made.stdout.splitlines()
+    at = said.index("next:")  # the run's last lines, before the export's
+    assert said[at + 1:at + 3] == [
+        "  open outputs/example/index.html in a browser",
+        "  imagebatch review manifests/example.yaml   to pick, reject and rate its images"]
+    assert "placeholder pictures" in made.stdout
+    assert json.loads((repo / "assets" / "example" / "assets.json").read_text())["files"] == []
+
+    # a pick, then make assets exports it; the files are what assets.json says
+    _run(["imagebatch", "pick", scaffold.MANIFEST, "fox/watercolor/1.png"], repo, env)
+    again = _run(["make", "assets"], repo, env)
+    assert "imagebatch run" not in again.stdout and "embedded local server" not in again.stderr
+    files = _picked_files(repo / "assets" / "example")
+    assert sorted((f["width"], f["format"]) for f in files) == [
+        (512, "jpeg"), (512, "webp"), (1024, "jpeg"), (1024, "webp")]
+
+    # what `git add -A` stages: the team's work, none of imagebatch's bookkeeping
+    leftover = repo / "manifests" / f"{TMP_PREFIX}example.picks.json.4242.1"  # a killed write's
+    leftover.write_text("{")
+    bookkeeping = [repo / "manifests" / ".example.picks.json.lock",
+                   repo / "assets" / "example" / LOCK_FILE,
+                   repo / "assets" / "example" / STATE_FILE, leftover]
+    assert all(path.is_file() for path in bookkeeping)
+    _run(["git", "add", "-A"], repo, env)
+    staged = set(_run(["git", "diff", "--cached", "--name-only", "-z"], repo, env)
+                 .stdout.split("\0")) - {""}
+    assert staged == {*WRITTEN, kept, scaffold.PICKS, "assets/example/assets.json",
+                      *(f"assets/example/{f['file']}" for f in files)}, staged
+
+    # the workflows' install step, as written, on a runner with a fresh Python: it installs
+    # the wheel kept in the checkout
+    script, spec = _install_step([repo / scaffold.WORKFLOW, repo / scaffold.DIFF_WORKFLOW])
+    assert spec == f"./{kept}"
+    runner = _venv(tmp_path / "runner", env)
+    clean = {"PATH": f"{runner}{os.pathsep}/usr/bin:/bin", "HOME": env.get("HOME", str(tmp_path)),
+             "IMAGEBATCH_REQUIREMENT": spec,
+             **{k: v for k, v in env.items() if k.startswith("PIP_")}}  # the package index
+    assert not (runner / "imagebatch").exists()
+    _run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], repo, clean)
+    assert _run([str(runner / "imagebatch"), "--version"], repo, clean).stdout == \
+        f"imagebatch {imagebatch.__version__}\n"
+
+
+# Lines of the docs' shell blocks this test does not run, and why: each must match a line.
+NOT_RUN = {
+    "git+https://HOST/": "the team's git server",
+    "heroku ": "a Heroku app",
+    "make test": "the whole test suite, this test included",
+    "imagebatch review ": "serves a page until Ctrl-C",
+}
+
+
+def _commands(doc: Path) -> list[list[str]]:
+    """Each fenced sh block's command lines, and each console block's `$ ` lines."""
+    blocks = []
+    for lang, body in re.findall(r"^```(sh|console)\n(.*?)^```", doc.read_text(),
+                                 re.MULTILINE | re.DOTALL):
+        lines = [line.strip() for line in body.splitlines()]
+        if lang == "console":
+            lines = [line[2:] for line in lines if line.startswith("$ ")]
+        blocks.append([line for line in lines if line and not line.startswith("#")])
+    return blocks
+
+
+@pytest.mark.slow
+@pytest.mark.wheel
+@pytest.mark.skipif(not (shutil.which("git") and shutil.which("make")),
+                    reason="needs git and make")
+def test_the_readme_and_getting_started_commands_run_as_written(tmp_path):
+    env = _process_env()
+    # the folder a newcomer works in: a clone of imagebatch beside their own repository
+    clone = _copy_sources(tmp_path / "imagebatch")
+    site = tmp_path / "my-site"
+    site.mkdir()
+    _run(["git", "init", "-q"], site, env)
+    env["PATH"] = f"{_venv(tmp_path / 'venv', env)}{os.pathsep}{env['PATH']}"
+
+    used: set[str] = set()
+    ran: list[str] = []
+    guide = _commands(ROOT / "docs" / "getting-started.md")
+    readme = _commands(ROOT / "README.md")
+    # the guide first: it installs imagebatch, which the README's first lines assume
+    for block in [*guide, *readme]:
+        text = "\n".join(block)
+        where = (tmp_path if "./imagebatch" in text or "-C imagebatch" in text else
+                 clone if re.search(r"^make (run|test)\b", text, re.MULTILINE) else site)
+        for line in block:
+            skip = [pattern for pattern in NOT_RUN if pattern in line]
+            if skip:
+                used.update(skip)
+                continue
+            proc = _run(["bash", "-eo", "pipefail", "-c", line], where, env, ok=False)
+            # `imagebatch init --diff` exits 1 when a file differs, as diff(1) does
+            assert proc.returncode == 0, f"{line} (in {where}):\n{proc.stdout}\n{proc.stderr}"
+            ran.append(line)
+    assert used == set(NOT_RUN)
+    for line in ("python -m pip install ./imagebatch", "make -C imagebatch wheel",
+                 "imagebatch --version", "imagebatch init", "make assets", "make run"):
+        assert any(r.split("#")[0].strip() == line for r in ran), (line, ran)
+    assert (site / "outputs" / "example" / "index.html").is_file()
+    assert (site / "assets" / "example" / "assets.json").is_file()
+    assert (clone / "outputs" / "example" / "index.html").is_file()

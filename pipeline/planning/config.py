@@ -188,6 +188,17 @@ def _implied(conn: Connection) -> str:
             f"(Stability AI's API); --local uses the embedded server")
 
 
+def _unused_key(env: Mapping[str, str], conn: Connection, local: bool) -> str:
+    """A warning when `{prefix}_KEY` is set but, without `{prefix}_URL`, the embedded server
+    is used (not asked for with --local), else "": a URL forgotten would otherwise go
+    unnoticed until the pictures turn out to be placeholders."""
+    if local or not conn.local or not (env.get(f"{conn.prefix}_KEY") or "").strip():
+        return ""
+    return (f"{conn.prefix}_KEY is set but {conn.prefix}_URL is not, so the key is unused and "
+            "the embedded local server draws placeholder pictures; set the URL with: "
+            f"export {conn.prefix}_URL=$(heroku config:get -a APP {conn.prefix}_URL)")
+
+
 def split_prefixes(values: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
     """`--env-prefix` values, each one prefix or a comma-separated list, as prefixes in the
     order given with repeats left out; (prefixes, a note per repeat)."""
@@ -218,7 +229,7 @@ def pool(
     """
     if local or len(prefixes) == 1:
         conn = connection(env, prefixes[0], local=local)
-        return [conn], [_implied(conn)] if _implied(conn) else []
+        return [conn], [note for note in (_implied(conn), _unused_key(env, conn, local)) if note]
     members: list[Connection] = []
     notes = []
     seen: dict[str, str] = {}  # SHA-256 of a key -> the prefix it came under first

@@ -90,19 +90,20 @@ class _Backend:
     provider: str = apispec.HEROKU  # the request shape its URL speaks
 
 
-@contextlib.asynccontextmanager
-async def _backends(
-    conns: Sequence[config.Connection], err: TextIO, reason: str
-) -> AsyncIterator[list[_Backend]]:
-    """The remote service(s), or the embedded server started here for the run's duration."""
+def _backends(conns: Sequence[config.Connection]) -> list[_Backend]:
+    """The remote service(s), or the embedded server (its URL set once `_serve` starts it)."""
     if not conns[0].local:
-        yield [_Backend(c.prefix, c.url, c.key, config.backend_name(c.url), c.provider)
-               for c in conns if c.url is not None and c.key is not None]
-        return
+        return [_Backend(c.prefix, c.url, c.key, config.backend_name(c.url), c.provider)
+                for c in conns if c.url is not None and c.key is not None]
+    return [_Backend(conns[0].prefix, "", "local", config.LOCAL_BACKEND, conns[0].provider)]
+
+
+@contextlib.asynccontextmanager
+async def _serve(backend: _Backend, err: TextIO, reason: str) -> AsyncIterator[_Backend]:
+    """The embedded server started here for the rest of the run: `backend` at its URL."""
     async with running_server(ServerOptions(), host="127.0.0.1", port=0) as srv:
         print(f"{reason}: using the embedded local server at {srv.url}", file=err, flush=True)
-        yield [_Backend(conns[0].prefix, srv.url, "local", config.LOCAL_BACKEND,
-                        conns[0].provider)]
+        yield replace(backend, url=srv.url)
 
 
 async def run_plans(
@@ -129,7 +130,8 @@ async def run_plans(
     conns = [conn] if isinstance(conn, config.Connection) else list(conn)
     reason = reason or ("--local given" if opts.local else f"no {conns[0].prefix}_URL set")
     started = time.monotonic()
-    async with _backends(conns, err, reason) as backends:
+    async with contextlib.AsyncExitStack() as server:
+        backends = _backends(conns)
         pooled = len(backends) > 1
         name = ",".join(sorted({b.name for b in backends}))
         members = {b.prefix: b.name for b in backends} if pooled else None
@@ -143,6 +145,9 @@ async def run_plans(
             try:
                 work, skipped, held = await _todo(chosen, stores, opts, err, transfers,
                                                   uploader)
+                if work and conns[0].local:  # nothing to send, no server: done is judged on disk
+                    backends = [await server.enter_async_context(_serve(backends[0], err,
+                                                                        reason))]
                 runner = await _run_jobs(work, backends, opts, err,
                                          {c.prefix: c.key_variable for c in conns},
                                          uploader.submit if uploader is not None else None,

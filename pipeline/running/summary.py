@@ -8,11 +8,13 @@ of a CI step summary. Nothing here touches the disk.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ServiceConfigError, StoreError
+from ..errors import ServiceConfigError, StoreError, printable
 from ..planning.budget import Budget
+from ..planning.config import LOCAL_BACKEND
 from ..planning.costs import Price, cost_text, cost_value
 from ..planning.select import Selection
 
@@ -265,6 +267,28 @@ def text(report: RunReport) -> str:
     budget = budget_text(report)
     if budget:
         lines.append(budget)
+    after = next_text(report)
+    if after:
+        lines.append(after)
+    return "\n".join(lines)
+
+
+def next_text(report: RunReport) -> str | None:
+    """After a run that sent requests to the embedded server (a newcomer's first run, most
+    likely): what to open next, and that its pictures are placeholders. None after any
+    other run: one with nothing to send started no server, and a hosted run needs no hint."""
+    if report.sent == 0 or report.interrupted or report.config_error is not None \
+            or any(p.backend != LOCAL_BACKEND for p in report.plans):
+        return None
+    lines = ["next:"]
+    for p in report.plans:
+        if p.index:
+            lines.append(f"  open {printable(p.index)} in a browser")
+        lines.append(f"  imagebatch review {printable(shlex.quote(p.manifest))}   "
+                     "to pick, reject and rate its images")
+    lines.append("The embedded local server drew these: placeholder pictures. For the "
+                 "model's own, set\nDIFFUSION_URL, DIFFUSION_KEY and DIFFUSION_MODEL_ID (from "
+                 "your Heroku app) and run again.")
     return "\n".join(lines)
 
 
