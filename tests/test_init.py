@@ -924,7 +924,7 @@ def test_the_wheel_works_in_a_fresh_venv_outside_the_repository(tmp_path, instal
     where = _run([str(py), "-c", "import imagebatch; print(imagebatch.__file__)"], tmp_path, env)
     taken = subprocess.run([str(py), "-c", "import pipeline"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, check=False)
-    assert taken.returncode != 0 and "No module named 'imagebatch'" in taken.stderr
+    assert taken.returncode != 0 and "No module named 'pipeline'" in taken.stderr
     assert _run([str(py), "-m", "imagebatch", "--version"], tmp_path, env).stdout.startswith(
         "imagebatch ")
     installed_at = Path(where.stdout.strip()).parent
