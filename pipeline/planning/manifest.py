@@ -38,6 +38,8 @@ from .plan import (
     OutputSettings,
     Plan,
     Seeds,
+    draw,
+    draw_seed,
     expand,
     in_shard,
     windows_problem,
@@ -79,6 +81,9 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
 DEFAULT_FIELDS = ("prompt", "negative_prompt", "aspect_ratio", "size", "output_format", "seed",
                   "image", "strength")
 JOB_KEYS = ("id", *DEFAULT_FIELDS, "seeds", "matrix", "zip")
+#: `{values: [...] | from: FILE, draw: N, seed: S}`: an axis's values drawn from a list or file
+DRAW_KEYS = ("values", "from", "draw", "seed")
+MAX_VARIABLE_CHARS = 1000  # a variable's value, whether written or read from a file
 AXIS_FIELDS = ("prompt", "negative_prompt", "aspect_ratio", "size", "output_format")
 EXPORT_KEYS = ("name", "from", "path", "width", "size", "fit", "focus", "format", "quality",
                "background", "upscale", "metadata")
@@ -595,6 +600,7 @@ class _Loader:
         self.max_jobs = max_jobs
         self.export_paths: list[tuple[str, str, Loc]] = []  # (template, field, loc) to check
         self.export_name: tuple[str, Loc] | None = None  # of the entry being read
+        self.name = ""  # the manifest's name, once read: default draw seeds derive from it
 
     def seeds(self, node: Node, path: str) -> Seeds | None:
         c = self.c
@@ -763,7 +769,150 @@ class _Loader:
             seeds = self.seeds(seeds_node, f"{path}.seeds" if path else "seeds")
         return out, seeds, seeds_node
 
-    def axes(self, node: Node, path: str, *, zipped: bool) -> list[Axis] | None:
+    def axis_list(self, name: str, node: Node, where: str,
+                  is_field: bool) -> tuple[str, ...] | None:
+        """An axis's values written as a YAML list, each checked; None when one is wrong."""
+        c = self.c
+        items = c.sequence(node, where)
+        if items is None:
+            return None
+        if not items:
+            c.add(node, where, "is an empty list; give at least one value")
+            return None
+        ok = True
+        values: list[str] = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            ipath = f"{where}[{i}]"
+            if is_field:
+                v = self.field(name, item, ipath)
+            else:
+                v = c.text(item, ipath)
+                if v is not None and len(v) > MAX_VARIABLE_CHARS:
+                    c.add(item, ipath, f"is {len(v):,} characters; a variable value may "
+                                       f"be at most {MAX_VARIABLE_CHARS:,}")
+                    v = None
+            if v is None:
+                ok = False
+                continue
+            if v in seen:
+                c.add(item, ipath, f"{v!r} is already {where}[{seen[v]}]")
+                ok = False
+            seen[v] = i
+            values.append(v)
+        return tuple(values) if ok else None
+
+    def drawn(self, name: str, node: Node, where: str, is_field: bool,
+              job_id: str | None) -> tuple[str, ...] | None:
+        """`{values: [...] | from: FILE, draw: N, seed: S}`: the axis's values, all of them
+        or N drawn without replacement (seeded, so the plan is the same on every run)."""
+        c = self.c
+        m = c.mapping(node, where, DRAW_KEYS)
+        if m is None:
+            return None
+        if ("values" in m) == ("from" in m):
+            c.add(node, where, "give the values as a list, or as {values: [...]} or "
+                               "{from: FILE} (one value a line), each with an optional "
+                               "draw: N and seed: S")
+            return None
+        count = seed = None
+        if "draw" in m:
+            count = c.integer(m["draw"][1], f"{where}.draw", 1, 1_000_000)
+            if count is None:
+                return None
+        if "seed" in m:
+            seed = c.integer(m["seed"][1], f"{where}.seed", 1, apispec.MAX_SEED)
+            if seed is None:
+                return None
+        if "values" in m:
+            values = self.axis_list(name, m["values"][1], f"{where}.values", is_field)
+        else:
+            values = self.values_file(name, m["from"][1], f"{where}.from", is_field)
+        if values is None:
+            return None
+        if count is not None and count > len(values):
+            c.add(m["draw"][1], f"{where}.draw", f"draws {count:,} values, but the list has "
+                                                 f"only {len(values):,}; draw at most "
+                                                 f"{len(values):,} (or leave draw out for "
+                                                 "all of them)")
+            return None
+        if count is None:
+            return values
+        if seed is None:
+            seed = draw_seed(self.name, job_id or "", name)
+        return draw(values, count, seed)
+
+    def values_file(self, name: str, node: Node, where: str,
+                    is_field: bool) -> tuple[str, ...] | None:
+        """The values of a file relative to the manifest, one a line; blank lines and lines
+        starting with # are skipped. Problems in it are located in that file."""
+        c = self.c
+        relative = c.text(node, where)
+        if relative is None:
+            return None
+        problem = _path_text(relative, True, "the manifest's folder")
+        if problem:
+            c.add(node, where, f"{relative!r}: {problem}")
+            return None
+        file = Path(self.source).parent / relative
+        try:
+            if self.read_input is not None:
+                data = self.read_input(relative)
+            else:
+                with open(file, "rb") as fh:
+                    data = fh.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            c.add(node, where, f"cannot read the values file {relative!r} (relative to the "
+                               f"manifest): {exc.strerror or exc}")
+            return None
+        text, bad = text_problem(data, str(file), MAX_FILE_BYTES, "a values file")
+        if bad is not None:
+            c.problems.append(bad)
+            return None
+        values: list[str] = []
+        seen: dict[str, int] = {}
+        ok = True
+        for number, line in enumerate(text.splitlines(), 1):
+            value = line.strip()
+            if not value or value.startswith("#"):
+                continue
+            column = line.index(value[0]) + 1
+
+            def add(message: str, number: int = number, column: int = column) -> None:
+                c.problems.append(Problem(str(file), number, column, where, message))
+
+            why = self.value_problem(name, value, is_field)
+            if why:
+                add(why)
+                ok = False
+            elif value in seen:
+                add(f"{value!r} is already on line {seen[value]}; each value once")
+                ok = False
+            seen.setdefault(value, number)
+            values.append(value)
+        if not values:
+            c.add(node, where, f"the values file {relative!r} has no values (blank lines "
+                               "and # comments are skipped); write one value a line")
+            return None
+        return tuple(values) if ok else None
+
+    def value_problem(self, name: str, value: str, is_field: bool) -> str | None:
+        """Why one value read from a file cannot fill the axis `name`, or None."""
+        if not is_field:
+            if len(value) > MAX_VARIABLE_CHARS:
+                return (f"is {len(value):,} characters; a variable value may be at most "
+                        f"{MAX_VARIABLE_CHARS:,}")
+            return None
+        if name in ENUM_FIELDS:
+            allowed = self.formats if name == "output_format" else ENUM_FIELDS[name]
+            return None if value in allowed else f"{value!r} is not one of {', '.join(allowed)}"
+        if _sent_length(value) > apispec.MAX_PROMPT_CHARS:
+            return (f"is {_sent_length(value):,} characters; the API allows at most "
+                    f"{apispec.MAX_PROMPT_CHARS:,}")
+        return None
+
+    def axes(self, node: Node, path: str, *, zipped: bool,
+             job_id: str | None = None) -> list[Axis] | None:
         c = self.c
         m = c.mapping(node, path, None)
         if m is None:
@@ -802,36 +951,18 @@ class _Loader:
                                         "give the variable another name")
                     ok = False
                     continue
-            items = c.sequence(vnode, where)
-            if items is None:
-                ok = False
-                continue
-            if not items:
-                c.add(vnode, where, "is an empty list; give at least one value")
-                ok = False
-                continue
-            values: list[str] = []
-            seen: dict[str, int] = {}
-            for i, item in enumerate(items):
-                ipath = f"{where}[{i}]"
-                if is_field:
-                    v = self.field(name, item, ipath)
-                else:
-                    v = c.text(item, ipath)
-                    if v is not None and len(v) > 1000:
-                        c.add(item, ipath, f"is {len(v):,} characters; a variable value may "
-                                           "be at most 1,000")
-                        v = None
-                if v is None:
+            if isinstance(vnode, MappingNode):
+                drawn = self.drawn(name, vnode, where, is_field, job_id)
+                if drawn is None:
                     ok = False
-                    continue
-                if v in seen:
-                    c.add(item, ipath, f"{v!r} is already {where}[{seen[v]}]")
-                    ok = False
-                seen[v] = i
-                values.append(v)
-            if ok:
-                axes.append(Axis(name, tuple(values), is_field, _loc(vnode)))
+                elif ok:
+                    axes.append(Axis(name, drawn, is_field, _loc(vnode)))
+                continue
+            values = self.axis_list(name, vnode, where, is_field)
+            if values is None:
+                ok = False
+            elif ok:
+                axes.append(Axis(name, values, is_field, _loc(vnode)))
         if not ok:
             return None
         if zipped and len({len(a.values) for a in axes}) > 1:
@@ -874,7 +1005,7 @@ class _Loader:
         for key in m:  # manifest order: a zip written before matrix varies first
             if key not in ("matrix", "zip"):
                 continue
-            axes = self.axes(m[key][1], f"{path}.{key}", zipped=(key == "zip"))
+            axes = self.axes(m[key][1], f"{path}.{key}", zipped=(key == "zip"), job_id=job_id)
             if axes is None:
                 broken = True  # its variables are unknown: do not report their uses too
                 continue
@@ -983,6 +1114,7 @@ class _Loader:
         elif windows_problem(stem):
             c.add(root, "name", f"the file name gives the name {stem!r}, which "
                                 f"{windows_problem(stem)}; add a `name:`")
+        self.name = name
         model = self.default_model
         if "model" in top:
             model = c.text(top["model"][1], "model") or model
