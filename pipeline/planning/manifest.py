@@ -24,7 +24,7 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..errors import ManifestError, Problem, UsageError, text_problem
-from . import apispec, config, stabilityform
+from . import apispec, config, promptlock, stabilityform
 from .plan import (
     BUILTINS,
     DEFAULT_EXPORT_PATH,
@@ -80,7 +80,8 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_FIELDS = ("prompt", "negative_prompt", "aspect_ratio", "size", "output_format", "seed",
                   "image", "strength")
-JOB_KEYS = ("id", *DEFAULT_FIELDS, "seeds", "matrix", "zip")
+JOB_KEYS = ("id", *DEFAULT_FIELDS, "seeds", "matrix", "zip", "prompts")
+BRIEF_KEYS = ("brief", "count", "vary", "keep")
 #: `{values: [...] | from: FILE, draw: N, seed: S}`: an axis's values drawn from a list or file
 DRAW_KEYS = ("values", "from", "draw", "seed")
 MAX_VARIABLE_CHARS = 1000  # a variable's value, whether written or read from a file
@@ -582,8 +583,14 @@ class _Loader:
 
     def __init__(self, source: str, default_model: str, max_jobs: int,
                  providers: tuple[str, ...] = (apispec.HEROKU,),
-                 read_input: Callable[[str], bytes] | None = None) -> None:
+                 read_input: Callable[[str], bytes] | None = None,
+                 briefs_only: bool = False) -> None:
         self.c = _Checker(source)
+        # `expand` reads a manifest for its briefs before their prompts exist: then a brief
+        # without a lock entry is no problem (it gets stand-in prompts)
+        self.briefs_only = briefs_only
+        self.briefs: list[promptlock.Brief] = []
+        self._lock: dict[str, promptlock.Entry] | None = None
         self.source = source
         # reads an input image named relative to the manifest (a file at a git revision for
         # `diff`); None: the file beside the manifest on disk
@@ -911,6 +918,79 @@ class _Loader:
                     f"{apispec.MAX_PROMPT_CHARS:,}")
         return None
 
+    def brief_axis(self, node: Node, path: str, job_id: str | None) -> Axis | None:
+        """`prompts: {brief, count, vary, keep}`: the prompts the lock holds for it, as a
+        prompt axis labelled p1, p2, ...; a missing or stale lock entry is a located error
+        naming the command that writes it."""
+        c = self.c
+        m = c.mapping(node, path, BRIEF_KEYS)
+        if m is None:
+            return None
+        if "brief" not in m or "count" not in m:
+            c.add(node, path, "needs a brief and a count, e.g. {brief: \"...\", count: 8}")
+            return None
+        brief = c.text(m["brief"][1], f"{path}.brief")
+        count = c.integer(m["count"][1], f"{path}.count", 1, promptlock.MAX_COUNT)
+        extra = {k: c.text(m[k][1], f"{path}.{k}") if k in m else "" for k in ("vary", "keep")}
+        if brief is None or count is None or job_id is None or None in extra.values():
+            return None
+        ask = promptlock.Brief(job_id, brief, count, extra["vary"] or "", extra["keep"] or "")
+        self.briefs.append(ask)
+        expand = f"run `imagebatch expand {self.source}`"
+        lock = self.lock(node, path)
+        if lock is None:
+            return None
+        entry = lock.get(job_id)
+        if entry is None or entry.digest != ask.digest or len(entry.prompts) != count:
+            if not self.briefs_only:
+                why = ("has no prompts yet" if entry is None else
+                       "changed since its prompts were written" if entry.digest != ask.digest
+                       else f"asks for {count} prompts and the lock holds "
+                            f"{len(entry.prompts)}")
+                c.add(node, path, f"this brief {why} "
+                                  f"({promptlock.lock_name(self.source)}): {expand} to "
+                                  "write them, then review and commit the lock")
+                return None
+            # stand-ins, so the rest of the manifest is checked as usual
+            prompts: tuple[str, ...] = tuple(f"(prompt {i} of {job_id}'s brief)"
+                                             for i in range(1, count + 1))
+        else:
+            prompts = entry.prompts
+        # the lock's prompts are literal text: braces in them are not placeholders
+        values = tuple(p.replace("{", "{{").replace("}", "}}") for p in prompts)
+        labels = tuple(f"p{i}" for i in range(1, len(values) + 1))
+        return Axis("prompt", values, True, _loc(node), labels)
+
+    def lock(self, node: Node, path: str) -> dict[str, promptlock.Entry] | None:
+        """The manifest's prompts lock, read once (at the manifest's revision for `diff`);
+        {} when there is none."""
+        if self._lock is not None:
+            return self._lock
+        name = promptlock.lock_name(self.source)
+        file = Path(self.source).parent / name
+        try:
+            if self.read_input is not None:
+                data = self.read_input(name)
+            else:
+                with open(file, "rb") as fh:
+                    data = fh.read(promptlock.MAX_LOCK_BYTES + 1)
+        except FileNotFoundError:
+            data = None
+        except OSError as exc:
+            self.c.add(node, path, f"cannot read the prompts lock {name!r}: "
+                                   f"{exc.strerror or exc}")
+            return None
+        if data is None:
+            self._lock = {}
+            return self._lock
+        try:
+            self._lock = promptlock.parse_lock(data, str(file))
+        except ManifestError as exc:
+            self.c.problems.extend(exc.problems)
+            self._lock = {}
+            return None
+        return self._lock
+
     def axes(self, node: Node, path: str, *, zipped: bool,
              job_id: str | None = None) -> list[Axis] | None:
         c = self.c
@@ -1003,7 +1083,19 @@ class _Loader:
         names: dict[str, str] = {}
         broken = False
         for key in m:  # manifest order: a zip written before matrix varies first
-            if key not in ("matrix", "zip"):
+            if key not in ("matrix", "zip", "prompts"):
+                continue
+            if key == "prompts":
+                brief_axis = self.brief_axis(m[key][1], f"{path}.prompts", job_id)
+                if brief_axis is None:
+                    broken = True
+                    continue
+                if "prompt" in own or "prompt" in names:
+                    c.add(m[key][0], f"{path}.prompts", "a job takes its prompts from a brief "
+                                                        "or sets prompt:, not both")
+                    continue
+                names["prompt"] = key
+                groups.append((brief_axis,))
                 continue
             axes = self.axes(m[key][1], f"{path}.{key}", zipped=(key == "zip"), job_id=job_id)
             if axes is None:
@@ -1024,7 +1116,7 @@ class _Loader:
                 groups.extend((a,) for a in axes)
         if seeds is None and "seeds" not in m and "seed" not in m:
             seeds = default_seeds or Seeds(random=1)
-        if ("prompt" not in fields and "prompt" not in m
+        if ("prompt" not in fields and "prompt" not in m and "prompts" not in m
                 and not any(a.name == "prompt" for g in groups for a in g)):
             c.add(node, path, "needs a prompt (here, in defaults, or as a matrix axis)")
         variables = {a.name for g in groups for a in g if not a.field}
@@ -1485,6 +1577,21 @@ def _validate(text: str, path: str, max_jobs: int, default_model: str,
         raise ManifestError([Problem(
             path, 1, 1, "", f"the document expands to more than {MAX_NODES:,} values {how}; "
                             f"a manifest may hold at most that many")]) from None
+
+
+def load_briefs(path: str, *, default_model: str = apispec.DEFAULT_MODEL,
+                providers: tuple[str, ...] = (apispec.HEROKU,)) -> list[promptlock.Brief]:
+    """The briefs of a manifest (`prompts:` blocks), the manifest otherwise checked as
+    `load_plan` checks it; a brief needs no lock entry here (`expand` writes them)."""
+    text = _read(path)
+    root, _ = _compose(text, path)
+    loader = _Loader(path, default_model, DEFAULT_MAX_JOBS, providers, briefs_only=True)
+    try:
+        _plan_of(loader.load(root), None, providers)
+    except _Budget:
+        raise ManifestError([Problem(path, 1, 1, "", f"the document expands to more than "
+                                                     f"{MAX_NODES:,} values")]) from None
+    return loader.briefs
 
 
 def _nearby_manifest(path: Path) -> str:

@@ -221,6 +221,13 @@ class Axis:
     values: tuple[str, ...]
     field: bool  # True: sets that request field; False: a {variable}
     loc: Loc
+    # What {vars} and paths show for each value, when not the value itself: prompts
+    # written from a brief are p1, p2, ... (a whole prompt would make a path too long)
+    labels: tuple[str, ...] = ()
+
+    def shown(self, value: str) -> str:
+        """The value as {vars}, paths and labels show it."""
+        return self.labels[self.values.index(value)] if self.labels else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +351,7 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
             names: list[tuple[str, str]] = []
             for row in combo:
                 for axis, value in row:
-                    names.append((axis.name, value))
+                    names.append((axis.name, axis.shown(value)))
                     if axis.field:
                         if axis.name in ("size", "aspect_ratio"):
                             # a swept size or ratio replaces the other one inherited from above
