@@ -51,6 +51,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "plan": ("imagebatch plan manifests/example.yaml --json --shard 1/3",
              "imagebatch plan manifests/example.yaml --price 0.08 --only 'fox*'"),
     "schema": ("imagebatch schema > imagebatch.schema.json",),
+    "expand": ("imagebatch expand manifests/example.yaml",
+               "imagebatch expand manifests/example.yaml --again heroes"),
     "run": ("DIFFUSION_URL=... DIFFUSION_KEY=... imagebatch run manifests/*.yaml --rpm 20",
             "imagebatch run manifests/example.yaml --first-seeds 1 --budget 20 --price 0.08"),
     "status": ("imagebatch status manifests/example.yaml -v",),
@@ -465,6 +467,16 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     _add_max_jobs(p)
     _add_env_prefix(p)
 
+    p = sub.add_parser("expand", help="ask the chat model for the prompts of each brief "
+                                      "and write them to the prompts lock")
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("--again", action="append", default=[], metavar="JOB",
+                   help="write this job's prompts afresh even when its brief is unchanged "
+                        "(repeatable)")
+    p.add_argument("--env-prefix", default="INFERENCE", metavar="PREFIX",
+                   help="the chat model's variables: PREFIX_URL, PREFIX_KEY, PREFIX_MODEL_ID "
+                        "(default INFERENCE; no PREFIX_URL: the embedded server)")
+
     p = sub.add_parser("show", help="print the request embedded in an image")
     p.add_argument("image", metavar="IMAGE")
     shape = p.add_mutually_exclusive_group()
@@ -791,11 +803,18 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return show_command(args.image, pretty=args.pretty)
 
 
+def _cmd_expand(args: argparse.Namespace) -> int:
+    from .commands.expand import expand
+
+    return expand(args.manifest, again=args.again, env_prefix=args.env_prefix)
+
+
 COMMANDS = {
     "init": _cmd_init,
     "validate": _cmd_validate,
     "plan": _cmd_plan,
     "schema": _cmd_schema,
+    "expand": _cmd_expand,
     "run": _cmd_run,
     "status": _cmd_status,
     "show": _cmd_show,

@@ -228,8 +228,8 @@ def _inputs_at(repo: Repo, commit: str, manifest_rel: str) -> Callable[[str], by
         if rel.startswith("../") or rel == ".." or posixpath.isabs(value):
             raise OSError(f"{value!r} is outside the repository")
         found = read_at(repo, commit, rel, limit=MAX_INPUT_BYTES, what="an input image")
-        if found is None:
-            raise OSError(f"not in {commit[:12]}")
+        if found is None:  # not there then: a prompts lock not yet written reads as none
+            raise FileNotFoundError(f"not in {commit[:12]}")
         if isinstance(found, str):
             raise OSError(found)
         return found

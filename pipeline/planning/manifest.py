@@ -24,7 +24,7 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..errors import ManifestError, Problem, UsageError, text_problem
-from . import apispec, config, stabilityform
+from . import apispec, config, promptlock, stabilityform
 from .plan import (
     BUILTINS,
     DEFAULT_EXPORT_PATH,
@@ -38,6 +38,8 @@ from .plan import (
     OutputSettings,
     Plan,
     Seeds,
+    draw,
+    draw_seed,
     expand,
     in_shard,
     windows_problem,
@@ -78,7 +80,11 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_FIELDS = ("prompt", "negative_prompt", "aspect_ratio", "size", "output_format", "seed",
                   "image", "strength")
-JOB_KEYS = ("id", *DEFAULT_FIELDS, "seeds", "matrix", "zip")
+JOB_KEYS = ("id", *DEFAULT_FIELDS, "seeds", "matrix", "zip", "prompts")
+BRIEF_KEYS = ("brief", "count", "vary", "keep")
+#: `{values: [...] | from: FILE, draw: N, seed: S}`: an axis's values drawn from a list or file
+DRAW_KEYS = ("values", "from", "draw", "seed")
+MAX_VARIABLE_CHARS = 1000  # a variable's value, whether written or read from a file
 AXIS_FIELDS = ("prompt", "negative_prompt", "aspect_ratio", "size", "output_format")
 EXPORT_KEYS = ("name", "from", "path", "width", "size", "fit", "focus", "format", "quality",
                "background", "upscale", "metadata")
@@ -577,8 +583,14 @@ class _Loader:
 
     def __init__(self, source: str, default_model: str, max_jobs: int,
                  providers: tuple[str, ...] = (apispec.HEROKU,),
-                 read_input: Callable[[str], bytes] | None = None) -> None:
+                 read_input: Callable[[str], bytes] | None = None,
+                 briefs_only: bool = False) -> None:
         self.c = _Checker(source)
+        # `expand` reads a manifest for its briefs before their prompts exist: then a brief
+        # without a lock entry is no problem (it gets stand-in prompts)
+        self.briefs_only = briefs_only
+        self.briefs: list[promptlock.Brief] = []
+        self._lock: dict[str, promptlock.Entry] | None = None
         self.source = source
         # reads an input image named relative to the manifest (a file at a git revision for
         # `diff`); None: the file beside the manifest on disk
@@ -595,6 +607,7 @@ class _Loader:
         self.max_jobs = max_jobs
         self.export_paths: list[tuple[str, str, Loc]] = []  # (template, field, loc) to check
         self.export_name: tuple[str, Loc] | None = None  # of the entry being read
+        self.name = ""  # the manifest's name, once read: default draw seeds derive from it
 
     def seeds(self, node: Node, path: str) -> Seeds | None:
         c = self.c
@@ -763,7 +776,223 @@ class _Loader:
             seeds = self.seeds(seeds_node, f"{path}.seeds" if path else "seeds")
         return out, seeds, seeds_node
 
-    def axes(self, node: Node, path: str, *, zipped: bool) -> list[Axis] | None:
+    def axis_list(self, name: str, node: Node, where: str,
+                  is_field: bool) -> tuple[str, ...] | None:
+        """An axis's values written as a YAML list, each checked; None when one is wrong."""
+        c = self.c
+        items = c.sequence(node, where)
+        if items is None:
+            return None
+        if not items:
+            c.add(node, where, "is an empty list; give at least one value")
+            return None
+        ok = True
+        values: list[str] = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            ipath = f"{where}[{i}]"
+            if is_field:
+                v = self.field(name, item, ipath)
+            else:
+                v = c.text(item, ipath)
+                if v is not None and len(v) > MAX_VARIABLE_CHARS:
+                    c.add(item, ipath, f"is {len(v):,} characters; a variable value may "
+                                       f"be at most {MAX_VARIABLE_CHARS:,}")
+                    v = None
+            if v is None:
+                ok = False
+                continue
+            if v in seen:
+                c.add(item, ipath, f"{v!r} is already {where}[{seen[v]}]")
+                ok = False
+            seen[v] = i
+            values.append(v)
+        return tuple(values) if ok else None
+
+    def drawn(self, name: str, node: Node, where: str, is_field: bool,
+              job_id: str | None) -> tuple[str, ...] | None:
+        """`{values: [...] | from: FILE, draw: N, seed: S}`: the axis's values, all of them
+        or N drawn without replacement (seeded, so the plan is the same on every run)."""
+        c = self.c
+        m = c.mapping(node, where, DRAW_KEYS)
+        if m is None:
+            return None
+        if ("values" in m) == ("from" in m):
+            c.add(node, where, "give the values as a list, or as {values: [...]} or "
+                               "{from: FILE} (one value a line), each with an optional "
+                               "draw: N and seed: S")
+            return None
+        count = seed = None
+        if "draw" in m:
+            count = c.integer(m["draw"][1], f"{where}.draw", 1, 1_000_000)
+            if count is None:
+                return None
+        if "seed" in m:
+            seed = c.integer(m["seed"][1], f"{where}.seed", 1, apispec.MAX_SEED)
+            if seed is None:
+                return None
+        if "values" in m:
+            values = self.axis_list(name, m["values"][1], f"{where}.values", is_field)
+        else:
+            values = self.values_file(name, m["from"][1], f"{where}.from", is_field)
+        if values is None:
+            return None
+        if count is not None and count > len(values):
+            c.add(m["draw"][1], f"{where}.draw", f"draws {count:,} values, but the list has "
+                                                 f"only {len(values):,}; draw at most "
+                                                 f"{len(values):,} (or leave draw out for "
+                                                 "all of them)")
+            return None
+        if count is None:
+            return values
+        if seed is None:
+            seed = draw_seed(self.name, job_id or "", name)
+        return draw(values, count, seed)
+
+    def values_file(self, name: str, node: Node, where: str,
+                    is_field: bool) -> tuple[str, ...] | None:
+        """The values of a file relative to the manifest, one a line; blank lines and lines
+        starting with # are skipped. Problems in it are located in that file."""
+        c = self.c
+        relative = c.text(node, where)
+        if relative is None:
+            return None
+        problem = _path_text(relative, True, "the manifest's folder")
+        if problem:
+            c.add(node, where, f"{relative!r}: {problem}")
+            return None
+        file = Path(self.source).parent / relative
+        try:
+            if self.read_input is not None:
+                data = self.read_input(relative)
+            else:
+                with open(file, "rb") as fh:
+                    data = fh.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            c.add(node, where, f"cannot read the values file {relative!r} (relative to the "
+                               f"manifest): {exc.strerror or exc}")
+            return None
+        text, bad = text_problem(data, str(file), MAX_FILE_BYTES, "a values file")
+        if bad is not None:
+            c.problems.append(bad)
+            return None
+        values: list[str] = []
+        seen: dict[str, int] = {}
+        ok = True
+        for number, line in enumerate(text.splitlines(), 1):
+            value = line.strip()
+            if not value or value.startswith("#"):
+                continue
+            column = line.index(value[0]) + 1
+
+            def add(message: str, number: int = number, column: int = column) -> None:
+                c.problems.append(Problem(str(file), number, column, where, message))
+
+            why = self.value_problem(name, value, is_field)
+            if why:
+                add(why)
+                ok = False
+            elif value in seen:
+                add(f"{value!r} is already on line {seen[value]}; each value once")
+                ok = False
+            seen.setdefault(value, number)
+            values.append(value)
+        if not values:
+            c.add(node, where, f"the values file {relative!r} has no values (blank lines "
+                               "and # comments are skipped); write one value a line")
+            return None
+        return tuple(values) if ok else None
+
+    def value_problem(self, name: str, value: str, is_field: bool) -> str | None:
+        """Why one value read from a file cannot fill the axis `name`, or None."""
+        if not is_field:
+            if len(value) > MAX_VARIABLE_CHARS:
+                return (f"is {len(value):,} characters; a variable value may be at most "
+                        f"{MAX_VARIABLE_CHARS:,}")
+            return None
+        if name in ENUM_FIELDS:
+            allowed = self.formats if name == "output_format" else ENUM_FIELDS[name]
+            return None if value in allowed else f"{value!r} is not one of {', '.join(allowed)}"
+        if _sent_length(value) > apispec.MAX_PROMPT_CHARS:
+            return (f"is {_sent_length(value):,} characters; the API allows at most "
+                    f"{apispec.MAX_PROMPT_CHARS:,}")
+        return None
+
+    def brief_axis(self, node: Node, path: str, job_id: str | None) -> Axis | None:
+        """`prompts: {brief, count, vary, keep}`: the prompts the lock holds for it, as a
+        prompt axis labelled p1, p2, ...; a missing or stale lock entry is a located error
+        naming the command that writes it."""
+        c = self.c
+        m = c.mapping(node, path, BRIEF_KEYS)
+        if m is None:
+            return None
+        if "brief" not in m or "count" not in m:
+            c.add(node, path, "needs a brief and a count, e.g. {brief: \"...\", count: 8}")
+            return None
+        brief = c.text(m["brief"][1], f"{path}.brief")
+        count = c.integer(m["count"][1], f"{path}.count", 1, promptlock.MAX_COUNT)
+        extra = {k: c.text(m[k][1], f"{path}.{k}") if k in m else "" for k in ("vary", "keep")}
+        if brief is None or count is None or job_id is None or None in extra.values():
+            return None
+        ask = promptlock.Brief(job_id, brief, count, extra["vary"] or "", extra["keep"] or "")
+        self.briefs.append(ask)
+        expand = f"run `imagebatch expand {self.source}`"
+        lock = self.lock(node, path)
+        if lock is None:
+            return None
+        entry = lock.get(job_id)
+        if entry is None or entry.digest != ask.digest or len(entry.prompts) != count:
+            if not self.briefs_only:
+                why = ("has no prompts yet" if entry is None else
+                       "changed since its prompts were written" if entry.digest != ask.digest
+                       else f"asks for {count} prompts and the lock holds "
+                            f"{len(entry.prompts)}")
+                c.add(node, path, f"this brief {why} "
+                                  f"({promptlock.lock_name(self.source)}): {expand} to "
+                                  "write them, then review and commit the lock")
+                return None
+            # stand-ins, so the rest of the manifest is checked as usual
+            prompts: tuple[str, ...] = tuple(f"(prompt {i} of {job_id}'s brief)"
+                                             for i in range(1, count + 1))
+        else:
+            prompts = entry.prompts
+        # the lock's prompts are literal text: braces in them are not placeholders
+        values = tuple(p.replace("{", "{{").replace("}", "}}") for p in prompts)
+        labels = tuple(f"p{i}" for i in range(1, len(values) + 1))
+        return Axis("prompt", values, True, _loc(node), labels)
+
+    def lock(self, node: Node, path: str) -> dict[str, promptlock.Entry] | None:
+        """The manifest's prompts lock, read once (at the manifest's revision for `diff`);
+        {} when there is none."""
+        if self._lock is not None:
+            return self._lock
+        name = promptlock.lock_name(self.source)
+        file = Path(self.source).parent / name
+        try:
+            if self.read_input is not None:
+                data = self.read_input(name)
+            else:
+                with open(file, "rb") as fh:
+                    data = fh.read(promptlock.MAX_LOCK_BYTES + 1)
+        except FileNotFoundError:
+            data = None
+        except OSError as exc:
+            self.c.add(node, path, f"cannot read the prompts lock {name!r}: "
+                                   f"{exc.strerror or exc}")
+            return None
+        if data is None:
+            self._lock = {}
+            return self._lock
+        try:
+            self._lock = promptlock.parse_lock(data, str(file))
+        except ManifestError as exc:
+            self.c.problems.extend(exc.problems)
+            self._lock = {}
+            return None
+        return self._lock
+
+    def axes(self, node: Node, path: str, *, zipped: bool,
+             job_id: str | None = None) -> list[Axis] | None:
         c = self.c
         m = c.mapping(node, path, None)
         if m is None:
@@ -802,36 +1031,18 @@ class _Loader:
                                         "give the variable another name")
                     ok = False
                     continue
-            items = c.sequence(vnode, where)
-            if items is None:
-                ok = False
-                continue
-            if not items:
-                c.add(vnode, where, "is an empty list; give at least one value")
-                ok = False
-                continue
-            values: list[str] = []
-            seen: dict[str, int] = {}
-            for i, item in enumerate(items):
-                ipath = f"{where}[{i}]"
-                if is_field:
-                    v = self.field(name, item, ipath)
-                else:
-                    v = c.text(item, ipath)
-                    if v is not None and len(v) > 1000:
-                        c.add(item, ipath, f"is {len(v):,} characters; a variable value may "
-                                           "be at most 1,000")
-                        v = None
-                if v is None:
+            if isinstance(vnode, MappingNode):
+                drawn = self.drawn(name, vnode, where, is_field, job_id)
+                if drawn is None:
                     ok = False
-                    continue
-                if v in seen:
-                    c.add(item, ipath, f"{v!r} is already {where}[{seen[v]}]")
-                    ok = False
-                seen[v] = i
-                values.append(v)
-            if ok:
-                axes.append(Axis(name, tuple(values), is_field, _loc(vnode)))
+                elif ok:
+                    axes.append(Axis(name, drawn, is_field, _loc(vnode)))
+                continue
+            values = self.axis_list(name, vnode, where, is_field)
+            if values is None:
+                ok = False
+            elif ok:
+                axes.append(Axis(name, values, is_field, _loc(vnode)))
         if not ok:
             return None
         if zipped and len({len(a.values) for a in axes}) > 1:
@@ -872,9 +1083,21 @@ class _Loader:
         names: dict[str, str] = {}
         broken = False
         for key in m:  # manifest order: a zip written before matrix varies first
-            if key not in ("matrix", "zip"):
+            if key not in ("matrix", "zip", "prompts"):
                 continue
-            axes = self.axes(m[key][1], f"{path}.{key}", zipped=(key == "zip"))
+            if key == "prompts":
+                brief_axis = self.brief_axis(m[key][1], f"{path}.prompts", job_id)
+                if brief_axis is None:
+                    broken = True
+                    continue
+                if "prompt" in own or "prompt" in names:
+                    c.add(m[key][0], f"{path}.prompts", "a job takes its prompts from a brief "
+                                                        "or sets prompt:, not both")
+                    continue
+                names["prompt"] = key
+                groups.append((brief_axis,))
+                continue
+            axes = self.axes(m[key][1], f"{path}.{key}", zipped=(key == "zip"), job_id=job_id)
             if axes is None:
                 broken = True  # its variables are unknown: do not report their uses too
                 continue
@@ -893,7 +1116,7 @@ class _Loader:
                 groups.extend((a,) for a in axes)
         if seeds is None and "seeds" not in m and "seed" not in m:
             seeds = default_seeds or Seeds(random=1)
-        if ("prompt" not in fields and "prompt" not in m
+        if ("prompt" not in fields and "prompt" not in m and "prompts" not in m
                 and not any(a.name == "prompt" for g in groups for a in g)):
             c.add(node, path, "needs a prompt (here, in defaults, or as a matrix axis)")
         variables = {a.name for g in groups for a in g if not a.field}
@@ -983,6 +1206,7 @@ class _Loader:
         elif windows_problem(stem):
             c.add(root, "name", f"the file name gives the name {stem!r}, which "
                                 f"{windows_problem(stem)}; add a `name:`")
+        self.name = name
         model = self.default_model
         if "model" in top:
             model = c.text(top["model"][1], "model") or model
@@ -1353,6 +1577,21 @@ def _validate(text: str, path: str, max_jobs: int, default_model: str,
         raise ManifestError([Problem(
             path, 1, 1, "", f"the document expands to more than {MAX_NODES:,} values {how}; "
                             f"a manifest may hold at most that many")]) from None
+
+
+def load_briefs(path: str, *, default_model: str = apispec.DEFAULT_MODEL,
+                providers: tuple[str, ...] = (apispec.HEROKU,)) -> list[promptlock.Brief]:
+    """The briefs of a manifest (`prompts:` blocks), the manifest otherwise checked as
+    `load_plan` checks it; a brief needs no lock entry here (`expand` writes them)."""
+    text = _read(path)
+    root, _ = _compose(text, path)
+    loader = _Loader(path, default_model, DEFAULT_MAX_JOBS, providers, briefs_only=True)
+    try:
+        _plan_of(loader.load(root), None, providers)
+    except _Budget:
+        raise ManifestError([Problem(path, 1, 1, "", f"the document expands to more than "
+                                                     f"{MAX_NODES:,} values")]) from None
+    return loader.briefs
 
 
 def _nearby_manifest(path: Path) -> str:

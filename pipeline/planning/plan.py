@@ -189,6 +189,30 @@ def random_seed(name: str, job_id: str, index: int) -> int:
     return int.from_bytes(digest[:8], "big") % MAX_SEED + 1  # 1..MAX_SEED, never 0
 
 
+def draw_seed(name: str, job_id: str, axis: str) -> int:
+    """The default seed of an axis's draw: derived like `{random: N}` seeds, from the
+    manifest name, the job id and the axis name, so every machine draws the same values."""
+    digest = hashlib.sha256(f"imagebatch-draw\0{name}\0{job_id}\0{axis}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % MAX_SEED + 1
+
+
+def draw(values: tuple[str, ...], count: int, seed: int) -> tuple[str, ...]:
+    """`count` of `values` drawn without replacement, kept in their written order.
+
+    Each value is ranked by the SHA-256 of the seed and the value itself (not its position),
+    so adding, removing or editing one line of a values file changes at most the one drawn
+    value it touches: every other job keeps its value, and so its key.
+    """
+    if count >= len(values):
+        return values
+
+    def rank(value: str) -> bytes:
+        return hashlib.sha256(f"imagebatch-draw\0{seed}\0{value}".encode()).digest()
+
+    chosen = set(sorted(values, key=rank)[:count])
+    return tuple(v for v in values if v in chosen)
+
+
 @dataclass(frozen=True, slots=True)
 class Axis:
     """One swept value list of `matrix:` or `zip:`; a request field or a variable."""
@@ -197,6 +221,13 @@ class Axis:
     values: tuple[str, ...]
     field: bool  # True: sets that request field; False: a {variable}
     loc: Loc
+    # What {vars} and paths show for each value, when not the value itself: prompts
+    # written from a brief are p1, p2, ... (a whole prompt would make a path too long)
+    labels: tuple[str, ...] = ()
+
+    def shown(self, value: str) -> str:
+        """The value as {vars}, paths and labels show it."""
+        return self.labels[self.values.index(value)] if self.labels else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +351,7 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
             names: list[tuple[str, str]] = []
             for row in combo:
                 for axis, value in row:
-                    names.append((axis.name, value))
+                    names.append((axis.name, axis.shown(value)))
                     if axis.field:
                         if axis.name in ("size", "aspect_ratio"):
                             # a swept size or ratio replaces the other one inherited from above

@@ -92,13 +92,27 @@ def manifest_schema() -> dict[str, Any]:
         ],
     }
     fields = _fields()
-    axis_values = {"type": "array", "minItems": 1, "uniqueItems": True,
-                   "items": {"type": ["string", "number", "boolean"]}}
+    def listed_or_drawn(items: dict[str, Any]) -> dict[str, Any]:
+        # a list, or {values: [...]} / {from: FILE} with an optional draw: N and seed: S
+        listed = {"type": "array", "minItems": 1, "uniqueItems": True, "items": items}
+        return {"oneOf": [listed, {
+            "type": "object", "additionalProperties": False,
+            "description": "values from a list or a file (one a line, relative to the "
+                           "manifest), all of them or `draw` of them",
+            "properties": {
+                "values": listed,
+                "from": {"type": "string", "minLength": 1},
+                "draw": {"type": "integer", "minimum": 1},
+                "seed": _SEED,
+            },
+            "oneOf": [{"required": ["values"]}, {"required": ["from"]}],
+        }]}
+
+    axis_values = listed_or_drawn({"type": ["string", "number", "boolean"]})
     axes = {
         "type": "object", "minProperties": 1,
         "description": "request fields or {variables}, each a list of values",
-        "properties": {k: {"type": "array", "minItems": 1, "items": v}
-                       for k, v in fields.items() if k != "seed"},
+        "properties": {k: listed_or_drawn(v) for k, v in fields.items() if k != "seed"},
         "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
                           "not": {"enum": ["seed", "seeds", "model", "id", "index", "ext",
                                            "key", "aspect", "vars"]}},

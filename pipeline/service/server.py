@@ -39,6 +39,7 @@ from aiohttp import web
 from ..errors import UsageError
 from ..planning import apispec
 from ..planning.plan import job_key
+from . import chat
 from .render import render
 
 FAULT_KINDS: tuple[str, ...] = (
@@ -577,6 +578,7 @@ def make_app(options: ServerOptions) -> web.Application:
     app.router.add_post(apispec.ENDPOINT, service.generations)
     app.router.add_post(apispec.STABILITY_ENDPOINT, service.stability)
     app.router.add_get(FILES_PREFIX + "{name}", service.file)
+    app.router.add_post(chat.ENDPOINT, chat.completions)
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
         # Made here, inside the running loop, and gone with the app.
