@@ -514,6 +514,9 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                    help="port (default 8000; 0 picks one)")
     p.add_argument("--key", default=None, metavar="K",
                    help="require this bearer token (default: any)")
+    p.add_argument("--aws-access-key-id", default=None, metavar="ID",
+                   help="the Bedrock path also takes a SigV4 header naming this access key "
+                        "id (its signature is not checked)")
     p.add_argument("--latency", type=_nonneg_float, default=0.0, metavar="MS",
                    help="add MS milliseconds to every response")
     p.add_argument("--rpm", type=_positive_int, default=None, metavar="N",
@@ -576,10 +579,8 @@ def _fraction(text: str) -> float:
 
 
 def _faults(text: str) -> tuple[str, ...]:
-    from .service.server import FAULT_KINDS
-    from .service.stability import STABILITY_FAULTS
+    from .service.faults import KNOWN_FAULTS as known
 
-    known = (*FAULT_KINDS, *STABILITY_FAULTS)
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     unknown = [k for k in kinds if k not in known]
     if unknown or not kinds:
@@ -633,7 +634,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .service.server import FAULT_KINDS, ServerOptions, serve
 
     serve(ServerOptions(
-        key=args.key, latency_ms=args.latency, rpm=args.rpm, window=args.window,
+        key=args.key, aws_access_key_id=args.aws_access_key_id, latency_ms=args.latency,
+        rpm=args.rpm, window=args.window,
         retry_after=not args.no_retry_after, fail_rate=args.fail_rate,
         faults=args.faults or FAULT_KINDS, fault_seed=args.fault_seed, script=args.fault_at,
         workers=args.workers, stability_limit=args.stability_limit,

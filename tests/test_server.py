@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from PIL import Image, ImageChops, ImageStat
+from runner_helpers import Clock
 
 from imagebatch.errors import AuthError, PermanentApiError, RetryableApiError
 from imagebatch.planning import apispec
@@ -438,9 +439,12 @@ async def test_fault_stall_holds_then_answers(session):
             async with session.post(srv.url + ENDPOINT, json=body(), timeout=timeout) as resp:
                 await resp.read()
         assert srv.stats.faults["stall"] == 1
-    async with running_server(only("stall", stall_seconds=0.05)) as srv:
+    clock = Clock()  # a 30 s hold on the server's own clock: answered without waiting
+    async with running_server(only("stall", stall_seconds=30.0, clock=clock,
+                                   sleep=clock.sleep)) as srv:
         status, _, payload = await post(session, srv.url, body())
         assert status == 200 and image_of(payload)[1].size == (1024, 1024)
+        assert clock.now >= 30.0
 
 
 @pytest.mark.parametrize("kind", FAULT_KINDS)
@@ -579,29 +583,31 @@ async def test_rate_limit_without_retry_after(session):
 
 
 async def test_the_window_slides_and_429s_do_not_count(session):
-    async with running_server(ServerOptions(rpm=1, window=1.5, workers=1)) as srv:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+    clock = Clock()  # the server's time: it passes only when the test moves it
+    options = ServerOptions(rpm=1, window=1.5, workers=1, clock=clock, sleep=clock.sleep)
+    async with running_server(options) as srv:
+        started = clock.now
         assert (await post(session, srv.url, body()))[0] == 200
         # Keep being refused for a while: were refusals counted, they would fill the window.
         refusals = []
-        while loop.time() - started < 0.3:
+        while clock.now - started < 0.3:
             status, headers, _ = await post(session, srv.url, body())
             assert status == 429
             refusals.append(parse_duration(headers["x-ratelimit-reset-requests"]))
-            await asyncio.sleep(0.05)
+            clock.now += 0.05
         assert refusals and all(r is not None and 0 < r <= 1.5 for r in refusals)
         assert refusals == sorted(refusals, reverse=True)  # the reset counts down
-        await asyncio.sleep(refusals[-1] + 0.05)  # the admitted request has left the window
+        clock.now += refusals[-1] + 0.05  # the admitted request has left the window
         status, headers, _ = await post(session, srv.url, body())
         assert status == 200 and headers["x-ratelimit-remaining-requests"] == "0"
         assert srv.stats.by_status == {200: 2, 429: len(refusals)}
 
 
 async def test_latency_is_added(session):
-    async with running_server(ServerOptions(latency_ms=150, workers=1)) as srv:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+    clock = Clock()
+    options = ServerOptions(latency_ms=150, workers=1, clock=clock, sleep=clock.sleep)
+    async with running_server(options) as srv:
+        started = clock.now
         status, _, _ = await post(session, srv.url, body())
         assert status == 200
-        assert loop.time() - started >= 0.15  # a lower bound only: never flaky
+        assert clock.now - started >= 0.15  # waited through the server's sleep

@@ -118,10 +118,18 @@ def answer(body: dict[str, Any]) -> dict[str, Any]:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions: the key checked, faults played, then `answer`."""
-    from .server import SERVICE_KEY, error_response  # server.py adds this route
+    from .faults import bearer_matches
+    from .heroku import error_response  # the same envelope as the image endpoint's
+    from .server import SERVICE_KEY  # server.py adds this route
 
     service = request.app[SERVICE_KEY]
-    if not service._authorized(request):
+
+    def limited() -> web.Response:
+        # a chat model's rate limit, as the image endpoint answers it
+        headers = {"Retry-After": "1"} if service.options.retry_after else {}
+        return error_response(429, headers=headers)
+
+    if not bearer_matches(request, service.options.key):
         return error_response(401, "Invalid API key: send 'Authorization: Bearer <key>'")
     number = service.stats.requests
     raw = await request.read()
@@ -129,7 +137,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         service.stats.bodies.append(raw)
     scripted = service.options.script.get(number)
     if scripted == "429":
-        return service._limited({})
+        return limited()
     if scripted in ("500", "503"):
         return error_response(int(scripted), "injected fault")
     try:
@@ -142,5 +150,5 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return web.json_response(answer(body))
     except ChatFault as fault:
         if fault.status == 429:
-            return service._limited({})
+            return limited()
         return error_response(fault.status, f"HTTP {fault.status} (requested in the brief)")

@@ -16,7 +16,7 @@ import math
 import random
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ..pictures import fonts
 from ..planning import apispec
@@ -248,3 +248,12 @@ def encode(img: Image.Image, fmt: str) -> bytes:
 def render(request: dict[str, Any], seed: int) -> bytes:
     """Encoded image bytes for a validated request body and a resolved (non-zero) seed."""
     return encode(render_image(request, seed), apispec.image_format(request))
+
+
+def blurred(data: bytes, fmt: str) -> bytes:
+    """What a provider sends for a filtered image: the picture blurred beyond recognition."""
+    with Image.open(io.BytesIO(data)) as img:
+        out = img.convert("RGB").filter(ImageFilter.GaussianBlur(40))
+    buf = io.BytesIO()
+    out.save(buf, format={"jpeg": "JPEG", "webp": "WEBP"}.get(fmt, "PNG"))
+    return buf.getvalue()

@@ -13,6 +13,8 @@ finish-reason is CONTENT_FILTERED, with a blurred image, as Stability sends), `l
 credits), and the server's common ones (500, 503, reset, truncate, not-image, wrong-format,
 html, stall).
 `[[filtered]]` in a prompt asks for content-filtered; `[[fail:NNN]]` for a status.
+What fails, and when, is the pipeline's (imagebatch.service.faults); this module only reads
+the form and shapes the answers.
 """
 
 from __future__ import annotations
@@ -20,27 +22,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import json
 import math
-import re
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import BodyPartReader, web
-from PIL import Image, ImageFilter
 
 from ..planning import apispec, stabilityform
+from .faults import (
+    FILTERED_MARKER,
+    NOT_IMAGE,
+    STABILITY_FAULTS,
+    Fake,
+    Invalid,
+    Limiter,
+    Lockout,
+)
+from .render import blurred
 
-if TYPE_CHECKING:
-    from .server import _Service
-
-#: Faults only this side plays (the server's common kinds apply here too).
-STABILITY_FAULTS: tuple[str, ...] = ("content-filtered", "lockout", "moderation", "422", "402")
 _FIELDS = frozenset({"prompt", "negative_prompt", "aspect_ratio", "seed", "output_format",
                      "strength", "image", "style_preset"})
-_FILTERED = "[[filtered]]"
-_FAIL_TRIGGER = re.compile(r"\[\[fail:(\d{3})\]\]")
 #: Error names as Stability's reference spells them (422 has several: `invalid_language`
 #: is the one played here); statuses it does not list keep a name of their own.
 _NAMES = {400: "bad_request", 401: "unauthorized", 402: "payment_required",
@@ -53,13 +55,6 @@ _TOO_LARGE = "payloads cannot be larger than 10MiB in size"
 _TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
-class _Invalid(Exception):
-    def __init__(self, status: int, errors: list[str]) -> None:
-        super().__init__("; ".join(errors))
-        self.status = status
-        self.errors = errors
-
-
 def error_body(status: int, errors: list[str]) -> web.Response:
     """Stability's error shape: {"id", "name", "errors": [...]}; the id is its x-request-id."""
     request_id = secrets.token_hex(16)
@@ -67,34 +62,10 @@ def error_body(status: int, errors: list[str]) -> web.Response:
     return web.json_response(doc, status=status, headers={"x-request-id": request_id})
 
 
-class Lockout:
-    """Stability's limit: `limit` requests in `window` s; one more locks out for `lockout` s."""
-
-    def __init__(self, limit: int | None, window: float, lockout: float) -> None:
-        self.limit, self.window, self.lockout = limit, window, lockout
-        self._stamps: list[float] = []
-        self.until = 0.0
-
-    def lock(self, now: float) -> None:
-        """Start a lockout now."""
-        self.until = now + self.lockout
-
-    def admit(self, now: float) -> bool:
-        """Count one request; False when it is refused (locked out, or over the limit)."""
-        if now < self.until:
-            return False
-        self._stamps = [t for t in self._stamps if t > now - self.window]
-        if self.limit is not None and len(self._stamps) >= self.limit:
-            self.lock(now)
-            return False
-        self._stamps.append(now)
-        return True
-
-
 async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]:
-    """The text fields and the image part of a multipart/form-data body; _Invalid else."""
+    """The text fields and the image part of a multipart/form-data body; Invalid else."""
     if request.content_type != "multipart/form-data":
-        raise _Invalid(400, [f"Content-Type must be multipart/form-data, got "
+        raise Invalid(400, [f"Content-Type must be multipart/form-data, got "
                              f"{request.content_type or 'none'}"])
     fields: dict[str, str] = {}
     image: bytes | None = None
@@ -109,13 +80,13 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]
         if part is None:
             break
         if not isinstance(part, BodyPartReader):
-            raise _Invalid(400, ["nested multipart parts are not accepted"])
+            raise Invalid(400, ["nested multipart parts are not accepted"])
         name = part.name or ""
         data = bytearray()
         while chunk := await part.read_chunk(256 * 1024):
             data += chunk
             if too_large():  # a body without Content-Length is refused once it is over
-                raise _Invalid(413, [_TOO_LARGE])
+                raise Invalid(413, [_TOO_LARGE])
         if name not in _FIELDS:
             # Stability ignores parts it does not know: its own Python sample and litellm
             # send an empty file part named `none` to force a multipart body.
@@ -123,22 +94,22 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]
         if name == "image":
             image = bytes(data)
         elif name in fields:
-            raise _Invalid(400, [f"{name}: given more than once"])
+            raise Invalid(400, [f"{name}: given more than once"])
         else:
             try:
                 fields[name] = bytes(data).decode("utf-8")
             except UnicodeDecodeError:
-                raise _Invalid(400, [f"{name}: not UTF-8 text"]) from None
+                raise Invalid(400, [f"{name}: not UTF-8 text"]) from None
     while await received.readany():  # the epilogue, if any, counts too
         if too_large():
-            raise _Invalid(413, [_TOO_LARGE])
+            raise Invalid(413, [_TOO_LARGE])
     if too_large():
-        raise _Invalid(413, [_TOO_LARGE])
+        raise Invalid(413, [_TOO_LARGE])
     return fields, image
 
 
 def validate_form(fields: dict[str, str], image: bytes | None) -> dict[str, Any]:
-    """The request as values, when it follows Stability's rules; _Invalid naming each problem."""
+    """The request as values, when it follows Stability's rules; Invalid naming each problem."""
     errors: list[str] = []
     prompt = fields.get("prompt", "")
     if not prompt.strip():
@@ -179,7 +150,7 @@ def validate_form(fields: dict[str, str], image: bytes | None) -> dict[str, Any]
         else:
             size = stabilityform.input_image_size(image) or size
     if errors:
-        raise _Invalid(400, errors)
+        raise Invalid(400, errors)
     out: dict[str, Any] = {"prompt": prompt, "negative_prompt": fields.get("negative_prompt", ""),
                            "aspect_ratio": ratio, "output_format": fmt, "seed": seed}
     if image is not None:
@@ -192,117 +163,137 @@ def validate_form(fields: dict[str, str], image: bytes | None) -> dict[str, Any]
     return out
 
 
-def _blurred(data: bytes, fmt: str) -> bytes:
-    """What Stability sends for a filtered image: the picture blurred beyond recognition."""
-    with Image.open(io.BytesIO(data)) as img:
-        out = img.convert("RGB").filter(ImageFilter.GaussianBlur(40))
-    buf = io.BytesIO()
-    out.save(buf, format={"jpeg": "JPEG", "webp": "WEBP"}.get(fmt, "PNG"))
-    return buf.getvalue()
+class Stability(Fake):
+    """`POST /v2beta/stable-image/generate/ultra` in Stability AI's shape."""
 
+    plays = frozenset(STABILITY_FAULTS)
+    max_bytes = MAX_FORM_BYTES
 
-async def generate(service: _Service, request: web.Request) -> web.StreamResponse:
-    """POST /v2beta/stable-image/generate/ultra; every answer has an x-request-id."""
-    response = await _answer(service, request)
-    response.headers.setdefault("x-request-id", secrets.token_hex(16))
-    return response
+    def limiter(self) -> Limiter | None:
+        """Stability's limit and lockout (always made: the lockout fault locks out even
+        without a limit)."""
+        o = self.options
+        return Lockout(o.stability_limit, o.stability_window, o.stability_lockout)
 
+    async def read(self, request: web.Request) -> tuple[dict[str, str], bytes | None]:
+        """The form's text fields and image."""
+        return await read_form(request)
 
-async def _answer(service: _Service, request: web.Request) -> web.StreamResponse:
-    from .server import _HTML_PAGE, _NOT_IMAGE, _reset
+    def recorded(self, raw: tuple[dict[str, str], bytes | None]) -> bytes:
+        """The fields it knows, as JSON, the image as its SHA-256."""
+        fields, image = raw
+        return json.dumps(
+            {**fields, **({"image": hashlib.sha256(image).hexdigest()} if image else {})},
+            sort_keys=True).encode()
 
-    options = service.options
-    loop = asyncio.get_running_loop()
-    stats = service.stats
-    if not service._authorized(request) or service._revoked():
+    def validate(self, raw: tuple[dict[str, str], bytes | None]) -> dict[str, Any]:
+        """By Stability's rules (Ultra's for an input image)."""
+        return validate_form(*raw)
+
+    def key(self, body: dict[str, Any]) -> str:
+        """The SHA-256 of the request's values."""
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+    def prompt(self, body: dict[str, Any]) -> str:
+        """The form's prompt."""
+        return str(body["prompt"])
+
+    def too_large(self) -> Invalid:
+        """413 payload_too_large, in Stability's words."""
+        return Invalid(413, [_TOO_LARGE])
+
+    def unauthorized(self) -> web.Response:
+        """401 unauthorized."""
         return error_body(401, ["authorization: missing or invalid API key"])
-    number = stats.requests
-    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
-        return error_body(413, [_TOO_LARGE])
-    try:
-        fields, image = await read_form(request)
-        if options.keep_bodies:
-            stats.bodies.append(json.dumps(
-                {**fields, **({"image": hashlib.sha256(image).hexdigest()} if image else {})},
-                sort_keys=True).encode())
-        body = validate_form(fields, image)
-    except _Invalid as exc:
-        return error_body(exc.status, exc.errors)
-    lockout = service.lockout
-    now = loop.time()
-    fault_key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    fault = service.fault_for(fault_key, service.attempt(fault_key), number)
-    if fault is not None:
-        stats.faults[fault] += 1
-    if fault == "lockout":
-        lockout.lock(now)
-    if fault in ("lockout", "429") or not lockout.admit(now):
-        # Stability documents no Retry-After: sent only when asked for (a client must then
-        # assume the 60 s lockout, as imagebatch's does)
-        headers = ({"Retry-After": str(max(1, math.ceil(lockout.until - now)))}
-                   if options.stability_retry_after and lockout.until > now else {})
+
+    def invalid(self, problem: Invalid) -> web.Response:
+        """The status, each problem one of `errors`."""
+        return error_body(problem.status, problem.errors)
+
+    def rate_limited(self, limiter: Limiter | None, now: float) -> web.Response:
+        """429 rate_limit_exceeded; Retry-After only when asked for (Stability documents
+        none, and a client must then assume the 60 s lockout, as imagebatch's does)."""
         response = error_body(429, ["You have exceeded the rate limit of 150 requests within "
                                     "a 10 second period, and have been timed out for "
-                                    f"{options.stability_lockout:g} seconds."])
-        response.headers.update(headers)
+                                    f"{self.options.stability_lockout:g} seconds."])
+        wait = limiter.wait(now) if limiter is not None else 0.0
+        if self.options.stability_retry_after and wait > 0:
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
         return response
-    trigger = _FAIL_TRIGGER.search(body["prompt"])
-    if trigger and 400 <= int(trigger.group(1)) <= 599:
-        status = int(trigger.group(1))
-        stats.faults[f"fail:{status}"] += 1
-        return error_body(status, [f"requested by [[fail:{status}]] in the prompt"])
-    if fault == "moderation":
-        return error_body(403, ["Your request was flagged by our content moderation system, "
-                                "as a result your request was denied and you were not charged."])
-    if fault == "422":
-        return error_body(422, ["English is the only supported language for this service "
-                                "(injected fault)."])
-    if fault == "402":  # payment_required: the account is out of credits (injected fault)
-        return error_body(402, ["you lack sufficient credits to make this request; add "
-                                "credits to your account (injected fault)"])
-    if fault in ("500", "503"):
-        return error_body(int(fault), ["injected fault"])
-    if fault == "reset":
-        return _reset(request)
-    if fault == "html":
-        return web.Response(status=200, content_type="text/html", text=_HTML_PAGE)
-    if fault == "stall":
-        await asyncio.sleep(options.stall_seconds)
 
-    seed = body["seed"] or 1 + secrets.randbelow(apispec.STABILITY_MAX_SEED)
-    fmt = body["output_format"]
-    prompt = body["prompt"]
-    if "image_sha256" in body:
-        # a variation is drawn from the prompt, the input and the strength: other inputs,
-        # other pictures; the caption says what it varies
-        prompt = f"{prompt} (variation {body['strength']:g} of {body['image_sha256'][:8]})"
-    draw = {"prompt": prompt, "negative_prompt": body["negative_prompt"],
-            "aspect_ratio": body["aspect_ratio"], "output_format": fmt}
-    if fault == "wrong-format":
-        draw["output_format"] = "jpeg" if fmt != "jpeg" else "png"
-    elif fault == "wrong-size":
-        draw["size"] = "1024x1024" if body["aspect_ratio"] != "1:1" else "1344x768"
-    filtered = fault == "content-filtered" or _FILTERED in body["prompt"]
-    if fault == "not-image":
-        data = _NOT_IMAGE
-    else:
-        try:
-            data = await service.image(draw, seed)
-            if filtered:
-                data = await asyncio.to_thread(_blurred, data, fmt)
-        except Exception as exc:  # noqa: BLE001 - a broken pool must answer, not hang
-            return error_body(500, [f"render failed: {type(exc).__name__}"])
-    reason = "CONTENT_FILTERED" if filtered else "SUCCESS"
-    if fault == "truncate":
-        data = data[: len(data) // 2]
-    accept = request.headers.get("Accept", "image/*")
-    if "application/json" in accept:
-        doc = {"image": base64.b64encode(data).decode("ascii"), "finish_reason": reason,
-               "seed": seed}
-        # Stability names the image's format in the JSON answer's content type
-        return web.Response(status=200, body=json.dumps(doc).encode("ascii"), headers={
-            "Content-Type": f"application/json; type={_TYPES.get(fmt, 'image/png')}"})
-    if not ("image/" in accept or "*/*" in accept):
-        return error_body(400, ["accept: must be image/* or application/json"])
-    return web.Response(status=200, body=data, content_type=_TYPES.get(fmt, "image/png"),
-                        headers={"finish-reason": reason, "seed": str(seed)})
+    def error(self, status: int, detail: str) -> web.Response:
+        """Stability's error body, saying why."""
+        return error_body(status, [detail])
+
+    def fault_error(self, fault: str) -> web.Response | None:
+        """moderation (403), 422 (invalid_language) and 402 (out of credits)."""
+        if fault == "moderation":
+            return error_body(403, ["Your request was flagged by our content moderation "
+                                    "system, as a result your request was denied and you "
+                                    "were not charged."])
+        if fault == "422":
+            return error_body(422, ["English is the only supported language for this "
+                                    "service (injected fault)."])
+        if fault == "402":  # payment_required: the account is out of credits
+            return error_body(402, ["you lack sufficient credits to make this request; add "
+                                    "credits to your account (injected fault)"])
+        return None
+
+    async def answer(self, request: web.Request, body: dict[str, Any], fault: str | None
+                     ) -> web.StreamResponse:
+        """The image's bytes with finish-reason and seed headers, or JSON for
+        `Accept: application/json`; content-filtered blurs it, wrong-size is a whole image of
+        another ratio, truncate cuts the bytes."""
+        seed = body["seed"] or 1 + secrets.randbelow(apispec.STABILITY_MAX_SEED)
+        fmt = body["output_format"]
+        prompt = body["prompt"]
+        if "image_sha256" in body:
+            # a variation is drawn from the prompt, the input and the strength: other
+            # inputs, other pictures; the caption says what it varies
+            prompt = f"{prompt} (variation {body['strength']:g} of {body['image_sha256'][:8]})"
+        draw = {"prompt": prompt, "negative_prompt": body["negative_prompt"],
+                "aspect_ratio": body["aspect_ratio"], "output_format": fmt}
+        if fault == "wrong-format":
+            draw["output_format"] = "jpeg" if fmt != "jpeg" else "png"
+        elif fault == "wrong-size":
+            draw["size"] = "1024x1024" if body["aspect_ratio"] != "1:1" else "1344x768"
+        filtered = fault == "content-filtered" or FILTERED_MARKER in body["prompt"]
+        if fault == "not-image":
+            data = NOT_IMAGE
+        else:
+            try:
+                data = await self.service.image(draw, seed)
+                if filtered:
+                    data = await asyncio.to_thread(blurred, data, fmt)
+            except Exception as exc:  # noqa: BLE001 - a broken pool must answer, not hang
+                return error_body(500, [f"render failed: {type(exc).__name__}"])
+        reason = "CONTENT_FILTERED" if filtered else "SUCCESS"
+        if fault == "truncate":
+            data = data[: len(data) // 2]
+        accept = request.headers.get("Accept", "image/*")
+        if "application/json" in accept:
+            doc = {"image": base64.b64encode(data).decode("ascii"), "finish_reason": reason,
+                   "seed": seed}
+            # Stability names the image's format in the JSON answer's content type
+            return web.Response(status=200, body=json.dumps(doc).encode("ascii"), headers={
+                "Content-Type": f"application/json; type={_TYPES.get(fmt, 'image/png')}"})
+        if not ("image/" in accept or "*/*" in accept):
+            return error_body(400, ["accept: must be image/* or application/json"])
+        return web.Response(status=200, body=data, content_type=_TYPES.get(fmt, "image/png"),
+                            headers={"finish-reason": reason, "seed": str(seed)})
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        """POST /v2beta/stable-image/generate/ultra; every answer has an x-request-id."""
+        response = await self.service.handle(self, request)
+        response.headers.setdefault("x-request-id", secrets.token_hex(16))
+        return response
+
+
+__all__ = [
+    "MAX_FORM_BYTES",
+    "STABILITY_FAULTS",
+    "Stability",
+    "error_body",
+    "read_form",
+    "validate_form",
+]
