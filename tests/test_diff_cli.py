@@ -506,6 +506,23 @@ def test_the_workflow_step_writes_the_diff_of_the_changed_manifests(tmp_path):
     assert "same.yaml" not in md  # unchanged by the pull request: not listed
 
 
+def test_the_workflow_step_diffs_a_manifest_whose_prompts_lock_changed(tmp_path):
+    # a pull request that changes only a lock (`expand --again`) is diffed as its manifest
+    root, _base = _pull_request(tmp_path)
+    brief = ("version: 1\nname: poster\njobs:\n  - id: poster\n    prompts:\n"
+             "      brief: a travel poster\n      count: 2\n    seeds: [1]\n")
+    base = commit(root, {"manifests/poster.yaml": brief}, "a brief")
+    assert main(["expand", str(root / "manifests/poster.yaml")]) == 0
+    commit(root, {}, "its lock")
+    lock = root / "manifests/poster.prompts.lock"
+    assert lock.is_file()
+    lock.write_text(lock.read_text().replace("    - a travel poster", "    - A new take on a travel poster", 1))
+    commit(root, {}, "one prompt edited by hand")
+    code, md = _run_step(root, base, tmp_path)
+    assert code == 0, md
+    assert "`manifests/poster.yaml`" in md and md.count("`manifests/poster.yaml` |") == 1
+
+
 def test_the_workflow_step_reports_a_broken_manifest_and_fails(tmp_path):
     root, base = _pull_request(tmp_path)
     commit(root, {"manifests/launch.yaml": "version: 1\njobs: 3\nx````y: 1\n"}, "break it")

@@ -42,7 +42,7 @@ def write(tmp_path: Path, brief: str = "a small robot gardener") -> str:
 
 
 def lock_of(tmp_path: Path) -> Path:
-    return tmp_path / "m.prompts.lock.yaml"
+    return tmp_path / "m.prompts.lock"
 
 
 def run_expand(manifest: str, env: dict[str, str] | None = None, **kw: object) -> str:

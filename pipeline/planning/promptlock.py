@@ -1,6 +1,6 @@
 """PURE: the prompts lock: prompts a chat model wrote from a job's brief, frozen in a file.
 
-`imagebatch expand M` writes `<stem>.prompts.lock.yaml` beside the manifest; `plan` and `run`
+`imagebatch expand M` writes `<stem>.prompts.lock` beside the manifest; `plan` and `run`
 read only that file (no network at plan time, the same plan on every machine). Each entry
 holds the brief it came from and the SHA-256 of the brief (with its count, vary and keep),
 so a brief edited since is seen as stale. Nothing here touches the disk, the network or the
@@ -22,13 +22,15 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ..errors import ManifestError, Problem, text_problem
 from .apispec import MAX_PROMPT_CHARS
 
-LOCK_SUFFIX = ".prompts.lock.yaml"
+# YAML inside, but not named *.yaml: `manifests/*.yaml` (make assets, the pull-request diff,
+# `validate manifests/*.yaml`) must not take a lock for a manifest.
+LOCK_SUFFIX = ".prompts.lock"
 MAX_LOCK_BYTES = 8 * 1024 * 1024
 MAX_COUNT = 100  # prompts one brief may ask for: a reviewer reads every one of them
 
 
 def lock_name(manifest: str) -> str:
-    """The lock file's name (no folder) for a manifest path: `<stem>.prompts.lock.yaml`."""
+    """The lock file's name (no folder) for a manifest path: `<stem>.prompts.lock`."""
     return Path(manifest).stem + LOCK_SUFFIX
 
 

@@ -22,6 +22,10 @@ assets: $(IMAGEBATCH_SUMMARIES) $(IMAGEBATCH_EXPORTS) ## run, then export, every
 # manifest's `name:` must be its file stem, the default, for the rule to match). A run that
 # fails leaves no summary behind, so the next `make assets` runs that manifest again; done
 # jobs are skipped, failed ones retried.
+# A manifest's prompts lock (M.prompts.lock, written by `imagebatch expand`) is read with it:
+# a lock newer than the summary runs the manifest again too.
+$(foreach p,$(wildcard $(MANIFEST_DIR)/*.prompts.lock),$(eval \
+  $(OUT)/$(notdir $(p:.prompts.lock=))/summary.json: $(p)))
 $(OUT)/%/summary.json: $(MANIFEST_DIR)/%.yaml | $(IMAGEBATCH_DEPS)
 	$(IMAGEBATCH) run $< --out $(OUT) $(RUN_ARGS) || { rc=$$?; rm -f $@; exit $$rc; }
 
