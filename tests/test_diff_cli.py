@@ -516,7 +516,8 @@ def test_the_workflow_step_diffs_a_manifest_whose_prompts_lock_changed(tmp_path)
     commit(root, {}, "its lock")
     lock = root / "manifests/poster.prompts.lock"
     assert lock.is_file()
-    lock.write_text(lock.read_text().replace("    - a travel poster", "    - A new take on a travel poster", 1))
+    lock.write_text(lock.read_text().replace("    - a travel poster",
+                                             "    - A new take on a travel poster", 1))
     commit(root, {}, "one prompt edited by hand")
     code, md = _run_step(root, base, tmp_path)
     assert code == 0, md
