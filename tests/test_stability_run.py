@@ -89,9 +89,9 @@ def test_the_environment_names_the_provider(env, prefix, provider, url, key_vari
 
 
 def test_a_bad_provider_and_a_stability_url_without_a_key_are_config_errors():
-    with pytest.raises(ConfigError, match="DIFFUSION_PROVIDER is 'bedrock': use one of heroku, "
+    with pytest.raises(ConfigError, match="DIFFUSION_PROVIDER is 'dall-e': use one of heroku, "
                                           "stability"):
-        connect.connection({"DIFFUSION_PROVIDER": "bedrock"})
+        connect.connection({"DIFFUSION_PROVIDER": "dall-e"})
     with pytest.raises(ConfigError, match="DIFFUSION_KEY is not.*Stability AI API key"):
         connect.connection({"DIFFUSION_URL": "https://api.stability.ai"})
     with pytest.raises(ConfigError, match="serves stable-image-ultra only"):

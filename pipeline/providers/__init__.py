@@ -79,10 +79,12 @@ class _Installed:
 
 
 # The built-in providers register as a fourth one would: one line each.
+from .bedrock import BEDROCK  # noqa: E402
 from .heroku import HEROKU  # noqa: E402
 from .stability import STABILITY  # noqa: E402
 
 register(HEROKU, default=True)
 register(STABILITY)
+register(BEDROCK)
 
 apispec.install(_Installed())
