@@ -34,6 +34,7 @@ from PIL import Image
 from bench import row
 from imagebatch.planning import config
 from imagebatch.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
+from imagebatch.providers import connect
 from imagebatch.running.cache import TRANSFERS
 from imagebatch.running.options import RunOptions
 from imagebatch.running.run import run_plans
@@ -154,7 +155,7 @@ async def _measure(endpoint: str, env: dict[str, str]) -> list[dict]:
                                                        "png"), blob)
         cache = open_cache(f"s3://{BUCKET}", env)
         await cache.check()
-        conn = config.Connection(prefix="DIFFUSION", url=srv.url, key="bench")
+        conn = connect.Connection(prefix="DIFFUSION", url=srv.url, key="bench")
         ours, alone = [], []
         restored = 0
         for attempt in range(REPEAT):

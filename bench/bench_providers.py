@@ -20,23 +20,24 @@ ROUNDS = 2  # each provider runs this many times, alternating; the best of each 
 
 def _plan(provider: str, jobs: int, out: Path):  # noqa: ANN202 - a Plan
     from imagebatch.planning.manifest import load_plan
+    from imagebatch.providers import get
 
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / "bench.yaml"
     manifest.write_text(f"version: 1\nname: bench\njobs:\n  - id: a\n    prompt: a lighthouse\n"
                         f"    seeds: {{start: 1, count: {jobs}}}\n", encoding="utf-8")
-    return load_plan(str(manifest), providers=(provider,))
+    return load_plan(str(manifest), providers=(get(provider),))
 
 
 async def _run(provider: str, jobs: int, out: Path) -> tuple[float, int]:
-    from imagebatch.planning import config
+    from imagebatch.providers import connect, get
     from imagebatch.running.options import RunOptions
     from imagebatch.running.run import run_plans
     from imagebatch.service.server import ServerOptions, running_server
 
     plan = await asyncio.to_thread(_plan, provider, jobs, out)
     async with running_server(ServerOptions(key="bench-key", workers=2)) as srv:
-        conn = config.Connection("BENCH", srv.url, "bench-key", provider=provider)
+        conn = connect.Connection("BENCH", srv.url, "bench-key", provider=get(provider))
         opts = RunOptions(manifests=(), out=out / provider, post=False, rpm=0,
                           concurrency=CONCURRENCY)
         started = time.perf_counter()

@@ -97,7 +97,7 @@ CLIENT = r"""
 import asyncio, io, json, os, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from imagebatch.planning import config
+from imagebatch.providers import connect
 from imagebatch.running.options import RunOptions
 from imagebatch.running.run import run_plans
 from imagebatch.running.summary import plan_doc
@@ -113,7 +113,7 @@ for i in range(n):
 plan = Plan(name="bench", model="stable-image-ultra", source="bench.yaml", output=OutputSettings(),
             jobs=tuple(jobs), total=n)
 del jobs
-conns, _notes = config.pool(os.environ, prefixes)
+conns, _notes = connect.pool(os.environ, prefixes)
 opts = RunOptions((), out=out, post=False, concurrency=conc, rpm=rpm)
 started = time.perf_counter()
 cpu_started = time.process_time()

@@ -14,3 +14,8 @@ def version() -> str:
         return distribution_version("imagebatch")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return __version__
+
+
+# The providers register themselves and install their registry for the folders below them
+# (planning and storage name no provider), whatever module of the package is imported first.
+from . import providers as _providers  # noqa: E402, F401

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from runner_helpers import KEY
 
-from imagebatch.planning import config
 from imagebatch.planning.plan import Plan
+from imagebatch.providers import connect
 from imagebatch.running.options import RunOptions
 from imagebatch.running.run import run_plans
 from imagebatch.running.summary import RunReport
@@ -110,7 +110,7 @@ async def run_with_cache(plan: Plan | list[Plan], url: str, out: Path, cache: Ca
                          **kw) -> tuple[RunReport, str]:
     """One run of `plan` against the image server at `url` into `out`, with `cache`:
     (the report, what it printed on stderr)."""
-    conn = config.Connection(prefix="DIFFUSION", url=url, key=KEY)
+    conn = connect.Connection(prefix="DIFFUSION", url=url, key=KEY)
     kw.setdefault("backoff_base", 0.01)
     kw.setdefault("post", False)
     opts = RunOptions(manifests=(), out=out, rpm=0, **kw)

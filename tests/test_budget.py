@@ -23,9 +23,9 @@ from sweep_helpers import MANIFEST
 from imagebatch.cli import main, report_run
 from imagebatch.commands import scaffold
 from imagebatch.errors import RetryableApiError, UsageError
-from imagebatch.planning import config
 from imagebatch.planning.budget import BUDGET_EXIT, budget_from
 from imagebatch.planning.costs import parse_amount
+from imagebatch.providers import connect
 from imagebatch.running.client import GeneratedImage
 from imagebatch.running.options import RunOptions
 from imagebatch.running.retry import Pacer
@@ -177,7 +177,7 @@ def test_attempts_a_pool_moves_to_another_member_count_against_the_budget():
 
 async def _run(tmp_path: Path, server: ServerOptions, n: int, **kw):
     async with running_server(server) as srv:
-        conn = config.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
+        conn = connect.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
         kw.setdefault("backoff_base", 0.01)
         kw.setdefault("rpm", 0.0)  # no pacing of our own: the server is local
         opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, **kw)
@@ -220,7 +220,7 @@ def test_a_rerun_finishes_and_pays_nothing_twice(tmp_path):
 
     async def both():
         async with running_server(server) as srv:
-            conn = config.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
+            conn = connect.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
             base = RunOptions(manifests=(), out=tmp_path / "out", post=False,
                               backoff_base=0.01, concurrency=2, price="0.08", rpm=0.0)
             first = await run_plans([make_plan(8)], conn,
@@ -266,7 +266,7 @@ def test_a_pool_counts_the_attempts_it_moves(tmp_path):
                 key=keys["POOLA"], workers=1, script={1: "429", 2: "429", 3: "429"})))
             b = await stack.enter_async_context(running_server(ServerOptions(
                 key=keys["POOLB"], workers=1)))
-            conns = [config.Connection(prefix=p, url=s.url, key=keys[p])
+            conns = [connect.Connection(prefix=p, url=s.url, key=keys[p])
                      for p, s in (("POOLA", a), ("POOLB", b))]
             opts = RunOptions(manifests=(), out=tmp_path / "out", post=False,
                               backoff_base=0.01, concurrency=2, budget=6, rpm=0.0)

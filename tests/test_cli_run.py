@@ -15,6 +15,7 @@ from imagebatch.cli import report_run
 from imagebatch.commands.status import show_command
 from imagebatch.errors import ConfigError
 from imagebatch.planning import config
+from imagebatch.providers import connect
 from imagebatch.running.options import RunOptions
 from imagebatch.running.run import run_plans
 from imagebatch.running.summary import plan_doc
@@ -37,7 +38,7 @@ async def _run(options: ServerOptions, plans, tmp_path: Path, *,
     async with running_server(options) as srv:
         if stats is not None:
             stats.append(srv.stats)
-        conn = config.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
+        conn = connect.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
         kw.setdefault("backoff_base", 0.01)
         opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, **kw)
         err = io.StringIO()
@@ -64,7 +65,7 @@ async def test_run_then_rerun_sends_nothing(tmp_path):
     plan = make_plan(6)
     async with running_server(api_options(key=KEY)) as srv:
         api, url = srv.stats, srv.url
-        conn = config.Connection(prefix="DIFFUSION", url=url, key=KEY)
+        conn = connect.Connection(prefix="DIFFUSION", url=url, key=KEY)
         opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, concurrency=3, rpm=6000)
         (summary,), state = await run_plans_async([plan], conn, opts, io.StringIO())
         assert api.requests == 6 and state.succeeded == 6
@@ -128,7 +129,7 @@ async def test_rate_limit_headers_avoid_429_in_steady_state(tmp_path):
 async def test_changed_job_regenerates_alone_and_force_regenerates_all(tmp_path):
     async with running_server(api_options()) as srv:
         api = srv.stats
-        conn = config.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
+        conn = connect.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
         opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, rpm=6000)
         err = io.StringIO()
         plan = make_plan(4)
@@ -173,17 +174,17 @@ async def test_show_prints_the_body_ready_to_replay(tmp_path, capsys):
 
 def test_url_without_key_is_a_config_error_naming_the_fix():
     with pytest.raises(ConfigError) as info:
-        config.connection({"INFERENCE_URL": "https://x.example"}, "INFERENCE")
+        connect.connection({"INFERENCE_URL": "https://x.example"}, "INFERENCE")
     msg = str(info.value)
     assert "INFERENCE_KEY is not" in msg and "heroku config:get -a APP INFERENCE_KEY" in msg
     assert info.value.exit_code == 2
 
 
 def test_connection_repr_hides_the_key():
-    conn = config.connection({"DIFFUSION_URL": "https://x.example", "DIFFUSION_KEY": KEY})
+    conn = connect.connection({"DIFFUSION_URL": "https://x.example", "DIFFUSION_KEY": KEY})
     assert KEY not in repr(conn) and conn.key == KEY
-    assert config.connection({}).local
-    assert config.connection({"DIFFUSION_URL": "https://x.example"}, local=True).local
+    assert connect.connection({}).local
+    assert connect.connection({"DIFFUSION_URL": "https://x.example"}, local=True).local
 
 
 @pytest.mark.parametrize(("url", "words"), [
@@ -197,7 +198,7 @@ def test_connection_repr_hides_the_key():
 ])
 def test_urls_that_cannot_work_are_config_errors_that_do_not_repeat_them(url, words):
     with pytest.raises(ConfigError) as info:
-        config.connection({"DIFFUSION_URL": url, "DIFFUSION_KEY": KEY})
+        connect.connection({"DIFFUSION_URL": url, "DIFFUSION_KEY": KEY})
     assert words in str(info.value) and info.value.exit_code == 2
     assert "s3cr3t" not in str(info.value) and "65536" not in str(info.value)
 
@@ -208,7 +209,7 @@ def test_urls_that_cannot_work_are_config_errors_that_do_not_repeat_them(url, wo
     "https://us.inference.heroku.com/v1/images/generations", "HTTPS://us.inference.heroku.com",
 ])
 def test_a_copied_v1_or_endpoint_path_is_the_same_base_url(url):
-    conn = config.connection({"DIFFUSION_URL": url, "DIFFUSION_KEY": KEY})
+    conn = connect.connection({"DIFFUSION_URL": url, "DIFFUSION_KEY": KEY})
     assert conn.url == "https://us.inference.heroku.com"
 
 
@@ -216,7 +217,7 @@ def test_a_copied_v1_or_endpoint_path_is_the_same_base_url(url):
                                  "inf-abc\u2019def", "inf-\x00abc"])
 def test_a_key_no_http_header_can_carry_is_refused_before_anything_is_sent(key):
     with pytest.raises(ConfigError) as info:
-        config.connection({"DIFFUSION_URL": "https://x.example", "DIFFUSION_KEY": key})
+        connect.connection({"DIFFUSION_URL": "https://x.example", "DIFFUSION_KEY": key})
     assert "DIFFUSION_KEY has a character" in str(info.value) and key not in str(info.value)
 
 
@@ -326,7 +327,7 @@ async def test_image_downloads_count_as_requests_in_the_summary(tmp_path):
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     try:
-        conn = config.Connection(prefix="DIFFUSION", url=f"http://127.0.0.1:{port}", key=KEY)
+        conn = connect.Connection(prefix="DIFFUSION", url=f"http://127.0.0.1:{port}", key=KEY)
         opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, rpm=6000)
         (summary,), _ = await run_plans_async([make_plan(3)], conn, opts, io.StringIO())
     finally:

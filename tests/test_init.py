@@ -25,6 +25,7 @@ import imagebatch
 from imagebatch import cli
 from imagebatch.cli import main
 from imagebatch.commands import scaffold
+from imagebatch.providers import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -668,7 +669,6 @@ def test_a_first_run_on_the_embedded_server_says_what_to_open_next(tmp_path, cap
 
 
 def test_a_run_on_a_hosted_service_has_no_placeholder_note(tmp_path):
-    from imagebatch.planning import config
     from imagebatch.planning.manifest import load_plan
     from imagebatch.running.options import RunOptions
     from imagebatch.running.run import run_plans
@@ -680,7 +680,7 @@ def test_a_run_on_a_hosted_service_has_no_placeholder_note(tmp_path):
 
     async def hosted() -> tuple[str, int]:
         async with running_server(ServerOptions(workers=1)) as srv:
-            conn = config.Connection(prefix="DIFFUSION", url=srv.url, key="k-test")
+            conn = connect.Connection(prefix="DIFFUSION", url=srv.url, key="k-test")
             opts = RunOptions(manifests=(), out=tmp_path / "out", rpm=0, post=False)
             report = await run_plans([load_plan(str(manifest))], conn, opts, io.StringIO())
             return text(report), srv.stats.requests
@@ -691,16 +691,15 @@ def test_a_run_on_a_hosted_service_has_no_placeholder_note(tmp_path):
 
 
 def test_a_key_without_its_url_is_pointed_out(tmp_path, capsys, monkeypatch):
-    from imagebatch.planning import config
 
     secret = "inf-k3y-that-must-not-show"
-    conns, notes = config.pool({"DIFFUSION_KEY": secret}, ["DIFFUSION"])
+    conns, notes = connect.pool({"DIFFUSION_KEY": secret}, ["DIFFUSION"])
     assert conns[0].local and len(notes) == 1
     assert notes[0].startswith("DIFFUSION_KEY is set but DIFFUSION_URL is not, so the key is "
                                "unused")
     # --local asks for the embedded server; a URL uses the key: nothing to say
-    assert config.pool({"DIFFUSION_KEY": secret}, ["DIFFUSION"], local=True)[1] == []
-    assert config.pool({"DIFFUSION_KEY": secret, "DIFFUSION_URL": "https://x.example.com"},
+    assert connect.pool({"DIFFUSION_KEY": secret}, ["DIFFUSION"], local=True)[1] == []
+    assert connect.pool({"DIFFUSION_KEY": secret, "DIFFUSION_URL": "https://x.example.com"},
                        ["DIFFUSION"])[1] == []
 
     manifest = tmp_path / "m.yaml"

@@ -20,8 +20,10 @@ from runner_helpers import make_job
 from imagebatch.cli import report_run
 from imagebatch.commands.status import status_command
 from imagebatch.errors import AuthError, PermanentApiError, RetryableApiError
-from imagebatch.planning import config
 from imagebatch.planning.manifest import load_plan
+from imagebatch.providers import connect
+from imagebatch.providers.heroku import HEROKU
+from imagebatch.providers.stability import STABILITY
 from imagebatch.running.options import RunOptions
 from imagebatch.running.run import run_plans
 from imagebatch.running.summary import markdown, text
@@ -61,7 +63,7 @@ def _counts(tmp_path: Path, path: Path, url: str) -> dict:
     return json.loads(out.getvalue())
 
 
-async def _run(tmp_path: Path, path: Path, conns, *, providers=("stability",), **kw):
+async def _run(tmp_path: Path, path: Path, conns, *, providers=(STABILITY,), **kw):
     plan = load_plan(str(path), providers=providers)
     kw.setdefault("rpm", 0.0)
     kw.setdefault("backoff_base", 0.01)
@@ -69,8 +71,8 @@ async def _run(tmp_path: Path, path: Path, conns, *, providers=("stability",), *
     return await run_plans([plan], conns, opts, io.StringIO(), env={})
 
 
-def _stability(srv) -> config.Connection:
-    return config.Connection("DIFFUSION", srv.url, SKEY, provider="stability")
+def _stability(srv) -> connect.Connection:
+    return connect.Connection("DIFFUSION", srv.url, SKEY, provider=STABILITY)
 
 
 # -- an answer a retry cannot change is paid for once -------------------------------------------
@@ -237,7 +239,7 @@ def test_a_402_stops_the_run_after_one_request_naming_the_key_variable(tmp_path)
     async def scenario():
         options = ServerOptions(key=SKEY, workers=1, fail_rate=1.0, faults=("402",))
         async with running_server(options) as srv:
-            conn = config.Connection("STABILITY", srv.url, SKEY, provider="stability",
+            conn = connect.Connection("STABILITY", srv.url, SKEY, provider=STABILITY,
                                      key_name="STABILITY_API_KEY")
             report = await _run(tmp_path, path, [conn], concurrency=1)
             return report, srv.stats
@@ -263,7 +265,7 @@ def test_a_402_drops_that_member_of_a_pool_and_the_others_go_on(tmp_path):
                 key=keys["POOLA"], workers=1, fail_rate=1.0, faults=("402",))))
             good = await stack.enter_async_context(running_server(ServerOptions(
                 key=keys["POOLB"], workers=1)))
-            conns = [config.Connection(p, s.url, keys[p], provider="stability")
+            conns = [connect.Connection(p, s.url, keys[p], provider=STABILITY)
                      for p, s in (("POOLA", broke), ("POOLB", good))]
             report = await _run(tmp_path, path, conns, concurrency=1)
             return report, broke.stats, good.stats
@@ -291,7 +293,7 @@ def test_jobs_refused_before_sending_spend_nothing_and_cost_nothing(tmp_path):
     path = _manifest(tmp_path, "  - id: more\n    prompt: a fox\n    image: pick.png\n"
                                "    strength: 0.3\n    seeds: [1, 2]\n"
                                "  - id: fox\n    prompt: a fox\n    seeds: [3, 4, 5]\n")
-    plan = load_plan(str(path), providers=("stability",))
+    plan = load_plan(str(path), providers=(STABILITY,))
     # the input image changes after planning: its jobs are refused when they would be sent
     (tmp_path / "pick.png").write_bytes(_png(color=(0, 0, 255)))
 
@@ -322,8 +324,8 @@ def _closed_port() -> int:
 
 def test_a_run_that_never_connects_reports_no_request_sent(tmp_path):
     path = _manifest(tmp_path, "  - id: a\n    prompt: a fox\n    seeds: {start: 1, count: 4}\n")
-    conn = config.Connection("DIFFUSION", f"http://127.0.0.1:{_closed_port()}", HKEY)
-    report = asyncio.run(_run(tmp_path, path, [conn], providers=("heroku",), retries=2,
+    conn = connect.Connection("DIFFUSION", f"http://127.0.0.1:{_closed_port()}", HKEY)
+    report = asyncio.run(_run(tmp_path, path, [conn], providers=(HEROKU,), retries=2,
                               price="0.08"))
     assert report.config_error is not None and "Connection refused" in \
         report.config_error.message

@@ -18,6 +18,7 @@ from stress_helpers import leaks
 from imagebatch.cli import main, report_run
 from imagebatch.errors import AuthError, ConfigError, RetryableApiError, UnreachableError
 from imagebatch.planning import config
+from imagebatch.providers import connect
 from imagebatch.running.client import GeneratedImage
 from imagebatch.running.options import RunOptions
 from imagebatch.running.retry import Pacer
@@ -166,7 +167,7 @@ def test_prefixes_repeated_or_comma_separated_and_duplicates_noted():
                                                 ("POOLB_URL", "POOLB_URL")])
 def test_a_member_without_its_url_or_key_is_an_error_naming_the_variable(drop, variable):
     with pytest.raises(ConfigError, match=variable) as caught:
-        config.pool(_env(**{drop: ""}), ["POOLA", "POOLB"])
+        connect.pool(_env(**{drop: ""}), ["POOLA", "POOLB"])
     assert not leaks(KEYS["POOLA"], {"message": str(caught.value)})
 
 
@@ -174,12 +175,12 @@ def test_members_must_serve_one_model():
     env = _env(POOLA_MODEL_ID="stable-image-ultra", POOLB_MODEL_ID="other-model")
     with pytest.raises(ConfigError, match="POOLA_MODEL_ID is 'stable-image-ultra', "
                                           "POOLB_MODEL_ID is 'other-model'"):
-        config.pool(env, ["POOLA", "POOLB"])
+        connect.pool(env, ["POOLA", "POOLB"])
 
 
 def test_one_key_under_two_prefixes_is_one_member_with_a_note_that_never_shows_the_key():
     env = _env(POOLC_KEY=KEYS["POOLA"])
-    conns, notes = config.pool(env, ["POOLA", "POOLB", "POOLC"])
+    conns, notes = connect.pool(env, ["POOLA", "POOLB", "POOLC"])
     assert [c.prefix for c in conns] == ["POOLA", "POOLB"]
     assert notes == [("POOLC_KEY is the same key as POOLA_KEY: one limit, used once "
                       "(POOLC left out of the pool)")]
@@ -218,7 +219,7 @@ async def _pool_run(tmp_path: Path, servers: list[ServerOptions], n: int, *, dur
         running = [await stack.enter_async_context(running_server(o))
                    for stack, o in zip(stacks, servers, strict=True)]
         prefixes = list(KEYS)[:len(servers)]
-        conns = [config.Connection(prefix=p, url=srv.url, key=KEYS[p])
+        conns = [connect.Connection(prefix=p, url=srv.url, key=KEYS[p])
                  for p, srv in zip(prefixes, running, strict=True)]
         kw.setdefault("backoff_base", 0.01)
         opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, **kw)

@@ -41,9 +41,10 @@ from imagebatch.planning import config
 from imagebatch.cli import report_run
 from imagebatch.running.options import RunOptions
 from imagebatch.running.run import run_plans
+from imagebatch.providers import connect
 from runner_helpers import make_plan
 import os
-conn = config.connection(os.environ, "DIFFUSION")
+conn = connect.connection(os.environ, "DIFFUSION")
 opts = RunOptions((), out=Path(sys.argv[1]), post=False, concurrency=4, rpm=6000)
 report = asyncio.run(run_plans([make_plan({N})], conn, opts, sys.stderr))
 sys.exit(report_run(report, as_json=False, out=sys.stdout, err=sys.stderr))

@@ -24,8 +24,11 @@ from imagebatch.errors import AuthError, PermanentApiError, RetryableApiError
 from imagebatch.planning import apispec
 from imagebatch.planning.manifest import load_plan
 from imagebatch.planning.plan import Job
-from imagebatch.running.client import ApiClient, check_image
-from imagebatch.running.retry import STABILITY_MAX_RPM, Pacer, provider_rpm
+from imagebatch.providers.heroku import HEROKU
+from imagebatch.providers.stability import MAX_RPM, STABILITY
+from imagebatch.running import images
+from imagebatch.running.client import ApiClient
+from imagebatch.running.retry import Pacer
 
 KEY = "sk-STAB-0123456789abcdef-test"
 BASE = "https://api.stability.example.test"
@@ -39,7 +42,7 @@ def encoded(fmt: str = "png", size: tuple[int, int] = (1344, 768),
     return buf.getvalue()
 
 
-def plan_jobs(tmp_path: Path, text: str, providers=(apispec.STABILITY,)) -> tuple[Job, ...]:
+def plan_jobs(tmp_path: Path, text: str, providers=(STABILITY,)) -> tuple[Job, ...]:
     manifest = tmp_path / "m.yaml"
     manifest.write_text(text, encoding="utf-8")
     return load_plan(str(manifest), providers=providers).jobs
@@ -95,7 +98,7 @@ def image_answer(data: bytes, fmt: str = "webp", reason: str = "SUCCESS", seed: 
 
 async def generate(url: str, job: Job, **kw):
     async with aiohttp.ClientSession() as session:
-        client = ApiClient(session, url, KEY, provider=apispec.STABILITY,
+        client = ApiClient(session, url, KEY, provider=STABILITY,
                            key_variable="STABILITY_API_KEY", **kw)
         return await client.generate(job)
 
@@ -184,7 +187,7 @@ async def unit(setup, job: Job):
     with aioresponses() as m:
         setup(m)
         async with aiohttp.ClientSession() as session:
-            client = ApiClient(session, BASE, KEY, provider=apispec.STABILITY,
+            client = ApiClient(session, BASE, KEY, provider=STABILITY,
                                key_variable="STABILITY_API_KEY")
             try:
                 result = await client.generate(job, lambda h, s: seen.append((s, h)))
@@ -252,6 +255,10 @@ async def test_other_finish_reasons_and_bytes_that_are_not_the_image_are_retried
 def test_webp_is_accepted_and_a_stability_image_is_checked_by_its_shape():
     request = {"provider": "stability", "prompt": "p", "aspect_ratio": "16:9",
                "output_format": "webp"}
+
+    def check_image(data, request, provider=STABILITY):
+        return images.check_image(data, request, provider)
+
     assert check_image(encoded("webp", (1344, 768)), request).format == "webp"
     assert check_image(encoded("webp", (1360, 765)), request).width == 1360  # about 16:9
     assert check_image(encoded("webp", (1360, 765)), request).flag is None
@@ -268,19 +275,18 @@ def test_webp_is_accepted_and_a_stability_image_is_checked_by_its_shape():
         check_image(truncated[: len(truncated) // 2], request)
     # Heroku's sizes are exact: any other is flagged (kept when about a megapixel)
     heroku = {"prompt": "p", "aspect_ratio": "16:9"}
-    assert check_image(encoded("png", (1360, 765)), heroku).flag == \
+    assert check_image(encoded("png", (1360, 765)), heroku, HEROKU).flag == \
         "image is 1360x765, asked for 1344x768"
     with pytest.raises(RetryableApiError, match="asked for 1344x768"):
-        check_image(encoded("png", (672, 384)), heroku)
+        check_image(encoded("png", (672, 384)), heroku, HEROKU)
 
 
 def test_stability_is_paced_under_150_requests_in_any_10_seconds():
-    assert provider_rpm("stability", "https://api.stability.ai", None, 20, True) == (600.0, False)
-    assert provider_rpm("stability", "https://api.stability.ai", 5000, 20, True) == \
-        (STABILITY_MAX_RPM, False)
-    assert provider_rpm("heroku", "https://x", None, 20, True) == (20, True)
+    assert STABILITY.pace(None, 20, True, False) == (600.0, False)
+    assert STABILITY.pace(5000, 20, True, False) == (MAX_RPM, False)
+    assert HEROKU.pace(None, 20, True, False) == (20, True)
     for rpm in (None, 5000.0):
-        pace, auto = provider_rpm("stability", "https://api.stability.ai", rpm, None, False)
+        pace, auto = STABILITY.pace(rpm, None, False, False)
         clock = Clock()
         pacer = Pacer(pace, auto_rpm=auto, clock=clock, sleep=clock.sleep)
         starts = []
@@ -298,7 +304,7 @@ def test_stability_is_paced_under_150_requests_in_any_10_seconds():
 def test_the_key_never_shows_in_the_clients_repr():
     async def make() -> str:
         async with aiohttp.ClientSession() as session:
-            return repr(ApiClient(session, BASE, KEY, provider=apispec.STABILITY))
+            return repr(ApiClient(session, BASE, KEY, provider=STABILITY))
     shown = asyncio.run(make())
     assert KEY not in shown and apispec.STABILITY_ENDPOINT in shown
     assert hashlib.sha256(KEY.encode()).hexdigest() not in shown

@@ -31,6 +31,9 @@ from imagebatch.errors import ConfigError, ManifestError
 from imagebatch.planning import apispec, config
 from imagebatch.planning.manifest import load_plan, load_plans
 from imagebatch.planning.plan import canonical_json, job_key
+from imagebatch.providers import connect
+from imagebatch.providers.heroku import HEROKU
+from imagebatch.providers.stability import STABILITY
 from imagebatch.running.client import ApiClient
 from imagebatch.running.options import RunOptions
 from imagebatch.running.run import run_plans
@@ -80,32 +83,32 @@ def png(size=(640, 512), color=(200, 30, 30)) -> bytes:
     ({"STABILITY_API_KEY": SKEY}, "OTHER", "heroku", None, "OTHER_KEY"),
 ])
 def test_the_environment_names_the_provider(env, prefix, provider, url, key_variable):
-    conn = config.connection(env, prefix)
-    assert (conn.provider, conn.url, conn.key_variable) == (provider, url, key_variable)
+    conn = connect.connection(env, prefix)
+    assert (conn.provider.name, conn.url, conn.key_variable) == (provider, url, key_variable)
     assert SKEY not in repr(conn) and HKEY not in repr(conn)
 
 
 def test_a_bad_provider_and_a_stability_url_without_a_key_are_config_errors():
-    with pytest.raises(ConfigError, match="DIFFUSION_PROVIDER is 'bedrock': use one of heroku, "
+    with pytest.raises(ConfigError, match="DIFFUSION_PROVIDER is 'dall-e': use one of heroku, "
                                           "stability"):
-        config.connection({"DIFFUSION_PROVIDER": "bedrock"})
+        connect.connection({"DIFFUSION_PROVIDER": "dall-e"})
     with pytest.raises(ConfigError, match="DIFFUSION_KEY is not.*Stability AI API key"):
-        config.connection({"DIFFUSION_URL": "https://api.stability.ai"})
+        connect.connection({"DIFFUSION_URL": "https://api.stability.ai"})
     with pytest.raises(ConfigError, match="serves stable-image-ultra only"):
-        config.connection({"STABILITY_API_KEY": SKEY, "STABILITY_MODEL_ID": "sd3"}, "STABILITY")
+        connect.connection({"STABILITY_API_KEY": SKEY, "STABILITY_MODEL_ID": "sd3"}, "STABILITY")
 
 
 def test_a_pool_may_mix_providers_and_status_names_each_members_backend():
     env = {"A_URL": "https://us.inference.heroku.com", "A_KEY": HKEY,
            "B_PROVIDER": "stability", "B_KEY": SKEY}
-    members, notes = config.pool(env, ["A", "B"])
-    assert [(m.prefix, m.provider, m.url) for m in members] == [
+    members, notes = connect.pool(env, ["A", "B"])
+    assert [(m.prefix, m.provider.name, m.url) for m in members] == [
         ("A", "heroku", "https://us.inference.heroku.com"),
         ("B", "stability", "https://api.stability.ai")]
     assert notes == []
-    assert config.status_backends(env, ["A", "B"], False) == {
+    assert connect.status_backends(env, ["A", "B"], False) == {
         "A": "https://us.inference.heroku.com", "B": "https://api.stability.ai"}
-    assert config.providers(env, ["A", "B"]) == ("heroku", "stability")
+    assert connect.providers(env, ["A", "B"]) == (HEROKU, STABILITY)
 
 
 # -- keys -----------------------------------------------------------------------------------
@@ -113,7 +116,7 @@ def test_a_pool_may_mix_providers_and_status_names_each_members_backend():
 def test_heroku_keys_and_bodies_are_what_they_were_and_stability_keys_differ(tmp_path):
     path = str(write(tmp_path, SIMPLE))
     (heroku,) = load_plan(path).jobs
-    (stability,) = load_plan(path, providers=("stability",)).jobs
+    (stability,) = load_plan(path, providers=(STABILITY,)).jobs
     # pinned text: the body Heroku is sent, and its key, as before providers existed
     assert heroku.body == '{"model":"stable-image-ultra","prompt":"a fox","seed":5}'
     assert heroku.key == hashlib.sha256(
@@ -141,18 +144,18 @@ def test_image_to_image_keys_follow_the_input_images_bytes_not_its_name(tmp_path
     (tmp_path / "b.png").write_bytes(png())  # the same bytes under another name
     text = ("version: 1\nname: v\njobs:\n  - id: more\n    prompt: p\n    image: {}\n"
             "    strength: 0.4\n    seeds: [3]\n")
-    first = load_plan(str(write(tmp_path, text.format("a.png"))), providers=("stability",))
-    same = load_plan(str(write(tmp_path, text.format("b.png"))), providers=("stability",))
+    first = load_plan(str(write(tmp_path, text.format("a.png"))), providers=(STABILITY,))
+    same = load_plan(str(write(tmp_path, text.format("b.png"))), providers=(STABILITY,))
     (job,) = first.jobs
     digest = hashlib.sha256(png()).hexdigest()
     assert job.request["image"] == f"sha256:{digest}" and job.request["strength"] == 0.4
     assert job.image == str(tmp_path / "a.png")
     assert same.jobs[0].key == job.key
     (tmp_path / "a.png").write_bytes(png(color=(0, 0, 255)))
-    changed = load_plan(str(write(tmp_path, text.format("a.png"))), providers=("stability",))
+    changed = load_plan(str(write(tmp_path, text.format("a.png"))), providers=(STABILITY,))
     assert changed.jobs[0].key != job.key
     weaker = load_plan(str(write(tmp_path, text.format("a.png").replace("0.4", "0.6"))),
-                       providers=("stability",))
+                       providers=(STABILITY,))
     assert weaker.jobs[0].key != changed.jobs[0].key
 
 
@@ -167,7 +170,7 @@ def problems(path: Path, providers) -> list[str]:
 def test_a_field_the_provider_lacks_is_refused_at_its_location(tmp_path):
     path = write(tmp_path, "version: 1\ndefaults:\n  size: 1344x768\njobs:\n  - id: a\n"
                            "    prompt: p\n    matrix:\n      size: [1024x1024]\n")
-    found = problems(path, ("stability",))
+    found = problems(path, (STABILITY,))
     assert f"{path}:3:3: defaults.size: the stability provider has no `size` field" in \
         found[0]
     assert found[1].startswith(f"{path}:8:7: jobs[0].matrix.size: the stability provider")
@@ -176,7 +179,7 @@ def test_a_field_the_provider_lacks_is_refused_at_its_location(tmp_path):
     (tmp_path / "i.png").write_bytes(png())
     path = write(tmp_path, "version: 1\njobs:\n  - id: a\n    prompt: p\n    image: i.png\n"
                            "    strength: 0.5\n    output_format: webp\n")
-    found = problems(path, ("heroku",))
+    found = problems(path, (HEROKU,))
     assert found[0].startswith(f"{path}:5:5: jobs[0].image: the heroku provider has no "
                                "`image` field")
     assert found[1].startswith(f"{path}:6:5: jobs[0].strength: the heroku provider")
@@ -186,7 +189,7 @@ def test_a_field_the_provider_lacks_is_refused_at_its_location(tmp_path):
                                "environment: set DIFFUSION_PROVIDER=stability")
     assert "set DIFFUSION_PROVIDER=stability" in found[0]  # image-to-image says it too
     # a mixed pool allows only what both providers have
-    assert len(problems(path, ("heroku", "stability"))) == 3
+    assert len(problems(path, (HEROKU, STABILITY))) == 3
 
 
 def test_image_to_image_inputs_are_checked_before_anything_is_sent(tmp_path):
@@ -199,7 +202,7 @@ def test_image_to_image_inputs_are_checked_before_anything_is_sent(tmp_path):
                            "  - id: c\n    prompt: p\n    image: text.png\n    strength: 0.2\n"
                            "  - id: d\n    prompt: p\n    strength: 0.2\n"
                            "  - id: e\n    prompt: p\n    image: ok.png\n")
-    found = problems(path, ("stability",))
+    found = problems(path, (STABILITY,))
     assert "5:12: jobs[0].image: cannot read the input image 'missing.png'" in found[0]
     assert "9:12: jobs[1].image: the input image 'tiny.png' is 32x32" in found[1]
     assert "13:12: jobs[2].image: the input image 'text.png' is not a PNG" in found[2]
@@ -233,13 +236,13 @@ def test_ultras_own_input_image_rules_are_checked_at_planning(tmp_path):
                    for name, file in (("photo", "photo.jpg"), ("huge", "huge.png"),
                                       ("long", "long.png"), ("short", "short.png")))
     path = write(tmp_path, "version: 1\njobs:\n" + jobs)
-    assert problems(path, ("stability",)) == [
+    assert problems(path, (STABILITY,)) == [
         f"{path}:13:12: jobs[2].image: the input image 'long.png' is 16385x64: each side "
         "needs 64 to 16,384 pixels",
         f"{path}:17:12: jobs[3].image: the input image 'short.png' is 64x63: each side "
         "needs 64 to 16,384 pixels"]
     path = write(tmp_path, "version: 1\njobs:\n" + jobs.split("  - id: long")[0])
-    photo_job, huge_job = load_plan(str(path), providers=("stability",)).jobs
+    photo_job, huge_job = load_plan(str(path), providers=(STABILITY,)).jobs
     assert photo_job.image == str(tmp_path / "photo.jpg")
     assert huge_job.image == str(tmp_path / "huge.png")
 
@@ -251,10 +254,10 @@ def test_a_request_over_10_mib_as_sent_is_refused_at_planning_one_of_10_mib_is_s
                            "    image: in.png\n    strength: 0.5\n    seeds: [7]\n")
 
     async def send() -> tuple[int, dict[int, int]]:
-        (job,) = load_plan(str(path), providers=("stability",)).jobs
+        (job,) = load_plan(str(path), providers=(STABILITY,)).jobs
         async with running_server(ServerOptions(key=SKEY, workers=1, keep_bodies=True)) as s, \
                 aiohttp.ClientSession() as session:
-            await ApiClient(session, s.url, SKEY, provider="stability").generate(job)
+            await ApiClient(session, s.url, SKEY, provider=STABILITY).generate(job)
             return int(s.stats.headers[0]["Content-Length"]), dict(s.stats.by_status)
 
     # the form's fields and the multipart framing around the image, as the server got them
@@ -266,12 +269,12 @@ def test_a_request_over_10_mib_as_sent_is_refused_at_planning_one_of_10_mib_is_s
     assert asyncio.run(send()) == (limit, {200: 1})  # exactly 10 MiB: planned, sent, made
 
     source.write_bytes(png_of_exactly(limit - framing + 1))  # one byte more: refused unsent
-    assert problems(path, ("stability",)) == [
+    assert problems(path, (STABILITY,)) == [
         f"{path}:6:12: jobs[0].image: more seed 7: the request is 10,485,761 bytes as sent, "
         "over the 10,485,760 (10 MiB) Stability takes in one request, input image included: "
         "shrink the input image 'in.png' (fewer pixels, or JPEG or WebP at a lower quality)"]
     source.write_bytes(png_of_exactly(11_000_000))  # an 11 MB file can never be sent
-    assert problems(path, ("stability",)) == [
+    assert problems(path, (STABILITY,)) == [
         f"{path}:6:12: jobs[0].image: the input image 'in.png' is over 10,485,760 bytes, more "
         "than a whole Stability request may be (10 MiB, the image in it): shrink it (fewer "
         "pixels, or JPEG or WebP at a lower quality)"]
@@ -376,8 +379,8 @@ def test_the_lockout_is_waited_out_and_every_image_still_made_once(tmp_path):
         opts = ServerOptions(key=SKEY, workers=1, stability_limit=3, stability_window=1.0,
                              stability_lockout=1.0, stability_retry_after=True)
         async with running_server(opts) as srv:
-            conn = config.Connection("STABILITY", srv.url, SKEY, provider="stability")
-            plan, report = await _serve_run(tmp_path, path, [conn], ("stability",), rpm=0,
+            conn = connect.Connection("STABILITY", srv.url, SKEY, provider=STABILITY)
+            plan, report = await _serve_run(tmp_path, path, [conn], (STABILITY,), rpm=0,
                                             concurrency=4, retries=8)
             return plan, report, srv.stats
 
@@ -394,17 +397,17 @@ def test_a_mixed_pool_shares_the_jobs_records_the_key_each_member_was_sent_and_r
     path = write(tmp_path, "version: 1\nname: mixed\njobs:\n  - id: a\n    prompt: a fox\n"
                            "    seeds: {start: 1, count: 12}\n")
     keys = {"POOLH": HKEY, "POOLS": SKEY}
-    providers = {"POOLH": "heroku", "POOLS": "stability"}
+    providers = {"POOLH": HEROKU, "POOLS": STABILITY}
 
     async def scenario():
         async with running_server(ServerOptions(key=HKEY, workers=1)) as h, \
                 running_server(ServerOptions(key=SKEY, workers=1)) as s:
-            conns = [config.Connection(p, srv.url, keys[p], provider=providers[p])
+            conns = [connect.Connection(p, srv.url, keys[p], provider=providers[p])
                      for p, srv in (("POOLH", h), ("POOLS", s))]
-            plan, report = await _serve_run(tmp_path, path, conns, ("heroku", "stability"),
+            plan, report = await _serve_run(tmp_path, path, conns, (HEROKU, STABILITY),
                                             rpm=6000, concurrency=4)
             sent = h.stats.requests + s.stats.requests
-            _, again = await _serve_run(tmp_path, path, conns, ("heroku", "stability"),
+            _, again = await _serve_run(tmp_path, path, conns, (HEROKU, STABILITY),
                                         rpm=6000, concurrency=4)
             resent = h.stats.requests + s.stats.requests - sent
             backends = {config.backend_name(c.url) for c in conns if c.url}
@@ -434,12 +437,12 @@ def test_heroku_images_stay_done_when_a_stability_member_joins_the_pool(tmp_path
     async def scenario():
         async with running_server(ServerOptions(key=HKEY, workers=1)) as h, \
                 running_server(ServerOptions(key=SKEY, workers=1)) as s:
-            heroku = config.Connection("POOLH", h.url, HKEY)
-            await _serve_run(tmp_path, path, [heroku], ("heroku",), rpm=6000)
+            heroku = connect.Connection("POOLH", h.url, HKEY)
+            await _serve_run(tmp_path, path, [heroku], (HEROKU,), rpm=6000)
             before = h.stats.requests + s.stats.requests
-            stab = config.Connection("POOLS", s.url, SKEY, provider="stability")
+            stab = connect.Connection("POOLS", s.url, SKEY, provider=STABILITY)
             _, report = await _serve_run(tmp_path, path, [heroku, stab],
-                                         ("heroku", "stability"), rpm=6000)
+                                         (HEROKU, STABILITY), rpm=6000)
             return before, h.stats.requests + s.stats.requests, report
 
     before, after, report = asyncio.run(scenario())
@@ -453,8 +456,8 @@ def test_an_image_to_image_run_sends_the_pick_and_makes_a_variation(tmp_path):
 
     async def scenario():
         async with running_server(ServerOptions(key=SKEY, workers=1, keep_bodies=True)) as s:
-            conn = config.Connection("S", s.url, SKEY, provider="stability")
-            _, report = await _serve_run(tmp_path, path, [conn], ("stability",), rpm=0)
+            conn = connect.Connection("S", s.url, SKEY, provider=STABILITY)
+            _, report = await _serve_run(tmp_path, path, [conn], (STABILITY,), rpm=0)
             return report, [json.loads(b) for b in s.stats.bodies]
 
     report, bodies = asyncio.run(scenario())
@@ -545,7 +548,7 @@ def test_the_variation_snippet_pasted_into_the_manifest_plans_a_variations_job(t
     assert doc["prompt"] == "a fox: at dawn" and doc["negative_prompt"] == "blur"
     manifest.write_text(manifest.read_text() + snippet, encoding="utf-8")
     assert yaml.safe_load(manifest.read_text())["jobs"][1]["id"] == "fox-dawn-9-more"
-    plan = load_plan(str(manifest), providers=("stability",))
+    plan = load_plan(str(manifest), providers=(STABILITY,))
     more = [j for j in plan.jobs if j.id == "fox-dawn-9-more"]
     assert len(more) == 4
     digest = hashlib.sha256(image.read_bytes()).hexdigest()
@@ -606,14 +609,14 @@ def test_a_mixed_pools_images_go_to_the_cache_under_the_key_sent_and_come_back_w
     share = tmp_path / "share"
     share.mkdir()
     keys = {"POOLH": HKEY, "POOLS": SKEY}
-    providers = {"POOLH": "heroku", "POOLS": "stability"}
+    providers = {"POOLH": HEROKU, "POOLS": STABILITY}
 
     async def scenario():
         async with running_server(ServerOptions(key=HKEY, workers=1)) as h, \
                 running_server(ServerOptions(key=SKEY, workers=1)) as s:
-            conns = [config.Connection(p, srv.url, keys[p], provider=providers[p])
+            conns = [connect.Connection(p, srv.url, keys[p], provider=providers[p])
                      for p, srv in (("POOLH", h), ("POOLS", s))]
-            (plan,) = [load_plan(str(path), providers=("heroku", "stability"))]
+            (plan,) = [load_plan(str(path), providers=(HEROKU, STABILITY))]
             opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, rpm=6000,
                               concurrency=4)
             first = await run_plans([plan], conns, opts, io.StringIO(),

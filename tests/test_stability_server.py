@@ -22,6 +22,7 @@ from imagebatch.errors import PermanentApiError, RetryableApiError
 from imagebatch.planning import apispec
 from imagebatch.planning.manifest import load_plan
 from imagebatch.planning.plan import Job, canonical_json, job_key
+from imagebatch.providers.stability import STABILITY
 from imagebatch.running.client import ApiClient
 from imagebatch.running.runner import Runner, RunSettings
 from imagebatch.service.server import ServerOptions, running_server
@@ -39,7 +40,7 @@ def encoded(fmt: str = "png", size: tuple[int, int] = (640, 512),
 def plan_jobs(tmp_path: Path, text: str) -> tuple[Job, ...]:
     manifest = tmp_path / "m.yaml"
     manifest.write_text(text, encoding="utf-8")
-    return load_plan(str(manifest), providers=(apispec.STABILITY,)).jobs
+    return load_plan(str(manifest), providers=(STABILITY,)).jobs
 
 
 def form(**fields: str | bytes) -> aiohttp.FormData:
@@ -75,7 +76,7 @@ def test_every_stability_request_names_imagebatch_and_its_version(tmp_path):
         # the first request is answered 500: the one sent again is a Stability request too
         options = ServerOptions(key=KEY, workers=1, keep_bodies=True, script={1: "500"})
         async with running_server(options) as srv, aiohttp.ClientSession() as session:
-            client = ApiClient(session, srv.url, KEY, provider=apispec.STABILITY)
+            client = ApiClient(session, srv.url, KEY, provider=STABILITY)
             with pytest.raises(RetryableApiError):
                 await client.generate(jobs[0])
             for job in jobs:
@@ -207,7 +208,7 @@ def test_the_client_reads_the_answers_and_waits_60_s_after_a_bare_429(tmp_path, 
         options = ServerOptions(key=KEY, workers=1, script={1: "lockout"},
                                 stability_lockout=0.0)
         async with running_server(options) as srv, aiohttp.ClientSession() as session:
-            client = ApiClient(session, srv.url, KEY, provider=apispec.STABILITY, accept=accept)
+            client = ApiClient(session, srv.url, KEY, provider=STABILITY, accept=accept)
             runner = Runner(client, RunSettings(concurrency=1, retries=3), sleep=clock.sleep,
                             clock=clock, rng=lambda: 0.0)
             state = await runner.run([(store, job)])
@@ -298,7 +299,7 @@ def test_a_request_over_10_mib_is_never_sent_even_unplanned(tmp_path, short_by, 
     async def scenario():
         async with running_server(ServerOptions(key=KEY, workers=1)) as srv, \
                 aiohttp.ClientSession() as session:
-            client = ApiClient(session, srv.url, KEY, provider=apispec.STABILITY)
+            client = ApiClient(session, srv.url, KEY, provider=STABILITY)
             with pytest.raises(PermanentApiError) as info:
                 await client.generate(job)
             return info.value, srv.stats.requests

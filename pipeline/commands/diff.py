@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 from ..errors import ImagebatchError, ManifestError, UsageError, printable
-from ..planning import config, costs
+from ..planning import apispec, config, costs
 from ..planning.manifest import (
     DEFAULT_MAX_JOBS,
     MAX_FILE_BYTES,
@@ -238,7 +238,7 @@ def _inputs_at(repo: Repo, commit: str, manifest_rel: str) -> Callable[[str], by
 
 
 def _old_plan(data: bytes | str | None, source: str, model: str, max_jobs: int,
-              providers: tuple[str, ...],
+              providers: tuple[apispec.Provider, ...],
               read_input: Callable[[str], bytes] | None = None) -> _Old:
     if data is None:
         return _Old(source, "missing", None)
@@ -253,7 +253,8 @@ def _old_plan(data: bytes | str | None, source: str, model: str, max_jobs: int,
                     tuple([*exc.unreadable, *(str(p) for p in exc.problems)]))
 
 
-def _old_file(path: str, model: str, max_jobs: int, providers: tuple[str, ...]) -> _Old:
+def _old_file(path: str, model: str, max_jobs: int, providers: tuple[apispec.Provider, ...]
+              ) -> _Old:
     try:
         return _Old(path, "ok", load_plan(path, max_jobs=max_jobs, default_model=model,
                                           providers=providers))
@@ -279,7 +280,8 @@ def _decisions(manifest: str) -> tuple[Mapping[str, Decision], str | None, str |
 
 
 def _renamed_from(repo: Repo, commit: str, label: str, rel: str, name: str, model: str,
-                  max_jobs: int, providers: tuple[str, ...]) -> tuple[_Old, str] | None:
+                  max_jobs: int, providers: tuple[apispec.Provider, ...]
+                  ) -> tuple[_Old, str] | None:
     """The old side of a manifest that was not at `rel` at `commit`: a manifest of the same
     folder there, gone from the work tree now, whose plan has the same `name:` (so the same
     outputs folder and images): (its old plan, its path); None when there is none."""

@@ -103,7 +103,9 @@ async def _settings(env: Mapping[str, str], prefix: str,
         if key is None:
             raise ConfigError(f"{prefix}_URL is set but {prefix}_KEY is not: set it with: "
                               f"export {prefix}_KEY=$(heroku config:get -a APP {prefix}_KEY)")
-        base = config.base_url(url, prefix).removesuffix("/v1/chat/completions")
+        base = config.base_url(
+            url, prefix, f"export {prefix}_URL=$(heroku config:get -a APP {prefix}_URL)",
+            ("/v1/chat/completions", "/v1"))
         yield ChatSettings(base, key, model, key_variable=f"{prefix}_KEY")
         return
     async with running_server(ServerOptions(workers=1), host="127.0.0.1", port=0) as srv:

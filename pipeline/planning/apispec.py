@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 ENDPOINT = "/v1/images/generations"
 DEFAULT_MODEL = "stable-image-ultra"
@@ -48,13 +49,11 @@ def image_format(request: dict[str, Any]) -> str:
 
 
 # -- providers ---------------------------------------------------------------------------
-# The same model is sold by two providers with two request shapes. "heroku" is the API above
-# (JSON in, base64 out); "stability" is Stability AI's own (multipart form in, image bytes
-# out). A backend is a provider plus its URL and key.
+# The same model is sold by several providers, each with its own request shape; each is one
+# module under pipeline/providers/. Planning sits below them and knows a provider only
+# through the Protocol below; the constants that follow are Stability AI's API facts, which
+# the embedded server's fake (service/) reads as well as its provider module.
 
-HEROKU = "heroku"
-STABILITY = "stability"
-PROVIDERS: tuple[str, ...] = (HEROKU, STABILITY)
 #: Stability AI's endpoint for Stable Image Ultra, and its public base URL.
 STABILITY_ENDPOINT = "/v2beta/stable-image/generate/ultra"
 STABILITY_BASE_URL = "https://api.stability.ai"
@@ -79,23 +78,81 @@ INPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
 #: check narrows it.
 ALL_OUTPUT_FORMATS: tuple[str, ...] = STABILITY_OUTPUT_FORMATS
 
-#: Manifest request fields each provider has. A manifest setting a field its provider lacks
-#: is refused before sending, at the field's location.
-PROVIDER_FIELDS: dict[str, frozenset[str]] = {
-    HEROKU: frozenset({"prompt", "negative_prompt", "aspect_ratio", "size", "output_format",
-                       "seed"}),
-    STABILITY: frozenset({"prompt", "negative_prompt", "aspect_ratio", "output_format", "seed",
-                          "image", "strength"}),
-}
-PROVIDER_FORMATS: dict[str, tuple[str, ...]] = {
-    HEROKU: OUTPUT_FORMATS, STABILITY: STABILITY_OUTPUT_FORMATS,
-}
-PROVIDER_MAX_SEED: dict[str, int] = {HEROKU: MAX_SEED, STABILITY: STABILITY_MAX_SEED}
+
+class Provider(Protocol):
+    """What planning needs of a provider (pipeline/providers/base.py's class has it all):
+    the manifest fields, output formats and seeds it takes, the body a job key hashes, and
+    the size of a request as sent."""
+
+    @property
+    def name(self) -> str:
+        """The provider's name, as `{PREFIX}_PROVIDER` names it and messages say it."""
+        ...
+
+    @property
+    def fields(self) -> frozenset[str]:
+        """The manifest request fields it takes; a manifest setting another is refused."""
+        ...
+
+    @property
+    def output_formats(self) -> tuple[str, ...]:
+        """The output formats it makes."""
+        ...
+
+    @property
+    def max_seed(self) -> int:
+        """The largest seed it takes."""
+        ...
+
+    def key_body(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The body a job's key is the hash of, for this provider (see docs/providers.md)."""
+        ...
+
+    def oversize(self, request: dict[str, Any], image_size: int | None, filename: str,
+                 image_format: str) -> str | None:
+        """Why `request` (with an input image of `image_size` bytes, None: without one) is
+        too large to send as a whole, or None."""
+        ...
 
 
-def endpoint(provider: str) -> str:
-    """The path a provider's generation requests go to, below its base URL."""
-    return STABILITY_ENDPOINT if provider == STABILITY else ENDPOINT
+class Providers(Protocol):
+    """What the folders below providers/ ask of its registry (installed by
+    `imagebatch.providers` when the package is imported): the default provider, and each
+    environment prefix's choice."""
+
+    def default(self) -> Provider:
+        """The provider planned for when a caller names none (e.g. a tool or a test)."""
+        ...
+
+    def chosen(self, env: Mapping[str, str], prefixes: Sequence[str]) -> tuple[Provider, ...]:
+        """The providers of the prefixes, each once, in the order first named."""
+        ...
+
+    def backends(self, env: Mapping[str, str], prefixes: Sequence[str],
+                 local: bool) -> dict[str, str]:
+        """Prefix -> the backend name `run` would record for it."""
+        ...
+
+
+_installed: list[Providers] = []
+
+
+def install(registry: Providers) -> None:
+    """Make `registry` the one the planning and storage folders ask (done once, by
+    imagebatch.providers, which sits above them)."""
+    _installed[:] = [registry]
+
+
+def registry() -> Providers:
+    """The installed provider registry."""
+    if not _installed:
+        raise RuntimeError("no provider registry installed: import imagebatch.providers")
+    return _installed[0]
+
+
+def default_provider() -> Provider:
+    """The provider planned for when none is named."""
+    return registry().default()
 
 
 def extension(output_format: str | None) -> str:

@@ -582,7 +582,7 @@ class _Loader:
     """Builds a Manifest from nodes, collecting all problems."""
 
     def __init__(self, source: str, default_model: str, max_jobs: int,
-                 providers: tuple[str, ...] = (apispec.HEROKU,),
+                 providers: tuple[apispec.Provider, ...] | None = None,
                  read_input: Callable[[str], bytes] | None = None,
                  briefs_only: bool = False) -> None:
         self.c = _Checker(source)
@@ -595,10 +595,10 @@ class _Loader:
         # reads an input image named relative to the manifest (a file at a git revision for
         # `diff`); None: the file beside the manifest on disk
         self.read_input = read_input
-        self.providers = providers
+        self.providers = providers or (apispec.default_provider(),)
         # the output formats every provider of the run makes
         self.formats = tuple(f for f in apispec.ALL_OUTPUT_FORMATS
-                             if all(f in apispec.PROVIDER_FORMATS[p] for p in providers))
+                             if all(f in p.output_formats for p in self.providers))
         self.image_files: dict[str, str] = {}  # "sha256:..." -> the input image's file
         # "sha256:..." -> (its size in bytes, its format, where it was last written)
         self.image_info: dict[str, tuple[int, str, Loc]] = {}
@@ -667,8 +667,9 @@ class _Loader:
         return None
 
     def lacking(self, name: str) -> str | None:
-        """The first provider of the run without the request field `name`, or None."""
-        return next((p for p in self.providers if name not in apispec.PROVIDER_FIELDS[p]), None)
+        """The name of the first provider of the run without the request field `name`, or
+        None."""
+        return next((p.name for p in self.providers if name not in p.fields), None)
 
     def provider_field(self, name: str, node: Node, path: str) -> bool:
         """Whether every provider of the run has `name`; else a problem at `node`."""
@@ -688,9 +689,9 @@ class _Loader:
         provider makes says which provider this run was planned for, and why."""
         value = self.c.text(node, path)
         if value in apispec.ALL_OUTPUT_FORMATS and value not in self.formats:
-            lacking = next(p for p in self.providers if value not in apispec.PROVIDER_FORMATS[p])
-            self.c.add(node, path, f"the {lacking} provider makes only "
-                                   f"{', '.join(apispec.PROVIDER_FORMATS[lacking])}, and this "
+            lacking = next(p for p in self.providers if value not in p.output_formats)
+            self.c.add(node, path, f"the {lacking.name} provider makes only "
+                                   f"{', '.join(lacking.output_formats)}, and this "
                                    f"run sends to it; {value!r} needs the stability provider "
                                    f"({CHOOSE_PROVIDER})")
             return None
@@ -1556,14 +1557,14 @@ MAX_INPUT_BYTES = apispec.STABILITY_MAX_REQUEST_BYTES
 
 def load_manifest(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
                   default_model: str = apispec.DEFAULT_MODEL,
-                  providers: tuple[str, ...] = (apispec.HEROKU,)) -> Manifest:
+                  providers: tuple[apispec.Provider, ...] | None = None) -> Manifest:
     """Read and validate a manifest file for the providers it is sent to; ManifestError
     lists every problem in it."""
     return _validate(_read(path), path, max_jobs, default_model, providers)
 
 
 def _validate(text: str, path: str, max_jobs: int, default_model: str,
-              providers: tuple[str, ...],
+              providers: tuple[apispec.Provider, ...] | None,
               read_input: Callable[[str], bytes] | None = None) -> Manifest:
     """A manifest's text, named `path` in every problem, validated into a Manifest for the
     providers it is sent to."""
@@ -1580,7 +1581,8 @@ def _validate(text: str, path: str, max_jobs: int, default_model: str,
 
 
 def load_briefs(path: str, *, default_model: str = apispec.DEFAULT_MODEL,
-                providers: tuple[str, ...] = (apispec.HEROKU,)) -> list[promptlock.Brief]:
+                providers: tuple[apispec.Provider, ...] | None = None,
+                ) -> list[promptlock.Brief]:
     """The briefs of a manifest (`prompts:` blocks), the manifest otherwise checked as
     `load_plan` checks it; a brief needs no lock entry here (`expand` writes them)."""
     text = _read(path)
@@ -1607,7 +1609,7 @@ def _nearby_manifest(path: Path) -> str:
 def load_plan(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
               default_model: str = apispec.DEFAULT_MODEL,
               shard: tuple[int, int] | None = None,
-              providers: tuple[str, ...] = (apispec.HEROKU,)) -> Plan:
+              providers: tuple[apispec.Provider, ...] | None = None) -> Plan:
     """Load, validate and expand a manifest: the Plan `run` and `plan` share."""
     manifest = load_manifest(path, max_jobs=max_jobs, default_model=default_model,
                              providers=providers)
@@ -1616,7 +1618,7 @@ def load_plan(path: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
 
 def load_plan_bytes(data: bytes, source: str, *, max_jobs: int = DEFAULT_MAX_JOBS,
                     default_model: str = apispec.DEFAULT_MODEL,
-                    providers: tuple[str, ...] = (apispec.HEROKU,),
+                    providers: tuple[apispec.Provider, ...] | None = None,
                     read_input: Callable[[str], bytes] | None = None) -> Plan:
     """The Plan of a manifest given as bytes (a file at a git revision), checked exactly as
     `load_plan` checks a file; every problem is located in `source` (e.g. `main:m.yaml`).
@@ -1630,7 +1632,7 @@ def load_plan_bytes(data: bytes, source: str, *, max_jobs: int = DEFAULT_MAX_JOB
 
 
 def _plan_of(manifest: Manifest, shard: tuple[int, int] | None,
-             providers: tuple[str, ...]) -> Plan:
+             providers: tuple[apispec.Provider, ...] | None) -> Plan:
     """A validated manifest expanded for `providers` (and its exports checked), then cut to
     `shard`."""
     if not manifest.exports:
@@ -1648,11 +1650,13 @@ def _plan_of(manifest: Manifest, shard: tuple[int, int] | None,
 def load_plans(
     manifests: Sequence[str], env: Mapping[str, str], prefix: str | Sequence[str], *,
     max_jobs: int = DEFAULT_MAX_JOBS, shard: tuple[int, int] | None = None,
+    providers: tuple[apispec.Provider, ...] | None = None,
 ) -> list[Plan]:
     """Load and validate every manifest before anything is sent; all errors at once.
 
-    `prefix` is the environment prefix, or a pool's prefixes: their providers decide the
-    request fields allowed and the keys (config.provider_of). The model a manifest leaves
+    `prefix` is the environment prefix, or a pool's prefixes: their `providers` decide the
+    request fields allowed and the keys (None: the ones the environment chooses for the
+    prefixes, through the installed provider registry). The model a manifest leaves
     unset is the first prefix's `{prefix}_MODEL_ID`. Two plans of one name would write to
     one folder: refused.
     """
@@ -1661,7 +1665,8 @@ def load_plans(
         config.check_prefix(each)
     prefix = prefixes[0]
     model = config.default_model(env, prefix)
-    providers = config.providers(env, prefixes)
+    if providers is None:
+        providers = apispec.registry().chosen(env, prefixes)
     plans: list[Plan] = []
     problems: list[Problem] = []
     unreadable = []  # a missing file must not hide the problems of the others

@@ -5,6 +5,7 @@ Nothing here touches the disk, the network, the clock or the environment.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -17,13 +18,11 @@ from typing import Any, cast
 from ..errors import ManifestError, Problem
 from . import stabilityform
 from .apispec import (
-    HEROKU,
     MAX_PROMPT_CHARS,
     MAX_SEED,
-    PROVIDER_MAX_SEED,
     SIZE_ASPECTS,
-    STABILITY,
-    STABILITY_MAX_REQUEST_BYTES,
+    Provider,
+    default_provider,
     extension,
 )
 
@@ -60,7 +59,8 @@ class Job:
     seed: int
     vars: tuple[tuple[str, str], ...]  # matrix and zip values, manifest order
     label: str  # caption for contact sheets
-    provider: str = HEROKU  # whose request shape `body` is (see request_body)
+    # whose request shape `body` is (see Provider.key_body); the default provider unless named
+    provider: Provider = dataclasses.field(default_factory=default_provider)
     # The input image of an image-to-image job: its file, read when sending. Its SHA-256 is
     # in the body (`image`), so the key changes with the file's bytes, not with its path.
     image: str | None = None
@@ -78,14 +78,14 @@ class Job:
         """File extension of the image: png, jpg or webp."""
         return extension(self.request.get("output_format"))
 
-    def for_provider(self, provider: str) -> Job:
+    def for_provider(self, provider: Provider) -> Job:
         """This job as sent to `provider` (itself, or the variant of that provider)."""
         if provider == self.provider:
             return self
         for variant in self.variants:
             if variant.provider == provider:
                 return variant
-        raise ValueError(f"job {self.path} was not planned for the {provider} provider")
+        raise ValueError(f"job {self.path} was not planned for the {provider.name} provider")
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -306,31 +306,20 @@ def _problem(m: Manifest, loc: Loc, path: str, message: str) -> Problem:
     return Problem(m.source, loc[0], loc[1], path, message)
 
 
-def request_body(request: dict[str, Any], provider: str) -> dict[str, Any]:
-    """The body a job's key is the hash of, for `provider`.
-
-    Heroku's is the JSON sent, exactly as before providers existed (so every Heroku key
-    stays what it was). Stability's is the form's fields as JSON, plus `provider` (so the
-    same manifest sent to both makes two keys: their images differ) and `model` (what the
-    endpoint serves); neither of those two is sent as a form field. An input image is in
-    it by its SHA-256 (`image`: "sha256:...").
-    """
-    if provider == STABILITY:
-        return {**request, "provider": STABILITY}
-    return request
-
-
 def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
-           providers: tuple[str, ...] = (HEROKU,)) -> Plan:
+           providers: tuple[Provider, ...] | None = None) -> Plan:
     """Manifest -> Plan: jobs in manifest order, canonical bodies, keys, safe unique paths.
 
     Each job is planned for `providers[0]`, with a variant for each other provider (a
-    mixed pool). Raises ManifestError for what only expansion can find: rendered prompts
-    over the limit, Stability requests over its 10 MiB as sent, paths that climb out, two
-    jobs with one path or one request.
+    mixed pool); no providers: the default one. Each key is the hash of its provider's
+    `key_body`. Raises ManifestError for what only expansion can find: rendered prompts
+    over the limit, requests over a provider's size limit as sent (Stability's 10 MiB),
+    paths that climb out, two jobs with one path or one request.
     """
+    providers = providers or (default_provider(),)
     others = tuple(p for p in providers[1:] if p != providers[0])
-    max_seed = min(PROVIDER_MAX_SEED.get(p, MAX_SEED) for p in providers)
+    max_seed = min(p.max_seed for p in providers)
+    lowest = min(providers, key=lambda p: p.max_seed)
     m = manifest
     out = m.output
     problems: list[Problem] = []
@@ -368,7 +357,7 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
                 continue
             request["model"] = m.model
             vars_raw = "-".join(v for _, v in names)
-            too_big = _stability_too_big(spec, request, seeds) if STABILITY in providers else None
+            too_big = _too_big(spec, request, seeds, providers)
             if too_big:
                 problems.append(_problem(m, spec.image_loc or spec.prompt_loc,
                                          f"{spec.where}.{'image' if spec.image_path else 'prompt'}",
@@ -380,12 +369,12 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
             # only the seed differs between this combination's bodies: encode the rest once
             # ("seed" is a key of ours, so '"seed":0' cannot occur inside an escaped string)
             request["seed"] = 0
-            head, tail = canonical_json(request_body(request, providers[0])).split(
+            head, tail = canonical_json(providers[0].key_body(request)).split(
                 '"seed":0', 1)
             head += '"seed":'
             other_parts = []
             for provider in others:
-                o_head, o_tail = canonical_json(request_body(request, provider)).split(
+                o_head, o_tail = canonical_json(provider.key_body(request)).split(
                     '"seed":0', 1)
                 other_parts.append((provider, o_head + '"seed":', o_tail))
             fixed = {"id": spec.id, "ext": ext, "aspect": aspect}
@@ -467,7 +456,7 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
                 if seed > max_seed:
                     problems.append(_problem(
                         m, spec.loc, where, f"{_what(spec.id, seed, vars_raw)}: seed {seed} is "
-                                            f"over the stability provider's maximum, "
+                                            f"over the {lowest.name} provider's maximum, "
                                             f"{max_seed}"))
                 if problems:  # keep indexing; build nothing more once something is wrong
                     index += 1
@@ -494,25 +483,23 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
     return Plan(m.name, m.model, m.source, out, chosen, total, shard, m.exports)
 
 
-def _stability_too_big(spec: JobSpec, request: dict[str, Any],
-                       seeds: tuple[int, ...]) -> str | None:
-    """Why the Stability requests of one combination are over Stability's limit, or None.
+def _too_big(spec: JobSpec, request: dict[str, Any], seeds: tuple[int, ...],
+             providers: tuple[Provider, ...]) -> str | None:
+    """Why the requests of one combination are over a provider's size limit, or None.
 
-    Measured as sent (the multipart body, input image included) with the longest of the
+    Measured as sent (the whole body, input image included) with the longest of the
     seeds, so no seed of it can be refused with 413 after it was paid for in waiting.
     """
     fields = {**request, "seed": max(seeds)}
-    if spec.image_path is None:
-        size = stabilityform.encoded_size(fields)
-    else:
-        size = stabilityform.encoded_size(fields, spec.image_bytes,
-                                          os.path.basename(spec.image_path), spec.image_format)
-    if size <= STABILITY_MAX_REQUEST_BYTES:
-        return None
-    shrink = (f"shrink the input image {os.path.basename(spec.image_path)!r} "
-              f"({stabilityform.SHRINK})" if spec.image_path else "shorten its prompts")
-    return (f"the request is {size:,} bytes as sent, over the {STABILITY_MAX_REQUEST_BYTES:,} "
-            f"(10 MiB) Stability takes in one request, input image included: {shrink}")
+    name = os.path.basename(spec.image_path) if spec.image_path else "image"
+    for provider in providers:
+        why = provider.oversize(fields, spec.image_bytes if spec.image_path else None, name,
+                                spec.image_format)
+        if why:
+            shrink = (f"shrink the input image {name!r} ({stabilityform.SHRINK})"
+                      if spec.image_path else "shorten its prompts")
+            return f"{why}: {shrink}"
+    return None
 
 
 def _case_note(image: str, folder: str) -> str:

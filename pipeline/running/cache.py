@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Literal, TextIO
 from ..errors import ApiError, ImagebatchError, printable
 from ..planning.config import LOCAL_BACKEND
 from ..planning.plan import Job
+from ..providers import of
 from ..storage import metadata
 from ..storage.cache import Cache, Entry, backend_of
 from ..storage.store import DONE, Record, Store
-from .client import check_image
+from .images import check_image
 
 if TYPE_CHECKING:
     from .claims import Claims
@@ -52,7 +53,7 @@ def verify(entry: Entry, data: bytes, job: Job) -> str | None:
     if entry.ext != job.ext:
         return f"it is a .{entry.ext} image, the job asks for .{job.ext}"
     try:
-        check_image(data, job.request)
+        check_image(data, job.request, of(job.provider))
     except ApiError as exc:
         return exc.message
     try:

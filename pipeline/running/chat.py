@@ -25,9 +25,11 @@ from ..errors import (
     PermanentApiError,
     RetryableApiError,
     UnreachableError,
+    printable,
 )
 from ..planning.promptlock import MAX_COUNT, Brief, prompts_problem
-from .client import _error_message, _scrub
+from ..providers.base import error_field
+from .client import _scrub
 from .retry import Pacer, RetrySettings, Sleep, build_retrying, parse_duration, parse_retry_after
 
 ENDPOINT = "/v1/chat/completions"
@@ -182,7 +184,8 @@ class ChatClient:
 
     def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> ApiError:
         key = self._settings.key
-        message = _error_message(raw)
+        found = error_field(raw)  # the error envelope's message, as the image client reads it
+        message = printable(" ".join(found.split()))[:500] if found else None
         said = f": {_scrub(message, key)}" if message else ""
         if status in (401, 403):
             return AuthError(f"the chat service rejected the key ({status}{said}): check "

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from ..errors import RetryableApiError
-from ..planning import apispec
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -292,22 +291,3 @@ async def start_on(
         wait = min(p.ready_at() for p in pacers) - clock()
         wake = [p.news() for p in pacers]
         await nap(sleep, wait, *wake, *([stop] if stop is not None else []))
-
-
-#: The fastest a Stability member is ever paced, --rpm or not: 140 starts in any 10 s, under
-#: its 150, since one over costs a 60 s lockout of every request.
-STABILITY_MAX_RPM = 840.0
-
-
-def provider_rpm(provider: str, backend: str, asked: float | None, default: float | None,
-                 auto: bool) -> tuple[float | None, bool]:
-    """(rpm, auto_rpm) for one member's Pacer: `default`/`auto` as the run chose them for
-    Heroku; for Stability's service, --rpm capped at STABILITY_MAX_RPM, else its default
-    (it advertises no limit in headers). The embedded server is paced only when asked."""
-    if provider != apispec.STABILITY:
-        return default or None, auto
-    if asked is not None:
-        return min(asked, STABILITY_MAX_RPM), False
-    if backend == "local":
-        return None, False
-    return float(apispec.STABILITY_DEFAULT_RPM), False

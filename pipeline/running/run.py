@@ -24,9 +24,11 @@ import aiohttp
 from .. import version
 from ..errors import Interrupted, StoreError
 from ..pictures.post import Stop, build_all
-from ..planning import apispec, config
+from ..planning import config
 from ..planning.plan import Job, Plan
 from ..planning.select import ALL, narrow, narrow_all
+from ..providers import connect, default
+from ..providers.base import Provider
 from ..service.server import ServerOptions, running_server
 from ..signals import on_stop_signals
 from ..storage import picks
@@ -38,7 +40,7 @@ from .claims import Claims
 from .client import ApiClient
 from .options import REMOTE_DEFAULT_RPM, RunOptions
 from .progress import Progress
-from .retry import Pacer, provider_rpm
+from .retry import Pacer
 from .runner import Member, Runner, StoreTally
 from .summary import (
     Failure,
@@ -71,7 +73,7 @@ def run(opts: RunOptions, env: Mapping[str, str] | None = None,
     for plan in plans:  # the sheets mark the picks: a broken picks file stops us here
         picks.load_picks(picks.picks_path(plan.source),
                          plan if plan.shard is None else None)
-    conns, more = config.pool(env, ctx.prefixes, local=opts.local)
+    conns, more = connect.pool(env, ctx.prefixes, local=opts.local)
     claim_lease(env)  # a lease that is not a number of seconds: exit 2 before anything
     cache = ctx.cache
     for note in (*ctx.notes, *more):
@@ -87,10 +89,10 @@ class _Backend:
     url: str
     key: str = field(repr=False)
     name: str  # what results.jsonl records
-    provider: str = apispec.HEROKU  # the request shape its URL speaks
+    provider: Provider = field(default_factory=default)  # the request shape its URL speaks
 
 
-def _backends(conns: Sequence[config.Connection]) -> list[_Backend]:
+def _backends(conns: Sequence[connect.Connection]) -> list[_Backend]:
     """The remote service(s), or the embedded server (its URL set once `_serve` starts it)."""
     if not conns[0].local:
         return [_Backend(c.prefix, c.url, c.key, config.backend_name(c.url), c.provider)
@@ -107,7 +109,7 @@ async def _serve(backend: _Backend, err: TextIO, reason: str) -> AsyncIterator[_
 
 
 async def run_plans(
-    plans: Sequence[Plan], conn: config.Connection | Sequence[config.Connection],
+    plans: Sequence[Plan], conn: connect.Connection | Sequence[connect.Connection],
     opts: RunOptions, err: TextIO, reason: str = "", *, env: Mapping[str, str] | None = None,
     cache: Cache | None = None,
 ) -> RunReport:
@@ -127,7 +129,7 @@ async def run_plans(
     if opts.selection.active:
         chosen = narrow_all(plans, opts.selection, opts.shard)
         plans = [narrow(p, ALL, opts.shard) for p in plans]
-    conns = [conn] if isinstance(conn, config.Connection) else list(conn)
+    conns = [conn] if isinstance(conn, connect.Connection) else list(conn)
     reason = reason or ("--local given" if opts.local else f"no {conns[0].prefix}_URL set")
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as server:
@@ -299,7 +301,8 @@ async def _run_jobs(work: list[tuple[Store, Job]], backends: Sequence[_Backend],
     # --concurrency caps the requests in flight over every backend together.
     connector = aiohttp.TCPConnector(limit=opts.concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-        paces = [provider_rpm(b.provider, b.name, opts.rpm, rpm, auto) for b in backends]
+        paces = [b.provider.pace(opts.rpm, rpm, auto, b.name == config.LOCAL_BACKEND)
+                 for b in backends]
         members = [
             Member(ApiClient(session, b.url, b.key, timeout=opts.timeout,
                              key_variable=key_variables.get(b.prefix, f"{b.prefix}_KEY"),

@@ -53,8 +53,9 @@ from ..errors import (
     StoreError,
     UnreachableError,
 )
-from ..planning import apispec
 from ..planning.plan import Job
+from ..providers import default
+from ..providers.base import Provider
 from .retry import (
     Pacer,
     RetrySettings,
@@ -153,7 +154,8 @@ class Member:
         self.pacer = pacer
         self.prefix = prefix  # the environment prefix naming its variables ("" for none)
         # whose request shape it speaks: the job recorded is the one sent to it
-        self.provider: str = getattr(client, "provider", apispec.HEROKU)
+        # (a client that names none, e.g. a test's fake, speaks the default provider's)
+        self.provider: Provider = getattr(client, "provider", None) or default()
         self.requests = 0  # HTTP requests sent to it
         self.images = 0  # images it delivered
         self.throttled = 0  # 429s it answered
@@ -482,7 +484,7 @@ class Runner:
         elif (isinstance(exc, PermanentApiError) and exc.status == 404
               and member.images == 0):
             self._drop(member, f"it answered 404 ({exc.message}) to POST "
-                               f"{apispec.endpoint(member.provider)}: "
+                               f"{member.provider.endpoint}: "
                                f"check {member.url_variable} and the model id")
         elif exc.status == 429 and others:
             member.pacer.pause(exc.retry_after if isinstance(exc, RetryableApiError)
@@ -519,7 +521,7 @@ class Runner:
             # download's 404, which is retried: that file may just have expired.)
             raise ServiceConfigError(
                 f"the service answered 404 ({exc.message}) to POST "
-                f"{apispec.endpoint(member.provider)}: check "
+                f"{member.provider.endpoint}: check "
                 f"{member.url_variable} (the base URL of the inference service) and the "
                 f"model id", status=404) from None
 

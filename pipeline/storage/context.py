@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
-from ..planning import config
+from ..planning import apispec, config
 from ..planning.manifest import DEFAULT_MAX_JOBS, load_plans
 from ..planning.plan import Plan
 from .cache import CACHE_VARIABLE, Cache, check_cache
@@ -39,7 +39,7 @@ class Context:
     env: Mapping[str, str] = field(repr=False)
     prefixes: tuple[str, ...]
     local: bool
-    providers: tuple[str, ...]  # each prefix's provider, each once, in order
+    providers: tuple[apispec.Provider, ...]  # each prefix's provider, each once, in order
     members: Mapping[str, str]  # prefix -> the backend name `run` records for it
     plans: tuple[Plan, ...]
     out_dir: Path
@@ -86,16 +86,22 @@ def resolve(
     `cache` is `--cache` (None: $IMAGEBATCH_CACHE), used as `use_cache` says; a cache is
     opened and reached here (CacheError, exit 2, when it cannot be used).
     `judge=False` leaves the members out (`plan --json` and `validate` read no URL or key).
+    The providers are chosen by the registry imagebatch.providers installs.
     """
     env = os.environ if env is None else env
     prefixes, notes = config.split_prefixes(env_prefixes)
-    plans = load_plans(manifests, env, prefixes, max_jobs=max_jobs, shard=shard)
-    members = config.status_backends(env, prefixes, local) if judge else {}
+    registry = apispec.registry()
+    for prefix in prefixes:
+        config.check_prefix(prefix)
+    providers = registry.chosen(env, prefixes)
+    plans = load_plans(manifests, env, prefixes, max_jobs=max_jobs, shard=shard,
+                       providers=providers)
+    members = registry.backends(env, prefixes, local) if judge else {}
     opened: Cache | None = None
     if use_cache is not CacheUse.OFF:
         opened = check_cache(cache, env)
         if opened is None and use_cache is CacheUse.REQUIRED:
             raise UsageError(f"no cache: give --cache URL or set {CACHE_VARIABLE}")
     return Context(env=env, prefixes=prefixes, local=local,
-                   providers=config.providers(env, prefixes), members=members,
+                   providers=providers, members=members,
                    plans=tuple(plans), out_dir=Path(out_dir), cache=opened, notes=tuple(notes))
