@@ -14,9 +14,9 @@ from runner_helpers import KEY
 from imagebatch.cli import main
 from imagebatch.commands.expand import expand
 from imagebatch.errors import AuthError, ManifestError
-from imagebatch.planning import config
 from imagebatch.planning.manifest import load_plan
 from imagebatch.planning.promptlock import parse_lock
+from imagebatch.providers import connect
 from imagebatch.running.chat import ChatAnswerError
 from imagebatch.running.options import RunOptions
 from imagebatch.running.run import run_plans
@@ -189,7 +189,7 @@ async def test_a_prompt_edited_by_hand_resends_exactly_its_jobs(tmp_path: Path) 
     manifest = write(tmp_path)
     await asyncio.to_thread(run_expand, manifest)
     async with running_server(ServerOptions(workers=1)) as srv:
-        conn = config.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
+        conn = connect.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
         opts = RunOptions(manifests=(), out=tmp_path / "out", post=False)
         await run_plans([load_plan(manifest)], conn, opts, io.StringIO())
         assert srv.stats.requests == 7
