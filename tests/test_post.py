@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipeline.errors import StoreError
 from pipeline.pictures import imaging
-from pipeline.pictures.post import build_all
+from pipeline.pictures.post import build_all, thumb_rel
 from pipeline.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
 from pipeline.storage.store import Store
 
@@ -97,8 +97,9 @@ def test_builds_thumbs_sheet_and_index(tmp_path):
     root = run_jobs(tmp_path, plan, size=(256, 128))
     result = build_all(plan, root, workers=1)
     assert result.thumbs_made == 6 and result.thumbs_kept == 0 and result.missing == 0
-    for job in plan.jobs:
-        with Image.open(root / "thumbs" / f"{job.path}.jpg") as t:
+    for job in plan.jobs:  # thumbs/ mirrors images/, each thumbnail named <stem>.jpg
+        assert job.path.endswith(".png")
+        with Image.open(root / "thumbs" / f"{job.path.removesuffix('.png')}.jpg") as t:
             assert t.format == "JPEG" and t.mode == "RGB" and t.size == (64, 32)
             px = t.getpixel((32, 16))
             assert all(abs(a - b) <= 8 for a, b in zip(px, colour(job.index), strict=True))
@@ -152,7 +153,7 @@ def test_thumbs_rebuilt_only_for_changed_images(tmp_path):
     plan = make_plan(2, 3)
     root = run_jobs(tmp_path, plan)
     assert build_all(plan, root, workers=1).thumbs_made == 6
-    thumbs = {j.index: root / "thumbs" / f"{j.path}.jpg" for j in plan.jobs}
+    thumbs = {j.index: root / thumb_rel(j.path) for j in plan.jobs}
     before = {i: p.stat().st_mtime_ns for i, p in thumbs.items()}
     image = resave(root, plan, plan.jobs[2], Image.new("RGB", (256, 256), (250, 250, 0)))
     later = before[2] + 5_000_000_000
@@ -179,6 +180,26 @@ def test_thumbs_rebuilt_only_for_changed_images(tmp_path):
     assert res.thumbs_made == 6
     with Image.open(thumbs[1]) as t:
         assert t.size == (96, 96)
+
+
+def test_an_old_named_thumbnail_is_swept_and_never_shown(tmp_path):
+    # Thumbnails were once named thumbs/<image path>.jpg (fox/style-0/10.png.jpg). One left
+    # from then, even with its image's date, is never shown for the image: it is removed.
+    plan = make_plan(1, 2)
+    root = run_jobs(tmp_path, plan)
+    job = plan.jobs[0]
+    old = root / "thumbs" / f"{job.path}.jpg"
+    old.parent.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (255, 0, 255)).save(old, format="JPEG")
+    mtime = (root / "images" / job.path).stat().st_mtime_ns
+    os.utime(old, ns=(mtime, mtime))
+    result = build_all(plan, root, workers=1)
+    assert result.thumbs_made == 2 and not old.exists()
+    assert thumb_rel(job.path) == "thumbs/fox/style-0/10.jpg"
+    check_cells(result, root)  # each cell shows its own image's colour
+    assert f'src="{thumb_rel(job.path)}"' in result.index.read_text()
+    assert sorted(p.relative_to(root).as_posix() for p in (root / "thumbs").rglob("*.jpg")) == [
+        thumb_rel(j.path) for j in plan.jobs]
 
 
 def test_pages_by_per_page_and_stale_pages_removed(tmp_path):
@@ -221,7 +242,7 @@ def test_alpha_is_flattened_onto_white(tmp_path):
     store.save(plan.jobs[0], encode(img, "png"), attempts=1, seconds=0, created=0)
     store.close()
     build_all(plan, store.root, workers=1)
-    with Image.open(store.root / "thumbs" / f"{plan.jobs[0].path}.jpg") as t:
+    with Image.open(store.root / thumb_rel(plan.jobs[0].path)) as t:
         assert t.mode == "RGB"
         assert all(v >= 248 for v in t.getpixel((1, 1)))
         r, _g, b = t.getpixel((32, 32))
@@ -233,7 +254,7 @@ def test_jpeg_images_and_mixed_aspect(tmp_path):
     root = run_jobs(tmp_path, plan, size=(1344, 768))
     result = build_all(plan, root, workers=1)
     assert result.thumbs_made == 4
-    with Image.open(root / "thumbs" / f"{plan.jobs[0].path}.jpg") as t:
+    with Image.open(root / thumb_rel(plan.jobs[0].path)) as t:
         assert t.size == (64, 37)
     check_cells(result, root)
     box = result.pages[0].cells[0].box
@@ -339,7 +360,7 @@ def test_index_percent_encodes_paths(tmp_path):
                seconds=0, created=0)
     store.close()
     doc = build_all(plan, store.root, workers=1).index.read_text()
-    assert 'src="thumbs/odd%20name/%231%20%3F%26.png.jpg"' in doc
+    assert 'src="thumbs/odd%20name/%231%20%3F%26.jpg"' in doc
     assert 'href="images/odd%20name/%231%20%3F%26.png"' in doc
 
 

@@ -344,7 +344,7 @@ async def test_thumbnails_are_made_on_demand_and_confined(outputs: Outputs,
             assert resp.status == 200 and resp.headers["Content-Type"] == "image/jpeg"
             img = Image.open(io.BytesIO(await resp.read()))
             assert img.format == "JPEG" and img.size == (240, 160)  # never enlarged
-        assert (thumbs / "fox" / "2.png.jpg").is_file()
+        assert (thumbs / "fox" / "2.jpg").is_file()
         # an image swapped for a link out of the folder is not read through the link
         image = outputs.root / "images" / "fox" / "3.png"
         outside = tmp_path / "outside.png"

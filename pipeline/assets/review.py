@@ -489,7 +489,7 @@ async def thumb(request: web.Request) -> web.StreamResponse:
 
 
 def _current_thumb(root: Path, rel: str, image: Path) -> Path | None:
-    """thumbs/<path>.jpg when it was made from the image as it is now (same mtime)."""
+    """The thumbnail at `rel` (thumb_rel) when it was made from the image as it is now."""
     real = _inside(root, rel)
     try:
         if real is not None and real.stat().st_mtime_ns == image.stat().st_mtime_ns:
