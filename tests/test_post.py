@@ -225,11 +225,11 @@ def test_pages_by_per_page_and_stale_pages_removed(tmp_path):
 def test_pages_by_pixel_cap(tmp_path):
     plan = make_plan(6, 3)
     root = run_jobs(tmp_path, plan)
-    result = build_all(plan, root, workers=1, max_sheet_pixels=200_000)
+    result = build_all(plan, root, workers=1, max_sheet_pixels=60_000)
     assert len(result.sheets) >= 3
     for path in result.sheets:
         with Image.open(path) as s:
-            assert s.width * s.height <= 200_000
+            assert s.width * s.height <= 60_000
     check_cells(result, root)
 
 
@@ -259,6 +259,68 @@ def test_jpeg_images_and_mixed_aspect(tmp_path):
     check_cells(result, root)
     box = result.pages[0].cells[0].box
     assert box[3] - box[1] == 37  # all 16:9: cells are as tall as the thumbnails, no more
+
+
+def _square_and_wide(tmp_path: Path) -> tuple[Plan, Path]:
+    """Two jobs, square then 16:9, two variants x three seeds each; their images on disk."""
+    square = make_plan(2, 3)
+    wide = make_plan(2, 3, ratio="16:9", prompt="a harbour")
+    jobs = list(square.jobs)
+    for j in wide.jobs:
+        jobs.append(Job(len(jobs), "harbour", j.key, "harbour/" + j.path.split("/", 1)[1],
+                        j.body, j.seed, j.vars, j.label.replace("fox", "harbour")))
+    plan = Plan("mixed", "m", "mixed.yaml", square.output, tuple(jobs), len(jobs))
+    store = Store(tmp_path / "out", plan.name, "local")
+    store.prepare()
+    for job in plan.jobs:
+        size = (256, 256) if job.id == "fox" else (1344, 768)
+        store.save(job, encode(Image.new("RGB", size, colour(job.index)), job.ext),
+                   attempts=1, seconds=0, created=0)
+    store.close()
+    return plan, store.root
+
+
+def test_sheet_cells_take_their_images_aspect_ratio(tmp_path):
+    # One sheet of square and 16:9 images: the 16:9 rows are 16:9 cells, not square cells
+    # with grey bands above and below the picture.
+    plan, root = _square_and_wide(tmp_path)
+    result = build_all(plan, root, workers=1)
+    (page,) = result.pages
+    check_cells(result, root)
+    with Image.open(result.sheets[0]) as sheet:
+        sheet = sheet.convert("RGB")
+        for cell in page.cells:
+            left, top, right, bottom = cell.box
+            w, h = right - left, bottom - top
+            want = 16 / 9 if cell.entry.job.id == "harbour" else 1.0
+            assert abs(w / h - want) < 0.05, (cell.entry.job.path, w, h)
+            # the picture fills its cell: its colour at the cell's top and bottom edges
+            for y in (top + 1, bottom - 2):
+                px = sheet.getpixel(((left + right) // 2, y))
+                assert all(abs(a - b) <= 8
+                           for a, b in zip(px, colour(cell.entry.job.index), strict=True)), y
+
+
+def test_each_image_on_a_sheet_is_labelled_once(tmp_path):
+    # A seed sweep's cell is named by its row (the variant) and its column (the seed): no
+    # caption under it repeats them. What lies between two rows of pictures is blank.
+    plan, root = _square_and_wide(tmp_path)
+    result = build_all(plan, root, workers=1)
+    (page,) = result.pages
+    rows = [lb for lb in page.labels if lb.kind == "row"]
+    cols = [lb for lb in page.labels if lb.kind == "column"]
+    assert [lb.text for lb in rows] == ["fox style 0", "fox style 1", "harbour style 0",
+                                        "harbour style 1"]
+    assert [lb.text for lb in cols] == ["#10", "#11", "#12"]  # one header for both jobs
+    tops = sorted({c.box[1] for c in page.cells})
+    with Image.open(result.sheets[0]) as sheet:
+        sheet = sheet.convert("RGB")
+        for cell in page.cells:
+            below = [t for t in tops if t > cell.box[1]]
+            end = below[0] if below else page.size[1]
+            strip = sheet.crop((cell.box[0], cell.box[3], cell.box[2], end))
+            assert strip.getcolors() == [(strip.width * strip.height, imaging.BACKGROUND)], (
+                cell.entry.job.path)  # no caption: nothing drawn under the picture
 
 
 def test_thumbnail_zero_uses_images_on_the_fly(tmp_path):
