@@ -195,9 +195,18 @@ class Review:
                         thumb=thumb_url(job.path) if self.thumb_side > 0 else image_url(job.path),
                         width=w, height=h))
                 prompts = {e.job.request.get("prompt", "") for e in members if e is not None}
-                rows.append(Row(head, prompts.pop() if len(prompts) == 1 else "", tuple(cells)))
+                rows.append(Row(head or group_title(members), prompts.pop()
+                                if len(prompts) == 1 else "", tuple(cells)))
             out.append(Block(block.columns, tuple(rows)))
         return out
+
+
+def group_title(members: Sequence[Entry | None], most: int = 3) -> str:
+    """The heading of a group the grid gives none (single images side by side): the job
+    ids it holds, `most` of them named (`mushrooms`, `a, b, c and 4 more`)."""
+    ids = list(dict.fromkeys(e.job.id for e in members if e is not None))
+    named = ", ".join(ids[:most])
+    return f"{named} and {len(ids) - most} more" if len(ids) > most else named
 
 
 def params_text(request: Mapping[str, Any]) -> str:
@@ -645,6 +654,7 @@ __all__ = [
     "ReviewOptions",
     "Row",
     "RunningReview",
+    "group_title",
     "has_display",
     "image_url",
     "make_app",

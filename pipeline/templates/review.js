@@ -42,6 +42,8 @@
   for (const pic of $$('.cell.none .pic[data-w]')) {
     pic.style.aspectRatio = `${pic.dataset.w} / ${pic.dataset.h}`;
   }
+  // How many pictures each row has: its width stops there (review.css, --cols).
+  for (const row of $$('.cells')) row.style.setProperty('--cols', String(row.children.length));
   // Each picture's buttons, cloned here rather than sent 5,000 times in the page.
   const acts = $('#acts').content;
   for (const cell of cells) {
