@@ -411,6 +411,22 @@ def test_index_lists_everything_escaped_with_relative_links(tmp_path):
     assert "contact-sheet.png" in page.links
 
 
+def test_index_wraps_a_wide_sweep_into_bands_like_the_sheet(tmp_path):
+    # sixteen seeds across would be a strip of thumbnails: three bands of six or fewer,
+    # each with its seeds' headers and both variants' rows, every band six tracks wide
+    plan = make_plan(2, 16)
+    doc = build_all(plan, run_jobs(tmp_path, plan), workers=1).index.read_text()
+    bands = doc.split('<div class="matrix"')[1:]
+    assert [re.findall(r"--cols: (\d+)", b)[0] for b in bands] == ["6", "6", "6"]
+    heads = [re.findall(r'<div class="colhead">#(\d+)</div>', b) for b in bands]
+    assert heads == [[str(s) for s in range(10, 16)], [str(s) for s in range(16, 22)],
+                     [str(s) for s in range(22, 26)]]
+    for band, seeds in zip(bands, heads, strict=True):
+        assert re.findall(r"<h3>(.*?)</h3>", band) == ["style=style 0", "style=style 1"]
+        paths = re.findall(r'data-path="([^"]+)"', band)
+        assert paths == [f"fox/style-{v}/{s}.png" for v in (0, 1) for s in seeds]
+
+
 def test_index_percent_encodes_paths(tmp_path):
     body = {"model": "m", "prompt": "x", "seed": 1}
     job = Job(0, "odd", job_key(body), "odd name/#1 ?&.png", canonical_json(body), 1, (),

@@ -8,6 +8,7 @@ and every link percent-encoded.
 from __future__ import annotations
 
 import html
+import math
 import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,9 @@ from pipeline.pictures.pages import render_template
 from pipeline.planning import apispec
 from pipeline.planning.plan import Plan
 from pipeline.storage.picks import picks_path
+
+#: The most columns a job's grid has on the page before it wraps into bands.
+INDEX_COLUMNS = 6
 
 
 def _e(text: object) -> str:
@@ -124,8 +128,16 @@ def _blocks(group: Sequence[Entry]) -> list[dict[str, Any]]:
         seeds = all(block.columns[i] == f"#{e.job.seed}"
                     for _, cells in block.rows for i, e in enumerate(cells) if e is not None)
         corner = "seed" if seeds else present[0].job.vars[-1][0]
-        out.append({"columns": list(block.columns), "corner": corner,
-                    "rows": [_row(cells, block.columns, seeds) for _, cells in block.rows]})
+        # Many columns wrap into bands of about equal width, headers repeated, as on the
+        # sheet: sixteen seeds are three bands of six or fewer, not a strip of thumbnails.
+        n = len(block.columns)
+        per = math.ceil(n / math.ceil(n / INDEX_COLUMNS))
+        for start in range(0, n, per):
+            columns = block.columns[start:start + per]
+            rows = [_row(cells[start:start + per], columns, seeds) for _, cells in block.rows
+                    if any(e is not None for e in cells[start:start + per])]
+            # every band as many tracks wide as the first: the columns line up down the job
+            out.append({"columns": list(columns), "corner": corner, "rows": rows, "span": per})
     return out
 
 
