@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import html
 import html.parser
 import io
 import json
@@ -425,6 +426,21 @@ def test_index_wraps_a_wide_sweep_into_bands_like_the_sheet(tmp_path):
         assert re.findall(r"<h3>(.*?)</h3>", band) == ["style=style 0", "style=style 1"]
         paths = re.findall(r'data-path="([^"]+)"', band)
         assert paths == [f"fox/style-{v}/{s}.png" for v in (0, 1) for s in seeds]
+
+
+def test_index_names_the_commands_to_review_and_export(tmp_path):
+    plan = make_plan(1, 2)
+    root = run_jobs(tmp_path, plan)
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", build_all(
+        plan, root, workers=1).index.read_text())).split())
+    out = root.parent  # not outputs/: named with --out
+    assert f"imagebatch review sweep.yaml --out {out}" in text
+    assert f"imagebatch export sweep.yaml --out {out}" in text
+    assert "saved to sweep.picks.json" in text
+    elsewhere = tmp_path / "team picks.json"  # another picks file: named with --picks
+    text = html.unescape(build_all(plan, root, workers=1, picks_file=elsewhere).index
+                         .read_text())
+    assert f"imagebatch review sweep.yaml --out {out} --picks '{elsewhere}'" in text
 
 
 def test_index_percent_encodes_paths(tmp_path):

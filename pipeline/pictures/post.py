@@ -601,7 +601,8 @@ def build_all(
         stop.check()
     index = root / INDEX
     names = [p.name for p in sheets]
-    write_file(index, report.index_html(plan, entries, names, out=root.parent).encode("utf-8"))
+    page = report.index_html(plan, entries, names, out=root.parent, picks_file=picks_file)
+    write_file(index, page.encode("utf-8"))
     return PostResult(
         thumbs_made=made, thumbs_kept=kept, sheets=sheets, index=index,
         missing=sum(e.state != OK for e in entries),

@@ -141,21 +141,26 @@ def _blocks(group: Sequence[Entry]) -> list[dict[str, Any]]:
     return out
 
 
-def _commands(plan: Plan, out: Path | None) -> dict[str, str]:
-    """The commands that review and export these images, as a user types them."""
+def _commands(plan: Plan, out: Path | None, picks_file: Path | None) -> dict[str, str]:
+    """The commands that review and export these images, as a user types them: with
+    --out and --picks when they are not the defaults."""
     extra = f" --out {shlex.quote(str(out))}" if out is not None and out != Path("outputs") else ""
+    default = picks_path(plan.source)
+    if picks_file is not None and Path(picks_file) != default:
+        extra += f" --picks {shlex.quote(str(picks_file))}"
     manifest = shlex.quote(plan.source)
     return {"review": f"imagebatch review {manifest}{extra}",
             "export": f"imagebatch export {manifest}{extra}",
-            "picks": str(picks_path(plan.source))}
+            "picks": str(picks_file if picks_file is not None else default)}
 
 
 def index_html(plan: Plan, entries: Sequence[Entry], sheets: Sequence[str],
-               out: Path | None = None) -> str:
+               out: Path | None = None, picks_file: Path | None = None) -> str:
     """The index page: counts, the commands that come next, contact-sheet links, a section
     per job id laid out as the contact sheet (variants down, seeds across); each image
     carries data-path and data-status, and the picks file's decisions are marked.
-    `out` is the outputs folder, named in the commands when it is not `outputs`."""
+    `out` is the outputs folder and `picks_file` the picks file, named in the commands
+    when they are not the defaults."""
     ids: dict[str, list[Entry]] = {}
     for e in entries:
         ids.setdefault(e.job.id, []).append(e)
@@ -171,7 +176,8 @@ def index_html(plan: Plan, entries: Sequence[Entry], sheets: Sequence[str],
         missing=sum(e.state == MISSING for e in entries),
         decided=any(marks) or any(e.rating is not None for e in entries),
         picked=marks.count(PICK), rejected=marks.count(REJECT), stale=marks.count(STALE),
-        rated=sum(e.rating is not None for e in entries), commands=_commands(plan, out),
+        rated=sum(e.rating is not None for e in entries),
+        commands=_commands(plan, out, picks_file),
     )
 
 
