@@ -103,6 +103,7 @@ def _make_inputs() -> tuple[Path, Path]:
 
 def _make_sheet_outputs() -> Path:
     """An output folder of N_SHEET ok jobs whose thumbnails are already made and current."""
+    from imagebatch.pictures.post import thumb_rel
     from imagebatch.storage.store import Record
 
     root = WORK / "sheet"
@@ -116,9 +117,9 @@ def _make_sheet_outputs() -> Path:
         name = f"{i:04}.jpg"
         small = _picture(i, THUMB)
         small.save(root / "images" / name, format="JPEG", quality=85)
-        small.save(root / "thumbs" / f"{name}.jpg", format="JPEG", quality=85)
+        small.save(root / thumb_rel(name), format="JPEG", quality=85)
         mtime = (root / "images" / name).stat().st_mtime_ns
-        os.utime(root / "thumbs" / f"{name}.jpg", ns=(mtime, mtime))
+        os.utime(root / thumb_rel(name), ns=(mtime, mtime))
         lines.append(Record(f"{i:064x}", name, "ok", "local", 1, None, None, None, 0.0, 0)
                      .to_line())
     (root / "results.jsonl").write_bytes(b"".join(lines))

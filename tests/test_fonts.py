@@ -377,25 +377,29 @@ def test_a_run_on_the_embedded_server_captions_every_script(tmp_path, monkeypatc
     sheet, page = _sheet_of_a_run(tmp_path, "fonts")
     # The captions on disk are the ones drawn here, cluster by cluster with real glyphs
     # (as the tests above check); with no pictures only the cells themselves differ.
+    # The cities run across the sheet: each is its column's header (the cells under the
+    # headers have no caption), drawn in the header size.
     again = imaging.render(page, lambda e: None)
-    boxes = _notdef_boxes(imaging.CAPTION_SIZE, POLYGLOT)
-    for cell in page.cells:
-        assert _same(sheet.crop(cell.caption), again.crop(cell.caption)), cell.entry.job.label
-        assert sheet.crop(cell.caption).convert("L").getextrema()[0] < 128  # drawn
-        width = cell.caption[2] - cell.caption[0] - 4
-        for line in imaging.wrap(cell.entry.job.label, width, imaging.CAPTION_SIZE, 2):
-            assert fonts.measure(line, imaging.CAPTION_SIZE) <= width
-            for cluster in fonts.clusters(line):
-                if not cluster.isspace() and cluster != "…":
-                    glyph = Image.new("RGB", (60, 60), WHITE)
-                    fonts.draw_text(glyph, (10, 10), cluster, imaging.CAPTION_SIZE, INK)
-                    assert not any(_same(_ink(glyph), box) for box in boxes), cluster
+    boxes = _notdef_boxes(imaging.HEADER_SIZE, POLYGLOT)
+    heads = [lb for lb in page.labels if lb.kind == "column"]
+    assert len(heads) == 5
+    for lb in heads:
+        assert _same(sheet.crop(lb.box), again.crop(lb.box)), lb.text
+        assert sheet.crop(lb.box).convert("L").getextrema()[0] < 128  # drawn
+        width = lb.box[2] - lb.box[0] - 8
+        line = imaging.ellipsize(imaging.drawable(lb.text), width, imaging.HEADER_SIZE)
+        assert fonts.measure(line, imaging.HEADER_SIZE) <= width
+        for cluster in fonts.clusters(line):
+            if not cluster.isspace() and cluster != "…":
+                glyph = Image.new("RGB", (60, 60), WHITE)
+                fonts.draw_text(glyph, (10, 10), cluster, imaging.HEADER_SIZE, INK)
+                assert not any(_same(_ink(glyph), box) for box in boxes), cluster
     # The same run with fontconfig hidden draws the bundled font's boxes instead.
     monkeypatch.setenv("PATH", str(tmp_path))
     fonts.forget()
     assert not fonts.covered("東") and not fonts.covered("א")
     bare, bare_page = _sheet_of_a_run(tmp_path, "bundled")
-    assert [c.entry.job.label for c in bare_page.cells] == [
-        c.entry.job.label for c in page.cells]
-    for cell, bare_cell in zip(page.cells, bare_page.cells, strict=True):
-        assert not _same(sheet.crop(cell.caption), bare.crop(bare_cell.caption))
+    bare_heads = [lb for lb in bare_page.labels if lb.kind == "column"]
+    assert [lb.text for lb in bare_heads] == [lb.text for lb in heads]
+    for lb, bare_lb in zip(heads, bare_heads, strict=True):
+        assert not _same(sheet.crop(lb.box), bare.crop(bare_lb.box))

@@ -180,9 +180,10 @@ def test_wide_sweeps_wrap_columns_with_headers():
     pages = imaging.layout("w", entries, box=(40, 40), per_page=1000)
     cols = [lb.text for p in pages for lb in p.labels if lb.kind == "column"]
     assert cols == [f"#{100 + i}" for i in range(30)]  # each seed headed once, in order
-    assert len(pages) == 1 and pages[0].size[0] < 3 * pages[0].size[1]  # no long strip
+    (page,) = pages
+    assert page.size[0] < 3 * page.size[1] and page.size[1] < 3 * page.size[0]  # no strip
     bands = {lb.box[1] for lb in pages[0].labels if lb.kind == "column"}
-    assert len(bands) == 5  # 30 seeds in 5 bands of 6, each with its headers
+    assert len(bands) == 4  # 30 seeds in 4 bands of 8 (the last 6), each with its headers
     assert sum(len(p.cells) for p in pages) == 60
     huge = imaging.layout("w", sweep(40, 30), box=(40, 40), per_page=10_000)
     for p in huge:  # many variants: 24 columns, then the rest in a second band
@@ -227,7 +228,7 @@ def _render(entries, size_of, **kw):
     return pages, [imaging.render(p, load) for p in pages], loaded
 
 
-def test_render_puts_each_image_in_its_cell_with_headers_and_captions():
+def test_render_puts_each_image_in_its_cell_with_headers_and_no_captions():
     entries = sweep(2, 3)
     entries[4] = Entry(entries[4].job, FAILED, "HTTP 400: bad prompt")
     entries[5] = Entry(entries[5].job, MISSING)
@@ -241,8 +242,8 @@ def test_render_puts_each_image_in_its_cell_with_headers_and_captions():
             assert px == colour(cell.entry.job.index)
         else:
             assert px not in [colour(e.job.index) for e in entries]
-        cap = sheet.crop(cell.caption).convert("L")
-        assert cap.getextrema()[0] < 128  # caption text drawn
+        # the row and column headers name the cell: no caption under it
+        assert cell.caption[1] == cell.caption[3] == cell.box[3]
     failed = next(c for c in page.cells if c.entry.state == FAILED)
     area = sheet.crop(failed.box)
     data = area.tobytes()
@@ -252,6 +253,15 @@ def test_render_puts_each_image_in_its_cell_with_headers_and_captions():
         band = sheet.crop(lb.box)
         blank = Image.new("RGB", band.size, band.getpixel((0, 0)))
         assert ImageChops.difference(band, blank).getbbox() is not None, lb
+
+
+def test_a_plain_grid_captions_each_cell():
+    entries = [Entry(job(i, 1, job_id=f"j{i}"), OK) for i in range(4)]
+    (page,), (sheet,), _ = _render(entries, lambda e: (96, 96))
+    assert [lb.kind for lb in page.labels] == ["title"]  # no headers: captions name them
+    for cell in page.cells:
+        assert cell.caption[3] - cell.caption[1] > 20
+        assert sheet.crop(cell.caption).convert("L").getextrema()[0] < 128  # text drawn
 
 
 def test_mixed_aspect_ratios_are_centred_in_equal_boxes():

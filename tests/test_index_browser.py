@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from PIL import Image
+from review_helpers import make_outputs
 
 from imagebatch.pictures.post import build_all
 from imagebatch.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
@@ -138,3 +139,124 @@ async def test_every_image_loads_and_no_script_runs(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# -- the layout, as the user sees it (Playwright driving the system chromium) -----------
+
+ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
+        "--disable-dev-shm-usage", "--disable-sync", "--no-first-run"]
+#: A 2 x 2 matrix of four seeds each: four variants (rows) of four seeds (columns).
+CITY = """\
+version: 1
+name: rv
+jobs:
+  - id: city
+    prompt: "A city skyline at {time}, {style} style"
+    aspect_ratio: "1:1"
+    matrix:
+      style: [cyberpunk, "art deco"]
+      time: [dawn, dusk]
+    seeds: [1, 2, 3, 4]
+"""
+
+
+@pytest.fixture
+async def browser():
+    pw_api = pytest.importorskip("playwright.async_api")
+    async with pw_api.async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def _open(browser, index: Path, width: int, height: int):
+    context = await browser.new_context(viewport={"width": width, "height": height},
+                                        is_mobile=width < 500, has_touch=width < 500)
+    page = await context.new_page()
+    await page.goto(index.as_uri())  # lazy images keep their place: width and height are set
+    await page.wait_for_function("() => document.images[0].complete")
+    return page
+
+
+# every figure's box and the row it sits in; headers' boxes and texts; what overflows
+LAYOUT = """() => {
+  const box = (e) => { const r = e.getBoundingClientRect();
+    return {x: Math.round(r.left), y: Math.round(r.top), r: Math.round(r.right),
+            b: Math.round(r.bottom), w: Math.round(r.width), h: Math.round(r.height)}; };
+  const shown = (e) => e.offsetParent !== null;
+  // a row is `display: contents` on a wide screen: it is shown when its heading is
+  const rows = Array.from(document.querySelectorAll('.matrix .row'))
+    .filter((row) => shown(row.querySelector('.rowhead')));
+  return {
+    rows: rows.map((row) => ({
+      head: box(row.querySelector('.rowhead')),
+      title: row.querySelector('.rowhead h3').innerText,
+      figures: Array.from(row.querySelectorAll('figure')).filter(shown).map(box)})),
+    cols: Array.from(document.querySelectorAll('.matrix .colhead')).filter(shown)
+      .map((c) => [c.innerText, box(c)]),
+    seeds: Array.from(document.querySelectorAll('figure')).map((f) => f.innerText),
+    scroll: [document.documentElement.scrollWidth, innerWidth],
+    grids: Array.from(document.querySelectorAll('.matrix'))
+      .map((m) => [m.scrollWidth, m.clientWidth]),
+  };
+}"""
+
+
+async def test_index_lays_a_matrix_out_like_the_contact_sheet(browser, tmp_path):
+    outputs = make_outputs(tmp_path, CITY)
+    index = outputs.root / "index.html"
+    titles = ["style=cyberpunk, time=dawn", "style=cyberpunk, time=dusk",
+              "style=art deco, time=dawn", "style=art deco, time=dusk"]
+
+    # a wide screen: four rows (variants) of four columns (seeds) under their headers
+    page = await _open(browser, index, 1280, 900)
+    got = await page.evaluate(LAYOUT)
+    await page.screenshot(path=str(tmp_path / "index-1280.png"), full_page=True)
+    assert [c[0] for c in got["cols"]] == ["#1", "#2", "#3", "#4"]
+    col_x = [c[1]["x"] for c in got["cols"]]
+    assert [r["title"] for r in got["rows"]] == titles
+    for row in got["rows"]:
+        figs = row["figures"]
+        assert [f["x"] for f in figs] == col_x  # each seed under its header
+        assert len({f["y"] for f in figs}) == 1  # one line per variant
+        assert row["head"]["r"] <= figs[0]["x"] and row["head"]["y"] == figs[0]["y"]
+    assert len({row["figures"][0]["y"] for row in got["rows"]}) == 4
+    # the grid uses the screen: the last column ends in its right quarter, nothing hidden
+    assert got["rows"][0]["figures"][-1]["r"] > 0.75 * 1280
+    assert all(scroll <= client for scroll, client in got["grids"])
+    assert got["scroll"][0] <= got["scroll"][1]
+
+    # a phone: each row's heading above its four pictures, two to a line, nothing wider
+    page = await _open(browser, index, 390, 844)
+    got = await page.evaluate(LAYOUT)
+    await page.screenshot(path=str(tmp_path / "index-390.png"), full_page=True)
+    assert got["scroll"][0] <= got["scroll"][1] == 390
+    assert got["cols"] == []  # the headers give way to each picture's own seed
+    assert [r["title"] for r in got["rows"]] == titles
+    for row in got["rows"]:
+        figs = row["figures"]
+        assert len(figs) == 4
+        assert len({f["x"] for f in figs}) == 2 and len({f["y"] for f in figs}) == 2
+        assert row["head"]["b"] <= min(f["y"] for f in figs)
+        assert all(f["r"] <= 390 and f["w"] > 150 for f in figs)
+    assert all(f"seed {s}" in text for text, s in zip(got["seeds"], [1, 2, 3, 4] * 4,
+                                                        strict=True))
+
+
+async def test_index_says_how_to_review_and_export_and_links_the_sheets(browser, tmp_path):
+    outputs = make_outputs(tmp_path, CITY)
+    page = await _open(browser, outputs.root / "index.html", 1280, 900)
+    text = await page.inner_text("header")
+    out = f" --out {outputs.out}"
+    assert f"imagebatch review {outputs.manifest}{out}" in text
+    assert f"imagebatch export {outputs.manifest}{out}" in text
+    assert str(outputs.picks_file) in text
+    links = await page.eval_on_selector_all(
+        ".sheets a", "as => as.map(a => [a.innerText, a.getAttribute('href')])")
+    assert links == [["contact-sheet.png", "contact-sheet.png"]]
+    with Image.open(outputs.root / links[0][1]) as sheet:  # the link is the sheet itself
+        assert sheet.format == "PNG" and sheet.width > 400
+    jobs = await page.eval_on_selector_all("nav[aria-label='Jobs'] a", "as => as.length")
+    assert jobs == 0  # one job: no list of jobs to mistake for more sheets

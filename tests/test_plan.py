@@ -26,6 +26,7 @@ from imagebatch.planning.plan import (
     OutputSettings,
     Seeds,
     expand,
+    image_stem,
     in_shard,
     random_seed,
     safe,
@@ -396,6 +397,33 @@ def test_paths_differing_only_in_case_collide(tmp_path: Path) -> None:
     (p,) = info.value.problems
     assert (p.line, p.path) == (4, "jobs[1]")
     assert "'fox/1.png' collides with 'Fox/1.png'" in p.message
+
+
+def test_paths_differing_only_in_their_extension_are_refused(tmp_path: Path) -> None:
+    # a/1.png and a/1.webp would share one thumbnail, thumbs/a/1.jpg
+    path = write(tmp_path, """
+        version: 1
+        output: {path: "{id}/{seed}.{ext}"}
+        jobs:
+          - {id: a, prompt: x, seeds: [1], matrix: {output_format: [png, jpeg]}}
+    """)
+    with pytest.raises(ManifestError) as info:
+        load_plan(path)
+    (p,) = info.value.problems
+    assert p.path == "jobs[0]"
+    assert "'a/1.jpg' differs from 'a/1.png' only in its extension" in p.message
+    assert "{vars}" in p.message
+    # with what tells them apart in the name, both are planned
+    Path(path).write_text(Path(path).read_text().replace("{id}/{seed}", "{id}/{vars}-{seed}"))
+    assert [j.path for j in load_plan(path).jobs] == ["a/png-1.png", "a/jpeg-1.jpg"]
+
+
+def test_image_stem_drops_only_an_image_extension() -> None:
+    assert image_stem("fox/7.png") == "fox/7"
+    assert image_stem("fox/a.b/7.WEBP") == "fox/a.b/7"
+    assert image_stem("7.jpeg") == "7"
+    assert image_stem("fox/v1.5") == "fox/v1.5"  # not an extension: the name stays whole
+    assert image_stem("fox/.png") == "fox/.png"
 
 
 def test_an_image_where_another_needs_a_folder_is_refused(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import html
 import html.parser
 import io
 import json
@@ -17,7 +18,7 @@ from PIL import Image
 
 from imagebatch.errors import StoreError
 from imagebatch.pictures import imaging
-from imagebatch.pictures.post import build_all
+from imagebatch.pictures.post import build_all, thumb_rel
 from imagebatch.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
 from imagebatch.storage.store import Store
 
@@ -97,8 +98,9 @@ def test_builds_thumbs_sheet_and_index(tmp_path):
     root = run_jobs(tmp_path, plan, size=(256, 128))
     result = build_all(plan, root, workers=1)
     assert result.thumbs_made == 6 and result.thumbs_kept == 0 and result.missing == 0
-    for job in plan.jobs:
-        with Image.open(root / "thumbs" / f"{job.path}.jpg") as t:
+    for job in plan.jobs:  # thumbs/ mirrors images/, each thumbnail named <stem>.jpg
+        assert job.path.endswith(".png")
+        with Image.open(root / "thumbs" / f"{job.path.removesuffix('.png')}.jpg") as t:
             assert t.format == "JPEG" and t.mode == "RGB" and t.size == (64, 32)
             px = t.getpixel((32, 16))
             assert all(abs(a - b) <= 8 for a, b in zip(px, colour(job.index), strict=True))
@@ -152,7 +154,7 @@ def test_thumbs_rebuilt_only_for_changed_images(tmp_path):
     plan = make_plan(2, 3)
     root = run_jobs(tmp_path, plan)
     assert build_all(plan, root, workers=1).thumbs_made == 6
-    thumbs = {j.index: root / "thumbs" / f"{j.path}.jpg" for j in plan.jobs}
+    thumbs = {j.index: root / thumb_rel(j.path) for j in plan.jobs}
     before = {i: p.stat().st_mtime_ns for i, p in thumbs.items()}
     image = resave(root, plan, plan.jobs[2], Image.new("RGB", (256, 256), (250, 250, 0)))
     later = before[2] + 5_000_000_000
@@ -181,6 +183,26 @@ def test_thumbs_rebuilt_only_for_changed_images(tmp_path):
         assert t.size == (96, 96)
 
 
+def test_an_old_named_thumbnail_is_swept_and_never_shown(tmp_path):
+    # Thumbnails were once named thumbs/<image path>.jpg (fox/style-0/10.png.jpg). One left
+    # from then, even with its image's date, is never shown for the image: it is removed.
+    plan = make_plan(1, 2)
+    root = run_jobs(tmp_path, plan)
+    job = plan.jobs[0]
+    old = root / "thumbs" / f"{job.path}.jpg"
+    old.parent.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (255, 0, 255)).save(old, format="JPEG")
+    mtime = (root / "images" / job.path).stat().st_mtime_ns
+    os.utime(old, ns=(mtime, mtime))
+    result = build_all(plan, root, workers=1)
+    assert result.thumbs_made == 2 and not old.exists()
+    assert thumb_rel(job.path) == "thumbs/fox/style-0/10.jpg"
+    check_cells(result, root)  # each cell shows its own image's colour
+    assert f'src="{thumb_rel(job.path)}"' in result.index.read_text()
+    assert sorted(p.relative_to(root).as_posix() for p in (root / "thumbs").rglob("*.jpg")) == [
+        thumb_rel(j.path) for j in plan.jobs]
+
+
 def test_pages_by_per_page_and_stale_pages_removed(tmp_path):
     plan = make_plan(4, 3, per_page=4)  # rows of 3: 1 row fits under 4 cells per page
     root = run_jobs(tmp_path, plan)
@@ -204,11 +226,11 @@ def test_pages_by_per_page_and_stale_pages_removed(tmp_path):
 def test_pages_by_pixel_cap(tmp_path):
     plan = make_plan(6, 3)
     root = run_jobs(tmp_path, plan)
-    result = build_all(plan, root, workers=1, max_sheet_pixels=200_000)
+    result = build_all(plan, root, workers=1, max_sheet_pixels=60_000)
     assert len(result.sheets) >= 3
     for path in result.sheets:
         with Image.open(path) as s:
-            assert s.width * s.height <= 200_000
+            assert s.width * s.height <= 60_000
     check_cells(result, root)
 
 
@@ -221,7 +243,7 @@ def test_alpha_is_flattened_onto_white(tmp_path):
     store.save(plan.jobs[0], encode(img, "png"), attempts=1, seconds=0, created=0)
     store.close()
     build_all(plan, store.root, workers=1)
-    with Image.open(store.root / "thumbs" / f"{plan.jobs[0].path}.jpg") as t:
+    with Image.open(store.root / thumb_rel(plan.jobs[0].path)) as t:
         assert t.mode == "RGB"
         assert all(v >= 248 for v in t.getpixel((1, 1)))
         r, _g, b = t.getpixel((32, 32))
@@ -233,11 +255,73 @@ def test_jpeg_images_and_mixed_aspect(tmp_path):
     root = run_jobs(tmp_path, plan, size=(1344, 768))
     result = build_all(plan, root, workers=1)
     assert result.thumbs_made == 4
-    with Image.open(root / "thumbs" / f"{plan.jobs[0].path}.jpg") as t:
+    with Image.open(root / thumb_rel(plan.jobs[0].path)) as t:
         assert t.size == (64, 37)
     check_cells(result, root)
     box = result.pages[0].cells[0].box
     assert box[3] - box[1] == 37  # all 16:9: cells are as tall as the thumbnails, no more
+
+
+def _square_and_wide(tmp_path: Path) -> tuple[Plan, Path]:
+    """Two jobs, square then 16:9, two variants x three seeds each; their images on disk."""
+    square = make_plan(2, 3)
+    wide = make_plan(2, 3, ratio="16:9", prompt="a harbour")
+    jobs = list(square.jobs)
+    for j in wide.jobs:
+        jobs.append(Job(len(jobs), "harbour", j.key, "harbour/" + j.path.split("/", 1)[1],
+                        j.body, j.seed, j.vars, j.label.replace("fox", "harbour")))
+    plan = Plan("mixed", "m", "mixed.yaml", square.output, tuple(jobs), len(jobs))
+    store = Store(tmp_path / "out", plan.name, "local")
+    store.prepare()
+    for job in plan.jobs:
+        size = (256, 256) if job.id == "fox" else (1344, 768)
+        store.save(job, encode(Image.new("RGB", size, colour(job.index)), job.ext),
+                   attempts=1, seconds=0, created=0)
+    store.close()
+    return plan, store.root
+
+
+def test_sheet_cells_take_their_images_aspect_ratio(tmp_path):
+    # One sheet of square and 16:9 images: the 16:9 rows are 16:9 cells, not square cells
+    # with grey bands above and below the picture.
+    plan, root = _square_and_wide(tmp_path)
+    result = build_all(plan, root, workers=1)
+    (page,) = result.pages
+    check_cells(result, root)
+    with Image.open(result.sheets[0]) as sheet:
+        sheet = sheet.convert("RGB")
+        for cell in page.cells:
+            left, top, right, bottom = cell.box
+            w, h = right - left, bottom - top
+            want = 16 / 9 if cell.entry.job.id == "harbour" else 1.0
+            assert abs(w / h - want) < 0.05, (cell.entry.job.path, w, h)
+            # the picture fills its cell: its colour at the cell's top and bottom edges
+            for y in (top + 1, bottom - 2):
+                px = sheet.getpixel(((left + right) // 2, y))
+                assert all(abs(a - b) <= 8
+                           for a, b in zip(px, colour(cell.entry.job.index), strict=True)), y
+
+
+def test_each_image_on_a_sheet_is_labelled_once(tmp_path):
+    # A seed sweep's cell is named by its row (the variant) and its column (the seed): no
+    # caption under it repeats them. What lies between two rows of pictures is blank.
+    plan, root = _square_and_wide(tmp_path)
+    result = build_all(plan, root, workers=1)
+    (page,) = result.pages
+    rows = [lb for lb in page.labels if lb.kind == "row"]
+    cols = [lb for lb in page.labels if lb.kind == "column"]
+    assert [lb.text for lb in rows] == ["fox style 0", "fox style 1", "harbour style 0",
+                                        "harbour style 1"]
+    assert [lb.text for lb in cols] == ["#10", "#11", "#12"]  # one header for both jobs
+    tops = sorted({c.box[1] for c in page.cells})
+    with Image.open(result.sheets[0]) as sheet:
+        sheet = sheet.convert("RGB")
+        for cell in page.cells:
+            below = [t for t in tops if t > cell.box[1]]
+            end = below[0] if below else page.size[1]
+            strip = sheet.crop((cell.box[0], cell.box[3], cell.box[2], end))
+            assert strip.getcolors() == [(strip.width * strip.height, imaging.BACKGROUND)], (
+                cell.entry.job.path)  # no caption: nothing drawn under the picture
 
 
 def test_thumbnail_zero_uses_images_on_the_fly(tmp_path):
@@ -328,6 +412,37 @@ def test_index_lists_everything_escaped_with_relative_links(tmp_path):
     assert "contact-sheet.png" in page.links
 
 
+def test_index_wraps_a_wide_sweep_into_bands_like_the_sheet(tmp_path):
+    # sixteen seeds across would be a strip of thumbnails: three bands of six or fewer,
+    # each with its seeds' headers and both variants' rows, every band six tracks wide
+    plan = make_plan(2, 16)
+    doc = build_all(plan, run_jobs(tmp_path, plan), workers=1).index.read_text()
+    bands = doc.split('<div class="matrix"')[1:]
+    assert [re.findall(r"--cols: (\d+)", b)[0] for b in bands] == ["6", "6", "6"]
+    heads = [re.findall(r'<div class="colhead">#(\d+)</div>', b) for b in bands]
+    assert heads == [[str(s) for s in range(10, 16)], [str(s) for s in range(16, 22)],
+                     [str(s) for s in range(22, 26)]]
+    for band, seeds in zip(bands, heads, strict=True):
+        assert re.findall(r"<h3>(.*?)</h3>", band) == ["style=style 0", "style=style 1"]
+        paths = re.findall(r'data-path="([^"]+)"', band)
+        assert paths == [f"fox/style-{v}/{s}.png" for v in (0, 1) for s in seeds]
+
+
+def test_index_names_the_commands_to_review_and_export(tmp_path):
+    plan = make_plan(1, 2)
+    root = run_jobs(tmp_path, plan)
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", build_all(
+        plan, root, workers=1).index.read_text())).split())
+    out = root.parent  # not outputs/: named with --out
+    assert f"imagebatch review sweep.yaml --out {out}" in text
+    assert f"imagebatch export sweep.yaml --out {out}" in text
+    assert "saved to sweep.picks.json" in text
+    elsewhere = tmp_path / "team picks.json"  # another picks file: named with --picks
+    text = html.unescape(build_all(plan, root, workers=1, picks_file=elsewhere).index
+                         .read_text())
+    assert f"imagebatch review sweep.yaml --out {out} --picks '{elsewhere}'" in text
+
+
 def test_index_percent_encodes_paths(tmp_path):
     body = {"model": "m", "prompt": "x", "seed": 1}
     job = Job(0, "odd", job_key(body), "odd name/#1 ?&.png", canonical_json(body), 1, (),
@@ -339,7 +454,7 @@ def test_index_percent_encodes_paths(tmp_path):
                seconds=0, created=0)
     store.close()
     doc = build_all(plan, store.root, workers=1).index.read_text()
-    assert 'src="thumbs/odd%20name/%231%20%3F%26.png.jpg"' in doc
+    assert 'src="thumbs/odd%20name/%231%20%3F%26.jpg"' in doc
     assert 'href="images/odd%20name/%231%20%3F%26.png"' in doc
 
 

@@ -344,7 +344,7 @@ async def test_thumbnails_are_made_on_demand_and_confined(outputs: Outputs,
             assert resp.status == 200 and resp.headers["Content-Type"] == "image/jpeg"
             img = Image.open(io.BytesIO(await resp.read()))
             assert img.format == "JPEG" and img.size == (240, 160)  # never enlarged
-        assert (thumbs / "fox" / "2.png.jpg").is_file()
+        assert (thumbs / "fox" / "2.jpg").is_file()
         # an image swapped for a link out of the folder is not read through the link
         image = outputs.root / "images" / "fox" / "3.png"
         outside = tmp_path / "outside.png"
@@ -355,6 +355,44 @@ async def test_thumbnails_are_made_on_demand_and_confined(outputs: Outputs,
             assert resp.status == 404
         async with http.get(base(srv.url) + "/thumb/nope.png", headers=auth(srv)) as resp:
             assert resp.status == 404
+
+
+# ---- "more like this" ---------------------------------------------------------------------
+
+
+async def test_more_like_this_copies_the_image_beside_the_manifest(outputs: Outputs) -> None:
+    image = outputs.root / "images" / "fox" / "2.png"
+    copy = outputs.manifest.parent / "inputs" / "rv" / "fox-2.png"
+    async with serving(outputs) as srv, aiohttp.ClientSession() as http:
+        url = base(srv.url) + "/api/more/fox/2.png"
+        async with http.post(url) as resp:  # no token: nothing written
+            assert resp.status == 403
+        assert not copy.exists()
+        async with http.post(url, headers={**auth(srv), "Origin": "http://evil.test"}) as resp:
+            assert resp.status == 403
+        assert not copy.exists()
+        async with http.post(url, headers=auth(srv)) as resp:
+            assert resp.status == 200
+            doc = await resp.json()
+        assert copy.read_bytes() == image.read_bytes()
+        assert doc["written"] is True and doc["input"] == str(copy)
+        assert "    image: inputs/rv/fox-2.png\n" in doc["snippet"]
+        assert "outputs" not in doc["snippet"]  # nothing from the ignored folder
+        async with http.post(url, headers=auth(srv)) as resp:  # again: the same file kept
+            assert resp.status == 200 and (await resp.json())["written"] is False
+        # a file of that name holding another picture is never replaced
+        copy.write_bytes(b"another picture")
+        async with http.post(url, headers=auth(srv)) as resp:
+            assert resp.status == 409
+            assert "already exists and holds another picture" in (await resp.json())["error"]
+        assert copy.read_bytes() == b"another picture"
+        async with http.post(base(srv.url) + "/api/more/nope.png", headers=auth(srv)) as resp:
+            assert resp.status == 404
+        (outputs.root / "images" / "fox" / "3.png").unlink()  # not made: nothing to copy
+        async with http.post(base(srv.url) + "/api/more/fox/3.png", headers=auth(srv)) as resp:
+            assert resp.status == 404 and "make it first" in (await resp.json())["error"]
+    assert [p.name for p in copy.parent.iterdir()] == ["fox-2.png"]  # no temp file left
+    assert not outputs.picks_file.exists()
 
 
 # ---- the page ------------------------------------------------------------------------

@@ -4,6 +4,7 @@ uses it: keys and clicks, reloads, the picks file on disk, hostile prompts, fail
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import os
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image, ImageStat
 from review_helpers import HOSTILE, MANIFEST, Outputs, make_outputs, serving
 
+from imagebatch.planning.manifest import load_plan
 from imagebatch.storage import picks
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -373,9 +375,10 @@ async def test_an_empty_output_folder(browser, tmp_path: Path) -> None:
     assert tab.errors == []
 
 
-async def test_more_like_this_shows_and_copies_a_variations_job_and_writes_nothing(
+async def test_more_like_this_saves_the_image_beside_the_manifest_and_copies_the_snippet(
         browser, outputs: Outputs) -> None:
     job = outputs.plan.jobs[1]
+    copy = outputs.manifest.parent / "inputs" / "rv" / "fox-2.png"
     before = sorted((p, p.stat().st_mtime_ns) for p in outputs.manifest.parent.rglob("*")
                     if p.is_file())
     async with serving(outputs) as srv:
@@ -388,8 +391,9 @@ async def test_more_like_this_shows_and_copies_a_variations_job_and_writes_nothi
         await page.wait_for_selector("#v-more:not([hidden])")
         snippet = await page.inner_text("#v-snippet")
         assert snippet.startswith(f"  # more like {job.path}")
-        assert f"image: outputs/{outputs.plan.name}/images/{job.path}" in snippet
+        assert "image: inputs/rv/fox-2.png" in snippet and "outputs" not in snippet
         assert "strength: 0.35" in snippet and "random: 4" in snippet
+        assert str(copy) in await page.inner_text("#v-more")  # where the copy is, to commit
         await page.wait_for_function(
             "() => Array.from(document.querySelectorAll('.toast')).some("
             "(t) => t.textContent.startsWith('Copied'))")
@@ -400,4 +404,156 @@ async def test_more_like_this_shows_and_copies_a_variations_job_and_writes_nothi
         assert tab.errors == []
     after = sorted((p, p.stat().st_mtime_ns) for p in outputs.manifest.parent.rglob("*")
                    if p.is_file())
-    assert after == before  # the manifest, the picks file, the outputs: nothing written
+    assert [p for p, _ in after if (p, _) not in before] == [copy]  # that file alone
+    assert copy.read_bytes() == (outputs.root / "images" / job.path).read_bytes()
+    # The snippet works wherever the manifest goes: without the (ignored) outputs folder,
+    # as on CI, the manifest with it pasted in still plans the variations of the picture.
+    shutil.rmtree(outputs.out)
+    outputs.manifest.write_text(outputs.manifest.read_text() + snippet, encoding="utf-8")
+    plan = load_plan(str(outputs.manifest), providers=("stability",))
+    more = [j for j in plan.jobs if j.id == "fox-2-more"]
+    digest = hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert len(more) == 4 and all(j.request["image"] == f"sha256:{digest}" for j in more)
+
+
+# The snippet's box wraps at spaces only and scrolls sideways for a line too long for it:
+# every word of the text is on one line (one client rect), none cut in two.
+SNIPPET_BOX = """() => {
+  const pre = document.getElementById('v-snippet');
+  const broken = [];
+  const walk = document.createTreeWalker(pre, NodeFilter.SHOW_TEXT);
+  for (let text = walk.nextNode(); text; text = walk.nextNode()) {
+    for (const m of text.data.matchAll(/\\S+/g)) {
+      const range = document.createRange();
+      range.setStart(text, m.index);
+      range.setEnd(text, m.index + m[0].length);
+      if (range.getClientRects().length !== 1) broken.push(m[0]);
+    }
+  }
+  const style = getComputedStyle(pre);
+  return {broken, lines: pre.getClientRects()[0].height / parseFloat(style.lineHeight),
+          scroll: pre.scrollWidth > pre.clientWidth, overflow: style.overflowX};
+}"""
+
+
+async def test_the_snippet_box_wraps_at_spaces_and_scrolls_a_long_line(browser, tmp_path: Path
+                                                                       ) -> None:
+    outputs = make_outputs(tmp_path, LONG_ID)
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv, permissions=["clipboard-read", "clipboard-write"])
+        page = tab.page
+        await page.locator("figure.cell .pic").first.click()
+        await page.wait_for_selector("#viewer:not([hidden])")
+        await page.click("#v-more-open")
+        await page.wait_for_selector("#v-more:not([hidden])")
+        got = await page.evaluate(SNIPPET_BOX)
+        await page.screenshot(path=str(tmp_path / "snippet.png"))
+    assert got["broken"] == []  # no word, path or id broken across lines
+    assert got["overflow"] == "auto" and got["scroll"]  # the long id scrolls sideways
+
+
+#: A job id longer than the snippet's box is wide, and a prompt long enough to wrap.
+LONG_ID = """version: 1
+name: rv
+jobs:
+  - id: a-lighthouse-on-a-rocky-coast-at-dusk-under-storm-clouds-in-dramatic-light
+    prompt: "a lighthouse on a rocky coast at dusk, storm clouds, dramatic light over the sea"
+    aspect_ratio: "1:1"
+    seeds: [3]
+"""
+
+
+#: Three rows of two square pictures (the largest cells a row gets), then one image alone.
+SQUARES = """\
+version: 1
+name: rv
+jobs:
+  - id: tile
+    prompt: "a {colour} tile"
+    aspect_ratio: "1:1"
+    matrix:
+      colour: [red, green, blue]
+    seeds: [1, 2]
+  - id: moon
+    prompt: "a moon over a lake"
+    aspect_ratio: "1:1"
+    seeds: [5]
+"""
+
+# each row's heading and its cells' boxes (viewport pixels), the header's bottom edge
+ROWS = """() => Array.from(document.querySelectorAll('.row')).map((row) => ({
+  head: (row.querySelector('.rowhead h2') || {}).innerText || '',
+  cells: Array.from(row.querySelectorAll('figure.cell')).map((c) => {
+    const r = c.getBoundingClientRect();
+    const img = c.querySelector('img').getBoundingClientRect();
+    return {top: r.top, bottom: r.bottom, w: img.width, h: img.height};
+  }),
+}))"""
+
+
+async def test_two_full_rows_of_square_pictures_fit_a_laptop_screen(browser, tmp_path: Path
+                                                                    ) -> None:
+    outputs = make_outputs(tmp_path, SQUARES)
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv, 1280, 900)
+        page = tab.page
+        rows = await page.evaluate(ROWS)
+        top = await page.evaluate("document.querySelector('.bar').getBoundingClientRect().bottom")
+        await page.screenshot(path=str(tmp_path / "review-1280.png"))
+    for row in rows:
+        assert all(abs(c["w"] - c["h"]) <= 1 and c["w"] >= 150 for c in row["cells"])
+    whole = [len(r["cells"]) for r in rows
+             if all(c["top"] >= top and c["bottom"] <= 900 for c in r["cells"])]
+    assert whole[:2] == [2, 2], whole  # two full rows of two on screen
+
+
+async def test_every_group_has_a_title(browser, tmp_path: Path) -> None:
+    # a job of one image sits in a group of its own: it is titled by its job, as the rows
+    # of a sweep are by their variant
+    outputs = make_outputs(tmp_path, SQUARES)
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv, 390, 844, is_mobile=True, has_touch=True)
+        rows = await tab.page.evaluate(ROWS)
+    assert [r["head"] for r in rows] == ["tile red", "tile green", "tile blue", "moon"]
+
+
+async def test_filter_labels_stay_whole_on_a_phone(browser, outputs: Outputs) -> None:
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv, 390, 844, is_mobile=True, has_touch=True,
+                         device_scale_factor=2)
+        page = tab.page
+        boxes = await page.eval_on_selector_all(".filters, .filters button", """els => els.map(
+            (e) => { const r = e.getBoundingClientRect();
+                     return [e.innerText, e.scrollWidth, e.clientWidth, r.left, r.right]; })""")
+    labels = [text.split()[0] for text, *_ in boxes[1:]]
+    assert labels == ["All", "Picked", "Rejected", "Unrated", "Stale"]
+    for text, scroll_w, client_w, left, right in boxes:
+        assert scroll_w <= client_w, (text, scroll_w, client_w)  # nothing clipped or scrolled
+        assert left >= 0 and right <= 390, (text, left, right)  # all of it on the screen
+
+
+async def test_a_tap_on_a_cells_star_rates_it_on_a_touch_screen(browser, outputs: Outputs
+                                                                 ) -> None:
+    path = outputs.plan.jobs[1].path
+    async with serving(outputs) as srv:
+        tab = await _tab(browser, srv, 390, 844, is_mobile=True, has_touch=True,
+                         device_scale_factor=2)
+        page = tab.page
+        cell = page.locator(f"figure[data-cell='{path}']")
+        stars = cell.locator(".stars button")
+        assert await stars.count() == 5
+        for k in range(5):  # every star of an unrated picture is there to tap
+            box = await stars.nth(k).bounding_box()
+            assert box is not None and box["width"] >= 30 and box["height"] >= 36, box
+        await stars.nth(3).tap(timeout=5000)
+        await _until(lambda: _entries(outputs) == {path: (None, 4)}, "a tapped rating")
+        assert await cell.get_attribute("data-rating") == "4"
+        await cell.locator("[data-act='reject']").tap(timeout=5000)
+        await _until(lambda: _entries(outputs) == {path: ("reject", 4)}, "a tapped reject")
+        # the keys still work beside the taps: the next picture, rated 2
+        await page.keyboard.press("ArrowRight")
+        await page.keyboard.press("2")
+        nxt = outputs.plan.jobs[2].path
+        await _until(lambda: _entries(outputs) == {path: ("reject", 4), nxt: (None, 2)},
+                     "a rating by key")
+        assert tab.errors == []

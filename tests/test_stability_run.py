@@ -25,7 +25,13 @@ import yaml
 from PIL import Image
 from stress_helpers import leaks
 
-from imagebatch.assets.variations import variation_job, variation_snippet
+from imagebatch.assets.variations import (
+    InputExists,
+    input_path,
+    save_input,
+    variation_job,
+    variation_snippet,
+)
 from imagebatch.cli import main
 from imagebatch.errors import ConfigError, ManifestError
 from imagebatch.planning import apispec, config
@@ -541,23 +547,33 @@ def test_the_variation_snippet_pasted_into_the_manifest_plans_a_variations_job(t
     image = tmp_path / "outputs" / "pick" / "images" / job.path
     image.parent.mkdir(parents=True)
     image.write_bytes(png((1024, 1024)))
-    snippet = variation_snippet(job, image, manifest)
+    # the picked image is copied beside the manifest, and the snippet names the copy
+    copy = input_path(job, manifest, "pick")
+    assert copy == tmp_path / "inputs" / "pick" / "fox-dawn-9.png"
+    assert save_input(image.read_bytes(), copy) is True
+    assert save_input(image.read_bytes(), copy) is False  # already there: kept
+    snippet = variation_snippet(job, copy, manifest)
     assert snippet.startswith(f"  # more like {job.path}")
-    doc = variation_job(job, image, manifest)
-    assert doc["image"] == f"outputs/pick/images/{job.path}"
+    doc = variation_job(job, copy, manifest)
+    assert doc["image"] == "inputs/pick/fox-dawn-9.png"
     assert doc["prompt"] == "a fox: at dawn" and doc["negative_prompt"] == "blur"
+    # the outputs folder is not committed: the manifest must plan without it
+    image.unlink()
     manifest.write_text(manifest.read_text() + snippet, encoding="utf-8")
     assert yaml.safe_load(manifest.read_text())["jobs"][1]["id"] == "fox-dawn-9-more"
     plan = load_plan(str(manifest), providers=(STABILITY,))
     more = [j for j in plan.jobs if j.id == "fox-dawn-9-more"]
     assert len(more) == 4
-    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    digest = hashlib.sha256(copy.read_bytes()).hexdigest()
     assert all(j.request["image"] == f"sha256:{digest}" and j.request["strength"] == 0.35
                for j in more)
+    with pytest.raises(InputExists, match="holds another picture"):
+        save_input(png((64, 64)), copy)  # never replaced: the manifest's jobs use it
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == digest
 
 
-def test_review_items_carry_the_snippet_and_nothing_is_written(tmp_path, monkeypatch):
-    from imagebatch.assets.review import Review
+def test_more_like_this_writes_the_copy_and_no_key(tmp_path, monkeypatch):
+    from imagebatch.assets.review import Review, more_like_this
     from imagebatch.storage import picks
 
     manifest = write(tmp_path, SIMPLE)
@@ -568,11 +584,12 @@ def test_review_items_carry_the_snippet_and_nothing_is_written(tmp_path, monkeyp
     before = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     review = Review(plan=plan, root=out / plan.name,
                     picks_file=picks.picks_path(str(manifest)), manifest=str(manifest))
-    (item,) = review.items(review.load())
-    assert "image: out/g/images/a/5.png" in item["variation"]
-    assert "strength: 0.35" in item["variation"]
-    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == before
-    assert not leaks(SKEY, {"variation": item["variation"]})
+    doc = more_like_this(review, "a/5.png")
+    assert "image: inputs/g/a-5.png" in doc["snippet"]
+    assert "strength: 0.35" in doc["snippet"]
+    after = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert [p for p in after if p not in before] == [tmp_path / "inputs" / "g" / "a-5.png"]
+    assert not leaks(SKEY, {"snippet": doc["snippet"], "input": doc["input"]})
 
 
 def test_keys_never_show_in_a_stability_runs_output(tmp_path, capsys, monkeypatch):

@@ -2,9 +2,11 @@
 
 An aiohttp app on loopback serves one page (Jinja2, autoescaped), its script and style
 (files of this package, no outside URLs), the output folder's images and thumbnails, and a
-small JSON API over the picks file (imagebatch.storage.picks). Every request needs the random token
-the URL carries, a Host naming this server and, when the browser sends one, an Origin of
-this server: a page elsewhere cannot read or change anything, DNS rebinding included.
+small JSON API over the picks file (imagebatch.storage.picks); besides the picks file it
+writes only "More like this"'s copy of an image beside the manifest (assets.variations).
+Every request needs the random token the URL carries, a Host naming this server and, when
+the browser sends one, an Origin of this server: a page elsewhere cannot read or change
+anything, DNS rebinding included.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from ..planning.plan import Job, Plan
 from ..planning.select import ALL, Selection, narrow_all
 from ..signals import on_stop_signals
 from ..storage import picks
-from ..storage.store import IMAGES
-from .variations import variation_snippet
+from ..storage.store import IMAGES, write_error
+from .variations import InputExists, input_path, save_input, variation_snippet
 
 #: Request bodies of the API are a few dozen bytes; anything far larger is not ours.
 MAX_BODY_BYTES = 16 * 1024
@@ -165,9 +167,6 @@ class Review:
                 "request": job.request, "vars": dict(job.vars), "seed": job.seed,
                 "id": job.id, "label": job.label, "state": e.state, "reason": e.reason,
                 "params": params_text(job.request),
-                # "more like this": shown and copied by the page, never written anywhere
-                "variation": variation_snippet(job, self.root / "images" / job.path,
-                                               self.manifest) if e.state == OK else None,
             })
         return out
 
@@ -195,9 +194,18 @@ class Review:
                         thumb=thumb_url(job.path) if self.thumb_side > 0 else image_url(job.path),
                         width=w, height=h))
                 prompts = {e.job.request.get("prompt", "") for e in members if e is not None}
-                rows.append(Row(head, prompts.pop() if len(prompts) == 1 else "", tuple(cells)))
+                rows.append(Row(head or group_title(members), prompts.pop()
+                                if len(prompts) == 1 else "", tuple(cells)))
             out.append(Block(block.columns, tuple(rows)))
         return out
+
+
+def group_title(members: Sequence[Entry | None], most: int = 3) -> str:
+    """The heading of a group the grid gives none (single images side by side): the job
+    ids it holds, `most` of them named (`mushrooms`, `a, b, c and 4 more`)."""
+    ids = list(dict.fromkeys(e.job.id for e in members if e is not None))
+    named = ", ".join(ids[:most])
+    return f"{named} and {len(ids) - most} more" if len(ids) > most else named
 
 
 def params_text(request: Mapping[str, Any]) -> str:
@@ -436,6 +444,41 @@ async def api_put(request: web.Request) -> web.StreamResponse:
     return web.json_response(review.entry_doc(written, path))
 
 
+def more_like_this(review: Review, path: str) -> dict[str, Any]:
+    """Copy the image at `path` beside the manifest (variations.input_path) and give the
+    snippet of a variations job that starts from that copy: {"snippet", "input",
+    "written"}. LookupError when the image is not on disk; InputExists, StoreError."""
+    job = review.jobs[path]
+    image = _inside(review.root, f"{IMAGES}/{path}")
+    if image is None:
+        raise LookupError(f"{path} has no image in {review.root}: make it first")
+    dest = input_path(job, review.manifest, review.plan.name)
+    try:
+        written = save_input(image.read_bytes(), dest)
+    except OSError as exc:
+        raise write_error(dest, exc) from None
+    return {"snippet": variation_snippet(job, dest, review.manifest), "input": str(dest),
+            "written": written}
+
+
+async def api_more(request: web.Request) -> web.StreamResponse:
+    """POST /api/more/{path}: the picked image copied beside the manifest, and the snippet
+    of a variations job of it (the one thing this server writes besides the picks file)."""
+    review = request.app[REVIEW_KEY]
+    path = request.match_info["path"]
+    if path not in review.jobs:
+        return _error(404, f"{path!r} is not an image of the plan {review.plan.name!r}")
+    try:
+        doc = await asyncio.to_thread(more_like_this, review, path)
+    except LookupError as exc:
+        return _error(404, str(exc))
+    except InputExists as exc:
+        return _error(409, f"not saved: {exc}")
+    except StoreError as exc:
+        return _error(500, f"not saved: {exc}")
+    return web.json_response(doc, dumps=lambda d: json.dumps(d, ensure_ascii=False))
+
+
 def _inside(root: Path, rel: str) -> Path | None:
     """root/rel when it is a file whose real path is inside root's real path, else None."""
     parts = rel.split("/")
@@ -489,7 +532,7 @@ async def thumb(request: web.Request) -> web.StreamResponse:
 
 
 def _current_thumb(root: Path, rel: str, image: Path) -> Path | None:
-    """thumbs/<path>.jpg when it was made from the image as it is now (same mtime)."""
+    """The thumbnail at `rel` (thumb_rel) when it was made from the image as it is now."""
     real = _inside(root, rel)
     try:
         if real is not None and real.stat().st_mtime_ns == image.stat().st_mtime_ns:
@@ -523,6 +566,7 @@ def make_app(review: Review) -> web.Application:
     app.router.add_get("/static/{name}", static)
     app.router.add_get("/api/items", api_items)
     app.router.add_put("/api/picks/{path:.+}", api_put)
+    app.router.add_post("/api/more/{path:.+}", api_more)
     app.router.add_get("/files/{rel:.+}", files)
     app.router.add_get("/thumb/{path:.+}", thumb)
     return app
@@ -645,10 +689,12 @@ __all__ = [
     "ReviewOptions",
     "Row",
     "RunningReview",
+    "group_title",
     "has_display",
     "image_url",
     "make_app",
     "merge_changes",
+    "more_like_this",
     "params_text",
     "parse_change",
     "render_page",

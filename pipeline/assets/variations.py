@@ -1,20 +1,28 @@
-""""More like this": the manifest snippet of a variations job of one image. Pure; writes nothing.
+""""More like this": the manifest snippet of a variations job of one image, and its input.
 
 The manifest stays the one source of truth: the review page shows (and copies) this text,
 and the user pastes it under `jobs:`. The job takes the picked image as its input (`image:`,
-relative to the manifest, so the manifest still loads from where it is) with a `strength`,
-and the request fields that made the image, so the variations stay near it.
+relative to the manifest) with a `strength`, and the request fields that made the image,
+so the variations stay near it.
+
+The input is a copy of the picked image beside the manifest, `inputs/<manifest
+name>/<job>-<variables>-<seed>.<ext>`, a file the user commits with the manifest: the
+images under `outputs/` are not committed (the folder is ignored), so a snippet naming
+one would fail on any other machine, CI included. A copy is written once and never
+replaced by other bytes: a manifest may already use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..planning.plan import Job, safe
+from ..errors import ImagebatchError
+from ..planning.plan import TMP_PREFIX, Job, safe
 
 DEFAULT_STRENGTH = 0.35  # near the picked image: its composition kept, its details varied
 DEFAULT_COUNT = 4  # variations asked for: {random: 4}
@@ -26,6 +34,63 @@ def variation_id(job: Job) -> str:
     """The snippet's job id: the picked job's id, seed and variables, then `-more`."""
     parts = [job.id, *(v for _, v in job.vars), str(job.seed), "more"]
     return safe("-".join(p for p in parts if p))[:100]
+
+
+#: The folder beside the manifest that holds the inputs of image-to-image jobs.
+INPUTS = "inputs"
+
+
+class InputExists(ImagebatchError):
+    """The input's file is already there, holding another picture: it is not replaced."""
+
+
+def input_path(job: Job, manifest: str | Path, name: str) -> Path:
+    """Where the copy of `job`'s image goes: inputs/<name>/<id>-<vars>-<seed>.<ext> in the
+    folder of `manifest` (whose plan is called `name`)."""
+    stem = safe("-".join(p for p in (job.id, *(v for _, v in job.vars), str(job.seed)) if p))
+    return Path(manifest).parent / INPUTS / safe(name) / f"{stem[:120]}.{job.ext}"
+
+
+def save_input(data: bytes, dest: Path) -> bool:
+    """Write `data` (the picked image's bytes) at `dest`; False when it holds them already.
+
+    InputExists when `dest` holds other bytes: a manifest may use that file (its SHA-256 is
+    in its jobs' keys), so it is never overwritten. The copy is written beside `dest` and
+    linked into place, so `dest` is either absent or whole, and a file that appears there
+    meanwhile is not replaced either. OSError when the folder cannot be written.
+    """
+
+    def same() -> bool:
+        try:
+            held = dest.read_bytes()
+        except FileNotFoundError:
+            return False
+        if held != data:
+            raise InputExists(f"{dest} already exists and holds another picture; rename or "
+                              "delete it to save this one there")
+        return True
+
+    if same():
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f"{TMP_PREFIX}{dest.name}.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, dest)  # fails if dest exists: never replaces it
+        except FileExistsError:
+            if same():
+                return False
+            raise
+        except OSError:  # a filesystem without hard links: replace, having checked above
+            os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return True
 
 
 def variation_job(job: Job, image: Path, manifest: str | Path, *,

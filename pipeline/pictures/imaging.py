@@ -140,7 +140,8 @@ Box = tuple[int, int, int, int]  # left, top, right, bottom (right/bottom exclus
 
 @dataclass(frozen=True, slots=True)
 class Cell:
-    """Where one entry goes on a page: the image box and the caption box under it."""
+    """Where one entry goes on a page: the image box and the caption box under it (empty,
+    zero pixels tall, when a row and a column header name the cell)."""
 
     entry: Entry
     box: Box
@@ -354,24 +355,34 @@ def layout(
     per_page: int = 100,
     max_pixels: int = MAX_SHEET_PIXELS,
 ) -> list[Page]:
-    """Pages of cells, headers and titles for `entries`; every cell of a sheet is `box` sized.
+    """Pages of cells, headers and titles for `entries`; `box` is the largest picture.
 
+    Every column of a sheet is `box`'s width; each row is as tall as its tallest picture
+    (its thumbnail's size, or its request's), so a row of 16:9 images has 16:9 cells
+    instead of square ones with bands above and below. A cell under a row and a column
+    header is named by them and has no caption; one in a plain grid has its label under it.
     Pages split at `per_page` cells and at `max_pixels`, always between rows, and a block
     continued on a new page repeats its column headers. A failed or missing job keeps its cell.
     """
     if not entries:
         return []
     per_page = max(1, per_page)
-    cell_w = max(box[0], MIN_CELL_WIDTH)
-    cell_h = box[1]
-    caption_h = CAPTION_LINES * _line_height(CAPTION_SIZE) + 4
-    row_h = cell_h + caption_h + GAP
-    head_h = _line_height(HEADER_SIZE) + 10
-    title_h = _line_height(TITLE_SIZE) + 16
-
     blocks = grid_blocks(entries)
     headed = [b for b in blocks if b.columns]
     plain_n = sum(len(cells) for b in blocks if not b.columns for _, cells in b.rows)
+    # a caption needs MIN_CELL_WIDTH; cells named by headers alone are as wide as the pictures
+    cell_w = max(box[0], MIN_CELL_WIDTH) if plain_n else max(box[0], 1)
+    cell_h = box[1]
+    caption_h = CAPTION_LINES * _line_height(CAPTION_SIZE) + 4
+    row_h = cell_h + caption_h + GAP  # the tallest a row can be: for the estimates below
+    head_h = _line_height(HEADER_SIZE) + 10
+    title_h = _line_height(TITLE_SIZE) + 16
+    side = max(box)
+
+    def picture_h(e: Entry) -> int:
+        """How tall `e`'s picture is drawn in a column of width cell_w."""
+        return fit_size(e.thumb_size or thumb_size(e.job, side), (cell_w, cell_h))[1]
+
     widest = max((len(b.columns) for b in headed), default=0)
     # Columns a row may have: per_page cells at most, and a row must fit the pixel cap.
     # (two rows, with title and headers, must fit under the pixel cap)
@@ -389,28 +400,38 @@ def layout(
         # A few variants with many seeds make a strip far wider than tall: wrap the seeds
         # into bands (headers repeated) of about equal width, for a roughly square sheet.
         n_rows = sum(len(b.rows) for b in headed)
+        headed_h = cell_h + GAP  # a headed row has no caption
         full_w = row_head_w + width_cols * (cell_w + GAP)
-        full_h = title_h + len(headed) * head_h + n_rows * row_h
+        full_h = title_h + len(headed) * head_h + n_rows * headed_h
         if full_w > 3 * full_h:
             n_cells = sum(len(b.rows) * len(b.columns) for b in headed)
-            target = max(2, math.ceil(math.sqrt(n_cells * row_h / (cell_w + GAP))))
+            target = max(2, math.ceil(math.sqrt(n_cells * headed_h / (cell_w + GAP))))
             if target < width_cols:
                 width_cols = math.ceil(widest / math.ceil(widest / target))
 
-    # Flatten blocks into bands: (column headers or (), row header, cells), cut to width.
-    bands: list[tuple[tuple[str, ...], str, list[Entry | None], int]] = []  # .., band id
+    # Flatten blocks into bands: (column headers or (), row header, cells, band id, picture
+    # height, caption height), cut to width.
+    bands: list[tuple[tuple[str, ...], str, list[Entry | None], int, int, int]] = []
     band_id = 0
+
+    def add(cols: tuple[str, ...], head: str, cells: list[Entry | None], bid: int) -> None:
+        height = max(picture_h(e) for e in cells if e is not None)
+        # header-less cells are named by their caption; headed ones by their headers alone
+        bands.append((cols, head, cells, bid, height, 0 if cols else caption_h))
+
     for b in blocks:
         if b.columns:
             for start in range(0, len(b.columns), width_cols):
                 cols = b.columns[start:start + width_cols]
                 for r, cells in b.rows:
-                    bands.append((cols, r, cells[start:start + width_cols], band_id))
+                    part = cells[start:start + width_cols]
+                    if any(e is not None for e in part):
+                        add(cols, r, part, band_id)
                 band_id += 1
         else:
             flat = [e for _, cells in b.rows for e in cells]
             for start in range(0, len(flat), width_cols):
-                bands.append(((), "", list(flat[start:start + width_cols]), band_id))
+                add((), "", list(flat[start:start + width_cols]), band_id)
             band_id += 1
 
     width = MARGIN * 2 + row_head_w + width_cols * cell_w + (width_cols - 1) * GAP
@@ -421,13 +442,13 @@ def layout(
     used_cells = 0
     used_h = title_h
     last_band = -1
-    for i, (cols, _r, cells, bid) in enumerate(bands):
+    for i, (cols, _r, cells, bid, pic_h, cap_h) in enumerate(bands):
         n = sum(c is not None for c in cells)
-        extra = (head_h if cols and bid != last_band else 0) + row_h
+        extra = (head_h if cols and bid != last_band else 0) + pic_h + cap_h + GAP
         if pages_rows[-1] and (used_cells + n > per_page or used_h + extra + MARGIN > max_h):
             pages_rows.append([])
             used_cells, used_h, last_band = 0, title_h, -1
-            extra = (head_h if cols else 0) + row_h
+            extra = (head_h if cols else 0) + pic_h + cap_h + GAP
         pages_rows[-1].append(i)
         used_cells += n
         used_h += extra
@@ -442,7 +463,7 @@ def layout(
         last_band = -1
         x0 = MARGIN + row_head_w
         for i in idxs:
-            cols, rhead, cells, bid = bands[i]
+            cols, rhead, cells, bid, pic_h, cap_h = bands[i]
             if cols and bid != last_band:
                 for c, text in enumerate(cols):
                     x = x0 + c * (cell_w + GAP)
@@ -450,14 +471,14 @@ def layout(
                 y += head_h
             last_band = bid
             if rhead:
-                labels.append(Label("row", rhead, (MARGIN, y, MARGIN + row_head_w - 8, y + cell_h)))
+                labels.append(Label("row", rhead, (MARGIN, y, MARGIN + row_head_w - 8, y + pic_h)))
             for c, e in enumerate(cells):
                 if e is None:
                     continue
                 x = x0 + c * (cell_w + GAP)
-                cells_out.append(Cell(e, (x, y, x + cell_w, y + cell_h),
-                                      (x, y + cell_h, x + cell_w, y + cell_h + caption_h)))
-            y += row_h
+                cells_out.append(Cell(e, (x, y, x + cell_w, y + pic_h),
+                                      (x, y + pic_h, x + cell_w, y + pic_h + cap_h)))
+            y += pic_h + cap_h + GAP
         height = y - GAP + MARGIN
         title = page_title(name, entries, number, total)
         labels.insert(0, Label("title", title, (MARGIN, MARGIN // 2, width - MARGIN, title_h)))
@@ -596,6 +617,8 @@ def render(page: Page, load: Callable[[Entry], Image.Image | None]) -> Image.Ima
                 del fitted
         if e.pick or e.rating is not None:
             _decision(sheet, draw, cell.box, e)
+        if cell.caption[3] <= cell.caption[1]:
+            continue  # named by its headers: each image is labelled once
         lines = wrap(drawable(e.job.label), cell.caption[2] - cell.caption[0] - 4, CAPTION_SIZE,
                      CAPTION_LINES)
         cy = cell.caption[1] + 2

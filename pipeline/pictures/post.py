@@ -26,7 +26,7 @@ from typing import Any, cast
 from PIL import Image
 
 from ..errors import Interrupted
-from ..planning.plan import TMP_PREFIX, Plan
+from ..planning.plan import TMP_PREFIX, Plan, image_stem
 from ..storage import picks
 from ..storage.store import (
     DONE,
@@ -121,8 +121,41 @@ def sheet_name(number: int) -> str:
 
 
 def thumb_rel(image_path: str) -> str:
-    """thumbs/<image path>.jpg, relative to the output root."""
+    """The thumbnail of images/<image path>, relative to the output root: thumbs/ mirrors
+    images/ with `.jpg` for the image's extension (`fox/7.png` -> `thumbs/fox/7.jpg`).
+
+    The one place the name is made: the sheets, index.html and the review page all call it.
+    The plan refuses two images that differ only in their extension, so names never clash.
+    """
+    return f"{THUMBS}/{image_stem(image_path)}.jpg"
+
+
+def _legacy_thumb_rel(image_path: str) -> str:
+    """The name thumbnails had before (`thumbs/fox/7.png.jpg`): swept, never read."""
     return f"{THUMBS}/{image_path}.jpg"
+
+
+def sweep_legacy_thumbs(paths: Iterable[str], root: Path) -> int:
+    """Delete the old-named thumbnails of these images; how many were there.
+
+    Nothing reads them any more, so one left behind (a read-only folder) harms nothing: it
+    is only disk space. A name that is also a current thumbnail's is kept.
+    """
+    paths = list(paths)
+    current = {thumb_rel(p) for p in paths}
+    removed = 0
+    for path in paths:
+        old = _legacy_thumb_rel(path)
+        if old in current:
+            continue
+        try:
+            (root / old).unlink()
+        except FileNotFoundError:
+            continue
+        except OSError:  # read-only or not a file: left as it is, it is never read
+            continue
+        removed += 1
+    return removed
 
 
 def entries_for(plan: Plan, root: Path, backend: str | Iterable[str] | None = None
@@ -419,6 +452,7 @@ def build_thumbs(
         else:
             todo.append((i, (str(images / e.job.path), str(root / rel), longest)))
     results = make_thumbs([t for _, t in todo], workers, stop)
+    sweep_legacy_thumbs((e.job.path for e in out), root)
     made = 0
     for (i, _task), res in zip(todo, results, strict=True):
         e = out[i]
@@ -567,7 +601,8 @@ def build_all(
         stop.check()
     index = root / INDEX
     names = [p.name for p in sheets]
-    write_file(index, report.index_html(plan, entries, names).encode("utf-8"))
+    page = report.index_html(plan, entries, names, out=root.parent, picks_file=picks_file)
+    write_file(index, page.encode("utf-8"))
     return PostResult(
         thumbs_made=made, thumbs_kept=kept, sheets=sheets, index=index,
         missing=sum(e.state != OK for e in entries),
@@ -597,6 +632,7 @@ __all__ = [
     "remove_stale_sheets",
     "sheet_name",
     "stop_on_signals",
+    "sweep_legacy_thumbs",
     "thumb_rel",
     "with_picks",
 ]

@@ -284,6 +284,20 @@ def safe(value: str) -> str:
     return _UNSAFE.sub("-", value)
 
 
+#: Extensions of image files: a thumbnail's name replaces them with `.jpg` (see image_stem).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def image_stem(path: str) -> str:
+    """`path` without its image extension (`fox/7.png` -> `fox/7`), the name its thumbnail
+    takes; a path with no image extension is its own stem."""
+    head, _, name = path.rpartition("/")
+    base, dot, suffix = name.rpartition(".")
+    if dot and base and f".{suffix.lower()}" in IMAGE_SUFFIXES:
+        name = base
+    return f"{head}/{name}" if head else name
+
+
 def windows_problem(part: str) -> str | None:
     """Why Windows cannot hold a file or folder named `part`, or None when it can."""
     if part.endswith((".", " ")):
@@ -326,6 +340,7 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
     jobs: list[Job] = []
     paths: dict[str, int] = {}
     folded: dict[str, int] = {}
+    stems: dict[str, int] = {}  # casefolded image_stem -> index: one thumbnail name each
     keys: dict[str, int] = {}
     dirs: dict[str, str] = {}  # casefolded folder -> as first written
     index_paths: dict[int, str] = {}  # plan index -> path, for messages
@@ -425,6 +440,8 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
                     path = "/".join(segments)
                     folded_path = path.casefold()
                     clash = paths.get(path, folded.get(folded_path))
+                    folded_stem = image_stem(path).casefold()
+                    twin = stems.get(folded_stem)
                     if key in keys:
                         first = keys[key]
                         problems.append(_problem(
@@ -438,6 +455,15 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
                             f"{_what(spec.id, seed, vars_raw)}: output path {path!r} collides "
                             f"with {index_paths[clash]!r}; add {{seed}}, {{vars}} or {{key}} "
                             "to output.path"))
+                    elif twin is not None:
+                        # thumbs/ mirrors images/ without the extension: a/1.png and a/1.webp
+                        # would share thumbs/a/1.jpg, and each would show the other's picture
+                        problems.append(_problem(
+                            m, spec.loc, where,
+                            f"{_what(spec.id, seed, vars_raw)}: output path {path!r} differs "
+                            f"from {index_paths[twin]!r} only in its extension, so both "
+                            "would have one thumbnail; put what tells them apart (such as "
+                            "{vars}) before the extension in output.path"))
                     elif folded_path in dirs:
                         problems.append(_problem(
                             m, spec.loc, where,
@@ -448,6 +474,7 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
                         raise ManifestError(problems)
                     paths[path] = index
                     folded[folded_path] = index
+                    stems[folded_stem] = index
                     keys[key] = index
                     index_paths[index] = path
                     for i in range(1, len(segments)):

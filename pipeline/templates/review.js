@@ -42,6 +42,8 @@
   for (const pic of $$('.cell.none .pic[data-w]')) {
     pic.style.aspectRatio = `${pic.dataset.w} / ${pic.dataset.h}`;
   }
+  // How many pictures each row has: its width stops there (review.css, --cols).
+  for (const row of $$('.cells')) row.style.setProperty('--cols', String(row.children.length));
   // Each picture's buttons, cloned here rather than sent 5,000 times in the page.
   const acts = $('#acts').content;
   for (const cell of cells) {
@@ -327,14 +329,35 @@
     } else flag.textContent = s.status === 'pick' ? 'Picked.' : s.status === 'reject' ? 'Rejected.' : '';
   }
 
-  // "More like this": the snippet of a variations job, shown and copied; nothing is saved.
+  // "More like this": the server copies the image beside the manifest (a file to commit:
+  // outputs/ is not) and answers the snippet of a variations job of that copy.
   function showMore(path) {
-    const item = items.get(path);
-    const box = $('#v-more');
-    if (!item || !item.variation) { info('Not loaded yet; try again in a moment.'); return; }
-    $('#v-snippet').textContent = item.variation;
-    box.hidden = false;
-    copyMore();
+    if (!path) return;
+    fetch(withToken('/api/more/' + encodePath(path)), { method: 'POST', cache: 'no-store' })
+      .then(async (resp) => {
+        let doc = null;
+        try { doc = await resp.json(); } catch (e) { doc = null; }
+        if (!resp.ok) throw new Error((doc && doc.error) || `the server answered ${resp.status}`);
+        return doc;
+      }).then((doc) => {
+        if (viewer.path !== path) return; // moved on meanwhile: that picture's, when asked
+        showSnippet(doc.snippet);
+        $('#v-input-note').textContent = doc.written ? 'Saved the image as' : 'The image is saved as';
+        $('#v-input').textContent = doc.input;
+        $('#v-more').hidden = false;
+        copyMore();
+      }, (err) => toast(`More like this: ${err.message || err}`));
+  }
+
+  // Each run of non-spaces in a span that never wraps: a line breaks at its spaces only,
+  // never inside an id or a path (at its hyphens or slashes); one too long scrolls.
+  function showSnippet(text) {
+    const pre = $('#v-snippet');
+    pre.replaceChildren();
+    for (const part of text.split(/(\s+)/)) {
+      if (!part) continue;
+      pre.append(/\s/.test(part) ? document.createTextNode(part) : el('span', { class: 'w', text: part }));
+    }
   }
 
   function copyMore() {
