@@ -18,6 +18,7 @@ from PIL import Image, ImageStat
 from review_helpers import HOSTILE, MANIFEST, Outputs, make_outputs, serving
 
 from imagebatch.planning.manifest import load_plan
+from imagebatch.providers.stability import STABILITY
 from imagebatch.storage import picks
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -410,7 +411,7 @@ async def test_more_like_this_saves_the_image_beside_the_manifest_and_copies_the
     # as on CI, the manifest with it pasted in still plans the variations of the picture.
     shutil.rmtree(outputs.out)
     outputs.manifest.write_text(outputs.manifest.read_text() + snippet, encoding="utf-8")
-    plan = load_plan(str(outputs.manifest), providers=("stability",))
+    plan = load_plan(str(outputs.manifest), providers=(STABILITY,))
     more = [j for j in plan.jobs if j.id == "fox-2-more"]
     digest = hashlib.sha256(copy.read_bytes()).hexdigest()
     assert len(more) == 4 and all(j.request["image"] == f"sha256:{digest}" for j in more)
