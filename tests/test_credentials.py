@@ -394,3 +394,27 @@ def test_sign_image_signs_a_rendered_image_that_save_keeps_as_it_is(tmp_path, fm
     path, rec = save(tmp_path, fmt, served)
     assert path.read_bytes() == served
     assert (rec.credential, rec.signed_by) == ("valid", "provider")
+
+
+def test_merge_carries_the_request_of_a_provider_signed_image(tmp_path, capsys):
+    from imagebatch.commands.merge import merge_command
+
+    plan_file = tmp_path / "cc.yaml"
+    plan_file.write_text(MANIFEST)
+    plan = load_plan(str(plan_file))
+    fox, owl = plan.jobs
+    store = Store(tmp_path / "shard1", "cc", "local")
+    store.prepare()
+    try:
+        served = credentials.sign_image(picture("png"), "png", signer(tmp_path))
+        store.save(fox, served, attempts=1, seconds=0.0, created=None)
+        store.save(owl, picture("jpeg"), attempts=1, seconds=0.0, created=None)
+    finally:
+        store.close()
+    report = merge_command([str(tmp_path / "shard1")], str(tmp_path / "merged"),
+                           manifests=[str(plan_file)], post=False)
+    assert report.failed == 0
+    merged = tmp_path / "merged" / "cc" / "images" / fox.path
+    assert merged.read_bytes() == served
+    assert metadata.read_request(merged) == fox.request
+    assert not metadata.sidecar(tmp_path / "merged" / "cc" / "images" / owl.path).exists()
