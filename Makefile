@@ -62,8 +62,10 @@ serve: $(STAMP) ## run the embedded API server on HOST:PORT (default 127.0.0.1:8
 # tests, except the review page's under CI (CI set), where a missing browser fails the run.
 TEST_TOOLS := chromium jq curl
 # Fonts for captions in every script (Latin, CJK, Hebrew, Arabic, colour emoji), fontconfig to
-# find them and libraqm to shape right-to-left text: Debian packages, checked with dpkg.
-TEST_PACKAGES := fontconfig fonts-noto-core fonts-noto-cjk fonts-noto-color-emoji libraqm0
+# find them and libraqm to shape right-to-left text; ExifTool, an independent reader of the
+# AI marker (XMP DigitalSourceType): Debian packages, checked with dpkg.
+TEST_PACKAGES := fontconfig fonts-noto-core fonts-noto-cjk fonts-noto-color-emoji libraqm0 \
+	libimage-exiftool-perl
 test-deps:
 	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if command -v dpkg-query >/dev/null 2>&1; then for p in $(TEST_PACKAGES); do \

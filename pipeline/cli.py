@@ -465,6 +465,10 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--local", action="store_true",
                    help="judge what is done against the embedded server even when a URL is set")
     _add_max_jobs(p)
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; check that every file of assets.json carries the AI "
+                        "marker and Content Credentials that validate (exit 1 if one does "
+                        "not)")
     _add_env_prefix(p)
 
     p = sub.add_parser("expand", help="ask the chat model for the prompts of each brief "
@@ -484,6 +488,9 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                        help="one line of JSON (the default when the output is not a terminal)")
     shape.add_argument("--pretty", dest="pretty", action="store_true",
                        help="indented JSON (the default on a terminal)")
+    p.add_argument("--credentials", action="store_true",
+                   help="print the image's provenance instead: the AI marker (IPTC digital "
+                        "source type), its Content Credentials and the request")
 
     p = sub.add_parser("sheet", help="rebuild thumbnails, contact sheets and index.html")
     p.add_argument("manifest", metavar="MANIFEST")
@@ -787,7 +794,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     return export_command(args.manifest, out_dir=Path(args.out), assets_dir=Path(args.assets),
                           picks_file=args.picks, local=args.local, env_prefixes=_prefixes(args),
-                          max_jobs=args.max_jobs)
+                          max_jobs=args.max_jobs, check=args.check)
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
@@ -802,7 +809,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     from .commands.status import show_command
 
-    return show_command(args.image, pretty=args.pretty)
+    return show_command(args.image, pretty=args.pretty, credentials=args.credentials)
 
 
 def _cmd_expand(args: argparse.Namespace) -> int:

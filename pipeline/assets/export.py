@@ -41,7 +41,8 @@ from ..planning.config import DEFAULT_PREFIX
 from ..planning.exportplan import ASSETS_JSON, LOCK_FILE, STATE_FILE, Target
 from ..planning.manifest import DEFAULT_MAX_JOBS
 from ..planning.plan import TMP_PREFIX, ExportSettings, Job, Plan
-from ..storage import metadata
+from ..storage import credentials, metadata
+from ..storage.credentials import SignerConfig
 from ..storage.store import IMAGES, write_error, write_file
 
 try:
@@ -263,6 +264,9 @@ class Output:
     quality: int | None
     background: tuple[int, int, int]
     body: str | None  # the request to embed; None: metadata stripped
+    # what was done to the source, as C2PA actions (c2pa.cropped, c2pa.resized, ...): what
+    # the file's own manifest says, when it is signed
+    actions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +275,7 @@ class Task:
 
     source: str  # absolute path
     outputs: tuple[Output, ...]
+    signer: SignerConfig | None = None  # signs every file, the source as parent ingredient
 
 
 _SRGB: Any = None
@@ -353,25 +358,26 @@ def render(img: Image.Image, out: Output, rx: float = 1.0, ry: float = 1.0) -> I
 
 
 def encode(pic: Image.Image, fmt: str, quality: int | None, body: str | None) -> bytes:
-    """The file's bytes: fixed encoder settings (no timestamps), the request embedded."""
+    """The file's bytes: fixed encoder settings (no timestamps), the AI marker and (unless
+    `body` is None: metadata stripped) the request embedded."""
     buf = io.BytesIO()
     if fmt == "png":
         pic.save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL)
     elif fmt == "jpeg":
         pic.save(buf, "JPEG", quality=quality, optimize=True, progressive=True, subsampling=2)
     elif fmt == "webp":
-        extra = {"xmp": metadata.xmp_packet(body)} if body is not None else {}
+        extra = {"xmp": metadata.xmp_packet(body)}
         pic.save(buf, "WEBP", quality=quality, method=WEBP_METHOD, **extra)
     elif fmt == "avif":
-        extra = {"xmp": metadata.xmp_packet(body)} if body is not None else {}
+        extra = {"xmp": metadata.xmp_packet(body)}
         # one thread: tasks run in parallel processes, and the bytes must not depend on threads
         pic.save(buf, "AVIF", quality=quality, speed=AVIF_SPEED, subsampling="4:2:0",
                  max_threads=1, **extra)
     else:
         raise ValueError(f"unknown format {fmt!r}")
     data = buf.getvalue()
-    if body is not None and fmt in ("png", "jpeg"):
-        data = metadata.embed(data, body)
+    if fmt in ("png", "jpeg"):
+        data = metadata.embed(data, body)  # the marker always, even with metadata stripped
     return data
 
 
@@ -396,6 +402,13 @@ def make_files(task: Task) -> tuple[str, Any]:
             Image.DecompressionBombWarning) as exc:
         return "source", _unreadable(exc)
     made = []
+    parent = None
+    if task.signer is not None:
+        try:
+            blob = Path(task.source).read_bytes()
+            parent = (blob, metadata.format_of(blob), Path(task.source).name)
+        except (OSError, ValueError) as exc:
+            return "source", _unreadable(exc)
     pictures: dict[tuple[Any, ...], Image.Image] = {}  # one resize serves every format
     for out in task.outputs:
         try:
@@ -406,13 +419,25 @@ def make_files(task: Task) -> tuple[str, Any]:
             if out.format == "jpeg" and pic.mode != "RGB":
                 pic = imaging.flatten(pic, out.background)
             data = encode(pic, out.format, out.quality, out.body)
+            state = None
+            if task.signer is not None and parent is not None:
+                # last: the manifest is bound to the bytes, marker and request included
+                data = credentials.sign_export(
+                    data, out.format, task.signer, title=out.file.rsplit("/", 1)[-1],
+                    parent=parent, actions=out.actions or ("c2pa.transcoded",))
+                cred = credentials.read(data)
+                state = None if cred is None else cred.state
         except (OSError, ValueError) as exc:
             return "source", f"cannot encode {out.file} ({out.format}): {exc}"
+        except Exception as exc:  # noqa: BLE001 - c2pa's errors: the file cannot be signed
+            if task.signer is None or type(exc).__module__.split(".")[0] != "c2pa":
+                raise
+            return "source", f"cannot sign {out.file} ({out.format}): {exc}"
         try:
             _write_tmp(out.tmp, data)
         except OSError as exc:
             return "write", f"cannot write {out.file}: {exc.strerror or exc}"
-        made.append((hashlib.sha256(data).hexdigest(), len(data)))
+        made.append((hashlib.sha256(data).hexdigest(), len(data), state))
     return "ok", made
 
 
@@ -492,10 +517,14 @@ def _same_file(path: Path, rec: Mapping[str, Any]) -> bool:
 
 
 def asset_entry(rec: Mapping[str, Any], file: str) -> dict[str, Any]:
-    """One entry of assets.json."""
+    """One entry of assets.json: the file, its source, and its provenance (the AI marker
+    every file carries; its Content Credentials' state as checked when it was made, or
+    None when unsigned)."""
     return {"file": file, "export": rec["export"], "width": rec["width"],
             "height": rec["height"], "format": rec["format"], "bytes": rec["bytes"],
-            "sha256": rec["sha256"], "source": rec["source"]}
+            "sha256": rec["sha256"], "source": rec["source"],
+            "digital_source_type": metadata.TRAINED_ALGORITHMIC_MEDIA,
+            "content_credentials": rec.get("credential")}
 
 
 def assets_json(state: State) -> bytes:
@@ -583,18 +612,39 @@ def _remove_empty_dirs(root: Path, file: str) -> None:
         parent = parent.parent
 
 
-def _record(t: Target, sha: str, size: int, mtime_ns: int, source: Source) -> dict[str, Any]:
+def _record(t: Target, sha: str, size: int, mtime_ns: int, source: Source,
+            signer: SignerConfig | None, credential: str | None) -> dict[str, Any]:
     return {"export": t.export.name, "width": t.size[0], "height": t.size[1],
             "format": t.format, "bytes": size, "sha256": sha,
             "source": {"path": t.job.path, "key": t.job.key, "seed": t.job.seed},
             "fingerprint": t.fingerprint, "source_sha256": source.sha256,
-            "mtime_ns": mtime_ns}
+            "mtime_ns": mtime_ns, "signed": None if signer is None else signer.tag,
+            "credential": credential}
+
+
+def _actions(t: Target, source: Source, source_format: str) -> tuple[str, ...]:
+    """What making `t` does to its source, as C2PA actions."""
+    geo = t.geometry
+    left, top, right, bottom = geo.crop
+    actions = []
+    if (left, top, right, bottom) != (0, 0, source.size[0], source.size[1]):
+        actions.append("c2pa.cropped")
+    if geo.scaled != (round(right - left), round(bottom - top)):
+        actions.append("c2pa.resized")
+    if geo.canvas != geo.scaled:
+        actions.append("c2pa.edited")  # padded to the canvas with the background colour
+    if t.format != source_format:
+        actions.append("c2pa.transcoded")
+    return tuple(actions)
 
 
 def export_plan(plan: Plan, *, out_dir: Path, assets_dir: Path, picks: Any,
                 state_of: JobState, workers: int | None = None,
-                made: Mapping[str, Job] | None = None) -> ExportResult:
-    """Bring `assets_dir/<name>/` up to date with the plan's exports; see the module doc."""
+                made: Mapping[str, Job] | None = None,
+                signer: SignerConfig | None = None) -> ExportResult:
+    """Bring `assets_dir/<name>/` up to date with the plan's exports; see the module doc.
+    With `signer`, every file written gets signed Content Credentials (its source as
+    parent ingredient); a file signed otherwise (or not at all) is made again."""
     started = time.perf_counter()
     root = Path(assets_dir) / plan.name
     images = Path(out_dir) / plan.name / IMAGES
@@ -627,12 +677,13 @@ def export_plan(plan: Plan, *, out_dir: Path, assets_dir: Path, picks: Any,
             rec = state.files.get(t.file)
             if rec is not None and rec["fingerprint"] == t.fingerprint and \
                     rec["source_sha256"] == sources[t.job.path].sha256 and \
+                    rec.get("signed") == (None if signer is None else signer.tag) and \
                     _same_file(root / t.file, rec):
                 kept += 1
             else:
                 todo.append(t)
         check_formats({t.format for t in todo})
-        written, place_failed = _make(root, images, todo, sources, state, workers)
+        written, place_failed = _make(root, images, todo, sources, state, workers, signer)
         for path, why in place_failed.items():
             exports = [spec.name for spec, job in chosen if job.path == path]
             failed.setdefault(path, (exports, why))
@@ -656,7 +707,8 @@ def export_plan(plan: Plan, *, out_dir: Path, assets_dir: Path, picks: Any,
 
 
 def _make(root: Path, images: Path, todo: list[Target], sources: Mapping[str, Source],
-          state: State, workers: int | None) -> tuple[list[str], dict[str, str]]:
+          state: State, workers: int | None, signer: SignerConfig | None = None,
+          ) -> tuple[list[str], dict[str, str]]:
     """Write `todo` as temp files, then move them into place; (files written, image path ->
     why its files could not be placed). A write failure removes every temp file and raises."""
     failed: dict[str, str] = {}
@@ -679,9 +731,10 @@ def _make(root: Path, images: Path, todo: list[Target], sources: Mapping[str, So
         out = Output(str(final.parent / f"{TMP_PREFIX}{final.name}.{token}"), t.file, t.format,
                      geo.crop, geo.scaled, geo.canvas, exportplan.quality(t.export, t.format),
                      t.export.background,
-                     t.job.body if t.export.metadata == "keep" else None)
+                     t.job.body if t.export.metadata == "keep" else None,
+                     _actions(t, sources[t.job.path], {"jpg": "jpeg"}.get(t.job.ext, t.job.ext)))
         by_source.setdefault(t.job.path, []).append((t, out))
-    tasks = [Task(str(images / path), tuple(o for _, o in items))
+    tasks = [Task(str(images / path), tuple(o for _, o in items), signer)
              for path, items in by_source.items()]
     temps = [o.tmp for task in tasks for o in task.outputs]
     try:
@@ -703,7 +756,7 @@ def _make(root: Path, images: Path, todo: list[Target], sources: Mapping[str, So
                     with contextlib.suppress(OSError):
                         os.unlink(out.tmp)
                 continue
-            for (t, out), (sha, size) in zip(items, value, strict=True):
+            for (t, out), (sha, size, credential) in zip(items, value, strict=True):
                 final = root / t.file
                 rec = state.files.get(t.file)
                 if rec is None and (final.exists() or final.is_symlink()):
@@ -713,7 +766,7 @@ def _make(root: Path, images: Path, todo: list[Target], sources: Mapping[str, So
                         os.unlink(out.tmp)
                         st = final.stat()
                         state.files[t.file] = _record(t, sha, size, st.st_mtime_ns,
-                                                      sources[path])
+                                                      sources[path], signer, credential)
                         continue
                     os.unlink(out.tmp)
                     failed.setdefault(path, f"{t.file} exists and was not written by "
@@ -722,7 +775,8 @@ def _make(root: Path, images: Path, todo: list[Target], sources: Mapping[str, So
                     continue
                 os.replace(out.tmp, final)
                 mtime = final.stat().st_mtime_ns
-                state.files[t.file] = _record(t, sha, size, mtime, sources[path])
+                state.files[t.file] = _record(t, sha, size, mtime, sources[path], signer,
+                                              credential)
                 written.append(t.file)
     except OSError as exc:
         for tmp in temps:
@@ -785,17 +839,23 @@ def export_command(manifest: str, *, out_dir: Path = Path("outputs"),
                    local: bool = False, env_prefixes: Sequence[str] = (DEFAULT_PREFIX,),
                    max_jobs: int = DEFAULT_MAX_JOBS,
                    env: Mapping[str, str] | None = None, out: TextIO | None = None,
-                   err: TextIO | None = None) -> int:
-    """`imagebatch export`: write every export of a manifest from images on disk."""
+                   err: TextIO | None = None, check: bool = False) -> int:
+    """`imagebatch export`: write every export of a manifest from images on disk; with
+    `check`, write nothing and check every file's provenance instead (`check_assets`)."""
     from ..storage.context import resolve
     from ..storage.picks import load_picks, picks_path
 
     out = out or sys.stdout
     err = err or sys.stderr
+    # before anything is written: signing asked for (the variables set) needs the c2pa extra
+    signer = credentials.signer_from_env(os.environ if env is None else env)
     # every prefix: a mixed pool's job is done (and exported) under any of its keys
     ctx = resolve([manifest], env=env, env_prefixes=env_prefixes, local=local,
                   out_dir=out_dir, max_jobs=max_jobs)
     plan, backends = ctx.plan, ctx.judged
+    if check:
+        return check_assets(Path(assets_dir) / plan.name, out, err,
+                            signed=signer is not None)
     path = picks_path(manifest, picks_file)
     if picks_file is not None and not path.exists():
         raise UsageError(f"{path}: no such picks file")
@@ -806,8 +866,47 @@ def export_command(manifest: str, *, out_dir: Path = Path("outputs"),
                 "(choose with `imagebatch review` or `imagebatch pick`)")
     made: dict[str, Job] = {}
     result = export_plan(plan, out_dir=Path(out_dir), assets_dir=Path(assets_dir), picks=picks,
-                         state_of=job_states(plan, Path(out_dir), backends, made), made=made)
+                         state_of=job_states(plan, Path(out_dir), backends, made), made=made,
+                         signer=signer)
     return report(result, note, out, err)
+
+
+def check_assets(root: Path, out: TextIO, err: TextIO, *, signed: bool) -> int:
+    """`export --check`: every file assets.json lists must be there as listed, carry the AI
+    marker, and carry Content Credentials that validate (every file when `signed`, the team
+    signing; else those assets.json records as signed). 0 when all pass, 1 otherwise: what
+    CI holds a release on. A self-issued certificate passes (integrity is what is checked;
+    trust is the viewer's)."""
+    try:
+        doc = json.loads((root / ASSETS_JSON).read_bytes())
+        entries = [e for e in doc["files"] if isinstance(e, dict)]
+    except FileNotFoundError:
+        raise UsageError(f"{root / ASSETS_JSON}: no such file; run `imagebatch export` "
+                         "first") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{root / ASSETS_JSON}: unreadable ({exc})") from None
+    bad = 0
+    for entry in entries:
+        name = str(entry.get("file"))
+        if not _inside(root, name):
+            why: str | None = "lies outside the export root"
+        else:
+            try:
+                data = (root / name).read_bytes()
+            except OSError as exc:
+                why = f"cannot be read: {exc.strerror or exc}"
+            else:
+                if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+                    why = "changed since it was exported (its SHA-256 differs from assets.json)"
+                else:
+                    why = credentials.check_file(
+                        data, signed=signed or entry.get("content_credentials") is not None)
+        if why is not None:
+            bad += 1
+            print(f"  FAILED {printable(name)}: {printable(why)}", file=err)
+    print(f"{root.name}: {len(entries) - bad} of {len(entries)} files pass the provenance "
+          "check", file=out)
+    return 1 if bad else 0
 
 
 __all__ = [
@@ -817,6 +916,7 @@ __all__ = [
     "choose",
     "encode",
     "export_command",
+    "check_assets",
     "export_plan",
     "job_states",
     "load_state",

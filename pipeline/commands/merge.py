@@ -26,6 +26,7 @@ from ..planning.config import DEFAULT_PREFIX
 from ..planning.manifest import DEFAULT_MAX_JOBS
 from ..planning.plan import Job, Plan
 from ..running.summary import Failure, PlanReport, RunReport, summary_json
+from ..storage import metadata
 from ..storage.context import resolve
 from ..storage.picks import load_picks, picks_path
 from ..storage.store import (
@@ -104,6 +105,15 @@ def _copy_verified(src: Path, target: Path, sha256: str) -> int | None:
     return target.stat().st_mtime_ns
 
 
+def _copy_sidecar(src: Path, target: Path) -> None:
+    """The request beside an image kept byte for byte (provider-signed) goes with it."""
+    try:
+        data = metadata.sidecar(src).read_bytes()
+    except OSError:
+        return  # the request is inside the image, as for every image imagebatch signs
+    write_file(metadata.sidecar(target), data)
+
+
 def merge_one(plan: Plan, folders: list[Path], dest: Path) -> PlanReport:
     """Merge one plan's shard folders into `dest` (= `<out>/<name>`); the merged summary.
 
@@ -142,6 +152,7 @@ def _merge_locked(plan: Plan, folders: list[Path], dest: Path, has_own: bool) ->
             if st.state == DONE and st.record is not None and st.record.sha256:
                 mtime = _copy_verified(folder / IMAGES / job.path, target, st.record.sha256)
                 if mtime is not None:
+                    _copy_sidecar(folder / IMAGES / job.path, target)
                     chosen = replace(st.record, mtime_ns=mtime)
                     break
         if chosen is not None:

@@ -25,6 +25,7 @@ from ..running.options import DEFAULT_OUT
 from ..storage import picks
 from ..storage.cache import restorable
 from ..storage.context import CacheUse, resolve
+from ..storage.credentials import provenance
 from ..storage.metadata import MetadataError, read_request
 from ..storage.store import DONE, job_states
 
@@ -141,21 +142,30 @@ def _not_a_file(path: str) -> str | None:
     return f"not a regular file ({kind}); give one image file"
 
 
-def show_command(image: str, out: TextIO | None = None, pretty: bool | None = None) -> int:
+def show_command(image: str, out: TextIO | None = None, pretty: bool | None = None,
+                 credentials: bool = False) -> int:
     """`imagebatch show`: the request embedded in an image, as the JSON body to send again:
-    indented for a person on a terminal (or `pretty`), one compact line for a script."""
+    indented for a person on a terminal (or `pretty`), one compact line for a script; with
+    `credentials`, the image's provenance (marker, Content Credentials, request) instead."""
     out = out or sys.stdout
     if pretty is None:
         pretty = out.isatty()
     kind = _not_a_file(image)
     if kind:
         raise UsageError(f"{image}: {kind}")
-    try:
-        body = read_request(Path(image))
-    except (MetadataError, OSError) as exc:
-        raise UsageError(str(exc)) from None
-    print(json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False) if pretty
-          else canonical_json(body), file=out)
+    if credentials:
+        # The default output stays "the body to send again"; provenance is asked for apart.
+        try:
+            doc: Any = provenance(Path(image))
+        except (MetadataError, OSError) as exc:
+            raise UsageError(f"{image}: {exc}") from None
+    else:
+        try:
+            doc = read_request(Path(image))
+        except (MetadataError, OSError) as exc:
+            raise UsageError(str(exc)) from None
+    print(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) if pretty
+          else canonical_json(doc), file=out)
     return 0
 
 

@@ -26,7 +26,7 @@ from .plan import (
 
 #: Encoder settings are part of every file's fingerprint: change this when they change, so
 #: files made the old way are made again.
-RECIPE = "imagebatch-export-1"
+RECIPE = "imagebatch-export-2"  # 2: the AI marker (XMP DigitalSourceType) in every file
 #: The quality each lossy format gets when an export sets none (PNG is lossless).
 DEFAULT_QUALITY = {"jpeg": 85, "webp": 82, "avif": 60}
 #: WebP cannot hold a side longer than this; the cap is kept for every format, so whether a

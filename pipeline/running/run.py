@@ -31,7 +31,7 @@ from ..providers import connect, default
 from ..providers.base import Provider
 from ..service.server import ServerOptions, running_server
 from ..signals import on_stop_signals
-from ..storage import picks
+from ..storage import credentials, picks
 from ..storage.cache import Cache, claim_lease
 from ..storage.context import CacheUse, resolve
 from ..storage.store import DONE, Record, Store
@@ -125,6 +125,8 @@ async def run_plans(
     sent (not with --force), so that runs at once on one cache pay for each image once.
     """
     price, budget = opts.spending(os.environ if env is None else env)
+    # signing asked for (IMAGEBATCH_C2PA_*) but impossible stops here, before any request
+    signer = credentials.signer_from_env(os.environ if env is None else env)
     chosen = list(plans)
     if opts.selection.active:
         chosen = narrow_all(plans, opts.selection, opts.shard)
@@ -137,7 +139,8 @@ async def run_plans(
         pooled = len(backends) > 1
         name = ",".join(sorted({b.name for b in backends}))
         members = {b.prefix: b.name for b in backends} if pooled else None
-        stores = [Store(opts.out, plan.name, name, members=members) for plan in plans]
+        stores = [Store(opts.out, plan.name, name, members=members, signer=signer)
+                  for plan in plans]
         transfers = cached.Transfers(cache, err) if cache is not None else None
         try:
             claims = None

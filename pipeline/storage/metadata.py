@@ -6,6 +6,12 @@ WebP and AVIF (exported files): an XMP packet (`xmp_packet`) that the encoder wr
 splicing into their containers would mean rewriting offsets; read back from the WebP `XMP `
 chunk or the AVIF `mime` item of type application/rdf+xml.
 The text is the request body exactly as sent (canonical JSON): no key, no URL.
+
+Beside the request, every image carries the standard AI marker: XMP
+`Iptc4xmpExt:DigitalSourceType` = trainedAlgorithmicMedia (IPTC's code for model output),
+the one field platforms and the EU AI Act's marking look for. PNG: an iTXt chunk
+`XML:com.adobe.xmp`; JPEG: an APP1 XMP segment; WebP and AVIF: the same XMP packet that
+holds the request. `source_type` reads it back.
 """
 
 from __future__ import annotations
@@ -36,6 +42,15 @@ MAX_REQUEST_DEPTH = 32
 
 #: The XMP namespace of the request attribute.
 XMP_NAMESPACE = "https://imagebatch.invalid/ns/xmp/1.0/"
+#: IPTC's Extension schema, which holds DigitalSourceType.
+IPTC_EXT_NAMESPACE = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
+#: IPTC's digital source type for media made by a trained model: the AI marker.
+TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+_PNG_XMP_KEYWORD = b"XML:com.adobe.xmp"
+_JPEG_XMP_PREFIX = b"http://ns.adobe.com/xap/1.0/\x00"
+# The source type as an attribute (what we write) or an element, with or without rdf:resource.
+_XMP_SOURCE_TYPE = re.compile(
+    rb'Iptc4xmpExt:DigitalSourceType(?:="([^"]*)"|\s*>([^<]*)<|\s+rdf:resource="([^"]*)")')
 #: Largest XMP packet read back: the request, escaped as an XML attribute, grows by at most 6x.
 MAX_XMP_BYTES = 6 * MAX_REQUEST_BYTES + 4096
 _XMP_REQUEST = re.compile(rb'imagebatch:request="([^"]*)"')
@@ -54,21 +69,25 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def embed(data: bytes, body: str) -> bytes:
-    """Return `data` (PNG, JPEG or WebP) with the request `body` embedded; raises
-    MetadataError."""
-    text = body.encode("utf-8")
+def embed(data: bytes, body: str | None) -> bytes:
+    """Return `data` (PNG, JPEG or WebP) with the AI marker (XMP DigitalSourceType) and,
+    unless None, the request `body` embedded; raises MetadataError."""
+    text = b"" if body is None else body.encode("utf-8")
     if data.startswith(PNG_SIGNATURE):
         # IHDR is always the first chunk: 8 signature + 4 length + 4 type + 13 data + 4 crc.
         end_ihdr = 8 + 8 + 13 + 4
         if data[12:16] != b"IHDR" or len(data) < end_ihdr:
             raise MetadataError("PNG without IHDR first")
         # iTXt: keyword NUL, compression flag 0, method 0, language NUL, translated NUL, UTF-8.
-        chunk = _png_chunk(b"iTXt", KEYWORD.encode("latin-1") + b"\x00\x00\x00\x00\x00" + text)
-        return data[:end_ihdr] + chunk + data[end_ihdr:]
+        chunk = b"" if body is None else \
+            _png_chunk(b"iTXt", KEYWORD.encode("latin-1") + b"\x00\x00\x00\x00\x00" + text)
+        # The marker in its own XMP chunk: the request chunk stays as older readers know it.
+        marker = _png_chunk(b"iTXt", _PNG_XMP_KEYWORD + b"\x00\x00\x00\x00\x00" + xmp_packet(None))
+        return data[:end_ihdr] + chunk + marker + data[end_ihdr:]
     if data.startswith(b"\xff\xd8"):
-        segments = []
-        for i in range(0, max(len(text), 1), _JPEG_MAX_PAYLOAD):
+        xmp = _JPEG_XMP_PREFIX + xmp_packet(None)
+        segments = [b"\xff\xe1" + struct.pack(">H", len(xmp) + 2) + xmp]
+        for i in range(0, max(len(text), 1) if body is not None else 0, _JPEG_MAX_PAYLOAD):
             payload = _JPEG_PREFIX + text[i : i + _JPEG_MAX_PAYLOAD]
             segments.append(b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload)
         return data[:2] + b"".join(segments) + data[2:]
@@ -81,7 +100,7 @@ def _riff_chunk(kind: bytes, payload: bytes) -> bytes:
     return kind + struct.pack("<I", len(payload)) + payload + (b"\x00" if len(payload) % 2 else b"")
 
 
-def _embed_webp(data: bytes, body: str) -> bytes:
+def _embed_webp(data: bytes, body: str | None) -> bytes:
     """`data` (a WebP) with an `XMP ` chunk holding the request, its pixels untouched.
 
     A simple WebP (one VP8 or VP8L chunk) becomes an extended one: a VP8X chunk first, with
@@ -122,14 +141,18 @@ def _embed_webp(data: bytes, body: str) -> bytes:
     return b"RIFF" + struct.pack("<I", len(riff)) + riff
 
 
-def xmp_packet(body: str) -> bytes:
-    """An XMP packet carrying the request `body`, for an encoder to write (WebP, AVIF)."""
-    value = _XML_SPECIAL.sub(lambda m: _XML_ESCAPES[m.group()], body)
+def xmp_packet(body: str | None) -> bytes:
+    """An XMP packet carrying the AI marker and, unless None, the request `body`: what an
+    encoder writes (WebP, AVIF), or the marker alone (PNG, JPEG keep the request apart)."""
+    request = ""
+    if body is not None:
+        value = _XML_SPECIAL.sub(lambda m: _XML_ESCAPES[m.group()], body)
+        request = f' xmlns:imagebatch="{XMP_NAMESPACE}" imagebatch:request="{value}"'
     return ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
             '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
             '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-            f'<rdf:Description rdf:about="" xmlns:imagebatch="{XMP_NAMESPACE}" '
-            f'imagebatch:request="{value}"/>'
+            f'<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="{IPTC_EXT_NAMESPACE}" '
+            f'Iptc4xmpExt:DigitalSourceType="{TRAINED_ALGORITHMIC_MEDIA}"{request}/>'
             '</rdf:RDF></x:xmpmeta><?xpacket end="r"?>').encode()
 
 
@@ -145,8 +168,8 @@ def _xmp_text(packet: bytes) -> str | None:
     return html.unescape(raw)  # the XML character references we write are HTML's too
 
 
-def _webp_text(data: bytes) -> str | None:
-    """The request in a WebP's `XMP ` chunk (RIFF: fourcc, little-endian size, even padding)."""
+def _webp_xmp(data: bytes) -> bytes | None:
+    """A WebP's `XMP ` chunk (RIFF: fourcc, little-endian size, even padding), or None."""
     pos = 12
     while pos + 8 <= len(data):
         kind = data[pos : pos + 4]
@@ -157,7 +180,7 @@ def _webp_text(data: bytes) -> str | None:
             chunk = data[pos + 8 : pos + 8 + length]
             if len(chunk) < length:
                 raise MetadataError("the XMP chunk is cut short (a truncated file)")
-            return _xmp_text(chunk)
+            return chunk
         pos += 8 + length + (length & 1)
     return None
 
@@ -280,8 +303,8 @@ def _item_bytes(data: bytes, iloc: tuple[int, int], item: int,
     return None
 
 
-def _avif_text(data: bytes) -> str | None:
-    """The request in an AVIF's XMP item: meta > iinf names it, iloc says where it is."""
+def _avif_xmp(data: bytes) -> bytes | None:
+    """An AVIF's XMP item: meta > iinf names it, iloc says where it is; or None."""
     meta = next(((s, e) for kind, s, e in _boxes(data, 0, len(data)) if kind == b"meta"), None)
     if meta is None:
         return None
@@ -291,8 +314,7 @@ def _avif_text(data: bytes) -> str | None:
     item = _xmp_item(data, children[b"iinf"])
     if item is None:
         return None
-    packet = _item_bytes(data, children[b"iloc"], item, children.get(b"idat"))
-    return None if packet is None else _xmp_text(packet)
+    return _item_bytes(data, children[b"iloc"], item, children.get(b"idat"))
 
 
 def _is_webp(data: bytes) -> bool:
@@ -377,22 +399,112 @@ def extract(data: bytes) -> str | None:
         return _png_text(data)
     if data.startswith(b"\xff\xd8"):
         return _jpeg_text(data)
-    if _is_webp(data):
-        return _webp_text(data)
-    if _is_avif(data):
-        return _avif_text(data)
+    if _is_webp(data) or _is_avif(data):
+        packet = _webp_xmp(data) if _is_webp(data) else _avif_xmp(data)
+        return None if packet is None else _xmp_text(packet)
     raise MetadataError("not a PNG, JPEG, WebP or AVIF image")
 
 
+def _png_xmp(data: bytes) -> bytes | None:
+    """A PNG's XMP packet (iTXt `XML:com.adobe.xmp`, before the image data), or None."""
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        if kind in (b"IDAT", b"IEND"):
+            break
+        if kind == b"iTXt" and data[pos + 8 : pos + 8 + len(_PNG_XMP_KEYWORD) + 1] == \
+                _PNG_XMP_KEYWORD + b"\x00":
+            if length > MAX_XMP_BYTES:
+                raise MetadataError(f"embedded XMP is larger than {MAX_XMP_BYTES} bytes")
+            rest = data[pos + 8 + len(_PNG_XMP_KEYWORD) + 1 : pos + 8 + length]
+            if len(rest) < 2 or rest[0]:
+                return None  # compressed XMP: not ours, and not read here
+            _lang, _, rest = rest[2:].partition(b"\x00")
+            return rest.partition(b"\x00")[2]
+        pos += 12 + length
+    return None
+
+
+def _jpeg_xmp(data: bytes) -> bytes | None:
+    """A JPEG's XMP packet (an APP1 segment with Adobe's namespace header), or None."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker in (0xD9, 0xDA):
+            break
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        payload = data[pos + 4 : pos + 2 + length]
+        if marker == 0xE1 and payload.startswith(_JPEG_XMP_PREFIX):
+            return payload[len(_JPEG_XMP_PREFIX) :]
+        pos += 2 + length
+    return None
+
+
+def format_of(data: bytes) -> str:
+    """The format of an image's bytes: png, jpeg, webp or avif; MetadataError otherwise."""
+    if data.startswith(PNG_SIGNATURE):
+        return "png"
+    if data.startswith(b"\xff\xd8"):
+        return "jpeg"
+    if _is_webp(data):
+        return "webp"
+    if _is_avif(data):
+        return "avif"
+    raise MetadataError("not a PNG, JPEG, WebP or AVIF image")
+
+
+def xmp(data: bytes) -> bytes | None:
+    """The XMP packet of an image (PNG, JPEG, WebP or AVIF), or None; MetadataError if the
+    bytes are no such image or malformed."""
+    if data.startswith(PNG_SIGNATURE):
+        return _png_xmp(data)
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_xmp(data)
+    if _is_webp(data):
+        return _webp_xmp(data)
+    if _is_avif(data):
+        return _avif_xmp(data)
+    raise MetadataError("not a PNG, JPEG, WebP or AVIF image")
+
+
+def source_type(data: bytes) -> str | None:
+    """The IPTC digital source type an image's XMP declares (the AI marker), or None."""
+    packet = xmp(data)
+    if packet is None:
+        return None
+    m = _XMP_SOURCE_TYPE.search(packet)
+    if m is None:
+        return None
+    value = next(g for g in m.groups() if g is not None)
+    return html.unescape(value.decode("utf-8", "replace")).strip()
+
+
+#: Beside an image kept byte for byte (signed by its provider: embedding would break the
+#: signature), its request is written to `<image>.request.json`.
+SIDECAR_SUFFIX = ".request.json"
+
+
+def sidecar(path: Path) -> Path:
+    """Where the request of an image kept byte for byte is written: `<image>.request.json`."""
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
 def read_request(path: Path) -> dict[str, Any]:
-    """The request embedded in the image at `path`; raises MetadataError when there is none."""
+    """The request embedded in the image at `path`, or else in its sidecar
+    (`<image>.request.json`); raises MetadataError when there is none."""
     data = Path(path).read_bytes()
     try:
         text = extract(data)
     except MetadataError as exc:
         raise MetadataError(f"{path}: {exc}") from None
     if text is None:
-        raise MetadataError(f"{path}: carries no imagebatch request")
+        try:
+            raw = sidecar(path).read_bytes()
+        except OSError:
+            raise MetadataError(f"{path}: carries no imagebatch request") from None
+        text = _decode(raw)
     try:
         body = json.loads(text, parse_constant=_no_constant)
     except RecursionError:

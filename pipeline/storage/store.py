@@ -29,8 +29,10 @@ except ImportError:  # Windows: no advisory locks; one run per folder is then th
     fcntl = None  # type: ignore[assignment]
 
 from ..errors import StoreError
+from ..planning.config import LOCAL_BACKEND
 from ..planning.plan import TMP_PREFIX, Job
-from . import metadata
+from . import credentials, metadata
+from .credentials import SignerConfig
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
@@ -73,12 +75,18 @@ class Record:
     # What is off about an image kept anyway: made at another size than asked, one the
     # provider chose (about one megapixel); `status` lists these.
     flag: str | None = None
+    # The image's Content Credentials, checked as it was saved: trusted, valid (intact, the
+    # signer on no trust list), invalid or unchecked (no c2pa extra); None: it has none.
+    credential: str | None = None
+    # Who signed it: "imagebatch" (the team's certificate) or "provider" (it arrived signed
+    # and was kept byte for byte, its request in `<image>.request.json` beside it).
+    signed_by: str | None = None
 
     def to_line(self) -> builtins.bytes:
-        """The JSON line, newline included (`member`, `seed`, `source`, `final` and `flag`
-        only when set)."""
+        """The JSON line, newline included (`member`, `seed`, `source`, `final`, `flag`,
+        `credential` and `signed_by` only when set)."""
         doc = asdict(self)
-        for optional in ("member", "seed", "source", "flag"):
+        for optional in ("member", "seed", "source", "flag", "credential", "signed_by"):
             if doc[optional] is None:
                 del doc[optional]
         if not doc["final"]:
@@ -100,9 +108,15 @@ class Record:
                 source=doc.get("source") if isinstance(doc.get("source"), str) else None,
                 final=doc.get("final") is True,
                 flag=doc.get("flag") if isinstance(doc.get("flag"), str) else None,
+                credential=_str_or_none(doc.get("credential")),
+                signed_by=_str_or_none(doc.get("signed_by")),
             )
         except (KeyError, TypeError, ValueError, OverflowError):  # e.g. "attempts": 1e400
             return None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -386,8 +400,10 @@ class Store:
     """
 
     def __init__(self, out: Path, name: str, backend: str, *,
-                 members: Mapping[str, str] | None = None) -> None:
+                 members: Mapping[str, str] | None = None,
+                 signer: SignerConfig | None = None) -> None:
         self.root = Path(out) / name
+        self.signer = signer  # signs every image made here (not one that arrives signed)
         self.images = self.root / IMAGES
         self.backend = backend
         self._members = dict(members or {})
@@ -520,23 +536,56 @@ class Store:
         self, job: Job, data: bytes, *, attempts: int, seconds: float, created: int | None,
         member: str | None = None, seed: int | None = None, flag: str | None = None,
     ) -> Record:
-        """Embed the request, write the image atomically, then record it ok (in that order);
-        `member` is the pool member that made it, `seed` the seed its provider said it used,
-        `flag` what is off about it (another size than asked)."""
+        """Embed the request and the AI marker, sign (with a signer), write the image
+        atomically, then record it ok (in that order); `member` is the pool member that made
+        it, `seed` the seed its provider said it used, `flag` what is off about it (another
+        size than asked). An image that arrives with Content Credentials is written byte for
+        byte instead (any change would break its signature), its request beside it."""
         try:
-            blob = metadata.embed(data, job.body)
             path = self.image_path(job)
+            blob, cred, signed_by = self._finished(job, data, self._backend_of(member))
+            self._keep_request(path, job, kept=signed_by == "provider")
             atomic_write(path, blob)
             rec = Record(
                 key=job.key, path=job.path, status="ok", backend=self._backend_of(member),
                 attempts=attempts, error=None, sha256=hashlib.sha256(blob).hexdigest(),
                 bytes=len(blob), seconds=round(seconds, 3), created=created, mtime_ns=stamp(path),
                 member=member, seed=seed, flag=flag,
+                credential=None if cred is None else cred.state, signed_by=signed_by,
             )
             self._append(rec)
         except OSError as exc:
             raise write_error(self.images / job.path, exc) from None
         return rec
+
+    def _finished(self, job: Job, data: bytes, backend: str
+                  ) -> tuple[bytes, credentials.Credential | None, str | None]:
+        """(the bytes to write, their credential as checked, who signed them)."""
+        arrived = credentials.read(data)
+        if arrived is not None:
+            # The provider's signature covers these exact bytes: nothing may be added.
+            return data, arrived, "provider"
+        blob = metadata.embed(data, job.body)
+        if self.signer is None:
+            return blob, None, None
+        request = job.request
+        model = str(request.get("model") or job.provider)
+        where = "the embedded server" if backend == LOCAL_BACKEND else job.provider
+        prompt = request.get("prompt")
+        blob = credentials.sign_original(
+            blob, metadata.format_of(blob), self.signer, title=job.path.rsplit("/", 1)[-1],
+            job_key=job.key, agent=f"{model} ({where})",
+            prompt=prompt if isinstance(prompt, str) else None)
+        return blob, credentials.read(blob), "imagebatch"
+
+    def _keep_request(self, path: Path, job: Job, *, kept: bool) -> None:
+        """Write the request beside an image kept byte for byte; remove an older one when
+        the request is embedded (it would describe another image)."""
+        side = metadata.sidecar(path)
+        if kept:
+            atomic_write(side, job.body.encode("utf-8"))
+        elif side.exists():
+            side.unlink()
 
     def restore(self, job: Job, blob: bytes, *, backend: str, seconds: float) -> Record:
         """Write an image restored from the cache (already verified, request embedded) as
@@ -545,11 +594,17 @@ class Store:
             raise StoreError(f"an image by {backend} cannot be done here ({self.backend})")
         try:
             path = self.image_path(job)
+            cred = credentials.read(blob)
+            # a provider-signed image (no request inside: it is kept byte for byte)
+            kept = cred is not None and metadata.extract(blob) is None
+            self._keep_request(path, job, kept=kept)
             atomic_write(path, blob)
             rec = Record(
                 key=job.key, path=job.path, status="ok", backend=backend, attempts=0,
                 error=None, sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob),
                 seconds=round(seconds, 3), created=None, mtime_ns=stamp(path), source="cache",
+                credential=None if cred is None else cred.state,
+                signed_by=None if cred is None else "provider" if kept else "imagebatch",
             )
             self._append(rec)
         except OSError as exc:
