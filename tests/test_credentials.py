@@ -425,7 +425,7 @@ async def test_signing_without_the_extra_sends_no_request_to_a_real_server(tmp_p
     from runner_helpers import KEY, make_plan
 
     from imagebatch.errors import ConfigError
-    from imagebatch.planning import config
+    from imagebatch.providers import connect
     from imagebatch.running.options import RunOptions
     from imagebatch.running.run import run_plans
     from imagebatch.service.server import ServerOptions, running_server
@@ -433,7 +433,7 @@ async def test_signing_without_the_extra_sends_no_request_to_a_real_server(tmp_p
     env = signing_env(tmp_path)
     monkeypatch.setitem(sys.modules, "c2pa", None)  # as if c2pa-python were not installed
     async with running_server(ServerOptions(key=KEY, workers=1)) as srv:
-        conn = config.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
+        conn = connect.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
         opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, rpm=0)
         with pytest.raises(ConfigError, match=r"imagebatch\[c2pa\]") as caught:
             await run_plans([make_plan(3)], conn, opts, io.StringIO(), env=env)
