@@ -524,6 +524,10 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--aws-access-key-id", default=None, metavar="ID",
                    help="the Bedrock path also takes a SigV4 header naming this access key "
                         "id (its signature is not checked)")
+    p.add_argument("--sign", action="store_true",
+                   help="sign every image served with Content Credentials, as a provider that "
+                        "signs its output does: the identity IMAGEBATCH_C2PA_CERT and "
+                        "IMAGEBATCH_C2PA_KEY name (needs imagebatch[c2pa])")
     p.add_argument("--latency", type=_nonneg_float, default=0.0, metavar="MS",
                    help="add MS milliseconds to every response")
     p.add_argument("--rpm", type=_positive_int, default=None, metavar="N",
@@ -639,8 +643,13 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .service.server import FAULT_KINDS, ServerOptions, serve
+    from .storage.credentials import ENV_CERT, signer_from_env
 
+    signer = signer_from_env() if args.sign else None
+    if args.sign and signer is None:
+        raise UsageError(f"--sign: set {ENV_CERT} and its key (see docs/credentials.md)")
     serve(ServerOptions(
+        signer=signer,
         key=args.key, aws_access_key_id=args.aws_access_key_id, latency_ms=args.latency,
         rpm=args.rpm, window=args.window,
         retry_after=not args.no_retry_after, fail_rate=args.fail_rate,

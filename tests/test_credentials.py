@@ -439,3 +439,28 @@ async def test_signing_without_the_extra_sends_no_request_to_a_real_server(tmp_p
             await run_plans([make_plan(3)], conn, opts, io.StringIO(), env=env)
         assert caught.value.exit_code == 2
         assert srv.stats.requests == 0  # counted as the server received them
+
+
+async def test_the_embedded_server_signs_what_it_serves_and_run_keeps_it(tmp_path, monkeypatch):
+    # serve --sign: the provider-signed path rehearsed offline, through a real run
+    from runner_helpers import KEY, make_plan
+
+    from imagebatch.providers import connect
+    from imagebatch.running.options import RunOptions
+    from imagebatch.running.run import run_plans
+    from imagebatch.service.server import ServerOptions, running_server
+
+    provider = signer(tmp_path, "embedded server test signer")
+    plan = make_plan(2, name="sg")
+    async with running_server(ServerOptions(key=KEY, workers=1, signer=provider)) as srv:
+        conn = connect.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
+        opts = RunOptions(manifests=(), out=tmp_path / "out", post=False)
+        report = await run_plans([plan], conn, opts, io.StringIO(), env={})
+        assert srv.stats.requests == 2
+    assert report.plans[0].succeeded == 2
+    records = [json.loads(line) for line in
+               (tmp_path / "out" / "sg" / "results.jsonl").read_text().splitlines()]
+    assert [(r["credential"], r["signed_by"]) for r in records] == [("valid", "provider")] * 2
+    for job in plan.jobs:
+        data = (tmp_path / "out" / "sg" / "images" / job.path).read_bytes()
+        assert manifest_of(data, "png")[1] == [UNTRUSTED]  # intact: only the untrusted signer

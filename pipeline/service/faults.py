@@ -96,6 +96,9 @@ class ServerOptions:
     # Stability documents no Retry-After on its 429s: none unless asked for (then the
     # lockout's remaining seconds, rounded up)
     stability_retry_after: bool = False
+    # Content Credentials on every image served, as a provider that signs its output does
+    # (`serve --sign`: the IMAGEBATCH_C2PA_* identity): the provider-signed path, offline.
+    signer: Any = field(default=None, compare=False, repr=False)  # credentials.SignerConfig
     # The server's time: rate windows, lockouts, stalls and latency read `clock` (seconds,
     # monotonic) and wait through `sleep`, so a test can pass a clock of its own and play
     # a minute-long window without waiting for it.
@@ -526,7 +529,13 @@ class Service:
             self._inflight[key] = fut
             fut.add_done_callback(lambda f: self._rendered(key, f))
         # Shielded: a client that hangs up must not cancel a render others may be waiting on.
-        return await asyncio.shield(fut)
+        data = await asyncio.shield(fut)
+        if self.options.signer is not None:
+            # signed per answer, as a provider signs what it serves (the render stays cached)
+            from ..storage.credentials import sign_image
+
+            data = await asyncio.to_thread(sign_image, data, fmt, self.options.signer)
+        return data
 
     def _rendered(self, key: tuple[Any, ...], fut: asyncio.Future[bytes]) -> None:
         self._inflight.pop(key, None)
