@@ -201,7 +201,7 @@ def test_plan_json_has_only_json_on_stdout(capsys: pytest.CaptureFixture[str]) -
     assert cli.main(["plan", str(ROOT / "manifests/example.yaml"), "--json"]) == 0
     out, err = capsys.readouterr()
     rows = json.loads(out)
-    assert len(rows) == 1 + 2 * 2 + 2 * 2
+    assert len(rows) == 1 + 2 * 2 + 2 * 2 + 2 + 2  # ..., two drawn creatures, two posters
     assert [r["path"] for r in rows[:3]] == ["mushrooms/123.png", "fox/watercolor/1.png",
                                              "fox/watercolor/2.png"]
     assert all(r["key"] == sha(r["request"]) for r in rows)
