@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from . import apispec
+from .promptlock import MAX_COUNT
 
 _TEXT = {"type": "string", "minLength": 1, "maxLength": apispec.MAX_PROMPT_CHARS}
 _SEED = {"type": "integer", "minimum": 1, "maximum": apispec.MAX_SEED,
@@ -126,7 +127,21 @@ def manifest_schema() -> dict[str, Any]:
             "seeds": seeds,
             "matrix": {**axes, "description": "cartesian product of every axis"},
             "zip": {**axes, "description": "axes that vary together, element by element"},
+            "prompts": {
+                "type": "object", "additionalProperties": False,
+                "required": ["brief", "count"],
+                "description": "prompts a chat model writes from a brief (`imagebatch "
+                               "expand`), read from the manifest's prompts lock; instead "
+                               "of `prompt`",
+                "properties": {
+                    "brief": {**_TEXT, "description": "what the prompts are about"},
+                    "count": {"type": "integer", "minimum": 1, "maximum": MAX_COUNT},
+                    "vary": {**_TEXT, "description": "what to vary between prompts"},
+                    "keep": {**_TEXT, "description": "what every prompt keeps"},
+                },
+            },
         },
+        "not": {"required": ["prompt", "prompts"]},
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
