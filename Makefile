@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' pipeline/__init__.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help install wheel test check bench lint clean test-deps bench-deps serve
+.PHONY: help install wheel test soak check bench lint clean test-deps bench-deps serve
 
 # The imagebatch targets (assets, run, plan, status, sheet, review, export) are the ones
 # `imagebatch init` writes into a team's repository: one file, included here, so the two
@@ -77,8 +77,20 @@ test-deps:
 	      echo "note: could not install$$missing; tests that need them will be skipped"; \
 	  else echo "note:$$missing not installed; tests that need them will be skipped"; fi; fi
 
+# The suite runs in parallel (pytest-xdist), one worker per core: every test works in its own
+# tmp_path on ports the system picks, and module fixtures (S3 endpoint, servers) are per
+# worker. worksteal hands a worker that is done the tests another has queued, so a long test
+# does not leave a core idle. TEST_WORKERS=0 runs in one process (pdb, reading output).
+TEST_WORKERS ?= auto
+XDIST = -n $(TEST_WORKERS) --dist worksteal
 test: $(TEST_STAMP) test-deps ## install everything the tests need, then run them all
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
+
+# The stress suite and the slow sweeps at their full sizes (SOAK=1: 2,000 chaos jobs, eight
+# rounds of signals, 50 runs of each cache command...): `make test` runs the same checks on
+# fewer. For a change to the runner, the store or signal handling, and before a release.
+soak: $(TEST_STAMP) test-deps ## the stress suite and slow sweeps at full size (takes many minutes)
+	SOAK=1 $(BIN)/python -m pytest $(XDIST) -m "stress or slow" $(PYTEST_ARGS)
 
 # The inner loop: lint, types and the fast tests (no stress suite, no browser, no
 # subprocess sweeps, no wheel build); `make test` still runs everything.

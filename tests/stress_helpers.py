@@ -37,6 +37,16 @@ T = TypeVar("T")
 #: A key distinctive enough that a scan for it (or its base64) cannot hit by chance.
 SECRET_KEY = "inf-SECRET-7f3c9e2a41d8b6c0-stress"
 
+#: `make soak` sets SOAK=1: the stress suite then runs at its full sizes (2,000 chaos jobs,
+#: eight rounds of signals, ...). `make test` runs the same checks at sizes that still reach
+#: every case they check, so the whole suite stays within minutes on two cores.
+SOAK = os.environ.get("SOAK", "") not in ("", "0")
+
+
+def scale(soak: int, default: int) -> int:
+    """`soak` under `make soak` (SOAK=1), else `default`: a size that is not what a test checks."""
+    return soak if SOAK else default
+
 
 # -- servers in a thread ------------------------------------------------------------------
 
@@ -326,7 +336,7 @@ def leaks(secret: str, texts: Mapping[str, str | bytes], under: Path | None = No
 
 
 __all__ = [
-    "ROOT", "SECRET_KEY", "Embedded", "Served", "app_server", "check_run", "cli_env", "decode",
-    "decode_tree", "embedded_server", "every_file_decodes", "in_thread", "leaks", "load", "results",
-    "run_argv", "run_cli", "secret_forms", "snapshot_tree", "temp_files",
+    "ROOT", "SECRET_KEY", "SOAK", "Embedded", "Served", "app_server", "check_run", "cli_env",
+    "decode", "decode_tree", "embedded_server", "every_file_decodes", "in_thread", "leaks", "load",
+    "results", "run_argv", "run_cli", "scale", "secret_forms", "snapshot_tree", "temp_files",
 ]

@@ -27,6 +27,7 @@ from cache_helpers import (  # noqa: F401 - the fixtures s3 and aws_env
 )
 from PIL import Image
 from runner_helpers import KEY, make_plan
+from stress_helpers import scale
 
 from imagebatch.commands.share import Share, pull_command, push_command
 from imagebatch.planning.manifest import load_plans
@@ -533,7 +534,10 @@ async def test_pull_with_no_images_for_this_backend_names_the_one_that_made_them
 @pytest.mark.slow
 async def test_status_plan_and_diff_with_an_s3_cache_exit_0_every_time(tmp_path, s3, aws_env):
     """They used to abort (SIGABRT, exit 134) about one run in four after printing: the
-    store's runtime thread still calling into Python as the interpreter shut down."""
+    store's runtime thread still calling into Python as the interpreter shut down.
+
+    The three commands share that cause: 16 runs of each miss it with odds of 0.75**48, about
+    one in a million (`make soak` runs 50 of each, as it first did)."""
     bucket = s3.bucket()
     url = f"s3://{bucket}/x"
     manifest = _manifest(tmp_path, count=3)
@@ -556,10 +560,11 @@ async def test_status_plan_and_diff_with_an_s3_cache_exit_0_every_time(tmp_path,
             stdout, stderr = await proc.communicate()
             return proc.returncode, stdout + stderr
 
-    runs = {name: [once(argv) for _ in range(50)] for name, argv in commands.items()}
+    times = scale(50, 16)
+    runs = {name: [once(argv) for _ in range(times)] for name, argv in commands.items()}
     results = {name: await asyncio.gather(*aws) for name, aws in runs.items()}
     for name, done in results.items():
         codes = [code for code, _ in done]
-        assert codes == [0] * 50, (name, codes, next(t for c, t in done if c)[-500:])
+        assert codes == [0] * times, (name, codes, next(t for c, t in done if c)[-500:])
         assert all(b"restorable from the cache" in t or b"cache s3://" in t
                    or b"would send" in t for _, t in done), name

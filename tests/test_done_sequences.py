@@ -5,9 +5,9 @@ sheet and index.html show exactly what `status -v` lists, and `run` skips exactl
 Steps: run; run with the server answering 503 (with and without --force); change the
 prompt and change it back; run another manifest of the same `name:` into the same --out;
 damage an image in place (same size); touch one; delete one. Sequences are tiny (one or two
-jobs, 32 px thumbnails) so a few hundred fit in well under a minute; the server (one URL,
-so one backend, switched between healthy and failing) and its render cache serve them all.
-IMAGEBATCH_DONE_SEQUENCES=N runs N sequences instead (a longer soak).
+jobs, 32 px thumbnails); the server (one URL, so one backend, switched between healthy and
+failing) and its render cache serve them all. `make test` runs 100 sequences, `make soak`
+(SOAK=1) 300; IMAGEBATCH_DONE_SEQUENCES=N runs N instead.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ import pytest
 from done_helpers import assert_page_agrees, cli, status_states, switchable_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from stress_helpers import scale
 
 settings.register_profile(
     "done-sequences",
-    max_examples=int(os.environ.get("IMAGEBATCH_DONE_SEQUENCES", "300")),
+    max_examples=int(os.environ.get("IMAGEBATCH_DONE_SEQUENCES", scale(300, 100))),
     deadline=None,  # a step that renders new images takes longer than one that does not
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

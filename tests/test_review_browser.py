@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from PIL import Image, ImageStat
 from review_helpers import HOSTILE, MANIFEST, Outputs, make_outputs, serving
 
@@ -24,7 +25,9 @@ from imagebatch.storage import picks
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
         "--disable-dev-shm-usage"]
-pytestmark = pytest.mark.browser
+# One chromium per module (per xdist worker) instead of one per test: the tests share its
+# event loop, and each test's pages live in browser contexts of their own, closed after it.
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
 
 def _missing() -> str | None:
@@ -38,8 +41,9 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[object]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def chromium() -> AsyncIterator[object]:
+    """The system chromium through Playwright, launched once for the module."""
     problem = _missing()
     if problem is not None:
         if os.environ.get("CI"):  # CI must run these: a missing browser is a failure there
@@ -53,6 +57,14 @@ async def browser() -> AsyncIterator[object]:
             yield b
         finally:
             await b.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def browser(chromium) -> AsyncIterator[object]:
+    """The module's chromium, as fresh as a new one: the contexts a test opened are closed."""
+    yield chromium
+    for context in list(chromium.contexts):
+        await context.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ The server runs in a thread with its own event loop (these clients block), or as
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import io
@@ -18,13 +17,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
+from stress_helpers import in_thread
 
 from imagebatch.service.server import RunningServer, ServerOptions, running_server
 
@@ -32,36 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 KEY = "inf-test-key"
 
 
-@contextlib.contextmanager
-def server_in_thread(options: ServerOptions) -> Iterator[RunningServer]:
+def server_in_thread(options: ServerOptions) -> contextlib.AbstractContextManager[RunningServer]:
     """running_server on its own loop in a daemon thread, for blocking clients."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    box: dict[str, Any] = {}
-
-    async def main() -> None:
-        box["stop"] = asyncio.Event()
-        try:
-            async with running_server(options) as srv:
-                box["srv"] = srv
-                ready.set()
-                await box["stop"].wait()
-        except BaseException as exc:  # surface start-up failures in the test, not a hang
-            box["error"] = exc
-            ready.set()
-            raise
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(60), "server did not start"
-    if "error" in box:
-        raise box["error"]
-    try:
-        yield box["srv"]
-    finally:
-        loop.call_soon_threadsafe(box["stop"].set)
-        thread.join(60)
-        loop.close()
+    return in_thread(lambda: running_server(options))
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,13 @@ from post_signal_helpers import (
     tagged_env,
     thumbs_made,
 )
-from stress_helpers import decode
+from stress_helpers import decode, scale
 
 pytestmark = pytest.mark.stress
 
-ITERATIONS = 8
+# Rounds of a seeded random command, signal and moment: three cover the three commands' stops
+# in `make test`; `make soak` runs eight.
+ITERATIONS = scale(8, 3)
 SIGNALS = [
     (signal.SIGTERM,), (signal.SIGINT,), (signal.SIGINT, signal.SIGINT),
     (signal.SIGTERM, signal.SIGINT), (signal.SIGINT,) * 4,
