@@ -506,7 +506,8 @@ def test_the_workflow_step_writes_the_diff_of_the_changed_manifests(tmp_path):
     assert "same.yaml" not in md  # unchanged by the pull request: not listed
 
 
-def test_the_workflow_step_diffs_a_manifest_whose_prompts_lock_changed(tmp_path):
+def test_the_workflow_step_diffs_a_manifest_whose_prompts_lock_changed(tmp_path, capsys,
+                                                                       monkeypatch):
     # a pull request that changes only a lock (`expand --again`) is diffed as its manifest
     root, _base = _pull_request(tmp_path)
     brief = ("version: 1\nname: poster\njobs:\n  - id: poster\n    prompts:\n"
@@ -519,9 +520,18 @@ def test_the_workflow_step_diffs_a_manifest_whose_prompts_lock_changed(tmp_path)
     lock.write_text(lock.read_text().replace("    - a travel poster",
                                              "    - A new take on a travel poster", 1))
     commit(root, {}, "one prompt edited by hand")
-    code, md = _run_step(root, base, tmp_path)
+    code, md = _run_step(root, base, tmp_path, IMAGEBATCH_PRICE="0.08")
     assert code == 0, md
     assert "`manifests/poster.yaml`" in md and md.count("`manifests/poster.yaml` |") == 1
+    # against the commit with the lock: the one prompt edited by hand, old and new, and the
+    # one request it costs
+    monkeypatch.chdir(root)
+    capsys.readouterr()
+    assert main(["diff", "manifests/poster.yaml", "--against", "HEAD~1", "--markdown",
+                 "--price", "0.08"]) == 0
+    shown = capsys.readouterr().out
+    assert "| `manifests/poster.yaml` | 2 → 2 | 0 | 0 | 1 | 0 | 1 | 1 | $0.08 | 0 |" in shown
+    assert "\n- a travel poster" in shown and "\n+ A new take on a travel poster" in shown
 
 
 def test_the_workflow_step_reports_a_broken_manifest_and_fails(tmp_path):

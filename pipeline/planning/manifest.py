@@ -968,6 +968,10 @@ class _Loader:
         if self._lock is not None:
             return self._lock
         name = promptlock.lock_name(self.source)
+        if self.read_input is not None:
+            # at a revision the source is "REV:path/m.yaml": the lock is the file beside
+            # path/m.yaml, named from its stem (not from "REV:m" at the top of a repository)
+            name = promptlock.lock_name(self.source.rpartition(":")[2] or self.source)
         file = Path(self.source).parent / name
         try:
             if self.read_input is not None:
