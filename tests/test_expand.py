@@ -215,3 +215,23 @@ def test_a_brief_changed_without_expand_is_exit_2_at_its_place(tmp_path: Path,
            "written" in err
     assert "imagebatch expand" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_show_names_the_brief_an_image_came_from(tmp_path: Path, monkeypatch, capsys) -> None:
+    manifest = write(tmp_path)
+    run_expand(manifest)
+    monkeypatch.delenv("DIFFUSION_URL", raising=False)
+    assert main(["run", manifest, "--out", str(tmp_path / "out"), "--no-post"]) == 0
+    images = tmp_path / "out" / "m" / "images"
+    written = sorted(images.rglob("p*/*.png"))
+    capsys.readouterr()
+    assert main(["show", str(written[0])]) == 0
+    shown = capsys.readouterr()
+    request = json.loads(shown.out)  # standard output stays the body to send again
+    assert request["prompt"] in parse_lock(lock_of(tmp_path).read_bytes(), "l")["robots"].prompts
+    assert "from the brief of job robots: 'a small robot gardener'" in shown.err
+    assert str(lock_of(tmp_path)) in shown.err
+    # an image of a written prompt only: a plain job names no brief
+    plain = next(p for p in images.rglob("*.png") if "/p" not in str(p.relative_to(images)))
+    assert main(["show", str(plain)]) == 0
+    assert capsys.readouterr().err == ""

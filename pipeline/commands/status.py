@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import UsageError, printable
+from ..errors import ImagebatchError, UsageError, printable
 from ..pictures.post import build_all, stop_on_signals
 from ..planning import config
 from ..planning.manifest import DEFAULT_MAX_JOBS
@@ -166,7 +166,36 @@ def show_command(image: str, out: TextIO | None = None, pretty: bool | None = No
             raise UsageError(str(exc)) from None
     print(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) if pretty
           else canonical_json(doc), file=out)
+    if not credentials and isinstance(doc, dict):
+        brief = brief_of(Path(image), str(doc.get("prompt", "")))
+        if brief is not None:  # said apart: standard output stays the body to send again
+            print(brief, file=sys.stderr)
     return 0
+
+
+def brief_of(image: Path, prompt: str) -> str | None:
+    """Where a prompt a chat model wrote came from, for an image of an outputs folder: "the
+    brief of job J: ... (LOCK)", found through the folder's summary.json (its manifest) and
+    that manifest's prompts lock; None when the image is not one of those."""
+    from ..planning.promptlock import lock_name, parse_lock
+
+    for folder in image.resolve().parents:
+        summary = folder / "summary.json"
+        if (folder / "images").is_dir() and summary.is_file():
+            break
+    else:
+        return None
+    try:
+        manifest = str(json.loads(summary.read_text(encoding="utf-8"))["manifest"])
+        lock = Path(manifest).parent / lock_name(manifest)
+        entries = parse_lock(lock.read_bytes(), str(lock))
+    except (OSError, ValueError, KeyError, TypeError, ImagebatchError):
+        return None  # no manifest, no lock, or one that cannot be read: nothing to name
+    for entry in entries.values():
+        if prompt in entry.prompts:
+            return (f"written by {entry.model} from the brief of job {entry.job_id}: "
+                    f"{printable(entry.brief)!r} ({lock})")
+    return None
 
 
 def sheet_command(
