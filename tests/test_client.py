@@ -1,8 +1,8 @@
-"""Each failure class of one request, at unit level with aioresponses."""
+"""Each failure class of one request, against a real HTTP(S) service on 127.0.0.1 that
+answers as each test scripts (http_helpers)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -11,7 +11,7 @@ import zlib
 
 import aiohttp
 import pytest
-from aioresponses import aioresponses
+from http_helpers import service
 from PIL import Image
 from runner_helpers import KEY, image_bytes, make_job
 
@@ -28,19 +28,21 @@ def ok_body(data: bytes) -> dict:
                                               "revised_prompt": ""}]}
 
 
-async def call(mock_setup, job=None, **kw):
-    """Set up responses, make one generate() call, return (result or exception, client)."""
+async def call(mock_setup, job=None, *, trusted=True, **kw):
+    """Script the service's answers, make one generate() call, return (result or exception,
+    client, the requests the service received, what observe heard)."""
     job = job or make_job()
     seen = []
-    with aioresponses() as m:
+    async with service() as m:
+        m.route("inference.example.test", 443)
         mock_setup(m)
-        async with aiohttp.ClientSession() as session:
+        async with m.session(trusted=trusted) as session:
             client = ApiClient(session, BASE, KEY, **kw)
             try:
                 result = await client.generate(job, lambda h, s: seen.append((s, dict(h))))
             except Exception as exc:  # noqa: BLE001 - the test inspects it
                 result = exc
-            sent = [c for calls in m.requests.values() for c in calls]
+        sent = list(m.requests)
     return result, client, sent, seen
 
 
@@ -52,8 +54,8 @@ async def test_ok_png_is_returned_checked_and_body_sent_as_is():
     assert (result.width, result.height) == (1024, 1024)
     assert result.created == 1745612037
     assert client.requests == 1
-    assert sent[0].kwargs["data"] == job.body.encode()
-    assert sent[0].kwargs["headers"]["Authorization"] == f"Bearer {KEY}"
+    assert sent[0].body == job.body.encode()
+    assert sent[0].headers["Authorization"] == f"Bearer {KEY}"
 
 
 async def test_ok_jpeg_and_explicit_size():
@@ -70,14 +72,13 @@ async def test_url_response_is_downloaded_and_checked():
         m.post(URL, payload={"created": 1, "data": [{"url": "/files/x.png"}]})
         m.get(BASE + "/files/x.png", body=data)
 
-    result, client, *_ = await call(setup)
+    result, client, sent, _ = await call(setup)
     assert result.data == data
-    assert client.requests == 2
+    assert client.requests == 2 == len(sent)
 
 
 def _headers_of(sent, method):
-    return [dict(c.kwargs.get("headers") or {}) for (meth, _url), calls in sent.items()
-            for c in calls if meth == method]
+    return [seen.headers for seen in sent if seen.method == method]
 
 
 @pytest.mark.parametrize(("image_url", "gets_key"), [
@@ -90,13 +91,13 @@ def _headers_of(sent, method):
 async def test_the_key_goes_to_an_image_url_only_on_the_services_own_origin(image_url, gets_key):
     data = image_bytes("png")
     full = image_url if image_url.startswith("http") else BASE + image_url
-    with aioresponses() as m:
+    def setup(m):
         m.post(URL, payload={"created": 1, "data": [{"url": image_url}]})
         m.get(full, body=data)
-        async with aiohttp.ClientSession() as session:
-            result = await ApiClient(session, BASE, KEY).generate(make_job())
-        sent = m.requests
+
+    result, _, sent, _ = await call(setup)
     assert result.data == data
+    assert [seen.url for seen in sent] == [URL, full]
     (post,), (get,) = _headers_of(sent, "POST"), _headers_of(sent, "GET")
     assert post["Authorization"] == f"Bearer {KEY}"
     assert ("Authorization" in get) is gets_key
@@ -104,17 +105,12 @@ async def test_the_key_goes_to_an_image_url_only_on_the_services_own_origin(imag
 
 
 async def test_an_image_host_that_cannot_be_reached_is_this_jobs_retryable_failure():
-    from types import SimpleNamespace
-
-    refused = aiohttp.ClientConnectorError(
-        SimpleNamespace(host="images.example.test", port=443, ssl=True),
-        ConnectionRefusedError(111, "Connection refused"))
-
     def setup(m):
         m.post(URL, payload={"created": 1, "data": [{"url": "https://images.example.test/x"}]})
-        m.get("https://images.example.test/x", exception=refused)
+        m.refuse("images.example.test", 443)
 
-    result, *_ = await call(setup)
+    result, client, sent, _ = await call(setup)
+    assert len(sent) == 1 and client.requests == 1  # the download never reached a server
     assert isinstance(result, RetryableApiError)
     assert result.kind == "download"  # not "unreachable", which would blame DIFFUSION_URL
     assert result.message == ("image download: cannot connect to images.example.test:443 "
@@ -122,15 +118,9 @@ async def test_an_image_host_that_cannot_be_reached_is_this_jobs_retryable_failu
 
 
 async def test_a_tls_failure_says_tls_not_operation_not_permitted():
-    import ssl
-    from types import SimpleNamespace
-
-    bad = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
-                                          "failed: self-signed certificate")
-    bad.verify_message = "self-signed certificate"
-    error = aiohttp.ClientConnectorCertificateError(
-        SimpleNamespace(host="inference.example.test", port=443, ssl=True), bad)
-    result, *_ = await call(lambda m: m.post(URL, exception=error))
+    # the service's certificate is self-signed and this session does not trust it
+    result, _, sent, _ = await call(lambda m: m.post(URL, payload={}), trusted=False)
+    assert sent == []
     assert isinstance(result, RetryableApiError) and result.kind == "unreachable"
     assert "TLS: self-signed certificate" in result.message
     assert "not permitted" not in result.message
@@ -142,12 +132,16 @@ async def test_the_key_is_scrubbed_in_escaped_and_quoted_forms(key):
     from urllib.parse import quote
 
     echoed = f"headers={{'X-Echo': {'Bearer ' + key!r}}} url=/?k={quote(key, safe='')}"
-    with aioresponses() as m:
-        m.post(URL, exception=aiohttp.ServerDisconnectedError(echoed))
-        async with aiohttp.ClientSession() as session:
+    # A server (or a proxy) that echoes the request back as its status line: aiohttp's
+    # parser error quotes the line as bytes, and the error's text quotes that again.
+    async with service() as m:
+        m.post(URL, body=echoed.encode("utf-8") + b"\r\n\r\n", action="raw")
+        async with m.session() as session:
             with pytest.raises(RetryableApiError) as info:
                 await ApiClient(session, BASE, key).generate(make_job())
+        assert len(m.requests) == 1
     text = str(info.value)
+    assert info.value.kind == "connection"
     assert "SECRET" not in text and "KEY987" not in text, text
 
 
@@ -212,27 +206,37 @@ async def test_401_is_auth_error_naming_the_variable_not_the_key(prefix):
 
 
 async def test_connection_reset_is_retryable_and_scrubbed():
-    result, *_ = await call(lambda m: m.post(
-        URL, exception=aiohttp.ServerDisconnectedError(f"reset while sending {KEY}")))
+    result, *_ = await call(lambda m: m.post(URL, action="disconnect"))
     assert isinstance(result, RetryableApiError) and result.kind == "connection"
+    assert "ServerDisconnectedError" in result.message
     assert KEY not in str(result)
-    result, *_ = await call(
-        lambda m: m.post(URL, exception=aiohttp.ClientConnectionError("refused")))
-    assert isinstance(result, RetryableApiError)
+    # the connection closed halfway through the body
+    result, *_ = await call(lambda m: m.post(URL, body=b'{"created": 1', action="truncate"))
+    assert isinstance(result, RetryableApiError) and result.kind == "connection"
 
 
 async def test_timeout_is_retryable():
-    result, *_ = await call(lambda m: m.post(URL, exception=asyncio.TimeoutError()), timeout=3)
+    # a service that takes the request and never answers; the timeout is short to keep the
+    # test quick (the message gives whatever --timeout was)
+    result, *_ = await call(lambda m: m.post(URL, action="hang"), timeout=0.3)
     assert isinstance(result, RetryableApiError) and result.kind == "timeout"
-    assert "3 s" in result.message
+    assert "within 0.3 s" in result.message
 
 
-async def test_a_connection_that_never_opens_is_unreachable_not_a_slow_timeout():
-    result, client, *_ = await call(
-        lambda m: m.post(URL, exception=aiohttp.ConnectionTimeoutError()), timeout=120)
+async def test_a_connection_that_never_opens_is_unreachable_not_a_slow_timeout(monkeypatch):
+    from imagebatch.running import client as client_module
+
+    async with aiohttp.ClientSession() as session:
+        timeout = ApiClient(session, BASE, KEY, timeout=120)._timeout
+    assert timeout.sock_connect == 10 and timeout.total == 120
+    # the connect limit made short, so that the test does not wait 10 s for it
+    monkeypatch.setattr(client_module, "CONNECT_TIMEOUT", 0.3)
+    result, client, sent, _ = await call(
+        lambda m: m.hang_connect("inference.example.test", 443), timeout=120)
     assert isinstance(result, RetryableApiError) and result.kind == "unreachable"
-    assert "no answer within 10 s" in result.message
-    assert client._timeout.sock_connect == 10 and client._timeout.total == 120
+    assert "no answer within 0.3 s" in result.message
+    assert client._timeout.sock_connect == 0.3 and client._timeout.total == 120
+    assert sent == [] and result.requests == 0
 
 
 @pytest.mark.parametrize("body,ctype,kind", [
@@ -366,13 +370,9 @@ async def test_the_image_and_the_error_carry_the_requests_their_call_sent():
 
 
 async def test_a_connection_refused_is_an_unreachable_error():
-    from types import SimpleNamespace
-
     from imagebatch.errors import UnreachableError
 
-    refused = aiohttp.ClientConnectorError(
-        SimpleNamespace(host="inference.example.test", port=443, ssl=True),
-        ConnectionRefusedError(111, "Connection refused"))
-    result, *_ = await call(lambda m: m.post(URL, exception=refused))
+    result, *_ = await call(lambda m: m.refuse("inference.example.test", 443))
     # refused: the request never reached the wire, so it is not counted as sent
     assert isinstance(result, UnreachableError) and result.requests == 0
+    assert result.message == "cannot connect to inference.example.test:443 (Connection refused)"

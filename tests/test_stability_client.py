@@ -1,7 +1,7 @@
 """The Stability provider's client: the request checked part by part against Stability's
 documented shape on a real aiohttp server, its answers (image bytes with headers, JSON,
 CONTENT_FILTERED on a 200, the seed header), and its failures (error bodies, the 429
-lockout, 5xx and resets) at unit level with aioresponses."""
+lockout, 5xx and resets) against a scripted HTTPS service on 127.0.0.1 (http_helpers)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from aioresponses import aioresponses
+from http_helpers import service
 from PIL import Image
 from runner_helpers import Clock
 
@@ -184,15 +184,17 @@ async def test_content_filtered_on_a_200_fails_the_job_for_good(tmp_path, json_a
 
 async def unit(setup, job: Job):
     seen = []
-    with aioresponses() as m:
+    async with service() as m:
         setup(m)
-        async with aiohttp.ClientSession() as session:
+        async with m.session() as session:
             client = ApiClient(session, BASE, KEY, provider=STABILITY,
                                key_variable="STABILITY_API_KEY")
             try:
                 result = await client.generate(job, lambda h, s: seen.append((s, h)))
             except Exception as exc:  # noqa: BLE001 - the test inspects it
                 result = exc
+        # each call sent one request, and the service received it
+        assert [(r.method, r.url) for r in m.requests] == [("POST", URL)]
     return result, seen
 
 
@@ -232,7 +234,7 @@ async def test_a_429_is_a_60_second_cool_down_when_no_retry_after_is_given(tmp_p
     lambda m: m.post(URL, status=500, payload={"id": "x", "name": "internal_error",
                                                "errors": ["boom"]}),
     lambda m: m.post(URL, status=503, body="<html>unavailable</html>"),
-    lambda m: m.post(URL, exception=aiohttp.ServerDisconnectedError()),
+    lambda m: m.post(URL, action="disconnect"),
 ])
 async def test_5xx_and_resets_are_retried(tmp_path, setup):
     (job,) = plan_jobs(tmp_path, TEXT_JOB)

@@ -53,15 +53,29 @@ def _os_reason(error: OSError) -> str:
     return str(error.strerror or error or type(error).__name__)
 
 
+def _escapes(text: str) -> set[str]:
+    """`text` as a library may print it inside a quoted string: repr-escaped, escaped as
+    text or as its UTF-8 bytes, with either quote character escaped or not."""
+    escaped = {repr(text)[1:-1], text.encode("unicode_escape").decode("ascii"),
+               text.encode("utf-8", "surrogatepass").decode("latin-1")
+               .encode("unicode_escape").decode("ascii")}
+    return escaped | {form.replace(q, "\\" + q) for form in escaped for q in "'\""}
+
+
 def _scrub(text: str, *secrets: str | None) -> str:
     """`text` without any of `secrets` in any form a library may print it in: as is,
-    repr-escaped, percent-encoded."""
+    escaped up to three times over, percent-encoded."""
     forms: set[str] = set()
     for secret in secrets:
         if not secret or len(secret) < 4:
             continue
-        forms |= {secret, repr(secret)[1:-1], secret.encode("unicode_escape").decode("ascii"),
-                  quote(secret, safe=""), quote_plus(secret, safe="")}
+        # Errors quote what they quote: aiohttp's parser error shows a response line as
+        # bytes (one escaping), the error's text repr()s that message (two), and the line
+        # itself may be a server echoing the request's headers as a repr (three).
+        escaped = {secret}
+        for _ in range(3):
+            escaped |= {form for each in escaped for form in _escapes(each)}
+        forms |= escaped | {quote(secret, safe=""), quote_plus(secret, safe="")}
     for form in sorted(forms, key=len, reverse=True):
         text = text.replace(form, "***")
     return text
