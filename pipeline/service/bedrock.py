@@ -40,6 +40,7 @@ from .faults import (
     Limiter,
     SlidingWindow,
     bearer_matches,
+    drawing,
 )
 from .render import blurred
 
@@ -268,16 +269,7 @@ class Bedrock(Fake):
         the reason; the common body faults spoil it as on the other paths."""
         seed = body["seed"] or 1 + secrets.randbelow(apispec.MAX_SEED)
         fmt = body["output_format"]
-        prompt = body["prompt"]
-        if "image_sha256" in body:
-            # a variation is drawn from the prompt, the input and the strength
-            prompt = f"{prompt} (variation {body['strength']:g} of {body['image_sha256'][:8]})"
-        draw = {"prompt": prompt, "negative_prompt": body["negative_prompt"],
-                "aspect_ratio": body["aspect_ratio"], "output_format": fmt}
-        if fault == "wrong-format":
-            draw["output_format"] = "jpeg" if fmt != "jpeg" else "png"
-        elif fault == "wrong-size":
-            draw["size"] = "1024x1024" if body["aspect_ratio"] != "1:1" else "1344x768"
+        draw = drawing(body, fault)
         reason: str | None = None
         if FILTERED_MARKER in body["prompt"]:
             reason = FILTERED_PROMPT

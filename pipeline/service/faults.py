@@ -334,6 +334,24 @@ class Fake(abc.ABC):
         asks."""
 
 
+def drawing(body: Mapping[str, Any], fault: str | None) -> dict[str, Any]:
+    """What a fake of the form-and-image shape (Stability, Bedrock) draws for a parsed
+    request: a variation from the prompt, the input and the strength (other inputs, other
+    pictures; the caption says what it varies), spoiled as the `wrong-format` and
+    `wrong-size` faults ask."""
+    fmt = body["output_format"]
+    prompt = body["prompt"]
+    if "image_sha256" in body:
+        prompt = f"{prompt} (variation {body['strength']:g} of {body['image_sha256'][:8]})"
+    draw = {"prompt": prompt, "negative_prompt": body["negative_prompt"],
+            "aspect_ratio": body["aspect_ratio"], "output_format": fmt}
+    if fault == "wrong-format":
+        draw["output_format"] = "jpeg" if fmt != "jpeg" else "png"
+    elif fault == "wrong-size":
+        draw["size"] = "1024x1024" if body["aspect_ratio"] != "1:1" else "1344x768"
+    return draw
+
+
 def bearer_matches(request: web.Request, key: str | None) -> bool:
     """True for `Authorization: Bearer <key>` (compared in constant time); any when key is
     None."""

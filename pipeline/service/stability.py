@@ -38,6 +38,7 @@ from .faults import (
     Invalid,
     Limiter,
     Lockout,
+    drawing,
 )
 from .render import blurred
 
@@ -246,17 +247,7 @@ class Stability(Fake):
         another ratio, truncate cuts the bytes."""
         seed = body["seed"] or 1 + secrets.randbelow(apispec.STABILITY_MAX_SEED)
         fmt = body["output_format"]
-        prompt = body["prompt"]
-        if "image_sha256" in body:
-            # a variation is drawn from the prompt, the input and the strength: other
-            # inputs, other pictures; the caption says what it varies
-            prompt = f"{prompt} (variation {body['strength']:g} of {body['image_sha256'][:8]})"
-        draw = {"prompt": prompt, "negative_prompt": body["negative_prompt"],
-                "aspect_ratio": body["aspect_ratio"], "output_format": fmt}
-        if fault == "wrong-format":
-            draw["output_format"] = "jpeg" if fmt != "jpeg" else "png"
-        elif fault == "wrong-size":
-            draw["size"] = "1024x1024" if body["aspect_ratio"] != "1:1" else "1344x768"
+        draw = drawing(body, fault)
         filtered = fault == "content-filtered" or FILTERED_MARKER in body["prompt"]
         if fault == "not-image":
             data = NOT_IMAGE
