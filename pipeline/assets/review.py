@@ -90,10 +90,13 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """Rows that share their columns (imaging.grid_blocks)."""
+    """Rows that share their columns (imaging.grid_blocks); a job written from a brief is
+    a block of its own, headed by its brief."""
 
     columns: tuple[str, ...]
     rows: tuple[Row, ...]
+    job: str = ""  # the job of `brief`
+    brief: str = ""  # the brief its prompts were written from, or ""
 
 
 def image_url(path: str) -> str:
@@ -174,7 +177,7 @@ class Review:
         """The page's grid: the contact sheet's blocks with each cell's state and URLs."""
         side = self.thumb_side if self.thumb_side > 0 else imaging.SHEET_BOX
         out = []
-        for block in imaging.grid_blocks(entries):
+        for block in imaging.grid_blocks(entries, dict(self.plan.briefs)):
             rows = []
             for head, members in block.rows:
                 cells: list[Cell | None] = []
@@ -196,7 +199,7 @@ class Review:
                 prompts = {e.job.request.get("prompt", "") for e in members if e is not None}
                 rows.append(Row(head or group_title(members), prompts.pop()
                                 if len(prompts) == 1 else "", tuple(cells)))
-            out.append(Block(block.columns, tuple(rows)))
+            out.append(Block(block.columns, tuple(rows), block.job, block.brief))
         return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
@@ -33,6 +33,7 @@ TITLE_SIZE = 24
 HEADER_SIZE = 16
 CAPTION_SIZE = 14
 CAPTION_LINES = 2
+BRIEF_LINES = 2  # a longer brief is cut with an ellipsis: the heading names it, the lock holds it
 MIN_CELL_WIDTH = 112  # narrower cells cannot hold a legible caption
 
 BACKGROUND = (255, 255, 255)
@@ -150,9 +151,9 @@ class Cell:
 
 @dataclass(frozen=True, slots=True)
 class Label:
-    """A piece of text on a page: the title, a column header or a row header."""
+    """A piece of text on a page: the title, a brief, a column header or a row header."""
 
-    kind: str  # title | column | row
+    kind: str  # title | brief | column | row
     text: str
     box: Box
 
@@ -175,10 +176,18 @@ class Page:
 
 @dataclass(slots=True)
 class Block:
-    """Rows that share column headers; `columns` empty for a plain (header-less) grid."""
+    """Rows that share column headers; `columns` empty for a plain (header-less) grid.
+    A job whose prompts were written from a brief is a block of its own, headed by it."""
 
     columns: tuple[str, ...]
     rows: list[tuple[str, list[Entry | None]]]
+    job: str = ""  # the job of `brief`
+    brief: str = ""  # the brief its prompts were written from; "" for any other block
+
+
+def brief_heading(block: Block) -> str:
+    """What heads a block of one job's brief: 'poster — brief: A travel poster...'; ""."""
+    return f"{block.job} — brief: {block.brief}" if block.brief else ""
 
 
 def grid_mode(entries: Sequence[Entry]) -> str:
@@ -215,8 +224,15 @@ def _block(entries: list[Entry], row_of: Callable[[Job], str],
     return Block(columns, [(r, [cells.get(c) for c in columns]) for r, cells in rows.items()])
 
 
-def grid_blocks(entries: Sequence[Entry]) -> list[Block]:
-    """Group entries into header blocks: rows x columns, the plan's order kept."""
+def grid_blocks(entries: Sequence[Entry], briefs: Mapping[str, str] | None = None
+                ) -> list[Block]:
+    """Group entries into header blocks: rows x columns, the plan's order kept.
+
+    `briefs` (job id -> brief, Plan.briefs) makes each of those jobs a block of its own,
+    carrying its brief, even a job of one image: its group is headed by what it was
+    written from, and never shares a header with another job's rows.
+    """
+    briefs = briefs or {}
     mode = grid_mode(entries)
     blocks: list[Block] = []
     loose: list[Entry] = []  # single images with nothing to line up against
@@ -241,11 +257,19 @@ def grid_blocks(entries: Sequence[Entry]) -> list[Block]:
             )
         else:
             block = Block((), [])
+        brief = briefs.get(run[0].job.id, "")
+        if brief:
+            if len(block.columns) <= 1 and len(block.rows) <= 1:
+                block = Block((), [("", list(run))])
+            block.job, block.brief = run[0].job.id, brief
+            flush()
+            blocks.append(block)
+            continue
         if len(block.columns) <= 1 and len(block.rows) <= 1:
             loose.extend(run)
             continue
         flush()
-        if blocks and blocks[-1].columns == block.columns:
+        if blocks and blocks[-1].columns == block.columns and not blocks[-1].brief:
             blocks[-1].rows.extend(block.rows)  # same seeds or values: one header for both
         else:
             blocks.append(block)
@@ -354,6 +378,7 @@ def layout(
     box: tuple[int, int],
     per_page: int = 100,
     max_pixels: int = MAX_SHEET_PIXELS,
+    briefs: Mapping[str, str] | None = None,
 ) -> list[Page]:
     """Pages of cells, headers and titles for `entries`; `box` is the largest picture.
 
@@ -363,11 +388,13 @@ def layout(
     header is named by them and has no caption; one in a plain grid has its label under it.
     Pages split at `per_page` cells and at `max_pixels`, always between rows, and a block
     continued on a new page repeats its column headers. A failed or missing job keeps its cell.
+    A job written from one of `briefs` (job id -> brief) is headed by its brief, across the
+    page above its rows, in at most BRIEF_LINES lines (repeated on a new page too).
     """
     if not entries:
         return []
     per_page = max(1, per_page)
-    blocks = grid_blocks(entries)
+    blocks = grid_blocks(entries, briefs)
     headed = [b for b in blocks if b.columns]
     plain_n = sum(len(cells) for b in blocks if not b.columns for _, cells in b.rows)
     # a caption needs MIN_CELL_WIDTH; cells named by headers alone are as wide as the pictures
@@ -409,50 +436,58 @@ def layout(
             if target < width_cols:
                 width_cols = math.ceil(widest / math.ceil(widest / target))
 
+    width = MARGIN * 2 + row_head_w + width_cols * cell_w + (width_cols - 1) * GAP
+    # A block's brief heading, as many lines as it takes across the page (at most
+    # BRIEF_LINES), and its height with a little room above it; 0 for a block without one.
+    headings = [brief_heading(b) for b in blocks]
+    brief_hs = [len(wrap(drawable(text), width - 2 * MARGIN, HEADER_SIZE, BRIEF_LINES))
+                * _line_height(HEADER_SIZE) + 10 if text else 0 for text in headings]
+
     # Flatten blocks into bands: (column headers or (), row header, cells, band id, picture
-    # height, caption height), cut to width.
-    bands: list[tuple[tuple[str, ...], str, list[Entry | None], int, int, int]] = []
+    # height, caption height, block), cut to width.
+    bands: list[tuple[tuple[str, ...], str, list[Entry | None], int, int, int, int]] = []
     band_id = 0
 
-    def add(cols: tuple[str, ...], head: str, cells: list[Entry | None], bid: int) -> None:
+    def add(cols: tuple[str, ...], head: str, cells: list[Entry | None], bid: int,
+            blk: int) -> None:
         height = max(picture_h(e) for e in cells if e is not None)
         # header-less cells are named by their caption; headed ones by their headers alone
-        bands.append((cols, head, cells, bid, height, 0 if cols else caption_h))
+        bands.append((cols, head, cells, bid, height, 0 if cols else caption_h, blk))
 
-    for b in blocks:
+    for blk, b in enumerate(blocks):
         if b.columns:
             for start in range(0, len(b.columns), width_cols):
                 cols = b.columns[start:start + width_cols]
                 for r, cells in b.rows:
                     part = cells[start:start + width_cols]
                     if any(e is not None for e in part):
-                        add(cols, r, part, band_id)
+                        add(cols, r, part, band_id, blk)
                 band_id += 1
         else:
             flat = [e for _, cells in b.rows for e in cells]
             for start in range(0, len(flat), width_cols):
-                add((), "", list(flat[start:start + width_cols]), band_id)
+                add((), "", list(flat[start:start + width_cols]), band_id, blk)
             band_id += 1
 
-    width = MARGIN * 2 + row_head_w + width_cols * cell_w + (width_cols - 1) * GAP
-    max_h = max(max_pixels // width, title_h + head_h + row_h + MARGIN)
+    max_h = max(max_pixels // width, title_h + max(brief_hs) + head_h + row_h + MARGIN)
 
     # Split rows into pages.
     pages_rows: list[list[int]] = [[]]
     used_cells = 0
     used_h = title_h
-    last_band = -1
-    for i, (cols, _r, cells, bid, pic_h, cap_h) in enumerate(bands):
+    last_band = last_block = -1
+    for i, (cols, _r, cells, bid, pic_h, cap_h, blk) in enumerate(bands):
         n = sum(c is not None for c in cells)
-        extra = (head_h if cols and bid != last_band else 0) + pic_h + cap_h + GAP
+        extra = ((brief_hs[blk] if blk != last_block else 0)
+                 + (head_h if cols and bid != last_band else 0) + pic_h + cap_h + GAP)
         if pages_rows[-1] and (used_cells + n > per_page or used_h + extra + MARGIN > max_h):
             pages_rows.append([])
-            used_cells, used_h, last_band = 0, title_h, -1
-            extra = (head_h if cols else 0) + pic_h + cap_h + GAP
+            used_cells, used_h, last_band, last_block = 0, title_h, -1, -1
+            extra = brief_hs[blk] + (head_h if cols else 0) + pic_h + cap_h + GAP
         pages_rows[-1].append(i)
         used_cells += n
         used_h += extra
-        last_band = bid
+        last_band, last_block = bid, blk
 
     pages: list[Page] = []
     total = len(pages_rows)
@@ -460,10 +495,15 @@ def layout(
         cells_out: list[Cell] = []
         labels: list[Label] = []
         y = title_h
-        last_band = -1
+        last_band = last_block = -1
         x0 = MARGIN + row_head_w
         for i in idxs:
-            cols, rhead, cells, bid, pic_h, cap_h = bands[i]
+            cols, rhead, cells, bid, pic_h, cap_h, blk = bands[i]
+            if brief_hs[blk] and blk != last_block:
+                labels.append(Label("brief", headings[blk],
+                                    (MARGIN, y + 6, width - MARGIN, y + brief_hs[blk] - 4)))
+                y += brief_hs[blk]
+            last_block = blk
             if cols and bid != last_band:
                 for c, text in enumerate(cols):
                     x = x0 + c * (cell_w + GAP)
@@ -583,6 +623,11 @@ def render(page: Page, load: Callable[[Entry], Image.Image | None]) -> Image.Ima
         if lb.kind == "title":
             fonts.draw_text(sheet, (left, top + 4), ellipsize(text, right - left, TITLE_SIZE),
                             TITLE_SIZE, TEXT)
+        elif lb.kind == "brief":  # left-aligned, wrapped in its lines, cut with an ellipsis
+            lh = _line_height(HEADER_SIZE)
+            for k, line in enumerate(wrap(text, right - left, HEADER_SIZE,
+                                          max(1, (bottom - top) // lh))):
+                fonts.draw_text(sheet, (left, top + k * lh), line, HEADER_SIZE, TEXT)
         elif lb.kind == "column":
             draw.rectangle((left, top, right - 1, bottom - 1), fill=HEADER_BACKGROUND)
             _centred_text(sheet, lb.box, [ellipsize(text, right - left - 8, HEADER_SIZE)],
@@ -645,6 +690,7 @@ __all__ = [
     "Entry",
     "Label",
     "Page",
+    "brief_heading",
     "ellipsize",
     "fit_size",
     "flatten",

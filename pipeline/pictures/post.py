@@ -506,7 +506,7 @@ def build_sheets(
     A stop request is honoured between pages (Interrupted): each page is written whole.
     """
     pages = imaging.layout(plan.name, entries, box=box, per_page=plan.output.per_page,
-                           max_pixels=max_pixels)
+                           max_pixels=max_pixels, briefs=dict(plan.briefs))
     load = _loader(root, max(box), scale)
     written: list[Path] = []
     for page in pages:

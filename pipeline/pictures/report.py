@@ -158,14 +158,17 @@ def index_html(plan: Plan, entries: Sequence[Entry], sheets: Sequence[str],
                out: Path | None = None, picks_file: Path | None = None) -> str:
     """The index page: counts, the commands that come next, contact-sheet links, a section
     per job id laid out as the contact sheet (variants down, seeds across); each image
-    carries data-path and data-status, and the picks file's decisions are marked.
+    carries data-path and data-status, and the picks file's decisions are marked. A job
+    whose prompts were written from a brief (Plan.briefs) has it under its heading.
     `out` is the outputs folder and `picks_file` the picks file, named in the commands
     when they are not the defaults."""
     ids: dict[str, list[Entry]] = {}
     for e in entries:
         ids.setdefault(e.job.id, []).append(e)
+    briefs = dict(plan.briefs)
     sections = [{"id": job_id, "anchor": anchor(job_id), "count": len(group),
-                 "blocks": _blocks(group)} for job_id, group in ids.items()]
+                 "brief": briefs.get(job_id, ""), "blocks": _blocks(group)}
+                for job_id, group in ids.items()]
     failed = [{"fid": "job-" + e.job.key[:12], "path": e.job.path, "reason": e.reason}
               for e in entries if e.state == FAILED]
     marks = [e.pick for e in entries]

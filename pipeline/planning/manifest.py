@@ -1261,7 +1261,8 @@ class _Loader:
             raise ManifestError(sorted(c.problems, key=lambda p: (p.line, p.column)))
         assert output is not None
         return Manifest(source, name, model, output, tuple(jobs), path_loc,
-                        known_vars["output.sheet.label"], tuple(exports))
+                        known_vars["output.sheet.label"], tuple(exports),
+                        tuple((b.job_id, b.brief) for b in self.briefs))
 
     def _template_vars(self, text: str, path: str, loc: Loc, jobs: list[JobSpec],
                        extra: tuple[str, ...] = ()) -> None:

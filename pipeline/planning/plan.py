@@ -110,6 +110,10 @@ class Plan:
     total: int  # jobs in the whole plan, before sharding
     shard: tuple[int, int] | None = None  # (K, N), 1-based K
     exports: tuple[ExportSettings, ...] = ()  # the manifest's `exports:`
+    # (job id, brief) of each job whose prompts a chat model wrote from a brief, manifest
+    # order: the sheets, index.html and the review page head its group with it. Not in any
+    # key: the prompts written from it are.
+    briefs: tuple[tuple[str, str], ...] = ()
 
 
 # --------------------------------------------------------------------------------------
@@ -269,6 +273,7 @@ class Manifest:
     path_loc: Loc = (1, 1)  # of output.path, for path errors
     label_loc: Loc = (1, 1)  # of output.sheet.label
     exports: tuple[ExportSettings, ...] = ()
+    briefs: tuple[tuple[str, str], ...] = ()  # (job id, brief) of its `prompts:` jobs
 
 
 def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
@@ -507,7 +512,7 @@ def expand(manifest: Manifest, *, shard: tuple[int, int] | None = None,
                 f"{_case_note(path, as_folder)}")])
     total = len(jobs)
     chosen = tuple(j for j in jobs if in_shard(j.key, shard)) if shard else tuple(jobs)
-    return Plan(m.name, m.model, m.source, out, chosen, total, shard, m.exports)
+    return Plan(m.name, m.model, m.source, out, chosen, total, shard, m.exports, m.briefs)
 
 
 def _too_big(spec: JobSpec, request: dict[str, Any], seeds: tuple[int, ...],
