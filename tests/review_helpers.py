@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from imagebatch.assets.review import Review, RunningReview, running_review
 from imagebatch.pictures.post import build_all
 from imagebatch.planning.manifest import load_plan
 from imagebatch.planning.plan import Plan
+from imagebatch.planning.promptlock import Brief, Entry, lock_name, render_lock
 from imagebatch.storage.store import Store
 
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -37,6 +38,34 @@ jobs:
       style: [clay, paper]
       subject: [boat, kite]
 """
+
+
+#: A seed sweep beside a job whose prompts were written from a brief (with the same seeds:
+#: they must not share one header), the brief hostile HTML; write_lock writes its lock.
+BRIEF = "a small robot gardener among <b>tall</b> sunflowers & tomato vines"
+BRIEFED = f"""\
+version: 1
+name: rv
+defaults:
+  aspect_ratio: "1:1"
+jobs:
+  - id: fox
+    prompt: "a red fox in snow"
+    seeds: [1, 2]
+  - id: robots
+    prompts: {{brief: "{BRIEF}", count: 2}}
+    seeds: [1, 2]
+"""
+
+
+def write_lock(manifest: Path, job_id: str, brief: str, prompts: Sequence[str]) -> Path:
+    """The prompts lock beside `manifest` holding `prompts` for `job_id`'s brief, as
+    `imagebatch expand` writes it (a brief of len(prompts), no vary or keep)."""
+    digest = Brief(job_id, brief, len(prompts)).digest
+    entry = Entry(job_id, brief, digest, "test-model", "2030-01-01T00:00:00Z", tuple(prompts))
+    lock = manifest.with_name(lock_name(str(manifest)))
+    lock.write_text(render_lock(str(manifest), [entry]), encoding="utf-8")
+    return lock
 
 
 @dataclass

@@ -12,9 +12,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from PIL import Image
-from review_helpers import make_outputs
+from review_helpers import BRIEF, BRIEFED, make_outputs, write_lock
 
 from imagebatch.pictures.post import build_all
+from imagebatch.pictures.report import anchor
 from imagebatch.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
 from imagebatch.storage.store import Store
 
@@ -260,3 +261,29 @@ async def test_index_says_how_to_review_and_export_and_links_the_sheets(browser,
         assert sheet.format == "PNG" and sheet.width > 400
     jobs = await page.eval_on_selector_all("nav[aria-label='Jobs'] a", "as => as.length")
     assert jobs == 0  # one job: no list of jobs to mistake for more sheets
+
+
+# the brief's paragraph, the heading above it and the grid below it, in the job's section
+BRIEF_BOXES = """(id) => {
+  const box = (e) => { const r = e.getBoundingClientRect();
+    return {y: Math.round(r.top), r: Math.round(r.right), b: Math.round(r.bottom)}; };
+  const sec = document.getElementById(id);
+  const p = sec.querySelector(':scope > p.brief');
+  return p && {text: p.innerText, shown: p.offsetParent !== null, box: box(p),
+               head: box(sec.querySelector('h2')), grid: box(sec.querySelector('.matrix'))};
+}"""
+
+
+async def test_a_jobs_brief_shows_under_its_heading(browser, tmp_path):
+    write_lock(tmp_path / "rv.yaml", "robots", BRIEF,
+               ["a robot watering tulips", "a robot pruning roses"])
+    outputs = make_outputs(tmp_path, BRIEFED)
+    index = outputs.root / "index.html"
+    for width, height in ((1280, 900), (390, 844)):
+        page = await _open(browser, index, width, height)
+        got = await page.evaluate(BRIEF_BOXES, anchor("robots"))
+        await page.screenshot(path=str(tmp_path / f"index-{width}.png"), full_page=True)
+        assert got["text"] == f"Brief: {BRIEF}" and got["shown"]  # its <b> as text
+        assert got["head"]["b"] <= got["box"]["y"] and got["box"]["b"] <= got["grid"]["y"]
+        assert got["box"]["r"] <= width  # wrapped on the screen, not past it
+        assert await page.evaluate(BRIEF_BOXES, anchor("fox")) is None

@@ -16,7 +16,16 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from PIL import Image, ImageStat
-from review_helpers import HOSTILE, MANIFEST, Outputs, make_outputs, serving
+from review_helpers import (
+    BRIEF,
+    BRIEFED,
+    HOSTILE,
+    MANIFEST,
+    Outputs,
+    make_outputs,
+    serving,
+    write_lock,
+)
 
 from imagebatch.planning.manifest import load_plan
 from imagebatch.providers.stability import STABILITY
@@ -570,3 +579,36 @@ async def test_a_tap_on_a_cells_star_rates_it_on_a_touch_screen(browser, outputs
         await _until(lambda: _entries(outputs) == {path: ("reject", 4), nxt: (None, 2)},
                      "a rating by key")
         assert tab.errors == []
+
+
+# each group: the brief heading it (or null), whether it is on screen, its images, and
+# where the brief ends and the first picture starts
+GROUPS = """() => Array.from(document.querySelectorAll('.block')).map((b) => {
+  const p = b.querySelector(':scope > .brief');
+  const r = p && p.getBoundingClientRect();
+  return {brief: p && p.innerText, shown: !!p && p.offsetParent !== null,
+          cells: Array.from(b.querySelectorAll('figure.cell')).map((c) => c.dataset.cell),
+          bottom: r ? r.bottom : 0, right: r ? r.right : 0,
+          first: b.querySelector('figure.cell').getBoundingClientRect().top};
+})"""
+
+
+async def test_a_brief_heads_its_group(browser, tmp_path: Path) -> None:
+    # fox and robots have the same seeds, but robots' prompts were written from a brief:
+    # its group of its own, headed by the brief (hostile HTML shown as text)
+    write_lock(tmp_path / "rv.yaml", "robots", BRIEF,
+               ["a robot watering tulips", "a robot pruning roses"])
+    outputs = make_outputs(tmp_path, BRIEFED)
+    robots = [j.path for j in outputs.plan.jobs if j.id == "robots"]
+    async with serving(outputs) as srv:
+        for width, height, kw in ((1280, 900, {}),
+                                  (390, 844, {"is_mobile": True, "has_touch": True})):
+            tab = await _tab(browser, srv, width, height, **kw)
+            groups = await tab.page.evaluate(GROUPS)
+            await tab.page.screenshot(path=str(tmp_path / f"review-{width}.png"),
+                                      full_page=True)
+            assert [g["brief"] for g in groups] == [None, f"robots brief: {BRIEF}"]
+            brief = groups[1]
+            assert brief["cells"] == robots and brief["shown"]
+            assert brief["bottom"] <= brief["first"] and brief["right"] <= width
+            assert not tab.errors and not tab.dialogs
