@@ -83,14 +83,18 @@ test-deps:
 # does not leave a core idle. TEST_WORKERS=0 runs in one process (pdb, reading output).
 TEST_WORKERS ?= auto
 XDIST = -n $(TEST_WORKERS) --dist worksteal
+# Bytecode is written even where PYTHONDONTWRITEBYTECODE is set (as on some CI images): the
+# hundreds of `python -m imagebatch` processes the tests start, and every worker's
+# assertion-rewritten test modules, are compiled once instead of each time.
+TEST_ENV = PYTHONDONTWRITEBYTECODE=
 test: $(TEST_STAMP) test-deps ## install everything the tests need, then run them all
-	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The stress suite and the slow sweeps at their full sizes (SOAK=1: 2,000 chaos jobs, eight
 # rounds of signals, 50 runs of each cache command...): `make test` runs the same checks on
 # fewer. For a change to the runner, the store or signal handling, and before a release.
 soak: $(TEST_STAMP) test-deps ## the stress suite and slow sweeps at full size (takes many minutes)
-	SOAK=1 $(BIN)/python -m pytest $(XDIST) -m "stress or slow" $(PYTEST_ARGS)
+	SOAK=1 $(TEST_ENV) $(BIN)/python -m pytest $(XDIST) -m "stress or slow" $(PYTEST_ARGS)
 
 # The inner loop: lint, types and the fast tests (no stress suite, no browser, no
 # subprocess sweeps, no wheel build); `make test` still runs everything.

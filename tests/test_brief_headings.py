@@ -67,7 +67,7 @@ async def _make(folder: Path) -> Plan:
     plan = load_plan(str(manifest))
     async with running_server(ServerOptions(workers=1)) as srv:
         conn = connect.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
-        report = await run_plans([plan], conn, RunOptions(manifests=(), out=folder / "out"),
+        report = await run_plans([plan], conn, RunOptions(manifests=(), out=folder / "out", rpm=0),
                                  io.StringIO())
         assert srv.stats.requests == 8  # every image made, once, by the server
     assert report.succeeded == 8 and report.failed == 0

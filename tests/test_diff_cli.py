@@ -385,7 +385,8 @@ async def test_to_send_is_judged_against_the_outputs_and_backend_run_uses(repo, 
     async with running_server(ServerOptions(workers=1)) as srv:
         monkeypatch.setenv("DIFFUSION_URL", srv.url)
         monkeypatch.setenv("DIFFUSION_KEY", "test-key")
-        code = await asyncio.to_thread(main, ["run", "manifests/launch.yaml", "--no-post"])
+        code = await asyncio.to_thread(main, ["run", "manifests/launch.yaml", "--no-post",
+                                              "--rpm", "0"])
         assert code == 0 and srv.stats.requests == 7
         (repo / "manifests" / "launch.yaml").write_text(EDITED)
         capsys.readouterr()
@@ -635,7 +636,7 @@ async def test_what_the_shared_cache_holds_is_not_counted_as_sent(repo, capsys, 
         monkeypatch.setenv("DIFFUSION_KEY", "test-key")
         # CI made the edited plan into the shared cache from its own folder
         code = await asyncio.to_thread(main, ["run", "manifests/launch.yaml", "--no-post",
-                                              "--out", str(repo.parent / "ci"),
+                                              "--rpm", "0", "--out", str(repo.parent / "ci"),
                                               "--cache", str(share)])
         assert code == 0 and srv.stats.requests == 9
         capsys.readouterr()

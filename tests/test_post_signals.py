@@ -3,7 +3,7 @@ summary (`run`) or one line (`sheet`, `merge`), nothing half-written, no process
 and the same command run again finishes the job.
 
 Each command runs as a user would (`python -m imagebatch`, the embedded server for `run`) on
-N images at `thumbnail: 2048` with no thumbnail made yet, and is signalled as soon as its
+N images with no thumbnail made yet, and is signalled as soon as its
 first thumbnail is written: by `kill` (the process alone) or, for Ctrl-C pressed twice, by
 the terminal (the whole process group, pool workers included).
 """
