@@ -77,11 +77,14 @@ test-deps:
 	      echo "note: could not install$$missing; tests that need them will be skipped"; \
 	  else echo "note:$$missing not installed; tests that need them will be skipped"; fi; fi
 
-# The suite runs in parallel (pytest-xdist), one worker per core: every test works in its own
-# tmp_path on ports the system picks, and module fixtures (S3 endpoint, servers) are per
-# worker. worksteal hands a worker that is done the tests another has queued, so a long test
-# does not leave a core idle. TEST_WORKERS=0 runs in one process (pdb, reading output).
-TEST_WORKERS ?= auto
+# The suite runs in parallel (pytest-xdist), two workers per core (at most 8): a third of
+# a test's time is spent waiting (on a server, a subprocess, a timeout it checks), so a
+# second worker keeps the core busy. Every test works in its own tmp_path on ports the
+# system picks, and module fixtures (S3 endpoint, servers) are per worker. conftest.py deals
+# the slow tests out evenly over the workers' first shares; worksteal then hands a worker
+# that is done the tests another has queued. TEST_WORKERS=0 runs in one process (pdb,
+# reading output).
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(8, 2 * (os.cpu_count() or 1)))")
 XDIST = -n $(TEST_WORKERS) --dist worksteal
 # Bytecode is written even where PYTHONDONTWRITEBYTECODE is set (as on some CI images): the
 # hundreds of `python -m imagebatch` processes the tests start, and every worker's

@@ -3,6 +3,7 @@ test."""
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -18,16 +19,49 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name, raising=False)
 
 
-#: Marks of the tests that take seconds each, longest kinds first: they start first, so the
-#: suite does not end with one worker finishing a minute-long test while the others idle
-#: (pytest-xdist's worksteal then shares out the quick tests queued behind them).
-_FIRST = ("wheel", "slow", "stress", "browser")
+#: A rough cost per test from its marks (seconds on a quiet machine): what the first
+#: distribution of tests over the pytest-xdist workers balances.
+_COST = {"wheel": 40.0, "slow": 8.0, "stress": 5.0, "browser": 2.0}
+_LIGHT = 0.2
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the slow kinds of test first, in a stable order."""
-    def rank(item: pytest.Item) -> int:
-        marks = {m.name for m in item.iter_markers()}
-        return next((i for i, name in enumerate(_FIRST) if name in marks), len(_FIRST))
+def _cost(item: pytest.Item) -> float:
+    marks = {m.name for m in item.iter_markers()}
+    return max([_COST[name] for name in marks if name in _COST], default=_LIGHT)
 
-    items.sort(key=rank)
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the tests so that pytest-xdist's first split hands every worker an even share
+    of the slow ones, each worker's share first.
+
+    worksteal gives worker i the i-th contiguous slice of the list and later moves tests
+    from the end of a busy worker's queue to an idle one. In file order, one worker got
+    every minute-long test and the suite ended waiting for it. Here the slow tests are dealt
+    out (longest first, to the least loaded slice) and the quick ones fill each slice to
+    the size xdist will cut; every worker computes the same order (xdist checks it)."""
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    # the wheel tests share one install (a session fixture): one unit, on one worker
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        together = "wheel" if item.get_closest_marker("wheel") else item.nodeid
+        units.setdefault(together, []).append(item)
+    heavy = sorted((u for u in units.values() if _cost(u[0]) > _LIGHT),
+                   key=lambda u: -sum(map(_cost, u)))
+    light = [u[0] for u in units.values() if _cost(u[0]) <= _LIGHT]
+    # the slice sizes of worksteal's first split: len(pending) // workers still to serve
+    sizes, left = [], len(items)
+    for i in range(workers):
+        sizes.append(left // (workers - i))
+        left -= sizes[-1]
+    slices: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    load = [0.0] * workers
+    for unit in heavy:
+        j = min(range(workers), key=lambda k: (load[k], k))
+        slices[j].extend(unit)
+        load[j] += sum(map(_cost, unit))
+    rest = iter(light)
+    for j in range(workers):
+        slices[j].extend(itertools.islice(rest, max(0, sizes[j] - len(slices[j]))))
+    ordered = [item for part in slices for item in part] + list(rest)
+    assert len(ordered) == len(items)
+    items[:] = ordered

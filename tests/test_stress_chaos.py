@@ -70,9 +70,10 @@ def test_jobs_under_30_percent_faults_all_end_valid(tmp_path: Path) -> None:
     injected = sum(faults.values())
     assert 0.25 * JOBS < injected < 0.35 * JOBS
     # each faulted attempt cost exactly one more request (a request that timed out under
-    # load would cost one more still); the server saw every request the run counted
+    # load would cost one more still: up to 2%, seen on two cores running four test workers);
+    # the server saw every request the run counted
     retries = summary["requests"] - JOBS
-    assert injected <= retries <= injected + JOBS // 100
+    assert injected <= retries <= injected + JOBS // 50
     assert summary["requests"] == server_requests
 
     check_run(plan, tmp_path / "out/chaos")
