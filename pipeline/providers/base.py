@@ -141,6 +141,11 @@ class Provider:
         """Why a request is too large to send, or None: no limit of its own by default."""
         return None
 
+    def request_blocks(self, job: Job, key: str) -> bool:
+        """Whether `request` reads a file or the network for `job` (an input image, a
+        credential chain): the client then builds it off the event loop."""
+        return job.image is not None
+
     def request(self, job: Job, base_url: str, key: str, accept: str) -> Outgoing:
         """The request of `job` (already this provider's variant) to the service at
         `base_url`: JSON to the endpoint, the key as a bearer token."""

@@ -183,6 +183,11 @@ class Bedrock(Provider):
         return json.dumps(sent, sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False).encode("utf-8")
 
+    def request_blocks(self, job: Job, key: str) -> bool:
+        """An input image to read, or (with no API key) the AWS credential chain, which may
+        read files or ask the instance metadata service."""
+        return job.image is not None or not key
+
     def request(self, job: Job, base_url: str, key: str, accept: str) -> Outgoing:
         """The invoke request: a bearer token when there is a key, else SigV4-signed."""
         url = f"{base_url}/model/{model_id(str(job.request.get('model') or ''))}/invoke"
