@@ -98,7 +98,11 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
 
 def _children(pid: int) -> list[int]:
     out = []
-    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+    try:  # the process may end between a look at the table and this one
+        tasks = list(Path(f"/proc/{pid}/task").glob("*/children"))
+    except OSError:
+        return []
+    for path in tasks:
         try:
             out += [int(x) for x in path.read_text().split()]
         except OSError:
