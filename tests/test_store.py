@@ -110,6 +110,16 @@ def test_prepare_removes_leftover_temp_files(tmp_path):
     s.close()
 
 
+def test_a_create_only_write_never_replaces_and_leaves_no_temp_file(tmp_path):
+    path = tmp_path / "inputs" / "fox.png"
+    atomic_write(path, b"first", create_only=True)
+    assert path.read_bytes() == b"first"
+    with pytest.raises(FileExistsError):
+        atomic_write(path, b"second", create_only=True)  # another writer got there first
+    assert path.read_bytes() == b"first"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["fox.png"]
+
+
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "a.bin"
     atomic_write(path, b"old")

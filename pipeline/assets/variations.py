@@ -14,7 +14,6 @@ replaced by other bytes: a manifest may already use it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ from typing import Any
 import yaml
 
 from ..errors import ImagebatchError
-from ..planning.plan import TMP_PREFIX, Job, safe
+from ..planning.plan import Job, safe
+from ..storage.store import atomic_write
 
 DEFAULT_STRENGTH = 0.35  # near the picked image: its composition kept, its details varied
 DEFAULT_COUNT = 4  # variations asked for: {random: 4}
@@ -72,24 +72,12 @@ def save_input(data: bytes, dest: Path) -> bool:
 
     if same():
         return False
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f"{TMP_PREFIX}{dest.name}.{os.getpid()}"
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, dest)  # fails if dest exists: never replaces it
-        except FileExistsError:
-            if same():
-                return False
-            raise
-        except OSError:  # a filesystem without hard links: replace, having checked above
-            os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        atomic_write(dest, data, create_only=True)
+    except FileExistsError:  # written meanwhile: fine if it is this picture
+        if same():
+            return False
+        raise
     return True
 
 

@@ -136,8 +136,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is either absent, the old file, or complete."""
+def atomic_write(path: Path, data: bytes, *, create_only: bool = False) -> None:
+    """Write `data` to `path` so that `path` is either absent, the old file, or complete;
+    with `create_only`, a file already at `path` is never replaced (FileExistsError)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{threading.get_ident()}"
     try:
@@ -145,7 +146,17 @@ def atomic_write(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if not create_only:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if path exists: a hard link never replaces
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links: replace, as the caller
+                os.replace(tmp, path)  # looked first; a race there is the one left open
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # the link left the temporary name behind
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
