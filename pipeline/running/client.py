@@ -353,10 +353,6 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), port
 
 
-def _decode_and_check(b64: str, request: dict[str, Any], provider: Provider) -> GeneratedImage:
-    return check_image(decode_b64(b64), request, provider)
-
-
 def _read_answer(provider: Provider, raw: bytes, content_type: str,
                  headers: Mapping[str, str], request: dict[str, Any],
                  ) -> tuple[Answer, GeneratedImage | None]:
@@ -365,5 +361,5 @@ def _read_answer(provider: Provider, raw: bytes, content_type: str,
     if answer.data is not None:
         return answer, check_image(answer.data, request, provider)
     if answer.b64 is not None:
-        return answer, _decode_and_check(answer.b64, request, provider)
+        return answer, check_image(decode_b64(answer.b64), request, provider)
     return answer, None
