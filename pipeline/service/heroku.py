@@ -195,30 +195,27 @@ class Heroku(Fake):
         elif fault == "wrong-size":
             w, h = apispec.pixel_size(body)
             draw["size"] = f"{w // 2}x{h // 2}"
-        if fault == "not-image":
-            data = NOT_IMAGE
-        else:
-            try:
-                data = await self.service.image(draw, seed)
-            except Exception as exc:  # noqa: BLE001 - a broken pool must answer, not hang
-                return error_response(500, f"render failed: {type(exc).__name__}")
-
         created = int(time.time())
-        if body.get("response_format") == "url":
-            name = f"{secrets.token_hex(16)}.{'jpg' if fmt == 'jpeg' else 'png'}"
-            self.files.put(name, data, "image/jpeg" if fmt == "jpeg" else "image/png")
-            url = f"{request.scheme}://{request.host}{FILES_PREFIX}{name}"
-            item = json.dumps({"url": url, "revised_prompt": ""})
-        else:
-            b64 = base64.b64encode(data).decode("ascii")
-            if fault == "bad-base64":
-                mid = len(b64) // 2
-                b64 = b64[:mid] + "!!not*base64!!" + b64[mid:]
-            item = f'{{"b64_json":"{b64}","revised_prompt":""}}'
-        text = f'{{"created":{created},"data":[{item}]}}'
+        try:
+            if body.get("response_format") == "url":
+                data = NOT_IMAGE if fault == "not-image" else await self.service.image(draw, seed)
+                name = f"{secrets.token_hex(16)}.{'jpg' if fmt == 'jpeg' else 'png'}"
+                self.files.put(name, data, "image/jpeg" if fmt == "jpeg" else "image/png")
+                url = f"{request.scheme}://{request.host}{FILES_PREFIX}{name}"
+                item = json.dumps({"url": url, "revised_prompt": ""}).encode("ascii")
+            else:
+                b64 = (base64.b64encode(NOT_IMAGE) if fault == "not-image"
+                       else await self.service.image_b64(draw, seed))
+                if fault == "bad-base64":
+                    mid = len(b64) // 2
+                    b64 = b64[:mid] + b"!!not*base64!!" + b64[mid:]
+                item = b'{"b64_json":"' + b64 + b'","revised_prompt":""}'
+        except Exception as exc:  # noqa: BLE001 - a broken pool must answer, not hang
+            return error_response(500, f"render failed: {type(exc).__name__}")
+        answer = b'{"created":%d,"data":[' % created + item + b"]}"
         if fault == "truncate":
-            text = text[: len(text) // 2]
-        return web.Response(status=200, body=text.encode("ascii"), content_type="application/json")
+            answer = answer[: len(answer) // 2]
+        return web.Response(status=200, body=answer, content_type="application/json")
 
     async def generations(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/images/generations."""
