@@ -545,6 +545,9 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
                    help="answer request number N with fault KIND, e.g. 2:500,5:reset")
     p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                    help="render processes (default: one per core)")
+    p.add_argument("--flat", action="store_true",
+                   help="plain one-colour pictures, made without render processes (a fifth "
+                        "of the cost, for load tests where the pictures do not matter)")
     p.add_argument("--stability-limit", type=_positive_int, default=None, metavar="N",
                    help="the Stability path's limit: N requests per 10 s, then a lockout "
                         "(default: no limit; Stability's own is 150)")
@@ -654,7 +657,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         rpm=args.rpm, window=args.window,
         retry_after=not args.no_retry_after, fail_rate=args.fail_rate,
         faults=args.faults or FAULT_KINDS, fault_seed=args.fault_seed, script=args.fault_at,
-        workers=args.workers, stability_limit=args.stability_limit,
+        workers=args.workers, flat=args.flat, stability_limit=args.stability_limit,
         stability_lockout=args.stability_lockout,
         stability_retry_after=args.stability_retry_after,
     ), host=args.host, port=args.port)

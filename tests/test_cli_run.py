@@ -334,3 +334,32 @@ async def test_image_downloads_count_as_requests_in_the_summary(tmp_path):
         await runner.cleanup()
     assert seen == {"POST": 3, "GET": 3} and summary["succeeded"] == 3
     assert summary["requests"] == 6  # HTTP requests sent: the POSTs and the downloads
+
+
+def test_flat_placeholders_are_asked_for_by_the_environment(tmp_path, monkeypatch, capsys):
+    from imagebatch.cli import main
+
+    manifest = tmp_path / "flat.yaml"
+    manifest.write_text("version: 1\nname: flat\njobs:\n  - id: fox\n    prompt: a fox\n    seeds: [1, 2]\n"
+                        "    aspect_ratio: '16:9'\n")
+    out = tmp_path / "out"
+    # a value that is neither kind is refused before anything is made or written
+    monkeypatch.setenv("IMAGEBATCH_PLACEHOLDERS", "flatt")
+    assert main(["run", str(manifest), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "IMAGEBATCH_PLACEHOLDERS is 'flatt': use landscape or flat" in err
+    assert "Traceback" not in err and not out.exists()
+
+    monkeypatch.setenv("IMAGEBATCH_PLACEHOLDERS", "flat")
+    assert main(["run", str(manifest), "--out", str(out)]) == 0
+    images = sorted((out / "flat" / "images").rglob("*.png"))
+    assert len(images) == 2
+    colours = []
+    for path in images:
+        with Image.open(path) as im:
+            im.load()
+            assert im.size == (1344, 768) and im.format == "PNG"
+            found = im.convert("RGB").getcolors(4)
+            assert found is not None and len(found) == 1  # one colour: a flat picture
+            colours.append(found[0][1])
+    assert colours[0] != colours[1]  # each seed its own

@@ -25,6 +25,7 @@ from imagebatch.service.render import render
 from imagebatch.service.server import (
     FAULT_KINDS,
     MAX_REQUEST_BYTES,
+    SERVICE_KEY,
     STATS_KEY,
     ServerOptions,
     ServerStats,
@@ -217,6 +218,30 @@ async def test_every_size_and_format_decodes_exactly(server, session, ratio, siz
     assert img.size == tuple(int(v) for v in want.split("x"))
     assert img.format == {"png": "PNG", "jpeg": "JPEG"}[fmt]
     assert img.mode == "RGB"
+
+
+@pytest.mark.parametrize("fmt", apispec.OUTPUT_FORMATS)
+async def test_flat_pictures_keep_size_format_and_determinism_without_render_processes(
+        session, fmt):
+    async with running_server(ServerOptions(flat=True)) as srv:
+        made = {}
+        for seed, ratio in ((7, "16:9"), (8, "16:9"), (7, "1:1"), (7, "16:9")):
+            status, _, payload = await post(session, srv.url, body(
+                seed=seed, aspect_ratio=ratio, output_format=fmt))
+            assert status == 200
+            data, img = image_of(payload)
+            assert img.size == tuple(int(v) for v in apispec.ASPECT_SIZES[ratio].split("x"))
+            assert img.format == {"png": "PNG", "jpeg": "JPEG"}[fmt] and img.mode == "RGB"
+            assert len(img.getcolors(16) or ()) <= 4  # one colour (a JPEG blurs a little)
+            made.setdefault((seed, ratio), set()).add(data)
+        # the same request twice gives the same bytes; another seed or size other bytes
+        assert [len(v) for v in made.values()] == [1, 1, 1]
+        assert len(set().union(*made.values())) == 3
+        stats = srv.app[STATS_KEY]
+        assert stats.renders == 3
+        # made in a thread: the render process pool never started a process
+        pool = srv.app[SERVICE_KEY].pool
+        assert not getattr(pool, "_processes", None)
 
 
 async def test_defaults_are_square_png(server, session):

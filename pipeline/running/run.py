@@ -29,7 +29,7 @@ from ..planning.plan import Job, Plan
 from ..planning.select import ALL, narrow, narrow_all
 from ..providers import connect, default
 from ..providers.base import Provider
-from ..service.server import ServerOptions, running_server
+from ..service.server import ServerOptions, flat_placeholders, running_server
 from ..signals import on_stop_signals
 from ..storage import credentials, picks
 from ..storage.cache import Cache, claim_lease
@@ -101,9 +101,10 @@ def _backends(conns: Sequence[connect.Connection]) -> list[_Backend]:
 
 
 @contextlib.asynccontextmanager
-async def _serve(backend: _Backend, err: TextIO, reason: str) -> AsyncIterator[_Backend]:
+async def _serve(backend: _Backend, err: TextIO, reason: str, flat: bool
+                 ) -> AsyncIterator[_Backend]:
     """The embedded server started here for the rest of the run: `backend` at its URL."""
-    async with running_server(ServerOptions(), host="127.0.0.1", port=0) as srv:
+    async with running_server(ServerOptions(flat=flat), host="127.0.0.1", port=0) as srv:
         print(f"{reason}: using the embedded local server at {srv.url}", file=err, flush=True)
         yield replace(backend, url=srv.url)
 
@@ -127,6 +128,7 @@ async def run_plans(
     price, budget = opts.spending(os.environ if env is None else env)
     # signing asked for (IMAGEBATCH_C2PA_*) but impossible stops here, before any request
     signer = credentials.signer_from_env(os.environ if env is None else env)
+    flat = flat_placeholders(os.environ if env is None else env)  # a typo stops here too
     chosen = list(plans)
     if opts.selection.active:
         chosen = narrow_all(plans, opts.selection, opts.shard)
@@ -152,7 +154,7 @@ async def run_plans(
                                                   uploader)
                 if work and conns[0].local:  # nothing to send, no server: done is judged on disk
                     backends = [await server.enter_async_context(_serve(backends[0], err,
-                                                                        reason))]
+                                                                        reason, flat))]
                 runner = await _run_jobs(work, backends, opts, err,
                                          {c.prefix: c.key_variable for c in conns},
                                          uploader.submit if uploader is not None else None,

@@ -33,8 +33,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from ..errors import ConfigError
 from ..planning import apispec
-from .render import render
+from .render import render, render_flat
 
 #: Faults every path plays (a path may shape them its own way, or ignore a body fault that
 #: its answer has no room for, as Stability's raw bytes have for bad-base64).
@@ -63,6 +64,20 @@ HTML_PAGE = (
 )
 
 
+#: Which placeholder pictures the embedded server of `imagebatch run` makes: `landscape`
+#: (the default, pictures that say what made them) or `flat` (ServerOptions.flat).
+PLACEHOLDERS_VARIABLE = "IMAGEBATCH_PLACEHOLDERS"
+
+
+def flat_placeholders(env: Mapping[str, str]) -> bool:
+    """Whether $IMAGEBATCH_PLACEHOLDERS asks for flat pictures; ConfigError for a value
+    that is neither `landscape` nor `flat`, before anything is made."""
+    value = env.get(PLACEHOLDERS_VARIABLE, "").strip().lower()
+    if value not in ("", "landscape", "flat"):
+        raise ConfigError(f"{PLACEHOLDERS_VARIABLE} is {value[:20]!r}: use landscape or flat")
+    return value == "flat"
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     """How the embedded server behaves: key, latency, rate limit, faults, render workers."""
@@ -88,6 +103,10 @@ class ServerOptions:
     keep_bodies: bool = False  # record every POST body and its headers in stats (for tests)
     stall_seconds: float = 30.0  # how long the `stall` fault holds the response
     workers: int | None = None  # render process pool size; None = os.cpu_count()
+    # Plain one-colour pictures (render_flat), made in a thread: no render processes are
+    # started and an image costs a fifth of a landscape. For dry runs of big manifests and
+    # test suites, where what the pictures show does not matter.
+    flat: bool = False
     # The Stability path's limit: beyond `stability_limit` requests in `stability_window`
     # seconds, every request is refused (429) for `stability_lockout` seconds. None: no limit
     # (the lockout fault still locks out).
@@ -564,7 +583,10 @@ class Service:
                    "negative_prompt": request.get("negative_prompt", ""),
                    "size": f"{w}x{h}", "output_format": fmt}
             loop = asyncio.get_running_loop()
-            fut = loop.run_in_executor(self.pool, render, job, seed)
+            if self.options.flat:
+                fut = loop.run_in_executor(None, render_flat, job, seed)
+            else:
+                fut = loop.run_in_executor(self.pool, render, job, seed)
             self._inflight[key] = fut
             fut.add_done_callback(lambda f: self._rendered(key, f))
         # Shielded: a client that hangs up must not cancel a render others may be waiting on.

@@ -31,7 +31,15 @@ from ..errors import UsageError
 from ..planning import apispec
 from . import bedrock, chat
 from .bedrock import Bedrock
-from .faults import FAULT_KINDS, ServerOptions, ServerStats, Service, SlidingWindow
+from .faults import (
+    FAULT_KINDS,
+    PLACEHOLDERS_VARIABLE,
+    ServerOptions,
+    ServerStats,
+    Service,
+    SlidingWindow,
+    flat_placeholders,
+)
 from .heroku import FILES_PREFIX, MAX_REQUEST_BYTES, Heroku, error_response, validate
 from .stability import Stability
 
@@ -181,6 +189,8 @@ def _describe(options: ServerOptions) -> str:
         parts.append(f"limit {options.rpm} requests per {options.window:g} s")
     if options.latency_ms:
         parts.append(f"+{options.latency_ms:g} ms latency")
+    if options.flat:
+        parts.append("flat pictures")
     if options.fail_rate:
         parts.append(f"faults {options.fail_rate:.0%} of {', '.join(options.faults)} "
                      f"(seed {options.fault_seed})")
@@ -204,6 +214,8 @@ def serve(options: ServerOptions, host: str = "127.0.0.1", port: int = 8000) -> 
 
 __all__ = [
     "FAULT_KINDS",
+    "PLACEHOLDERS_VARIABLE",
+    "flat_placeholders",
     "MAX_REQUEST_BYTES",
     "SERVICE_KEY",
     "STATS_KEY",
