@@ -20,8 +20,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from multidict import CIMultiDict
-
 from ..errors import (
     ApiError,
     AuthError,
@@ -277,6 +275,8 @@ class Bedrock(Provider):
         if headers.get("Retry-After") is not None or not (
                 status == 429 or kind == "ServiceQuotaExceededException"):
             return headers
+        from multidict import CIMultiDict  # noqa: PLC0415 - only on a 429: aiohttp's, loaded by then
+
         out = CIMultiDict(headers)
         out["Retry-After"] = f"{self._pause(kind):g}"
         return out

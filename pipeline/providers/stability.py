@@ -10,13 +10,12 @@ alone) `STABILITY_API_KEY` with none of the prefix's own variables set.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 from collections.abc import Mapping
 from typing import Any
-
-from multidict import CIMultiDict
 
 from .. import version
 from ..errors import (
@@ -43,9 +42,15 @@ ASPECT_TOLERANCE = 0.03
 #: The fastest a Stability member is ever paced, --rpm or not: 140 starts in any 10 s, under
 #: its 150, since one over costs a 60 s lockout of every request.
 MAX_RPM = 840.0
-#: Sent on every Stability request: Stability asks clients to name themselves and their
-#: version so that it can reach their users about moderation (its API's optional headers).
-CLIENT_HEADERS = {"stability-client-id": "imagebatch", "stability-client-version": version()}
+
+
+@functools.cache
+def client_headers() -> dict[str, str]:
+    """Sent on every Stability request: Stability asks clients to name themselves and their
+    version so that it can reach their users about moderation (its API's optional headers).
+    Looked up at the first request, not at import: reading the installed version loads
+    importlib.metadata, a tenth of the start-up of every command that never sends one."""
+    return {"stability-client-id": "imagebatch", "stability-client-version": version()}
 
 
 class Stability(Provider):
@@ -120,7 +125,7 @@ class Stability(Provider):
         form, form_type = stability_form(job)
         return Outgoing(base_url + self.endpoint, form,
                         {"Authorization": f"Bearer {key}", "Accept": accept,
-                         "Content-Type": form_type, **CLIENT_HEADERS})
+                         "Content-Type": form_type, **client_headers()})
 
     # -- the answer -----------------------------------------------------------------------
 
@@ -149,6 +154,8 @@ class Stability(Provider):
         no Retry-After of its own (a request sooner would only extend it)."""
         if status != 429 or headers.get("Retry-After") is not None:
             return headers
+        from multidict import CIMultiDict  # noqa: PLC0415 - only on a 429: aiohttp's, loaded by then
+
         out = CIMultiDict(headers)  # header names stay case-insensitive, as the pacer reads
         out["Retry-After"] = f"{apispec.STABILITY_LOCKOUT:g}"
         return out

@@ -15,7 +15,7 @@ from ..planning.config import DEFAULT_PREFIX, REQUEST_TIMEOUT
 from ..planning.costs import Price, price_from
 from ..planning.manifest import DEFAULT_MAX_JOBS
 from ..planning.select import ALL, Selection
-from .runner import RunSettings
+from .settings import RunSettings
 
 DEFAULT_OUT = Path("outputs")
 #: Starts a minute for a remote URL when --rpm is not given: the documented Stable Image

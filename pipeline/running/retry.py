@@ -17,23 +17,13 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from ..errors import RetryableApiError
+from .settings import RetrySettings as RetrySettings  # where callers import it from
 
 Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class RetrySettings:
-    """How often and how long to retry."""
-
-    retries: int = 5  # retries after the first attempt
-    backoff_base: float = 1.0  # seconds; the first backoff is uniform in [0, base]
-    backoff_cap: float = 30.0  # no single backoff longer than this
-    retry_after_cap: float = 120.0  # a server asking for longer is believed only this far
 
 
 def backoff_wait(settings: RetrySettings, rng: Callable[[], float] = random.random) -> Callable[

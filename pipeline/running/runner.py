@@ -58,23 +58,22 @@ from ..providers import default
 from ..providers.base import Provider
 from .retry import (
     Pacer,
-    RetrySettings,
     Sleep,
     Stopped,
     build_retrying,
     nap,
     start_on,
 )
+from .settings import RunSettings as RunSettings  # where callers import it from
 
 if TYPE_CHECKING:
     from ..storage.store import Record
     from .client import GeneratedImage
 
+_DEFAULTS = RunSettings()
+
 #: Called with each response's headers and status as it arrives (for the pacer).
 Observe = Callable[[Mapping[str, str], int], None]
-
-_RETRY = RetrySettings()
-
 
 class ImageClient(Protocol):
     """What the runner needs from a client."""
@@ -123,27 +122,6 @@ class JobStore(Protocol):
         """Record a failure (its last attempt on pool member `member`, if a pool's); given
         `final=True`, one that later runs do not send again (see `final`)."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class RunSettings:
-    """How hard to push: concurrency, retries and when to give up on a throttled service."""
-
-    concurrency: int = 4
-    retries: int = _RETRY.retries
-    backoff_base: float = _RETRY.backoff_base
-    backoff_cap: float = _RETRY.backoff_cap
-    retry_after_cap: float = _RETRY.retry_after_cap
-    # Seconds of nothing but 429s (no image in between) before the run stops: a key whose
-    # quota is spent would otherwise have every job wait out its retries to record them
-    # all failed.
-    throttled_stop: float = 900.0
-
-    @property
-    def retry(self) -> RetrySettings:
-        """The retry part of the settings."""
-        return RetrySettings(self.retries, self.backoff_base, self.backoff_cap,
-                             self.retry_after_cap)
 
 
 class Member:
@@ -244,7 +222,7 @@ class Runner:
     def __init__(
         self,
         backend: ImageClient | Sequence[Member],
-        settings: RunSettings = RunSettings(),
+        settings: RunSettings = _DEFAULTS,
         *,
         sleep: Sleep = asyncio.sleep,
         on_change: Callable[[RunState], None] | None = None,
