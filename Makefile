@@ -27,9 +27,14 @@ PIP := PYTHONWARNINGS=ignore $(BIN)/python -m pip install -q --disable-pip-versi
 TEST_STAMP := $(VENV)/.installed-test
 DEV_STAMP := $(VENV)/.installed-dev
 
+# pip is upgraded only when it is older than 21.3, the first to install a pyproject.toml project
+# as editable (Python 3.10.0's bundled pip is 21.2): a newer one does the job as it is, and an
+# upgrade costs a fresh clone's first `make run` seconds and a trip to the package index.
+PIP_OLD := $(BIN)/python -c "import sys, pip; sys.exit(tuple(map(int, pip.__version__.split('.')[:2])) >= (21, 3))"
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(PIP) --upgrade pip
+	@if $(PIP_OLD); then $(PIP) --upgrade pip; fi
 	$(PIP) -e .
 	@touch $(STAMP)
 
