@@ -27,6 +27,7 @@ class Switchable:
     """The embedded server on one URL (so one backend) whose answers can be switched to 503s."""
 
     server: RunningServer
+    healthy: ServerOptions = HEALTHY  # what it answers with when not failing
 
     @property
     def url(self) -> str:
@@ -42,16 +43,21 @@ class Switchable:
 
         The server reads its options at each request, so its own fault machinery does it.
         """
-        self.server.app[SERVICE_KEY].options = FAILING if on else HEALTHY
+        self.server.app[SERVICE_KEY].options = (
+            replace(self.healthy, fail_rate=FAILING.fail_rate, faults=FAILING.faults) if on
+            else self.healthy)
 
 
 @contextlib.contextmanager
-def switchable_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Switchable]:
-    """A Switchable server in a background thread, set as DIFFUSION_URL / DIFFUSION_KEY."""
-    with in_thread(lambda: running_server(HEALTHY)) as srv:
+def switchable_server(monkeypatch: pytest.MonkeyPatch, *,
+                      flat: bool = False) -> Iterator[Switchable]:
+    """A Switchable server in a background thread, set as DIFFUSION_URL / DIFFUSION_KEY;
+    `flat`: one-colour pictures (same sizes and formats, a fraction of the CPU)."""
+    healthy = replace(HEALTHY, flat=flat)
+    with in_thread(lambda: running_server(healthy)) as srv:
         monkeypatch.setenv("DIFFUSION_URL", srv.url)
         monkeypatch.setenv("DIFFUSION_KEY", SECRET_KEY)
-        yield Switchable(srv)
+        yield Switchable(srv, healthy)
 
 
 def cli(*argv: str) -> tuple[int, str, str]:

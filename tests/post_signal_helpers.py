@@ -12,6 +12,7 @@ reparented.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -24,7 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stress_helpers import ROOT, cli_env, decode, run_cli, scale
+import pytest
+from stress_helpers import ROOT, cli_env, decode, scale
 
 #: Images to thumbnail, and the thumbnails' size: enough that post-processing takes a few
 #: seconds on two cores, so a signal lands in the middle of it. `make soak` (SOAK=1) makes
@@ -49,14 +51,25 @@ TAG_VARIABLE = "IMAGEBATCH_PROCESS_TAG"
 
 
 def make_outputs(top: Path) -> tuple[Path, Path]:
-    """(manifest, --out folder) holding N images made by `run --no-post`, not thumbnailed."""
+    """(manifest, --out folder) holding N images made by `run --no-post`, not thumbnailed.
+
+    Made in this process (`imagebatch.cli.main`, the embedded server's landscapes): only the
+    commands the tests signal need processes of their own."""
+    from imagebatch.cli import main
+
     top.mkdir(parents=True, exist_ok=True)
     manifest = top / f"{NAME}.yaml"
     manifest.write_text(MANIFEST)
     out = top / "out"
-    done = run_cli([*_pipeline("run", str(manifest), "--out", str(out), "--rpm", "0",
-                               "--no-post")], cli_env(), cwd=top, timeout=300)
-    assert done.returncode == 0, done.stderr
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(err):
+        for name in list(os.environ):  # the embedded server, whatever the caller has set
+            if name.startswith(("DIFFUSION_", "INFERENCE_", "STABILITY_", "IMAGEBATCH_")):
+                mp.delenv(name)
+        mp.chdir(top)
+        code = main(["run", str(manifest), "--out", str(out), "--rpm", "0", "--no-post"])
+    assert code == 0, err.getvalue()
     assert not (out / NAME / "thumbs").exists()
     return manifest, out
 

@@ -15,8 +15,11 @@ import contextlib
 import hashlib
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -205,6 +208,111 @@ def run_cli(argv: list[str], env: Mapping[str, str], cwd: Path,
                           timeout=timeout)
 
 
+# One interpreter that has imported imagebatch forks a child per command: the child is a
+# process of its own (its own environment, cwd, stdout and stderr files, exit status, memory
+# and exit handlers) without paying a fresh interpreter's imports (~0.5 CPU-s a command).
+# For tests of what a command does, not of how a process starts or takes signals.
+_FORKER = r"""
+import json, os, sys
+from imagebatch.cli import main  # what every command imports, once
+
+while True:
+    line = sys.stdin.readline()
+    if not line:
+        sys.exit(0)
+    req = json.loads(line)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        break
+    print(pid, flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(status), flush=True)
+
+# the child: from here on, as `python -m imagebatch ARGV` would run
+null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(null, 0)
+for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
+    opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(opened, fd)
+    os.close(opened)
+os.chdir(req["cwd"])
+os.environ.clear()
+os.environ.update(req["env"])
+sys.argv = ["imagebatch", *req["argv"]]
+if req["peak_rss"]:
+    import atexit, re
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # the peak RSS counts from here: the run's own, not the forker's
+
+    def _peak() -> None:
+        hwm = re.search(r"VmHWM:\s*(\d+)", open("/proc/self/status").read()).group(1)
+        print(f"peak_rss_kb={hwm}", file=sys.stderr, flush=True)
+    atexit.register(_peak)  # registered first, so it runs after the command's own handlers
+sys.exit(main(req["argv"]))
+"""
+
+
+class Forker:
+    """`imagebatch ARGV` commands run as forked children of one interpreter (see _FORKER)."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen([sys.executable, "-c", _FORKER], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True, env=cli_env(key=None),
+                                      cwd=ROOT)
+
+    def _line(self, timeout: float) -> str | None:
+        assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+        return self._proc.stdout.readline() if ready else None
+
+    def run(self, argv: list[str], env: Mapping[str, str], cwd: Path, timeout: float = 300,
+            peak_rss: bool = False) -> subprocess.CompletedProcess[str]:
+        """`imagebatch ARGV` to completion in a child, as run_cli: text output captured.
+
+        With `peak_rss`, its peak resident set size ends stderr: `peak_rss_kb=N`."""
+        assert self._proc.stdin is not None
+        with tempfile.TemporaryDirectory() as logs:
+            out, err = Path(logs, "stdout"), Path(logs, "stderr")
+            self._proc.stdin.write(json.dumps({
+                "argv": argv, "env": dict(env), "cwd": str(cwd), "stdout": str(out),
+                "stderr": str(err), "peak_rss": peak_rss}) + "\n")
+            self._proc.stdin.flush()
+            pid = self._line(60)
+            if not pid:
+                raise RuntimeError(f"the forker did not start a command (exit {self._proc.poll()})")
+            code = self._line(timeout)
+            if code is None:
+                os.kill(int(pid), signal.SIGKILL)
+                self._line(60)
+                raise subprocess.TimeoutExpired(argv, timeout)
+            return subprocess.CompletedProcess(argv, int(code), out.read_text(errors="replace"),
+                                               err.read_text(errors="replace"))
+
+    def close(self) -> None:
+        """End the forker (end of its input) and wait for it."""
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        try:
+            self._proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+
+@contextlib.contextmanager
+def forker() -> Iterator[Forker]:
+    """A Forker for the `with` block (a module fixture's: one interpreter for many commands)."""
+    f = Forker()
+    try:
+        yield f
+    finally:
+        f.close()
+
+
 def load(manifest: Path) -> Plan:
     """The plan `run` makes of a manifest (the model default, as the CLI's with no env)."""
     from imagebatch.planning.manifest import load_plan
@@ -336,7 +444,8 @@ def leaks(secret: str, texts: Mapping[str, str | bytes], under: Path | None = No
 
 
 __all__ = [
-    "ROOT", "SECRET_KEY", "SOAK", "Embedded", "Served", "app_server", "check_run", "cli_env",
-    "decode", "decode_tree", "embedded_server", "every_file_decodes", "in_thread", "leaks", "load",
-    "results", "run_argv", "run_cli", "scale", "secret_forms", "snapshot_tree", "temp_files",
+    "ROOT", "SECRET_KEY", "SOAK", "Embedded", "Forker", "Served", "app_server", "check_run",
+    "cli_env", "decode", "decode_tree", "embedded_server", "every_file_decodes", "forker",
+    "in_thread", "leaks", "load", "results", "run_argv", "run_cli", "scale", "secret_forms",
+    "snapshot_tree", "temp_files",
 ]

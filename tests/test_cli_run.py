@@ -340,8 +340,8 @@ def test_flat_placeholders_are_asked_for_by_the_environment(tmp_path, monkeypatc
     from imagebatch.cli import main
 
     manifest = tmp_path / "flat.yaml"
-    manifest.write_text("version: 1\nname: flat\njobs:\n  - id: fox\n    prompt: a fox\n    seeds: [1, 2]\n"
-                        "    aspect_ratio: '16:9'\n")
+    manifest.write_text("version: 1\nname: flat\njobs:\n  - id: fox\n    prompt: a fox\n"
+                        "    seeds: [1, 2]\n    aspect_ratio: '16:9'\n")
     out = tmp_path / "out"
     # a value that is neither kind is refused before anything is made or written
     monkeypatch.setenv("IMAGEBATCH_PLACEHOLDERS", "flatt")

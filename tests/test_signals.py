@@ -14,22 +14,14 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from stress_helpers import embedded_server
+
+from imagebatch.service.server import ServerOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 KEY = "inf-SECRETSECRET123"
 N = 40
-
-SERVER = f"""
-import asyncio, sys
-from imagebatch.service.server import ServerOptions, running_server
-async def main():
-    options = ServerOptions(key={KEY!r}, latency_ms=1000 * float(sys.argv[1]), workers=1)
-    async with running_server(options) as srv:
-        print(srv.url, flush=True)
-        await asyncio.Event().wait()
-asyncio.run(main())
-"""
 
 # Used until the manifest loader exists: the same run, with the plan built by hand.
 DRIVER = f"""
@@ -61,20 +53,14 @@ jobs:
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server():
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, "0.3"], stdout=subprocess.PIPE,
-                            text=True, cwd=ROOT)
-    url = proc.stdout.readline().strip()
-    yield url
-    # Ctrl-C, not SIGKILL: the server's cleanup ends its render pool, whose workers would
-    # otherwise wait forever (and keep the multiprocessing helpers alive) after it is gone.
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    """The embedded server in a thread of this process, shared by the module's tests (each
+    run writes its own folder; the server keeps nothing a run reads). What is checked is
+    the run's process; the server's flat pictures decode at the asked size like any."""
+    options = ServerOptions(key=KEY, latency_ms=300, workers=1, flat=True)
+    with embedded_server(options) as srv:
+        yield srv.url
 
 
 def _run_argv(tmp_path: Path) -> list[str]:

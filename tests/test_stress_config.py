@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from stress_helpers import SECRET_KEY, app_server, cli_env, run_argv, run_cli, temp_files
+from stress_helpers import SECRET_KEY, Forker, app_server, cli_env, forker, temp_files
 
 pytestmark = pytest.mark.stress
 
@@ -64,10 +64,18 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def commands() -> Iterator[Forker]:
+    """One interpreter for the module's runs, each a forked child of it: a process of its own
+    without a fresh interpreter's imports."""
+    with forker() as f:
+        yield f
+
+
 @pytest.mark.parametrize("options", [[], ["--retries", "2", "--rpm", "0"]],
                          ids=["defaults", "retries-2-no-pacing"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_wrong_url_is_said_clearly_in_bounded_time(tmp_path: Path, case: str,
+def test_wrong_url_is_said_clearly_in_bounded_time(commands: Forker, tmp_path: Path, case: str,
                                                     options: list[str]) -> None:
     make, variable = CASES[case]
     manifest = tmp_path / "config.yaml"
@@ -75,8 +83,8 @@ def test_wrong_url_is_said_clearly_in_bounded_time(tmp_path: Path, case: str,
     seen_404.clear()
     with make() as url:
         started = time.monotonic()
-        proc = run_cli(run_argv(manifest, tmp_path / "out", "--json", *options),
-                       cli_env(url), cwd=tmp_path, timeout=600)
+        proc = commands.run(["run", str(manifest), "--out", str(tmp_path / "out"), "--json",
+                             *options], cli_env(url), cwd=tmp_path, timeout=600)
         wall = time.monotonic() - started
     err = proc.stderr
     assert proc.returncode == 2, err

@@ -12,16 +12,15 @@ import io
 import json
 import re
 import struct
-import sys
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 from PIL import Image
-from stress_helpers import app_server, cli_env, run_cli, scale, temp_files
+from stress_helpers import Forker, app_server, cli_env, forker, scale, temp_files
 
 from imagebatch.running.client import MAX_BODY_BYTES
 
@@ -40,19 +39,6 @@ jobs:
     seeds: 7
 """
 WANT = (1536, 640)  # 21:9
-
-# Runs `imagebatch run` as `python -m imagebatch` would, then reports the process's peak RSS.
-# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the forked copy
-# of the test process, which is large after the 50 MB cases.
-PEAK_RSS = """\
-import re, sys
-from imagebatch.cli import main
-code = main(sys.argv[1:])
-hwm = re.search(r"VmHWM:\\s*(\\d+)", open("/proc/self/status").read()).group(1)
-print(f"peak_rss_kb={hwm}", file=sys.stderr)
-sys.exit(code)
-"""
-
 
 def _encode(fmt: str, size: tuple[int, int]) -> bytes:
     buf = io.BytesIO()
@@ -234,35 +220,47 @@ def _counting(reply: Reply, seen: list[float]) -> Reply:
     return handle
 
 
-def _run(tmp_path: Path, url: str) -> tuple[int, str, str, int]:
+@pytest.fixture(scope="module")
+def commands() -> Iterator[Forker]:
+    """One interpreter for the module's runs, each a forked child: its own process (exit
+    status, output, peak RSS) without a fresh interpreter's imports."""
+    with forker() as f:
+        yield f
+
+
+def _run(commands: Forker, tmp_path: Path, url: str) -> tuple[int, str, str, int]:
+    """`imagebatch run` in a process of its own: (exit status, stdout, stderr, peak RSS in kB).
+
+    The peak is VmHWM counted from the start of the command (not getrusage's ru_maxrss,
+    which Linux carries over from the process it was forked or exec'd from)."""
     manifest = tmp_path / "hostile.yaml"
     manifest.write_text(MANIFEST)
-    argv = [sys.executable, "-c", PEAK_RSS, "run", str(manifest), "--out", str(tmp_path / "out"),
-            "--retries", str(RETRIES), "--timeout", str(TIMEOUT), "--rpm", "0", "--json"]
-    proc = run_cli(argv, cli_env(url), cwd=tmp_path, timeout=120)
+    argv = ["run", str(manifest), "--out", str(tmp_path / "out"), "--retries", str(RETRIES),
+            "--timeout", str(TIMEOUT), "--rpm", "0", "--json"]
+    proc = commands.run(argv, cli_env(url), cwd=tmp_path, timeout=120, peak_rss=True)
     rss = re.search(r"peak_rss_kb=(\d+)", proc.stderr)
     assert rss, proc.stderr
     return proc.returncode, proc.stdout, proc.stderr, int(rss.group(1))
 
 
 @pytest.fixture(scope="module")
-def baseline_rss(tmp_path_factory: pytest.TempPathFactory) -> int:
+def baseline_rss(commands: Forker, tmp_path_factory: pytest.TempPathFactory) -> int:
     """Peak RSS of the same run against a server that answers correctly."""
     tmp = tmp_path_factory.mktemp("baseline")
     with app_server(_static(_ok_json(_encode("PNG", WANT)))) as url:
-        code, _, err, rss = _run(tmp, url)
+        code, _, err, rss = _run(commands, tmp, url)
     assert code == 0, err
     return rss
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_hostile_response_is_refused_retried_and_nothing_saved(
-        tmp_path: Path, case: str, baseline_rss: int) -> None:
+        commands: Forker, tmp_path: Path, case: str, baseline_rss: int) -> None:
     make, reason = CASES[case]
     seen: list[float] = []
     with app_server(_counting(make(), seen)) as url:
         started = time.monotonic()
-        code, out, err, rss = _run(tmp_path, url)
+        code, out, err, rss = _run(commands, tmp_path, url)
         wall = time.monotonic() - started
     assert code == 1, err  # the run finished; the job failed
     assert "Traceback" not in err
@@ -292,27 +290,27 @@ def test_hostile_response_is_refused_retried_and_nothing_saved(
 
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "1e400", "nan", "many"])
-def test_nonsense_rate_limit_headers_on_good_answers_are_ignored(tmp_path: Path,
+def test_nonsense_rate_limit_headers_on_good_answers_are_ignored(commands: Forker, tmp_path: Path,
                                                                 value: str) -> None:
     for name in ("x-ratelimit-remaining-requests", "x-ratelimit-limit-requests"):
         (tmp_path / name).mkdir()
         with app_server(_ok_with_header(name, value)) as url:
-            code, out, err, _rss = _run(tmp_path / name, url)
+            code, out, err, _rss = _run(commands, tmp_path / name, url)
         assert code == 0, err
         assert json.loads(out)["succeeded"] == 1
 
 
-def test_a_401_with_a_nested_body_still_stops_the_run(tmp_path: Path) -> None:
+def test_a_401_with_a_nested_body_still_stops_the_run(commands: Forker, tmp_path: Path) -> None:
     seen: list[float] = []
     with app_server(_counting(_deep_json(401), seen)) as url:
-        code, _out, err, _rss = _run(tmp_path, url)
+        code, _out, err, _rss = _run(commands, tmp_path, url)
     assert code == 2, err
     assert "rejected the key (401)" in err and "check DIFFUSION_KEY" in err
     assert len(seen) == 1 and "Traceback" not in err
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw-deflate"])
-def test_a_server_that_compresses_anyway_is_still_understood(tmp_path: Path,
+def test_a_server_that_compresses_anyway_is_still_understood(commands: Forker, tmp_path: Path,
                                                              encoding: str) -> None:
     body = _ok_json(_encode("PNG", WANT))
     wbits = {"gzip": 31, "deflate": 15, "raw-deflate": -15}[encoding]
@@ -327,7 +325,7 @@ def test_a_server_that_compresses_anyway_is_still_understood(tmp_path: Path,
                                                   "Content-Encoding": header})
 
     with app_server(reply) as url:
-        code, out, err, _rss = _run(tmp_path, url)
+        code, out, err, _rss = _run(commands, tmp_path, url)
     assert code == 0, err
     assert json.loads(out)["succeeded"] == 1 and asked == ["identity"]
     (image,) = [p for p in (tmp_path / "out/hostile/images").rglob("*") if p.is_file()]

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from base64 import b64encode
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,12 @@ from aiohttp import web
 from PIL import Image
 from stress_helpers import (
     SECRET_KEY,
+    Forker,
     app_server,
     cli_env,
     embedded_server,
+    forker,
     leaks,
-    run_argv,
-    run_cli,
     secret_forms,
 )
 
@@ -43,6 +42,19 @@ jobs:
     seeds: {start: 1, count: 16}
 """
 VERBOSE = ["-v", "-v"]  # -v counts; two is the most any command reads
+
+
+@pytest.fixture(scope="module")
+def commands() -> Iterator[Forker]:
+    """One interpreter for the module's commands, each run in a forked child of it: a process
+    of its own (environment, output, files) without a fresh interpreter's imports."""
+    with forker() as f:
+        yield f
+
+
+def _run(manifest: Path, out: Path, *options: str) -> list[str]:
+    """The arguments of `imagebatch run MANIFEST --out OUT OPTIONS...`."""
+    return ["run", str(manifest), "--out", str(out), *options]
 
 
 def _setup(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -64,19 +76,19 @@ def test_scanner_finds_every_form_it_claims() -> None:
         assert any(form in blob for form in secret_forms(SECRET_KEY)), blob
 
 
-def test_faulty_run_status_sheet_show_never_show_the_key(tmp_path: Path) -> None:
+def test_faulty_run_status_sheet_show_never_show_the_key(commands: Forker, tmp_path: Path) -> None:
     manifest, out, step = _setup(tmp_path)
     options = ServerOptions(key=SECRET_KEY, fail_rate=0.5, faults=FAULT_KINDS, fault_seed=7,
-                            fault_attempts=1, stall_seconds=3.0)
+                            fault_attempts=1, stall_seconds=3.0, flat=True)
     texts: dict[str, str] = {}
     with embedded_server(options) as srv:
         env = cli_env(srv.url, GITHUB_STEP_SUMMARY=str(step))
-        run = run_cli(run_argv(manifest, out, "--rpm", "0", "--timeout", "1.5", *VERBOSE),
+        run = commands.run(_run(manifest, out, "--rpm", "0", "--timeout", "1.5", *VERBOSE),
                       env, cwd=tmp_path)
         assert run.returncode == 0, run.stderr
         assert srv.stats.faults  # the run did meet faults, and their messages
         texts.update(run_stdout=run.stdout, run_stderr=run.stderr)
-        again = run_cli(run_argv(manifest, out, "--rpm", "0", "--json", *VERBOSE), env,
+        again = commands.run(_run(manifest, out, "--rpm", "0", "--json", *VERBOSE), env,
                         cwd=tmp_path)
         assert again.returncode == 0 and json.loads(again.stdout)["skipped"] == 16
         texts.update(rerun_stdout=again.stdout, rerun_stderr=again.stderr)
@@ -86,7 +98,7 @@ def test_faulty_run_status_sheet_show_never_show_the_key(tmp_path: Path) -> None
         "sheet": ["sheet", str(manifest), "--out", str(out)],
         "show": ["show", str(image)],
     }.items():
-        proc = run_cli([sys.executable, "-m", "imagebatch", *argv],
+        proc = commands.run(argv,
                        cli_env("http://127.0.0.1:9", GITHUB_STEP_SUMMARY=str(step)),
                        cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
@@ -95,10 +107,10 @@ def test_faulty_run_status_sheet_show_never_show_the_key(tmp_path: Path) -> None
     _scan(tmp_path, texts)
 
 
-def test_401_names_the_variable_never_the_key(tmp_path: Path) -> None:
+def test_401_names_the_variable_never_the_key(commands: Forker, tmp_path: Path) -> None:
     manifest, out, step = _setup(tmp_path)
     with embedded_server(ServerOptions(key="inf-the-right-one")) as srv:
-        proc = run_cli(run_argv(manifest, out, "--rpm", "0", *VERBOSE),
+        proc = commands.run(_run(manifest, out, "--rpm", "0", *VERBOSE),
                        cli_env(srv.url, GITHUB_STEP_SUMMARY=str(step)), cwd=tmp_path)
         assert srv.stats.by_status[401] >= 1
     assert proc.returncode == 2, proc.stderr
@@ -126,11 +138,11 @@ def _echo(status: int, html: bool = False) -> Reply:
 @pytest.mark.parametrize("status,html", [(401, False), (400, False), (403, False),
                                          (500, False), (200, True), (502, True)],
                          ids=["401", "400", "403", "500", "200-html", "502-html"])
-def test_a_server_echoing_the_key_does_not_make_us_repeat_it(tmp_path: Path, status: int,
-                                                             html: bool) -> None:
+def test_a_server_echoing_the_key_does_not_make_us_repeat_it(commands: Forker, tmp_path: Path,
+                                                             status: int, html: bool) -> None:
     manifest, out, step = _setup(tmp_path)
     with app_server(_echo(status, html)) as url:
-        proc = run_cli(run_argv(manifest, out, "--rpm", "0", "--retries", "1", *VERBOSE),
+        proc = commands.run(_run(manifest, out, "--rpm", "0", "--retries", "1", *VERBOSE),
                        cli_env(url, GITHUB_STEP_SUMMARY=str(step)), cwd=tmp_path)
     assert proc.returncode in (1, 2), proc.stderr
     assert "Traceback" not in proc.stderr
@@ -146,7 +158,8 @@ def test_a_server_echoing_the_key_does_not_make_us_repeat_it(tmp_path: Path, sta
 URL_SECRET = "inf-URLSECRET-0d9a7c31e5"
 
 
-def test_credentials_in_the_url_are_neither_sent_nor_shown(tmp_path: Path) -> None:
+def test_credentials_in_the_url_are_neither_sent_nor_shown(commands: Forker,
+                                                           tmp_path: Path) -> None:
     manifest, out, step = _setup(tmp_path)
     seen: list[str] = []
     buf = io.BytesIO()
@@ -159,7 +172,7 @@ def test_credentials_in_the_url_are_neither_sent_nor_shown(tmp_path: Path) -> No
 
     with app_server(reply) as url:
         url = url.replace("http://", f"http://owner:{URL_SECRET}@")
-        proc = run_cli(run_argv(manifest, out, "--rpm", "0", *VERBOSE),
+        proc = commands.run(_run(manifest, out, "--rpm", "0", *VERBOSE),
                        cli_env(url, GITHUB_STEP_SUMMARY=str(step)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert seen and set(seen) == {f"Bearer {SECRET_KEY}"}
