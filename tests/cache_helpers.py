@@ -102,7 +102,12 @@ def aws_env_fixture(s3: S3, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 def api_options(**kw) -> ServerOptions:
-    """The embedded image server as these tests use it: bodies kept, one render process."""
+    """The embedded image server as these tests use it: bodies kept, flat pictures.
+
+    What the cache tests check (requests, keys, objects, claims, bytes restored) does not
+    depend on what a picture shows: flat ones have the size, format and determinism of a
+    landscape, made in a thread, with no render process to start."""
+    kw.setdefault("flat", True)
     return ServerOptions(keep_bodies=True, workers=1, **kw)
 
 

@@ -49,6 +49,15 @@ jobs:
 """
 
 
+@pytest.fixture(autouse=True)
+def _flat_pictures(_clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run here, in this process or under make, uses the embedded server drawing flat
+    pictures: what these tests check (which runs happen, summaries, bytes copied, sizes)
+    does not depend on what a picture shows, and a flat one is made in a thread, with no
+    render process to start."""
+    monkeypatch.setenv("IMAGEBATCH_PLACEHOLDERS", "flat")
+
+
 def _tree(root: Path) -> dict[str, str]:
     """relative path -> sha256 of every file under root."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()

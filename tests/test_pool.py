@@ -192,7 +192,7 @@ def test_the_cli_refuses_a_pool_with_a_missing_key_before_sending_anything(
     manifest.write_text("version: 1\njobs:\n  - id: a\n    prompt: p\n    seeds: 1\n")
 
     async def check() -> int:
-        async with running_server(ServerOptions(workers=1)) as srv:
+        async with running_server(ServerOptions(workers=1, flat=True)) as srv:
             for name, value in _env(POOLA_URL=srv.url, POOLB_URL=srv.url, POOLB_KEY="").items():
                 monkeypatch.setenv(name, value)
             code = await asyncio.to_thread(
@@ -233,7 +233,9 @@ async def _pool_run(tmp_path: Path, servers: list[ServerOptions], n: int, *, dur
 
 
 def _member_options(prefix: str, **kw) -> ServerOptions:
-    return ServerOptions(key=KEYS[prefix], workers=1, **kw)
+    # flat pictures: what a pool run is checked for (who made what, once) does not depend on
+    # what they show, and a flat one is made in a thread, with no render process to start
+    return ServerOptions(key=KEYS[prefix], workers=1, flat=True, **kw)
 
 
 def _check_outputs(tmp_path: Path, n: int) -> list[dict]:

@@ -38,7 +38,9 @@ def server_in_thread(options: ServerOptions) -> contextlib.AbstractContextManage
 
 @pytest.fixture(scope="module")
 def keyed() -> Iterator[RunningServer]:
-    with server_in_thread(ServerOptions(key=KEY, workers=2)) as srv:
+    # flat pictures: these clients are checked for the shape, size and format of what they
+    # get back, which a flat picture has as a landscape does, made in a thread
+    with server_in_thread(ServerOptions(key=KEY, workers=1, flat=True)) as srv:
         yield srv
 
 
@@ -230,7 +232,7 @@ def test_litellm_openai_compatible_shape_for_heroku(keyed, litellm):
 
 SERVE = ("from imagebatch.service.server import ServerOptions, serve\n"
          "if __name__ == '__main__':\n"
-         "    serve(ServerOptions(key={key!r}, workers=1, rpm=5), '127.0.0.1', 0)\n")
+         "    serve(ServerOptions(key={key!r}, workers=1, rpm=5, flat=True), '127.0.0.1', 0)\n")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

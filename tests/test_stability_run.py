@@ -54,6 +54,15 @@ SKEY = "sk-STABILITY-9f8e7d6c5b4a-test"
 SIMPLE = "version: 1\nname: g\njobs:\n  - id: a\n    prompt: a fox\n    seeds: [5]\n"
 
 
+@pytest.fixture(autouse=True)
+def _flat_pictures(_clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs here on the embedded server draw flat pictures (the servers started here too,
+    `ServerOptions(flat=True)`): what these tests check (keys, bodies, formats, sizes,
+    statuses) does not depend on what a picture shows, and a flat one is made in a thread,
+    with no render process to start."""
+    monkeypatch.setenv("IMAGEBATCH_PLACEHOLDERS", "flat")
+
+
 def write(tmp_path: Path, text: str, name: str = "m.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
@@ -261,7 +270,8 @@ def test_a_request_over_10_mib_as_sent_is_refused_at_planning_one_of_10_mib_is_s
 
     async def send() -> tuple[int, dict[int, int]]:
         (job,) = load_plan(str(path), providers=(STABILITY,)).jobs
-        async with running_server(ServerOptions(key=SKEY, workers=1, keep_bodies=True)) as s, \
+        async with running_server(ServerOptions(key=SKEY, workers=1, flat=True,
+                                                keep_bodies=True)) as s, \
                 aiohttp.ClientSession() as session:
             await ApiClient(session, s.url, SKEY, provider=STABILITY).generate(job)
             return int(s.stats.headers[0]["Content-Length"]), dict(s.stats.by_status)
@@ -382,8 +392,9 @@ def test_the_lockout_is_waited_out_and_every_image_still_made_once(tmp_path):
     async def scenario():
         # a lockout of one second, said in Retry-After (else the client assumes Stability's
         # documented 60 s)
-        opts = ServerOptions(key=SKEY, workers=1, stability_limit=3, stability_window=1.0,
-                             stability_lockout=1.0, stability_retry_after=True)
+        opts = ServerOptions(key=SKEY, workers=1, flat=True, stability_limit=3,
+                             stability_window=1.0, stability_lockout=1.0,
+                             stability_retry_after=True)
         async with running_server(opts) as srv:
             conn = connect.Connection("STABILITY", srv.url, SKEY, provider=STABILITY)
             plan, report = await _serve_run(tmp_path, path, [conn], (STABILITY,), rpm=0,
@@ -406,8 +417,8 @@ def test_a_mixed_pool_shares_the_jobs_records_the_key_each_member_was_sent_and_r
     providers = {"POOLH": HEROKU, "POOLS": STABILITY}
 
     async def scenario():
-        async with running_server(ServerOptions(key=HKEY, workers=1)) as h, \
-                running_server(ServerOptions(key=SKEY, workers=1)) as s:
+        async with running_server(ServerOptions(key=HKEY, workers=1, flat=True)) as h, \
+                running_server(ServerOptions(key=SKEY, workers=1, flat=True)) as s:
             conns = [connect.Connection(p, srv.url, keys[p], provider=providers[p])
                      for p, srv in (("POOLH", h), ("POOLS", s))]
             plan, report = await _serve_run(tmp_path, path, conns, (HEROKU, STABILITY),
@@ -441,8 +452,8 @@ def test_heroku_images_stay_done_when_a_stability_member_joins_the_pool(tmp_path
                            "    seeds: [1, 2, 3]\n")
 
     async def scenario():
-        async with running_server(ServerOptions(key=HKEY, workers=1)) as h, \
-                running_server(ServerOptions(key=SKEY, workers=1)) as s:
+        async with running_server(ServerOptions(key=HKEY, workers=1, flat=True)) as h, \
+                running_server(ServerOptions(key=SKEY, workers=1, flat=True)) as s:
             heroku = connect.Connection("POOLH", h.url, HKEY)
             await _serve_run(tmp_path, path, [heroku], (HEROKU,), rpm=6000)
             before = h.stats.requests + s.stats.requests
@@ -461,7 +472,8 @@ def test_an_image_to_image_run_sends_the_pick_and_makes_a_variation(tmp_path):
                            "    image: pick.png\n    strength: 0.3\n    seeds: [1, 2]\n")
 
     async def scenario():
-        async with running_server(ServerOptions(key=SKEY, workers=1, keep_bodies=True)) as s:
+        async with running_server(ServerOptions(key=SKEY, workers=1, flat=True,
+                                                keep_bodies=True)) as s:
             conn = connect.Connection("S", s.url, SKEY, provider=STABILITY)
             _, report = await _serve_run(tmp_path, path, [conn], (STABILITY,), rpm=0)
             return report, [json.loads(b) for b in s.stats.bodies]
@@ -478,7 +490,8 @@ def test_an_image_to_image_run_sends_the_pick_and_makes_a_variation(tmp_path):
 
 def test_the_embedded_server_refuses_what_stability_refuses(tmp_path):
     async def scenario():
-        async with running_server(ServerOptions(workers=1, script={3: "moderation"})) as s:
+        async with running_server(ServerOptions(workers=1, flat=True,
+                                                script={3: "moderation"})) as s:
             url = s.url + apispec.STABILITY_ENDPOINT
             async with aiohttp.ClientSession() as session:
                 answers = []
@@ -508,7 +521,7 @@ def _form(**fields: str) -> aiohttp.FormData:
 @pytest.mark.slow
 def test_serve_serves_both_providers(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "imagebatch", "serve", "--port", "0",
-                             "--workers", "1"], stderr=subprocess.PIPE, text=True,
+                             "--workers", "1", "--flat"], stderr=subprocess.PIPE, text=True,
                             cwd=ROOT)
     try:
         assert proc.stderr is not None
@@ -596,7 +609,7 @@ def test_keys_never_show_in_a_stability_runs_output(tmp_path, capsys, monkeypatc
     path = write(tmp_path, SIMPLE)
 
     async def scenario():
-        async with running_server(ServerOptions(key=SKEY, workers=1,
+        async with running_server(ServerOptions(key=SKEY, workers=1, flat=True,
                                                 script={1: "422"})) as s:
             monkeypatch.setenv("STABILITY_URL", s.url)
             monkeypatch.setenv("STABILITY_PROVIDER", "stability")
@@ -629,8 +642,8 @@ def test_a_mixed_pools_images_go_to_the_cache_under_the_key_sent_and_come_back_w
     providers = {"POOLH": HEROKU, "POOLS": STABILITY}
 
     async def scenario():
-        async with running_server(ServerOptions(key=HKEY, workers=1)) as h, \
-                running_server(ServerOptions(key=SKEY, workers=1)) as s:
+        async with running_server(ServerOptions(key=HKEY, workers=1, flat=True)) as h, \
+                running_server(ServerOptions(key=SKEY, workers=1, flat=True)) as s:
             conns = [connect.Connection(p, srv.url, keys[p], provider=providers[p])
                      for p, srv in (("POOLH", h), ("POOLS", s))]
             (plan,) = [load_plan(str(path), providers=(HEROKU, STABILITY))]
