@@ -7,10 +7,11 @@ whatever module asks first, so a pytest-xdist worker launches chromium once howe
 tests of several modules are dealt out to it.
 
 A page is the costly part of a browser test: a new one (its context, its renderer and
-Playwright's scripts in it) burns more CPU than loading the page under test. So `Pages` keeps
-one page per kind of context (viewport, touch, permissions...) and lends it to one test at a
-time; between tests it is emptied (about:blank), its listeners removed, its mouse put back
-where a new page has it. A test that failed gives its page up: the next one gets a new page.
+Playwright's scripts in it) burns more CPU than loading the page under test, and each worker
+makes its own. So the tests look at two screens only, a laptop's and a phone's (`SCREENS`),
+and `Pages` keeps one page of each, lent to one test at a time; between tests it is emptied
+(about:blank), its listeners removed, its mouse put back where a new page has it. A test that
+failed gives its page up: the next one gets a new page.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ import pytest_asyncio
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
         "--disable-dev-shm-usage", "--disable-sync", "--no-first-run"]
+#: The screens pages are shown on (Browser.new_context's options): a laptop's, where the review's
+#: "More like this" may copy to the clipboard, and a phone's (touch, two device pixels a CSS
+#: pixel, as a phone has).
+SCREENS: dict[str, dict[str, Any]] = {
+    "laptop": {"viewport": {"width": 1280, "height": 900},
+               "permissions": ["clipboard-read", "clipboard-write"]},
+    "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True,
+              "device_scale_factor": 2},
+}
 
 
 def missing() -> str | None:
@@ -58,21 +68,25 @@ async def chromium() -> AsyncIterator[Any]:
 
 
 class Pages:
-    """Pages of the shared chromium, one kept per kind of context, each lent to one test."""
+    """Pages of the shared chromium, one kept per screen, each lent to one test at a time."""
 
     def __init__(self, browser: Any) -> None:
         self.browser = browser
         self._idle: dict[str, list[Any]] = {}
         self._lent: list[tuple[str, Any]] = []
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
+        self._scheme: dict[Any, str] = {}
 
-    async def new(self, **options: Any) -> Any:
-        """A blank page in a context made with `options` (Browser.new_context's), the test's
-        until it ends."""
-        key = repr(sorted(options.items()))
-        idle = self._idle.setdefault(key, [])
-        page = idle.pop() if idle else await (await self.browser.new_context(**options)).new_page()
-        self._lent.append((key, page))
+    async def new(self, screen: str = "laptop", *, color_scheme: str = "light") -> Any:
+        """A blank page on `screen` (of SCREENS) showing `color_scheme` (set on the page, so
+        both schemes are one page), the test's until it ends."""
+        idle = self._idle.setdefault(screen, [])
+        page = idle.pop() if idle else await (
+            await self.browser.new_context(**SCREENS[screen])).new_page()
+        if self._scheme.get(page, "light") != color_scheme:  # a context's is light unless told
+            await page.emulate_media(color_scheme=color_scheme)
+            self._scheme[page] = color_scheme
+        self._lent.append((screen, page))
         return page
 
     def on(self, page: Any, event: str, handler: Callable[..., Any]) -> None:
@@ -97,6 +111,7 @@ class Pages:
                 else:
                     self._idle[key].append(page)
                     continue
+            self._scheme.pop(page, None)
             await context.close()
 
 

@@ -53,15 +53,9 @@ def _outputs(tmp_path: Path, n: int = 30) -> Path:
     return store.root / "index.html"
 
 
-async def _page(pages: Pages, width: int, height: int):
-    """A blank page of this size, a phone's (touch, mobile) below 500 pixels wide."""
-    return await pages.new(viewport={"width": width, "height": height},
-                           is_mobile=width < 500, has_touch=width < 500)
-
-
 async def test_dump_dom_shows_the_prompt_as_text(pages: Pages, tmp_path):
     index = _outputs(tmp_path, 6)
-    page = await _page(pages, 1280, 900)
+    page = await pages.new("laptop")
     await page.goto(index.as_uri())
     dom = await page.content()  # the document as chromium built it, as --dump-dom prints it
     assert "<figure" in dom
@@ -84,7 +78,7 @@ SETTLE = """() => new Promise(done => {
 
 async def test_every_image_loads_and_no_script_runs(pages: Pages, tmp_path):
     index = _outputs(tmp_path)
-    page = await _page(pages, 1280, 900)
+    page = await pages.new("laptop")
     dialogs: list[str] = []
     pages.on(page, "dialog", lambda d: dialogs.append(d.message))
     await page.goto(index.as_uri())
@@ -125,8 +119,8 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Outputs:
     return make_outputs(tmp_path_factory.mktemp("city"), CITY)
 
 
-async def _open(pages: Pages, index: Path, width: int, height: int):
-    page = await _page(pages, width, height)
+async def _open(pages: Pages, index: Path, screen: str):
+    page = await pages.new(screen)
     await page.goto(index.as_uri())  # lazy images keep their place: width and height are set
     await page.wait_for_function("() => document.images[0].complete")
     return page
@@ -163,7 +157,7 @@ async def test_index_lays_a_matrix_out_like_the_contact_sheet(pages: Pages, city
               "style=art deco, time=dawn", "style=art deco, time=dusk"]
 
     # a wide screen: four rows (variants) of four columns (seeds) under their headers
-    page = await _open(pages, index, 1280, 900)
+    page = await _open(pages, index, "laptop")
     got = await page.evaluate(LAYOUT)
     await page.screenshot(path=str(tmp_path / "index-1280.png"), full_page=True)
     assert [c[0] for c in got["cols"]] == ["#1", "#2", "#3", "#4"]
@@ -181,7 +175,7 @@ async def test_index_lays_a_matrix_out_like_the_contact_sheet(pages: Pages, city
     assert got["scroll"][0] <= got["scroll"][1]
 
     # a phone: each row's heading above its four pictures, two to a line, nothing wider
-    page = await _open(pages, index, 390, 844)
+    page = await _open(pages, index, "phone")
     got = await page.evaluate(LAYOUT)
     await page.screenshot(path=str(tmp_path / "index-390.png"), full_page=True)
     assert got["scroll"][0] <= got["scroll"][1] == 390
@@ -200,7 +194,7 @@ async def test_index_lays_a_matrix_out_like_the_contact_sheet(pages: Pages, city
 async def test_index_says_how_to_review_and_export_and_links_the_sheets(pages: Pages,
                                                                         city: Outputs):
     outputs = city
-    page = await _open(pages, outputs.root / "index.html", 1280, 900)
+    page = await _open(pages, outputs.root / "index.html", "laptop")
     text = await page.inner_text("header")
     out = f" --out {outputs.out}"
     assert f"imagebatch review {outputs.manifest}{out}" in text
@@ -231,8 +225,8 @@ async def test_a_jobs_brief_shows_under_its_heading(pages: Pages, tmp_path):
                ["a robot watering tulips", "a robot pruning roses"])
     outputs = make_outputs(tmp_path, BRIEFED)
     index = outputs.root / "index.html"
-    for width, height in ((1280, 900), (390, 844)):
-        page = await _open(pages, index, width, height)
+    for width, screen in ((1280, "laptop"), (390, "phone")):
+        page = await _open(pages, index, screen)
         got = await page.evaluate(BRIEF_BOXES, anchor("robots"))
         await page.screenshot(path=str(tmp_path / f"index-{width}.png"), full_page=True)
         assert got["text"] == f"Brief: {BRIEF}" and got["shown"]  # its <b> as text

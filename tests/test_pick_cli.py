@@ -357,8 +357,7 @@ async def test_index_marks_in_a_real_browser(pages: Pages, tmp_path, scheme):
     # paths[1] was decided on another picture: stale
     file.write_text(file.read_text().replace(plan.jobs[1].key, "f" * 64))
     index = build_all(plan, root, workers=1, picks_file=file).index
-    page = await pages.new(viewport={"width": 390, "height": 800},  # a phone
-                           color_scheme=scheme)
+    page = await pages.new("phone", color_scheme=scheme)
     await page.goto(index.as_uri())
     got = await page.eval_on_selector_all("figure", """figs => figs.map(f => [
         f.dataset.path, f.dataset.status, getComputedStyle(f).borderLeftColor,

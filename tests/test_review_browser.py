@@ -71,8 +71,8 @@ class Tab:
         return await self.page.evaluate("document.activeElement.dataset.cell || ''")
 
 
-async def _tab(pages, srv, width: int = 1280, height: int = 900, **kw: object) -> Tab:
-    page = await pages.new(viewport={"width": width, "height": height}, **kw)
+async def _tab(pages: Pages, srv, screen: str = "laptop") -> Tab:
+    page = await pages.new(screen)
     tab = Tab(pages, page, srv.url)
     await tab.open()
     return tab
@@ -319,8 +319,7 @@ async def test_a_failed_save_is_shown_and_can_be_retried(pages: Pages, outputs: 
 async def test_on_a_phone(pages: Pages, outputs: Outputs, tmp_path: Path) -> None:
     path = outputs.plan.jobs[0].path
     async with serving(outputs) as srv:
-        tab = await _tab(pages, srv, 390, 844, is_mobile=True, has_touch=True,
-                         device_scale_factor=2)
+        tab = await _tab(pages, srv, "phone")
         page = tab.page
         width = await page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
         assert width[0] <= width[1], width  # nothing wider than the screen
@@ -368,7 +367,7 @@ async def test_more_like_this_saves_the_image_beside_the_manifest_and_copies_the
     before = sorted((p, p.stat().st_mtime_ns) for p in outputs.manifest.parent.rglob("*")
                     if p.is_file())
     async with serving(outputs) as srv:
-        tab = await _tab(pages, srv, permissions=["clipboard-read", "clipboard-write"])
+        tab = await _tab(pages, srv)
         page = tab.page
         await page.locator(f"figure[data-cell='{job.path}'] .pic").click()
         await page.wait_for_selector("#viewer:not([hidden])")
@@ -426,7 +425,7 @@ async def test_the_snippet_box_wraps_at_spaces_and_scrolls_a_long_line(pages: Pa
                                                                        ) -> None:
     outputs = make_outputs(tmp_path, LONG_ID)
     async with serving(outputs) as srv:
-        tab = await _tab(pages, srv, permissions=["clipboard-read", "clipboard-write"])
+        tab = await _tab(pages, srv)
         page = tab.page
         await page.locator("figure.cell .pic").first.click()
         await page.wait_for_selector("#viewer:not([hidden])")
@@ -481,7 +480,7 @@ async def test_two_full_rows_of_square_pictures_fit_a_laptop_screen(pages: Pages
                                                                     ) -> None:
     outputs = make_outputs(tmp_path, SQUARES)
     async with serving(outputs) as srv:
-        tab = await _tab(pages, srv, 1280, 900)
+        tab = await _tab(pages, srv)
         page = tab.page
         rows = await page.evaluate(ROWS)
         top = await page.evaluate("document.querySelector('.bar').getBoundingClientRect().bottom")
@@ -498,15 +497,14 @@ async def test_every_group_has_a_title(pages: Pages, tmp_path: Path) -> None:
     # of a sweep are by their variant
     outputs = make_outputs(tmp_path, SQUARES)
     async with serving(outputs) as srv:
-        tab = await _tab(pages, srv, 390, 844, is_mobile=True, has_touch=True)
+        tab = await _tab(pages, srv, "phone")
         rows = await tab.page.evaluate(ROWS)
     assert [r["head"] for r in rows] == ["tile red", "tile green", "tile blue", "moon"]
 
 
 async def test_filter_labels_stay_whole_on_a_phone(pages: Pages, outputs: Outputs) -> None:
     async with serving(outputs) as srv:
-        tab = await _tab(pages, srv, 390, 844, is_mobile=True, has_touch=True,
-                         device_scale_factor=2)
+        tab = await _tab(pages, srv, "phone")
         page = tab.page
         boxes = await page.eval_on_selector_all(".filters, .filters button", """els => els.map(
             (e) => { const r = e.getBoundingClientRect();
@@ -522,8 +520,7 @@ async def test_a_tap_on_a_cells_star_rates_it_on_a_touch_screen(pages: Pages, ou
                                                                  ) -> None:
     path = outputs.plan.jobs[1].path
     async with serving(outputs) as srv:
-        tab = await _tab(pages, srv, 390, 844, is_mobile=True, has_touch=True,
-                         device_scale_factor=2)
+        tab = await _tab(pages, srv, "phone")
         page = tab.page
         cell = page.locator(f"figure[data-cell='{path}']")
         stars = cell.locator(".stars button")
@@ -565,9 +562,8 @@ async def test_a_brief_heads_its_group(pages: Pages, tmp_path: Path) -> None:
     outputs = make_outputs(tmp_path, BRIEFED)
     robots = [j.path for j in outputs.plan.jobs if j.id == "robots"]
     async with serving(outputs) as srv:
-        for width, height, kw in ((1280, 900, {}),
-                                  (390, 844, {"is_mobile": True, "has_touch": True})):
-            tab = await _tab(pages, srv, width, height, **kw)
+        for width, screen in ((1280, "laptop"), (390, "phone")):
+            tab = await _tab(pages, srv, screen)
             groups = await tab.page.evaluate(GROUPS)
             await tab.page.screenshot(path=str(tmp_path / f"review-{width}.png"),
                                       full_page=True)
