@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import json
 import shutil
-import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aiohttp
 import pytest
 from PIL import Image
-from review_helpers import BRIEF, BRIEFED, make_outputs, write_lock
+from review_helpers import BRIEF, BRIEFED, Outputs, make_outputs, write_lock
 
 from imagebatch.pictures.post import build_all
 from imagebatch.pictures.report import anchor
 from imagebatch.planning.plan import Job, OutputSettings, Plan, canonical_json, job_key
 from imagebatch.storage.store import Store
 
+if TYPE_CHECKING:
+    from browser_helpers import Pages
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# One chromium per test process, shared with the other browser tests, its pages reused
+# (browser_helpers): what is checked here is the page chromium shows, not its command line.
+pytest_plugins = ["browser_helpers"]
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium or chromium-browser binary"),
+    pytest.mark.asyncio(loop_scope="session"),
 ]
 EVIL = "<script>alert(1)</script> fox & \"friends\""
 
@@ -49,103 +53,51 @@ def _outputs(tmp_path: Path, n: int = 30) -> Path:
     return store.root / "index.html"
 
 
-def _chromium(*args: str) -> list[str]:
-    assert CHROMIUM is not None
-    return [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-dev-shm-usage", *args]
-
-
-def test_dump_dom_shows_the_prompt_as_text(tmp_path):
+async def test_dump_dom_shows_the_prompt_as_text(pages: Pages, tmp_path):
     index = _outputs(tmp_path, 6)
-    dom = subprocess.run(
-        _chromium(f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000",
-                  "--dump-dom", index.as_uri()),
-        capture_output=True, text=True, timeout=90, check=True).stdout
+    page = await pages.new("laptop")
+    await page.goto(index.as_uri())
+    dom = await page.content()  # the document as chromium built it, as --dump-dom prints it
     assert "<figure" in dom
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
     assert "<script>alert(1)" not in dom.replace("&lt;", "<").split("<body", 1)[0]
     assert "<script" not in dom.split("<body", 1)[1]
 
 
-async def _cdp(ws: aiohttp.ClientWebSocketResponse, seq: list[int], method: str,
-               **params: object) -> dict:
-    seq[0] += 1
-    await ws.send_json({"id": seq[0], "method": method, "params": params})
-    async for msg in ws:
-        doc = json.loads(msg.data)
-        if doc.get("id") == seq[0]:
-            assert "error" not in doc, doc
-            return doc["result"]
-        if doc.get("method") == "Page.javascriptDialogOpening":
-            raise AssertionError(f"a dialog opened: {doc}")
-    raise AssertionError("the browser closed the connection")
+# Lazy images below the fold load only when asked: make them all eager, then wait (in the
+# page) until every one has settled.
+SETTLE = """() => new Promise(done => {
+    const imgs = Array.from(document.images);
+    imgs.forEach(i => { i.loading = 'eager'; });
+    const check = () => imgs.every(i => i.complete) ? done(imgs.map(i =>
+        [i.getAttribute('src'), i.naturalWidth, i.naturalHeight])) :
+        setTimeout(check, 50);
+    check();
+})"""
 
 
-async def test_every_image_loads_and_no_script_runs(tmp_path):
+async def test_every_image_loads_and_no_script_runs(pages: Pages, tmp_path):
     index = _outputs(tmp_path)
-    profile = tmp_path / "profile"
-    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, then only awaited over CDP
-        _chromium(f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                  "--window-size=1200,900", "about:blank"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        port_file = profile / "DevToolsActivePort"
-        for _ in range(300):
-            if port_file.exists() and port_file.read_text().strip():
-                break
-            await asyncio.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
-                targets = await resp.json()
-            page = next(t for t in targets if t["type"] == "page")
-            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                seq = [0]
-                await _cdp(ws, seq, "Page.enable")
-                await _cdp(ws, seq, "Page.navigate", url=index.as_uri())
-                ready = "document.readyState === 'complete' && document.images.length > 0"
-                for _ in range(200):
-                    r = await _cdp(ws, seq, "Runtime.evaluate", expression=ready,
-                                   returnByValue=True)
-                    if r["result"].get("value"):
-                        break
-                    await asyncio.sleep(0.05)
-                # Lazy images below the fold load only when asked: make them all eager,
-                # then wait (in the page) until every one has settled.
-                settle = """new Promise(done => {
-                    const imgs = Array.from(document.images);
-                    imgs.forEach(i => { i.loading = 'eager'; });
-                    const check = () => imgs.every(i => i.complete) ? done(imgs.map(i =>
-                        [i.getAttribute('src'), i.naturalWidth, i.naturalHeight])) :
-                        setTimeout(check, 50);
-                    check();
-                })"""
-                r = await _cdp(ws, seq, "Runtime.evaluate", expression=settle,
-                               awaitPromise=True, returnByValue=True, timeout=30000)
-                images = r["result"]["value"]
-                assert len(images) == 29  # one per image on disk; the failed job has none
-                broken = [src for src, w, h in images if not (w > 0 and h > 0)]
-                assert broken == []
-                r = await _cdp(ws, seq, "Runtime.evaluate", returnByValue=True, expression=(
-                    "[document.scripts.length, document.body.innerText, "
-                    "Array.from(document.querySelectorAll('a')).map(a => a.href)]"))
-                scripts, text, links = r["result"]["value"]
-                assert scripts == 0
-                assert EVIL in text and f"refused: {EVIL}" in text
-                assert all(link.startswith(("file://", index.as_uri())) for link in links)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    page = await pages.new("laptop")
+    dialogs: list[str] = []
+    pages.on(page, "dialog", lambda d: dialogs.append(d.message))
+    await page.goto(index.as_uri())
+    await page.wait_for_function("() => document.images.length > 0")
+    images = await page.evaluate(SETTLE)
+    assert len(images) == 29  # one per image on disk; the failed job has none
+    broken = [src for src, w, h in images if not (w > 0 and h > 0)]
+    assert broken == []
+    scripts, text, links = await page.evaluate(
+        "[document.scripts.length, document.body.innerText, "
+        "Array.from(document.querySelectorAll('a')).map(a => a.href)]")
+    assert scripts == 0
+    assert EVIL in text and f"refused: {EVIL}" in text
+    assert all(link.startswith(("file://", index.as_uri())) for link in links)
+    assert dialogs == []  # nothing opened an alert
 
 
 # -- the layout, as the user sees it (Playwright driving the system chromium) -----------
 
-ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
-        "--disable-dev-shm-usage", "--disable-sync", "--no-first-run"]
 #: A 2 x 2 matrix of four seeds each: four variants (rows) of four seeds (columns).
 CITY = """\
 version: 1
@@ -161,21 +113,14 @@ jobs:
 """
 
 
-@pytest.fixture
-async def browser():
-    pw_api = pytest.importorskip("playwright.async_api")
-    async with pw_api.async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> Outputs:
+    """CITY's outputs, made once for the tests that only read them."""
+    return make_outputs(tmp_path_factory.mktemp("city"), CITY)
 
 
-async def _open(browser, index: Path, width: int, height: int):
-    context = await browser.new_context(viewport={"width": width, "height": height},
-                                        is_mobile=width < 500, has_touch=width < 500)
-    page = await context.new_page()
+async def _open(pages: Pages, index: Path, screen: str):
+    page = await pages.new(screen)
     await page.goto(index.as_uri())  # lazy images keep their place: width and height are set
     await page.wait_for_function("() => document.images[0].complete")
     return page
@@ -205,14 +150,14 @@ LAYOUT = """() => {
 }"""
 
 
-async def test_index_lays_a_matrix_out_like_the_contact_sheet(browser, tmp_path):
-    outputs = make_outputs(tmp_path, CITY)
-    index = outputs.root / "index.html"
+async def test_index_lays_a_matrix_out_like_the_contact_sheet(pages: Pages, city: Outputs,
+                                                               tmp_path):
+    index = city.root / "index.html"
     titles = ["style=cyberpunk, time=dawn", "style=cyberpunk, time=dusk",
               "style=art deco, time=dawn", "style=art deco, time=dusk"]
 
     # a wide screen: four rows (variants) of four columns (seeds) under their headers
-    page = await _open(browser, index, 1280, 900)
+    page = await _open(pages, index, "laptop")
     got = await page.evaluate(LAYOUT)
     await page.screenshot(path=str(tmp_path / "index-1280.png"), full_page=True)
     assert [c[0] for c in got["cols"]] == ["#1", "#2", "#3", "#4"]
@@ -230,7 +175,7 @@ async def test_index_lays_a_matrix_out_like_the_contact_sheet(browser, tmp_path)
     assert got["scroll"][0] <= got["scroll"][1]
 
     # a phone: each row's heading above its four pictures, two to a line, nothing wider
-    page = await _open(browser, index, 390, 844)
+    page = await _open(pages, index, "phone")
     got = await page.evaluate(LAYOUT)
     await page.screenshot(path=str(tmp_path / "index-390.png"), full_page=True)
     assert got["scroll"][0] <= got["scroll"][1] == 390
@@ -246,9 +191,10 @@ async def test_index_lays_a_matrix_out_like_the_contact_sheet(browser, tmp_path)
                                                         strict=True))
 
 
-async def test_index_says_how_to_review_and_export_and_links_the_sheets(browser, tmp_path):
-    outputs = make_outputs(tmp_path, CITY)
-    page = await _open(browser, outputs.root / "index.html", 1280, 900)
+async def test_index_says_how_to_review_and_export_and_links_the_sheets(pages: Pages,
+                                                                        city: Outputs):
+    outputs = city
+    page = await _open(pages, outputs.root / "index.html", "laptop")
     text = await page.inner_text("header")
     out = f" --out {outputs.out}"
     assert f"imagebatch review {outputs.manifest}{out}" in text
@@ -274,13 +220,13 @@ BRIEF_BOXES = """(id) => {
 }"""
 
 
-async def test_a_jobs_brief_shows_under_its_heading(browser, tmp_path):
+async def test_a_jobs_brief_shows_under_its_heading(pages: Pages, tmp_path):
     write_lock(tmp_path / "rv.yaml", "robots", BRIEF,
                ["a robot watering tulips", "a robot pruning roses"])
     outputs = make_outputs(tmp_path, BRIEFED)
     index = outputs.root / "index.html"
-    for width, height in ((1280, 900), (390, 844)):
-        page = await _open(browser, index, width, height)
+    for width, screen in ((1280, "laptop"), (390, "phone")):
+        page = await _open(pages, index, screen)
         got = await page.evaluate(BRIEF_BOXES, anchor("robots"))
         await page.screenshot(path=str(tmp_path / f"index-{width}.png"), full_page=True)
         assert got["text"] == f"Brief: {BRIEF}" and got["shown"]  # its <b> as text

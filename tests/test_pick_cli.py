@@ -6,6 +6,7 @@ import html.parser
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from PIL import Image
@@ -16,6 +17,12 @@ from imagebatch.pictures import imaging
 from imagebatch.pictures.post import build_all
 from imagebatch.planning.manifest import load_plan
 from imagebatch.storage.picks import PicksError, load_picks, update_picks
+
+if TYPE_CHECKING:
+    from browser_helpers import Pages
+
+# The browser tests use the chromium every browser test of the process shares
+pytest_plugins = ["browser_helpers"]
 
 MANIFEST = """\
 version: 1
@@ -338,11 +345,9 @@ def test_load_picks_of_a_shard_plan_does_not_check_other_shards(tmp_path, manife
 
 
 @pytest.mark.browser
+@pytest.mark.asyncio(loop_scope="session")  # the session's chromium (browser_helpers)
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_index_marks_in_a_real_browser(tmp_path, scheme):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path("/usr/bin/chromium").exists():
-        pytest.skip("no /usr/bin/chromium")
+async def test_index_marks_in_a_real_browser(pages: Pages, tmp_path, scheme):
     plan = make_plan(2, 2, prompt='<img src=x onerror="document.title=1">')
     root = run_jobs(tmp_path, plan)
     file = tmp_path / "sweep.picks.json"
@@ -352,22 +357,15 @@ def test_index_marks_in_a_real_browser(tmp_path, scheme):
     # paths[1] was decided on another picture: stale
     file.write_text(file.read_text().replace(plan.jobs[1].key, "f" * 64))
     index = build_all(plan, root, workers=1, picks_file=file).index
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-background-networking", "--disable-component-update"])
-        try:
-            page = browser.new_page(viewport={"width": 390, "height": 800},  # a phone
-                                    color_scheme=scheme)
-            page.goto(index.as_uri())
-            got = page.eval_on_selector_all("figure", """figs => figs.map(f => [
-                f.dataset.path, f.dataset.status, getComputedStyle(f).borderLeftColor,
-                f.querySelector('img') ? getComputedStyle(f.querySelector('img')).opacity : null,
-                Array.from(f.querySelectorAll('.badge')).map(b => b.innerText.trim())])""")
-            assert page.title().startswith("sweep")  # the prompt's onerror never ran
-            assert page.evaluate("document.scripts.length") == 0
-            width = page.evaluate("document.documentElement.scrollWidth")
-        finally:
-            browser.close()
+    page = await pages.new("phone", color_scheme=scheme)
+    await page.goto(index.as_uri())
+    got = await page.eval_on_selector_all("figure", """figs => figs.map(f => [
+        f.dataset.path, f.dataset.status, getComputedStyle(f).borderLeftColor,
+        f.querySelector('img') ? getComputedStyle(f.querySelector('img')).opacity : null,
+        Array.from(f.querySelectorAll('.badge')).map(b => b.innerText.trim())])""")
+    assert (await page.title()).startswith("sweep")  # the prompt's onerror never ran
+    assert await page.evaluate("document.scripts.length") == 0
+    width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390  # no sideways scrolling on a phone
     rows = {p: (s, c, o, b) for p, s, c, o, b in got}
     assert rows[paths[0]] == ("pick", "rgb(22, 140, 60)", "1", ["PICK", "★ 5"])

@@ -7,14 +7,12 @@ import asyncio
 import hashlib
 import io
 import json
-import os
 import shutil
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import pytest_asyncio
 from PIL import Image, ImageStat
 from review_helpers import (
     BRIEF,
@@ -31,49 +29,13 @@ from imagebatch.planning.manifest import load_plan
 from imagebatch.providers.stability import STABILITY
 from imagebatch.storage import picks
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
-        "--disable-dev-shm-usage"]
-# One chromium per module (per xdist worker) instead of one per test: the tests share its
-# event loop, and each test's pages live in browser contexts of their own, closed after it.
-pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
+if TYPE_CHECKING:
+    from browser_helpers import Pages
 
-
-def _missing() -> str | None:
-    """Why the browser tests cannot run here, or None."""
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install -e '.[test]')"
-    if CHROMIUM is None:
-        return "no chromium binary (make test-deps installs it)"
-    return None
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def chromium() -> AsyncIterator[object]:
-    """The system chromium through Playwright, launched once for the module."""
-    problem = _missing()
-    if problem is not None:
-        if os.environ.get("CI"):  # CI must run these: a missing browser is a failure there
-            pytest.fail(f"the browser tests cannot run: {problem}")
-        pytest.skip(problem)
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def browser(chromium) -> AsyncIterator[object]:
-    """The module's chromium, as fresh as a new one: the contexts a test opened are closed."""
-    yield chromium
-    for context in list(chromium.contexts):
-        await context.close()
+# One chromium per test process, shared with the other browser tests, its pages reused
+# (browser_helpers): each test gets a blank page of the kind it asks for, its own until it ends.
+pytest_plugins = ["browser_helpers"]
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="session")]
 
 
 @pytest.fixture
@@ -84,14 +46,15 @@ def outputs(tmp_path: Path) -> Outputs:
 class Tab:
     """One page of the review, with what it said on the console and any dialog it opened."""
 
-    def __init__(self, page, url: str) -> None:
+    def __init__(self, pages: Pages, page, url: str) -> None:
         self.page = page
         self.url = url
         self.errors: list[str] = []
         self.dialogs: list[str] = []
-        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
-        page.on("dialog", self._dialog)
+        pages.on(page, "console",
+                 lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        pages.on(page, "pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+        pages.on(page, "dialog", self._dialog)
 
     async def _dialog(self, dialog) -> None:
         self.dialogs.append(dialog.message)
@@ -108,9 +71,9 @@ class Tab:
         return await self.page.evaluate("document.activeElement.dataset.cell || ''")
 
 
-async def _tab(browser, srv, width: int = 1280, height: int = 900, **kw: object) -> Tab:
-    context = await browser.new_context(viewport={"width": width, "height": height}, **kw)
-    tab = Tab(await context.new_page(), srv.url)
+async def _tab(pages: Pages, srv, screen: str = "laptop") -> Tab:
+    page = await pages.new(screen)
+    tab = Tab(pages, page, srv.url)
     await tab.open()
     return tab
 
@@ -136,10 +99,11 @@ def _entries(outputs: Outputs) -> dict[str, tuple[str | None, int | None]]:
     return {p: (e["status"], e["rating"]) for p, e in doc["picks"].items()}
 
 
-async def test_keys_decide_save_at_once_and_survive_a_reload(browser, outputs: Outputs) -> None:
+async def test_keys_decide_save_at_once_and_survive_a_reload(pages: Pages, outputs: Outputs
+                                                            ) -> None:
     paths = [j.path for j in outputs.plan.jobs]
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv)
+        tab = await _tab(pages, srv)
         page = tab.page
         await page.keyboard.press("ArrowRight")
         await page.keyboard.press("ArrowLeft")
@@ -182,13 +146,13 @@ async def _moves(tab: Tab, moves: list[tuple[str, str]]) -> None:
         assert await tab.current() == where, (key, where)
 
 
-async def test_arrow_keys_follow_the_sheet_rows(browser, outputs: Outputs) -> None:
+async def test_arrow_keys_follow_the_sheet_rows(pages: Pages, outputs: Outputs) -> None:
     # As on the contact sheet: fox is a row of seeds 1 2 3, and toys, a one-seed matrix, puts
     # its last variable across: a row per style (clay, paper), subjects (boat, kite) across.
     fox1, fox2, fox3, clay_boat, clay_kite, paper_boat, paper_kite = (
         j.path for j in outputs.plan.jobs)
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv)
+        tab = await _tab(pages, srv)
         await _moves(tab, [
             ("ArrowRight", fox2), ("ArrowRight", fox3), ("ArrowLeft", fox2), ("ArrowLeft", fox1),
             ("ArrowDown", clay_boat), ("ArrowDown", paper_boat), ("ArrowUp", clay_boat),
@@ -196,13 +160,13 @@ async def test_arrow_keys_follow_the_sheet_rows(browser, outputs: Outputs) -> No
             ("Home", fox1)])
 
 
-async def test_arrow_keys_in_a_matrix(browser, tmp_path: Path) -> None:
+async def test_arrow_keys_in_a_matrix(pages: Pages, tmp_path: Path) -> None:
     # A matrix alone: rows by style, columns by subject (the last variable)
     text = MANIFEST[MANIFEST.index("  - id: toys"):]
     outputs = make_outputs(tmp_path, "version: 1\nname: rv\njobs:\n" + text)
     clay_boat, clay_kite, paper_boat, paper_kite = (j.path for j in outputs.plan.jobs)
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv)
+        tab = await _tab(pages, srv)
         assert await tab.page.locator(".row").count() == 2
         await _moves(tab, [
             ("ArrowDown", paper_boat), ("ArrowRight", paper_kite), ("ArrowUp", clay_kite),
@@ -210,9 +174,9 @@ async def test_arrow_keys_in_a_matrix(browser, tmp_path: Path) -> None:
             ("ArrowDown", paper_kite), ("ArrowDown", paper_kite)])
 
 
-async def test_a_hostile_prompt_is_only_text(browser, outputs: Outputs) -> None:
+async def test_a_hostile_prompt_is_only_text(pages: Pages, outputs: Outputs) -> None:
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv)
+        tab = await _tab(pages, srv)
         page = tab.page
         head = page.locator(".rowhead .prompt").first
         assert (await head.inner_text()).startswith(HOSTILE)
@@ -230,10 +194,10 @@ async def test_a_hostile_prompt_is_only_text(browser, outputs: Outputs) -> None:
         assert tab.dialogs == [] and tab.errors == []
 
 
-async def test_clicks_the_large_view_and_its_details(browser, outputs: Outputs) -> None:
+async def test_clicks_the_large_view_and_its_details(pages: Pages, outputs: Outputs) -> None:
     job = outputs.plan.jobs[1]
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv)
+        tab = await _tab(pages, srv)
         page = tab.page
         cell = page.locator(f"figure[data-cell='{job.path}']")
         await cell.locator("[data-act='pick']").click()
@@ -262,10 +226,10 @@ async def test_clicks_the_large_view_and_its_details(browser, outputs: Outputs) 
         assert tab.errors == []
 
 
-async def test_compare_two_pictures_side_by_side(browser, outputs: Outputs) -> None:
+async def test_compare_two_pictures_side_by_side(pages: Pages, outputs: Outputs) -> None:
     a, b = outputs.plan.jobs[0].path, outputs.plan.jobs[2].path
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv)
+        tab = await _tab(pages, srv)
         page = tab.page
         assert await page.is_disabled("#compare-open")
         await page.keyboard.press("c")
@@ -294,7 +258,7 @@ async def test_compare_two_pictures_side_by_side(browser, outputs: Outputs) -> N
         assert tab.errors == []
 
 
-async def test_filters_and_counts(browser, outputs: Outputs) -> None:
+async def test_filters_and_counts(pages: Pages, outputs: Outputs) -> None:
     plan = outputs.plan
     p = [j.path for j in plan.jobs]
     picks.update_picks(outputs.picks_file, plan, {p[0]: ("pick", 5), p[1]: ("reject", None),
@@ -303,7 +267,7 @@ async def test_filters_and_counts(browser, outputs: Outputs) -> None:
     doc["picks"][p[5]] = {"key": "f" * 64, "rating": 4, "status": "pick"}  # another prompt's
     outputs.picks_file.write_text(json.dumps(doc))
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv)
+        tab = await _tab(pages, srv)
         page = tab.page
         counts = {k: await page.inner_text(f"[data-count='{k}']")
                   for k in ("all", "pick", "reject", "unrated", "stale", "rated")}
@@ -328,10 +292,10 @@ async def test_filters_and_counts(browser, outputs: Outputs) -> None:
         assert await page.inner_text("[data-count='stale']") == "0"
 
 
-async def test_a_failed_save_is_shown_and_can_be_retried(browser, outputs: Outputs) -> None:
+async def test_a_failed_save_is_shown_and_can_be_retried(pages: Pages, outputs: Outputs) -> None:
     path = outputs.plan.jobs[0].path
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv)
+        tab = await _tab(pages, srv)
         page = tab.page
         broken = '{"version": 1, "manifest": "rv", "picks": {\n'
         outputs.picks_file.write_text(broken)  # someone's editor, mid-session
@@ -352,11 +316,10 @@ async def test_a_failed_save_is_shown_and_can_be_retried(browser, outputs: Outpu
         assert await page.inner_text("#save-state") == ""
 
 
-async def test_on_a_phone(browser, outputs: Outputs, tmp_path: Path) -> None:
+async def test_on_a_phone(pages: Pages, outputs: Outputs, tmp_path: Path) -> None:
     path = outputs.plan.jobs[0].path
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv, 390, 844, is_mobile=True, has_touch=True,
-                         device_scale_factor=2)
+        tab = await _tab(pages, srv, "phone")
         page = tab.page
         width = await page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
         assert width[0] <= width[1], width  # nothing wider than the screen
@@ -373,9 +336,9 @@ async def test_on_a_phone(browser, outputs: Outputs, tmp_path: Path) -> None:
         assert tab.errors == []
 
 
-async def test_screenshot_shows_the_pictures(browser, outputs: Outputs) -> None:
+async def test_screenshot_shows_the_pictures(pages: Pages, outputs: Outputs) -> None:
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv)
+        tab = await _tab(pages, srv)
         await tab.page.wait_for_function(
             "() => Array.from(document.querySelectorAll('img[data-path]'))"
             ".every(i => i.complete && i.naturalWidth > 0)")
@@ -388,23 +351,23 @@ async def test_screenshot_shows_the_pictures(browser, outputs: Outputs) -> None:
     assert colours is not None and len(colours) > 500
 
 
-async def test_an_empty_output_folder(browser, tmp_path: Path) -> None:
+async def test_an_empty_output_folder(pages: Pages, tmp_path: Path) -> None:
     outputs = make_outputs(tmp_path, skip=range(7), post=False)
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv)
+        tab = await _tab(pages, srv)
         text = await tab.page.inner_text("main")
     assert "No images yet" in text and f"imagebatch run {outputs.manifest}" in text
     assert tab.errors == []
 
 
 async def test_more_like_this_saves_the_image_beside_the_manifest_and_copies_the_snippet(
-        browser, outputs: Outputs) -> None:
+        pages: Pages, outputs: Outputs) -> None:
     job = outputs.plan.jobs[1]
     copy = outputs.manifest.parent / "inputs" / "rv" / "fox-2.png"
     before = sorted((p, p.stat().st_mtime_ns) for p in outputs.manifest.parent.rglob("*")
                     if p.is_file())
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv, permissions=["clipboard-read", "clipboard-write"])
+        tab = await _tab(pages, srv)
         page = tab.page
         await page.locator(f"figure[data-cell='{job.path}'] .pic").click()
         await page.wait_for_selector("#viewer:not([hidden])")
@@ -458,11 +421,11 @@ SNIPPET_BOX = """() => {
 }"""
 
 
-async def test_the_snippet_box_wraps_at_spaces_and_scrolls_a_long_line(browser, tmp_path: Path
+async def test_the_snippet_box_wraps_at_spaces_and_scrolls_a_long_line(pages: Pages, tmp_path: Path
                                                                        ) -> None:
     outputs = make_outputs(tmp_path, LONG_ID)
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv, permissions=["clipboard-read", "clipboard-write"])
+        tab = await _tab(pages, srv)
         page = tab.page
         await page.locator("figure.cell .pic").first.click()
         await page.wait_for_selector("#viewer:not([hidden])")
@@ -513,11 +476,11 @@ ROWS = """() => Array.from(document.querySelectorAll('.row')).map((row) => ({
 }))"""
 
 
-async def test_two_full_rows_of_square_pictures_fit_a_laptop_screen(browser, tmp_path: Path
+async def test_two_full_rows_of_square_pictures_fit_a_laptop_screen(pages: Pages, tmp_path: Path
                                                                     ) -> None:
     outputs = make_outputs(tmp_path, SQUARES)
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv, 1280, 900)
+        tab = await _tab(pages, srv)
         page = tab.page
         rows = await page.evaluate(ROWS)
         top = await page.evaluate("document.querySelector('.bar').getBoundingClientRect().bottom")
@@ -529,20 +492,19 @@ async def test_two_full_rows_of_square_pictures_fit_a_laptop_screen(browser, tmp
     assert whole[:2] == [2, 2], whole  # two full rows of two on screen
 
 
-async def test_every_group_has_a_title(browser, tmp_path: Path) -> None:
+async def test_every_group_has_a_title(pages: Pages, tmp_path: Path) -> None:
     # a job of one image sits in a group of its own: it is titled by its job, as the rows
     # of a sweep are by their variant
     outputs = make_outputs(tmp_path, SQUARES)
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv, 390, 844, is_mobile=True, has_touch=True)
+        tab = await _tab(pages, srv, "phone")
         rows = await tab.page.evaluate(ROWS)
     assert [r["head"] for r in rows] == ["tile red", "tile green", "tile blue", "moon"]
 
 
-async def test_filter_labels_stay_whole_on_a_phone(browser, outputs: Outputs) -> None:
+async def test_filter_labels_stay_whole_on_a_phone(pages: Pages, outputs: Outputs) -> None:
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv, 390, 844, is_mobile=True, has_touch=True,
-                         device_scale_factor=2)
+        tab = await _tab(pages, srv, "phone")
         page = tab.page
         boxes = await page.eval_on_selector_all(".filters, .filters button", """els => els.map(
             (e) => { const r = e.getBoundingClientRect();
@@ -554,12 +516,11 @@ async def test_filter_labels_stay_whole_on_a_phone(browser, outputs: Outputs) ->
         assert left >= 0 and right <= 390, (text, left, right)  # all of it on the screen
 
 
-async def test_a_tap_on_a_cells_star_rates_it_on_a_touch_screen(browser, outputs: Outputs
+async def test_a_tap_on_a_cells_star_rates_it_on_a_touch_screen(pages: Pages, outputs: Outputs
                                                                  ) -> None:
     path = outputs.plan.jobs[1].path
     async with serving(outputs) as srv:
-        tab = await _tab(browser, srv, 390, 844, is_mobile=True, has_touch=True,
-                         device_scale_factor=2)
+        tab = await _tab(pages, srv, "phone")
         page = tab.page
         cell = page.locator(f"figure[data-cell='{path}']")
         stars = cell.locator(".stars button")
@@ -593,7 +554,7 @@ GROUPS = """() => Array.from(document.querySelectorAll('.block')).map((b) => {
 })"""
 
 
-async def test_a_brief_heads_its_group(browser, tmp_path: Path) -> None:
+async def test_a_brief_heads_its_group(pages: Pages, tmp_path: Path) -> None:
     # fox and robots have the same seeds, but robots' prompts were written from a brief:
     # its group of its own, headed by the brief (hostile HTML shown as text)
     write_lock(tmp_path / "rv.yaml", "robots", BRIEF,
@@ -601,9 +562,8 @@ async def test_a_brief_heads_its_group(browser, tmp_path: Path) -> None:
     outputs = make_outputs(tmp_path, BRIEFED)
     robots = [j.path for j in outputs.plan.jobs if j.id == "robots"]
     async with serving(outputs) as srv:
-        for width, height, kw in ((1280, 900, {}),
-                                  (390, 844, {"is_mobile": True, "has_touch": True})):
-            tab = await _tab(browser, srv, width, height, **kw)
+        for width, screen in ((1280, "laptop"), (390, "phone")):
+            tab = await _tab(pages, srv, screen)
             groups = await tab.page.evaluate(GROUPS)
             await tab.page.screenshot(path=str(tmp_path / f"review-{width}.png"),
                                       full_page=True)
