@@ -98,11 +98,12 @@ TEST_ENV = PYTHONDONTWRITEBYTECODE=
 test: $(TEST_STAMP) test-deps ## install everything the tests need, then run them all
 	$(TEST_ENV) $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
-# The stress suite and the slow sweeps at their full sizes (SOAK=1: 2,000 chaos jobs, eight
-# rounds of signals, 50 runs of each cache command...): `make test` runs the same checks on
-# fewer. For a change to the runner, the store or signal handling, and before a release.
-soak: $(TEST_STAMP) test-deps ## the stress suite and slow sweeps at full size (takes many minutes)
-	SOAK=1 $(TEST_ENV) $(BIN)/python -m pytest $(XDIST) -m "stress or slow" $(PYTEST_ARGS)
+# Every test with the sizes a test does not check at their full values (SOAK=1: 2,000 chaos
+# jobs, eight rounds of signals, 50 runs of each cache command, 300 examples of a property...):
+# `make test` runs the same checks on fewer. For a change to the runner, the store or signal
+# handling, and before a release.
+soak: $(TEST_STAMP) test-deps ## every test, the stress sizes and sweeps at full size (many minutes)
+	SOAK=1 $(TEST_ENV) $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The inner loop: lint, types and the fast tests (no stress suite, no browser, no
 # subprocess sweeps, no wheel build); `make test` still runs everything.

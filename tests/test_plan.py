@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from stress_helpers import scale
 
 from imagebatch.errors import ManifestError
 from imagebatch.planning.manifest import load_plan
@@ -573,7 +574,7 @@ JOB_ID = st.one_of(st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True), HOSTI
 @example(job_id="a", name="n", values=["..", ".", "/", "\\"], template="{v}-{seed}")
 @example(job_id="..a", name="n", values=["\u2025", "\uff0e\uff0e"], template="{id}/{v}/{seed}")
 @example(job_id="x", name="n", values=["/etc/passwd", "C:\\w"], template="/{v}/{seed}")
-@settings(max_examples=300, deadline=None,
+@settings(max_examples=scale(300, 100), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(job_id=JOB_ID, name=NAME, values=st.lists(HOSTILE_TEXT, min_size=1, max_size=3,
        unique=True), template=TEMPLATE)
@@ -646,7 +647,7 @@ def manifests(draw: st.DrawFn) -> Manifest:
                     OutputSettings(path="{id}/{key}/{vars}/{seed}.{ext}"), jobs)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scale(200, 60), deadline=None)
 @given(m=manifests())
 def test_count_is_the_product_of_axes_and_seeds(m: Manifest) -> None:
     plan = expand(m)
@@ -655,7 +656,7 @@ def test_count_is_the_product_of_axes_and_seeds(m: Manifest) -> None:
     assert [j.index for j in plan.jobs] == list(range(expected))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scale(200, 60), deadline=None)
 @given(m=manifests())
 def test_keys_are_unique_and_the_sha256_of_the_canonical_body(m: Manifest) -> None:
     plan = expand(m)
@@ -667,7 +668,7 @@ def test_keys_are_unique_and_the_sha256_of_the_canonical_body(m: Manifest) -> No
         assert json.loads(job.body)["model"] == "stable-image-ultra"
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=scale(100, 30), deadline=None)
 @given(m=manifests())
 def test_shards_partition_the_plan(m: Manifest) -> None:
     whole = expand(m)
@@ -683,7 +684,7 @@ def test_shards_partition_the_plan(m: Manifest) -> None:
         assert sorted(seen) == sorted(everything), "a job in no shard"
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=scale(100, 30), deadline=None)
 @given(m=manifests())
 def test_expansion_is_deterministic(m: Manifest) -> None:
     assert expand(m) == expand(m)
