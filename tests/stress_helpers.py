@@ -215,6 +215,10 @@ def run_cli(argv: list[str], env: Mapping[str, str], cwd: Path,
 _FORKER = r"""
 import json, os, sys
 from imagebatch.cli import main  # what every command imports, once
+# and what `run`, `status` and `sheet` import when they start (aiohttp alone, with the CA
+# store it loads at import, is a quarter of a CPU-second a process); it starts no thread,
+# so forking after it is safe
+import imagebatch.running.run  # noqa: F401
 
 while True:
     line = sys.stdin.readline()
