@@ -546,7 +546,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                    help="render processes (default: one per core)")
     p.add_argument("--flat", action="store_true",
-                   help="plain one-colour pictures, made without render processes (a fifth "
+                   help="plain one-colour pictures, made without render processes (a quarter "
                         "of the cost, for load tests where the pictures do not matter)")
     p.add_argument("--stability-limit", type=_positive_int, default=None, metavar="N",
                    help="the Stability path's limit: N requests per 10 s, then a lockout "
