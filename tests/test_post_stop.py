@@ -62,7 +62,10 @@ def _in_thread(fn, limit: float = 60.0) -> BaseException | object:
     return box["value"]
 
 
-def test_parallel_thumbnails_leave_no_worker(tmp_path: Path) -> None:
+def test_parallel_thumbnails_leave_no_worker(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # workers for these 24 whatever the start method (a forkserver's start below 48)
+    monkeypatch.setattr(post, "PARALLEL_MIN_SPAWNED", post.PARALLEL_MIN)
     results = make_thumbs(_tasks(tmp_path), 2)
     assert results == [(48, 36)] * N
     assert not multiprocessing.active_children()
@@ -162,3 +165,25 @@ def test_outside_the_main_thread_nothing_is_installed() -> None:
             return signal.getsignal(signal.SIGTERM) == before and not stop.requested
 
     assert _in_thread(enter) is True
+
+
+@pytest.mark.parametrize(("method", "count", "pooled"), [
+    ("fork", 11, False), ("fork", 12, True),
+    ("forkserver", 24, False), ("forkserver", 47, False), ("forkserver", 48, True)])
+def test_a_pool_starts_only_where_it_saves_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               method: str, count: int, pooled: bool) -> None:
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"needs the {method} start method")
+    monkeypatch.setattr(post, "_context", lambda: multiprocessing.get_context(method))
+    started: list[int] = []
+    real = post._Workers
+
+    def counting(tasks: list, workers: int, chunk: int) -> object:
+        started.append(len(tasks))
+        return real(tasks, workers, chunk)
+
+    monkeypatch.setattr(post, "_Workers", counting)
+    results = make_thumbs(_tasks(tmp_path, count), 2)
+    assert results == [(48, 36)] * count
+    assert started == ([count] if pooled else [])
+    assert not multiprocessing.active_children()
