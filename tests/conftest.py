@@ -19,6 +19,16 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture
+def flat_pictures(_clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs on the embedded server, in this process or under make, draw flat pictures
+    (IMAGEBATCH_PLACEHOLDERS=flat): for a module whose checks (requests, keys, bodies, sizes,
+    formats, markers, summaries) do not depend on what a picture shows; a flat one is made
+    in a thread, with no render process to start. A module asks for it with
+    `pytestmark = pytest.mark.usefixtures("flat_pictures")`."""
+    monkeypatch.setenv("IMAGEBATCH_PLACEHOLDERS", "flat")
+
+
 #: A rough cost per test from its marks (seconds on a quiet machine): what the first
 #: distribution of tests over the pytest-xdist workers balances.
 _COST = {"wheel": 40.0, "slow": 8.0, "stress": 5.0, "browser": 2.0}

@@ -49,13 +49,8 @@ jobs:
 """
 
 
-@pytest.fixture(autouse=True)
-def _flat_pictures(_clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every run here, in this process or under make, uses the embedded server drawing flat
-    pictures: what these tests check (which runs happen, summaries, bytes copied, sizes)
-    does not depend on what a picture shows, and a flat one is made in a thread, with no
-    render process to start."""
-    monkeypatch.setenv("IMAGEBATCH_PLACEHOLDERS", "flat")
+# what these tests check does not depend on what a picture shows (see conftest)
+pytestmark = pytest.mark.usefixtures("flat_pictures")
 
 
 def _tree(root: Path) -> dict[str, str]:

@@ -66,12 +66,8 @@ exports:
 """
 
 
-@pytest.fixture(autouse=True)
-def _flat_pictures(_clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs here on the embedded server draw flat pictures: the marker, the request and the
-    credentials do not depend on what a picture shows, and a flat one is made in a thread,
-    with no render process to start (`picture` still encodes a rendered one)."""
-    monkeypatch.setenv("IMAGEBATCH_PLACEHOLDERS", "flat")
+# what these tests check does not depend on what a picture shows (see conftest)
+pytestmark = pytest.mark.usefixtures("flat_pictures")
 
 
 @functools.lru_cache(maxsize=1)

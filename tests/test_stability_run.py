@@ -54,13 +54,8 @@ SKEY = "sk-STABILITY-9f8e7d6c5b4a-test"
 SIMPLE = "version: 1\nname: g\njobs:\n  - id: a\n    prompt: a fox\n    seeds: [5]\n"
 
 
-@pytest.fixture(autouse=True)
-def _flat_pictures(_clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs here on the embedded server draw flat pictures (the servers started here too,
-    `ServerOptions(flat=True)`): what these tests check (keys, bodies, formats, sizes,
-    statuses) does not depend on what a picture shows, and a flat one is made in a thread,
-    with no render process to start."""
-    monkeypatch.setenv("IMAGEBATCH_PLACEHOLDERS", "flat")
+# what these tests check does not depend on what a picture shows (see conftest)
+pytestmark = pytest.mark.usefixtures("flat_pictures")
 
 
 def write(tmp_path: Path, text: str, name: str = "m.yaml") -> Path:
