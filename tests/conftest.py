@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,16 @@ def flat_pictures(_clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGEBATCH_PLACEHOLDERS", "flat")
 
 
+@pytest.fixture(scope="session")
+def post_outputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The signal tests' images (post_signal_helpers.make_outputs), made once for the test
+    process: each test copies them. Their modules carry `pytest.mark.together("post-signals")`
+    so that one worker renders the landscapes for all of them."""
+    from post_signal_helpers import make_outputs
+
+    return make_outputs(tmp_path_factory.mktemp("post-signals"))
+
+
 #: A rough cost per test from its marks (seconds on a quiet machine): what the first
 #: distribution of tests over the pytest-xdist workers balances.
 _COST = {"wheel": 40.0, "slow": 8.0, "stress": 5.0, "browser": 2.0}
@@ -38,6 +49,21 @@ _LIGHT = 0.2
 def _cost(item: pytest.Item) -> float:
     marks = {m.name for m in item.iter_markers()}
     return max([_COST[name] for name in marks if name in _COST], default=_LIGHT)
+
+
+def _unit(item: pytest.Item) -> str:
+    """The tests dealt to one worker together: those sharing a fixture that costs seconds of
+    CPU to make, which each worker running one of them would make again (a session or module
+    fixture is per worker). The wheel tests share one build and install; the browser tests one
+    chromium; a `together(NAME)` mark names any other group (a module's, with no name)."""
+    if item.get_closest_marker("wheel"):
+        return "wheel"
+    if item.get_closest_marker("browser"):
+        return "browser"
+    mark = item.get_closest_marker("together")
+    if mark is not None:
+        return f"together:{mark.args[0] if mark.args else item.path}"
+    return item.nodeid
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -50,14 +76,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     out (longest first, to the least loaded slice) and the quick ones fill each slice to
     the size xdist will cut; every worker computes the same order (xdist checks it)."""
     workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
-    # the wheel tests share one install (a session fixture): one unit, on one worker
     units: dict[str, list[pytest.Item]] = {}
     for item in items:
-        together = "wheel" if item.get_closest_marker("wheel") else item.nodeid
-        units.setdefault(together, []).append(item)
-    heavy = sorted((u for u in units.values() if _cost(u[0]) > _LIGHT),
+        units.setdefault(_unit(item), []).append(item)
+    # a unit of several tests is dealt whole, however light each of them is
+    heavy = sorted((u for u in units.values() if len(u) > 1 or _cost(u[0]) > _LIGHT),
                    key=lambda u: -sum(map(_cost, u)))
-    light = [u[0] for u in units.values() if _cost(u[0]) <= _LIGHT]
+    light = [u[0] for u in units.values() if len(u) == 1 and _cost(u[0]) <= _LIGHT]
     # the slice sizes of worksteal's first split: len(pending) // workers still to serve
     sizes, left = [], len(items)
     for i in range(workers):

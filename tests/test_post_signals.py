@@ -24,13 +24,12 @@ from post_signal_helpers import (
     check_nothing_half_written,
     command,
     copy_outputs,
-    make_outputs,
     signal_during_post,
     tagged_env,
 )
 from stress_helpers import run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.together("post-signals")]
 
 CASES = {
     "sigterm": ((signal.SIGTERM,), False),
@@ -39,16 +38,11 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def outputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return make_outputs(tmp_path_factory.mktemp("post-signals"))
-
-
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("kind", ["run", "sheet", "merge"])
 def test_signal_during_thumbnailing_exits_130_and_leaves_no_process(
-        outputs: tuple[Path, Path], tmp_path: Path, kind: str, case: str) -> None:
-    manifest, made = outputs
+        post_outputs: tuple[Path, Path], tmp_path: Path, kind: str, case: str) -> None:
+    manifest, made = post_outputs
     out = copy_outputs(made, tmp_path / "out")
     argv, root = command(kind, manifest, out, tmp_path / "merged")
     signals, group = CASES[case]
@@ -81,10 +75,11 @@ def test_signal_during_thumbnailing_exits_130_and_leaves_no_process(
     assert not Watch(0, tag).leftovers(wait=5), "left running after finishing"
 
 
-def test_ctrl_c_while_the_workers_start(outputs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_ctrl_c_while_the_workers_start(post_outputs: tuple[Path, Path],
+                                       tmp_path: Path) -> None:
     # `run` makes thumbnails in forkserver workers; one just forked has not yet set itself to
     # ignore Ctrl-C, and dies of it. That is the stop, not a failure: exit 130 all the same.
-    manifest, made = outputs
+    manifest, made = post_outputs
     for i in range(5):  # the moment is narrow: several tries
         out = copy_outputs(made, tmp_path / f"out{i}")
         argv, root = command("run", manifest, out, tmp_path / f"merged{i}")

@@ -29,6 +29,8 @@ from imagebatch.service.server import RunningServer, ServerOptions, running_serv
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "inf-test-key"
+# one worker runs them all: litellm and openai take seconds of CPU to import, once a process
+pytestmark = pytest.mark.together
 
 
 def server_in_thread(options: ServerOptions) -> contextlib.AbstractContextManager[RunningServer]:

@@ -20,14 +20,13 @@ from post_signal_helpers import (
     check_nothing_half_written,
     command,
     copy_outputs,
-    make_outputs,
     signal_during_post,
     tagged_env,
     thumbs_made,
 )
 from stress_helpers import decode, scale
 
-pytestmark = pytest.mark.stress
+pytestmark = [pytest.mark.stress, pytest.mark.together("post-signals")]
 
 # Rounds of a seeded random command, signal and moment: three cover the three commands' stops
 # in `make test`; `make soak` runs eight.
@@ -63,8 +62,9 @@ def _sheet(manifest: Path, out: Path, cwd: Path) -> tuple[float, str]:
     return time.monotonic() - (first or time.monotonic()), err
 
 
-def test_signals_at_random_moments_of_post_processing(tmp_path: Path) -> None:
-    manifest, made = make_outputs(tmp_path / "made")
+def test_signals_at_random_moments_of_post_processing(
+        post_outputs: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, made = post_outputs
     # how long post-processing takes here, now: the window the signals are spread over
     window, _ = _sheet(manifest, copy_outputs(made, tmp_path / "clean"), tmp_path)
     rng = random.Random(20240612)

@@ -258,7 +258,15 @@ def render_flat(request: dict[str, Any], seed: int) -> bytes:
     rng = _rng("flat", request.get("prompt", ""), request.get("negative_prompt", "") or "",
                seed, w, h)
     colour = _hsv(rng.random(), rng.uniform(0.3, 0.8), rng.uniform(0.4, 0.9))
-    return encode(Image.new("RGB", (w, h), colour), apispec.image_format(request))
+    fmt = apispec.image_format(request)
+    if fmt == "png":
+        # A one-colour palette: Pillow writes one bit a pixel, a few hundred bytes in a tenth
+        # of the CPU of an RGB one (2 ms against 17 at 1 MP, whose filtering and deflate pass
+        # over 3 MB dominate). Decoders and every reader here take it as the same colour.
+        flat = Image.new("P", (w, h), 0)
+        flat.putpalette(colour)
+        return encode(flat, fmt)
+    return encode(Image.new("RGB", (w, h), colour), fmt)
 
 
 def blurred(data: bytes, fmt: str) -> bytes:
