@@ -13,20 +13,16 @@ import pytest
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may see real credentials, a real URL, a shared cache or a price from the
-    environment (a real IMAGEBATCH_CACHE would have tests upload to a team's bucket)."""
+    environment (a real IMAGEBATCH_CACHE would have tests upload to a team's bucket).
+
+    And the embedded server that `run` starts, in this process, a subprocess or under make,
+    draws flat pictures (IMAGEBATCH_PLACEHOLDERS=flat): one colour of the same size, format
+    and determinism, made in a thread in a small part of a landscape's CPU and with no render
+    processes to start. A test that looks at what a picture shows deletes the variable."""
     for name in list(os.environ):
         if name.startswith(("DIFFUSION_", "INFERENCE_", "STABILITY_", "IMAGEBATCH_")) or \
                 name == "GITHUB_STEP_SUMMARY":
             monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def flat_pictures(_clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs on the embedded server, in this process or under make, draw flat pictures
-    (IMAGEBATCH_PLACEHOLDERS=flat): for a module whose checks (requests, keys, bodies, sizes,
-    formats, markers, summaries) do not depend on what a picture shows; a flat one is made
-    in a thread, with no render process to start. A module asks for it with
-    `pytestmark = pytest.mark.usefixtures("flat_pictures")`."""
     monkeypatch.setenv("IMAGEBATCH_PLACEHOLDERS", "flat")
 
 

@@ -49,8 +49,6 @@ jobs:
 """
 
 
-# what these tests check does not depend on what a picture shows (see conftest)
-pytestmark = pytest.mark.usefixtures("flat_pictures")
 
 
 def _tree(root: Path) -> dict[str, str]:

@@ -66,8 +66,6 @@ exports:
 """
 
 
-# what these tests check does not depend on what a picture shows (see conftest)
-pytestmark = pytest.mark.usefixtures("flat_pictures")
 
 
 @functools.lru_cache(maxsize=1)

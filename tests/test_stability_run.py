@@ -54,8 +54,6 @@ SKEY = "sk-STABILITY-9f8e7d6c5b4a-test"
 SIMPLE = "version: 1\nname: g\njobs:\n  - id: a\n    prompt: a fox\n    seeds: [5]\n"
 
 
-# what these tests check does not depend on what a picture shows (see conftest)
-pytestmark = pytest.mark.usefixtures("flat_pictures")
 
 
 def write(tmp_path: Path, text: str, name: str = "m.yaml") -> Path:
