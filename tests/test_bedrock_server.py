@@ -80,7 +80,7 @@ def aws_error(answer: Answer, status: int, kind: str) -> str:
 
 @pytest.mark.parametrize(("ratio", "fmt"), [("1:1", "png"), ("16:9", "jpeg"), ("9:21", "png")])
 def test_an_answer_is_bedrocks_shape_and_decodes_at_the_size_asked(ratio, fmt):
-    (answer,) = serve(ServerOptions(key=KEY, workers=1), {"doc": {
+    (answer,) = serve(ServerOptions(flat=True, key=KEY), {"doc": {
         "prompt": "a lighthouse at dawn", "negative_prompt": "fog", "aspect_ratio": ratio,
         "seed": 4_294_967_295, "output_format": fmt}})
     status, headers, payload = answer
@@ -95,7 +95,7 @@ def test_an_answer_is_bedrocks_shape_and_decodes_at_the_size_asked(ratio, fmt):
 def test_defaults_a_random_seed_and_the_model_id_percent_encoded_as_sdks_send_it():
     calls = [{"doc": {"prompt": "p"}}, {"doc": {"prompt": "p"}},
              {"doc": {"prompt": "p", "seed": 3}, "path": PATH.replace(":", "%3A")}]
-    answers = serve(ServerOptions(workers=1), *calls)
+    answers = serve(ServerOptions(flat=True), *calls)
     seeds = []
     for status, _, payload in answers:
         assert status == 200, payload[:300]
@@ -109,7 +109,7 @@ def test_an_input_image_and_strength_make_a_variation_of_its_shape():
     buf = io.BytesIO()
     Image.new("RGB", (1200, 900), (40, 120, 90)).save(buf, format="JPEG")
     image = base64.b64encode(buf.getvalue()).decode()
-    ok, alone = serve(ServerOptions(workers=1),
+    ok, alone = serve(ServerOptions(flat=True),
                       {"doc": {"prompt": "p", "image": image, "strength": 0.4, "seed": 2}},
                       {"doc": {"prompt": "p", "image": image}})
     assert ok[0] == 200, ok[2][:300]
@@ -118,7 +118,7 @@ def test_an_input_image_and_strength_make_a_variation_of_its_shape():
 
 
 def test_filtered_images_name_their_reason():
-    prompt, output = serve(ServerOptions(workers=1, script={2: "content-filtered"}),
+    prompt, output = serve(ServerOptions(flat=True, script={2: "content-filtered"}),
                            {"doc": {"prompt": "a cat [[filtered]]", "seed": 5}},
                            {"doc": {"prompt": "a cat", "seed": 5}})
     for answer, reason in ((prompt, "Filter reason: prompt"),
@@ -131,7 +131,7 @@ def test_filtered_images_name_their_reason():
 # -- keys ----------------------------------------------------------------------------------
 
 def test_a_bearer_key_or_a_sigv4_header_naming_the_access_key_id_is_accepted():
-    options = ServerOptions(key=KEY, aws_access_key_id=ACCESS_KEY_ID, workers=1)
+    options = ServerOptions(flat=True, key=KEY, aws_access_key_id=ACCESS_KEY_ID, workers=1)
     doc = {"prompt": "p", "seed": 1}
     answers = serve(options, *({"doc": doc, "auth": auth} for auth in (
         f"Bearer {KEY}", sigv4(ACCESS_KEY_ID), None, "Bearer wrong", KEY,
@@ -142,7 +142,7 @@ def test_a_bearer_key_or_a_sigv4_header_naming_the_access_key_id_is_accepted():
 
 
 def test_sigv4_is_refused_when_no_access_key_id_is_configured():
-    (answer,) = serve(ServerOptions(key=KEY, workers=1),
+    (answer,) = serve(ServerOptions(flat=True, key=KEY),
                       {"doc": {"prompt": "p"}, "auth": sigv4(ACCESS_KEY_ID)})
     aws_error(answer, 403, "AccessDeniedException")
 
@@ -160,12 +160,12 @@ def test_sigv4_is_refused_when_no_access_key_id_is_configured():
     (["p"], "JSONObject"),
 ])
 def test_a_body_bedrock_refuses_is_a_validation_exception(doc, part):
-    (answer,) = serve(ServerOptions(workers=1), {"doc": doc})
+    (answer,) = serve(ServerOptions(flat=True), {"doc": doc})
     assert part in aws_error(answer, 400, "ValidationException")
 
 
 def test_an_unknown_model_id_is_a_validation_exception():
-    (answer,) = serve(ServerOptions(workers=1),
+    (answer,) = serve(ServerOptions(flat=True),
                       {"doc": {"prompt": "p"}, "path": "/model/stability.sd3-large-v1:0/invoke"})
     assert "model identifier is invalid" in aws_error(answer, 400, "ValidationException")
 
@@ -178,11 +178,11 @@ def test_an_unknown_model_id_is_a_validation_exception():
     ("503", 503, "ServiceUnavailableException"),
 ])
 def test_each_fault_is_the_aws_error_scripted_or_drawn(fault, status, kind):
-    scripted = serve(ServerOptions(workers=1, script={1: fault}),
+    scripted = serve(ServerOptions(flat=True, script={1: fault}),
                      {"doc": {"prompt": "p", "seed": 1}}, {"doc": {"prompt": "p", "seed": 1}})
     aws_error(scripted[0], status, kind)
     assert scripted[1][0] == 200  # only the scripted request
-    (drawn,) = serve(ServerOptions(workers=1, fail_rate=1.0, faults=(fault,)),
+    (drawn,) = serve(ServerOptions(flat=True, fail_rate=1.0, faults=(fault,)),
                      {"doc": {"prompt": "p", "seed": 1}})
     aws_error(drawn, status, kind)
     assert "Retry-After" not in drawn[1]
@@ -195,13 +195,13 @@ def test_each_fault_is_the_aws_error_scripted_or_drawn(fault, status, kind):
     (503, "ServiceUnavailableException"),
 ])
 def test_fail_in_the_prompt_is_that_aws_error(code, kind):
-    (answer,) = serve(ServerOptions(workers=1), {"doc": {"prompt": f"p [[fail:{code}]]"}})
+    (answer,) = serve(ServerOptions(flat=True), {"doc": {"prompt": f"p [[fail:{code}]]"}})
     aws_error(answer, code, kind)
 
 
 @pytest.mark.parametrize("kind", ["truncate", "bad-base64", "not-image", "html"])
 def test_body_faults_spoil_a_200(kind):
-    (answer,) = serve(ServerOptions(workers=1, script={1: kind}), {"doc": {"prompt": "p"}})
+    (answer,) = serve(ServerOptions(flat=True, script={1: kind}), {"doc": {"prompt": "p"}})
     status, _, payload = answer
     assert status == 200
     with pytest.raises((ValueError, AssertionError, Image.UnidentifiedImageError)):
@@ -210,7 +210,7 @@ def test_body_faults_spoil_a_200(kind):
 
 def test_throttling_on_the_servers_clock_slides_with_its_window():
     clock = Clock()
-    options = ServerOptions(workers=1, rpm=2, window=60.0, clock=clock, sleep=clock.sleep)
+    options = ServerOptions(flat=True, rpm=2, window=60.0, clock=clock, sleep=clock.sleep)
 
     async def scenario() -> list[int]:
         statuses = []

@@ -65,7 +65,7 @@ async def _make(folder: Path) -> Plan:
     await asyncio.to_thread(expand, str(manifest), env={}, out=io.StringIO(),
                             err=io.StringIO())  # the embedded chat model writes the prompts
     plan = load_plan(str(manifest))
-    async with running_server(ServerOptions(workers=1)) as srv:
+    async with running_server(ServerOptions(flat=True)) as srv:
         conn = connect.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
         report = await run_plans([plan], conn, RunOptions(manifests=(), out=folder / "out", rpm=0),
                                  io.StringIO())

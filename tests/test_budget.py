@@ -193,7 +193,7 @@ def _summary(tmp_path: Path) -> dict:
 def test_exactly_n_requests_reach_the_server_even_with_faults(tmp_path, concurrency):
     script = {1: "500", 2: "reset", 4: "503"}
     report, stats = asyncio.run(_run(
-        tmp_path, ServerOptions(key=KEY, workers=1, script=script), 10, budget=7,
+        tmp_path, ServerOptions(flat=True, key=KEY, script=script), 10, budget=7,
         concurrency=concurrency, retries=4))
     assert stats.requests == 7  # counted at the server
     (plan,) = report.plans
@@ -216,7 +216,7 @@ def test_exactly_n_requests_reach_the_server_even_with_faults(tmp_path, concurre
 
 
 def test_a_rerun_finishes_and_pays_nothing_twice(tmp_path):
-    server = ServerOptions(key=KEY, workers=1, script={2: "500"})
+    server = ServerOptions(flat=True, key=KEY, script={2: "500"})
 
     async def both():
         async with running_server(server) as srv:
@@ -248,7 +248,7 @@ def _fields(opts: RunOptions) -> dict:
 
 def test_a_cost_budget_sends_what_it_buys(tmp_path):
     report, stats = asyncio.run(_run(
-        tmp_path, ServerOptions(key=KEY, workers=1), 6, budget_cost="$0.25", price="0.08"))
+        tmp_path, ServerOptions(flat=True, key=KEY), 6, budget_cost="$0.25", price="0.08"))
     assert stats.requests == 3  # 3 x 0.08 = 0.24 <= 0.25
     assert "cost $0.24 at $0.08 an image" in text(report)
     assert "--budget-cost $0.25 (3 requests at $0.08)" in text(report)
@@ -262,9 +262,9 @@ def test_a_pool_counts_the_attempts_it_moves(tmp_path):
 
     async def go():
         async with contextlib.AsyncExitStack() as stack:
-            a = await stack.enter_async_context(running_server(ServerOptions(
+            a = await stack.enter_async_context(running_server(ServerOptions(flat=True,
                 key=keys["POOLA"], workers=1, script={1: "429", 2: "429", 3: "429"})))
-            b = await stack.enter_async_context(running_server(ServerOptions(
+            b = await stack.enter_async_context(running_server(ServerOptions(flat=True,
                 key=keys["POOLB"], workers=1)))
             conns = [connect.Connection(prefix=p, url=s.url, key=keys[p])
                      for p, s in (("POOLA", a), ("POOLB", b))]
@@ -379,7 +379,7 @@ def test_price_is_a_decimal_so_costs_are_exact():
 
 
 def test_a_budget_that_covers_the_work_exactly_exits_0(tmp_path):
-    report, stats = asyncio.run(_run(tmp_path, ServerOptions(key=KEY, workers=1), 4, budget=4))
+    report, stats = asyncio.run(_run(tmp_path, ServerOptions(flat=True, key=KEY), 4, budget=4))
     assert stats.requests == 4 and report.budget_reached and not report.stopped_by_budget
     assert report_run(report, as_json=False, out=io.StringIO(), err=io.StringIO()) == 0
     assert _summary(tmp_path)["stopped_by_budget"] is False
@@ -388,7 +388,7 @@ def test_a_budget_that_covers_the_work_exactly_exits_0(tmp_path):
 def test_failed_jobs_outrank_a_spent_budget(tmp_path):
     # no retries: the first request's fault fails its job; the budget then leaves jobs pending
     report, stats = asyncio.run(_run(
-        tmp_path, ServerOptions(key=KEY, workers=1, script={1: "html"}), 6, budget=3,
+        tmp_path, ServerOptions(flat=True, key=KEY, script={1: "html"}), 6, budget=3,
         retries=0))
     (plan,) = report.plans
     assert stats.requests == 3 and plan.failed == 1 and plan.pending == 3

@@ -30,7 +30,7 @@ async def run_plans_async(plans, conn, opts, err):
 
 def api_options(**kw) -> ServerOptions:
     """The embedded server as these tests use it: bodies kept, one render process."""
-    return ServerOptions(keep_bodies=True, workers=1, **kw)
+    return ServerOptions(flat=True, keep_bodies=True, workers=1, **kw)
 
 
 async def _run(options: ServerOptions, plans, tmp_path: Path, *,

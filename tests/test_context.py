@@ -36,8 +36,8 @@ def pool_run(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("ctx")
     (tmp / "m.yaml").write_text(MANIFEST, encoding="utf-8")
     (tmp / "share").mkdir()
-    with in_thread(lambda: running_server(ServerOptions(key=HKEY, workers=1))) as h, \
-            in_thread(lambda: running_server(ServerOptions(key=SKEY, workers=1))) as s:
+    with in_thread(lambda: running_server(ServerOptions(flat=True, key=HKEY))) as h, \
+            in_thread(lambda: running_server(ServerOptions(flat=True, key=SKEY))) as s:
         env = {"POOLH_URL": h.url, "POOLH_KEY": HKEY,
                "POOLS_URL": s.url, "POOLS_KEY": SKEY, "POOLS_PROVIDER": "stability"}
         yield tmp, env, (h, s)

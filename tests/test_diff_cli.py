@@ -382,7 +382,7 @@ def test_no_traceback_from_the_installed_command(tmp_path):
 async def test_to_send_is_judged_against_the_outputs_and_backend_run_uses(repo, capsys,
                                                                          monkeypatch):
     monkeypatch.chdir(repo)
-    async with running_server(ServerOptions(workers=1)) as srv:
+    async with running_server(ServerOptions(flat=True)) as srv:
         monkeypatch.setenv("DIFFUSION_URL", srv.url)
         monkeypatch.setenv("DIFFUSION_KEY", "test-key")
         code = await asyncio.to_thread(main, ["run", "manifests/launch.yaml", "--no-post",
@@ -631,7 +631,7 @@ async def test_what_the_shared_cache_holds_is_not_counted_as_sent(repo, capsys, 
     share = repo.parent / "share"
     share.mkdir()
     commit(repo, {"manifests/launch.yaml": EDITED}, "edit")
-    async with running_server(ServerOptions(workers=1)) as srv:
+    async with running_server(ServerOptions(flat=True)) as srv:
         monkeypatch.setenv("DIFFUSION_URL", srv.url)
         monkeypatch.setenv("DIFFUSION_KEY", "test-key")
         # CI made the edited plan into the shared cache from its own folder

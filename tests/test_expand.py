@@ -188,7 +188,7 @@ async def test_a_prompt_edited_by_hand_resends_exactly_its_jobs(tmp_path: Path) 
 
     manifest = write(tmp_path)
     await asyncio.to_thread(run_expand, manifest)
-    async with running_server(ServerOptions(workers=1)) as srv:
+    async with running_server(ServerOptions(flat=True)) as srv:
         conn = connect.Connection(prefix="DIFFUSION", url=srv.url, key=KEY)
         opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, rpm=0)
         await run_plans([load_plan(manifest)], conn, opts, io.StringIO())

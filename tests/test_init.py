@@ -679,7 +679,7 @@ def test_a_run_on_a_hosted_service_has_no_placeholder_note(tmp_path):
     manifest.write_text(SMALL)
 
     async def hosted() -> tuple[str, int]:
-        async with running_server(ServerOptions(workers=1)) as srv:
+        async with running_server(ServerOptions(flat=True)) as srv:
             conn = connect.Connection(prefix="DIFFUSION", url=srv.url, key="k-test")
             opts = RunOptions(manifests=(), out=tmp_path / "out", rpm=0, post=False)
             report = await run_plans([load_plan(str(manifest))], conn, opts, io.StringIO())

@@ -85,7 +85,7 @@ def test_a_content_filtered_job_is_sent_once_across_runs_and_again_when_asked(tm
     path = _manifest(tmp_path, FILTERED)
 
     async def scenario():
-        async with running_server(ServerOptions(key=SKEY, workers=1)) as srv:
+        async with running_server(ServerOptions(flat=True, key=SKEY)) as srv:
             conn, seen = _stability(srv), []
             for retry_failed in (False, False, True):
                 report = await _run(tmp_path, path, [conn], retry_failed=retry_failed)
@@ -125,7 +125,7 @@ def test_a_changed_request_is_a_new_key_and_is_sent(tmp_path):
     path = _manifest(tmp_path, FILTERED)
 
     async def scenario():
-        async with running_server(ServerOptions(key=SKEY, workers=1)) as srv:
+        async with running_server(ServerOptions(flat=True, key=SKEY)) as srv:
             await _run(tmp_path, path, [_stability(srv)])
             sent = srv.stats.requests
             path.write_text(path.read_text().replace("[[filtered]] a fox", "a fox in snow"))
@@ -168,7 +168,7 @@ def test_a_refusal_of_the_request_is_sent_once_across_runs(tmp_path, script, pro
     path = _manifest(tmp_path, f"  - id: a\n    prompt: \"{prompt}\"\n    seeds: [7]\n")
 
     async def scenario():
-        async with running_server(ServerOptions(key=SKEY, workers=1, script=script)) as srv:
+        async with running_server(ServerOptions(flat=True, key=SKEY, script=script)) as srv:
             first = await _run(tmp_path, path, [_stability(srv)])
             second = await _run(tmp_path, path, [_stability(srv)])
             return first, second, srv.stats.requests
@@ -185,7 +185,7 @@ def test_a_transient_failure_is_still_sent_again_by_the_next_run(tmp_path):
     path = _manifest(tmp_path, "  - id: a\n    prompt: a fox\n    seeds: [7]\n")
 
     async def scenario():
-        options = ServerOptions(key=SKEY, workers=1, script={1: "500", 2: "500"})
+        options = ServerOptions(flat=True, key=SKEY, script={1: "500", 2: "500"})
         async with running_server(options) as srv:
             first = await _run(tmp_path, path, [_stability(srv)], retries=1)
             second = await _run(tmp_path, path, [_stability(srv)], retries=1)
@@ -203,7 +203,7 @@ def test_an_image_at_another_size_is_kept_and_flagged_after_one_request(tmp_path
                                "    seeds: [7, 8]\n")
 
     async def scenario():
-        options = ServerOptions(key=SKEY, workers=1, script={1: "wrong-size", 2: "wrong-format"})
+        options = ServerOptions(flat=True, key=SKEY, script={1: "wrong-size", 2: "wrong-format"})
         async with running_server(options) as srv:
             first = await _run(tmp_path, path, [_stability(srv)], concurrency=1)
             sent = srv.stats.requests
@@ -237,7 +237,7 @@ def test_a_402_stops_the_run_after_one_request_naming_the_key_variable(tmp_path)
     path = _manifest(tmp_path, "  - id: a\n    prompt: a fox\n    seeds: {start: 1, count: 5}\n")
 
     async def scenario():
-        options = ServerOptions(key=SKEY, workers=1, fail_rate=1.0, faults=("402",))
+        options = ServerOptions(flat=True, key=SKEY, fail_rate=1.0, faults=("402",))
         async with running_server(options) as srv:
             conn = connect.Connection("STABILITY", srv.url, SKEY, provider=STABILITY,
                                      key_name="STABILITY_API_KEY")
@@ -261,9 +261,9 @@ def test_a_402_drops_that_member_of_a_pool_and_the_others_go_on(tmp_path):
 
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            broke = await stack.enter_async_context(running_server(ServerOptions(
+            broke = await stack.enter_async_context(running_server(ServerOptions(flat=True,
                 key=keys["POOLA"], workers=1, fail_rate=1.0, faults=("402",))))
-            good = await stack.enter_async_context(running_server(ServerOptions(
+            good = await stack.enter_async_context(running_server(ServerOptions(flat=True,
                 key=keys["POOLB"], workers=1)))
             conns = [connect.Connection(p, s.url, keys[p], provider=STABILITY)
                      for p, s in (("POOLA", broke), ("POOLB", good))]
@@ -298,7 +298,7 @@ def test_jobs_refused_before_sending_spend_nothing_and_cost_nothing(tmp_path):
     (tmp_path / "pick.png").write_bytes(_png(color=(0, 0, 255)))
 
     async def scenario():
-        async with running_server(ServerOptions(key=SKEY, workers=1)) as srv:
+        async with running_server(ServerOptions(flat=True, key=SKEY)) as srv:
             opts = RunOptions(manifests=(), out=tmp_path / "out", post=False, rpm=0.0,
                               concurrency=1, budget=3, price="0.40")
             report = await run_plans([plan], [_stability(srv)], opts, io.StringIO(), env={})

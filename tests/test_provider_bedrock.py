@@ -302,8 +302,8 @@ async def test_no_credential_appears_in_any_error(tmp_path):
 async def test_a_pool_of_heroku_stability_and_bedrock_makes_every_image(tmp_path):
     path = manifest(tmp_path, seeds="{start: 1, count: 9}")
     err = io.StringIO()
-    async with running_server(ServerOptions(key="inf-HEROKU-123", workers=1)) as h, \
-            running_server(ServerOptions(key="sk-STAB-1234567", workers=1)) as s, \
+    async with running_server(ServerOptions(flat=True, key="inf-HEROKU-123", workers=1)) as h, \
+            running_server(ServerOptions(flat=True, key="sk-STAB-1234567", workers=1)) as s, \
             bedrock_server() as (b_url, seen):
         env = {"H_URL": h.url, "H_KEY": "inf-HEROKU-123",
                "S_PROVIDER": "stability", "S_URL": s.url, "S_KEY": "sk-STAB-1234567",

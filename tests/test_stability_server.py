@@ -77,7 +77,7 @@ def test_every_stability_request_names_imagebatch_and_its_version(tmp_path):
 
     async def scenario():
         # the first request is answered 500: the one sent again is a Stability request too
-        options = ServerOptions(key=KEY, workers=1, keep_bodies=True, script={1: "500"})
+        options = ServerOptions(flat=True, key=KEY, keep_bodies=True, script={1: "500"})
         async with running_server(options) as srv, aiohttp.ClientSession() as session:
             client = ApiClient(session, srv.url, KEY, provider=STABILITY)
             with pytest.raises(RetryableApiError):
@@ -100,7 +100,7 @@ def test_every_stability_request_names_imagebatch_and_its_version(tmp_path):
 
 def test_unknown_parts_are_ignored_as_stability_ignores_them():
     async def scenario():
-        async with running_server(ServerOptions(key=KEY, workers=1, keep_bodies=True)) as srv:
+        async with running_server(ServerOptions(flat=True, key=KEY, keep_bodies=True)) as srv:
             # Stability's own Python sample and litellm force multipart with an empty file
             # part named `none`; `mode` belongs to another endpoint
             answer = await post(srv.url, form(prompt="a fox", seed="3", none=b"", mode="x"))
@@ -118,7 +118,7 @@ def test_unknown_parts_are_ignored_as_stability_ignores_them():
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
 def test_answers_carry_a_request_id_and_json_names_the_image_type(fmt):
     async def scenario():
-        async with running_server(ServerOptions(key=KEY, workers=1)) as srv:
+        async with running_server(ServerOptions(flat=True, key=KEY)) as srv:
             data = await post(srv.url, form(prompt="p", seed="9", output_format=fmt),
                               accept="application/json")
             raw = await post(srv.url, form(prompt="p", seed="9", output_format=fmt))
@@ -137,7 +137,7 @@ def test_answers_carry_a_request_id_and_json_names_the_image_type(fmt):
 
 def test_a_429_has_no_retry_after_unless_asked_for():
     async def scenario(**kw):
-        options = ServerOptions(key=KEY, workers=1, script={1: "lockout"}, **kw)
+        options = ServerOptions(flat=True, key=KEY, script={1: "lockout"}, **kw)
         async with running_server(options) as srv:
             return await post(srv.url, form(prompt="p"))
 
@@ -161,7 +161,7 @@ def test_a_429_has_no_retry_after_unless_asked_for():
 ])
 def test_errors_are_named_as_stabilitys_reference_names_them(prompt, key, status, name):
     async def scenario():
-        async with running_server(ServerOptions(key=KEY, workers=1)) as srv:
+        async with running_server(ServerOptions(flat=True, key=KEY)) as srv:
             return await post(srv.url, form(prompt=prompt),
                               headers={"Authorization": f"Bearer {key}"})
 
@@ -173,7 +173,7 @@ def test_errors_are_named_as_stabilitys_reference_names_them(prompt, key, status
 
 def test_the_422_fault_is_stabilitys_invalid_language():
     async def scenario():
-        async with running_server(ServerOptions(key=KEY, workers=1, script={1: "422"})) as srv:
+        async with running_server(ServerOptions(flat=True, key=KEY, script={1: "422"})) as srv:
             return await post(srv.url, form(prompt="p"))
 
     status, _, body = asyncio.run(scenario())
@@ -208,7 +208,7 @@ def test_the_client_reads_the_answers_and_waits_60_s_after_a_bare_429(tmp_path, 
 
     async def scenario():
         # the first request starts a lockout (of no real time: the test's clock is its own)
-        options = ServerOptions(key=KEY, workers=1, script={1: "lockout"},
+        options = ServerOptions(flat=True, key=KEY, script={1: "lockout"},
                                 stability_lockout=0.0)
         async with running_server(options) as srv, aiohttp.ClientSession() as session:
             client = ApiClient(session, srv.url, KEY, provider=STABILITY, accept=accept)
@@ -233,7 +233,7 @@ def test_the_server_takes_ultras_input_images_by_ultras_rules():
     Image.new("RGB", (4000, 3000), (90, 120, 60)).save(photo, format="JPEG", quality=90)
 
     async def scenario():
-        async with running_server(ServerOptions(key=KEY, workers=1)) as srv:
+        async with running_server(ServerOptions(flat=True, key=KEY)) as srv:
             taken = await post(srv.url, form(prompt="p", strength="0.4", seed="2",
                                              image=photo.getvalue()))
             long = await post(srv.url, form(prompt="p", strength="0.4",
@@ -271,7 +271,7 @@ def test_a_body_over_10_mib_is_payload_too_large(chunked):
             yield body[at:at + 1024 * 1024]
 
     async def scenario():
-        async with running_server(ServerOptions(key=KEY, workers=1)) as srv:
+        async with running_server(ServerOptions(flat=True, key=KEY)) as srv:
             headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
             answer = await post(srv.url, pieces() if chunked else body, headers=headers)
             return answer, srv.stats
@@ -300,7 +300,7 @@ def test_a_request_over_10_mib_is_never_sent_even_unplanned(tmp_path, short_by, 
                               image=str(big))
 
     async def scenario():
-        async with running_server(ServerOptions(key=KEY, workers=1)) as srv, \
+        async with running_server(ServerOptions(flat=True, key=KEY)) as srv, \
                 aiohttp.ClientSession() as session:
             client = ApiClient(session, srv.url, KEY, provider=STABILITY)
             with pytest.raises(PermanentApiError) as info:

@@ -49,7 +49,7 @@ jobs:
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Embedded]:
-    with embedded_server(ServerOptions(latency_ms=20)) as srv:
+    with embedded_server(ServerOptions(flat=True, latency_ms=20)) as srv:
         monkeypatch.setenv("DIFFUSION_URL", srv.url)
         monkeypatch.setenv("DIFFUSION_KEY", SECRET_KEY)
         yield srv

@@ -109,7 +109,7 @@ def test_faulty_run_status_sheet_show_never_show_the_key(commands: Forker, tmp_p
 
 def test_401_names_the_variable_never_the_key(commands: Forker, tmp_path: Path) -> None:
     manifest, out, step = _setup(tmp_path)
-    with embedded_server(ServerOptions(key="inf-the-right-one")) as srv:
+    with embedded_server(ServerOptions(flat=True, key="inf-the-right-one")) as srv:
         proc = commands.run(_run(manifest, out, "--rpm", "0", *VERBOSE),
                        cli_env(srv.url, GITHUB_STEP_SUMMARY=str(step)), cwd=tmp_path)
         assert srv.stats.by_status[401] >= 1
