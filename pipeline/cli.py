@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import ImagebatchError, ManifestError, UsageError
 from .planning.config import DEFAULT_PREFIX
@@ -201,13 +201,49 @@ def unrecognized(parser: argparse.ArgumentParser, command: str, extra: Sequence[
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line, defined once."""
+class _Undefined(_Parser):
+    """Where the arguments of a command this process does not run go: nowhere.
+
+    Defining an argument costs argparse a help formatter and gettext lookups (about 10 ms for
+    the whole command line, the larger part of parsing it); a process runs one command, so
+    build_parser(only=...) defines that command's arguments alone. The others still exist
+    as commands (in `--help`, in the did-you-mean of a mistyped one), with no arguments."""
+
+    def __init__(self) -> None:  # no parser state: nothing here is ever parsed or shown
+        pass
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
+        return self
+
+    def format_usage(self) -> str:
+        return ""
+
+
+class _Commands:
+    """The subcommands action, handing out a sink instead of the parser of a command whose
+    arguments need not be defined (see _Undefined)."""
+
+    def __init__(self, sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+                 only: str | None) -> None:
+        self._sub, self._only = sub, only
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._sub.add_parser(name, **kwargs)
+        return parser if self._only in (None, name) else _Undefined()
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, defined once; with `only` (a command's name), the arguments
+    of that command alone: what a process running it parses."""
     parser = _Parser(prog="imagebatch", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action=_Version, help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
-                                title="commands", metavar="COMMAND")
+    action = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                   title="commands", metavar="COMMAND")
+    sub = _Commands(action, only)
 
     p = sub.add_parser("init", help="set up a repository: example manifest, schema, make "
                                     "targets, nightly workflow, .gitignore")
@@ -262,19 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pick_parser(sub)
     _add_review_parser(sub)
 
-    for action in sub._choices_actions:  # the one-line help of each command
-        command = sub.choices[action.dest]
+    for choice in action._choices_actions:  # the one-line help of each command
+        command = action.choices[choice.dest]
         command.formatter_class = _HelpFormatter
-        summary = action.help or ""
+        summary = choice.help or ""
         command.description = command.description or summary[:1].upper() + summary[1:]
-        examples = EXAMPLES.get(action.dest, ())
+        examples = EXAMPLES.get(choice.dest, ())
         if examples:
             command.epilog = (f"example{'s' if len(examples) > 1 else ''}:\n  "
                               + "\n  ".join(examples))
     return parser
 
 
-def _add_diff_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_diff_parser(sub: _Commands) -> None:
     """diff."""
     p = sub.add_parser("diff", help="what a manifest change does to the plan (added, removed, "
                                     "changed jobs, cost, stale picks); send nothing")
@@ -313,7 +349,7 @@ def _add_picks_option(p: argparse.ArgumentParser) -> None:
                    help="the picks file (default: <manifest>.picks.json beside the manifest)")
 
 
-def _add_pick_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_pick_parser(sub: _Commands) -> None:
     """pick."""
     p = sub.add_parser("pick", help="pick, reject, rate or clear images in the picks file")
     p.add_argument("manifest", metavar="MANIFEST")
@@ -331,7 +367,7 @@ def _add_pick_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     _add_env_prefix(p)
 
 
-def _add_review_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_review_parser(sub: _Commands) -> None:
     """review."""
     p = sub.add_parser("review", help="a local web page to pick, reject and rate the images")
     p.add_argument("manifest", metavar="MANIFEST")
@@ -371,7 +407,7 @@ def _count(text: str) -> int:
     return value
 
 
-def _add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_run_parsers(sub: _Commands) -> None:
     """run, status, show."""
     p = sub.add_parser("run", help="generate what is not done yet, post-process, summarise")
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
@@ -855,7 +891,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `imagebatch` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        parser = build_parser()
+        # the command is the first argument that is not an option (the top level has only
+        # --help and --version); an unknown one gets every command defined, for its message
+        first = next((a for a in argv if not a.startswith("-")), None)
+        parser = build_parser(first if first in COMMANDS else None)
         if not argv:  # `imagebatch` alone: what it is and what it can do, as --help says
             parser.print_help()
             return 0

@@ -821,6 +821,28 @@ def test_every_command_help_shows_defaults_and_an_example(command, capsys):
             assert m and "default" in m.group(1), f"{command} {flag}: no default shown"
 
 
+def _commands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_a_command_defined_alone_parses_as_in_the_whole_command_line(command):
+    # `imagebatch COMMAND ...` defines only COMMAND's arguments (the rest cost start-up time);
+    # what it parses and shows must be what the whole command line has for it
+    whole, alone = _commands_of(cli.build_parser()), _commands_of(cli.build_parser(command))
+    assert list(alone) == list(whole)  # every command is still there, for --help and typos
+
+    def shape(p: argparse.ArgumentParser) -> list[tuple[object, ...]]:
+        return [(a.option_strings, a.dest, a.nargs, a.default, a.type, a.choices, a.const,
+                 a.required, a.help, a.metavar) for a in p._actions]
+
+    assert shape(alone[command]) == shape(whole[command])
+    assert alone[command].format_help() == whole[command].format_help()
+    # the others hold nothing but their help flag
+    assert all(len(p._actions) <= 1 for name, p in alone.items() if name != command)
+
+
 def test_schema_is_built_from_code_not_read_from_a_file(capsys):
     opened: list[str] = []
     watching = [True]
