@@ -175,7 +175,7 @@ async def test_wrong_paths_and_methods_get_json_errors(server, session):
 # -- auth --------------------------------------------------------------------------------
 
 async def test_with_a_key_only_that_bearer_is_accepted(session):
-    async with running_server(ServerOptions(key="inf-secret", workers=1)) as srv:
+    async with running_server(ServerOptions(key="inf-secret", flat=True)) as srv:
         for headers in ({}, {"Authorization": "Bearer inf-wrong"},
                         {"Authorization": "inf-secret"}, {"Authorization": "Basic inf-secret"}):
             status, _, payload = await post(session, srv.url, body(), headers=headers)
@@ -384,7 +384,9 @@ def test_render_draws_the_prompt_in_a_panel_and_the_tags():
 # -- faults ------------------------------------------------------------------------------
 
 def only(kind: str, **extra: Any) -> ServerOptions:
-    return ServerOptions(fail_rate=1.0, faults=(kind,), workers=1, **extra)
+    # flat pictures: a fault's shape (a status, a cut body, bad base64, another format or
+    # size) is the same whatever the picture shows, and a flat one starts no render pool
+    return ServerOptions(fail_rate=1.0, faults=(kind,), flat=True, **extra)
 
 
 async def test_fault_429(session):
@@ -485,7 +487,7 @@ async def test_the_project_client_classifies_every_fault_as_retryable(session, k
         client = ApiClient(session, srv.url, "k", timeout=1.0 if kind == "stall" else 30.0)
         with pytest.raises(RetryableApiError):
             await client.generate(job)
-    async with running_server(ServerOptions(workers=1)) as srv:
+    async with running_server(ServerOptions(flat=True)) as srv:
         image = await ApiClient(session, srv.url, "k").generate(job)
         assert (image.format, image.width, image.height) == ("png", 1024, 1024)
 
@@ -526,7 +528,7 @@ async def test_faults_are_deterministic_from_the_seed(session):
 
 
 async def test_scripted_faults_hit_exactly_the_numbered_requests(session):
-    opts = ServerOptions(script={2: "500", 4: "html"}, keep_bodies=True, workers=1)
+    opts = ServerOptions(script={2: "500", 4: "html"}, keep_bodies=True, flat=True)
     async with running_server(opts) as srv:
         statuses = []
         for seed in range(1, 6):
@@ -583,7 +585,7 @@ def test_bad_options_are_refused(bad):
 # -- rate limit --------------------------------------------------------------------------
 
 async def test_rate_limit_headers_and_429(session):
-    async with running_server(ServerOptions(rpm=3, window=60.0, workers=1)) as srv:
+    async with running_server(ServerOptions(rpm=3, window=60.0, flat=True)) as srv:
         remaining = []
         for i in range(3):
             status, headers, _ = await post(session, srv.url, body(seed=i + 1))
@@ -605,7 +607,7 @@ async def test_rate_limit_headers_and_429(session):
 
 async def test_rate_limit_without_retry_after(session):
     async with running_server(ServerOptions(rpm=1, window=60.0, retry_after=False,
-                                            workers=1)) as srv:
+                                            flat=True)) as srv:
         assert (await post(session, srv.url, body()))[0] == 200
         status, headers, _ = await post(session, srv.url, body())
         assert status == 429 and "Retry-After" not in headers
@@ -614,7 +616,7 @@ async def test_rate_limit_without_retry_after(session):
 
 async def test_the_window_slides_and_429s_do_not_count(session):
     clock = Clock()  # the server's time: it passes only when the test moves it
-    options = ServerOptions(rpm=1, window=1.5, workers=1, clock=clock, sleep=clock.sleep)
+    options = ServerOptions(rpm=1, window=1.5, flat=True, clock=clock, sleep=clock.sleep)
     async with running_server(options) as srv:
         started = clock.now
         assert (await post(session, srv.url, body()))[0] == 200
@@ -635,7 +637,7 @@ async def test_the_window_slides_and_429s_do_not_count(session):
 
 async def test_latency_is_added(session):
     clock = Clock()
-    options = ServerOptions(latency_ms=150, workers=1, clock=clock, sleep=clock.sleep)
+    options = ServerOptions(latency_ms=150, flat=True, clock=clock, sleep=clock.sleep)
     async with running_server(options) as srv:
         started = clock.now
         status, _, _ = await post(session, srv.url, body())
