@@ -50,9 +50,10 @@ class Switchable:
 
 @contextlib.contextmanager
 def switchable_server(monkeypatch: pytest.MonkeyPatch, *,
-                      flat: bool = False) -> Iterator[Switchable]:
+                      flat: bool = True) -> Iterator[Switchable]:
     """A Switchable server in a background thread, set as DIFFUSION_URL / DIFFUSION_KEY;
-    `flat`: one-colour pictures (same sizes and formats, a fraction of the CPU)."""
+    `flat`: one-colour pictures (same sizes and formats, a fraction of the CPU, no render
+    pool), what these tests need: which jobs are done, failed or missing, not what they show."""
     healthy = replace(HEALTHY, flat=flat)
     with in_thread(lambda: running_server(healthy)) as srv:
         monkeypatch.setenv("DIFFUSION_URL", srv.url)

@@ -170,7 +170,8 @@ def test_image_path_that_is_a_folder_costs_no_request(tmp_path, monkeypatch):
 def test_image_damaged_in_place_at_the_same_size_is_made_again(tmp_path, monkeypatch):
     out, root = tmp_path / "out", tmp_path / "out" / "base"
     m = _manifest(tmp_path / "m.yaml", "a knight")
-    with switchable_server(monkeypatch) as srv:
+    # a landscape: 1,000 bytes fit inside it (a flat picture's PNG is about a kilobyte)
+    with switchable_server(monkeypatch, flat=False) as srv:
         assert _run(m, out)[0] == 0
         path = root / "images/hero/5.png"
         good = path.read_bytes()
