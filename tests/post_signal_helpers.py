@@ -175,7 +175,8 @@ class Watch:
     def descendants_alive(self) -> list[int]:
         """Recorded descendants still running (the same process: same start time, no zombie)."""
         alive = []
-        for pid, started in self.seen.items():
+        # a copy: the watching thread may still be adding what it saw
+        for pid, started in list(self.seen.items()):
             st = _stat(pid)
             if st is not None and st[2] == started and st[0] != "Z":
                 alive.append(pid)
