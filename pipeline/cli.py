@@ -582,8 +582,8 @@ def _add_run_parsers(sub: _Commands) -> None:
     p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                    help="render processes (default: one per core)")
     p.add_argument("--flat", action="store_true",
-                   help="plain one-colour pictures, made without render processes (a quarter "
-                        "of the cost, for load tests where the pictures do not matter)")
+                   help="plain one-colour pictures, made without render processes (a tenth "
+                        "of the cost or less, for load tests where the pictures do not matter)")
     p.add_argument("--stability-limit", type=_positive_int, default=None, metavar="N",
                    help="the Stability path's limit: N requests per 10 s, then a lockout "
                         "(default: no limit; Stability's own is 150)")
