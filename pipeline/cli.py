@@ -231,8 +231,12 @@ class _Commands:
         self._sub, self._only = sub, only
 
     def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = self._sub.add_parser(name, **kwargs)
-        return parser if self._only in (None, name) else _Undefined()
+        if self._only in (None, name):
+            parser: argparse.ArgumentParser = self._sub.add_parser(name, **kwargs)
+            return parser
+        # listed (help, choices) but never parsed: not even its -h is defined
+        self._sub.add_parser(name, add_help=False, **kwargs)
+        return _Undefined()
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
