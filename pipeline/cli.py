@@ -7,6 +7,7 @@ import contextlib
 import errno
 import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -938,6 +939,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        # Ctrl-C ended the command. The ones after it are ignored: the interpreter still
+        # waits for threads on its way out, and a late one there would turn exit 130 into a
+        # traceback and death by SIGINT (Ctrl-C held down does this).
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to ignore
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         return 130
 
 

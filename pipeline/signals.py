@@ -23,7 +23,17 @@ def on_stop_signals(callback: Callable[[], None], *,
     try:
         yield
     finally:
+        ignore = ignore_after()
+        late: KeyboardInterrupt | None = None
         for sig in installed:
-            loop.remove_signal_handler(sig)
-            if ignore_after():
-                signal.signal(sig, signal.SIG_IGN)
+            try:
+                loop.remove_signal_handler(sig)  # puts Python's default handler back...
+            except KeyboardInterrupt as exc:  # ...under which a signal landing now raises
+                late = exc
+            finally:
+                if ignore:
+                    signal.signal(sig, signal.SIG_IGN)
+        # Once stopping, a late signal is one of those ignored; otherwise it is Ctrl-C
+        # (main turns it into exit 130).
+        if late is not None and not ignore:
+            raise late

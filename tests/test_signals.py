@@ -147,3 +147,60 @@ def test_sigterm_settles_in_flight_writes_summary_exits_130(tmp_path, server):
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes()
+
+
+# -- a late signal while the handlers are taken down (Ctrl-C held down) ---------------------
+
+@pytest.fixture
+def sigint_restored():
+    """SIGINT's and SIGTERM's handlers put back after the test (it changes them here)."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("stopping", [True, False])
+async def test_a_signal_landing_as_the_loop_handlers_come_off(monkeypatch, sigint_restored,
+                                                             stopping):
+    # asyncio's remove_signal_handler puts Python's default SIGINT handler back; a signal
+    # landing right then raises KeyboardInterrupt there. Once stopping, it is one of the
+    # late signals to ignore, and both signals must end up ignored (before, the rest of the
+    # cleanup was skipped: a later signal killed the exit, seen as exit -2 and a traceback
+    # in the interpreter's shutdown with Ctrl-C held down). Not stopping, it is a Ctrl-C.
+    import asyncio
+
+    from imagebatch.signals import on_stop_signals
+
+    loop = asyncio.get_running_loop()
+    remove = loop.remove_signal_handler
+
+    def remove_then_a_signal(sig: int) -> bool:
+        removed = remove(sig)
+        if sig == signal.SIGINT:
+            raise KeyboardInterrupt  # what the default handler does with one arriving now
+        return removed
+
+    monkeypatch.setattr(loop, "remove_signal_handler", remove_then_a_signal)
+    if stopping:
+        with on_stop_signals(lambda: None, ignore_after=lambda: True):
+            pass
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    else:
+        with pytest.raises(KeyboardInterrupt), \
+                on_stop_signals(lambda: None, ignore_after=lambda: False):
+            pass
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # taken off all the same
+    monkeypatch.undo()
+
+
+def test_a_command_ended_by_ctrl_c_ignores_the_ones_after_it(monkeypatch, sigint_restored):
+    from imagebatch import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "schema", interrupted)
+    assert cli.main(["schema"]) == 130
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
