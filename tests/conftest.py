@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,15 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
                 name == "GITHUB_STEP_SUMMARY":
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("IMAGEBATCH_PLACEHOLDERS", "flat")
+
+
+@pytest.fixture
+def handlers_restored() -> Iterator[None]:
+    """SIGINT's and SIGTERM's handlers put back after a test that changes them."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="session")

@@ -129,14 +129,6 @@ def test_a_worker_that_dies_is_an_error_not_a_hang(
     assert not multiprocessing.active_children()
 
 
-@pytest.fixture
-def handlers_restored():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, old in saved.items():
-        signal.signal(sig, old)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_a_signal_asks_for_a_stop_and_later_ones_are_ignored(sig: int,
                                                               handlers_restored: None) -> None:

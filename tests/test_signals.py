@@ -151,17 +151,8 @@ def test_sigterm_settles_in_flight_writes_summary_exits_130(tmp_path, server):
 
 # -- a late signal while the handlers are taken down (Ctrl-C held down) ---------------------
 
-@pytest.fixture
-def sigint_restored():
-    """SIGINT's and SIGTERM's handlers put back after the test (it changes them here)."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
 @pytest.mark.parametrize("stopping", [True, False])
-async def test_a_signal_landing_as_the_loop_handlers_come_off(monkeypatch, sigint_restored,
+async def test_a_signal_landing_as_the_loop_handlers_come_off(monkeypatch, handlers_restored,
                                                              stopping):
     # asyncio's remove_signal_handler puts Python's default SIGINT handler back; a signal
     # landing right then raises KeyboardInterrupt there. Once stopping, it is one of the
@@ -195,7 +186,7 @@ async def test_a_signal_landing_as_the_loop_handlers_come_off(monkeypatch, sigin
     monkeypatch.undo()
 
 
-def test_a_command_ended_by_ctrl_c_ignores_the_ones_after_it(monkeypatch, sigint_restored):
+def test_a_command_ended_by_ctrl_c_ignores_the_ones_after_it(monkeypatch, handlers_restored):
     from imagebatch import cli
 
     def interrupted(args):
