@@ -170,9 +170,9 @@ def test_a_pool_starts_only_where_it_saves_time(tmp_path: Path, monkeypatch: pyt
     started: list[int] = []
     real = post._Workers
 
-    def counting(tasks: list, workers: int, chunk: int) -> object:
+    def counting(tasks: list, *rest: object) -> object:
         started.append(len(tasks))
-        return real(tasks, workers, chunk)
+        return real(tasks, *rest)
 
     monkeypatch.setattr(post, "_Workers", counting)
     results = make_thumbs(_tasks(tmp_path, count), 2)

@@ -326,7 +326,7 @@ class _Workers:
     server and its resource tracker end as soon as this process and the workers have.
     """
 
-    def __init__(self, tasks: list[Task], workers: int, chunk: int) -> None:
+    def __init__(self, tasks: list[Task], workers: int, chunk: int, ctx: Any) -> None:
         self.tasks = tasks
         self.chunk = chunk
         self.next = 0
@@ -334,7 +334,6 @@ class _Workers:
         self.busy: dict[Connection, int] = {}  # pipe -> index of its chunk's first task
         self.procs: dict[Connection, Any] = {}
         self.stop: Stop | None = None
-        ctx: Any = _context()  # typeshed's BaseContext lacks the Process of its subclasses
         fork = ctx.get_start_method() == "fork"
         try:
             for _ in range(workers):
@@ -421,7 +420,10 @@ def make_thumbs(tasks: list[Task], workers: int, stop: Stop | None = None) -> li
     With `stop`, a stop request ends the work within STOP_POLL seconds (between images when
     working alone) with Interrupted; workers are killed and their temp files removed.
     """
-    least = PARALLEL_MIN if _context().get_start_method() == "fork" else PARALLEL_MIN_SPAWNED
+    # one choice of start method for the threshold and the pool (typeshed's BaseContext
+    # lacks the Process of its subclasses, hence Any)
+    ctx: Any = _context()
+    least = PARALLEL_MIN if ctx.get_start_method() == "fork" else PARALLEL_MIN_SPAWNED
     if workers <= 1 or len(tasks) < least:
         out: list[ThumbResult] = []
         for t in tasks:
@@ -431,7 +433,7 @@ def make_thumbs(tasks: list[Task], workers: int, stop: Stop | None = None) -> li
         return out
     workers = min(workers, len(tasks))
     chunk = max(1, min(16, len(tasks) // (workers * 4)))
-    pool = _Workers(tasks, workers, chunk)
+    pool = _Workers(tasks, workers, chunk, ctx)
     finished = False
     try:
         results = pool.run(stop)

@@ -75,6 +75,7 @@ _DEFAULTS = RunSettings()
 #: Called with each response's headers and status as it arrives (for the pacer).
 Observe = Callable[[Mapping[str, str], int], None]
 
+
 class ImageClient(Protocol):
     """What the runner needs from a client."""
 

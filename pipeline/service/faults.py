@@ -104,9 +104,9 @@ class ServerOptions:
     stall_seconds: float = 30.0  # how long the `stall` fault holds the response
     workers: int | None = None  # render process pool size; None = os.cpu_count()
     # Plain one-colour pictures (render_flat), made in a thread: no render processes are
-    # started and an image costs a small part of a landscape (a PNG, 2 ms against 45 ms at
-    # 1 MP; a JPEG 3 ms). For dry runs of big manifests and
-    # test suites, where what the pictures show does not matter.
+    # started and an image costs a small part of a landscape (a PNG 2 ms against 45 ms at
+    # 1 MP, a JPEG 3 ms). For dry runs of big manifests and test suites, where what the
+    # pictures show does not matter.
     flat: bool = False
     # The Stability path's limit: beyond `stability_limit` requests in `stability_window`
     # seconds, every request is refused (429) for `stability_lockout` seconds. None: no limit
