@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
 __version__ = "0.1.0"
 
 
+@functools.cache
 def version() -> str:
     """imagebatch's version: the installed distribution's, else this source tree's."""
+    # Looked up once a process: the lookup reads every folder on sys.path (tens of ms, twice
+    # a run), and the code running is the one imported, whatever is installed since.
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as distribution_version
 

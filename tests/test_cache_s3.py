@@ -37,7 +37,10 @@ from imagebatch.service.server import running_server
 from imagebatch.storage.cache import CacheError, object_name
 from imagebatch.storage.store import read_records
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# one worker runs the S3 tests of both modules: moto and boto3 take seconds of CPU to
+# import and start, once a process
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.together("s3")]
 
 MANIFEST = """\
 version: 1

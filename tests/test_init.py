@@ -794,7 +794,15 @@ def test_version_falls_back_to_the_source_tree(monkeypatch):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "version", missing)
-    assert imagebatch.version() == imagebatch.__version__
+    imagebatch.version.cache_clear()  # looked up once a process: look again
+    try:
+        assert imagebatch.version() == imagebatch.__version__
+        # and the fallback is what was asked for, not the installed version
+        monkeypatch.setattr(imagebatch, "__version__", "0.0.0-source")
+        imagebatch.version.cache_clear()
+        assert imagebatch.version() == "0.0.0-source"
+    finally:
+        imagebatch.version.cache_clear()
 
 
 def test_summary_records_the_version(tmp_path, capsys):
