@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from PIL import Image
 from review_helpers import HOSTILE, Outputs, make_outputs, serving
+from stress_helpers import forker
 
 from imagebatch.assets.review import CSP, BadChange, has_display, merge_changes, parse_change
 from imagebatch.storage import picks
@@ -473,16 +474,18 @@ def test_command_errors_are_exit_2_without_traceback(outputs: Outputs, tmp_path:
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nname: x\njobs: 7\n")
     outputs.picks_file.write_text('{"version": 1, "manifest": "rv", "picks": {"nope.png": 1}}')
-    for args in ([str(bad), "--no-open"], [str(tmp_path / "missing.yaml"), "--no-open"],
-                 [str(outputs.manifest), "--no-open"],
-                 [str(outputs.manifest), "--no-open", "--port", "99999"]):
-        proc = _review(args, ROOT)
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 2, (args, err)
-        assert "Traceback" not in err and out == ""
-    proc = _review([str(outputs.manifest), "--no-open"], ROOT)
-    _, err = proc.communicate(timeout=60)
-    assert f"{outputs.picks_file}:1:" in err and "nope.png" in err
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    # each command a process of its own (exit status, output), forked from one interpreter
+    # that has imported imagebatch: what is checked is what the command says, not its start
+    with forker() as commands:
+        for args in ([str(bad), "--no-open"], [str(tmp_path / "missing.yaml"), "--no-open"],
+                     [str(outputs.manifest), "--no-open"],
+                     [str(outputs.manifest), "--no-open", "--port", "99999"]):
+            res = commands.run(["review", *args], env, ROOT, timeout=60)
+            assert res.returncode == 2, (args, res.stderr)
+            assert "Traceback" not in res.stderr and res.stdout == ""
+        res = commands.run(["review", str(outputs.manifest), "--no-open"], env, ROOT, timeout=60)
+    assert f"{outputs.picks_file}:1:" in res.stderr and "nope.png" in res.stderr
 
 
 async def test_a_port_in_use_is_exit_2(outputs: Outputs) -> None:
