@@ -17,8 +17,10 @@ failed gives its page up: the next one gets a new page.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +32,10 @@ ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-
 #: The screens pages are shown on (Browser.new_context's options): a laptop's, where the review's
 #: "More like this" may copy to the clipboard, and a phone's (touch, two device pixels a CSS
 #: pixel, as a phone has).
+#: A folder to keep the pages' screenshots in, for a person to look at what the tests check
+#: (`make test SCREENSHOTS=DIR`). Unset, none is taken: a full-page one costs chromium a
+#: third of a CPU-second, and no test reads the files.
+SCREENSHOTS = "SCREENSHOTS"
 SCREENS: dict[str, dict[str, Any]] = {
     "laptop": {"viewport": {"width": 1280, "height": 900},
                "permissions": ["clipboard-read", "clipboard-write"]},
@@ -76,6 +82,7 @@ class Pages:
         self._lent: list[tuple[str, Any]] = []
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
         self._scheme: dict[Any, str] = {}
+        self.test = ""  # the name of the test the pages are lent to
 
     async def new(self, screen: str = "laptop", *, color_scheme: str = "light") -> Any:
         """A blank page on `screen` (of SCREENS) showing `color_scheme` (set on the page, so
@@ -88,6 +95,13 @@ class Pages:
             self._scheme[page] = color_scheme
         self._lent.append((screen, page))
         return page
+
+    async def screenshot(self, page: Any, name: str, **options: Any) -> None:
+        """Keep a screenshot of `page` as DIR/TEST-NAME.png when SCREENSHOTS names a folder."""
+        folder = os.environ.get(SCREENSHOTS)
+        if folder:  # Playwright makes the folder
+            test = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.test)
+            await page.screenshot(path=str(Path(folder) / f"{test}-{name}.png"), **options)
 
     def on(self, page: Any, event: str, handler: Callable[..., Any]) -> None:
         """page.on(event, handler) for this test only."""
@@ -125,5 +139,6 @@ def _page_pool(chromium: Any) -> Pages:
 async def pages(_page_pool: Pages, request: pytest.FixtureRequest) -> AsyncIterator[Pages]:
     """The shared chromium's pages for this test; a failed test's are closed, not reused."""
     failed = request.session.testsfailed
+    _page_pool.test = request.node.name
     yield _page_pool
     await _page_pool.give_back(keep=request.session.testsfailed == failed)

@@ -150,8 +150,7 @@ LAYOUT = """() => {
 }"""
 
 
-async def test_index_lays_a_matrix_out_like_the_contact_sheet(pages: Pages, city: Outputs,
-                                                               tmp_path):
+async def test_index_lays_a_matrix_out_like_the_contact_sheet(pages: Pages, city: Outputs):
     index = city.root / "index.html"
     titles = ["style=cyberpunk, time=dawn", "style=cyberpunk, time=dusk",
               "style=art deco, time=dawn", "style=art deco, time=dusk"]
@@ -159,7 +158,7 @@ async def test_index_lays_a_matrix_out_like_the_contact_sheet(pages: Pages, city
     # a wide screen: four rows (variants) of four columns (seeds) under their headers
     page = await _open(pages, index, "laptop")
     got = await page.evaluate(LAYOUT)
-    await page.screenshot(path=str(tmp_path / "index-1280.png"), full_page=True)
+    await pages.screenshot(page, "1280", full_page=True)
     assert [c[0] for c in got["cols"]] == ["#1", "#2", "#3", "#4"]
     col_x = [c[1]["x"] for c in got["cols"]]
     assert [r["title"] for r in got["rows"]] == titles
@@ -177,7 +176,7 @@ async def test_index_lays_a_matrix_out_like_the_contact_sheet(pages: Pages, city
     # a phone: each row's heading above its four pictures, two to a line, nothing wider
     page = await _open(pages, index, "phone")
     got = await page.evaluate(LAYOUT)
-    await page.screenshot(path=str(tmp_path / "index-390.png"), full_page=True)
+    await pages.screenshot(page, "390", full_page=True)
     assert got["scroll"][0] <= got["scroll"][1] == 390
     assert got["cols"] == []  # the headers give way to each picture's own seed
     assert [r["title"] for r in got["rows"]] == titles
@@ -228,7 +227,7 @@ async def test_a_jobs_brief_shows_under_its_heading(pages: Pages, tmp_path):
     for width, screen in ((1280, "laptop"), (390, "phone")):
         page = await _open(pages, index, screen)
         got = await page.evaluate(BRIEF_BOXES, anchor("robots"))
-        await page.screenshot(path=str(tmp_path / f"index-{width}.png"), full_page=True)
+        await pages.screenshot(page, str(width), full_page=True)
         assert got["text"] == f"Brief: {BRIEF}" and got["shown"]  # its <b> as text
         assert got["head"]["b"] <= got["box"]["y"] and got["box"]["b"] <= got["grid"]["y"]
         assert got["box"]["r"] <= width  # wrapped on the screen, not past it

@@ -316,7 +316,7 @@ async def test_a_failed_save_is_shown_and_can_be_retried(pages: Pages, outputs: 
         assert await page.inner_text("#save-state") == ""
 
 
-async def test_on_a_phone(pages: Pages, outputs: Outputs, tmp_path: Path) -> None:
+async def test_on_a_phone(pages: Pages, outputs: Outputs) -> None:
     path = outputs.plan.jobs[0].path
     async with serving(outputs) as srv:
         tab = await _tab(pages, srv, "phone")
@@ -332,7 +332,7 @@ async def test_on_a_phone(pages: Pages, outputs: Outputs, tmp_path: Path) -> Non
         await page.wait_for_selector("#viewer:not([hidden])")
         close = await page.locator("#viewer [data-v='close']").bounding_box()
         assert close["height"] >= 40
-        await page.screenshot(path=str(tmp_path / "phone.png"))
+        await pages.screenshot(page, "phone")
         assert tab.errors == []
 
 
@@ -432,7 +432,7 @@ async def test_the_snippet_box_wraps_at_spaces_and_scrolls_a_long_line(pages: Pa
         await page.click("#v-more-open")
         await page.wait_for_selector("#v-more:not([hidden])")
         got = await page.evaluate(SNIPPET_BOX)
-        await page.screenshot(path=str(tmp_path / "snippet.png"))
+        await pages.screenshot(page, "snippet")
     assert got["broken"] == []  # no word, path or id broken across lines
     assert got["overflow"] == "auto" and got["scroll"]  # the long id scrolls sideways
 
@@ -484,7 +484,7 @@ async def test_two_full_rows_of_square_pictures_fit_a_laptop_screen(pages: Pages
         page = tab.page
         rows = await page.evaluate(ROWS)
         top = await page.evaluate("document.querySelector('.bar').getBoundingClientRect().bottom")
-        await page.screenshot(path=str(tmp_path / "review-1280.png"))
+        await pages.screenshot(page, "1280")
     for row in rows:
         assert all(abs(c["w"] - c["h"]) <= 1 and c["w"] >= 150 for c in row["cells"])
     whole = [len(r["cells"]) for r in rows
@@ -565,8 +565,7 @@ async def test_a_brief_heads_its_group(pages: Pages, tmp_path: Path) -> None:
         for width, screen in ((1280, "laptop"), (390, "phone")):
             tab = await _tab(pages, srv, screen)
             groups = await tab.page.evaluate(GROUPS)
-            await tab.page.screenshot(path=str(tmp_path / f"review-{width}.png"),
-                                      full_page=True)
+            await pages.screenshot(tab.page, str(width), full_page=True)
             assert [g["brief"] for g in groups] == [None, f"robots brief: {BRIEF}"]
             brief = groups[1]
             assert brief["cells"] == robots and brief["shown"]
