@@ -30,7 +30,11 @@ from imagebatch.service.server import RunningServer, ServerOptions, running_serv
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "inf-test-key"
 # one worker runs them all: litellm and openai take seconds of CPU to import, once a process
-pytestmark = pytest.mark.together
+pytestmark = [
+    pytest.mark.together,
+    # litellm's own models, as pydantic builds their schemas at import: nothing of ours
+    pytest.mark.filterwarnings("ignore::UserWarning:pydantic._internal._generate_schema"),
+]
 
 
 def server_in_thread(options: ServerOptions) -> contextlib.AbstractContextManager[RunningServer]:
