@@ -29,13 +29,13 @@ import pytest_asyncio
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
         "--disable-dev-shm-usage", "--disable-sync", "--no-first-run"]
+#: The variable naming a folder to keep the pages' screenshots in, for a person to look at
+#: what the tests check (`make test SCREENSHOTS=DIR`). Unset, none is taken: a full-page one
+#: costs chromium a third of a CPU-second, and no test reads the files.
+SCREENSHOTS = "SCREENSHOTS"
 #: The screens pages are shown on (Browser.new_context's options): a laptop's, where the review's
 #: "More like this" may copy to the clipboard, and a phone's (touch, two device pixels a CSS
 #: pixel, as a phone has).
-#: A folder to keep the pages' screenshots in, for a person to look at what the tests check
-#: (`make test SCREENSHOTS=DIR`). Unset, none is taken: a full-page one costs chromium a
-#: third of a CPU-second, and no test reads the files.
-SCREENSHOTS = "SCREENSHOTS"
 SCREENS: dict[str, dict[str, Any]] = {
     "laptop": {"viewport": {"width": 1280, "height": 900},
                "permissions": ["clipboard-read", "clipboard-write"]},
