@@ -438,8 +438,13 @@ async def test_failed_and_missing_jobs_keep_their_place(tmp_path: Path) -> None:
 # ---- the command ---------------------------------------------------------------------
 
 
+def _no_display() -> dict[str, str]:
+    """This environment without a display: `review` opens no browser unless a test asks."""
+    return {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+
+
 def _review(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    full = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    full = _no_display()
     full.update(env or {})
     return subprocess.Popen([sys.executable, "-m", "imagebatch", "review", *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full)
@@ -474,7 +479,7 @@ def test_command_errors_are_exit_2_without_traceback(outputs: Outputs, tmp_path:
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nname: x\njobs: 7\n")
     outputs.picks_file.write_text('{"version": 1, "manifest": "rv", "picks": {"nope.png": 1}}')
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env = _no_display()
     # each command a process of its own (exit status, output), forked from one interpreter
     # that has imported imagebatch: what is checked is what the command says, not its start
     with forker() as commands:
