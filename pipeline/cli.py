@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import gc
 import math
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from .errors import ImagebatchError, ManifestError, UsageError
 from .planning.config import DEFAULT_PREFIX
@@ -947,5 +948,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console() -> NoReturn:
+    """The `imagebatch` command and `python -m imagebatch`: main() on sys.argv, then exit."""
+    try:
+        code = main()
+    finally:
+        # What is alive now lives until the process ends. Frozen, it is left out of the
+        # garbage collections the interpreter makes on its way out, which would otherwise
+        # walk every object every imported module made: a tenth to a fifth of a second of
+        # CPU at the end of each command (more in a forked child, whose walk copies pages).
+        # Exit handlers, thread joins and the flushing of files run as before.
+        gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

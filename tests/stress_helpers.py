@@ -214,7 +214,7 @@ def run_cli(argv: list[str], env: Mapping[str, str], cwd: Path,
 # For tests of what a command does, not of how a process starts or takes signals.
 _FORKER = r"""
 import json, os, sys
-from imagebatch.cli import main  # what every command imports, once
+from imagebatch.cli import console  # what every command imports, once
 # and what `run`, `status` and `sheet` import when they start (aiohttp alone, with the CA
 # store it loads at import, is a quarter of a CPU-second a process); it starts no thread,
 # so forking after it is safe
@@ -254,7 +254,7 @@ if req["peak_rss"]:
         hwm = re.search(r"VmHWM:\s*(\d+)", open("/proc/self/status").read()).group(1)
         print(f"peak_rss_kb={hwm}", file=sys.stderr, flush=True)
     atexit.register(_peak)  # registered first, so it runs after the command's own handlers
-sys.exit(main(req["argv"]))
+console()  # as the `imagebatch` command: main() on sys.argv, then exit
 """
 
 

@@ -787,22 +787,36 @@ def test_version(capsys):
     assert imagebatch.version() == version("imagebatch") == imagebatch.__version__
 
 
-def test_version_falls_back_to_the_source_tree(monkeypatch):
+def test_version_is_the_running_codes_without_a_metadata_lookup(monkeypatch, capsys):
     import importlib.metadata
 
-    def missing(name: str) -> str:
-        raise importlib.metadata.PackageNotFoundError(name)
+    def looked_up(name: str) -> str:
+        raise AssertionError(f"importlib.metadata.version({name!r}) was called")
 
-    monkeypatch.setattr(importlib.metadata, "version", missing)
-    imagebatch.version.cache_clear()  # looked up once a process: look again
-    try:
-        assert imagebatch.version() == imagebatch.__version__
-        # and the fallback is what was asked for, not the installed version
-        monkeypatch.setattr(imagebatch, "__version__", "0.0.0-source")
-        imagebatch.version.cache_clear()
-        assert imagebatch.version() == "0.0.0-source"
-    finally:
-        imagebatch.version.cache_clear()
+    monkeypatch.setattr(importlib.metadata, "version", looked_up)
+    # a source tree whose version moved on since it was installed (editable) says its own
+    monkeypatch.setattr(imagebatch, "__version__", "0.0.0-source")
+    assert imagebatch.version() == "0.0.0-source"
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == "imagebatch 0.0.0-source\n"
+
+
+def test_the_command_exits_with_mains_status_and_leaves_its_objects_to_the_exit(monkeypatch):
+    import gc
+    from importlib.metadata import entry_points
+
+    # the installed `imagebatch` and `python -m imagebatch` both end in cli.console()
+    (script,) = entry_points(group="console_scripts", name="imagebatch")
+    assert script.value == "imagebatch.cli:console"
+    assert "console()" in (ROOT / "pipeline" / "__main__.py").read_text()
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    before = gc.get_freeze_count()
+    with pytest.raises(SystemExit) as exited:
+        cli.console()
+    assert exited.value.code == 3
+    # what is alive at the end is frozen: the interpreter's exit skips walking it (left
+    # frozen here, as this worker's collection already froze what it imported)
+    assert gc.get_freeze_count() > before
 
 
 def test_summary_records_the_version(tmp_path, capsys):

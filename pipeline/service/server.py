@@ -127,12 +127,15 @@ def make_app(options: ServerOptions) -> web.Application:
     app.router.add_post(chat.ENDPOINT, chat.completions)
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
-        # Made here, inside the running loop, and gone with the app.
-        workers = options.workers or os.cpu_count() or 1
-        service.pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context())
+        # Made here, inside the running loop, and gone with the app. Flat pictures are drawn
+        # in threads: without landscapes to draw, no pool (and no process it would start).
+        if not options.flat:
+            workers = options.workers or os.cpu_count() or 1
+            service.pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context())
         yield
         executor, service.pool = service.pool, None
-        await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
     app.cleanup_ctx.append(pool)
     return app
