@@ -1,12 +1,13 @@
 """Stopping post-processing with signals: the outputs to thumbnail, the commands, and a watch
 over the process table.
 
-A command runs as a user would (`python -m imagebatch ...`) in its own session, so a signal can
-go to it alone (`kill PID`) or to its whole process group, as a terminal's Ctrl-C does. While
-it runs, every descendant it has is recorded (pid and start time, from
-/proc/<pid>/task/*/children), and each is tagged by an environment variable it inherits; after
-it exits, no recorded descendant and no tagged process may be left alive, wherever it was
-reparented.
+A command runs as its own process in its own session (a child the shared Forker forks: the
+`imagebatch` program, without a fresh interpreter's imports), so a signal can go to it alone
+(`kill PID`) or to its whole process group, as a terminal's Ctrl-C does. While it runs, every
+descendant it has is recorded (pid and start time, from /proc/<pid>/task/*/children); each
+is also in its session, and the processes it starts fresh inherit a tag in their environment.
+After it exits, no recorded descendant, no process of its session and no tagged process may
+be left alive, wherever it was reparented.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from stress_helpers import ROOT, cli_env, decode, scale
+from stress_helpers import ROOT, Forked, cli_env, decode, forker, scale
 
 #: Images to thumbnail, and the thumbnails' size: enough that post-processing takes a few
 #: seconds on two cores, so a signal lands in the middle of it. `make soak` (SOAK=1) makes
@@ -80,21 +81,38 @@ def copy_outputs(out: Path, dest: Path) -> Path:
     return dest
 
 
-def _pipeline(*args: str) -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "imagebatch", *args]
-
-
 def command(kind: str, manifest: Path, out: Path, merged: Path) -> tuple[list[str], Path]:
-    """(argv, the output folder it post-processes) of `run`, `sheet` or `merge`."""
+    """(`imagebatch` arguments, the output folder it post-processes) of `run`, `sheet` or
+    `merge`."""
     if kind == "run":
-        return _pipeline("run", str(manifest), "--out", str(out), "--rpm", "0"), out / NAME
+        return ["run", str(manifest), "--out", str(out), "--rpm", "0"], out / NAME
     if kind == "sheet":
-        return _pipeline("sheet", str(manifest), "--out", str(out)), out / NAME
+        return ["sheet", str(manifest), "--out", str(out)], out / NAME
     if kind == "merge":
-        return _pipeline("merge", str(out), "--out", str(merged)), merged / NAME
+        return ["merge", str(out), "--out", str(merged)], merged / NAME
     raise ValueError(kind)
+
+
+def start(argv: Sequence[str], cwd: Path, tag: str, stdout: Path | str = os.devnull,
+          stderr: Path | str = os.devnull) -> Forked:
+    """`imagebatch ARGV` as its own process in a session of its own, tagged with `tag`."""
+    with forker() as commands:
+        return commands.spawn(list(argv), tagged_env(tag), cwd, stdout=stdout, stderr=stderr,
+                              session=True)
+
+
+def finish(argv: Sequence[str], cwd: Path, tag: str,
+           timeout: float = 300) -> tuple[subprocess.CompletedProcess[str], Watch]:
+    """`imagebatch ARGV` run to its end as `start` runs it: (what it did, a Watch of its
+    session and tag, for what it may have left running)."""
+    logs = tempfile.TemporaryDirectory()
+    stdout, stderr = Path(logs.name) / "stdout", Path(logs.name) / "stderr"
+    with logs:
+        proc = start(argv, cwd, tag, stdout, stderr)
+        code = proc.wait(timeout)
+        done = subprocess.CompletedProcess(list(argv), code, stdout.read_text(errors="replace"),
+                                           stderr.read_text(errors="replace"))
+    return done, Watch(proc.pid, tag, session=proc.pid)
 
 
 # -- the process table --------------------------------------------------------------------
@@ -107,6 +125,15 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
         return None
     fields = text[text.rindex(")") + 2:].split()
     return fields[0], int(fields[1]), int(fields[19])
+
+
+def _session(pid: int) -> int | None:
+    """The session id of a live process, or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(text[text.rindex(")") + 2:].split()[3])
 
 
 def _children(pid: int) -> list[int]:
@@ -142,6 +169,7 @@ class Watch:
 
     pid: int
     tag: str
+    session: int | None = None  # the session its processes are in, when it has its own
     seen: dict[int, int] = field(default_factory=dict)  # pid -> start time
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -183,19 +211,26 @@ class Watch:
         return alive
 
     def tagged_alive(self) -> list[int]:
-        """Any live process but the test's own that inherited this run's tag."""
+        """Any live process but the test's own in the command's session, or that inherited
+        this run's tag (a process started by exec carries it; a forked one, the session)."""
         needle = f"{TAG_VARIABLE}={self.tag}".encode()
         found = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
+            pid = int(entry.name)
+            st = _stat(pid)
+            if st is None or st[0] == "Z":
+                continue
+            if self.session is not None and _session(pid) == self.session:
+                found.append(pid)
+                continue
             try:
                 env = (entry / "environ").read_bytes()
             except OSError:
                 continue
-            st = _stat(int(entry.name))
-            if needle in env.split(b"\0") and st is not None and st[0] != "Z":
-                found.append(int(entry.name))
+            if needle in env.split(b"\0"):
+                found.append(pid)
         return found
 
     def leftovers(self, wait: float = 10.0) -> list[str]:
@@ -242,8 +277,9 @@ def _has_grandchild(pid: int) -> bool:
 def signal_during_post(argv: Sequence[str], root: Path, cwd: Path, signals: Sequence[int], *,
                        group: bool = False, delay: float = 0.0, gap: float = 0.02,
                        at_first_grandchild: bool = False) -> Stopped:
-    """Start `argv`, wait until its first thumbnail is written under `root`, wait `delay` seconds
-    more, then send `signals` (to it alone, or to its process group), `gap` seconds apart.
+    """Start `imagebatch ARGV`, wait until its first thumbnail is written under `root`, wait
+    `delay` seconds more, then send `signals` (to it alone, or to its process group), `gap`
+    seconds apart.
 
     With `at_first_grandchild`, signal as soon as it has one instead: for `run`, whose pool
     workers are the fork server's children, the moment the first worker is starting."""
@@ -252,10 +288,8 @@ def signal_during_post(argv: Sequence[str], root: Path, cwd: Path, signals: Sequ
     # the test waiting for its end instead of reporting it.
     logs = tempfile.TemporaryDirectory()
     stdout, stderr = Path(logs.name) / "stdout", Path(logs.name) / "stderr"
-    with open(stdout, "wb") as out_fh, open(stderr, "wb") as err_fh:
-        proc = subprocess.Popen(list(argv), env=tagged_env(tag), cwd=cwd, stdout=out_fh,
-                                stderr=err_fh, start_new_session=True)
-    watch = Watch(proc.pid, tag).start()
+    proc = start(argv, cwd, tag, stdout, stderr)
+    watch = Watch(proc.pid, tag, session=proc.pid).start()
     try:
         deadline = time.monotonic() + 180
         while not (_has_grandchild(proc.pid) if at_first_grandchild else thumbs_made(root)):
@@ -273,15 +307,17 @@ def signal_during_post(argv: Sequence[str], root: Path, cwd: Path, signals: Sequ
             if proc.poll() is not None:
                 break
             if group:
-                os.killpg(proc.pid, sig)
+                with contextlib.suppress(ProcessLookupError):  # all of it ended just now
+                    os.killpg(proc.pid, sig)
             else:
                 proc.send_signal(sig)
             time.sleep(gap)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(60)
         watch.stop()
     left = watch.leftovers()
     for pid in set(watch.descendants_alive()) | set(watch.tagged_alive()):
@@ -318,8 +354,10 @@ __all__ = [
     "command",
     "copy_outputs",
     "describe",
+    "finish",
     "make_outputs",
     "signal_during_post",
+    "start",
     "tagged_env",
     "thumbs_made",
 ]

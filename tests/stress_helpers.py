@@ -9,13 +9,14 @@ over real sockets while the test reads their live counters. Checks compare what 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import collections
 import contextlib
 import hashlib
 import json
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
@@ -201,6 +202,11 @@ def run_argv(manifest: Path, out: Path, *options: str) -> list[str]:
     return [sys.executable, "-m", "imagebatch", "run", str(manifest), "--out", str(out), *options]
 
 
+def run_args(manifest: Path, out: Path, *options: str) -> list[str]:
+    """The arguments of `imagebatch run MANIFEST --out OUT OPTIONS...` (for a Forker)."""
+    return ["run", str(manifest), "--out", str(out), *options]
+
+
 def run_cli(argv: list[str], env: Mapping[str, str], cwd: Path,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run to completion, capturing text output."""
@@ -209,34 +215,67 @@ def run_cli(argv: list[str], env: Mapping[str, str], cwd: Path,
 
 
 # One interpreter that has imported imagebatch forks a child per command: the child is a
-# process of its own (its own environment, cwd, stdout and stderr files, exit status, memory
-# and exit handlers) without paying a fresh interpreter's imports (~0.5 CPU-s a command).
-# For tests of what a command does, not of how a process starts or takes signals.
+# process of its own (its own environment, cwd, stdout and stderr files, exit status, memory,
+# signals, session and exit handlers) without paying a fresh interpreter's imports (~0.5
+# CPU-s a command). For tests of what a command does, or of how it takes signals, not of how
+# a process starts. Children may overlap: each one's end is reported when it is reaped.
 _FORKER = r"""
-import json, os, sys
+import json, os, select, signal, sys
 from imagebatch.cli import console  # what every command imports, once
 # and what `run`, `status` and `sheet` import when they start (aiohttp alone, with the CA
 # store it loads at import, is a quarter of a CPU-second a process); it starts no thread,
 # so forking after it is safe
 import imagebatch.running.run  # noqa: F401
 
-while True:
-    line = sys.stdin.readline()
-    if not line:
-        sys.exit(0)
-    req = json.loads(line)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        break
-    print(pid, flush=True)
-    _, status = os.waitpid(pid, 0)
-    print(os.waitstatus_to_exitcode(status), flush=True)
+# a child's end arrives as SIGCHLD, written to a pipe this loop watches beside its input
+wake_r, wake_w = os.pipe()
+os.set_blocking(wake_w, False)
+signal.set_wakeup_fd(wake_w)
+signal.signal(signal.SIGCHLD, lambda *_: None)
 
-# the child: from here on, as `python -m imagebatch ARGV` would run
+
+def reap(block):
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        os.write(1, f"exit {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
+
+
+pending, req = b"", None
+while req is None:
+    ready, _, _ = select.select([0, wake_r], [], [])
+    if wake_r in ready:
+        os.read(wake_r, 4096)
+        reap(False)
+    if 0 not in ready:
+        continue
+    chunk = os.read(0, 1 << 16)
+    if not chunk:  # end of input: the children left, then this process, end
+        reap(True)
+        sys.exit(0)
+    pending += chunk
+    while req is None and b"\n" in pending:
+        line, pending = pending.split(b"\n", 1)
+        pid = os.fork()
+        if pid == 0:
+            req = json.loads(line)
+        else:
+            os.write(1, f"started {pid}\n".encode())
+
+# the child: from here on, as `imagebatch ARGV` would run
+signal.set_wakeup_fd(-1)
+signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+os.close(wake_r)
+os.close(wake_w)
+if req["session"]:  # a session and process group of its own, as Popen(start_new_session=True)
+    os.setsid()
 null = os.open(os.devnull, os.O_RDONLY)
 os.dup2(null, 0)
+os.close(null)
 for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
     opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(opened, fd)
@@ -258,44 +297,105 @@ console()  # as the `imagebatch` command: main() on sys.argv, then exit
 """
 
 
+class Forked:
+    """A command a Forker started: the part of subprocess.Popen the tests use."""
+
+    def __init__(self, pid: int, args: list[str]) -> None:
+        self.pid = pid
+        self.args = args
+        self.returncode: int | None = None
+        self._ended = threading.Event()
+
+    def _end(self, code: int) -> None:
+        self.returncode = code
+        self._ended.set()
+
+    def poll(self) -> int | None:
+        """Its exit status (negative: the signal that ended it), or None while it runs."""
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for it to end (subprocess.TimeoutExpired after `timeout` seconds)."""
+        if not self._ended.wait(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        """Signal it, unless it has ended (its pid may be another process's by then)."""
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 class Forker:
-    """`imagebatch ARGV` commands run as forked children of one interpreter (see _FORKER)."""
+    """`imagebatch ARGV` commands run as forked children of one interpreter (see _FORKER).
+
+    Safe to use from several threads: a reader thread hands each child its exit status."""
 
     def __init__(self) -> None:
         self._proc = subprocess.Popen([sys.executable, "-c", _FORKER], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, text=True, env=cli_env(key=None),
-                                      cwd=ROOT)
+                                      stdout=subprocess.PIPE, env=cli_env(key=None), cwd=ROOT)
+        self._lock = threading.Lock()  # one request and its "started" answer at a time
+        self._started: queue.Queue[Forked | None] = queue.Queue()
+        self._children: dict[int, Forked] = {}
+        self._args: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def _line(self, timeout: float) -> str | None:
+    def _read(self) -> None:
         assert self._proc.stdout is not None
-        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
-        return self._proc.stdout.readline() if ready else None
+        for raw in self._proc.stdout:
+            kind, pid, *rest = raw.decode().split()
+            if kind == "started":
+                # registered before it is handed out: its "exit" line comes after this one
+                child = self._children[int(pid)] = Forked(int(pid), self._args)
+                self._started.put(child)
+            else:
+                self._children.pop(int(pid))._end(int(rest[0]))
+        self._started.put(None)  # the forker is gone
+
+    def spawn(self, argv: list[str], env: Mapping[str, str], cwd: Path, *, stdout: Path | str,
+              stderr: Path | str, session: bool = False, peak_rss: bool = False) -> Forked:
+        """Start `imagebatch ARGV` with its output in files (os.devnull to drop it); with
+        `session`, in a session and process group of its own."""
+        assert self._proc.stdin is not None
+        with self._lock:
+            self._args = ["imagebatch", *argv]
+            self._proc.stdin.write((json.dumps({
+                "argv": argv, "env": dict(env), "cwd": str(cwd), "stdout": str(stdout),
+                "stderr": str(stderr), "session": session, "peak_rss": peak_rss}) + "\n").encode())
+            self._proc.stdin.flush()
+            try:
+                child = self._started.get(timeout=60)
+            except queue.Empty:
+                child = None
+            if child is None:
+                raise RuntimeError(f"the forker did not start a command (exit {self._proc.poll()})")
+            return child
 
     def run(self, argv: list[str], env: Mapping[str, str], cwd: Path, timeout: float = 300,
             peak_rss: bool = False) -> subprocess.CompletedProcess[str]:
         """`imagebatch ARGV` to completion in a child, as run_cli: text output captured.
 
         With `peak_rss`, its peak resident set size ends stderr: `peak_rss_kb=N`."""
-        assert self._proc.stdin is not None
         with tempfile.TemporaryDirectory() as logs:
             out, err = Path(logs, "stdout"), Path(logs, "stderr")
-            self._proc.stdin.write(json.dumps({
-                "argv": argv, "env": dict(env), "cwd": str(cwd), "stdout": str(out),
-                "stderr": str(err), "peak_rss": peak_rss}) + "\n")
-            self._proc.stdin.flush()
-            pid = self._line(60)
-            if not pid:
-                raise RuntimeError(f"the forker did not start a command (exit {self._proc.poll()})")
-            code = self._line(timeout)
-            if code is None:
-                os.kill(int(pid), signal.SIGKILL)
-                self._line(60)
-                raise subprocess.TimeoutExpired(argv, timeout)
-            return subprocess.CompletedProcess(argv, int(code), out.read_text(errors="replace"),
+            child = self.spawn(argv, env, cwd, stdout=out, stderr=err, peak_rss=peak_rss)
+            try:
+                code = child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(60)
+                raise
+            return subprocess.CompletedProcess(argv, code, out.read_text(errors="replace"),
                                                err.read_text(errors="replace"))
 
     def close(self) -> None:
-        """End the forker (end of its input) and wait for it."""
+        """End the forker (end of its input: it waits for its children) and wait for it."""
         assert self._proc.stdin is not None
         self._proc.stdin.close()
         try:
@@ -303,18 +403,42 @@ class Forker:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        self._reader.join(5)
         if self._proc.stdout is not None:
             self._proc.stdout.close()
 
 
+def start_cli(argv: list[str], env: Mapping[str, str], cwd: Path, *,
+              stdout: Path | str = os.devnull, stderr: Path | str = os.devnull,
+              session: bool = False) -> Forked:
+    """`imagebatch ARGV` started as a process of its own, forked by this test process's
+    Forker; its output goes to the files named (by default, nowhere)."""
+    with forker() as commands:
+        return commands.spawn(argv, env, cwd, stdout=stdout, stderr=stderr, session=session)
+
+
+def run_forked(argv: list[str], env: Mapping[str, str], cwd: Path,
+               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`imagebatch ARGV` to completion as a forked process of its own: run_cli without a
+    fresh interpreter's imports."""
+    with forker() as commands:
+        return commands.run(argv, env, cwd, timeout)
+
+
+_SHARED: Forker | None = None
+_SHARED_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def forker() -> Iterator[Forker]:
-    """A Forker for the `with` block (a module fixture's: one interpreter for many commands)."""
-    f = Forker()
-    try:
-        yield f
-    finally:
-        f.close()
+    """The Forker of this test process, started on first use and shared by every test in it
+    (one interpreter's imports for all their commands); it ends with the process."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None or _SHARED._proc.poll() is not None:
+            _SHARED = Forker()
+            atexit.register(_SHARED.close)
+    yield _SHARED
 
 
 def load(manifest: Path) -> Plan:
@@ -448,8 +572,8 @@ def leaks(secret: str, texts: Mapping[str, str | bytes], under: Path | None = No
 
 
 __all__ = [
-    "ROOT", "SECRET_KEY", "SOAK", "Embedded", "Forker", "Served", "app_server", "check_run",
-    "cli_env", "decode", "decode_tree", "embedded_server", "every_file_decodes", "forker",
-    "in_thread", "leaks", "load", "results", "run_argv", "run_cli", "scale", "secret_forms",
-    "snapshot_tree", "temp_files",
+    "ROOT", "SECRET_KEY", "SOAK", "Embedded", "Forked", "Forker", "Served", "app_server",
+    "check_run", "cli_env", "decode", "decode_tree", "embedded_server", "every_file_decodes",
+    "forker", "in_thread", "leaks", "load", "results", "run_args", "run_argv", "run_cli",
+    "run_forked", "scale", "secret_forms", "snapshot_tree", "start_cli", "temp_files",
 ]

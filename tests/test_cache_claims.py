@@ -9,7 +9,6 @@ import asyncio
 import io
 import json
 import os
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,7 +28,7 @@ from cache_helpers import (  # noqa: F401 - the fixtures s3 and aws_env
 )
 from PIL import Image
 from runner_helpers import KEY, make_plan
-from stress_helpers import scale
+from stress_helpers import run_forked, scale
 
 from imagebatch.cli import main
 from imagebatch.planning import config
@@ -124,12 +123,11 @@ async def test_two_runs_at_once_on_one_cache_pay_once_per_image(tmp_path, s3, aw
             env["IMAGEBATCH_CLAIM_LEASE"] = lease
 
         async def one(out: str) -> tuple[int, str]:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "imagebatch", "run", str(manifest), "--out",
-                str(tmp_path / out), "--no-post", "--rpm", "0", "--concurrency", "2",
-                env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-            _, err = await proc.communicate()
-            return proc.returncode or 0, err.decode()
+            # a process of its own (forked: stress_helpers.Forker), the two at once
+            done = await asyncio.to_thread(run_forked, [
+                "run", str(manifest), "--out", str(tmp_path / out), "--no-post", "--rpm", "0",
+                "--concurrency", "2"], env, tmp_path)
+            return done.returncode, done.stderr
 
         (code_a, err_a), (code_b, err_b) = await asyncio.gather(one("a"), one("b"))
         assert (code_a, code_b) == (0, 0), err_a + err_b

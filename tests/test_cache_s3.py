@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from cache_helpers import (  # noqa: F401 - the fixtures s3 and aws_env
 )
 from PIL import Image
 from runner_helpers import KEY, make_plan
-from stress_helpers import scale
+from stress_helpers import run_forked, scale, start_cli
 
 from imagebatch.commands.share import Share, pull_command, push_command
 from imagebatch.planning.manifest import load_plans
@@ -281,24 +280,21 @@ async def test_killed_during_uploads_then_resumed_nothing_lost_nothing_paid_twic
     async with running_server(api_options(latency_ms=100)) as srv:
         env = {**os.environ, **aws_env, "DIFFUSION_URL": srv.url, "DIFFUSION_KEY": KEY,
                "IMAGEBATCH_CACHE": url}
-        cmd = [sys.executable, "-m", "imagebatch", "run", str(manifest), "--out", str(out),
-               "--no-post", "--rpm", "0", "--concurrency", "3"]
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        cmd = ["run", str(manifest), "--out", str(out), "--no-post", "--rpm", "0",
+               "--concurrency", "3"]
+        proc = start_cli(cmd, env, tmp_path)  # a process of its own (stress_helpers.Forker)
         results = out / "team/results.jsonl"
         await wait_for_lines(results, 5)
         proc.send_signal(signal.SIGKILL)
-        await proc.wait()
+        await asyncio.to_thread(proc.wait, 60)
         assert srv.stats.requests < 12
         saved_first = {r.key for r in read_records(results) if r.status == "ok"}
         bodies_first = len(srv.stats.bodies)
         before = s3.objects(bucket)
         check_names(before, "k/")  # whatever was cut off left no partial object
 
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        stdout, stderr = await proc.communicate()
-        assert proc.returncode == 0, stderr.decode()
+        again = await asyncio.to_thread(run_forked, cmd, env, tmp_path)
+        assert again.returncode == 0, again.stderr
         # nothing paid twice: the second run asked for none of the images the first saved
         # (only a request in flight at the kill, whose image was never saved, is asked again)
         by_key = {j.key: j.body.encode() for j in load_plans([str(manifest)], env,
@@ -539,9 +535,10 @@ async def test_status_plan_and_diff_with_an_s3_cache_exit_0_every_time(tmp_path,
     """They used to abort (SIGABRT, exit 134) about one run in four after printing: the
     store's runtime thread still calling into Python as the interpreter shut down.
 
-    The three commands share that cause: 8 runs of each (a fresh interpreter each, ~0.4 CPU-s)
-    miss it with odds of 0.75**24, about one in a thousand; `make soak` runs 50 of each, as
-    it first did (0.75**150)."""
+    The three commands share that cause: 8 runs of each (a process each, forked from an
+    interpreter that has imported imagebatch but no S3 client, so each starts the store's
+    runtime and shuts it down as a fresh one does) miss it with odds of 0.75**24, about one in
+    a thousand; `make soak` runs 50 of each, as it first did (0.75**150)."""
     bucket = s3.bucket()
     url = f"s3://{bucket}/x"
     manifest = _manifest(tmp_path, count=3)
@@ -557,12 +554,9 @@ async def test_status_plan_and_diff_with_an_s3_cache_exit_0_every_time(tmp_path,
     gate = asyncio.Semaphore(8)  # processes at once
 
     async def once(argv: list[str]) -> tuple[int | None, bytes]:
-        async with gate:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "imagebatch", *argv, env=env,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            stdout, stderr = await proc.communicate()
-            return proc.returncode, stdout + stderr
+        async with gate:  # a process of its own each, forked (stress_helpers.Forker)
+            done = await asyncio.to_thread(run_forked, argv, env, tmp_path)
+            return done.returncode, (done.stdout + done.stderr).encode()
 
     times = scale(50, 8)
     runs = {name: [once(argv) for _ in range(times)] for name, argv in commands.items()}

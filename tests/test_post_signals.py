@@ -2,8 +2,9 @@
 summary (`run`) or one line (`sheet`, `merge`), nothing half-written, no process left behind,
 and the same command run again finishes the job.
 
-Each command runs as a user would (`python -m imagebatch`, the embedded server for `run`) on
-N images with no thumbnail made yet, and is signalled as soon as its
+Each command runs as its own process (forked from an interpreter that has imported
+imagebatch: see post_signal_helpers; the embedded server for `run`) on N images with no
+thumbnail made yet, and is signalled as soon as its
 first thumbnail is written: by `kill` (the process alone) or, for Ctrl-C pressed twice, by
 the terminal (the whole process group, pool workers included).
 """
@@ -20,14 +21,12 @@ from post_signal_helpers import (
     INTERRUPTED,
     NAME,
     N,
-    Watch,
     check_nothing_half_written,
     command,
     copy_outputs,
+    finish,
     signal_during_post,
-    tagged_env,
 )
-from stress_helpers import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.together("post-signals")]
 
@@ -67,12 +66,11 @@ def test_signal_during_thumbnailing_exits_130_and_leaves_no_process(
     if case != "sigterm":
         return
     # "run the same command again to finish"
-    tag = os.urandom(8).hex()
-    done = run_cli(argv, tagged_env(tag), cwd=tmp_path, timeout=300)
+    done, watch = finish(argv, tmp_path, os.urandom(8).hex())
     assert done.returncode == 0, done.stderr[-3000:]
     assert check_nothing_half_written(root) == N
     assert (root / "index.html").is_file() and (root / "contact-sheet.png").is_file()
-    assert not Watch(0, tag).leftovers(wait=5), "left running after finishing"
+    assert not watch.leftovers(wait=5), "left running after finishing"
 
 
 def test_ctrl_c_while_the_workers_start(post_outputs: tuple[Path, Path],

@@ -1,5 +1,6 @@
-"""Crashes: `python -m imagebatch run` killed with SIGKILL at five seeded random moments, resumed
-each time, then finished; and stopped with SIGINT (once, and twice to abort).
+"""Crashes: `imagebatch run` killed with SIGKILL at five seeded random moments, resumed each
+time, then finished; and stopped with SIGINT (once, and twice to abort). Each run is a process
+of its own, forked from an interpreter that has imported imagebatch (stress_helpers.Forker).
 
 The server runs in the test process, so it counts what it answered per request body: a job
 recorded done before a kill must never be asked for again, and the whole ordeal may cost at
@@ -11,13 +12,12 @@ from __future__ import annotations
 import json
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from stress_helpers import (
+    Forked,
     check_run,
     cli_env,
     decode,
@@ -25,9 +25,10 @@ from stress_helpers import (
     every_file_decodes,
     load,
     results,
-    run_argv,
-    run_cli,
+    run_args,
+    run_forked,
     scale,
+    start_cli,
     temp_files,
 )
 
@@ -56,7 +57,7 @@ def _ok_keys(root: Path) -> set[str]:
     return {r["key"] for r in results(root) if r["status"] == "ok"}
 
 
-def _wait_for(root: Path, lines: int, proc: subprocess.Popen[Any], limit: float = 60) -> None:
+def _wait_for(root: Path, lines: int, proc: Forked, limit: float = 60) -> None:
     """Until results.jsonl has at least `lines` lines; fails if the run ends first."""
     path = root / "results.jsonl"
     deadline = time.monotonic() + limit
@@ -74,7 +75,7 @@ def test_sigkill_at_five_random_moments_then_resume(tmp_path: Path) -> None:
     manifest.write_text(MANIFEST)
     plan = load(manifest)
     root = tmp_path / "out/crash"
-    argv = run_argv(manifest, tmp_path / "out", "--concurrency", str(CONCURRENCY), "--rpm", "0",
+    argv = run_args(manifest, tmp_path / "out", "--concurrency", str(CONCURRENCY), "--rpm", "0",
                     "--no-post")
     rng = random.Random(20240611)
     # where to kill: after a random number of finished jobs, plus a random sliver of time so
@@ -87,14 +88,13 @@ def test_sigkill_at_five_random_moments_then_resume(tmp_path: Path) -> None:
     with embedded_server(ServerOptions(latency_ms=40, flat=True)) as srv:
         env = cli_env(srv.url)
         for target in targets:
-            proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+            proc = start_cli(argv, env, tmp_path)
             try:
                 _wait_for(root, target, proc)
                 time.sleep(rng.uniform(0, 0.06))
             finally:
                 proc.send_signal(signal.SIGKILL)
-                proc.wait()
+                proc.wait(60)
             # right after the kill: what was recorded done, and what the server had answered
             done = _ok_keys(root)
             finished_before.append((done, srv.served.snapshot()))
@@ -103,7 +103,7 @@ def test_sigkill_at_five_random_moments_then_resume(tmp_path: Path) -> None:
             leftovers += len(temp_files(root))
             on_disk = {j.key for j in plan.jobs if (root / "images" / j.path).exists()}
             orphans += len(on_disk - done)  # written but not yet recorded: made again, by spec
-        final = run_cli(argv, env, cwd=tmp_path, timeout=120)
+        final = run_forked(argv, env, tmp_path, timeout=120)
         served = srv.served.snapshot()
         renders = srv.stats.renders
     assert final.returncode == 0, final.stderr[-2000:]
@@ -144,15 +144,15 @@ def test_sigint_exits_130_with_a_summary_and_nothing_half_written(tmp_path: Path
     manifest.write_text(MANIFEST_SMALL)
     plan = load(manifest)
     root = tmp_path / "out/stop"
-    argv = run_argv(manifest, tmp_path / "out", "--concurrency", "4", "--rpm", "0")
+    argv = run_args(manifest, tmp_path / "out", "--concurrency", "4", "--rpm", "0")
     with embedded_server(ServerOptions(latency_ms=150, flat=True)) as srv:
-        proc = subprocess.Popen(argv, env=cli_env(srv.url), cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = start_cli(argv, cli_env(srv.url), tmp_path, stderr=tmp_path / "stderr")
         _wait_for(root, 5, proc)
         for _ in range(signals):
             proc.send_signal(signal.SIGINT)
             time.sleep(0.02)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(60)
+        err = (tmp_path / "stderr").read_text()
         assert proc.returncode == 130, err
         assert "Traceback" not in err and "interrupted" in err
         summary = json.loads((root / "summary.json").read_text())
@@ -165,7 +165,7 @@ def test_sigint_exits_130_with_a_summary_and_nothing_half_written(tmp_path: Path
         assert len(files) == summary["succeeded"] == len(_ok_keys(root))
         assert not temp_files(root)
         # and the same command finishes the rest
-        rest = run_cli(argv, cli_env(srv.url), cwd=tmp_path, timeout=60)
+        rest = run_forked(argv, cli_env(srv.url), tmp_path, timeout=60)
     assert rest.returncode == 0, rest.stderr
     check_run(plan, root)
 
@@ -176,17 +176,17 @@ def test_ctrl_c_held_down_still_exits_130_with_a_summary(tmp_path: Path) -> None
     manifest = tmp_path / "stop.yaml"
     manifest.write_text(MANIFEST_SMALL)
     root = tmp_path / "out/stop"
-    argv = run_argv(manifest, tmp_path / "out", "--concurrency", "4", "--rpm", "0")
+    argv = run_args(manifest, tmp_path / "out", "--concurrency", "4", "--rpm", "0")
     with embedded_server(ServerOptions(latency_ms=150, flat=True)) as srv:
-        proc = subprocess.Popen(argv, env=cli_env(srv.url), cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = start_cli(argv, cli_env(srv.url), tmp_path, stderr=tmp_path / "stderr")
         _wait_for(root, 5, proc)
         sent = 0
         while proc.poll() is None and sent < 2000:
             proc.send_signal(signal.SIGINT)
             sent += 1
             time.sleep(0.002)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(60)
+        err = (tmp_path / "stderr").read_text()
     assert proc.returncode == 130, (sent, err)
     assert "Traceback" not in err and "interrupted" in err
     assert json.loads((root / "summary.json").read_text())["interrupted"] is True
@@ -199,14 +199,14 @@ def test_sigint_is_prompt_while_requests_are_paced(tmp_path: Path) -> None:
     manifest = tmp_path / "stop.yaml"
     manifest.write_text(MANIFEST_SMALL)
     root = tmp_path / "out/stop"
-    argv = run_argv(manifest, tmp_path / "out", "--concurrency", "8")
+    argv = run_args(manifest, tmp_path / "out", "--concurrency", "8")
     with embedded_server(ServerOptions(flat=True)) as srv:
-        proc = subprocess.Popen(argv, env=cli_env(srv.url), cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = start_cli(argv, cli_env(srv.url), tmp_path, stderr=tmp_path / "stderr")
         _wait_for(root, 1, proc)
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(60)
+        err = (tmp_path / "stderr").read_text()
         took = time.monotonic() - sent
     assert proc.returncode == 130, err
     assert took < 2.5, f"{took:.1f} s from SIGINT to exit"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import signal
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +22,7 @@ from post_signal_helpers import (
     command,
     copy_outputs,
     signal_during_post,
-    tagged_env,
+    start,
     thumbs_made,
 )
 from stress_helpers import decode, scale
@@ -39,22 +40,19 @@ SIGNALS = [
 
 def _sheet(manifest: Path, out: Path, cwd: Path) -> tuple[float, str]:
     """`sheet` to completion: (seconds from its first thumbnail to its exit, stderr)."""
-    import subprocess
-    import sys
-
     tag = uuid.uuid4().hex
     root = out / "big"
-    proc = subprocess.Popen([sys.executable, "-m", "imagebatch", "sheet", str(manifest),
-                             "--out", str(out)], env=tagged_env(tag), cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    first = None
-    while proc.poll() is None:
-        if first is None and thumbs_made(root):
-            first = time.monotonic()
-        time.sleep(0.005)
-    _, err = proc.communicate()
+    with tempfile.TemporaryDirectory() as logs:
+        err_file = Path(logs, "stderr")
+        proc = start(["sheet", str(manifest), "--out", str(out)], cwd, tag, stderr=err_file)
+        first = None
+        while proc.poll() is None:
+            if first is None and thumbs_made(root):
+                first = time.monotonic()
+            time.sleep(0.005)
+        err = err_file.read_text(errors="replace")
     assert proc.returncode == 0, err[-3000:]
-    assert not Watch(proc.pid, tag).leftovers(wait=5)
+    assert not Watch(proc.pid, tag, session=proc.pid).leftovers(wait=5)
     assert check_nothing_half_written(root) == N
     for sheet in root.glob("contact-sheet*.png"):
         decode(sheet)
