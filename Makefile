@@ -98,9 +98,12 @@ TEST_ENV = PYTHONDONTWRITEBYTECODE=
 # A test module is compiled (its asserts rewritten) by the first process that imports it,
 # and kept in tests/__pycache__. In a fresh clone every worker would compile all of them at
 # once, each doing the same 8 CPU-seconds of work; two collect-only passes over half of the
-# modules each compile them once instead. Done again only when a test file changes.
+# modules each compile them once instead. The package is compiled too (an editable install
+# leaves that to the first import, and the workers and the commands the tests start would
+# each compile what they import first). Done again only when a test or source file changes.
 WARM_STAMP := $(VENV)/.compiled-tests
-$(WARM_STAMP): $(TEST_STAMP) $(wildcard tests/*.py)
+$(WARM_STAMP): $(TEST_STAMP) $(wildcard tests/*.py pipeline/*.py pipeline/*/*.py)
+	@$(TEST_ENV) $(BIN)/python -m compileall -q -j 0 pipeline >/dev/null || true
 	@set -- $$(ls -S tests/test_*.py); one=""; two=""; \
 	while [ $$# -gt 0 ]; do one="$$one $$1"; two="$$two $${2:-}"; shift; [ $$# -gt 0 ] && shift; done; \
 	{ $(TEST_ENV) $(BIN)/python -m pytest -q --collect-only -p no:cacheprovider $$one >/dev/null 2>&1 & \

@@ -7,15 +7,14 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 from PIL import Image
 from review_helpers import HOSTILE, Outputs, make_outputs, serving
-from stress_helpers import forker
+from stress_helpers import Forked, forker, start_cli
 
 from imagebatch.assets.review import CSP, BadChange, has_display, merge_changes, parse_change
 from imagebatch.storage import picks
@@ -443,19 +442,45 @@ def _no_display() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
 
 
-def _review(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _review(args: list[str], cwd: Path, logs: Path,
+            env: dict[str, str] | None = None) -> Forked:
+    """`imagebatch review ARGS` as a process of its own (forked from an interpreter that has
+    imported imagebatch), its output in logs/stdout and logs/stderr."""
     full = _no_display()
     full.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "imagebatch", "review", *args], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full)
+    logs.mkdir(parents=True, exist_ok=True)
+    return start_cli(["review", *args], full, cwd, stdout=logs / "stdout",
+                     stderr=logs / "stderr")
+
+
+async def _first_line(proc: Forked, logs: Path, timeout: float = 30) -> str:
+    """The first line the command wrote to its stdout ("" if it ended without one)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        path = logs / "stdout"
+        text = path.read_text() if path.exists() else ""  # made by the child once it runs
+        if "\n" in text:
+            return text.split("\n", 1)[0] + "\n"
+        if proc.poll() is not None:
+            return text
+        await asyncio.sleep(0.01)
+    raise TimeoutError("no line on stdout")
+
+
+async def _ended(proc: Forked, logs: Path, timeout: float = 30) -> tuple[str, str]:
+    """Wait for the command's end: (its stdout, its stderr)."""
+    await asyncio.to_thread(proc.wait, timeout)
+    return (logs / "stdout").read_text(), (logs / "stderr").read_text()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 async def test_command_prints_its_url_at_once_and_stops_cleanly(outputs: Outputs,
-                                                                 sig: signal.Signals) -> None:
-    proc = _review([str(outputs.manifest), "--out", str(outputs.out), "--no-open"], ROOT)
+                                                                 sig: signal.Signals,
+                                                                 tmp_path: Path) -> None:
+    proc = _review([str(outputs.manifest), "--out", str(outputs.out), "--no-open"], ROOT,
+                   tmp_path)
     try:
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+        line = await _first_line(proc, tmp_path)
         assert line.startswith("http://127.0.0.1:") and "/?token=" in line
         async with aiohttp.ClientSession() as http:
             async with http.get(line.strip()) as resp:
@@ -465,13 +490,13 @@ async def test_command_prints_its_url_at_once_and_stops_cleanly(outputs: Outputs
                                 json={"status": "reject"}) as resp:
                 assert resp.status == 200
         proc.send_signal(sig)
-        out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+        out, err = await _ended(proc, tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(30)
     assert proc.returncode == 0, err
-    assert out == "" and "Traceback" not in err and "stopped" in err
+    assert out == line and "Traceback" not in err and "stopped" in err  # the URL alone
     assert picks.load_picks(outputs.picks_file).entries["fox/2.png"].status == "reject"
 
 
@@ -493,11 +518,11 @@ def test_command_errors_are_exit_2_without_traceback(outputs: Outputs, tmp_path:
     assert f"{outputs.picks_file}:1:" in res.stderr and "nope.png" in res.stderr
 
 
-async def test_a_port_in_use_is_exit_2(outputs: Outputs) -> None:
+async def test_a_port_in_use_is_exit_2(outputs: Outputs, tmp_path: Path) -> None:
     async with serving(outputs) as srv:
         proc = _review([str(outputs.manifest), "--out", str(outputs.out), "--no-open",
-                        "--port", str(srv.port)], ROOT)
-        out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+                        "--port", str(srv.port)], ROOT, tmp_path)
+        out, err = await _ended(proc, tmp_path, 60)
     assert proc.returncode == 2 and "cannot listen" in err and out == ""
 
 
@@ -509,16 +534,17 @@ async def test_a_browser_opens_only_with_a_display_and_without_no_open(
     opener.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {opened}\n')
     opener.chmod(0o755)
     args = [str(outputs.manifest), "--out", str(outputs.out)] + (["--no-open"] if no_open else [])
-    proc = _review(args, ROOT, {"DISPLAY": ":99", "BROWSER": str(opener)})
+    logs = tmp_path / "logs"
+    proc = _review(args, ROOT, logs, {"DISPLAY": ":99", "BROWSER": str(opener)})
     try:
-        line = (await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)).strip()
+        line = (await _first_line(proc, logs)).strip()
         for _ in range(20 if no_open else 200):  # a browser is started in the background
             if opened.exists() and opened.read_text():
                 break
             await asyncio.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGINT)
-        await asyncio.to_thread(proc.communicate, timeout=30)
+        await _ended(proc, logs)
     if no_open:
         assert not opened.exists()
     else:

@@ -1,46 +1,25 @@
 """A run killed with SIGKILL is finished by a second run; SIGTERM exits 130; nothing
-half-written."""
+half-written. Each run is a process of its own, forked from an interpreter that has imported
+imagebatch (stress_helpers.Forker)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from stress_helpers import embedded_server
+from stress_helpers import Forked, embedded_server, run_forked, start_cli
 
 from imagebatch.service.server import ServerOptions
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTS = Path(__file__).resolve().parent
 KEY = "inf-SECRETSECRET123"
 N = 40
 
-# Used until the manifest loader exists: the same run, with the plan built by hand.
-DRIVER = f"""
-import sys
-sys.path.insert(0, {str(TESTS)!r})
-from pathlib import Path
-import asyncio
-from imagebatch.planning import config
-from imagebatch.cli import report_run
-from imagebatch.running.options import RunOptions
-from imagebatch.running.run import run_plans
-from imagebatch.providers import connect
-from runner_helpers import make_plan
-import os
-conn = connect.connection(os.environ, "DIFFUSION")
-opts = RunOptions((), out=Path(sys.argv[1]), post=False, concurrency=4, rpm=6000)
-report = asyncio.run(run_plans([make_plan({N})], conn, opts, sys.stderr))
-sys.exit(report_run(report, as_json=False, out=sys.stdout, err=sys.stderr))
-"""
 
 MANIFEST = f"""version: 1
 name: demo
@@ -63,14 +42,13 @@ def server():
         yield srv.url
 
 
-def _run_argv(tmp_path: Path) -> list[str]:
-    out = str(tmp_path / "out")
-    if importlib.util.find_spec("imagebatch.planning.manifest") is not None:
-        manifest = tmp_path / "demo.yaml"
+def _run_args(tmp_path: Path) -> list[str]:
+    """`imagebatch run` of the demo manifest (written on first use) into tmp_path/out."""
+    manifest = tmp_path / "demo.yaml"
+    if not manifest.exists():
         manifest.write_text(MANIFEST)
-        return [sys.executable, "-m", "imagebatch", "run", str(manifest), "--out", out,
-                "--concurrency", "4", "--rpm", "6000", "--no-post"]
-    return [sys.executable, "-c", DRIVER, out]
+    return ["run", str(manifest), "--out", str(tmp_path / "out"), "--concurrency", "4",
+            "--rpm", "6000", "--no-post"]
 
 
 def _env(url: str) -> dict[str, str]:
@@ -91,7 +69,7 @@ def _all_decode(paths: list[Path]) -> None:
             assert img.size == (1024, 1024)
 
 
-def _wait_for_results(tmp_path: Path, at_least: int, proc: subprocess.Popen) -> None:
+def _wait_for_results(tmp_path: Path, at_least: int, proc: Forked) -> None:
     results = tmp_path / "out/demo/results.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -103,18 +81,16 @@ def _wait_for_results(tmp_path: Path, at_least: int, proc: subprocess.Popen) -> 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_second_run_finishes(tmp_path, server):
-    proc = subprocess.Popen(_run_argv(tmp_path), env=_env(server), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start_cli(_run_args(tmp_path), _env(server), tmp_path)
     _wait_for_results(tmp_path, 6, proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.wait(60)
     first = _final_files(tmp_path)
     assert 0 < len(first) < N
     _all_decode(first)  # nothing half-written under a final name
     done_before = {json.loads(x)["key"] for x in
                    (tmp_path / "out/demo/results.jsonl").read_text().splitlines() if x.strip()}
-    second = subprocess.run(_run_argv(tmp_path) + [], env=_env(server), cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120, check=False)
+    second = run_forked(_run_args(tmp_path), _env(server), tmp_path, timeout=120)
     assert second.returncode == 0, second.stderr
     summary = json.loads((tmp_path / "out/demo/summary.json").read_text())
     assert summary["succeeded"] + summary["skipped"] == N and summary["failed"] == 0
@@ -130,11 +106,12 @@ def test_sigkill_mid_run_then_second_run_finishes(tmp_path, server):
 
 @pytest.mark.slow
 def test_sigterm_settles_in_flight_writes_summary_exits_130(tmp_path, server):
-    proc = subprocess.Popen(_run_argv(tmp_path), env=_env(server), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_cli(_run_args(tmp_path), _env(server), tmp_path,
+                     stdout=tmp_path / "stdout", stderr=tmp_path / "stderr")
     _wait_for_results(tmp_path, 4, proc)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    proc.wait(60)
+    out, err = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
     assert proc.returncode == 130, err
     assert "interrupted" in err and KEY not in out + err
     summary = json.loads((tmp_path / "out/demo/summary.json").read_text())

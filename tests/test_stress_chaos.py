@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from stress_helpers import check_run, cli_env, embedded_server, load, run_argv, run_cli, scale
+from stress_helpers import check_run, cli_env, embedded_server, load, run_args, run_forked, scale
 
 from imagebatch.service.server import FAULT_KINDS, ServerOptions
 
@@ -53,10 +53,11 @@ def test_jobs_under_30_percent_faults_all_end_valid(tmp_path: Path) -> None:
                             fault_attempts=1, stall_seconds=STALL, flat=True)
     with embedded_server(options) as srv:
         started = time.monotonic()
-        proc = run_cli(run_argv(manifest, tmp_path / "out", "--concurrency", "16", "--rpm", "0",
-                                "--timeout", str(TIMEOUT), "--retries", "3", "--no-post",
-                                "--json"),
-                       cli_env(srv.url), cwd=tmp_path, timeout=600)
+        # a process of its own, forked from an interpreter that has imported imagebatch
+        proc = run_forked(run_args(manifest, tmp_path / "out", "--concurrency", "16", "--rpm",
+                                   "0", "--timeout", str(TIMEOUT), "--retries", "3",
+                                   "--no-post", "--json"),
+                          cli_env(srv.url), tmp_path, timeout=600)
         wall = time.monotonic() - started
         faults = dict(srv.stats.faults)
         server_requests = srv.stats.requests
