@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from stress_helpers import (
     load,
     results,
     run_args,
+    run_argv,
     run_forked,
     scale,
     start_cli,
@@ -57,7 +59,8 @@ def _ok_keys(root: Path) -> set[str]:
     return {r["key"] for r in results(root) if r["status"] == "ok"}
 
 
-def _wait_for(root: Path, lines: int, proc: Forked, limit: float = 60) -> None:
+def _wait_for(root: Path, lines: int, proc: Forked | subprocess.Popen[str],
+              limit: float = 60) -> None:
     """Until results.jsonl has at least `lines` lines; fails if the run ends first."""
     path = root / "results.jsonl"
     deadline = time.monotonic() + limit
@@ -176,17 +179,21 @@ def test_ctrl_c_held_down_still_exits_130_with_a_summary(tmp_path: Path) -> None
     manifest = tmp_path / "stop.yaml"
     manifest.write_text(MANIFEST_SMALL)
     root = tmp_path / "out/stop"
-    argv = run_args(manifest, tmp_path / "out", "--concurrency", "4", "--rpm", "0")
+    # A fresh interpreter, not a forked child: run forked, this test once (of about 300
+    # runs) saw "Exception ignored when trying to write to the signal wakeup fd: Bad file
+    # descriptor" twice on stderr after the stop began (exit 130 all the same); not yet
+    # explained, and not seen in the runs from a fresh interpreter so far.
+    argv = run_argv(manifest, tmp_path / "out", "--concurrency", "4", "--rpm", "0")
     with embedded_server(ServerOptions(latency_ms=150, flat=True)) as srv:
-        proc = start_cli(argv, cli_env(srv.url), tmp_path, stderr=tmp_path / "stderr")
+        proc = subprocess.Popen(argv, env=cli_env(srv.url), cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_for(root, 5, proc)
         sent = 0
         while proc.poll() is None and sent < 2000:
             proc.send_signal(signal.SIGINT)
             sent += 1
             time.sleep(0.002)
-        proc.wait(60)
-        err = (tmp_path / "stderr").read_text()
+        _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (sent, err)
     assert "Traceback" not in err and "interrupted" in err
     assert json.loads((root / "summary.json").read_text())["interrupted"] is True
