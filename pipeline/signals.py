@@ -25,15 +25,39 @@ def on_stop_signals(callback: Callable[[], None], *,
     finally:
         ignore = ignore_after()
         late: KeyboardInterrupt | None = None
+        # Each step is done again when a late SIGINT cuts it short. Taking asyncio's handler
+        # off puts Python's default one back, under which a signal raises KeyboardInterrupt
+        # at the next line; signal.signal() itself first runs the handlers of signals already
+        # received, so setting SIG_IGN can raise too. A step cut short left a handler on the
+        # loop, or the loop's wakeup fd set, when the loop then closed that fd: every signal
+        # after it printed "Exception ignored when trying to write to the signal wakeup fd".
         for sig in installed:
+            for _ in range(_TRIES):
+                try:
+                    try:
+                        loop.remove_signal_handler(sig)  # False once it is off: safe again
+                    finally:
+                        if ignore:
+                            signal.signal(sig, signal.SIG_IGN)
+                    break
+                except KeyboardInterrupt as exc:
+                    late = exc
+        # asyncio clears the wakeup fd when the loop's last handler goes; a signal landing
+        # between the two leaves it set. No other handler is put on the loop here.
+        for _ in range(_TRIES):
             try:
-                loop.remove_signal_handler(sig)  # puts Python's default handler back...
-            except KeyboardInterrupt as exc:  # ...under which a signal landing now raises
+                if installed and not getattr(loop, "_signal_handlers", None):
+                    with contextlib.suppress(ValueError):
+                        signal.set_wakeup_fd(-1)
+                break
+            except KeyboardInterrupt as exc:
                 late = exc
-            finally:
-                if ignore:
-                    signal.signal(sig, signal.SIG_IGN)
         # Once stopping, a late signal is one of those ignored; otherwise it is Ctrl-C
         # (main turns it into exit 130).
         if late is not None and not ignore:
             raise late
+
+
+#: How many times a step of taking the handlers off is tried while signals keep landing
+#: in it (each try takes microseconds; a held-down Ctrl-C repeats every few milliseconds).
+_TRIES = 50

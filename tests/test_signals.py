@@ -172,3 +172,43 @@ def test_a_command_ended_by_ctrl_c_ignores_the_ones_after_it(monkeypatch, handle
     monkeypatch.setitem(cli.COMMANDS, "schema", interrupted)
     assert cli.main(["schema"]) == 130
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.parametrize("where", ["setting SIG_IGN", "clearing the wakeup fd"])
+async def test_a_signal_cutting_a_step_short_leaves_no_handler_and_no_wakeup_fd(
+        monkeypatch, handlers_restored, where):
+    # Ctrl-C held down: one late SIGINT lands in signal.signal(SIGINT, SIG_IGN) (which first
+    # runs the default handler of a signal already received), or inside asyncio's taking off
+    # of the last handler, before it clears the wakeup fd. Both steps must still end done:
+    # the loop closes its wakeup socket next, and a signal written to a closed fd prints
+    # "Exception ignored when trying to write to the signal wakeup fd" for each one.
+    import asyncio
+
+    from imagebatch.signals import on_stop_signals
+
+    loop = asyncio.get_running_loop()
+    real_signal, real_wakeup = signal.signal, signal.set_wakeup_fd
+    landed = []
+
+    def signal_with_one_pending(sig, handler):
+        if where == "setting SIG_IGN" and handler is signal.SIG_IGN and not landed:
+            landed.append(sig)
+            raise KeyboardInterrupt  # the pending SIGINT's default handler, run first
+        return real_signal(sig, handler)
+
+    def wakeup_cut_short(fd, **kwargs):
+        if where == "clearing the wakeup fd" and fd == -1 and not landed:
+            landed.append(fd)
+            raise KeyboardInterrupt  # landed just before asyncio's own clearing
+        return real_wakeup(fd, **kwargs)
+
+    monkeypatch.setattr(signal, "signal", signal_with_one_pending)
+    monkeypatch.setattr(signal, "set_wakeup_fd", wakeup_cut_short)
+    with on_stop_signals(lambda: None, ignore_after=lambda: True):
+        pass
+    monkeypatch.undo()
+    assert landed  # the signal did land where it was meant to
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    assert not loop._signal_handlers  # type: ignore[attr-defined]
+    assert signal.set_wakeup_fd(-1) == -1  # nothing is left to write signals to
