@@ -1030,8 +1030,9 @@ def test_the_wheel_works_in_a_fresh_venv_outside_the_repository(tmp_path, instal
         if command in cli.COMMANDS:  # these templates and pages ship in the wheel too
             _run(["imagebatch", command, "--help"], repo, env)
 
-    # `serve` from the wheel, driven by `run` as a remote backend
-    server = subprocess.Popen(["imagebatch", "serve", "--port", "0", "--workers", "1"],
+    # `serve` from the wheel, driven by `run` as a remote backend (flat pictures: the
+    # wheel's renderer drew the landscapes `make assets` checked above)
+    server = subprocess.Popen(["imagebatch", "serve", "--port", "0", "--workers", "1", "--flat"],
                               cwd=repo, env=env, stderr=subprocess.PIPE, text=True)
     try:
         line = server.stderr.readline() if server.stderr else ""
