@@ -9,6 +9,7 @@ import io
 import itertools
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,27 @@ from imagebatch.storage.cache import Cache, open_cache
 NAME = re.compile(r"^v1/[^/]+/([0-9a-f]{2})/([0-9a-f]{64})\.([0-9a-f]{64})\.(png|jpg)$")
 CLAIM = re.compile(r"^(?:.+/)?claims/")
 _buckets = itertools.count(1)
+
+
+_PUTS = threading.Lock()
+
+
+def _conditional_puts_atomic() -> None:
+    """Make moto's PUT one step, as S3's is. moto checks If-None-Match, then writes, in
+    whichever of its server's threads took the request: two writers at once could both be
+    told they created the object (seen once in a whole run), where S3 lets the first win and
+    answers the others 412. The cache's `put` and its claims rely on S3's way."""
+    from moto.s3.responses import S3Response
+
+    if getattr(S3Response.put_object, "serialized", False):
+        return
+    unserialized = S3Response.put_object
+
+    def put_object(self: S3Response) -> object:
+        with _PUTS:
+            return unserialized(self)
+    put_object.serialized = True  # type: ignore[attr-defined]
+    S3Response.put_object = put_object  # type: ignore[method-assign, assignment]
 
 
 @dataclass
@@ -68,6 +90,7 @@ class S3:
         """Start again on the same port (moto keeps its buckets in this process)."""
         from moto.server import ThreadedMotoServer
 
+        _conditional_puts_atomic()
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.server.start()
 
@@ -77,6 +100,7 @@ def s3_fixture() -> Iterator[S3]:
     """One moto S3 endpoint on 127.0.0.1 for a test module; nothing reaches the internet."""
     from moto.server import ThreadedMotoServer
 
+    _conditional_puts_atomic()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
