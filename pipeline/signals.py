@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 from collections.abc import Callable, Iterator
 
@@ -32,32 +33,45 @@ def on_stop_signals(callback: Callable[[], None], *,
         # loop, or the loop's wakeup fd set, when the loop then closed that fd: every signal
         # after it printed "Exception ignored when trying to write to the signal wakeup fd".
         for sig in installed:
-            for _ in range(_TRIES):
-                try:
-                    try:
-                        loop.remove_signal_handler(sig)  # False once it is off: safe again
-                    finally:
-                        if ignore:
-                            signal.signal(sig, signal.SIG_IGN)
-                    break
-                except KeyboardInterrupt as exc:
-                    late = exc
-        # asyncio clears the wakeup fd when the loop's last handler goes; a signal landing
-        # between the two leaves it set. No other handler is put on the loop here.
-        for _ in range(_TRIES):
-            try:
-                if installed and not getattr(loop, "_signal_handlers", None):
-                    with contextlib.suppress(ValueError):
-                        signal.set_wakeup_fd(-1)
-                break
-            except KeyboardInterrupt as exc:
-                late = exc
+            late = _despite_late_signals(functools.partial(_take_off, loop, sig, ignore)) or late
+
+        def clear_wakeup_fd() -> None:
+            # asyncio clears it when the loop's last handler goes; a signal landing between
+            # the two leaves it set. No other handler is put on the loop here (asyncio has
+            # no public way to ask whether the loop has any left).
+            if installed and not getattr(loop, "_signal_handlers", None):
+                with contextlib.suppress(ValueError):
+                    signal.set_wakeup_fd(-1)
+        late = _despite_late_signals(clear_wakeup_fd) or late
         # Once stopping, a late signal is one of those ignored; otherwise it is Ctrl-C
         # (main turns it into exit 130).
         if late is not None and not ignore:
             raise late
 
 
-#: How many times a step of taking the handlers off is tried while signals keep landing
-#: in it (each try takes microseconds; a held-down Ctrl-C repeats every few milliseconds).
+#: How many times a step is tried while signals keep landing in it (each try takes
+#: microseconds; a held-down Ctrl-C repeats every few milliseconds).
 _TRIES = 50
+
+
+def _despite_late_signals(step: Callable[[], object]) -> KeyboardInterrupt | None:
+    """Run `step` to its end, again each time a late SIGINT cuts it short (at most _TRIES
+    times): the last KeyboardInterrupt it raised, or None."""
+    late = None
+    for _ in range(_TRIES):
+        try:
+            step()
+            return late
+        except KeyboardInterrupt as exc:
+            late = exc
+    return late
+
+
+def _take_off(loop: asyncio.AbstractEventLoop, sig: int, ignore: bool) -> None:
+    """Take the loop's handler of `sig` off (nothing when it is off already), then, when
+    `ignore`, ignore the signal, even when the first step was cut short."""
+    try:
+        loop.remove_signal_handler(sig)
+    finally:
+        if ignore:
+            signal.signal(sig, signal.SIG_IGN)
