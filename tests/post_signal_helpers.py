@@ -117,23 +117,14 @@ def finish(argv: Sequence[str], cwd: Path, tag: str,
 
 # -- the process table --------------------------------------------------------------------
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, parent pid, start time) of a live process, or None."""
+def _stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, parent pid, start time, session id) of a live process, or None."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = text[text.rindex(")") + 2:].split()
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def _session(pid: int) -> int | None:
-    """The session id of a live process, or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(text[text.rindex(")") + 2:].split()[3])
+    return fields[0], int(fields[1]), int(fields[19]), int(fields[3])
 
 
 def _children(pid: int) -> list[int]:
@@ -222,7 +213,7 @@ class Watch:
             st = _stat(pid)
             if st is None or st[0] == "Z":
                 continue
-            if self.session is not None and _session(pid) == self.session:
+            if self.session is not None and st[3] == self.session:
                 found.append(pid)
                 continue
             try:
