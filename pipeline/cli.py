@@ -894,6 +894,22 @@ COMMANDS = {
 }
 
 
+def _output_closed() -> bool:
+    """Whether standard output or error is a pipe (or socket) whose reader has gone.
+
+    Such a descriptor polls as an error; a file or terminal, or a pipe still read, does not.
+    Where poll() is missing, any broken pipe is taken to be the output's, as before."""
+    import select  # noqa: PLC0415 - only on this rare path
+
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(ValueError, OSError):  # closed or replaced: not a pipe
+            poller.register(stream.fileno(), select.POLLOUT)
+    return any(mask & (select.POLLERR | select.POLLHUP) for _fd, mask in poller.poll(0))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `imagebatch` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -915,6 +931,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a write error surfaces here, not as noise at interpreter exit
         return code
     except BrokenPipeError:
+        if not _output_closed():
+            raise  # another pipe (a worker's, a child's): a fault to report, not a reader gone
         # `imagebatch plan M | head`: the reader has all it wants. Quiet, as `cat` would be;
         # stdout goes to /dev/null so the interpreter's final flush does not complain.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

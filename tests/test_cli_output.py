@@ -53,6 +53,21 @@ def test_plan_into_a_closed_pipe_stops_quietly(tmp_path):
     assert err == ""  # no traceback, no "Exception ignored" at exit
 
 
+def test_a_broken_pipe_that_is_not_the_output_is_not_taken_for_a_reader_gone(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    # standard output and error are files here, still open: exit 141 in silence would hide
+    # the fault (a worker's or a child's pipe), so it is raised as the error it is
+    from imagebatch import cli
+
+    def broken(_args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setitem(cli.COMMANDS, "plan", broken)
+    with pytest.raises(BrokenPipeError):
+        cli.main(["plan", "m.yaml"])
+    assert capfd.readouterr() == ("", "")
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_output_to_a_full_device_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "big.yaml").write_text(BIG)

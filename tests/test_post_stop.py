@@ -5,6 +5,7 @@ signals in test_post_signals.py.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import signal
@@ -127,6 +128,48 @@ def test_a_worker_that_dies_is_an_error_not_a_hang(
     outcome = _in_thread(lambda: make_thumbs(_tasks(tmp_path), 2))
     assert isinstance(outcome, RuntimeError) and "ended unexpectedly" in str(outcome), outcome
     assert not multiprocessing.active_children()
+
+
+class _SecondWorkerDiesStarting:
+    """A fork context whose second worker breaks its start pipe, as a forkserver worker does
+    when a Ctrl-C to the process group kills it before it has read its start data."""
+
+    def __init__(self) -> None:
+        self.real = multiprocessing.get_context("fork")
+        self.started = 0
+
+    def get_start_method(self) -> str:
+        return "fork"
+
+    def Pipe(self):  # noqa: N802 - the context's own name
+        return self.real.Pipe()
+
+    def Process(self, **kwargs):  # noqa: N802 - the context's own name
+        proc = self.real.Process(**kwargs)
+        self.started += 1
+        if self.started == 2:
+            def broken() -> None:
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+            proc.start = broken
+        return proc
+
+
+@pytest.mark.parametrize("asked", [True, False], ids=["stop-asked", "no-stop"])
+def test_a_worker_that_dies_while_starting_is_the_stop_or_an_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork_only: None, asked: bool) -> None:
+    # never the BrokenPipeError itself: `imagebatch` would take it for its output closing
+    monkeypatch.setattr(post, "_context", _SecondWorkerDiesStarting)
+    stop = Stop()
+    if asked:  # the same signal reaches this process a moment later, as a stop request
+        threading.Timer(post.LOST_GRACE / 5, stop.set).start()
+    outcome = _in_thread(lambda: make_thumbs(_tasks(tmp_path), 2, stop))
+    if asked:
+        assert isinstance(outcome, Interrupted), outcome
+    else:
+        assert isinstance(outcome, RuntimeError), outcome
+        assert str(outcome) == "a thumbnail worker process ended while it was starting"
+    assert not multiprocessing.active_children()
+    assert not (tmp_path / "thumbs").exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])

@@ -326,14 +326,15 @@ class _Workers:
     server and its resource tracker end as soon as this process and the workers have.
     """
 
-    def __init__(self, tasks: list[Task], workers: int, chunk: int, ctx: Any) -> None:
+    def __init__(self, tasks: list[Task], workers: int, chunk: int, ctx: Any,
+                 stop: Stop | None = None) -> None:
         self.tasks = tasks
         self.chunk = chunk
         self.next = 0
         self.results: list[ThumbResult | None] = [None] * len(tasks)
         self.busy: dict[Connection, int] = {}  # pipe -> index of its chunk's first task
         self.procs: dict[Connection, Any] = {}
-        self.stop: Stop | None = None
+        self.stop = stop
         fork = ctx.get_start_method() == "fork"
         try:
             for _ in range(workers):
@@ -342,6 +343,13 @@ class _Workers:
                 proc = ctx.Process(target=_serve, args=(there, inherited), daemon=True)
                 try:
                     proc.start()
+                except OSError:
+                    # A forkserver worker reads its start data from a pipe this process
+                    # writes; one that died first (a Ctrl-C to the process group, before
+                    # it ignores signals) breaks that pipe. Said as a lost worker, never
+                    # as the BrokenPipeError, which would read as a closed standard output.
+                    here.close()
+                    raise self._ended_starting() from None
                 finally:
                     there.close()
                 self.procs[here] = proc
@@ -349,9 +357,14 @@ class _Workers:
             self.close(finished=False)
             raise
 
-    def run(self, stop: Stop | None) -> list[ThumbResult]:
+    def _ended_starting(self) -> RuntimeError:
+        """The error for a worker that ended while starting (Interrupted if a stop explains it)."""
+        _await_stop(self.stop)
+        return RuntimeError("a thumbnail worker process ended while it was starting")
+
+    def run(self) -> list[ThumbResult]:
         """Every task's result, in order; raises what a worker raised, or Interrupted."""
-        self.stop = stop
+        stop = self.stop
         if stop is not None:
             stop.check()  # a stop asked before the first chunk hands no worker any work
         for conn in self.procs:
@@ -433,10 +446,10 @@ def make_thumbs(tasks: list[Task], workers: int, stop: Stop | None = None) -> li
         return out
     workers = min(workers, len(tasks))
     chunk = max(1, min(16, len(tasks) // (workers * 4)))
-    pool = _Workers(tasks, workers, chunk, ctx)
+    pool = _Workers(tasks, workers, chunk, ctx, stop)
     finished = False
     try:
-        results = pool.run(stop)
+        results = pool.run()
         finished = True
     finally:
         pool.close(finished)
