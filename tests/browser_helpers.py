@@ -28,7 +28,7 @@ import pytest_asyncio
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
-        "--disable-dev-shm-usage", "--disable-sync", "--no-first-run"]
+        "--disable-dev-shm-usage", "--disable-sync", "--no-first-run", "--renderer-process-limit=1"]
 #: The variable naming a folder to keep the pages' screenshots in, for a person to look at
 #: what the tests check (`make test SCREENSHOTS=DIR`). Unset, none is taken: a full-page one
 #: costs chromium a third of a CPU-second, and no test reads the files.

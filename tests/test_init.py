@@ -923,22 +923,10 @@ def _copy_sources(dest: Path) -> Path:
 
 
 def _venv(path: Path, env: dict[str, str]) -> Path:
-    """A fresh virtual environment at `path` holding pip alone: its bin folder.
-
-    `python -m venv` would install pip from Python's bundled wheel and byte-compile it (5 to 7
-    CPU-seconds under load, each time); the same pip is copied here from this interpreter's
-    own, compiled files included (half a second). What the tests run in it is unchanged: a
-    venv with nothing but pip, as Python 3.12's `venv` makes."""
-    _run([sys.executable, "-m", "venv", "--without-pip", str(path)], path.parent, env)
-    import pip  # noqa: PLC0415 - only to find the installed pip
-
-    source = Path(pip.__file__).parent
-    dist_info = [d for d in source.parent.glob("pip-*.dist-info") if d.is_dir()]
-    assert len(dist_info) == 1, dist_info
-    site = Path(_run([str(path / "bin" / "python"), "-c", "import sysconfig; print("
-                      "sysconfig.get_path('purelib'))"], path.parent, env).stdout.strip())
-    for folder in (source, dist_info[0]):
-        shutil.copytree(folder, site / folder.name, symlinks=True)
+    """A fresh virtual environment at `path` holding pip alone, made as `make` makes .venv
+    (tools/make_venv.py: this interpreter's pip copied, compiled files included, rather than
+    ensurepip's install and byte-compiling of it): its bin folder."""
+    _run([sys.executable, str(ROOT / "tools" / "make_venv.py"), str(path)], path.parent, env)
     return path / "bin"
 
 
