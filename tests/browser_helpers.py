@@ -27,6 +27,9 @@ import pytest
 import pytest_asyncio
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# --renderer-process-limit=1: every test serves its page from a server of its own, a new
+# origin, for which chromium would start a renderer process (about 0.4 CPU-s each); one
+# shared renderer does the same work. Pages stay apart as pages; no test checks isolation.
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
         "--disable-dev-shm-usage", "--disable-sync", "--no-first-run", "--renderer-process-limit=1"]
 #: The variable naming a folder to keep the pages' screenshots in, for a person to look at
