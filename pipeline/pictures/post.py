@@ -343,7 +343,7 @@ class _Workers:
                 proc = ctx.Process(target=_serve, args=(there, inherited), daemon=True)
                 try:
                     proc.start()
-                except OSError:
+                except (BrokenPipeError, ConnectionResetError):
                     # A forkserver worker reads its start data from a pipe this process
                     # writes; one that died first (a Ctrl-C to the process group, before
                     # it ignores signals) breaks that pipe. Said as a lost worker, never
