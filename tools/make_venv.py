@@ -7,8 +7,9 @@ the Python running this script has a pip of its own that carries its libraries i
 from elsewhere), the files that pip installed are copied into DIR instead: they were
 compiled for this same interpreter, so the copy takes a fraction of a second. The copy is
 then run (`DIR/bin/python -m pip --version`); if it does not run, or there is no such pip,
-DIR is made the standard way. Either way DIR ends up as `python -m venv` makes it on
-Python 3.12 and later: pip alone, with its `pip`, `pip3` and `pip3.X` commands.
+DIR is made the standard way. A copy holds what `python -m venv` makes on Python 3.12 and
+later: pip alone (ensurepip on 3.10 and 3.11 adds setuptools, which no target uses: builds
+are isolated), with its `pip`, `pip3` and `pip3.X` commands.
 """
 
 from __future__ import annotations
