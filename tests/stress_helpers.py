@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -220,7 +221,14 @@ def run_cli(argv: list[str], env: Mapping[str, str], cwd: Path,
 # CPU-s a command). For tests of what a command does, or of how it takes signals, not of how
 # a process starts. Children may overlap: each one's end is reported when it is reaped.
 _FORKER = r"""
-import json, os, select, signal, sys
+import array, json, os, select, signal, socket, sys
+# Commands may also come from other processes (`make` running the stand-in `imagebatch`
+# script, _CALLER below) on a Unix socket: the request, with the caller's standard input,
+# output and error passed along; the exit status goes back on the same connection. Bound
+# before the imports, so that a caller who comes early waits in the backlog.
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(sys.argv[1])
+listener.listen(16)
 from imagebatch.cli import console  # what every command imports, once
 # and what `run`, `status` and `sheet` import when they start (aiohttp alone, with the CA
 # store it loads at import, is a quarter of a CPU-second a process); it starts no thread,
@@ -234,6 +242,9 @@ signal.set_wakeup_fd(wake_w)
 signal.signal(signal.SIGCHLD, lambda *_: None)
 
 
+callers = {}  # pid of a child started for a caller -> the caller's connection
+
+
 def reap(block):
     while True:
         try:
@@ -242,15 +253,54 @@ def reap(block):
             return
         if pid == 0:
             return
-        os.write(1, f"exit {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
+        code = os.waitstatus_to_exitcode(status)
+        caller = callers.pop(pid, None)
+        if caller is None:
+            os.write(1, f"exit {pid} {code}\n".encode())
+            continue
+        try:
+            caller.sendall(f"{code}\n".encode())
+        except OSError:  # the caller is gone
+            pass
+        caller.close()
+
+
+def from_caller():
+    # one request line and three descriptors (0, 1, 2 of the caller), then fork for it
+    conn, _ = listener.accept()
+    fds = array.array("i")
+    data = b""
+    while not data.endswith(b"\n"):
+        msg, anc, _flags, _addr = conn.recvmsg(1 << 16, socket.CMSG_SPACE(3 * fds.itemsize))
+        if not msg:
+            conn.close()
+            return None
+        data += msg
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        got = json.loads(data)
+        got.update(stdio=list(fds), session=False, peak_rss=False)
+        return got
+    for fd in fds:
+        os.close(fd)
+    callers[pid] = conn
+    return None
 
 
 pending, req = b"", None
 while req is None:
-    ready, _, _ = select.select([0, wake_r], [], [])
+    ready, _, _ = select.select([0, wake_r, listener], [], [])
     if wake_r in ready:
         os.read(wake_r, 4096)
         reap(False)
+    if listener in ready:
+        req = from_caller()
+        if req is not None:
+            break
     if 0 not in ready:
         continue
     chunk = os.read(0, 1 << 16)
@@ -271,15 +321,25 @@ signal.set_wakeup_fd(-1)
 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 os.close(wake_r)
 os.close(wake_w)
+listener.close()
+for conn in callers.values():
+    conn.close()
 if req["session"]:  # a session and process group of its own, as Popen(start_new_session=True)
     os.setsid()
-null = os.open(os.devnull, os.O_RDONLY)
-os.dup2(null, 0)
-os.close(null)
-for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
-    opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.dup2(opened, fd)
-    os.close(opened)
+if "stdio" in req:  # a caller's own standard input, output and error
+    for fd, given in enumerate(req["stdio"]):
+        os.dup2(given, fd)
+    for given in req["stdio"]:
+        if given > 2:
+            os.close(given)
+else:
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
+        opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(opened, fd)
+        os.close(opened)
 os.chdir(req["cwd"])
 os.environ.clear()
 os.environ.update(req["env"])
@@ -331,14 +391,50 @@ class Forked:
         self.send_signal(signal.SIGKILL)
 
 
+#: The stand-in `imagebatch` a Forker writes for other processes (`make`) to run: it hands
+#: its arguments, environment, folder and standard input, output and error to the Forker,
+#: which forks the command as for a test, and exits with the command's status. Python with
+#: -I -S starts in a hundredth of a second, where the real command's imports take half a
+#: second; the command itself is the same code, run by the same interpreter.
+_CALLER = r"""#!{python} -IS
+import array, json, os, socket, sys
+conn = socket.socket(socket.AF_UNIX)
+conn.connect({path!r})
+request = json.dumps({{"argv": sys.argv[1:], "env": dict(os.environ), "cwd": os.getcwd()}})
+conn.sendmsg([request.encode() + b"\n"],
+             [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
+answer = b""
+while not answer.endswith(b"\n"):
+    got = conn.recv(64)
+    if not got:
+        sys.exit("imagebatch (forked): the forking interpreter went away")
+    answer += got
+sys.exit(int(answer))
+"""
+
+
 class Forker:
     """`imagebatch ARGV` commands run as forked children of one interpreter (see _FORKER).
 
-    Safe to use from several threads: a reader thread hands each child its exit status."""
+    Safe to use from several threads: a reader thread hands each child its exit status.
+    `command` is an `imagebatch` executable for other processes (`make IMAGEBATCH=...`) whose
+    commands are forked the same way."""
 
     def __init__(self) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-c", _FORKER], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, env=cli_env(key=None), cwd=ROOT)
+        self._home = tempfile.TemporaryDirectory(prefix="forker-")
+        sock = str(Path(self._home.name, "sock"))
+        self.command = Path(self._home.name, "bin", "imagebatch")
+        self.command.parent.mkdir()
+        self.command.write_text(_CALLER.format(python=sys.executable, path=sock))
+        self.command.chmod(0o755)
+        self._proc = subprocess.Popen([sys.executable, "-c", _FORKER, sock],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      env=cli_env(key=None), cwd=ROOT)
+        deadline = time.monotonic() + 60  # the socket is bound first thing: callers may come
+        while not os.path.exists(sock) and self._proc.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.002)
         self._lock = threading.Lock()  # one request and its "started" answer at a time
         self._started: queue.Queue[Forked | None] = queue.Queue()
         self._children: dict[int, Forked] = {}
@@ -406,6 +502,7 @@ class Forker:
         self._reader.join(5)
         if self._proc.stdout is not None:
             self._proc.stdout.close()
+        self._home.cleanup()
 
 
 def start_cli(argv: list[str], env: Mapping[str, str], cwd: Path, *,

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from stress_helpers import forker
 
 import imagebatch
 from imagebatch import cli
@@ -603,10 +604,14 @@ def _picked_files(root: Path) -> list[dict[str, object]]:
 def test_make_assets_runs_then_exports_the_picks_at_sizes_the_images_have(tmp_path, capsys):
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     assert _init(capsys, str(tmp_path))[0] == 0
-    env = {**os.environ, "IMAGEBATCH": str(BIN / "imagebatch")}
+    # imagebatch's commands forked by this worker's Forker: what make decides to run is
+    # checked here, the console script on the wheel
+    with forker() as commands:
+        imagebatch = str(commands.command)
+    env = {**os.environ, "IMAGEBATCH": imagebatch}
 
     def make() -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["make", "assets", f"IMAGEBATCH={BIN / 'imagebatch'}"],
+        proc = subprocess.run(["make", "assets", f"IMAGEBATCH={imagebatch}"],
                               cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=300, check=False)
         assert proc.returncode == 0, proc.stdout + proc.stderr
