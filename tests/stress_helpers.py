@@ -279,6 +279,11 @@ def from_caller():
         for level, kind, payload in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    if len(fds) != 3:  # without its own 0, 1 and 2 a child would write into this protocol
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        return None
     pid = os.fork()
     if pid == 0:
         conn.close()
@@ -394,8 +399,10 @@ class Forked:
 #: The stand-in `imagebatch` a Forker writes for other processes (`make`) to run: it hands
 #: its arguments, environment, folder and standard input, output and error to the Forker,
 #: which forks the command as for a test, and exits with the command's status. Python with
-#: -I -S starts in a hundredth of a second, where the real command's imports take half a
-#: second; the command itself is the same code, run by the same interpreter.
+#: -I -S starts in a few hundredths of a CPU-second, where the real command's imports take
+#: half a second; the command itself is the same code, run by the same interpreter. The
+#: command is the Forker's child, not the caller's: a signal sent to make's process group
+#: does not reach it (the make tests send none).
 _CALLER = r"""#!{python} -IS
 import array, json, os, socket, sys
 conn = socket.socket(socket.AF_UNIX)
