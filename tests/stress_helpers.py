@@ -521,6 +521,14 @@ def start_cli(argv: list[str], env: Mapping[str, str], cwd: Path, *,
         return commands.spawn(argv, env, cwd, stdout=stdout, stderr=stderr, session=session)
 
 
+def forked_imagebatch() -> str:
+    """The path of an `imagebatch` for `make IMAGEBATCH=...` whose commands this test
+    process's Forker forks (Forker.command): for tests of what make decides and the commands
+    leave, not of the console script's own start."""
+    with forker() as commands:
+        return str(commands.command)
+
+
 def run_forked(argv: list[str], env: Mapping[str, str], cwd: Path,
                timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`imagebatch ARGV` to completion as a forked process of its own: run_cli without a
@@ -678,6 +686,7 @@ def leaks(secret: str, texts: Mapping[str, str | bytes], under: Path | None = No
 __all__ = [
     "ROOT", "SECRET_KEY", "SOAK", "Embedded", "Forked", "Forker", "Served", "app_server",
     "check_run", "cli_env", "decode", "decode_tree", "embedded_server", "every_file_decodes",
-    "forker", "in_thread", "leaks", "load", "results", "run_args", "run_argv", "run_cli",
+    "forked_imagebatch", "forker", "in_thread", "leaks", "load", "results", "run_args",
+    "run_argv", "run_cli",
     "run_forked", "scale", "secret_forms", "snapshot_tree", "start_cli", "temp_files",
 ]

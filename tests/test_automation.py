@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops
-from stress_helpers import forker
+from stress_helpers import forked_imagebatch
 
 from imagebatch.cli import main
 
@@ -58,20 +58,12 @@ def _tree(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _imagebatch() -> str:
-    """The `imagebatch` make runs here: the commands forked by this worker's Forker, each
-    as a process of its own without a fresh interpreter's imports (make, its rules and its
-    decisions are what these tests check; the console script is checked on the wheel)."""
-    with forker() as commands:
-        return str(commands.command)
-
-
 def _make(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFFUSION_", "MAKE"))}
     return subprocess.run(
         ["make", "--no-print-directory", "-C", str(ROOT), *args,
          f"MANIFEST_DIR={tmp_path / 'manifests'}", f"OUT={tmp_path / 'out'}",
-         f"VENV={BIN.parent}", f"IMAGEBATCH={_imagebatch()}"],
+         f"VENV={BIN.parent}", f"IMAGEBATCH={forked_imagebatch()}"],
         capture_output=True, text=True, env=env, timeout=300,
         check=False,
     )
@@ -420,7 +412,7 @@ def test_make_run_then_make_export_in_a_fresh_clone(tmp_path):
 
     def make(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["make", "--no-print-directory", "-C", str(clone), *args,
-                               f"VENV={BIN.parent}", f"IMAGEBATCH={_imagebatch()}"],
+                               f"VENV={BIN.parent}", f"IMAGEBATCH={forked_imagebatch()}"],
                               capture_output=True, text=True,
                               env=env, timeout=300, check=False)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
-from stress_helpers import forker
+from stress_helpers import forked_imagebatch
 
 import imagebatch
 from imagebatch import cli
@@ -606,8 +606,7 @@ def test_make_assets_runs_then_exports_the_picks_at_sizes_the_images_have(tmp_pa
     assert _init(capsys, str(tmp_path))[0] == 0
     # imagebatch's commands forked by this worker's Forker: what make decides to run is
     # checked here, the console script on the wheel
-    with forker() as commands:
-        imagebatch = str(commands.command)
+    imagebatch = forked_imagebatch()
     env = {**os.environ, "IMAGEBATCH": imagebatch}
 
     def make() -> subprocess.CompletedProcess[str]:
