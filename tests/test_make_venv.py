@@ -40,9 +40,8 @@ def test_a_venv_gets_this_pythons_pip_and_its_commands(tmp_path: Path) -> None:
     assert _ask(python, "import sys; print(sys.prefix != sys.base_prefix)") == "True"
     import pip
 
-    for command in (["-m", "pip"], None):
-        argv = [str(python), "-m", "pip", "--version"] if command else \
-            [str(target / "bin" / "pip"), "--version"]
+    for argv in ([str(python), "-m", "pip", "--version"],
+                 [str(target / "bin" / "pip"), "--version"]):
         said = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
         assert said.startswith(f"pip {pip.__version__} from {target}/lib/"), said
     major, minor = sys.version_info[:2]
