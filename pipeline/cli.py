@@ -204,13 +204,14 @@ def unrecognized(parser: argparse.ArgumentParser, command: str, extra: Sequence[
 
 
 class _Undefined(_Parser):
-    """Where the arguments of a command this process does not run go: nowhere.
+    """Where a command this process does not run goes, with its arguments: nowhere.
 
-    Defining an argument costs argparse a help formatter and gettext lookups (7.6 ms for the
-    whole command line, measured, most of parsing one); a process runs one command, so
-    build_parser(only=...) defines that command's arguments alone, in about 0.4 of the time.
-    The others still exist as commands (in `--help`, in the did-you-mean of a mistyped
-    one), with no arguments."""
+    Every parser and argument argparse makes costs it gettext lookups of its headings (each a
+    search of the disk for a translation, about 70 us; 12 ms for the whole command line,
+    measured, most of a quick command's start). A process whose first argument is a command
+    runs that one, so build_parser(only=...) defines it alone (1.5 ms): the list of commands
+    is wanted only by `--help` before a command and by the did-you-mean of an unknown one,
+    which get the whole command line."""
 
     def __init__(self) -> None:  # no parser state: nothing here is ever parsed or shown
         pass
@@ -237,9 +238,7 @@ class _Commands:
         if self._only in (None, name):
             parser: argparse.ArgumentParser = self._sub.add_parser(name, **kwargs)
             return parser
-        # listed (help, choices) but never parsed: not even its -h is defined
-        self._sub.add_parser(name, add_help=False, **kwargs)
-        return _Undefined()
+        return _Undefined()  # another command: not even listed (see _Undefined)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -914,10 +913,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `imagebatch` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        # the command is the first argument that is not an option (the top level has only
-        # --help and --version); an unknown one gets every command defined, for its message
-        first = next((a for a in argv if not a.startswith("-")), None)
-        parser = build_parser(first if first in COMMANDS else None)
+        # a known command first: that command alone is defined. Anything else (an option of
+        # the top level, --help or --version, or an unknown command) gets the whole command
+        # line, whose help lists every command and whose error suggests the nearest one.
+        parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
         if not argv:  # `imagebatch` alone: what it is and what it can do, as --help says
             parser.print_help()
             return 0

@@ -854,10 +854,10 @@ def _commands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 @pytest.mark.parametrize("command", sorted(cli.COMMANDS))
 def test_a_command_defined_alone_parses_as_in_the_whole_command_line(command):
-    # `imagebatch COMMAND ...` defines only COMMAND's arguments (the rest cost start-up time);
-    # what it parses and shows must be what the whole command line has for it
+    # `imagebatch COMMAND ...` defines COMMAND alone (the rest cost start-up time); what it
+    # parses and shows must be what the whole command line has for it
     whole, alone = _commands_of(cli.build_parser()), _commands_of(cli.build_parser(command))
-    assert list(alone) == list(whole)  # every command is still there, for --help and typos
+    assert list(alone) == [command] and command in whole
 
     def shape(p: argparse.ArgumentParser) -> list[tuple[object, ...]]:
         return [(a.option_strings, a.dest, a.nargs, a.default, a.type, a.choices, a.const,
@@ -865,8 +865,23 @@ def test_a_command_defined_alone_parses_as_in_the_whole_command_line(command):
 
     assert shape(alone[command]) == shape(whole[command])
     assert alone[command].format_help() == whole[command].format_help()
-    # the others are listed and hold nothing, not even a help flag
-    assert all(not p._actions for name, p in alone.items() if name != command)
+
+
+@pytest.mark.parametrize("argv", [["-h", "run"], ["--help", "status", "x.yaml"]])
+def test_help_before_a_command_still_lists_every_command(argv, capsys):
+    # the top level's --help comes before the command: the whole command line, not the one
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: imagebatch [-h] [--version] COMMAND")
+    listed = re.findall(r"^    (\w+) ", out, re.MULTILINE)
+    assert listed == list(_commands_of(cli.build_parser())), out
+
+
+def test_a_mistyped_command_is_pointed_at_the_nearest_one(capsys):
+    assert cli.main(["stauts", "m.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'stauts'" in err and "did you mean 'status'?" in err
+    assert "'review'" in err  # the choices listed are every command's
 
 
 def test_schema_is_built_from_code_not_read_from_a_file(capsys):
