@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops
 from stress_helpers import forked_imagebatch
+from tool_helpers import check_jsonschema, tool
 
 from imagebatch.cli import main
 
@@ -181,22 +182,14 @@ def test_merge_refuses_bad_input(tmp_path, capsys):
     assert main(["merge", str(tmp_path / "empty"), "--out", str(tmp_path / "empty")]) == 2
 
 
-def _tool(name: str) -> str:
-    path = BIN / name
-    if not path.exists():
-        pytest.skip(f"{name} is not installed")
-    return str(path)
-
 
 def test_workflow_matches_the_github_schema():
-    proc = subprocess.run([_tool("check-jsonschema"), "--builtin-schema",
-                           "vendor.github-workflows", str(WORKFLOW)],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    code, said = check_jsonschema("--builtin-schema", "vendor.github-workflows", str(WORKFLOW))
+    assert code == 0, said
 
 
 def test_workflow_has_no_zizmor_findings_of_medium_or_higher():
-    proc = subprocess.run([_tool("zizmor"), "--offline", "--min-severity", "medium",
+    proc = subprocess.run([tool("zizmor"), "--offline", "--min-severity", "medium",
                            "--format", "json", str(WORKFLOW)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

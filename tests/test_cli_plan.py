@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tool_helpers import check_jsonschema
 
 from imagebatch import cli
 
@@ -270,10 +271,8 @@ def test_schema_is_valid_json_schema(tmp_path: Path, capsys: pytest.CaptureFixtu
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.Draft202012Validator.check_schema(schema)
     (tmp_path / "schema.json").write_text(out, encoding="utf-8")
-    res = subprocess.run([str(BIN / "check-jsonschema"), "--check-metaschema",
-                          str(tmp_path / "schema.json")],
-                         capture_output=True, text=True, check=False)
-    assert res.returncode == 0, res.stdout + res.stderr
+    code, said = check_jsonschema("--check-metaschema", str(tmp_path / "schema.json"))
+    assert code == 0, said
 
 
 def test_committed_schema_equals_the_command_output(capsys: pytest.CaptureFixture[str]) -> None:
@@ -282,9 +281,8 @@ def test_committed_schema_equals_the_command_output(capsys: pytest.CaptureFixtur
 
 
 def test_examples_validate_against_the_schema() -> None:
-    res = subprocess.run([str(BIN / "check-jsonschema"), "--schemafile", str(SCHEMA_FILE),
-                          *map(str, EXAMPLES)], capture_output=True, text=True, check=False)
-    assert res.returncode == 0, res.stdout + res.stderr
+    code, said = check_jsonschema("--schemafile", str(SCHEMA_FILE), *map(str, EXAMPLES))
+    assert code == 0, said
 
 
 def test_schema_refuses_what_the_loader_refuses() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from diff_helpers import LAUNCH
+from tool_helpers import check_jsonschema, tool
 
 from imagebatch.cli import main
 from imagebatch.commands import scaffold
@@ -410,12 +411,6 @@ async def test_to_send_is_judged_against_the_outputs_and_backend_run_uses(repo, 
 # --- the pull-request workflow -------------------------------------------------------------
 
 
-def _tool(name: str) -> str:
-    path = BIN / name
-    if not path.exists():
-        pytest.skip(f"{name} is not installed")
-    return str(path)
-
 
 @pytest.mark.parametrize("which", ["repository", "init"])
 def test_the_workflow_is_schema_valid_and_zizmor_clean(tmp_path, which):
@@ -424,11 +419,9 @@ def test_the_workflow_is_schema_valid_and_zizmor_clean(tmp_path, which):
     else:
         path = tmp_path / "imagebatch-diff.yml"
         path.write_text(scaffold.diff_workflow_text("imagebatch==0.1.0"))
-    proc = subprocess.run([_tool("check-jsonschema"), "--builtin-schema",
-                           "vendor.github-workflows", str(path)],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    proc = subprocess.run([_tool("zizmor"), "--offline", "--persona", "pedantic",
+    code, said = check_jsonschema("--builtin-schema", "vendor.github-workflows", str(path))
+    assert code == 0, said
+    proc = subprocess.run([tool("zizmor"), "--offline", "--persona", "pedantic",
                            "--format", "json", str(path)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

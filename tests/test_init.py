@@ -21,6 +21,7 @@ import pytest
 import yaml
 from PIL import Image
 from stress_helpers import forked_imagebatch
+from tool_helpers import check_jsonschema, tool
 
 import imagebatch
 from imagebatch import cli
@@ -68,21 +69,14 @@ def _lines(out: str) -> dict[str, str]:
     return found
 
 
-def _tool(name: str) -> str:
-    path = BIN / name
-    if not path.exists():
-        pytest.skip(f"{name} is not installed")
-    return str(path)
-
 
 def _check_workflow(*paths: Path) -> None:
     """Each valid under GitHub's workflow schema, no zizmor finding of medium or higher (one
     run of each tool for them all: each start costs about half a CPU-second)."""
-    proc = subprocess.run([_tool("check-jsonschema"), "--builtin-schema",
-                           "vendor.github-workflows", *map(str, paths)],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    proc = subprocess.run([_tool("zizmor"), "--offline", "--min-severity", "medium",
+    code, said = check_jsonschema("--builtin-schema", "vendor.github-workflows",
+                                  *map(str, paths))
+    assert code == 0, said
+    proc = subprocess.run([tool("zizmor"), "--offline", "--min-severity", "medium",
                            "--format", "json", *map(str, paths)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -126,10 +120,9 @@ def test_the_written_manifest_validates(tmp_path, capsys):
 
 def test_the_written_manifest_matches_the_schema_it_points_at(tmp_path, capsys):
     assert _init(capsys, str(tmp_path))[0] == 0
-    proc = subprocess.run([_tool("check-jsonschema"), "--schemafile",
-                           str(tmp_path / scaffold.SCHEMA), str(tmp_path / scaffold.MANIFEST)],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    code, said = check_jsonschema("--schemafile", str(tmp_path / scaffold.SCHEMA),
+                                  str(tmp_path / scaffold.MANIFEST))
+    assert code == 0, said
 
 
 def test_a_second_run_changes_nothing_and_says_so(tmp_path, capsys):
