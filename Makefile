@@ -74,8 +74,9 @@ TEST_TOOLS := chromium jq curl
 # Fonts for captions in every script (Latin, CJK, Hebrew, Arabic, colour emoji), fontconfig to
 # find them and libraqm to shape right-to-left text; ExifTool, an independent reader of the
 # AI marker (XMP DigitalSourceType): Debian packages, checked with dpkg.
+# eatmydata: see NO_FLUSH below.
 TEST_PACKAGES := fontconfig fonts-noto-core fonts-noto-cjk fonts-noto-color-emoji libraqm0 \
-	libimage-exiftool-perl
+	libimage-exiftool-perl eatmydata
 test-deps:
 	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if command -v dpkg-query >/dev/null 2>&1; then for p in $(TEST_PACKAGES); do \
@@ -115,15 +116,24 @@ $(WARM_STAMP): $(TEST_STAMP) $(wildcard tests/*.py pipeline/*.py pipeline/*/*.py
 	  $(TEST_ENV) $(BIN)/python -m pytest -q --collect-only -p no:cacheprovider $$two >/dev/null 2>&1; wait; } || true
 	@touch $@
 
+# imagebatch fsyncs every file it writes, and the folder, as a run must (a power cut keeps
+# either the old file or the whole new one); the tests write tens of thousands of files, and
+# on a virtual disk each flush costs the kernel and the host CPU. No test can see a flush
+# (none cuts the power), so the suite runs under eatmydata (Debian's libeatmydata, which
+# test-deps installs) where it is installed: fsync is still called at the same places and
+# returns at once. Measured here: 12 to 17 s less wall time, 20 to 30 CPU-seconds less.
+# NO_FLUSH= (empty) runs with real flushes.
+NO_FLUSH ?= $$(command -v eatmydata)
+
 test: $(TEST_STAMP) test-deps $(WARM_STAMP) ## install everything the tests need, then run them all
-	$(TEST_ENV) $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
+	$(TEST_ENV) $(NO_FLUSH) $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Every test with the sizes a test does not check at their full values (SOAK=1: 2,000 chaos
 # jobs, eight rounds of signals, 50 runs of each cache command, 300 examples of a property...):
 # `make test` runs the same checks on fewer. For a change to the runner, the store or signal
 # handling, and before a release.
 soak: $(TEST_STAMP) test-deps $(WARM_STAMP) ## every test, the stress sizes and sweeps at full size (many minutes)
-	SOAK=1 $(TEST_ENV) $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
+	SOAK=1 $(TEST_ENV) $(NO_FLUSH) $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The inner loop: lint, types and the fast tests (no stress suite, no browser, no
 # subprocess sweeps, no wheel build); `make test` still runs everything.
