@@ -209,7 +209,7 @@ class _Undefined(_Parser):
     Every parser and argument argparse makes costs it gettext lookups of its headings (each a
     search of the disk for a translation, about 70 us; 12 ms for the whole command line,
     measured, most of a quick command's start). A process whose first argument is a command
-    runs that one, so build_parser(only=...) defines it alone (1.5 ms): the list of commands
+    runs that one, so build_parser(only=...) defines it alone (1 to 2 ms): the list of commands
     is wanted only by `--help` before a command and by the did-you-mean of an unknown one,
     which get the whole command line."""
 

@@ -165,7 +165,7 @@ class _Composer(_Counting, yaml.SafeLoader):  # type: ignore[misc]
 
 class _FastComposer(_Counting, Composer, CParser, SafeConstructor, Resolver):  # type: ignore[misc]
     """The same composition over libyaml's scanner and parser (PyYAML's C extension), a tenth
-    of the time: 0.75 against 8 ms for the example manifest. Composer precedes CParser so
+    of the time: about 1 against 8 ms for the example manifest. Composer precedes CParser so
     that its Python composition, which counts, is the one used; plain scalars get PyYAML's
     style (None, where libyaml gives '')."""
 
