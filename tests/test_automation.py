@@ -52,7 +52,6 @@ jobs:
 
 
 
-
 def _tree(root: Path) -> dict[str, str]:
     """relative path -> sha256 of every file under root."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -180,7 +179,6 @@ def test_merge_refuses_bad_input(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["merge", str(tmp_path / "empty"), "--out", str(tmp_path / "empty")]) == 2
-
 
 
 def test_workflow_matches_the_github_schema():

@@ -29,7 +29,6 @@ WORKFLOW = ROOT / ".github" / "workflows" / "imagebatch-diff.yml"
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
 
-
 @pytest.fixture(autouse=True)
 def _git_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """git as on a fresh machine: no user or system configuration, a fixed identity."""
@@ -409,7 +408,6 @@ async def test_to_send_is_judged_against_the_outputs_and_backend_run_uses(repo, 
 
 
 # --- the pull-request workflow -------------------------------------------------------------
-
 
 
 @pytest.mark.parametrize("which", ["repository", "init"])

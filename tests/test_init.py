@@ -30,7 +30,6 @@ from imagebatch.commands import scaffold
 from imagebatch.providers import connect
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 SCHEMA_FILE = ROOT / "imagebatch.schema.json"
 WRITTEN = [scaffold.MANIFEST, scaffold.SCHEMA, scaffold.MAKEFILE, scaffold.WORKFLOW,
            scaffold.DIFF_WORKFLOW, scaffold.GITIGNORE]
@@ -67,7 +66,6 @@ def _lines(out: str) -> dict[str, str]:
         if m:
             found[m.group(2)] = m.group(1)
     return found
-
 
 
 def _check_workflow(*paths: Path) -> None:
