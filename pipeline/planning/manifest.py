@@ -125,11 +125,11 @@ class _TooBig(Exception):
 class _Counting:
     """compose_node for a composer that counts what it composes: PyYAML's composer recurses
     once per level and keeps every node, so depth and size are capped here, where the place
-    is still known. Set `depth`, `nodes` and `aliases` in __init__."""
+    is still known. Each composer starts from these counts (its own once it counts)."""
 
-    depth: int
-    nodes: int
-    aliases: bool
+    depth: int = 0
+    nodes: int = 0
+    aliases: bool = False
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:
         """One node, refused past MAX_DEPTH levels or MAX_NODES nodes."""
@@ -156,12 +156,6 @@ class _Composer(_Counting, yaml.SafeLoader):  # type: ignore[misc]
     """PyYAML's own reader, scanner and parser, in Python: the exact place and wording of
     every error, and the judge of what is valid (see _compose)."""
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.depth = 0
-        self.nodes = 0
-        self.aliases = False
-
 
 class _FastComposer(_Counting, Composer, CParser, SafeConstructor, Resolver):  # type: ignore[misc]
     """The same composition over libyaml's scanner and parser (PyYAML's C extension), a tenth
@@ -174,9 +168,6 @@ class _FastComposer(_Counting, Composer, CParser, SafeConstructor, Resolver):  #
         Composer.__init__(self)
         SafeConstructor.__init__(self)
         Resolver.__init__(self)
-        self.depth = 0
-        self.nodes = 0
-        self.aliases = False
 
     def compose_scalar_node(self, anchor: str | None) -> Node:
         """A scalar node, its style as PyYAML's parser gives it."""
